@@ -1,0 +1,6 @@
+//! Reads and validates the catalogue under `pricing-plans/`: meters today, plan versions next.
+//!
+//! Validation errors always name the file, the entry and the rule broken, because the person
+//! reading them is editing that file.
+
+pub mod meters;

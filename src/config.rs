@@ -1,0 +1,44 @@
+//! Configuration from the environment, with defaults that work on a developer machine.
+
+use std::path::PathBuf;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/accrue";
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: the database accrue owns; created on start when missing.
+    pub database_url: String,
+    /// `ACCRUE_BIND`: where the HTTP server listens.
+    pub bind: String,
+    /// `ACCRUE_PLANS_DIR`: the catalogue (meters.toml and the plan versions).
+    pub plans_dir: PathBuf,
+    /// `ACCRUE_DB_POOL`: connections per instance; ingestion throughput scales with it up to
+    /// the database's core count.
+    pub pool_size: usize,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let pool_size = var("ACCRUE_DB_POOL", "16");
+        let pool_size = pool_size
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                format!("ACCRUE_DB_POOL must be a positive integer, got `{pool_size}`")
+            })?;
+        Ok(Self {
+            database_url: var("DATABASE_URL", DEFAULT_DATABASE_URL),
+            bind: var("ACCRUE_BIND", DEFAULT_BIND),
+            plans_dir: PathBuf::from(var("ACCRUE_PLANS_DIR", "pricing-plans")),
+            pool_size,
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! Pure domain rules: what an event is, what a meter measures and how values aggregate.
+//!
+//! Nothing here does IO, awaits, or knows about the database or HTTP. Everything here is
+//! deterministic given its inputs (time is passed in), which is what makes it property-testable.
+
+pub mod account;
+pub mod aggregate;
+pub mod clock;
+pub mod event;
+pub mod meter;
+pub mod scope;

@@ -1,0 +1,58 @@
+//! Bearer-key authentication and the per-route scope policy. Handlers call [`authorize`] first.
+
+use super::ApiError;
+use crate::domain::scope::{grants, Scope};
+use crate::services::auth::Principal;
+use crate::services::Ctx;
+use actix_web::http::{header, StatusCode};
+use actix_web::HttpRequest;
+
+/// Authenticates the request and checks that the key holds one of `needed`.
+pub async fn authorize(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    needed: &[Scope],
+) -> Result<Principal, ApiError> {
+    let Some(raw) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthenticated(
+            "missing Authorization header; send `Authorization: Bearer <api key>`",
+        ));
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthenticated("the Authorization header must be `Bearer <api key>`")
+        })?;
+    let principal = ctx
+        .keys
+        .authenticate(&ctx.pool, key)
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))?;
+    if !grants(&principal.scopes, needed) {
+        let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this key lacks the scope this route needs ({})",
+                names.join(" or ")
+            ),
+        ));
+    }
+    Ok(principal)
+}
+
+/// Refuses an account outside an account-scoped key's reach as if it did not exist.
+pub fn reach(principal: &Principal, account: &str) -> Result<(), ApiError> {
+    if principal.reaches(account) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "account `{account}` not found"
+        )))
+    }
+}

@@ -1,0 +1,120 @@
+//! The error envelope `{"error": {"code", "message"}}` and the one exhaustive mapping from
+//! service errors to HTTP statuses.
+
+use crate::services::ServiceError;
+use crate::store::StoreError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use serde_json::json;
+use std::fmt;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra machine-readable fields merged into the error object (e.g. a JSON position).
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), json!(self.code));
+        error.insert("message".into(), json!(self.message));
+        if let Some(d) = &self.details {
+            error.extend(d.clone());
+        }
+        let mut res = HttpResponse::build(self.status).json(json!({ "error": error }));
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid { code, message } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            ServiceError::NotFound(message) => ApiError::not_found(message),
+            ServiceError::Store(e) => {
+                tracing::error!(error = %e, "database failure");
+                let message = match e {
+                    StoreError::Pool(_) | StoreError::Connect(_) | StoreError::PoolBuild(_) => {
+                        "the database is unreachable; retry shortly"
+                    }
+                    StoreError::Query(_) | StoreError::Migration(_) | StoreError::BadUrl(_) => {
+                        "the database failed the request; it was not applied, retry shortly"
+                    }
+                };
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+        }
+    }
+}
+
+pub fn query_error(err: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        format!("invalid query string: {err}"),
+    )
+    .into()
+}
+
+pub fn path_error(err: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        format!("invalid path: {err}"),
+    )
+    .into()
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}

@@ -1,0 +1,122 @@
+//! `POST /v1/events`: one event or `{"events": [...]}`. Answers only after the accepted events
+//! are committed.
+
+use super::auth::authorize;
+use super::ApiError;
+use crate::domain::scope::Scope;
+use crate::services::ingest::{self, MAX_BATCH};
+use crate::services::Ctx;
+use actix_web::http::{header, StatusCode};
+use actix_web::web::{self, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub async fn ingest(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let principal = authorize(&req, &ctx, &[Scope::Ingest]).await?;
+    let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
+    let raw = parse_body(&body)?;
+    let outcome = ingest::ingest(&ctx, &raw, principal.account.as_deref()).await?;
+    let status = if outcome.accepted + outcome.duplicates == 0 && !outcome.rejected.is_empty() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(outcome))
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the body exceeds {MAX_BODY_BYTES} bytes; send at most {MAX_BATCH} events per request"
+        ),
+    )
+}
+
+/// Reads the body, refusing (before buffering it whole) anything over `limit` bytes.
+async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The raw events of a body: a single event object or `{"events": [...]}`.
+fn parse_body(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let mut details = serde_json::Map::new();
+        details.insert("line".into(), json!(e.line()));
+        details.insert("column".into(), json!(e.column()));
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!(
+                "the body is not valid JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+        .with_details(details)
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must be an event object or {\"events\": [...]}",
+        ));
+    };
+    match obj.remove("events") {
+        Some(Value::Array(events)) if events.is_empty() => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_batch",
+            "`events` is empty",
+        )),
+        Some(Value::Array(events)) if events.len() > MAX_BATCH => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "a batch holds at most {MAX_BATCH} events, this one has {}",
+                events.len()
+            ),
+        )),
+        Some(Value::Array(events)) => Ok(events),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "`events` must be an array of event objects",
+        )),
+        None => Ok(vec![Value::Object(obj)]),
+    }
+}

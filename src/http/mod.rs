@@ -1,0 +1,56 @@
+//! The only module that imports actix-web: the route table, authentication, one file per
+//! resource, and the mapping of service errors to statuses and stable codes.
+
+mod auth;
+mod error;
+mod events;
+mod governance;
+mod health;
+mod usage;
+
+pub use error::ApiError;
+
+use crate::services::Ctx;
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use std::net::TcpListener;
+
+/// Seconds a stopping server waits for in-flight requests (ingest batches) to finish.
+const SHUTDOWN_GRACE_SECS: u64 = 30;
+
+/// The whole route table, top to bottom.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .service(
+            web::scope("/v1")
+                .route("/events", web::post().to(events::ingest))
+                .route(
+                    "/accounts/{account}/usage",
+                    web::get().to(usage::account_usage),
+                )
+                .route(
+                    "/governance/event-types",
+                    web::get().to(governance::event_types),
+                ),
+        );
+}
+
+/// Builds the server on an already-bound listener (tests bind port 0). SIGTERM/SIGINT stop it
+/// gracefully: accepted requests finish, new connections are refused.
+pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::io::Result<Server> {
+    let data = web::Data::new(ctx);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::QueryConfig::default().error_handler(error::query_error))
+            .app_data(web::PathConfig::default().error_handler(error::path_error))
+            .configure(routes)
+            .default_service(web::to(error::not_found))
+    })
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS);
+    if let Some(w) = workers {
+        server = server.workers(w);
+    }
+    Ok(server.listen(listener)?.run())
+}

@@ -1,0 +1,55 @@
+//! Use cases: each public function is one unit of work, usually one transaction.
+//! Services take a [`Ctx`] (pool, catalogue, clock) and return domain-shaped results; they know
+//! nothing of HTTP.
+
+pub mod auth;
+pub mod ingest;
+pub mod usage;
+
+use crate::catalog::meters::MeterCatalog;
+use crate::domain::clock::Clock;
+use crate::store::{Pool, StoreError};
+use std::sync::Arc;
+
+/// What every use case needs: the database, the catalogue and the clock.
+#[derive(Clone)]
+pub struct Ctx {
+    pub pool: Pool,
+    pub meters: Arc<MeterCatalog>,
+    pub clock: Arc<dyn Clock>,
+    pub keys: Arc<auth::KeyCache>,
+}
+
+impl Ctx {
+    pub fn new(pool: Pool, meters: MeterCatalog, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            pool,
+            meters: Arc::new(meters),
+            clock,
+            keys: Arc::new(auth::KeyCache::default()),
+        }
+    }
+}
+
+/// Errors of the use cases. The HTTP layer maps each variant to a status and a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is well-formed but a value in it breaks a rule (422).
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// The thing asked for does not exist (or is outside the key's reach) (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The database could not be reached or failed (503: safe to retry).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+}

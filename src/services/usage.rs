@@ -1,0 +1,119 @@
+//! Reading usage: each meter's exact value for an account over a range of whole hours, from
+//! the rollups (never from event history); and the event-type governance report.
+
+use super::{Ctx, ServiceError};
+use crate::domain::aggregate::is_bucket_boundary;
+use crate::domain::meter::Aggregation;
+use crate::store::{self, StoreError};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MeterUsage {
+    pub meter: String,
+    pub aggregation: Aggregation,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub value: Decimal,
+    pub event_count: i64,
+    pub first_event_at: Option<DateTime<Utc>>,
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageReport {
+    pub account: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub meters: Vec<MeterUsage>,
+}
+
+/// Usage of every catalogue meter for `account` in `[from, to)`; both ends on whole hours.
+pub async fn usage(
+    ctx: &Ctx,
+    account: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<UsageReport, ServiceError> {
+    for (name, t) in [("from", from), ("to", to)] {
+        if !is_bucket_boundary(t) {
+            return Err(ServiceError::invalid(
+                "range_not_aligned",
+                format!(
+                    "`{name}` must be on a whole hour (UTC), got {}",
+                    t.to_rfc3339()
+                ),
+            ));
+        }
+    }
+    if from >= to {
+        return Err(ServiceError::invalid(
+            "invalid_range",
+            "`from` must be before `to`",
+        ));
+    }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let found = store::usage::find_by_account_and_range(&mut conn, account, from, to).await?;
+    let meters = ctx
+        .meters
+        .all()
+        .iter()
+        .map(|m| {
+            let agg = found.get(&m.code).cloned().unwrap_or_default();
+            let value = match m.aggregation {
+                Aggregation::UniqueCount => Decimal::from(agg.unique),
+                other => agg.state.value(other),
+            };
+            MeterUsage {
+                meter: m.code.clone(),
+                aggregation: m.aggregation,
+                value,
+                event_count: agg.state.event_count,
+                first_event_at: agg.state.first_at,
+                last_event_at: agg.state.last_at,
+            }
+        })
+        .collect();
+    Ok(UsageReport {
+        account: account.to_owned(),
+        from,
+        to,
+        meters,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventTypeUsage {
+    pub event_type: String,
+    pub event_count: i64,
+    pub accounts: i64,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// Whether any meter reads this type; an unmetered type is stored but bills nothing.
+    pub metered: bool,
+    pub meters: Vec<String>,
+}
+
+pub async fn event_types(ctx: &Ctx) -> Result<Vec<EventTypeUsage>, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let rows = store::usage::event_types(&mut conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let meters: Vec<String> = ctx
+                .meters
+                .for_event_type(&r.event_type)
+                .map(|m| m.code.clone())
+                .collect();
+            EventTypeUsage {
+                metered: !meters.is_empty(),
+                meters,
+                event_type: r.event_type,
+                event_count: r.event_count,
+                accounts: r.accounts,
+                first_seen_at: r.first_seen_at,
+                last_seen_at: r.last_seen_at,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,204 @@
+//! `events`, `usage_rollups`, `usage_unique_keys`, `event_type_counts`: the write path of
+//! ingestion. All functions run on a connection inside the caller's transaction, and all take
+//! their rows sorted by key so concurrent batches lock rows in the same order.
+
+use super::StoreError;
+use crate::domain::aggregate::AggregateState;
+use crate::domain::event::Event;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, Int8, Jsonb, Nullable, Numeric, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashSet};
+
+/// A rollup key: (account, meter, bucket start).
+pub type RollupKey = (String, String, DateTime<Utc>);
+
+#[derive(QueryableByName)]
+struct InsertedKey {
+    #[diesel(sql_type = Text)]
+    account: String,
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+/// Inserts events that are not stored yet; returns the (account, id) of those inserted.
+/// Conflicts with stored events (earlier batches, concurrent retries) are skipped, not errors.
+pub async fn insert_new(
+    conn: &mut AsyncPgConnection,
+    events: &[&Event],
+    received_at: DateTime<Utc>,
+) -> Result<HashSet<(String, String)>, StoreError> {
+    if events.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let accounts: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let ts: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
+    let props: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::Value::Object(e.properties.clone()))
+        .collect();
+    let rows: Vec<InsertedKey> = diesel::sql_query(
+        "INSERT INTO events (account, id, event_type, ts, properties, received_at)
+         SELECT a, i, t, s, p, $6
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[])
+                AS u(a, i, t, s, p)
+         ON CONFLICT (account, id) DO NOTHING
+         RETURNING account, id",
+    )
+    .bind::<Array<Text>, _>(accounts)
+    .bind::<Array<Text>, _>(ids)
+    .bind::<Array<Text>, _>(types)
+    .bind::<Array<Timestamptz>, _>(ts)
+    .bind::<Array<Jsonb>, _>(props)
+    .bind::<Timestamptz, _>(received_at)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.account, r.id)).collect())
+}
+
+/// Adds pre-aggregated deltas to the hourly rollups (one row per key; the map keeps keys sorted).
+pub async fn add_to_rollups(
+    conn: &mut AsyncPgConnection,
+    deltas: &BTreeMap<RollupKey, AggregateState>,
+) -> Result<(), StoreError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let n = deltas.len();
+    let mut accounts = Vec::with_capacity(n);
+    let mut meters = Vec::with_capacity(n);
+    let mut buckets = Vec::with_capacity(n);
+    let mut counts = Vec::with_capacity(n);
+    let mut sums = Vec::with_capacity(n);
+    let mut maxes: Vec<Option<Decimal>> = Vec::with_capacity(n);
+    let mut latest_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut latest_id: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut latest_value: Vec<Option<Decimal>> = Vec::with_capacity(n);
+    let mut firsts = Vec::with_capacity(n);
+    let mut lasts = Vec::with_capacity(n);
+    for ((account, meter, bucket), st) in deltas {
+        accounts.push(account.as_str());
+        meters.push(meter.as_str());
+        buckets.push(*bucket);
+        counts.push(st.event_count);
+        sums.push(st.sum);
+        maxes.push(st.max);
+        latest_at.push(st.latest.as_ref().map(|l| l.at));
+        latest_id.push(st.latest.as_ref().map(|l| l.event_id.as_str()));
+        latest_value.push(st.latest.as_ref().map(|l| l.value));
+        firsts.push(st.first_at.unwrap_or(*bucket));
+        lasts.push(st.last_at.unwrap_or(*bucket));
+    }
+    // Event ids compare bytewise (COLLATE "C") to match the domain's tie-break for `latest`.
+    diesel::sql_query(
+        r#"INSERT INTO usage_rollups AS r (account, meter, bucket, event_count, value_sum,
+                value_max, latest_at, latest_event_id, latest_value, first_event_at, last_event_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[],
+                $5::numeric[], $6::numeric[], $7::timestamptz[], $8::text[], $9::numeric[],
+                $10::timestamptz[], $11::timestamptz[])
+         ON CONFLICT (account, meter, bucket) DO UPDATE SET
+           event_count = r.event_count + EXCLUDED.event_count,
+           value_sum = r.value_sum + EXCLUDED.value_sum,
+           value_max = GREATEST(r.value_max, EXCLUDED.value_max),
+           latest_at = CASE WHEN EXCLUDED.latest_at IS NOT NULL AND (r.latest_at IS NULL OR
+                 (EXCLUDED.latest_at, EXCLUDED.latest_event_id COLLATE "C")
+                   > (r.latest_at, r.latest_event_id COLLATE "C"))
+               THEN EXCLUDED.latest_at ELSE r.latest_at END,
+           latest_event_id = CASE WHEN EXCLUDED.latest_at IS NOT NULL AND (r.latest_at IS NULL OR
+                 (EXCLUDED.latest_at, EXCLUDED.latest_event_id COLLATE "C")
+                   > (r.latest_at, r.latest_event_id COLLATE "C"))
+               THEN EXCLUDED.latest_event_id ELSE r.latest_event_id END,
+           latest_value = CASE WHEN EXCLUDED.latest_at IS NOT NULL AND (r.latest_at IS NULL OR
+                 (EXCLUDED.latest_at, EXCLUDED.latest_event_id COLLATE "C")
+                   > (r.latest_at, r.latest_event_id COLLATE "C"))
+               THEN EXCLUDED.latest_value ELSE r.latest_value END,
+           first_event_at = LEAST(r.first_event_at, EXCLUDED.first_event_at),
+           last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at)"#,
+    )
+    .bind::<Array<Text>, _>(accounts)
+    .bind::<Array<Text>, _>(meters)
+    .bind::<Array<Timestamptz>, _>(buckets)
+    .bind::<Array<Int8>, _>(counts)
+    .bind::<Array<Numeric>, _>(sums)
+    .bind::<Array<Nullable<Numeric>>, _>(maxes)
+    .bind::<Array<Nullable<Timestamptz>>, _>(latest_at)
+    .bind::<Array<Nullable<Text>>, _>(latest_id)
+    .bind::<Array<Nullable<Numeric>>, _>(latest_value)
+    .bind::<Array<Timestamptz>, _>(firsts)
+    .bind::<Array<Timestamptz>, _>(lasts)
+    .execute(conn)
+    .await?;
+
+    // Distinct keys of unique_count meters.
+    let mut ua = Vec::new();
+    let mut um = Vec::new();
+    let mut ub = Vec::new();
+    let mut uk = Vec::new();
+    for ((account, meter, bucket), st) in deltas {
+        for key in &st.keys {
+            ua.push(account.as_str());
+            um.push(meter.as_str());
+            ub.push(*bucket);
+            uk.push(key.as_str());
+        }
+    }
+    if !ua.is_empty() {
+        diesel::sql_query(
+            "INSERT INTO usage_unique_keys (account, meter, bucket, key)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind::<Array<Text>, _>(ua)
+        .bind::<Array<Text>, _>(um)
+        .bind::<Array<Timestamptz>, _>(ub)
+        .bind::<Array<Text>, _>(uk)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Per (account, event type): how many new events, and their time span.
+#[derive(Debug, Clone)]
+pub struct TypeCount {
+    pub count: i64,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+}
+
+/// Adds new events to the per-type governance counters.
+pub async fn add_to_type_counts(
+    conn: &mut AsyncPgConnection,
+    counts: &BTreeMap<(String, String), TypeCount>,
+) -> Result<(), StoreError> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let accounts: Vec<&str> = counts.keys().map(|(a, _)| a.as_str()).collect();
+    let types: Vec<&str> = counts.keys().map(|(_, t)| t.as_str()).collect();
+    let n: Vec<i64> = counts.values().map(|c| c.count).collect();
+    let firsts: Vec<DateTime<Utc>> = counts.values().map(|c| c.first_at).collect();
+    let lasts: Vec<DateTime<Utc>> = counts.values().map(|c| c.last_at).collect();
+    diesel::sql_query(
+        "INSERT INTO event_type_counts AS c (account, event_type, event_count, first_seen_at,
+                last_seen_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[],
+                $5::timestamptz[])
+         ON CONFLICT (account, event_type) DO UPDATE SET
+           event_count = c.event_count + EXCLUDED.event_count,
+           first_seen_at = LEAST(c.first_seen_at, EXCLUDED.first_seen_at),
+           last_seen_at = GREATEST(c.last_seen_at, EXCLUDED.last_seen_at)",
+    )
+    .bind::<Array<Text>, _>(accounts)
+    .bind::<Array<Text>, _>(types)
+    .bind::<Array<Int8>, _>(n)
+    .bind::<Array<Timestamptz>, _>(firsts)
+    .bind::<Array<Timestamptz>, _>(lasts)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The only module that talks to PostgreSQL (diesel + diesel-async). One file per entity, query
+//! functions named after their key. Bulk writes use `UNNEST` over bound arrays (SCALE.md rule 8).
+
+pub mod api_keys;
+pub mod events;
+pub mod schema;
+pub mod usage;
+
+use diesel::connection::SimpleConnection;
+use diesel::Connection;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::deadpool;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+pub type Pool = deadpool::Pool<AsyncPgConnection>;
+pub type Conn = deadpool::Object<AsyncPgConnection>;
+
+/// Everything that can go wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("no database connection available: {0}")]
+    Pool(#[from] deadpool::PoolError),
+    #[error("cannot build the connection pool: {0}")]
+    PoolBuild(#[from] deadpool::BuildError),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("invalid DATABASE_URL `{0}`: expected postgres://user@host:port/database")]
+    BadUrl(String),
+}
+
+impl StoreError {
+    /// A transient conflict (deadlock, serialization failure) worth retrying the transaction for.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Query(diesel::result::Error::DatabaseError(kind, info)) => {
+                matches!(
+                    kind,
+                    diesel::result::DatabaseErrorKind::SerializationFailure
+                ) || info.message().contains("deadlock detected")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Splits a database URL into (URL of the `postgres` maintenance database, database name).
+pub fn split_database_url(url: &str) -> Result<(String, String), StoreError> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let slash = base[scheme_end..]
+        .rfind('/')
+        .map(|i| i + scheme_end)
+        .ok_or_else(|| StoreError::BadUrl(url.to_owned()))?;
+    let name = &base[slash + 1..];
+    if name.is_empty() {
+        return Err(StoreError::BadUrl(url.to_owned()));
+    }
+    let mut admin = format!("{}/postgres", &base[..slash]);
+    if let Some(q) = query {
+        admin.push('?');
+        admin.push_str(q);
+    }
+    Ok((admin, name.to_owned()))
+}
+
+/// Creates the database named in `url` when it does not exist yet.
+pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
+    if AsyncPgConnection::establish(url).await.is_ok() {
+        return Ok(());
+    }
+    let (admin_url, name) = split_database_url(url)?;
+    let mut admin = AsyncPgConnection::establish(&admin_url).await?;
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match admin.batch_execute(&sql).await {
+        Ok(()) => {
+            tracing::info!(database = %name, "created database");
+            Ok(())
+        }
+        // Another instance created it between our check and our CREATE.
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("already exists") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the embedded migrations that have not run yet; returns how many ran.
+pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as Connection>::establish(&url)?;
+        // Several instances may start at once; serialize their migrations.
+        SimpleConnection::batch_execute(&mut conn, "SELECT pg_advisory_lock(7462001)")?;
+        let ran = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map(|v| v.len())
+            .map_err(|e| StoreError::Migration(e.to_string()));
+        SimpleConnection::batch_execute(&mut conn, "SELECT pg_advisory_unlock(7462001)")?;
+        ran
+    })
+    .await
+    .map_err(|e| StoreError::Migration(e.to_string()))?
+}
+
+/// Builds the connection pool.
+pub fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Ok(deadpool::Pool::builder(manager)
+        .max_size(max_size)
+        .build()?)
+}
+
+/// Round-trips a trivial query: the readiness probe.
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    let mut conn = pool.get().await?;
+    diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_split_into_maintenance_url_and_name() {
+        let (admin, name) =
+            split_database_url("postgres://postgres@127.0.0.1:5432/accrue?sslmode=disable")
+                .unwrap();
+        assert_eq!(
+            admin,
+            "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+        );
+        assert_eq!(name, "accrue");
+        assert!(split_database_url("postgres://host:5432/").is_err());
+    }
+}

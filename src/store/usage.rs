@@ -1,0 +1,145 @@
+//! Reads of usage: rollups over a range of buckets, and the event-type governance report.
+//! Never scans `events`.
+
+use super::{Conn, StoreError};
+use crate::domain::aggregate::{AggregateState, Latest};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{BigInt, Nullable, Numeric, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
+
+#[derive(QueryableByName)]
+struct RangeRow {
+    #[diesel(sql_type = Text)]
+    meter: String,
+    #[diesel(sql_type = BigInt)]
+    event_count: i64,
+    #[diesel(sql_type = Numeric)]
+    value_sum: Decimal,
+    #[diesel(sql_type = Nullable<Numeric>)]
+    value_max: Option<Decimal>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    latest_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    latest_event_id: Option<String>,
+    #[diesel(sql_type = Nullable<Numeric>)]
+    latest_value: Option<Decimal>,
+    #[diesel(sql_type = Timestamptz)]
+    first_event_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    last_event_at: DateTime<Utc>,
+}
+
+#[derive(QueryableByName)]
+struct UniqueRow {
+    #[diesel(sql_type = Text)]
+    meter: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Per meter, the aggregate of the account's buckets in `[from, to)`. Unique-count meters carry
+/// their distinct count in `event_count`-independent form: see [`RangeAggregate::unique`].
+#[derive(Debug, Clone, Default)]
+pub struct RangeAggregate {
+    pub state: AggregateState,
+    /// Distinct keys in the range (unique_count meters).
+    pub unique: i64,
+}
+
+pub async fn find_by_account_and_range(
+    conn: &mut Conn,
+    account: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<BTreeMap<String, RangeAggregate>, StoreError> {
+    let rows: Vec<RangeRow> = diesel::sql_query(
+        r#"SELECT meter,
+                  SUM(event_count)::int8 AS event_count,
+                  SUM(value_sum) AS value_sum,
+                  MAX(value_max) AS value_max,
+                  (ARRAY_AGG(latest_at ORDER BY latest_at DESC NULLS LAST,
+                        latest_event_id COLLATE "C" DESC))[1] AS latest_at,
+                  (ARRAY_AGG(latest_event_id ORDER BY latest_at DESC NULLS LAST,
+                        latest_event_id COLLATE "C" DESC))[1] AS latest_event_id,
+                  (ARRAY_AGG(latest_value ORDER BY latest_at DESC NULLS LAST,
+                        latest_event_id COLLATE "C" DESC))[1] AS latest_value,
+                  MIN(first_event_at) AS first_event_at,
+                  MAX(last_event_at) AS last_event_at
+             FROM usage_rollups
+            WHERE account = $1 AND bucket >= $2 AND bucket < $3
+            GROUP BY meter"#,
+    )
+    .bind::<Text, _>(account)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load(conn)
+    .await?;
+    let uniques: Vec<UniqueRow> = diesel::sql_query(
+        "SELECT meter, COUNT(DISTINCT key)::int8 AS n
+           FROM usage_unique_keys
+          WHERE account = $1 AND bucket >= $2 AND bucket < $3
+          GROUP BY meter",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load(conn)
+    .await?;
+    let mut out: BTreeMap<String, RangeAggregate> = rows
+        .into_iter()
+        .map(|r| {
+            let latest = match (r.latest_at, r.latest_event_id, r.latest_value) {
+                (Some(at), Some(event_id), Some(value)) => Some(Latest {
+                    at,
+                    event_id,
+                    value,
+                }),
+                _ => None,
+            };
+            let state = AggregateState {
+                event_count: r.event_count,
+                sum: r.value_sum,
+                max: r.value_max,
+                latest,
+                first_at: Some(r.first_event_at),
+                last_at: Some(r.last_event_at),
+                keys: Default::default(),
+            };
+            (r.meter, RangeAggregate { state, unique: 0 })
+        })
+        .collect();
+    for u in uniques {
+        out.entry(u.meter).or_default().unique = u.n;
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct EventTypeRow {
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    #[diesel(sql_type = BigInt)]
+    pub event_count: i64,
+    #[diesel(sql_type = BigInt)]
+    pub accounts: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub first_seen_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// Every event type seen, summed over accounts (a governance report, not a hot path).
+pub async fn event_types(conn: &mut Conn) -> Result<Vec<EventTypeRow>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT event_type, SUM(event_count)::int8 AS event_count, COUNT(*)::int8 AS accounts,
+                MIN(first_seen_at) AS first_seen_at, MAX(last_seen_at) AS last_seen_at
+           FROM event_type_counts
+          GROUP BY event_type
+          ORDER BY event_type",
+    )
+    .load(conn)
+    .await?)
+}

@@ -1,0 +1,322 @@
+//! Test support: a database per test (cloned from a migrated template), an in-process server
+//! on a free port, a server process for restart and crash tests, and API keys.
+
+use accrue::catalog::meters::MeterCatalog;
+use accrue::domain::clock::{Clock, ManualClock};
+use accrue::domain::scope::Scope;
+use accrue::services::{auth, Ctx};
+use accrue::store;
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The server for test databases; override with `ACCRUE_TEST_PG`.
+pub fn pg_base() -> String {
+    std::env::var("ACCRUE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Name of the template database: a hash of the migrations, so a new migration builds a new one.
+fn template_name() -> String {
+    let mut files: Vec<PathBuf> = walk(&manifest_dir().join("migrations"));
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.to_string_lossy().as_bytes());
+        h.update(std::fs::read(&f).unwrap());
+    }
+    format!("accrue_tpl_{}", &hex::encode(h.finalize())[..16])
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+async fn admin() -> AsyncPgConnection {
+    AsyncPgConnection::establish(&format!("{}/postgres", pg_base()))
+        .await
+        .expect("connect to the test PostgreSQL (is it running? see README)")
+}
+
+async fn ensure_template(tpl: &str) {
+    let mut conn = admin().await;
+    // Test processes run in parallel: one builds the template, the others wait.
+    conn.batch_execute("SELECT pg_advisory_lock(7462002)")
+        .await
+        .unwrap();
+    let exists: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "EXISTS (SELECT 1 FROM pg_database WHERE datname = '{tpl}')"
+    )))
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    if !exists {
+        let building = format!("{tpl}_build");
+        conn.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+            .await
+            .unwrap();
+        conn.batch_execute(&format!("CREATE DATABASE {building}"))
+            .await
+            .unwrap();
+        store::run_migrations(&format!("{}/{building}", pg_base()))
+            .await
+            .unwrap();
+        conn.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {tpl}"))
+            .await
+            .unwrap();
+    }
+    conn.batch_execute("SELECT pg_advisory_unlock(7462002)")
+        .await
+        .unwrap();
+}
+
+use diesel_async::RunQueryDsl;
+
+/// A freshly migrated database, dropped when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let tpl = template_name();
+        ensure_template(&tpl).await;
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).unwrap();
+        let name = format!("t_{}", hex::encode(rnd));
+        let mut conn = admin().await;
+        let mut attempts = 0;
+        loop {
+            match conn
+                .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {tpl}"))
+                .await
+            {
+                Ok(()) => break,
+                // Another test cloning the template at the same instant.
+                Err(e) if attempts < 20 && e.to_string().contains("being accessed") => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("create test database: {e}"),
+            }
+        }
+        let url = format!("{}/{name}", pg_base());
+        Self { name, url }
+    }
+
+    pub async fn conn(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.url).await.unwrap()
+    }
+
+    /// Runs a scalar `bigint` query.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let mut c = self.conn().await;
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(sql))
+            .get_result(&mut c)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee: use a private one on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut conn = admin().await;
+                let _ = conn
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+pub fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// The instant in-process test servers believe it is, unless a test moves the clock.
+pub const NOW: &str = "2026-11-25T12:30:00Z";
+
+/// An in-process server on its own database with a manual clock.
+pub struct TestApp {
+    pub base: String,
+    pub db: TestDb,
+    pub ctx: Ctx,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let db = TestDb::new().await;
+    let pool = store::pool(&db.url, 8).unwrap();
+    let meters = MeterCatalog::load(&manifest_dir().join("pricing-plans")).unwrap();
+    let clock = Arc::new(ManualClock::new(t(NOW)));
+    let ctx = Ctx::new(pool, meters, clock.clone() as Arc<dyn Clock>);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = accrue::http::server(ctx.clone(), listener, Some(1)).unwrap();
+    tokio::spawn(server);
+    TestApp {
+        base,
+        db,
+        ctx,
+        clock,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    /// Creates a key with these scopes (comma-separated), optionally bound to one account.
+    pub async fn key(&self, scopes: &str, account: Option<&str>) -> String {
+        let scopes = Scope::parse_list(scopes).unwrap();
+        auth::create_key(&self.ctx.pool, "test", &scopes, account, "test")
+            .await
+            .unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POSTs a JSON body to /v1/events; returns status and JSON answer.
+    pub async fn send(&self, key: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let res = self
+            .http
+            .post(self.url("/v1/events"))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap())
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (u16, serde_json::Value) {
+        let res = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap())
+    }
+
+    /// The value of one meter for an account over a range.
+    pub async fn meter_value(
+        &self,
+        key: &str,
+        account: &str,
+        meter: &str,
+        from: &str,
+        to: &str,
+    ) -> String {
+        let (status, body) = self
+            .get(
+                key,
+                &format!("/v1/accounts/{account}/usage?from={from}&to={to}"),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["meter"] == meter)
+            .unwrap_or_else(|| panic!("meter {meter} missing in {body}"))["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// A server process (the real binary) on a database, for restart and crash tests.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ServerProcess {
+    pub async fn start(db_url: &str, port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
+            .arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("ACCRUE_BIND", format!("127.0.0.1:{port}"))
+            .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
+            .env("ACCRUE_DB_POOL", "4")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start accrue serve");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+                if r.status().is_success() {
+                    return Self { child, base };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("accrue serve did not become ready on port {port}");
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the graceful stop.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

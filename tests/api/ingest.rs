@@ -1,0 +1,294 @@
+//! POST /v1/events: acceptance, dedup, rejection classes, body limits.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+fn ev(id: &str, account: &str, ty: &str, props: Value) -> Value {
+    json!({"id": id, "account": account, "type": ty, "timestamp": "2026-11-25T12:00:00Z", "properties": props})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_event_is_accepted_once_and_reported_duplicate_ever_after() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let e = ev("evt-1", "acme", "api.request", json!({}));
+    let (status, body) = app.send(&key, &e).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"accepted": 1, "duplicates": 0, "rejected": []})
+    );
+    for _ in 0..3 {
+        let (status, body) = app.send(&key, &e).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            json!({"accepted": 0, "duplicates": 1, "rejected": []})
+        );
+    }
+    assert_eq!(app.db.count("(SELECT COUNT(*) FROM events)::int8").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_id_in_two_accounts_is_two_events() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let batch = json!({"events": [
+        ev("same", "acme", "api.request", json!({})),
+        ev("same", "globex", "api.request", json!({})),
+        ev("same", "acme", "api.request", json!({})),
+    ]});
+    let (_, body) = app.send(&key, &batch).await;
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["duplicates"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_class_is_reported_with_its_index_and_code_and_valid_events_are_kept() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let cases: Vec<(Value, &str)> = vec![
+        (ev("", "acme", "api.request", json!({})), "invalid_id"),
+        (
+            json!({"account": "acme", "type": "api.request"}),
+            "missing_id",
+        ),
+        (ev("a2", "", "api.request", json!({})), "invalid_account"),
+        (
+            json!({"id": "a3", "type": "api.request"}),
+            "missing_account",
+        ),
+        (json!({"id": "a4", "account": "acme"}), "missing_type"),
+        (
+            json!({"id": "a5", "account": "acme", "type": "api.request", "timestamp": "2026-11-25T12:35:01Z"}),
+            "timestamp_in_future",
+        ),
+        (
+            json!({"id": "a6", "account": "acme", "type": "api.request", "timestamp": "noon"}),
+            "invalid_timestamp",
+        ),
+        (
+            ev("a7", "acme", "storage.snapshot", json!({})),
+            "missing_property",
+        ),
+        (
+            ev("a8", "acme", "storage.snapshot", json!({"gb": "lots"})),
+            "invalid_property",
+        ),
+        (
+            ev("a9", "acme", "job.completed", json!({"minutes": [1]})),
+            "invalid_property",
+        ),
+        (
+            ev("a10", "acme", "user.active", json!({"user_id": {"x": 1}})),
+            "invalid_property",
+        ),
+        (
+            ev("a11", "acme", "api.request", json!(5)),
+            "invalid_properties",
+        ),
+        (json!("not an object"), "invalid_event"),
+    ];
+    let mut events: Vec<Value> = cases.iter().map(|(e, _)| e.clone()).collect();
+    events.push(ev("good", "acme", "storage.snapshot", json!({"gb": 3})));
+    let (status, body) = app.send(&key, &json!({ "events": events })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 1);
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), cases.len());
+    for (i, (_, code)) in cases.iter().enumerate() {
+        assert_eq!(rejected[i]["index"], i, "{}", rejected[i]);
+        assert_eq!(
+            rejected[i]["error"]["code"], *code,
+            "case {i}: {}",
+            rejected[i]
+        );
+        assert!(!rejected[i]["error"]["message"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(rejected[7]["id"], "a7");
+    assert!(rejected[7]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`gb`"));
+    assert_eq!(app.db.count("(SELECT COUNT(*) FROM events)::int8").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_only_event_is_rejected_gets_422() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let (status, body) = app
+        .send(
+            &key,
+            &ev("x", "acme", "storage.snapshot", json!({"gb": "many"})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["rejected"][0]["error"]["code"], "invalid_property");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_json_gets_400_naming_the_position() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let res = app
+        .http
+        .post(app.url("/v1/events"))
+        .bearer_auth(&key)
+        .body("{\"events\": [\n  {\"id\": \"1\",, }]}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_json");
+    assert_eq!(body["error"]["line"], 2);
+    assert_eq!(body["error"]["column"], 14);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("line 2, column 14"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_size_body_gets_413_and_stores_nothing() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let padding = "x".repeat(1024 * 1024);
+    let body = json!({"id": "big", "account": "acme", "type": "api.request", "properties": {"pad": padding}});
+    let (status, body) = app.send(&key, &body).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    assert_eq!(app.db.count("(SELECT COUNT(*) FROM events)::int8").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_a_thousand_events_in_one_batch_are_refused() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let events: Vec<Value> = (0..1001)
+        .map(|i| json!({"id": i.to_string(), "account": "a", "type": "t"}))
+        .collect();
+    let (status, body) = app.send(&key, &json!({ "events": events })).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "batch_too_large");
+    let (status, _) = app.send(&key, &json!({ "events": events[..1000] })).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_malformed_body_produces_a_server_error() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies: Vec<String> = vec![
+        "".into(),
+        "null".into(),
+        "42".into(),
+        "\"events\"".into(),
+        "[]".into(),
+        "{}".into(),
+        "{\"events\": {}}".into(),
+        "{\"events\": []}".into(),
+        "{\"events\": [null, 1, \"x\", []]}".into(),
+        deep,
+        "{\"id\": \"1\", \"account\": \"a\", \"type\": \"job.completed\", \"properties\": {\"minutes\": 1e400}}".into(),
+        "{\"id\": \"2\", \"account\": \"a\", \"type\": \"job.completed\", \"properties\": {\"minutes\": 123456789012345678901234567890}}".into(),
+        "{\"id\": \"3\", \"account\": \"a\", \"type\": \"t\", \"timestamp\": \"+275760-09-13T00:00:00Z\"}".into(),
+        "{\"id\": \"4\", \"account\": \"a\", \"type\": \"t\", \"timestamp\": \"-0001-01-01T00:00:00Z\"}".into(),
+        "{\"id\": \"\\u0000\", \"account\": \"a\\u0000\", \"type\": \"t\"}".into(),
+        "{\"id\": \"5\", \"account\": \"a\", \"type\": \"t\", \"properties\": {\"k\": \"\\u0000\"}}".into(),
+        "\u{feff}{}".into(),
+    ];
+    for b in bodies {
+        let res = app
+            .http
+            .post(app.url("/v1/events"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(b.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert!(
+            (200..500).contains(&status),
+            "body {:?} got {status}: {body}",
+            &b[..b.len().min(80)]
+        );
+        let has_code = body["error"]["code"].is_string() || body["rejected"].is_array();
+        assert!(
+            has_code,
+            "no error code for {:?}: {body}",
+            &b[..b.len().min(80)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_one_batch_store_each_event_exactly_once() {
+    let app = spawn_app().await;
+    let key = app.key("ingest,check", None).await;
+    let events: Vec<Value> = (0..300)
+        .map(|i| {
+            json!({"id": format!("c{i}"), "account": format!("acct{}", i % 3), "type": "job.completed",
+                   "timestamp": "2026-11-25T10:15:00Z", "properties": {"minutes": "1.5"}})
+        })
+        .collect();
+    let batch = json!({ "events": events });
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let http = app.http.clone();
+        let url = app.url("/v1/events");
+        let key = key.clone();
+        let batch = batch.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&batch)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 200);
+            res.json::<Value>().await.unwrap()
+        }));
+    }
+    let (mut accepted, mut duplicates) = (0, 0);
+    for t in tasks {
+        let b = t.await.unwrap();
+        accepted += b["accepted"].as_u64().unwrap();
+        duplicates += b["duplicates"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, 300);
+    assert_eq!(duplicates, 300 * 11);
+    assert_eq!(
+        app.db.count("(SELECT COUNT(*) FROM events)::int8").await,
+        300
+    );
+    // The rollups saw each event once too: 100 events × 1.5 minutes per account.
+    let v = app
+        .meter_value(
+            &key,
+            "acct1",
+            "compute_minutes",
+            "2026-11-25T00:00:00Z",
+            "2026-11-26T00:00:00Z",
+        )
+        .await;
+    assert_eq!(v, "150");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_future_limit_follows_the_server_clock() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let event = json!({"id": "f", "account": "acme", "type": "api.request", "timestamp": "2026-11-25T13:00:00Z"});
+    let (status, body) = app.send(&key, &event).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["rejected"][0]["error"]["code"], "timestamp_in_future");
+    app.clock.advance(chrono::Duration::minutes(26));
+    let (status, body) = app.send(&key, &event).await;
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(1)));
+}

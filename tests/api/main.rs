@@ -1,0 +1,12 @@
+//! Integration tests: one binary, each test on its own freshly migrated PostgreSQL database,
+//! talking to the real HTTP server over loopback.
+
+mod helpers;
+
+mod auth;
+mod crash;
+mod governance;
+mod ingest;
+mod layering;
+mod restart;
+mod usage;
