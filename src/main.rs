@@ -1,14 +1,20 @@
 //! The `accrue` command line: `serve`, `migrate`, `keys create`.
 
 use accrue::catalog::meters::MeterCatalog;
+use accrue::catalog::plans::{parse_plan_file, PlanCatalog};
 use accrue::config::Config;
 use accrue::domain::clock::Clock;
+use accrue::domain::plan::PlanRef;
+use accrue::domain::rating::rate_period;
 use accrue::domain::scope::Scope;
 use accrue::services::{auth, Ctx};
 use accrue::{http, store};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -32,6 +38,49 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Validate, publish and compare the versioned plan catalogue.
+    Plans {
+        #[command(subcommand)]
+        command: PlansCommand,
+    },
+    /// Rate one period of a plan version for given usage, offline; prints JSON.
+    Price {
+        /// A catalogue version, e.g. `team@2` (read from ACCRUE_PLANS_DIR).
+        #[arg(
+            long,
+            conflicts_with = "plan_file",
+            required_unless_present = "plan_file"
+        )]
+        plan: Option<String>,
+        /// A plan file anywhere, e.g. `pricing-plans/team/v3.toml`.
+        #[arg(long)]
+        plan_file: Option<PathBuf>,
+        /// Usage as meter=quantity; repeat for each meter.
+        #[arg(long = "usage", value_name = "METER=QUANTITY")]
+        usage: Vec<String>,
+        /// Seats (default: the plan's minimum).
+        #[arg(long)]
+        seats: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlansCommand {
+    /// Check every plan file; each problem names the file, the field and the rule.
+    Validate {
+        /// The catalogue directory (default: ACCRUE_PLANS_DIR).
+        dir: Option<PathBuf>,
+    },
+    /// Store every version with its content hash; a changed published version is refused.
+    Publish { dir: Option<PathBuf> },
+    /// What changed between two versions, e.g. `accrue plans diff team@1 team@2`.
+    Diff {
+        from: String,
+        to: String,
+        /// Print the changes as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -91,6 +140,13 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
+        Command::Plans { command } => plans(&config, command).await,
+        Command::Price {
+            plan,
+            plan_file,
+            usage,
+            seats,
+        } => price(&config, plan, plan_file, &usage, seats),
         Command::Serve => serve(config).await,
         Command::Migrate => {
             store::ensure_database(&config.database_url).await?;
@@ -126,14 +182,155 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// Loads and validates meters and plans from `dir`, listing every problem.
+fn load_catalogue(dir: &Path) -> anyhow::Result<(MeterCatalog, PlanCatalog)> {
+    let meters = MeterCatalog::load(dir)?;
+    let plans = PlanCatalog::load(dir, &meters).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!(
+            "{} problem{} in the plan catalogue:\n{}",
+            list.len(),
+            if list.len() == 1 { "" } else { "s" },
+            list.join("\n")
+        )
+    })?;
+    Ok((meters, plans))
+}
+
+async fn plans(config: &Config, command: PlansCommand) -> anyhow::Result<()> {
+    match command {
+        PlansCommand::Validate { dir } => {
+            let dir = dir.unwrap_or_else(|| config.plans_dir.clone());
+            let (meters, plans) = load_catalogue(&dir)?;
+            println!(
+                "{}: {} meters, {} plan versions ({}) are valid",
+                dir.display(),
+                meters.all().len(),
+                plans.all().count(),
+                plans
+                    .all()
+                    .map(|v| v.plan_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        PlansCommand::Publish { dir } => {
+            let dir = dir.unwrap_or_else(|| config.plans_dir.clone());
+            let (_, plans) = load_catalogue(&dir)?;
+            store::ensure_database(&config.database_url).await?;
+            store::run_migrations(&config.database_url).await?;
+            let pool = store::pool(&config.database_url, 1)?;
+            let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let results =
+                accrue::services::plans::publish(&pool, &plans, &format!("cli:{user}"), Utc::now())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for r in results {
+                let status = match r.status {
+                    accrue::services::plans::PublishStatus::Published => "published",
+                    accrue::services::plans::PublishStatus::Unchanged => "unchanged",
+                };
+                println!(
+                    "{:<22} {status:<10} {}",
+                    r.plan.to_string(),
+                    &r.content_hash[..16]
+                );
+            }
+            Ok(())
+        }
+        PlansCommand::Diff { from, to, json } => {
+            let (_, plans) = load_catalogue(&config.plans_dir)?;
+            let get = |s: &str| -> anyhow::Result<&accrue::domain::plan::PlanVersion> {
+                let r: PlanRef = s.parse().map_err(anyhow::Error::msg)?;
+                plans
+                    .get(&r)
+                    .ok_or_else(|| anyhow::anyhow!("{r} is not in {}", config.plans_dir.display()))
+            };
+            let (a, b) = (get(&from)?, get(&to)?);
+            let changes = accrue::catalog::diff::diff(a, b);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "from": a.plan_ref().to_string(), "to": b.plan_ref().to_string(), "changes": changes
+                    }))?
+                );
+            } else {
+                print!("{}", accrue::catalog::diff::render(a, b, &changes));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn price(
+    config: &Config,
+    plan: Option<String>,
+    plan_file: Option<PathBuf>,
+    usage: &[String],
+    seats: Option<u32>,
+) -> anyhow::Result<()> {
     let meters = MeterCatalog::load(&config.plans_dir)?;
+    let version = match (plan, plan_file) {
+        (_, Some(file)) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            parse_plan_file(&file, &text, &meters).map_err(|errors| {
+                anyhow::anyhow!(
+                    "{}",
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?
+        }
+        (Some(r), None) => {
+            let r: PlanRef = r.parse().map_err(anyhow::Error::msg)?;
+            let (_, plans) = load_catalogue(&config.plans_dir)?;
+            plans
+                .get(&r)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{r} is not in {}", config.plans_dir.display()))?
+        }
+        (None, None) => anyhow::bail!("give --plan PLAN@VERSION or --plan-file PATH"),
+    };
+    let mut quantities = BTreeMap::new();
+    for u in usage {
+        let (meter, q) = u
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--usage `{u}`: expected METER=QUANTITY"))?;
+        if meters.get(meter).is_none() {
+            anyhow::bail!("--usage `{u}`: unknown meter `{meter}` (not in meters.toml)");
+        }
+        let q = Decimal::from_str_exact(q.trim())
+            .map_err(|_| anyhow::anyhow!("--usage `{u}`: `{q}` is not a decimal number"))?;
+        quantities.insert(meter.to_owned(), q);
+    }
+    let seats = seats.unwrap_or_else(|| version.seats.as_ref().map_or(0, |s| s.min));
+    if let Some(max) = version.seats.as_ref().and_then(|s| s.max) {
+        if seats > max {
+            anyhow::bail!(
+                "--seats {seats}: plan {} allows at most {max} seats",
+                version.plan_ref()
+            );
+        }
+    }
+    let rated = rate_period(&version, &quantities, seats);
+    println!("{}", serde_json::to_string_pretty(&rated)?);
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let (meters, plans) = load_catalogue(&config.plans_dir)?;
     store::ensure_database(&config.database_url)
         .await
         .context("preparing the database")?;
     let ran = store::run_migrations(&config.database_url).await?;
     let pool = store::pool(&config.database_url, config.pool_size)?;
-    let ctx = Ctx::new(pool, meters, Arc::new(SystemClock));
+    let ctx = Ctx::new(pool, meters, plans, Arc::new(SystemClock));
     let listener = std::net::TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     tracing::info!(bind = %config.bind, migrations = ran, meters = ctx.meters.all().len(), "accrue serving");

@@ -8,4 +8,7 @@ pub mod aggregate;
 pub mod clock;
 pub mod event;
 pub mod meter;
+pub mod money;
+pub mod plan;
+pub mod rating;
 pub mod scope;

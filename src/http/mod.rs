@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod governance;
 mod health;
+mod plans;
 mod usage;
 
 pub use error::ApiError;
@@ -32,6 +33,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(
                     "/governance/event-types",
                     web::get().to(governance::event_types),
+                )
+                .route("/plans", web::get().to(plans::list))
+                .route(
+                    "/plans/{plan}/versions/{version}",
+                    web::get().to(plans::version),
                 ),
         );
 }

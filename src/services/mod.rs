@@ -4,9 +4,11 @@
 
 pub mod auth;
 pub mod ingest;
+pub mod plans;
 pub mod usage;
 
 use crate::catalog::meters::MeterCatalog;
+use crate::catalog::plans::PlanCatalog;
 use crate::domain::clock::Clock;
 use crate::store::{Pool, StoreError};
 use std::sync::Arc;
@@ -16,15 +18,23 @@ use std::sync::Arc;
 pub struct Ctx {
     pub pool: Pool,
     pub meters: Arc<MeterCatalog>,
+    /// The plan files as validated at start (published versions live in the database).
+    pub plans: Arc<PlanCatalog>,
     pub clock: Arc<dyn Clock>,
     pub keys: Arc<auth::KeyCache>,
 }
 
 impl Ctx {
-    pub fn new(pool: Pool, meters: MeterCatalog, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        pool: Pool,
+        meters: MeterCatalog,
+        plans: PlanCatalog,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             pool,
             meters: Arc::new(meters),
+            plans: Arc::new(plans),
             clock,
             keys: Arc::new(auth::KeyCache::default()),
         }

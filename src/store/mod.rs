@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod events;
+pub mod plans;
 pub mod schema;
 pub mod usage;
 

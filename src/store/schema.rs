@@ -61,3 +61,29 @@ diesel::table! {
         last_seen_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    plan_versions (plan, version) {
+        plan -> Text,
+        version -> Int4,
+        name -> Text,
+        self_serve -> Bool,
+        content_hash -> Text,
+        definition -> Jsonb,
+        published_at -> Timestamptz,
+        published_by -> Text,
+    }
+}
+
+diesel::table! {
+    catalogue_audit (id) {
+        id -> Int8,
+        action -> Text,
+        plan -> Text,
+        version -> Int4,
+        content_hash -> Text,
+        actor -> Text,
+        detail -> Text,
+        at -> Timestamptz,
+    }
+}

@@ -2,6 +2,7 @@
 //! on a free port, a server process for restart and crash tests, and API keys.
 
 use accrue::catalog::meters::MeterCatalog;
+use accrue::catalog::plans::PlanCatalog;
 use accrue::domain::clock::{Clock, ManualClock};
 use accrue::domain::scope::Scope;
 use accrue::services::{auth, Ctx};
@@ -175,8 +176,9 @@ pub async fn spawn_app() -> TestApp {
     let db = TestDb::new().await;
     let pool = store::pool(&db.url, 8).unwrap();
     let meters = MeterCatalog::load(&manifest_dir().join("pricing-plans")).unwrap();
+    let plans = PlanCatalog::load(&manifest_dir().join("pricing-plans"), &meters).unwrap();
     let clock = Arc::new(ManualClock::new(t(NOW)));
-    let ctx = Ctx::new(pool, meters, clock.clone() as Arc<dyn Clock>);
+    let ctx = Ctx::new(pool, meters, plans, clock.clone() as Arc<dyn Clock>);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = accrue::http::server(ctx.clone(), listener, Some(1)).unwrap();

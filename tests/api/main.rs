@@ -8,5 +8,6 @@ mod crash;
 mod governance;
 mod ingest;
 mod layering;
+mod plans;
 mod restart;
 mod usage;

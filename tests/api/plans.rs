@@ -1,0 +1,226 @@
+//! The plan catalogue: validate and publish from the CLI, immutability, audit, and the API.
+
+use crate::helpers::*;
+use accrue::catalog::plans::content_hash;
+use std::path::Path;
+use std::process::Command;
+
+fn accrue(db_url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A writable copy of the shipped catalogue.
+fn copy_catalogue(to: &Path) {
+    let from = manifest_dir().join("pricing-plans");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(&from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_plans_are_listed_and_readable_over_the_api() {
+    let app = spawn_app().await;
+    let (ok, out, err) = accrue(&app.db.url, &["plans", "publish"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("team@2") && out.contains("published"), "{out}");
+    let key = app.key("check", None).await;
+    let (status, body) = app.get(&key, "/v1/plans").await;
+    assert_eq!(status, 200);
+    let plans = body["plans"].as_array().unwrap();
+    let codes: Vec<&str> = plans.iter().map(|p| p["plan"].as_str().unwrap()).collect();
+    assert_eq!(
+        codes,
+        ["business", "business_annual", "enterprise", "free", "team"]
+    );
+    let team = plans.iter().find(|p| p["plan"] == "team").unwrap();
+    assert_eq!(team["latest_version"], 2);
+    assert_eq!(team["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        plans.iter().find(|p| p["plan"] == "enterprise").unwrap()["self_serve"],
+        false
+    );
+
+    let (status, v) = app.get(&key, "/v1/plans/team/versions/2").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["definition"]["base_fee"], "59.00");
+    assert_eq!(v["definition"]["charges"][0]["model"], "graduated");
+    let expected = content_hash(app.ctx.plans.get(&"team@2".parse().unwrap()).unwrap());
+    assert_eq!(v["content_hash"], expected);
+
+    let (status, body) = app.get(&key, "/v1/plans/team/versions/7").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = app.get(&key, "/v1/plans/team/versions/two").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_path"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republishing_unchanged_files_changes_nothing_and_is_not_audited_again() {
+    let app = spawn_app().await;
+    assert!(accrue(&app.db.url, &["plans", "publish"]).0);
+    let audited = app
+        .db
+        .count("(SELECT COUNT(*) FROM catalogue_audit)::int8")
+        .await;
+    assert_eq!(audited, 6);
+    let (ok, out, _) = accrue(&app.db.url, &["plans", "publish"]);
+    assert!(ok);
+    assert_eq!(out.matches("unchanged").count(), 6, "{out}");
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(*) FROM catalogue_audit)::int8")
+            .await,
+        6
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_published_version_is_refused_all_or_nothing_and_audited() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("accrue-cat-{}", app.db.name));
+    copy_catalogue(&dir);
+    let dir_s = dir.to_str().unwrap();
+    assert!(accrue(&app.db.url, &["plans", "publish", dir_s]).0);
+    // Edit a published version and add a brand-new plan in the same attempt.
+    let team2 = dir.join("team/v2.toml");
+    let text = std::fs::read_to_string(&team2).unwrap();
+    std::fs::write(
+        &team2,
+        text.replace("base_fee = \"59.00\"", "base_fee = \"64.00\""),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("starter")).unwrap();
+    std::fs::write(
+        dir.join("starter/v1.toml"),
+        "name = \"Starter\"\ncurrency = \"USD\"\ninterval = \"month\"\nbase_fee = \"9\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = accrue(&app.db.url, &["plans", "publish", dir_s]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!ok, "publishing a changed version must fail");
+    assert!(err.contains("team@2 is already published"), "{err}");
+    assert!(err.contains("pricing-plans/team/v3.toml"), "{err}");
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(*) FROM plan_versions WHERE plan = 'starter')::int8")
+            .await,
+        0,
+        "nothing of a refused publish is stored"
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(*) FROM catalogue_audit WHERE action = 'refused' AND plan = 'team' AND version = 2)::int8")
+            .await,
+        1
+    );
+    let key = app.key("check", None).await;
+    let (_, v) = app.get(&key, "/v1/plans/team/versions/2").await;
+    assert_eq!(v["definition"]["base_fee"], "59.00");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_table_is_append_only() {
+    let app = spawn_app().await;
+    assert!(accrue(&app.db.url, &["plans", "publish"]).0);
+    let mut conn = app.db.conn().await;
+    use diesel_async::SimpleAsyncConnection;
+    let upd = conn
+        .batch_execute("UPDATE catalogue_audit SET actor = 'someone else'")
+        .await;
+    assert!(upd.unwrap_err().to_string().contains("append-only"));
+    let del = conn.batch_execute("DELETE FROM catalogue_audit").await;
+    assert!(del.is_err());
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(*) FROM catalogue_audit)::int8")
+            .await,
+        6
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_exits_non_zero_naming_file_field_and_rule() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("accrue-bad-{}", db.name));
+    copy_catalogue(&dir);
+    let f = dir.join("business/v1.toml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, text.replace("currency = \"USD\"", "currency = \"USX\"")).unwrap();
+    let (ok, _, err) = accrue(&db.url, &["plans", "validate", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!ok);
+    assert!(
+        err.contains("business/v1.toml: currency: `USX` is not a known ISO 4217 currency code"),
+        "{err}"
+    );
+    let (ok, out, _) = accrue(&db.url, &["plans", "validate"]);
+    assert!(ok);
+    assert!(out.contains("6 plan versions"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_prints_the_rated_lines_as_json() {
+    let db = TestDb::new().await;
+    let (ok, out, err) = accrue(
+        &db.url,
+        &[
+            "price",
+            "--plan",
+            "team@2",
+            "--usage",
+            "api_calls=123456",
+            "--usage",
+            "storage_gb=62.5",
+            "--seats",
+            "8",
+        ],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["currency"], "USD");
+    let amount = |i: usize| v["lines"][i]["amount"].as_str().unwrap().to_owned();
+    assert_eq!(amount(0), "59.00"); // base fee
+    assert_eq!(amount(1), "60.00"); // (8 − 3) × 12
+    assert_eq!(amount(2), "11.73"); // 23,456 × 0.0005 = 11.728
+    assert_eq!(amount(3), "3.13"); // (62.5 − 50) × 0.25 = 3.125
+    assert_eq!(amount(4), "0.00");
+    assert_eq!(v["total"], "133.86");
+    let (ok, _, err) = accrue(&db.url, &["price", "--plan", "team@2", "--seats", "51"]);
+    assert!(!ok);
+    assert!(err.contains("at most 50 seats"), "{err}");
+    let file = manifest_dir().join("pricing-plans/team/v1.toml");
+    let (ok, out, _) = accrue(
+        &db.url,
+        &[
+            "price",
+            "--plan-file",
+            file.to_str().unwrap(),
+            "--usage",
+            "api_calls=2000000",
+        ],
+    );
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // 900,000 × 0.0005 + 1,000,000 × 0.0003 = 450 + 300
+    assert_eq!(v["lines"][2]["amount"], "750.00");
+}
