@@ -16,6 +16,8 @@ pub struct Config {
     /// `ACCRUE_DB_POOL`: connections per instance; ingestion throughput scales with it up to
     /// the database's core count.
     pub pool_size: usize,
+    /// `ACCRUE_INGEST_LANES`: concurrent group-commit ingest transactions per instance.
+    pub ingest_lanes: usize,
 }
 
 impl Config {
@@ -34,7 +36,14 @@ impl Config {
             .ok_or_else(|| {
                 format!("ACCRUE_DB_POOL must be a positive integer, got `{pool_size}`")
             })?;
+        let lanes = var("ACCRUE_INGEST_LANES", "4");
+        let ingest_lanes = lanes
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| format!("ACCRUE_INGEST_LANES must be 1 to 64, got `{lanes}`"))?;
         Ok(Self {
+            ingest_lanes,
             database_url: var("DATABASE_URL", DEFAULT_DATABASE_URL),
             bind: var("ACCRUE_BIND", DEFAULT_BIND),
             plans_dir: PathBuf::from(var("ACCRUE_PLANS_DIR", "pricing-plans")),

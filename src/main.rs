@@ -330,7 +330,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("preparing the database")?;
     let ran = store::run_migrations(&config.database_url).await?;
     let pool = store::pool(&config.database_url, config.pool_size)?;
-    let ctx = Ctx::new(pool, meters, plans, Arc::new(SystemClock));
+    let ctx = Ctx::new(
+        pool,
+        meters,
+        plans,
+        Arc::new(SystemClock),
+        config.ingest_lanes,
+    );
     let listener = std::net::TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     tracing::info!(bind = %config.bind, migrations = ran, meters = ctx.meters.all().len(), "accrue serving");

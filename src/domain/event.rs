@@ -19,7 +19,8 @@ pub struct Event {
     pub id: String,
     pub event_type: String,
     pub timestamp: DateTime<Utc>,
-    pub properties: Map<String, Value>,
+    /// Always a JSON object (stored as given, as jsonb).
+    pub properties: Value,
 }
 
 /// Why one event was refused: a stable code and a sentence naming what is wrong.
@@ -45,8 +46,8 @@ pub fn raw_id(raw: &Value) -> Option<String> {
 
 /// Validates the shape of one raw event. `now` is the receipt time, used as the default
 /// timestamp and as the reference for the future-timestamp rule.
-pub fn parse_event(raw: &Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
-    let Some(obj) = raw.as_object() else {
+pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
+    let Value::Object(mut obj) = raw else {
         return Err(Rejection::new(
             "invalid_event",
             "an event must be a JSON object",
@@ -124,15 +125,15 @@ pub fn parse_event(raw: &Value, now: DateTime<Utc>) -> Result<Event, Rejection> 
             "id and type must not contain the NUL character",
         ));
     }
-    let properties = match obj.get("properties") {
-        None | Some(Value::Null) => Map::new(),
+    let properties = match obj.remove("properties") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
         Some(Value::Object(m)) if m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)) => {
             return Err(Rejection::new(
                 "invalid_properties",
                 "properties must not contain the NUL character (\\u0000)",
             ))
         }
-        Some(Value::Object(m)) => m.clone(),
+        Some(v @ Value::Object(_)) => v,
         Some(_) => {
             return Err(Rejection::new(
                 "invalid_properties",
@@ -171,7 +172,7 @@ mod tests {
     }
 
     fn code(v: Value) -> &'static str {
-        parse_event(&v, now()).unwrap_err().code
+        parse_event(v, now()).unwrap_err().code
     }
 
     #[test]
@@ -214,18 +215,18 @@ mod tests {
     fn timestamps_up_to_five_minutes_ahead_pass_and_beyond_are_refused() {
         let ok =
             json!({"id": "1", "account": "a", "type": "t", "timestamp": "2026-11-25T12:05:00Z"});
-        assert!(parse_event(&ok, now()).is_ok());
+        assert!(parse_event(ok, now()).is_ok());
         let late =
             json!({"id": "1", "account": "a", "type": "t", "timestamp": "2026-11-25T12:05:01Z"});
         assert_eq!(
-            parse_event(&late, now()).unwrap_err().code,
+            parse_event(late, now()).unwrap_err().code,
             "timestamp_in_future"
         );
     }
 
     #[test]
     fn a_missing_timestamp_defaults_to_receipt_time() {
-        let e = parse_event(&json!({"id": "1", "account": "a", "type": "t"}), now()).unwrap();
+        let e = parse_event(json!({"id": "1", "account": "a", "type": "t"}), now()).unwrap();
         assert_eq!(e.timestamp, now());
     }
 }

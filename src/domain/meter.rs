@@ -201,7 +201,7 @@ mod tests {
             id: "1".into(),
             event_type: "t".into(),
             timestamp: chrono::DateTime::UNIX_EPOCH,
-            properties: props.as_object().unwrap().clone(),
+            properties: props,
         }
     }
 

@@ -77,13 +77,19 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }
             ServiceError::NotFound(message) => ApiError::not_found(message),
+            ServiceError::Unavailable(message) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
             ServiceError::Store(e) => {
                 tracing::error!(error = %e, "database failure");
                 let message = match e {
                     StoreError::Pool(_) | StoreError::Connect(_) | StoreError::PoolBuild(_) => {
                         "the database is unreachable; retry shortly"
                     }
-                    StoreError::Query(_) | StoreError::Migration(_) | StoreError::BadUrl(_) => {
+                    StoreError::Query(_)
+                    | StoreError::Migration(_)
+                    | StoreError::BadUrl(_)
+                    | StoreError::Message(_) => {
                         "the database failed the request; it was not applied, retry shortly"
                     }
                 };

@@ -22,16 +22,24 @@ pub struct Ctx {
     pub plans: Arc<PlanCatalog>,
     pub clock: Arc<dyn Clock>,
     pub keys: Arc<auth::KeyCache>,
+    pub ingest: Arc<ingest::IngestPipeline>,
 }
 
 impl Ctx {
+    /// Builds the context and starts the ingest lanes on the current tokio runtime.
     pub fn new(
         pool: Pool,
         meters: MeterCatalog,
         plans: PlanCatalog,
         clock: Arc<dyn Clock>,
+        ingest_lanes: usize,
     ) -> Self {
         Self {
+            ingest: Arc::new(ingest::IngestPipeline::start(
+                pool.clone(),
+                clock.clone(),
+                ingest_lanes,
+            )),
             pool,
             meters: Arc::new(meters),
             plans: Arc::new(plans),
@@ -53,6 +61,9 @@ pub enum ServiceError {
     /// The database could not be reached or failed (503: safe to retry).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The service is stopping or overloaded (503: safe to retry).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ServiceError {

@@ -37,10 +37,7 @@ pub async fn insert_new(
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let ts: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
-    let props: Vec<serde_json::Value> = events
-        .iter()
-        .map(|e| serde_json::Value::Object(e.properties.clone()))
-        .collect();
+    let props: Vec<&serde_json::Value> = events.iter().map(|e| &e.properties).collect();
     let rows: Vec<InsertedKey> = diesel::sql_query(
         "INSERT INTO events (account, id, event_type, ts, properties, received_at)
          SELECT a, i, t, s, p, $6

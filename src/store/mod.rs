@@ -35,6 +35,9 @@ pub enum StoreError {
     Migration(String),
     #[error("invalid DATABASE_URL `{0}`: expected postgres://user@host:port/database")]
     BadUrl(String),
+    /// A failure reported by a shared worker (the ingest lane), already logged there.
+    #[error("{0}")]
+    Message(String),
 }
 
 impl StoreError {

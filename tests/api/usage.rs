@@ -237,7 +237,7 @@ fn expected(events: &[Value], meter: &str, app: &TestApp) -> String {
     let mut seen = std::collections::HashSet::new();
     let mut st = AggregateState::default();
     for raw in events {
-        let ev = parse_event(raw, t(NOW)).unwrap();
+        let ev = parse_event(raw.clone(), t(NOW)).unwrap();
         if !seen.insert(ev.id.clone()) {
             continue;
         }
