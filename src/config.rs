@@ -18,6 +18,9 @@ pub struct Config {
     pub pool_size: usize,
     /// `ACCRUE_INGEST_LANES`: concurrent group-commit ingest transactions per instance.
     pub ingest_lanes: usize,
+    /// `ACCRUE_CHECK_STALENESS_MS`: how old a cached account may be before a check reloads it;
+    /// the bound on staleness about changes made through other instances.
+    pub check_staleness: std::time::Duration,
 }
 
 impl Config {
@@ -42,7 +45,17 @@ impl Config {
             .ok()
             .filter(|n| (1..=64).contains(n))
             .ok_or_else(|| format!("ACCRUE_INGEST_LANES must be 1 to 64, got `{lanes}`"))?;
+        let stale = var("ACCRUE_CHECK_STALENESS_MS", "1000");
+        let check_staleness = stale
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=600_000).contains(n))
+            .map(std::time::Duration::from_millis)
+            .ok_or_else(|| {
+                format!("ACCRUE_CHECK_STALENESS_MS must be 1 to 600000, got `{stale}`")
+            })?;
         Ok(Self {
+            check_staleness,
             ingest_lanes,
             database_url: var("DATABASE_URL", DEFAULT_DATABASE_URL),
             bind: var("ACCRUE_BIND", DEFAULT_BIND),

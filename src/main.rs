@@ -336,6 +336,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         plans,
         Arc::new(SystemClock),
         config.ingest_lanes,
+        config.check_staleness,
     );
     let listener = std::net::TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;

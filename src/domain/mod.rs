@@ -9,6 +9,8 @@ pub mod clock;
 pub mod event;
 pub mod meter;
 pub mod money;
+pub mod period;
 pub mod plan;
+pub mod proration;
 pub mod rating;
 pub mod scope;

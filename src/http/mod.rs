@@ -1,6 +1,7 @@
 //! The only module that imports actix-web: the route table, authentication, one file per
 //! resource, and the mapping of service errors to statuses and stable codes.
 
+mod accounts;
 mod auth;
 mod error;
 mod events;
@@ -30,6 +31,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/accounts/{account}/usage",
                     web::get().to(usage::account_usage),
                 )
+                .route("/accounts/{account}", web::put().to(accounts::put_account))
+                .route("/accounts/{account}", web::get().to(accounts::get_account))
+                .route(
+                    "/accounts/{account}/subscription",
+                    web::post().to(accounts::subscribe),
+                )
+                .route(
+                    "/accounts/{account}/subscription",
+                    web::get().to(accounts::get_subscription),
+                )
+                .route(
+                    "/accounts/{account}/subscription/changes",
+                    web::get().to(accounts::changes),
+                )
+                .route(
+                    "/accounts/{account}/subscription/quotes",
+                    web::post().to(accounts::quote),
+                )
+                .route(
+                    "/accounts/{account}/subscription/quotes/{quote}/accept",
+                    web::post().to(accounts::accept),
+                )
+                .route("/accounts/{account}/check", web::post().to(accounts::check))
                 .route(
                     "/governance/event-types",
                     web::get().to(governance::event_types),
@@ -51,6 +75,7 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
             .app_data(data.clone())
             .app_data(web::QueryConfig::default().error_handler(error::query_error))
             .app_data(web::PathConfig::default().error_handler(error::path_error))
+            .app_data(accounts::json_config())
             .configure(routes)
             .default_service(web::to(error::not_found))
     })

@@ -12,6 +12,7 @@
 //! stored and adds nothing. Rows are written in key order so concurrent batches cannot
 //! deadlock on each other; a transient conflict is retried.
 
+use super::check::CheckCache;
 use super::{Ctx, ServiceError};
 use crate::domain::aggregate::{bucket_of, AggregateState};
 use crate::domain::clock::Clock;
@@ -190,23 +191,47 @@ const MAX_GROUP_EVENTS: usize = 8_000;
 /// the commit that holds their events.
 pub struct IngestPipeline {
     lanes: Vec<mpsc::Sender<Job>>,
+    /// Held by a lane from its commit until the check cache has the new events, and by a
+    /// check-cache reload while it reads the database (see `services::check`).
+    gates: Vec<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl IngestPipeline {
     /// Starts `lanes` lane tasks on the current tokio runtime.
-    pub fn start(pool: Pool, clock: Arc<dyn Clock>, lanes: usize) -> Self {
-        let lanes = (0..lanes.max(1))
-            .map(|_| {
+    pub fn start(pool: Pool, clock: Arc<dyn Clock>, checks: Arc<CheckCache>, lanes: usize) -> Self {
+        let gates: Vec<_> = (0..lanes.max(1))
+            .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+            .collect();
+        let lanes = gates
+            .iter()
+            .map(|gate| {
                 let (tx, rx) = mpsc::channel(1024);
-                tokio::spawn(run_lane(rx, pool.clone(), clock.clone()));
+                tokio::spawn(run_lane(
+                    rx,
+                    pool.clone(),
+                    clock.clone(),
+                    checks.clone(),
+                    gate.clone(),
+                ));
                 tx
             })
             .collect();
-        Self { lanes }
+        Self { lanes, gates }
+    }
+
+    /// The gate of the lane that owns `account`.
+    pub fn gate(&self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.gates[lane_of(account, self.gates.len())].clone()
     }
 }
 
-async fn run_lane(mut rx: mpsc::Receiver<Job>, pool: Pool, clock: Arc<dyn Clock>) {
+async fn run_lane(
+    mut rx: mpsc::Receiver<Job>,
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    checks: Arc<CheckCache>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+) {
     while let Some(first) = rx.recv().await {
         let mut size = first.events.len();
         let mut jobs = vec![first];
@@ -219,8 +244,21 @@ async fn run_lane(mut rx: mpsc::Receiver<Job>, pool: Pool, clock: Arc<dyn Clock>
                 Err(_) => break,
             }
         }
-        match commit_group(&pool, clock.now(), &jobs).await {
-            Ok(per_job) => {
+        let held = gate.lock().await;
+        let result = commit_group(&pool, clock.now(), &jobs).await;
+        if let Ok((_, new)) = &result {
+            for v in jobs.iter().flat_map(|j| &j.events) {
+                let e = &v.event;
+                if !v.readings.is_empty()
+                    && new.contains(&(e.account.as_str().to_owned(), e.id.clone()))
+                {
+                    checks.apply(e.account.as_str(), e.timestamp, &e.id, &v.readings);
+                }
+            }
+        }
+        drop(held);
+        match result {
+            Ok((per_job, _)) => {
                 for (job, n) in jobs.into_iter().zip(per_job) {
                     let _ = job.reply.send(Ok(n));
                 }
@@ -242,7 +280,7 @@ async fn commit_group(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
-) -> Result<Vec<usize>, StoreError> {
+) -> Result<(Vec<usize>, HashSet<(String, String)>), StoreError> {
     // The first job holding an (account, id) owns it; later copies are duplicates.
     let mut owner: HashMap<(&str, &str), usize> = HashMap::new();
     let mut unique: Vec<&Valid> = Vec::new();
@@ -289,7 +327,7 @@ async fn commit_group(
             per_job[*j] += 1;
         }
     }
-    Ok(per_job)
+    Ok((per_job, new))
 }
 
 /// Rollup and event-type deltas of the events that were actually inserted.

@@ -3,8 +3,10 @@
 //! nothing of HTTP.
 
 pub mod auth;
+pub mod check;
 pub mod ingest;
 pub mod plans;
+pub mod subscriptions;
 pub mod usage;
 
 use crate::catalog::meters::MeterCatalog;
@@ -23,6 +25,7 @@ pub struct Ctx {
     pub clock: Arc<dyn Clock>,
     pub keys: Arc<auth::KeyCache>,
     pub ingest: Arc<ingest::IngestPipeline>,
+    pub checks: Arc<check::CheckCache>,
 }
 
 impl Ctx {
@@ -33,13 +36,17 @@ impl Ctx {
         plans: PlanCatalog,
         clock: Arc<dyn Clock>,
         ingest_lanes: usize,
+        check_staleness: std::time::Duration,
     ) -> Self {
+        let checks = Arc::new(check::CheckCache::new(check_staleness));
         Self {
             ingest: Arc::new(ingest::IngestPipeline::start(
                 pool.clone(),
                 clock.clone(),
+                checks.clone(),
                 ingest_lanes,
             )),
+            checks,
             pool,
             meters: Arc::new(meters),
             plans: Arc::new(plans),
@@ -55,6 +62,9 @@ pub enum ServiceError {
     /// The request is well-formed but a value in it breaks a rule (422).
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
+    /// The request conflicts with the current state (409): retry after re-reading.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// The thing asked for does not exist (or is outside the key's reach) (404).
     #[error("{0}")]
     NotFound(String),

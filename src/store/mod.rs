@@ -1,10 +1,12 @@
 //! The only module that talks to PostgreSQL (diesel + diesel-async). One file per entity, query
 //! functions named after their key. Bulk writes use `UNNEST` over bound arrays (SCALE.md rule 8).
 
+pub mod accounts;
 pub mod api_keys;
 pub mod events;
 pub mod plans;
 pub mod schema;
+pub mod subscriptions;
 pub mod usage;
 
 use diesel::connection::SimpleConnection;

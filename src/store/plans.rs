@@ -97,3 +97,17 @@ pub async fn audit_log(conn: &mut AsyncPgConnection) -> Result<Vec<AuditEntry>, 
         .load(conn)
         .await?)
 }
+
+/// The highest published version of `plan` with its content hash.
+pub async fn find_latest_by_plan(
+    conn: &mut AsyncPgConnection,
+    plan: &str,
+) -> Result<Option<(i32, String)>, StoreError> {
+    Ok(plan_versions::table
+        .filter(plan_versions::plan.eq(plan))
+        .order(plan_versions::version.desc())
+        .select((plan_versions::version, plan_versions::content_hash))
+        .first(conn)
+        .await
+        .optional()?)
+}

@@ -87,3 +87,79 @@ diesel::table! {
         at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    accounts (account) {
+        account -> Text,
+        name -> Nullable<Text>,
+        email -> Nullable<Text>,
+        employees -> Nullable<Int4>,
+        industry -> Nullable<Text>,
+        country -> Nullable<Text>,
+        crm_owner -> Nullable<Text>,
+        stripe_customer_id -> Nullable<Text>,
+        currency -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    subscriptions (account) {
+        account -> Text,
+        plan -> Text,
+        plan_version -> Int4,
+        seats -> Int4,
+        status -> Text,
+        anchor -> Timestamptz,
+        period_start -> Timestamptz,
+        period_end -> Timestamptz,
+        trial_end -> Nullable<Timestamptz>,
+        scheduled -> Nullable<Jsonb>,
+        revision -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    quotes (account, id) {
+        account -> Text,
+        id -> Text,
+        base_revision -> Int8,
+        body -> Jsonb,
+        expires_at -> Timestamptz,
+        accepted_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (account, key) {
+        account -> Text,
+        key -> Text,
+        target -> Text,
+        status -> Int2,
+        response -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    subscription_changes (account, id) {
+        account -> Text,
+        id -> Int8,
+        kind -> Text,
+        at -> Timestamptz,
+        quote_id -> Nullable<Text>,
+        from_plan -> Nullable<Text>,
+        from_version -> Nullable<Int4>,
+        from_seats -> Nullable<Int4>,
+        to_plan -> Nullable<Text>,
+        to_version -> Nullable<Int4>,
+        to_seats -> Nullable<Int4>,
+        lines -> Jsonb,
+        amount -> Numeric,
+        currency -> Nullable<Text>,
+    }
+}

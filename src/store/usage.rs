@@ -143,3 +143,34 @@ pub async fn event_types(conn: &mut Conn) -> Result<Vec<EventTypeRow>, StoreErro
     .load(conn)
     .await?)
 }
+
+#[derive(QueryableByName)]
+struct KeyRow {
+    #[diesel(sql_type = Text)]
+    meter: String,
+    #[diesel(sql_type = Text)]
+    key: String,
+}
+
+/// The distinct keys of the account's unique-count meters in `[from, to)` (for the check cache).
+pub async fn unique_keys_by_account_and_range(
+    conn: &mut Conn,
+    account: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<BTreeMap<String, std::collections::BTreeSet<String>>, StoreError> {
+    let rows: Vec<KeyRow> = diesel::sql_query(
+        "SELECT DISTINCT meter, key FROM usage_unique_keys
+          WHERE account = $1 AND bucket >= $2 AND bucket < $3",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load(conn)
+    .await?;
+    let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for r in rows {
+        out.entry(r.meter).or_default().insert(r.key);
+    }
+    Ok(out)
+}

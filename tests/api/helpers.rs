@@ -178,7 +178,14 @@ pub async fn spawn_app() -> TestApp {
     let meters = MeterCatalog::load(&manifest_dir().join("pricing-plans")).unwrap();
     let plans = PlanCatalog::load(&manifest_dir().join("pricing-plans"), &meters).unwrap();
     let clock = Arc::new(ManualClock::new(t(NOW)));
-    let ctx = Ctx::new(pool, meters, plans, clock.clone() as Arc<dyn Clock>, 2);
+    let ctx = Ctx::new(
+        pool,
+        meters,
+        plans,
+        clock.clone() as Arc<dyn Clock>,
+        2,
+        Duration::from_secs(1),
+    );
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = accrue::http::server(ctx.clone(), listener, Some(1)).unwrap();

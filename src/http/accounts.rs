@@ -1,0 +1,158 @@
+//! Accounts, subscriptions, quotes and the limit check: everything under
+//! `/v1/accounts/{account}`. An account-scoped key reaches only its own account; any other
+//! answers 404 as if it did not exist.
+
+use super::auth::{authorize, reach};
+use super::ApiError;
+use crate::domain::scope::Scope;
+use crate::services::check::{self, CheckRequest};
+use crate::services::subscriptions::{self as subs, QuoteRequest, SubscribeRequest};
+use crate::services::Ctx;
+use crate::store::accounts::Firmographics;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountBody {
+    name: Option<String>,
+    email: Option<String>,
+    employees: Option<i32>,
+    industry: Option<String>,
+    country: Option<String>,
+    crm_owner: Option<String>,
+    stripe_customer_id: Option<String>,
+}
+
+fn json_error(err: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        format!("invalid request body: {err}"),
+    )
+    .into()
+}
+
+/// JSON bodies of this resource: 64 KiB, errors in the common envelope.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(64 * 1024)
+        .error_handler(json_error)
+}
+
+pub async fn put_account(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+    body: web::Json<AccountBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    let b = body.into_inner();
+    let f = Firmographics {
+        name: b.name,
+        email: b.email,
+        employees: b.employees,
+        industry: b.industry,
+        country: b.country,
+        crm_owner: b.crm_owner,
+        stripe_customer_id: b.stripe_customer_id,
+    };
+    Ok(HttpResponse::Ok().json(subs::put_account(&ctx, &account, f).await?))
+}
+
+pub async fn get_account(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    Ok(HttpResponse::Ok().json(subs::get_account(&ctx, &account).await?))
+}
+
+pub async fn subscribe(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+    body: web::Json<SubscribeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    let s = subs::subscribe(&ctx, &p, &account, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(s))
+}
+
+pub async fn get_subscription(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    Ok(HttpResponse::Ok().json(subs::get_subscription(&ctx, &account).await?))
+}
+
+pub async fn changes(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    let changes = subs::changes(&ctx, &account).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "changes": changes })))
+}
+
+pub async fn quote(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+    body: web::Json<QuoteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    let q = subs::quote(&ctx, &p, &account, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(q))
+}
+
+pub async fn accept(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
+    let (account, quote_id) = path.into_inner();
+    reach(&p, &account)?;
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_idempotency_key",
+                "accepting a quote needs an Idempotency-Key header",
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(subs::accept(&ctx, &account, &quote_id, key).await?))
+}
+
+pub async fn check(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+    body: web::Json<CheckRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Check]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    Ok(HttpResponse::Ok().json(check::check(&ctx, &account, body.into_inner()).await?))
+}

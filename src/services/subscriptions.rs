@@ -1,0 +1,951 @@
+//! Accounts, subscriptions and self-serve changes: quotes that are exactly what acceptance
+//! executes, idempotent acceptance, seat limits, trials and period roll-over.
+//!
+//! Every change of an account runs under its subscription row lock, and first "catches up" the
+//! subscription to the clock ([`advance`]): trial conversion, scheduled changes at period end,
+//! renewals. The billing cycle job will call the same catch-up, so there is one definition of
+//! what happens when time passes.
+
+use super::auth::Principal;
+use super::{Ctx, ServiceError};
+use crate::catalog::plans::content_hash;
+use crate::domain::account::AccountId;
+use crate::domain::period::{anchor_at, boundary, period_containing, Period};
+use crate::domain::plan::{DowngradePolicy, PlanRef, PlanVersion};
+use crate::domain::proration::{change_lines, ProrationLine};
+use crate::domain::rating::{rate_period, Line};
+use crate::store::accounts::{self, Account, Firmographics};
+use crate::store::subscriptions::{
+    self as subs, IdempotencyRow, NewChange, QuoteRow, SubscriptionRow,
+};
+use crate::store::{plans as store_plans, StoreError};
+use chrono::{DateTime, Duration, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// How long a quote can be accepted.
+pub const QUOTE_TTL_MINUTES: i64 = 30;
+
+/// A change waiting for the period end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduled {
+    pub plan: String,
+    pub version: u32,
+    pub seats: u32,
+    pub cancel: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// The subscription as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionView {
+    pub account: String,
+    pub plan: String,
+    pub plan_version: i32,
+    pub plan_name: String,
+    pub seats: i32,
+    pub status: String,
+    pub current_period: Period,
+    pub trial_end: Option<DateTime<Utc>>,
+    pub scheduled_change: Option<Scheduled>,
+    pub currency: String,
+    pub revision: i64,
+}
+
+fn view(row: &SubscriptionRow, plan: &PlanVersion) -> SubscriptionView {
+    SubscriptionView {
+        account: row.account.clone(),
+        plan: row.plan.clone(),
+        plan_version: row.plan_version,
+        plan_name: plan.name.clone(),
+        seats: row.seats,
+        status: row.status.clone(),
+        current_period: Period {
+            start: row.period_start,
+            end: row.period_end,
+        },
+        trial_end: row.trial_end,
+        scheduled_change: row
+            .scheduled
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok()),
+        currency: plan.currency.code().to_owned(),
+        revision: row.revision,
+    }
+}
+
+/// Transaction errors: the store's, or a refusal that rolls the transaction back.
+pub(crate) enum TxError {
+    Store(StoreError),
+    Refused(ServiceError),
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(e: diesel::result::Error) -> Self {
+        TxError::Store(e.into())
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        TxError::Store(e)
+    }
+}
+
+impl From<ServiceError> for TxError {
+    fn from(e: ServiceError) -> Self {
+        TxError::Refused(e)
+    }
+}
+
+impl From<TxError> for ServiceError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Store(s) => ServiceError::Store(s),
+            TxError::Refused(r) => r,
+        }
+    }
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> TxError {
+    TxError::Refused(ServiceError::invalid(code, message))
+}
+
+fn conflict(code: &'static str, message: impl Into<String>) -> TxError {
+    TxError::Refused(ServiceError::Conflict {
+        code,
+        message: message.into(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts
+
+pub async fn put_account(
+    ctx: &Ctx,
+    account: &str,
+    f: Firmographics,
+) -> Result<Account, ServiceError> {
+    AccountId::parse(account).map_err(|why| ServiceError::invalid("invalid_account", why))?;
+    if f.employees.is_some_and(|e| e < 0) {
+        return Err(ServiceError::invalid(
+            "invalid_employees",
+            "employees must not be negative",
+        ));
+    }
+    if let Some(email) = &f.email {
+        if !email.contains('@') {
+            return Err(ServiceError::invalid(
+                "invalid_email",
+                format!("`{email}` is not an email address"),
+            ));
+        }
+    }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    Ok(accounts::upsert(&mut conn, account, &f, ctx.clock.now()).await?)
+}
+
+pub async fn get_account(ctx: &Ctx, account: &str) -> Result<Account, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    accounts::find_by_account(&mut conn, account)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("account `{account}` not found")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans as subscriptions see them: published in the database and identical to the files.
+
+/// The plan version to subscribe to: `version` or the latest published one. It must be
+/// published and the running catalogue must hold the same content.
+pub async fn resolve_plan(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    plan: &str,
+    version: Option<u32>,
+) -> Result<PlanVersion, ServiceError> {
+    let published = match version {
+        Some(v) => store_plans::find_by_plan_and_version(conn, plan, v as i32)
+            .await?
+            .map(|p| (p.version, p.content_hash)),
+        None => store_plans::find_latest_by_plan(conn, plan).await?,
+    };
+    let Some((v, hash)) = published else {
+        let which = version.map_or(plan.to_owned(), |v| format!("{plan}@{v}"));
+        return Err(ServiceError::invalid(
+            "unknown_plan",
+            format!("plan {which} is not published"),
+        ));
+    };
+    let r = PlanRef {
+        plan: plan.to_owned(),
+        version: v as u32,
+    };
+    match ctx.plans.get(&r) {
+        Some(pv) if content_hash(pv) == hash => Ok(pv.clone()),
+        _ => Err(ServiceError::invalid(
+            "plan_not_available",
+            format!("{r} is published but this server's plan files differ; restart it with the published catalogue"),
+        )),
+    }
+}
+
+/// A published plan version by reference, from the running catalogue.
+fn plan_of(ctx: &Ctx, plan: &str, version: i32) -> Result<PlanVersion, TxError> {
+    ctx.plans
+        .get(&PlanRef {
+            plan: plan.to_owned(),
+            version: version as u32,
+        })
+        .cloned()
+        .ok_or_else(|| {
+            TxError::Refused(ServiceError::invalid(
+                "plan_not_available",
+                format!("{plan}@{version} is not in this server's catalogue"),
+            ))
+        })
+}
+
+/// The cheapest self-serve plan (latest versions) that allows `seats` seats, for messages.
+fn plan_allowing_seats(ctx: &Ctx, seats: u32, currency: &str) -> Option<PlanVersion> {
+    let codes: Vec<String> = ctx
+        .plans
+        .plan_codes()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    codes
+        .iter()
+        .filter_map(|c| ctx.plans.latest(c))
+        .filter(|p| p.self_serve && p.currency.code() == currency)
+        .filter(|p| {
+            p.seats
+                .as_ref()
+                .is_some_and(|s| s.max.is_none_or(|m| seats <= m))
+        })
+        .min_by_key(|p| p.monthly_recurring(seats))
+        .cloned()
+}
+
+fn check_seats(ctx: &Ctx, plan: &PlanVersion, seats: u32) -> Result<(), TxError> {
+    let Some(s) = &plan.seats else {
+        return Ok(());
+    };
+    if let Some(max) = s.max {
+        if seats > max {
+            let hint = match plan_allowing_seats(ctx, seats, plan.currency.code()) {
+                Some(p) => format!(": upgrade to {}", p.plan),
+                None => ": contact sales".to_owned(),
+            };
+            return Err(refuse(
+                "seat_limit",
+                format!("seat limit {max} on plan {}{hint}", plan.plan),
+            ));
+        }
+    }
+    if seats < s.min {
+        return Err(refuse(
+            "seat_minimum",
+            format!("plan {} needs at least {} seats", plan.plan, s.min),
+        ));
+    }
+    Ok(())
+}
+
+fn check_self_serve(principal: &Principal, plan: &PlanVersion) -> Result<(), TxError> {
+    if !plan.self_serve && principal.account.is_some() {
+        return Err(refuse(
+            "plan_not_self_serve",
+            format!(
+                "plan {} is sold by our sales team: contact sales to move to it",
+                plan.plan
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn is_paid(plan: &PlanVersion) -> bool {
+    !plan.base_fee.is_zero()
+        || plan
+            .seats
+            .as_ref()
+            .is_some_and(|s| !s.unit_amount.is_zero())
+        || !plan.charges.is_empty()
+}
+
+/// Refuses a plan in another currency than the account's; records the first paid currency.
+async fn check_currency(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    plan: &PlanVersion,
+) -> Result<(), TxError> {
+    let acc = accounts::find_by_account(conn, account).await?;
+    match acc.and_then(|a| a.currency) {
+        Some(c) if c != plan.currency.code() => Err(refuse(
+            "currency_mismatch",
+            format!(
+                "account `{account}` bills in {c}; plan {} is priced in {}",
+                plan.plan, plan.currency
+            ),
+        )),
+        Some(_) => Ok(()),
+        None if is_paid(plan) => {
+            accounts::set_currency(conn, account, plan.currency.code()).await?;
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Advance fees (base and seats) of one full period, rated and rounded per line.
+fn advance_lines(plan: &PlanVersion, seats: u32) -> Vec<Line> {
+    rate_period(plan, &BTreeMap::new(), seats)
+        .lines
+        .into_iter()
+        .filter(|l| l.meter.is_none() && !l.amount.is_zero())
+        .filter(|l| l.kind != crate::domain::rating::LineKind::MinimumTopUp)
+        .collect()
+}
+
+fn change(
+    row: &SubscriptionRow,
+    kind: &str,
+    at: DateTime<Utc>,
+    from: Option<(&str, i32, i32)>,
+    lines: Value,
+    amount: Decimal,
+    currency: &str,
+) -> NewChange {
+    NewChange {
+        account: row.account.clone(),
+        kind: kind.to_owned(),
+        at,
+        quote_id: None,
+        from_plan: from.map(|f| f.0.to_owned()),
+        from_version: from.map(|f| f.1),
+        from_seats: from.map(|f| f.2),
+        to_plan: Some(row.plan.clone()),
+        to_version: Some(row.plan_version),
+        to_seats: Some(row.seats),
+        lines,
+        amount,
+        currency: Some(currency.to_owned()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscribing
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeRequest {
+    pub plan: String,
+    pub version: Option<u32>,
+    pub seats: Option<u32>,
+    #[serde(default)]
+    pub trial: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Subscribed {
+    pub subscription: SubscriptionView,
+    /// Advance fees charged now (nothing during a trial or on a free plan).
+    pub lines: Vec<Line>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_due_now: Decimal,
+}
+
+pub async fn subscribe(
+    ctx: &Ctx,
+    principal: &Principal,
+    account: &str,
+    req: SubscribeRequest,
+) -> Result<Subscribed, ServiceError> {
+    AccountId::parse(account).map_err(|why| ServiceError::invalid("invalid_account", why))?;
+    let now = ctx.clock.now();
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let plan = resolve_plan(ctx, &mut conn, &req.plan, req.version).await?;
+    let result = conn
+        .transaction::<Subscribed, TxError, _>(async |c| {
+            check_self_serve(principal, &plan)?;
+            let seats = req
+                .seats
+                .unwrap_or_else(|| plan.seats.as_ref().map_or(0, |s| s.min));
+            check_seats(ctx, &plan, seats)?;
+            accounts::ensure(c, account, now).await?;
+            check_currency(c, account, &plan).await?;
+            let start = anchor_at(now);
+            let trial = req.trial && plan.trial_days > 0;
+            let (status, period, trial_end) = if trial {
+                let end = start + Duration::days(plan.trial_days.into());
+                ("trialing", Period { start, end }, Some(end))
+            } else {
+                (
+                    "active",
+                    period_containing(start, plan.interval.months(), now),
+                    None,
+                )
+            };
+            let row = SubscriptionRow {
+                account: account.to_owned(),
+                plan: plan.plan.clone(),
+                plan_version: plan.version as i32,
+                seats: seats as i32,
+                status: status.to_owned(),
+                anchor: trial_end.unwrap_or(start),
+                period_start: period.start,
+                period_end: period.end,
+                trial_end,
+                scheduled: None,
+                revision: 1,
+                created_at: now,
+                updated_at: now,
+            };
+            if !subs::insert(c, &row).await? {
+                return Err(conflict(
+                    "subscription_exists",
+                    format!(
+                        "account `{account}` already has a subscription; change it with a quote"
+                    ),
+                ));
+            }
+            let lines = if trial {
+                Vec::new()
+            } else {
+                advance_lines(&plan, seats)
+            };
+            let amount: Decimal = lines.iter().map(|l| l.amount).sum();
+            let kind = if trial { "trial_started" } else { "subscribed" };
+            subs::insert_change(
+                c,
+                &change(
+                    &row,
+                    kind,
+                    now,
+                    None,
+                    json!(lines),
+                    amount,
+                    plan.currency.code(),
+                ),
+            )
+            .await?;
+            Ok(Subscribed {
+                subscription: view(&row, &plan),
+                lines,
+                amount_due_now: amount,
+            })
+        })
+        .await
+        .map_err(ServiceError::from)?;
+    ctx.checks.invalidate(account);
+    Ok(result)
+}
+
+pub async fn get_subscription(ctx: &Ctx, account: &str) -> Result<SubscriptionView, ServiceError> {
+    let now = ctx.clock.now();
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let result = conn
+        .transaction::<SubscriptionView, TxError, _>(async |c| {
+            let mut row = subs::lock_by_account(c, account).await?.ok_or_else(|| {
+                TxError::Refused(ServiceError::NotFound(format!(
+                    "account `{account}` has no subscription"
+                )))
+            })?;
+            if advance(ctx, c, &mut row, now).await? {
+                subs::save(c, &row).await?;
+            }
+            Ok(view(&row, &plan_of(ctx, &row.plan, row.plan_version)?))
+        })
+        .await?;
+    Ok(result)
+}
+
+/// Catches the subscription up with `now`: trial conversion, scheduled changes and renewals at
+/// period ends, each recorded as a change. Returns whether anything changed.
+pub(crate) async fn advance(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    row: &mut SubscriptionRow,
+    now: DateTime<Utc>,
+) -> Result<bool, TxError> {
+    let mut changed = false;
+    loop {
+        let plan = plan_of(ctx, &row.plan, row.plan_version)?;
+        let months = plan.interval.months();
+        match row.status.as_str() {
+            "trialing" => {
+                let Some(end) = row.trial_end.filter(|e| now >= *e) else {
+                    break;
+                };
+                // Converts: without Stripe there is no payment method to require.
+                row.status = "active".into();
+                row.anchor = end;
+                row.period_start = end;
+                row.period_end = boundary(end, months, 1);
+                row.revision += 1;
+                row.updated_at = now;
+                let lines = advance_lines(&plan, row.seats as u32);
+                let amount = lines.iter().map(|l| l.amount).sum();
+                subs::insert_change(
+                    c,
+                    &change(
+                        row,
+                        "trial_converted",
+                        end,
+                        None,
+                        json!(lines),
+                        amount,
+                        plan.currency.code(),
+                    ),
+                )
+                .await?;
+                changed = true;
+            }
+            "active" | "past_due" if now >= row.period_end => {
+                let at = row.period_end;
+                let from = (row.plan.clone(), row.plan_version, row.seats);
+                let scheduled: Option<Scheduled> = row
+                    .scheduled
+                    .take()
+                    .and_then(|v| serde_json::from_value(v).ok());
+                row.revision += 1;
+                row.updated_at = now;
+                if let Some(s) = &scheduled {
+                    if s.cancel {
+                        row.status = "canceled".into();
+                        subs::insert_change(
+                            c,
+                            &change(
+                                row,
+                                "canceled",
+                                at,
+                                Some((&from.0, from.1, from.2)),
+                                json!([]),
+                                Decimal::ZERO,
+                                plan.currency.code(),
+                            ),
+                        )
+                        .await?;
+                        changed = true;
+                        break;
+                    }
+                    row.plan = s.plan.clone();
+                    row.plan_version = s.version as i32;
+                    row.seats = s.seats as i32;
+                }
+                let new_plan = plan_of(ctx, &row.plan, row.plan_version)?;
+                if new_plan.interval != plan.interval {
+                    row.anchor = at;
+                }
+                row.period_start = at;
+                row.period_end = period_containing(row.anchor, new_plan.interval.months(), at).end;
+                let lines = advance_lines(&new_plan, row.seats as u32);
+                let amount = lines.iter().map(|l| l.amount).sum();
+                let kind = if scheduled.is_some() {
+                    "scheduled_change_applied"
+                } else {
+                    "renewed"
+                };
+                subs::insert_change(
+                    c,
+                    &change(
+                        row,
+                        kind,
+                        at,
+                        Some((&from.0, from.1, from.2)),
+                        json!(lines),
+                        amount,
+                        new_plan.currency.code(),
+                    ),
+                )
+                .await?;
+                changed = true;
+            }
+            _ => break,
+        }
+    }
+    Ok(changed)
+}
+
+pub async fn changes(ctx: &Ctx, account: &str) -> Result<Vec<subs::ChangeRow>, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    Ok(subs::changes_by_account(&mut conn, account).await?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quotes
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effective {
+    Now,
+    PeriodEnd,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteRequest {
+    pub plan: Option<String>,
+    pub version: Option<u32>,
+    pub seats: Option<u32>,
+    #[serde(default)]
+    pub cancel: bool,
+    #[serde(default)]
+    pub trial: bool,
+    pub effective: Option<Effective>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Side {
+    pub plan: String,
+    pub version: u32,
+    pub seats: u32,
+}
+
+/// A quote: exactly what acceptance will do and charge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quote {
+    pub id: String,
+    pub account: String,
+    /// upgrade, downgrade, seats_added, seats_removed, lateral, cancel, trial_started
+    pub kind: String,
+    pub from: Side,
+    pub to: Side,
+    pub cancel: bool,
+    pub trial: bool,
+    pub effective: Effective,
+    pub effective_at: DateTime<Utc>,
+    pub lines: Vec<ProrationLine>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_due_now: Decimal,
+    pub currency: String,
+    /// Period after the change, when it re-anchors (interval change) or starts a trial.
+    pub new_period: Option<Period>,
+    pub expires_at: DateTime<Utc>,
+    pub base_revision: i64,
+}
+
+fn classify(old: &PlanVersion, old_seats: u32, new: &PlanVersion, new_seats: u32) -> &'static str {
+    let (a, b) = (
+        old.monthly_recurring(old_seats),
+        new.monthly_recurring(new_seats),
+    );
+    let same_plan = old.plan == new.plan;
+    match a.cmp(&b) {
+        std::cmp::Ordering::Less if same_plan && old_seats < new_seats => "seats_added",
+        std::cmp::Ordering::Less => "upgrade",
+        std::cmp::Ordering::Greater if same_plan && old_seats > new_seats => "seats_removed",
+        std::cmp::Ordering::Greater => "downgrade",
+        std::cmp::Ordering::Equal if same_plan && old_seats < new_seats => "seats_added",
+        std::cmp::Ordering::Equal if same_plan && old_seats > new_seats => "seats_removed",
+        std::cmp::Ordering::Equal => "lateral",
+    }
+}
+
+fn random_id(prefix: &str) -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    format!("{prefix}_{}", hex::encode(b))
+}
+
+pub async fn quote(
+    ctx: &Ctx,
+    principal: &Principal,
+    account: &str,
+    req: QuoteRequest,
+) -> Result<Quote, ServiceError> {
+    let now = ctx.clock.now();
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let target = match &req.plan {
+        Some(p) => Some(resolve_plan(ctx, &mut conn, p, req.version).await?),
+        None => None,
+    };
+    let q = conn
+        .transaction::<Quote, TxError, _>(async |c| {
+            let mut row = subs::lock_by_account(c, account).await?.ok_or_else(|| {
+                TxError::Refused(ServiceError::NotFound(format!(
+                    "account `{account}` has no subscription"
+                )))
+            })?;
+            if advance(ctx, c, &mut row, now).await? {
+                subs::save(c, &row).await?;
+            }
+            if row.status == "canceled" {
+                return Err(conflict("subscription_canceled", "the subscription is canceled"));
+            }
+            let old = plan_of(ctx, &row.plan, row.plan_version)?;
+            let old_seats = row.seats as u32;
+            let new = target.clone().unwrap_or_else(|| old.clone());
+            let new_seats = req.seats.unwrap_or_else(|| {
+                let min = new.seats.as_ref().map_or(0, |s| s.min);
+                old_seats.max(min)
+            });
+            if !req.cancel {
+                check_self_serve(principal, &new)?;
+                check_seats(ctx, &new, new_seats)?;
+                if old.currency != new.currency {
+                    return Err(refuse(
+                        "currency_mismatch",
+                        format!("the subscription bills in {}; plan {} is priced in {}", old.currency, new.plan, new.currency),
+                    ));
+                }
+            }
+            let unchanged = new.plan == old.plan && new.version == old.version && new_seats == old_seats;
+            if unchanged && !req.cancel && !req.trial {
+                return Err(refuse("no_change", "the quote changes nothing: give another plan, version or seat count"));
+            }
+            let trialing = row.status == "trialing";
+            let mut new_period = None;
+            let (kind, effective, lines) = if req.cancel {
+                ("cancel", Effective::PeriodEnd, Vec::new())
+            } else if req.trial {
+                if new.trial_days == 0 {
+                    return Err(refuse("no_trial", format!("plan {} has no trial", new.plan)));
+                }
+                if trialing || row.trial_end.is_some() {
+                    return Err(refuse("trial_used", "this account has already had a trial"));
+                }
+                let start = anchor_at(now);
+                new_period = Some(Period { start, end: start + Duration::days(new.trial_days.into()) });
+                ("trial_started", Effective::Now, Vec::new())
+            } else {
+                let kind = classify(&old, old_seats, &new, new_seats);
+                let decrease = matches!(kind, "downgrade" | "seats_removed");
+                let policy_now = !decrease || old.downgrade == DowngradePolicy::ImmediateCredit;
+                let effective = match req.effective {
+                    Some(Effective::Now) if !policy_now => {
+                        return Err(refuse(
+                            "downgrade_at_period_end",
+                            format!("on plan {} downgrades and seat decreases take effect at the period end ({})", old.plan, row.period_end.to_rfc3339()),
+                        ))
+                    }
+                    Some(e) => e,
+                    None if policy_now => Effective::Now,
+                    None => Effective::PeriodEnd,
+                };
+                let period = Period { start: row.period_start, end: row.period_end };
+                let lines = if effective == Effective::PeriodEnd || trialing {
+                    Vec::new()
+                } else if old.interval != new.interval {
+                    // A new interval starts a new period now: credit the unused old time and
+                    // charge the first full period of the new plan.
+                    let start = anchor_at(now);
+                    let p = Period { start, end: boundary(start, new.interval.months(), 1) };
+                    new_period = Some(p);
+                    let mut l = change_lines(&period, now, &old, old_seats, &new, 0);
+                    l.retain(|x| x.amount.is_sign_negative());
+                    l.extend(change_lines(&p, p.start, &new, 0, &new, new_seats));
+                    l
+                } else {
+                    change_lines(&period, now, &old, old_seats, &new, new_seats)
+                };
+                (kind, effective, lines)
+            };
+            let effective_at = match effective {
+                Effective::Now => now,
+                Effective::PeriodEnd => row.period_end,
+            };
+            let amount_due_now = lines.iter().map(|l| l.amount).sum();
+            let q = Quote {
+                id: random_id("q"),
+                account: account.to_owned(),
+                kind: kind.to_owned(),
+                from: Side { plan: old.plan.clone(), version: old.version, seats: old_seats },
+                to: Side { plan: new.plan.clone(), version: new.version, seats: new_seats },
+                cancel: req.cancel,
+                trial: req.trial,
+                effective,
+                effective_at,
+                lines,
+                amount_due_now,
+                currency: old.currency.code().to_owned(),
+                new_period,
+                expires_at: now + Duration::minutes(QUOTE_TTL_MINUTES),
+                base_revision: row.revision,
+            };
+            subs::insert_quote(
+                c,
+                &QuoteRow {
+                    account: account.to_owned(),
+                    id: q.id.clone(),
+                    base_revision: row.revision,
+                    body: serde_json::to_value(&q).unwrap_or_default(),
+                    expires_at: q.expires_at,
+                    accepted_at: None,
+                    created_at: now,
+                },
+            )
+            .await?;
+            Ok(q)
+        })
+        .await?;
+    Ok(q)
+}
+
+/// What acceptance answers (and what a retry with the same key gets again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accepted {
+    pub quote_id: String,
+    pub change_id: i64,
+    pub lines: Vec<ProrationLine>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_charged: Decimal,
+    pub subscription: Value,
+}
+
+pub async fn accept(
+    ctx: &Ctx,
+    account: &str,
+    quote_id: &str,
+    idempotency_key: &str,
+) -> Result<Accepted, ServiceError> {
+    if idempotency_key.trim().is_empty() || idempotency_key.len() > 255 {
+        return Err(ServiceError::invalid(
+            "invalid_idempotency_key",
+            "the Idempotency-Key header must be 1 to 255 characters",
+        ));
+    }
+    let now = ctx.clock.now();
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let result = conn
+        .transaction::<Accepted, TxError, _>(async |c| {
+            let mut row = subs::lock_by_account(c, account).await?.ok_or_else(|| {
+                TxError::Refused(ServiceError::NotFound(format!(
+                    "account `{account}` has no subscription"
+                )))
+            })?;
+            if let Some(prev) =
+                subs::find_idempotency_by_account_and_key(c, account, idempotency_key).await?
+            {
+                if prev.target == quote_id {
+                    return serde_json::from_value(prev.response)
+                        .map_err(|e| refuse("idempotency_record_unreadable", e.to_string()));
+                }
+                return Err(refuse(
+                    "idempotency_key_reused",
+                    format!(
+                        "Idempotency-Key `{idempotency_key}` was already used for quote {}",
+                        prev.target
+                    ),
+                ));
+            }
+            let stored = subs::find_quote_by_account_and_id(c, account, quote_id)
+                .await?
+                .ok_or_else(|| {
+                    TxError::Refused(ServiceError::NotFound(format!(
+                        "quote {quote_id} not found"
+                    )))
+                })?;
+            if stored.accepted_at.is_some() {
+                return Err(conflict(
+                    "quote_already_accepted",
+                    format!("quote {quote_id} was already accepted with another Idempotency-Key"),
+                ));
+            }
+            if now > stored.expires_at {
+                return Err(conflict(
+                    "quote_expired",
+                    format!(
+                        "quote {quote_id} expired at {}; ask for a new one",
+                        stored.expires_at.to_rfc3339()
+                    ),
+                ));
+            }
+            if advance(ctx, c, &mut row, now).await? {
+                subs::save(c, &row).await?;
+            }
+            if row.revision != stored.base_revision {
+                return Err(conflict(
+                    "subscription_changed",
+                    "the subscription changed since this quote was made; ask for a new quote",
+                ));
+            }
+            let q: Quote = serde_json::from_value(stored.body)
+                .map_err(|e| refuse("quote_unreadable", e.to_string()))?;
+            let from = (row.plan.clone(), row.plan_version, row.seats);
+            let new = plan_of(ctx, &q.to.plan, q.to.version as i32)?;
+            match q.effective {
+                Effective::Now => {
+                    row.plan = q.to.plan.clone();
+                    row.plan_version = q.to.version as i32;
+                    row.seats = q.to.seats as i32;
+                    row.scheduled = None;
+                    if let Some(p) = q.new_period {
+                        row.period_start = p.start;
+                        row.period_end = p.end;
+                        row.anchor = p.start;
+                    }
+                    if q.trial {
+                        row.status = "trialing".into();
+                        row.trial_end = q.new_period.map(|p| p.end);
+                        row.anchor = q.new_period.map_or(row.anchor, |p| p.end);
+                    }
+                    check_currency(c, account, &new).await?;
+                }
+                Effective::PeriodEnd => {
+                    let s = Scheduled {
+                        plan: q.to.plan.clone(),
+                        version: q.to.version,
+                        seats: q.to.seats,
+                        cancel: q.cancel,
+                        at: row.period_end,
+                    };
+                    row.scheduled = Some(serde_json::to_value(&s).unwrap_or_default());
+                }
+            }
+            row.revision += 1;
+            row.updated_at = now;
+            subs::save(c, &row).await?;
+            let kind = match q.effective {
+                Effective::Now => q.kind.clone(),
+                Effective::PeriodEnd => format!("{}_scheduled", q.kind),
+            };
+            let mut ch = change(
+                &row,
+                &kind,
+                now,
+                Some((&from.0, from.1, from.2)),
+                json!(q.lines),
+                q.amount_due_now,
+                &q.currency,
+            );
+            ch.quote_id = Some(q.id.clone());
+            if q.effective == Effective::PeriodEnd {
+                ch.to_plan = Some(q.to.plan.clone());
+                ch.to_version = Some(q.to.version as i32);
+                ch.to_seats = Some(q.to.seats as i32);
+            }
+            let change_id = subs::insert_change(c, &ch).await?;
+            subs::mark_quote_accepted(c, account, &q.id, now).await?;
+            let answer = Accepted {
+                quote_id: q.id.clone(),
+                change_id,
+                lines: q.lines.clone(),
+                amount_charged: q.amount_due_now,
+                subscription: serde_json::to_value(view(
+                    &row,
+                    &plan_of(ctx, &row.plan, row.plan_version)?,
+                ))
+                .unwrap_or_default(),
+            };
+            subs::insert_idempotency(
+                c,
+                &IdempotencyRow {
+                    account: account.to_owned(),
+                    key: idempotency_key.to_owned(),
+                    target: q.id.clone(),
+                    status: 200,
+                    response: serde_json::to_value(&answer).unwrap_or_default(),
+                    created_at: now,
+                },
+            )
+            .await?;
+            Ok(answer)
+        })
+        .await?;
+    ctx.checks.invalidate(account);
+    Ok(result)
+}

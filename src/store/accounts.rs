@@ -1,0 +1,103 @@
+//! `accounts`: firmographics and the billing currency of each account.
+
+use super::schema::accounts;
+use super::StoreError;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = accounts)]
+pub struct Account {
+    pub account: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub employees: Option<i32>,
+    pub industry: Option<String>,
+    pub country: Option<String>,
+    pub crm_owner: Option<String>,
+    pub stripe_customer_id: Option<String>,
+    pub currency: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The firmographics a client may set (`PUT /v1/accounts/{account}`).
+#[derive(Debug, Clone, Default, Insertable, AsChangeset)]
+#[diesel(table_name = accounts)]
+#[diesel(treat_none_as_null = true)]
+pub struct Firmographics {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub employees: Option<i32>,
+    pub industry: Option<String>,
+    pub country: Option<String>,
+    pub crm_owner: Option<String>,
+    pub stripe_customer_id: Option<String>,
+}
+
+/// Creates or replaces an account's firmographics; returns whether it was created.
+pub async fn upsert(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    f: &Firmographics,
+    now: DateTime<Utc>,
+) -> Result<Account, StoreError> {
+    Ok(diesel::insert_into(accounts::table)
+        .values((
+            accounts::account.eq(account),
+            f.clone(),
+            accounts::created_at.eq(now),
+            accounts::updated_at.eq(now),
+        ))
+        .on_conflict(accounts::account)
+        .do_update()
+        .set((f.clone(), accounts::updated_at.eq(now)))
+        .returning(Account::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Makes sure a bare account row exists (subscribing creates the account when needed).
+pub async fn ensure(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    diesel::insert_into(accounts::table)
+        .values((
+            accounts::account.eq(account),
+            accounts::created_at.eq(now),
+            accounts::updated_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn find_by_account(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<Option<Account>, StoreError> {
+    Ok(accounts::table
+        .filter(accounts::account.eq(account))
+        .select(Account::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Sets the billing currency the first time a paid plan is chosen.
+pub async fn set_currency(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    currency: &str,
+) -> Result<(), StoreError> {
+    diesel::update(accounts::table.filter(accounts::account.eq(account)))
+        .set(accounts::currency.eq(currency))
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! `subscriptions`, `quotes`, `idempotency_keys`, `subscription_changes`. Every query filters
+//! on `account` (SCALE.md rule 6); the subscription row lock serializes changes of an account.
+
+use super::schema::{idempotency_keys, quotes, subscription_changes, subscriptions};
+use super::StoreError;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = subscriptions)]
+#[diesel(treat_none_as_null = true)]
+pub struct SubscriptionRow {
+    pub account: String,
+    pub plan: String,
+    pub plan_version: i32,
+    pub seats: i32,
+    pub status: String,
+    pub anchor: DateTime<Utc>,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub trial_end: Option<DateTime<Utc>>,
+    pub scheduled: Option<serde_json::Value>,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn find_by_account(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<Option<SubscriptionRow>, StoreError> {
+    Ok(subscriptions::table
+        .filter(subscriptions::account.eq(account))
+        .select(SubscriptionRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Reads the subscription and locks it until the transaction ends.
+pub async fn lock_by_account(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<Option<SubscriptionRow>, StoreError> {
+    Ok(subscriptions::table
+        .filter(subscriptions::account.eq(account))
+        .select(SubscriptionRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Inserts a subscription; false when the account already has one.
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    row: &SubscriptionRow,
+) -> Result<bool, StoreError> {
+    let n = diesel::insert_into(subscriptions::table)
+        .values(row)
+        .on_conflict(subscriptions::account)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+pub async fn save(conn: &mut AsyncPgConnection, row: &SubscriptionRow) -> Result<(), StoreError> {
+    diesel::update(subscriptions::table.filter(subscriptions::account.eq(&row.account)))
+        .set(row)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = quotes)]
+pub struct QuoteRow {
+    pub account: String,
+    pub id: String,
+    pub base_revision: i64,
+    pub body: serde_json::Value,
+    pub expires_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn insert_quote(conn: &mut AsyncPgConnection, q: &QuoteRow) -> Result<(), StoreError> {
+    diesel::insert_into(quotes::table)
+        .values(q)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn find_quote_by_account_and_id(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    id: &str,
+) -> Result<Option<QuoteRow>, StoreError> {
+    Ok(quotes::table
+        .filter(quotes::account.eq(account))
+        .filter(quotes::id.eq(id))
+        .select(QuoteRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn mark_quote_accepted(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    id: &str,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    diesel::update(
+        quotes::table
+            .filter(quotes::account.eq(account))
+            .filter(quotes::id.eq(id)),
+    )
+    .set(quotes::accepted_at.eq(at))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = idempotency_keys)]
+pub struct IdempotencyRow {
+    pub account: String,
+    pub key: String,
+    pub target: String,
+    pub status: i16,
+    pub response: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn find_idempotency_by_account_and_key(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    key: &str,
+) -> Result<Option<IdempotencyRow>, StoreError> {
+    Ok(idempotency_keys::table
+        .filter(idempotency_keys::account.eq(account))
+        .filter(idempotency_keys::key.eq(key))
+        .select(IdempotencyRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn insert_idempotency(
+    conn: &mut AsyncPgConnection,
+    row: &IdempotencyRow,
+) -> Result<(), StoreError> {
+    diesel::insert_into(idempotency_keys::table)
+        .values(row)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = subscription_changes)]
+pub struct NewChange {
+    pub account: String,
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub quote_id: Option<String>,
+    pub from_plan: Option<String>,
+    pub from_version: Option<i32>,
+    pub from_seats: Option<i32>,
+    pub to_plan: Option<String>,
+    pub to_version: Option<i32>,
+    pub to_seats: Option<i32>,
+    pub lines: serde_json::Value,
+    pub amount: Decimal,
+    pub currency: Option<String>,
+}
+
+pub async fn insert_change(conn: &mut AsyncPgConnection, c: &NewChange) -> Result<i64, StoreError> {
+    Ok(diesel::insert_into(subscription_changes::table)
+        .values(c)
+        .returning(subscription_changes::id)
+        .get_result(conn)
+        .await?)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = subscription_changes)]
+pub struct ChangeRow {
+    pub id: i64,
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub quote_id: Option<String>,
+    pub from_plan: Option<String>,
+    pub from_version: Option<i32>,
+    pub from_seats: Option<i32>,
+    pub to_plan: Option<String>,
+    pub to_version: Option<i32>,
+    pub to_seats: Option<i32>,
+    pub lines: serde_json::Value,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: Option<String>,
+}
+
+pub async fn changes_by_account(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<Vec<ChangeRow>, StoreError> {
+    Ok(subscription_changes::table
+        .filter(subscription_changes::account.eq(account))
+        .order(subscription_changes::id)
+        .select(ChangeRow::as_select())
+        .load(conn)
+        .await?)
+}
