@@ -336,24 +336,12 @@ fn answer(ctx: &Ctx, entry: &Entry, ask: &Ask) -> CheckAnswer {
     }
 }
 
-/// The cheapest self-serve plan (latest versions, same currency, other than the current one)
-/// that satisfies `allows`, priced at the account's seat count.
+/// The cheapest self-serve plan that satisfies `allows`: see
+/// [`super::subscriptions::cheapest_self_serve`].
 fn cheapest_upgrade(
     ctx: &Ctx,
     s: &Snapshot,
     allows: impl Fn(&PlanVersion) -> bool,
 ) -> Option<String> {
-    let codes: Vec<String> = ctx
-        .plans
-        .plan_codes()
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-    codes
-        .iter()
-        .filter_map(|c| ctx.plans.latest(c))
-        .filter(|p| p.self_serve && p.plan != s.plan.plan && p.currency == s.plan.currency)
-        .filter(|p| allows(p))
-        .min_by_key(|p| p.monthly_recurring(s.seats))
-        .map(|p| p.plan.clone())
+    super::subscriptions::cheapest_self_serve(ctx, &s.plan, s.seats, allows).map(|p| p.plan)
 }

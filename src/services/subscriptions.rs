@@ -208,8 +208,16 @@ fn plan_of(ctx: &Ctx, plan: &str, version: i32) -> Result<PlanVersion, TxError> 
         })
 }
 
-/// The cheapest self-serve plan (latest versions) that allows `seats` seats, for messages.
-fn plan_allowing_seats(ctx: &Ctx, seats: u32, currency: &str) -> Option<PlanVersion> {
+/// The plan to suggest to an account on `current` with `seats` seats: among the latest
+/// versions of the other self-serve plans in the same currency that satisfy `allows`, the
+/// cheapest by monthly-normalized recurring price, preferring the current billing interval (a
+/// monthly customer is pointed to a monthly plan, not asked for a yearly commitment).
+pub fn cheapest_self_serve(
+    ctx: &Ctx,
+    current: &PlanVersion,
+    seats: u32,
+    allows: impl Fn(&PlanVersion) -> bool,
+) -> Option<PlanVersion> {
     let codes: Vec<String> = ctx
         .plans
         .plan_codes()
@@ -219,13 +227,9 @@ fn plan_allowing_seats(ctx: &Ctx, seats: u32, currency: &str) -> Option<PlanVers
     codes
         .iter()
         .filter_map(|c| ctx.plans.latest(c))
-        .filter(|p| p.self_serve && p.currency.code() == currency)
-        .filter(|p| {
-            p.seats
-                .as_ref()
-                .is_some_and(|s| s.max.is_none_or(|m| seats <= m))
-        })
-        .min_by_key(|p| p.monthly_recurring(seats))
+        .filter(|p| p.self_serve && p.plan != current.plan && p.currency == current.currency)
+        .filter(|p| allows(p))
+        .min_by_key(|p| (p.interval != current.interval, p.monthly_recurring(seats)))
         .cloned()
 }
 
@@ -235,7 +239,12 @@ fn check_seats(ctx: &Ctx, plan: &PlanVersion, seats: u32) -> Result<(), TxError>
     };
     if let Some(max) = s.max {
         if seats > max {
-            let hint = match plan_allowing_seats(ctx, seats, plan.currency.code()) {
+            let allows = |p: &PlanVersion| {
+                p.seats
+                    .as_ref()
+                    .is_some_and(|s| s.max.is_none_or(|m| seats <= m))
+            };
+            let hint = match cheapest_self_serve(ctx, plan, seats, allows) {
                 Some(p) => format!(": upgrade to {}", p.plan),
                 None => ": contact sales".to_owned(),
             };

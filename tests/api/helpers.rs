@@ -212,6 +212,48 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// Publishes the shipped plan catalogue (subscriptions need published versions).
+    pub async fn publish_plans(&self) {
+        accrue::services::plans::publish(&self.ctx.pool, &self.ctx.plans, "test", t(NOW))
+            .await
+            .unwrap();
+    }
+
+    /// POSTs JSON to any path, with an optional Idempotency-Key.
+    pub async fn post(
+        &self,
+        key: &str,
+        path: &str,
+        body: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.http.post(self.url(path)).bearer_auth(key).json(body);
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn put(
+        &self,
+        key: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let res = self
+            .http
+            .put(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// POSTs a JSON body to /v1/events; returns status and JSON answer.
     pub async fn send(&self, key: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         let res = self

@@ -4,10 +4,12 @@
 mod helpers;
 
 mod auth;
+mod check;
 mod crash;
 mod governance;
 mod ingest;
 mod layering;
 mod plans;
 mod restart;
+mod subscriptions;
 mod usage;

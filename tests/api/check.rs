@@ -1,0 +1,209 @@
+//! POST /v1/accounts/{account}/check: limits and features from the in-process cache.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+async fn check(app: &TestApp, key: &str, account: &str, body: Value) -> Value {
+    let (status, v) = app
+        .post(key, &format!("/v1/accounts/{account}/check"), &body, None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_flips_to_limit_exceeded_right_after_the_crossing_events_are_acknowledged() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    let (status, _) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/subscription",
+            &json!({"plan": "free"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    // Free allows 3 active users (hard). Two so far: the cache is loaded with them.
+    let users = |ids: &[&str]| json!({"events": ids.iter().map(|u| json!({"id": format!("ua-{u}"), "account": "acme", "type": "user.active", "properties": {"user_id": u}})).collect::<Vec<_>>()});
+    app.send(&key, &users(&["ann", "bob"])).await;
+    let v = check(
+        &app,
+        &key,
+        "acme",
+        json!({"meter": "active_users", "quantity": "1"}),
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"allowed": true, "reason": "within_limit", "used": "2", "limit": "3", "remaining": "1", "upgrade_plan": null})
+    );
+    // The third distinct user crosses the limit: the very next check sees it.
+    let (status, _) = app.send(&key, &users(&["ann", "cid"])).await;
+    assert_eq!(status, 200);
+    let v = check(
+        &app,
+        &key,
+        "acme",
+        json!({"meter": "active_users", "quantity": "1"}),
+    )
+    .await;
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["reason"], "limit_exceeded");
+    assert_eq!(
+        (v["used"].as_str(), v["remaining"].as_str()),
+        (Some("3"), Some("0"))
+    );
+    assert_eq!(v["upgrade_plan"], "team");
+    // A count meter crossing its hard limit: 10,000 API calls on Free.
+    for b in 0..10 {
+        let evs: Vec<Value> = (0..1000)
+            .map(|i| json!({"id": format!("r{b}-{i}"), "account": "acme", "type": "api.request"}))
+            .collect();
+        let (status, _) = app.send(&key, &json!({"events": evs})).await;
+        assert_eq!(status, 200);
+        if b == 4 {
+            let v = check(&app, &key, "acme", json!({"meter": "api_calls"})).await;
+            assert_eq!(
+                (v["allowed"].as_bool(), v["used"].as_str()),
+                (Some(true), Some("5000"))
+            );
+        }
+    }
+    let v = check(
+        &app,
+        &key,
+        "acme",
+        json!({"meter": "api_calls", "quantity": 1}),
+    )
+    .await;
+    assert_eq!(
+        (
+            v["allowed"].as_bool(),
+            v["reason"].as_str(),
+            v["used"].as_str()
+        ),
+        (Some(false), Some("limit_exceeded"), Some("10000"))
+    );
+    assert_eq!(
+        check(
+            &app,
+            &key,
+            "acme",
+            json!({"meter": "api_calls", "quantity": 0})
+        )
+        .await["allowed"],
+        true
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_limits_features_and_missing_subscriptions() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    let v = check(&app, &key, "nobody", json!({"feature": "sso"})).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("no_subscription"))
+    );
+    app.post(
+        &key,
+        "/v1/accounts/acme/subscription",
+        &json!({"plan": "team", "seats": 3}),
+        None,
+    )
+    .await;
+    let v = check(&app, &key, "acme", json!({"feature": "sso"})).await;
+    assert_eq!(v["reason"], "feature_not_in_plan");
+    assert_eq!(v["upgrade_plan"], "business");
+    let v = check(&app, &key, "acme", json!({"feature": "audit_log"})).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(true), Some("within_limit"))
+    );
+    // Team's active_users limit (50) is soft: allowed, overage billed.
+    let v = check(
+        &app,
+        &key,
+        "acme",
+        json!({"meter": "active_users", "quantity": "51"}),
+    )
+    .await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(true), Some("soft_limit_exceeded"))
+    );
+    // A meter without a limit on the plan.
+    let v = check(
+        &app,
+        &key,
+        "acme",
+        json!({"meter": "compute_minutes", "quantity": "1000000"}),
+    )
+    .await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["limit"].is_null()),
+        (Some(true), true)
+    );
+    let (status, e) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/check",
+            &json!({"meter": "nope"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("unknown_meter"))
+    );
+    let (status, e) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/check",
+            &json!({"meter": "api_calls", "feature": "sso"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("invalid_check"))
+    );
+    let (status, e) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/check",
+            &json!({"meter": "api_calls", "quantity": "x"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("invalid_quantity"))
+    );
+    // An upgrade accepted through a quote shows in the next check at once.
+    let (_, q) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/subscription/quotes",
+            &json!({"plan": "business"}),
+            None,
+        )
+        .await;
+    let (status, _) = app
+        .post(
+            &key,
+            &format!(
+                "/v1/accounts/acme/subscription/quotes/{}/accept",
+                q["id"].as_str().unwrap()
+            ),
+            &json!({}),
+            Some("up"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let v = check(&app, &key, "acme", json!({"feature": "sso"})).await;
+    assert_eq!(v["allowed"], true);
+}

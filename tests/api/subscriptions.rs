@@ -1,0 +1,459 @@
+//! Accounts, subscriptions, quotes and acceptance: the self-serve story to the cent,
+//! idempotency, concurrency, seat limits and sales-only plans.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+async fn quote(app: &TestApp, key: &str, account: &str, body: Value) -> (u16, Value) {
+    app.post(
+        key,
+        &format!("/v1/accounts/{account}/subscription/quotes"),
+        &body,
+        None,
+    )
+    .await
+}
+
+async fn accept(
+    app: &TestApp,
+    key: &str,
+    account: &str,
+    quote_id: &str,
+    idem: &str,
+) -> (u16, Value) {
+    app.post(
+        key,
+        &format!("/v1/accounts/{account}/subscription/quotes/{quote_id}/accept"),
+        &json!({}),
+        Some(idem),
+    )
+    .await
+}
+
+fn amounts(lines: &Value) -> Vec<String> {
+    lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["amount"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cent() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    // The customer's own key, as the product's UI would hold it.
+    let key = app.key("billing,check", Some("acme")).await;
+    let (status, acc) = app
+        .put(
+            &key,
+            "/v1/accounts/acme",
+            &json!({"name": "Acme", "email": "ops@acme.io", "employees": 12}),
+        )
+        .await;
+    assert_eq!(status, 200, "{acc}");
+
+    // Free: no payment, no charge. Periods anchor on the start hour.
+    let (status, s) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/subscription",
+            &json!({"plan": "free"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{s}");
+    assert_eq!(s["amount_due_now"], "0");
+    assert_eq!(
+        s["subscription"]["current_period"]["start"],
+        "2026-11-25T12:00:00Z"
+    );
+    assert_eq!(
+        s["subscription"]["current_period"]["end"],
+        "2026-12-25T12:00:00Z"
+    );
+
+    // Free → trial of Team with 5 seats: nothing charged during the 14-day trial.
+    let (status, q) = quote(
+        &app,
+        &key,
+        "acme",
+        json!({"plan": "team", "seats": 5, "trial": true}),
+    )
+    .await;
+    assert_eq!(status, 201, "{q}");
+    assert_eq!(
+        (q["kind"].as_str(), q["amount_due_now"].as_str()),
+        (Some("trial_started"), Some("0"))
+    );
+    let (status, a) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "k-trial").await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["subscription"]["status"], "trialing");
+    assert_eq!(a["subscription"]["trial_end"], "2026-12-09T12:00:00Z");
+
+    // Trial → paid: at trial end it converts, anchored there; advance fees 59 + (5 − 3) × 12.
+    app.clock.set(t("2026-12-09T13:00:00Z"));
+    let (_, s) = app.get(&key, "/v1/accounts/acme/subscription").await;
+    assert_eq!(s["status"], "active");
+    assert_eq!(s["current_period"]["start"], "2026-12-09T12:00:00Z");
+    assert_eq!(s["current_period"]["end"], "2027-01-09T12:00:00Z");
+    let (_, ch) = app
+        .get(&key, "/v1/accounts/acme/subscription/changes")
+        .await;
+    let conv = ch["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "trial_converted")
+        .unwrap()
+        .clone();
+    assert_eq!(conv["amount"], "83.000000000");
+
+    // Add seats mid-period: 5 → 8 on 2026-12-20T00:00, 20.5 of 31 days left
+    // (factor 1,771,200 / 2,678,400). Credit 83 × f = 54.887… → −54.89; charge 119 × f =
+    // 78.693… → 78.69; due 23.80.
+    app.clock.set(t("2026-12-20T00:00:00Z"));
+    let (status, q) = quote(&app, &key, "acme", json!({"seats": 8})).await;
+    assert_eq!(status, 201, "{q}");
+    assert_eq!(q["kind"], "seats_added");
+    assert_eq!(q["effective"], "now");
+    assert_eq!(amounts(&q["lines"]), ["-54.89", "78.69"]);
+    assert_eq!(q["amount_due_now"], "23.80");
+    let (status, a) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "k-seats").await;
+    assert_eq!(status, 200, "{a}");
+    // Acceptance charges exactly the quote.
+    assert_eq!(a["lines"], q["lines"]);
+    assert_eq!(a["amount_charged"], q["amount_due_now"]);
+    assert_eq!(a["subscription"]["seats"], 8);
+
+    // Upgrade mid-period to Business on 2026-12-25T00:00: 15.5 of 31 days left, factor 0.5.
+    // Credit −119 × 0.5 = −59.50; Business with 8 seats (10 included) = 199 × 0.5 = 99.50.
+    app.clock.set(t("2026-12-25T00:00:00Z"));
+    let (_, q) = quote(&app, &key, "acme", json!({"plan": "business"})).await;
+    assert_eq!(q["kind"], "upgrade");
+    assert_eq!(amounts(&q["lines"]), ["-59.50", "99.50"]);
+    assert_eq!(q["amount_due_now"], "40.00");
+    let (status, a) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "k-up").await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["amount_charged"], "40.00");
+
+    // Downgrade back to Team: at period end, nothing charged now; asking for now is refused.
+    app.clock.set(t("2026-12-28T00:00:00Z"));
+    let (status, e) = quote(
+        &app,
+        &key,
+        "acme",
+        json!({"plan": "team", "effective": "now"}),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("downgrade_at_period_end"))
+    );
+    let (_, q) = quote(&app, &key, "acme", json!({"plan": "team"})).await;
+    assert_eq!(q["kind"], "downgrade");
+    assert_eq!(q["effective"], "period_end");
+    assert_eq!(q["effective_at"], "2027-01-09T12:00:00Z");
+    assert_eq!(q["amount_due_now"], "0");
+    let (status, a) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "k-down").await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["subscription"]["plan"], "business");
+    assert_eq!(a["subscription"]["scheduled_change"]["plan"], "team");
+
+    // At the period end the downgrade applies; the new period's advance fees are Team's 119.00.
+    app.clock.set(t("2027-01-10T00:00:00Z"));
+    let (_, s) = app.get(&key, "/v1/accounts/acme/subscription").await;
+    assert_eq!(s["plan"], "team");
+    assert_eq!(s["seats"], 8);
+    assert_eq!(s["current_period"]["start"], "2027-01-09T12:00:00Z");
+    assert_eq!(s["current_period"]["end"], "2027-02-09T12:00:00Z");
+    assert!(s["scheduled_change"].is_null());
+    let (_, ch) = app
+        .get(&key, "/v1/accounts/acme/subscription/changes")
+        .await;
+    let applied = ch["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "scheduled_change_applied")
+        .unwrap()
+        .clone();
+    assert_eq!(applied["amount"], "119.000000000");
+    assert_eq!(applied["at"], "2027-01-09T12:00:00Z");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acceptance_is_idempotent_per_key_and_refuses_stale_quotes() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    let (status, _) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/subscription",
+            &json!({"plan": "team", "seats": 4}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, q1) = quote(&app, &key, "acme", json!({"seats": 6})).await;
+    let (_, q2) = quote(&app, &key, "acme", json!({"seats": 7})).await;
+    let id1 = q1["id"].as_str().unwrap();
+    let (s1, a1) = accept(&app, &key, "acme", id1, "same-key").await;
+    let (s2, a2) = accept(&app, &key, "acme", id1, "same-key").await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(a1, a2, "the same key gives the same answer");
+    let changes = app
+        .db
+        .count("(SELECT COUNT(*) FROM subscription_changes WHERE quote_id IS NOT NULL)::int8")
+        .await;
+    assert_eq!(changes, 1, "no second effect");
+    // The same key for another quote is refused.
+    let (status, e) = accept(&app, &key, "acme", q2["id"].as_str().unwrap(), "same-key").await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    // q2 was made before q1 was accepted: the subscription moved since.
+    let (status, e) = accept(&app, &key, "acme", q2["id"].as_str().unwrap(), "other-key").await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (409, Some("subscription_changed"))
+    );
+    // No key at all.
+    let res = app
+        .http
+        .post(app.url(&format!(
+            "/v1/accounts/acme/subscription/quotes/{id1}/accept"
+        )))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    // An expired quote.
+    let (_, q3) = quote(&app, &key, "acme", json!({"seats": 9})).await;
+    app.clock.advance(chrono::Duration::minutes(31));
+    let (status, e) = accept(&app, &key, "acme", q3["id"].as_str().unwrap(), "late-key").await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (409, Some("quote_expired"))
+    );
+    let (_, s) = app.get(&key, "/v1/accounts/acme/subscription").await;
+    assert_eq!(s["seats"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_seat_changes_sum_exactly_and_never_pass_the_plan_maximum() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    let (status, _) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/subscription",
+            &json!({"plan": "team", "seats": 40}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each client adds one seat, re-quoting when another change got in first.
+            for attempt in 0..8 {
+                let s: Value = http
+                    .get(format!("{base}/v1/accounts/acme/subscription"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let seats = s["seats"].as_u64().unwrap();
+                let res = http
+                    .post(format!("{base}/v1/accounts/acme/subscription/quotes"))
+                    .bearer_auth(&key)
+                    .json(&json!({"seats": seats + 1}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                let q: Value = res.json().await.unwrap();
+                // Another client's change landed between our read and our quote.
+                if status == 422 && q["error"]["code"] == "no_change" {
+                    continue;
+                }
+                if status == 422 {
+                    assert_eq!(q["error"]["code"], "seat_limit", "{q}");
+                    return "limit";
+                }
+                assert_eq!(status, 201, "{q}");
+                let res = http
+                    .post(format!(
+                        "{base}/v1/accounts/acme/subscription/quotes/{}/accept",
+                        q["id"].as_str().unwrap()
+                    ))
+                    .bearer_auth(&key)
+                    .header("Idempotency-Key", format!("c{i}-{attempt}"))
+                    .send()
+                    .await
+                    .unwrap();
+                match res.status().as_u16() {
+                    200 => return "accepted",
+                    409 => continue,
+                    other => panic!("unexpected {other}: {}", res.text().await.unwrap()),
+                }
+            }
+            "gave_up"
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.unwrap() == "accepted" {
+            accepted += 1;
+        }
+    }
+    let (_, s) = app.get(&key, "/v1/accounts/acme/subscription").await;
+    let seats = s["seats"].as_i64().unwrap();
+    assert_eq!(
+        seats,
+        40 + accepted,
+        "final seats are the initial plus every accepted change"
+    );
+    assert!(seats <= 50, "never above the plan maximum");
+    assert!(accepted >= 1);
+    let recorded = app
+        .db
+        .count("(SELECT COUNT(*) FROM subscription_changes WHERE kind = 'seats_added')::int8")
+        .await;
+    assert_eq!(recorded, accepted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seat_limits_and_sales_only_plans_are_refused_with_the_way_out() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let customer = app.key("billing", Some("acme")).await;
+    let sales = app.key("billing", None).await;
+    let (status, _) = app
+        .post(
+            &customer,
+            "/v1/accounts/acme/subscription",
+            &json!({"plan": "team", "seats": 3}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, e) = quote(&app, &customer, "acme", json!({"seats": 51})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("seat_limit"))
+    );
+    assert_eq!(
+        e["error"]["message"],
+        "seat limit 50 on plan team: upgrade to business"
+    );
+    let (status, e) = quote(
+        &app,
+        &customer,
+        "acme",
+        json!({"plan": "enterprise", "seats": 60}),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("plan_not_self_serve"))
+    );
+    let (status, e) = app
+        .post(
+            &customer,
+            "/v1/accounts/acme/subscription",
+            &json!({"plan": "team"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (409, Some("subscription_exists"))
+    );
+    // Sales (an operator key, not bound to the account) may move it to enterprise.
+    let (status, q) = quote(
+        &app,
+        &sales,
+        "acme",
+        json!({"plan": "enterprise", "seats": 60}),
+    )
+    .await;
+    assert_eq!(status, 201, "{q}");
+    assert_eq!(q["kind"], "upgrade");
+    let (status, e) = quote(&app, &sales, "acme", json!({"plan": "nope"})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("unknown_plan"))
+    );
+    let (status, e) = quote(&app, &sales, "acme", json!({"seats": 3})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("no_change"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_scoped_key_gets_404_on_every_route_of_another_account() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let ops = app.key("admin", None).await;
+    let (status, _) = app
+        .post(
+            &ops,
+            "/v1/accounts/globex/subscription",
+            &json!({"plan": "team"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, q) = quote(&app, &ops, "globex", json!({"seats": 9})).await;
+    let qid = q["id"].as_str().unwrap().to_owned();
+    let acme = app
+        .key("ingest,check,billing,finance,admin", Some("acme"))
+        .await;
+    let g = "/v1/accounts/globex";
+    let gets = [
+        g.to_string(),
+        format!("{g}/usage"),
+        format!("{g}/subscription"),
+        format!("{g}/subscription/changes"),
+    ];
+    for path in &gets {
+        let (status, body) = app.get(&acme, path).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "GET {path}"
+        );
+    }
+    let posts: [(String, Value); 4] = [
+        (format!("{g}/subscription"), json!({"plan": "free"})),
+        (format!("{g}/subscription/quotes"), json!({"seats": 12})),
+        (format!("{g}/subscription/quotes/{qid}/accept"), json!({})),
+        (format!("{g}/check"), json!({"feature": "sso"})),
+    ];
+    for (path, body) in &posts {
+        let (status, res) = app.post(&acme, path, body, Some("k")).await;
+        assert_eq!(
+            (status, res["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "POST {path}"
+        );
+    }
+    let (status, _) = app.put(&acme, g, &json!({"name": "Hijacked"})).await;
+    assert_eq!(status, 404);
+    let (_, s) = app.get(&ops, "/v1/accounts/globex/subscription").await;
+    assert_eq!(s["seats"], 1, "nothing changed on globex");
+    let (_, a) = app.get(&ops, "/v1/accounts/globex").await;
+    assert!(a["name"].is_null());
+}
