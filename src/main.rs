@@ -63,6 +63,71 @@ enum Command {
         #[arg(long)]
         seats: Option<u32>,
     },
+    /// Prorate a change at an instant of a period, offline; prints the lines as JSON.
+    Quote {
+        /// The current plan version (`team@1`) ...
+        #[arg(long, conflicts_with = "plan_file")]
+        plan: Option<String>,
+        /// ... or its file.
+        #[arg(long)]
+        plan_file: Option<PathBuf>,
+        /// Current seats.
+        #[arg(long, default_value_t = 0)]
+        seats: u32,
+        /// The new plan version ...
+        #[arg(long, conflicts_with = "to_plan_file")]
+        to_plan: Option<String>,
+        /// ... or its file.
+        #[arg(long)]
+        to_plan_file: Option<PathBuf>,
+        /// New seats (default: the current seats).
+        #[arg(long)]
+        to_seats: Option<u32>,
+        /// Start of the current period (RFC 3339).
+        #[arg(long)]
+        period_start: DateTime<Utc>,
+        /// End of the current period (RFC 3339).
+        #[arg(long)]
+        period_end: DateTime<Utc>,
+        /// The instant of the change (RFC 3339).
+        #[arg(long)]
+        at: DateTime<Utc>,
+    },
+}
+
+/// Where a plan version comes from on the command line.
+fn plan_from_args(
+    config: &Config,
+    meters: &MeterCatalog,
+    reference: Option<String>,
+    file: Option<PathBuf>,
+    what: &str,
+) -> anyhow::Result<accrue::domain::plan::PlanVersion> {
+    match (reference, file) {
+        (_, Some(file)) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            parse_plan_file(&file, &text, meters).map_err(|errors| {
+                anyhow::anyhow!(
+                    "{}",
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })
+        }
+        (Some(r), None) => {
+            let r: PlanRef = r.parse().map_err(anyhow::Error::msg)?;
+            let (_, plans) = load_catalogue(&config.plans_dir)?;
+            plans
+                .get(&r)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{r} is not in {}", config.plans_dir.display()))
+        }
+        (None, None) => anyhow::bail!("give the {what} plan as PLAN@VERSION or a file"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -141,6 +206,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Plans { command } => plans(&config, command).await,
+        Command::Quote {
+            plan,
+            plan_file,
+            seats,
+            to_plan,
+            to_plan_file,
+            to_seats,
+            period_start,
+            period_end,
+            at,
+        } => {
+            let meters = MeterCatalog::load(&config.plans_dir)?;
+            let old = plan_from_args(&config, &meters, plan, plan_file, "current")?;
+            let new = plan_from_args(&config, &meters, to_plan, to_plan_file, "new (--to-plan)")?;
+            if old.currency != new.currency {
+                anyhow::bail!(
+                    "{} bills in {}, {} in {}: a change cannot switch currency",
+                    old.plan_ref(),
+                    old.currency,
+                    new.plan_ref(),
+                    new.currency
+                );
+            }
+            let period = accrue::domain::period::Period {
+                start: period_start,
+                end: period_end,
+            };
+            if period_start >= period_end || !(period_start <= at && at <= period_end) {
+                anyhow::bail!("--at must lie within --period-start .. --period-end, and the period must not be empty");
+            }
+            let to_seats = to_seats.unwrap_or(seats);
+            let lines =
+                accrue::domain::proration::change_lines(&period, at, &old, seats, &new, to_seats);
+            let due: Decimal = lines.iter().map(|l| l.amount).sum();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "currency": old.currency,
+                    "factor": accrue::domain::proration::remaining_factor(&period, at).round_dp(12).to_string(),
+                    "lines": lines,
+                    "amount_due_now": old.currency.round(due).to_string(),
+                }))?
+            );
+            Ok(())
+        }
         Command::Price {
             plan,
             plan_file,

@@ -4,13 +4,17 @@
 //! version, status, current period) and the exact aggregate of every meter over the current
 //! period. The ingest lanes add each newly committed event to it before they answer the
 //! request that sent it, so on one instance a check sees every acknowledged event at once.
-//! Subscription changes drop the entry. Entries are reloaded from the database after
-//! `staleness` (default 1 s): that is the bound on how stale a check can be about events
-//! ingested or changes made through *other* instances.
+//! Subscription changes drop the entry. An entry older than `staleness` (default 1 s) is still
+//! answered from while one background reload per account refreshes it from the database: the
+//! bound on how stale a check can be about events ingested or changes made through *other*
+//! instances is `staleness` plus one reload (a few milliseconds).
 //!
-//! A reload reads the database while holding the account's lane gate, which the lane also holds
-//! from its commit until it has updated the cache; so an event is never counted twice nor
-//! missed on the instance that ingested it.
+//! A reload must not race a lane's commit of the same account (it could count an event twice:
+//! once from the database, once from the lane). Lanes announce the accounts they are writing
+//! from before their commit until their events are applied; a reload registers itself before
+//! reading, and installs its entry only if no write of that account overlapped its reads (it
+//! retries otherwise; if writes keep overlapping it answers once from its read and installs
+//! nothing).
 
 use super::{Ctx, ServiceError};
 use crate::domain::aggregate::AggregateState;
@@ -22,12 +26,15 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// What the cache holds for one account.
 pub struct Entry {
     loaded: Instant,
+    /// One background reload at a time per account.
+    refreshing: AtomicBool,
     snapshot: Option<Snapshot>,
     usage: Mutex<HashMap<String, AggregateState>>,
 }
@@ -43,6 +50,16 @@ struct Snapshot {
 pub struct CheckCache {
     entries: RwLock<HashMap<String, Arc<Entry>>>,
     staleness: Duration,
+    sync: Mutex<WriteTracking>,
+}
+
+/// Which accounts lanes are writing, and how many writes touched accounts being reloaded.
+#[derive(Default)]
+struct WriteTracking {
+    /// account → lane groups between "begin" and "end".
+    writing: HashMap<String, u32>,
+    /// account → (reloads in progress, writes that began or ended meanwhile).
+    reloading: HashMap<String, (u32, u64)>,
 }
 
 impl CheckCache {
@@ -50,7 +67,76 @@ impl CheckCache {
         Self {
             entries: RwLock::new(HashMap::new()),
             staleness,
+            sync: Mutex::new(WriteTracking::default()),
         }
+    }
+
+    /// A lane is about to commit events of these accounts.
+    pub fn begin_writes(&self, accounts: &std::collections::HashSet<&str>) {
+        let mut t = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        for a in accounts {
+            *t.writing.entry((*a).to_owned()).or_default() += 1;
+            if let Some(r) = t.reloading.get_mut(*a) {
+                r.1 += 1;
+            }
+        }
+    }
+
+    /// The lane has committed and applied (or failed) its events of these accounts.
+    pub fn end_writes(&self, accounts: &std::collections::HashSet<&str>) {
+        let mut t = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        for a in accounts {
+            if let Some(n) = t.writing.get_mut(*a) {
+                *n -= 1;
+                if *n == 0 {
+                    t.writing.remove(*a);
+                }
+            }
+            if let Some(r) = t.reloading.get_mut(*a) {
+                r.1 += 1;
+            }
+        }
+    }
+
+    /// Marks `account` as being changed (subscription writes) until the guard drops, when its
+    /// entry is dropped too: a reload overlapping the change cannot install a stale snapshot.
+    pub fn write_guard<'a>(&'a self, account: &str) -> WriteGuard<'a> {
+        let mut one = std::collections::HashSet::new();
+        one.insert(account);
+        self.begin_writes(&one);
+        WriteGuard {
+            cache: self,
+            account: account.to_owned(),
+        }
+    }
+
+    /// Registers a reload; returns the account's write count to compare with later.
+    fn begin_reload(&self, account: &str) -> u64 {
+        let mut t = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        let r = t.reloading.entry(account.to_owned()).or_default();
+        r.0 += 1;
+        r.1
+    }
+
+    /// Ends a reload: installs `entry` when no write of the account overlapped the reload.
+    fn end_reload(&self, account: &str, mark: u64, entry: &Arc<Entry>) -> bool {
+        let mut t = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        let clean = !t.writing.contains_key(account)
+            && t.reloading.get(account).is_some_and(|r| r.1 == mark);
+        if let Some(r) = t.reloading.get_mut(account) {
+            r.0 -= 1;
+            if r.0 == 0 {
+                t.reloading.remove(account);
+            }
+        }
+        if clean {
+            // Installed under the tracking lock, so no lane can begin in between.
+            self.entries
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(account.to_owned(), entry.clone());
+        }
+        clean
     }
 
     /// Forgets an account (after a subscription change): the next check reloads it.
@@ -61,11 +147,9 @@ impl CheckCache {
             .remove(account);
     }
 
-    fn fresh(&self, account: &str) -> Option<Arc<Entry>> {
+    fn lookup(&self, account: &str) -> Option<Arc<Entry>> {
         let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        map.get(account)
-            .filter(|e| e.loaded.elapsed() < self.staleness)
-            .cloned()
+        map.get(account).cloned()
     }
 
     /// Adds a committed event's readings to a cached account (called by the ingest lane).
@@ -101,6 +185,21 @@ impl CheckCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// See [`CheckCache::write_guard`].
+pub struct WriteGuard<'a> {
+    cache: &'a CheckCache,
+    account: String,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.cache.invalidate(&self.account);
+        let mut one = std::collections::HashSet::new();
+        one.insert(self.account.as_str());
+        self.cache.end_writes(&one);
     }
 }
 
@@ -181,17 +280,51 @@ pub async fn check(
     req: CheckRequest,
 ) -> Result<CheckAnswer, ServiceError> {
     let ask = parse_ask(ctx, req)?;
-    let entry = match ctx.checks.fresh(account) {
-        Some(e) => e,
+    let entry = match ctx.checks.lookup(account) {
+        Some(e) => {
+            if e.loaded.elapsed() >= ctx.checks.staleness
+                && !e.refreshing.swap(true, Ordering::SeqCst)
+            {
+                let (ctx, account) = (ctx.clone(), account.to_owned());
+                let stale = e.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = load(&ctx, &account).await {
+                        tracing::warn!(account = %account, error = %err, "check cache reload failed");
+                    }
+                    // When nothing was installed the stale entry stays; let it try again.
+                    stale.refreshing.store(false, Ordering::SeqCst);
+                });
+            }
+            e
+        }
         None => load(ctx, account).await?,
     };
     Ok(answer(ctx, &entry, &ask))
 }
 
+/// How often a reload retries when writes of the same account overlap it.
+const LOAD_ATTEMPTS: usize = 4;
+
 async fn load(ctx: &Ctx, account: &str) -> Result<Arc<Entry>, ServiceError> {
+    let mut last = None;
+    for _ in 0..LOAD_ATTEMPTS {
+        let mark = ctx.checks.begin_reload(account);
+        let entry = Arc::new(read_entry(ctx, account).await?);
+        if ctx.checks.end_reload(account, mark, &entry) {
+            return Ok(entry);
+        }
+        last = Some(entry);
+    }
+    // Writes keep overlapping: answer from the last read (it holds every event committed
+    // before it began) without caching it.
+    last.ok_or_else(|| {
+        ServiceError::Unavailable("the check cache could not load the account".into())
+    })
+}
+
+/// Reads an account's subscription snapshot and current-period usage from the database.
+async fn read_entry(ctx: &Ctx, account: &str) -> Result<Entry, ServiceError> {
     let now = ctx.clock.now();
-    let gate = ctx.ingest.gate(account);
-    let _held = gate.lock().await;
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let row = subs::find_by_account(&mut conn, account).await?;
     let snapshot = match row {
@@ -242,17 +375,12 @@ async fn load(ctx: &Ctx, account: &str) -> Result<Arc<Entry>, ServiceError> {
             usage.insert(meter, state);
         }
     }
-    let entry = Arc::new(Entry {
+    Ok(Entry {
         loaded: Instant::now(),
+        refreshing: AtomicBool::new(false),
         snapshot,
         usage: Mutex::new(usage),
-    });
-    ctx.checks
-        .entries
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(account.to_owned(), entry.clone());
-    Ok(entry)
+    })
 }
 
 fn answer(ctx: &Ctx, entry: &Entry, ask: &Ask) -> CheckAnswer {

@@ -191,37 +191,19 @@ const MAX_GROUP_EVENTS: usize = 8_000;
 /// the commit that holds their events.
 pub struct IngestPipeline {
     lanes: Vec<mpsc::Sender<Job>>,
-    /// Held by a lane from its commit until the check cache has the new events, and by a
-    /// check-cache reload while it reads the database (see `services::check`).
-    gates: Vec<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl IngestPipeline {
     /// Starts `lanes` lane tasks on the current tokio runtime.
     pub fn start(pool: Pool, clock: Arc<dyn Clock>, checks: Arc<CheckCache>, lanes: usize) -> Self {
-        let gates: Vec<_> = (0..lanes.max(1))
-            .map(|_| Arc::new(tokio::sync::Mutex::new(())))
-            .collect();
-        let lanes = gates
-            .iter()
-            .map(|gate| {
+        let lanes = (0..lanes.max(1))
+            .map(|_| {
                 let (tx, rx) = mpsc::channel(1024);
-                tokio::spawn(run_lane(
-                    rx,
-                    pool.clone(),
-                    clock.clone(),
-                    checks.clone(),
-                    gate.clone(),
-                ));
+                tokio::spawn(run_lane(rx, pool.clone(), clock.clone(), checks.clone()));
                 tx
             })
             .collect();
-        Self { lanes, gates }
-    }
-
-    /// The gate of the lane that owns `account`.
-    pub fn gate(&self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.gates[lane_of(account, self.gates.len())].clone()
+        Self { lanes }
     }
 }
 
@@ -230,7 +212,6 @@ async fn run_lane(
     pool: Pool,
     clock: Arc<dyn Clock>,
     checks: Arc<CheckCache>,
-    gate: Arc<tokio::sync::Mutex<()>>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut size = first.events.len();
@@ -244,7 +225,13 @@ async fn run_lane(
                 Err(_) => break,
             }
         }
-        let held = gate.lock().await;
+        // Tell the check cache which accounts are being written until their events are applied.
+        let accounts: HashSet<&str> = jobs
+            .iter()
+            .flat_map(|j| &j.events)
+            .map(|v| v.event.account.as_str())
+            .collect();
+        checks.begin_writes(&accounts);
         let result = commit_group(&pool, clock.now(), &jobs).await;
         if let Ok((_, new)) = &result {
             for v in jobs.iter().flat_map(|j| &j.events) {
@@ -256,7 +243,7 @@ async fn run_lane(
                 }
             }
         }
-        drop(held);
+        checks.end_writes(&accounts);
         match result {
             Ok((per_job, _)) => {
                 for (job, n) in jobs.into_iter().zip(per_job) {

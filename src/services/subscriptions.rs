@@ -375,6 +375,7 @@ pub async fn subscribe(
 ) -> Result<Subscribed, ServiceError> {
     AccountId::parse(account).map_err(|why| ServiceError::invalid("invalid_account", why))?;
     let now = ctx.clock.now();
+    let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let plan = resolve_plan(ctx, &mut conn, &req.plan, req.version).await?;
     let result = conn
@@ -449,12 +450,13 @@ pub async fn subscribe(
         })
         .await
         .map_err(ServiceError::from)?;
-    ctx.checks.invalidate(account);
     Ok(result)
 }
 
 pub async fn get_subscription(ctx: &Ctx, account: &str) -> Result<SubscriptionView, ServiceError> {
     let now = ctx.clock.now();
+    // Catching up may change the plan (scheduled change) or the period.
+    let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let result = conn
         .transaction::<SubscriptionView, TxError, _>(async |c| {
@@ -667,6 +669,7 @@ pub async fn quote(
     req: QuoteRequest,
 ) -> Result<Quote, ServiceError> {
     let now = ctx.clock.now();
+    let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let target = match &req.plan {
         Some(p) => Some(resolve_plan(ctx, &mut conn, p, req.version).await?),
@@ -818,6 +821,7 @@ pub async fn accept(
         ));
     }
     let now = ctx.clock.now();
+    let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let result = conn
         .transaction::<Accepted, TxError, _>(async |c| {
@@ -955,6 +959,5 @@ pub async fn accept(
             Ok(answer)
         })
         .await?;
-    ctx.checks.invalidate(account);
     Ok(result)
 }

@@ -457,3 +457,52 @@ async fn an_account_scoped_key_gets_404_on_every_route_of_another_account() {
     let (_, a) = app.get(&ops, "/v1/accounts/globex").await;
     assert!(a["name"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    app.post(
+        &key,
+        "/v1/accounts/acme/subscription",
+        &json!({"plan": "team", "seats": 5}),
+        None,
+    )
+    .await;
+    app.clock.set(t("2026-12-10T08:15:30Z"));
+    let (status, q) = quote(&app, &key, "acme", json!({"plan": "business", "seats": 12})).await;
+    assert_eq!(status, 201, "{q}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args([
+            "quote",
+            "--plan",
+            "team@2",
+            "--seats",
+            "5",
+            "--to-plan",
+            "business@1",
+            "--to-seats",
+            "12",
+            "--period-start",
+            "2026-11-25T12:00:00Z",
+            "--period-end",
+            "2026-12-25T12:00:00Z",
+            "--at",
+            "2026-12-10T08:15:30Z",
+        ])
+        .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["lines"], q["lines"]);
+    assert_eq!(cli["amount_due_now"], q["amount_due_now"]);
+    // 1,309,470 of 2,592,000 s left: credit 83 × f = 41.931… → −41.93; business with 12 seats
+    // (10 included): 239 × f = 120.741… → 120.74.
+    assert_eq!(amounts(&cli["lines"]), ["-41.93", "120.74"]);
+}
