@@ -252,7 +252,13 @@ end
         .arg(&base)
         .output();
     let out = Command::new("wrk")
-        .args(["-t2", "-c64", "-d10s", "--latency", "-s"])
+        .args([
+            "-t2",
+            &format!("-c{}", env_usize("CHECK_WRK_CONNECTIONS", 64)),
+            "-d10s",
+            "--latency",
+            "-s",
+        ])
         .arg(&script)
         .arg(&base)
         .output()

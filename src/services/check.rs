@@ -28,13 +28,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What the cache holds for one account.
 pub struct Entry {
-    loaded: Instant,
-    /// One background reload at a time per account.
-    refreshing: AtomicBool,
+    /// Checked since the last refresh round (idle entries are dropped).
+    used: AtomicBool,
     snapshot: Option<Snapshot>,
     usage: Mutex<HashMap<String, AggregateState>>,
 }
@@ -116,6 +115,17 @@ impl CheckCache {
         let r = t.reloading.entry(account.to_owned()).or_default();
         r.0 += 1;
         r.1
+    }
+
+    /// Ends a reload that read nothing.
+    fn abandon_reload(&self, account: &str, _mark: u64) {
+        let mut t = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = t.reloading.get_mut(account) {
+            r.0 -= 1;
+            if r.0 == 0 {
+                t.reloading.remove(account);
+            }
+        }
     }
 
     /// Ends a reload: installs `entry` when no write of the account overlapped the reload.
@@ -281,25 +291,128 @@ pub async fn check(
 ) -> Result<CheckAnswer, ServiceError> {
     let ask = parse_ask(ctx, req)?;
     let entry = match ctx.checks.lookup(account) {
-        Some(e) => {
-            if e.loaded.elapsed() >= ctx.checks.staleness
-                && !e.refreshing.swap(true, Ordering::SeqCst)
-            {
-                let (ctx, account) = (ctx.clone(), account.to_owned());
-                let stale = e.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = load(&ctx, &account).await {
-                        tracing::warn!(account = %account, error = %err, "check cache reload failed");
-                    }
-                    // When nothing was installed the stale entry stays; let it try again.
-                    stale.refreshing.store(false, Ordering::SeqCst);
-                });
-            }
-            e
-        }
+        Some(e) => e,
         None => load(ctx, account).await?,
     };
+    entry.used.store(true, Ordering::Relaxed);
     Ok(answer(ctx, &entry, &ask))
+}
+
+/// Accounts refreshed per round trip by the refresher.
+const REFRESH_CHUNK: usize = 500;
+
+/// Keeps every cached account fresh: every `staleness`, reloads all of them in bulk (a few
+/// queries per 500 accounts), and forgets accounts not checked since the previous round.
+/// The bound on a check's staleness about other instances' writes is one round plus its
+/// queries.
+pub async fn refresh_loop(ctx: Ctx) {
+    loop {
+        tokio::time::sleep(ctx.checks.staleness).await;
+        if let Err(e) = refresh_all(&ctx).await {
+            tracing::warn!(error = %e, "check cache refresh failed");
+        }
+    }
+}
+
+/// One refresh round (public so tests and benchmarks can drive it).
+pub async fn refresh_all(ctx: &Ctx) -> Result<(), ServiceError> {
+    let accounts: Vec<String> = {
+        let mut map = ctx
+            .checks
+            .entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        // Idle accounts leave the cache; the next check loads them again.
+        map.retain(|_, e| e.used.swap(false, Ordering::Relaxed));
+        map.keys().cloned().collect()
+    };
+    for chunk in accounts.chunks(REFRESH_CHUNK) {
+        let marks: Vec<u64> = chunk.iter().map(|a| ctx.checks.begin_reload(a)).collect();
+        let read = read_entries(ctx, chunk).await;
+        let mut entries = match read {
+            Ok(e) => e,
+            Err(e) => {
+                for (a, m) in chunk.iter().zip(&marks) {
+                    ctx.checks.abandon_reload(a, *m);
+                }
+                return Err(e);
+            }
+        };
+        for (a, m) in chunk.iter().zip(marks) {
+            let entry = Arc::new(entries.remove(a).unwrap_or_else(empty_entry));
+            // Kept in use: a refreshed entry counts as used until the next round.
+            entry.used.store(true, Ordering::Relaxed);
+            ctx.checks.end_reload(a, m, &entry);
+        }
+    }
+    Ok(())
+}
+
+fn empty_entry() -> Entry {
+    Entry {
+        used: AtomicBool::new(false),
+        snapshot: None,
+        usage: Mutex::new(HashMap::new()),
+    }
+}
+
+/// Reads several accounts' snapshots and current-period usage in a few queries.
+async fn read_entries(
+    ctx: &Ctx,
+    accounts: &[String],
+) -> Result<HashMap<String, Entry>, ServiceError> {
+    let now = ctx.clock.now();
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let rows = subs::find_by_accounts(&mut conn, accounts).await?;
+    let mut snapshots = HashMap::new();
+    for r in rows {
+        if let Some(s) = snapshot_of(ctx, &r, now) {
+            snapshots.insert(r.account.clone(), s);
+        }
+    }
+    let ranges: Vec<_> = snapshots
+        .iter()
+        .map(|(a, s)| (a.clone(), s.period.start, s.period.end))
+        .collect();
+    let mut usage = store::usage::find_by_accounts_and_ranges(&mut conn, &ranges).await?;
+    Ok(snapshots
+        .into_iter()
+        .map(|(a, s)| {
+            let u: HashMap<String, AggregateState> =
+                usage.remove(&a).unwrap_or_default().into_iter().collect();
+            let entry = Entry {
+                used: AtomicBool::new(false),
+                snapshot: Some(s),
+                usage: Mutex::new(u),
+            };
+            (a, entry)
+        })
+        .collect())
+}
+
+fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Option<Snapshot> {
+    ctx.plans
+        .get(&PlanRef {
+            plan: r.plan.clone(),
+            version: r.plan_version as u32,
+        })
+        .map(|p| {
+            // A period that ended but was not rolled yet: the check uses the current one.
+            let period = if now >= r.period_end && r.status != "trialing" {
+                period_containing(r.anchor, p.interval.months(), now)
+            } else {
+                Period {
+                    start: r.period_start,
+                    end: r.period_end,
+                }
+            };
+            Snapshot {
+                plan: Arc::new(p.clone()),
+                status: r.status.clone(),
+                period,
+                seats: r.seats as u32,
+            }
+        })
 }
 
 /// How often a reload retries when writes of the same account overlap it.
@@ -324,63 +437,8 @@ async fn load(ctx: &Ctx, account: &str) -> Result<Arc<Entry>, ServiceError> {
 
 /// Reads an account's subscription snapshot and current-period usage from the database.
 async fn read_entry(ctx: &Ctx, account: &str) -> Result<Entry, ServiceError> {
-    let now = ctx.clock.now();
-    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let row = subs::find_by_account(&mut conn, account).await?;
-    let snapshot = match row {
-        Some(r) => ctx
-            .plans
-            .get(&PlanRef {
-                plan: r.plan.clone(),
-                version: r.plan_version as u32,
-            })
-            .map(|p| {
-                // A period that ended but was not rolled yet: the check uses the current one.
-                let period = if now >= r.period_end && r.status != "trialing" {
-                    period_containing(r.anchor, p.interval.months(), now)
-                } else {
-                    Period {
-                        start: r.period_start,
-                        end: r.period_end,
-                    }
-                };
-                Snapshot {
-                    plan: Arc::new(p.clone()),
-                    status: r.status.clone(),
-                    period,
-                    seats: r.seats as u32,
-                }
-            }),
-        None => None,
-    };
-    let mut usage = HashMap::new();
-    if let Some(s) = &snapshot {
-        let found = store::usage::find_by_account_and_range(
-            &mut conn,
-            account,
-            s.period.start,
-            s.period.end,
-        )
-        .await?;
-        let mut keys = store::usage::unique_keys_by_account_and_range(
-            &mut conn,
-            account,
-            s.period.start,
-            s.period.end,
-        )
-        .await?;
-        for (meter, agg) in found {
-            let mut state = agg.state;
-            state.keys = keys.remove(&meter).unwrap_or_default();
-            usage.insert(meter, state);
-        }
-    }
-    Ok(Entry {
-        loaded: Instant::now(),
-        refreshing: AtomicBool::new(false),
-        snapshot,
-        usage: Mutex::new(usage),
-    })
+    let mut entries = read_entries(ctx, &[account.to_owned()]).await?;
+    Ok(entries.remove(account).unwrap_or_else(empty_entry))
 }
 
 fn answer(ctx: &Ctx, entry: &Entry, ask: &Ask) -> CheckAnswer {

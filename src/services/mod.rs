@@ -29,7 +29,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Builds the context and starts the ingest lanes on the current tokio runtime.
+    /// Builds the context and starts its background tasks (ingest lanes, check-cache refresher)
+    /// on the current tokio runtime.
     pub fn new(
         pool: Pool,
         meters: MeterCatalog,
@@ -39,7 +40,7 @@ impl Ctx {
         check_staleness: std::time::Duration,
     ) -> Self {
         let checks = Arc::new(check::CheckCache::new(check_staleness));
-        Self {
+        let ctx = Self {
             ingest: Arc::new(ingest::IngestPipeline::start(
                 pool.clone(),
                 clock.clone(),
@@ -52,7 +53,9 @@ impl Ctx {
             plans: Arc::new(plans),
             clock,
             keys: Arc::new(auth::KeyCache::default()),
-        }
+        };
+        tokio::spawn(check::refresh_loop(ctx.clone()));
+        ctx
     }
 }
 

@@ -39,6 +39,18 @@ pub async fn find_by_account(
         .optional()?)
 }
 
+/// The subscriptions of several accounts (the check cache's periodic refresh).
+pub async fn find_by_accounts(
+    conn: &mut AsyncPgConnection,
+    accounts: &[String],
+) -> Result<Vec<SubscriptionRow>, StoreError> {
+    Ok(subscriptions::table
+        .filter(subscriptions::account.eq_any(accounts))
+        .select(SubscriptionRow::as_select())
+        .load(conn)
+        .await?)
+}
+
 /// Reads the subscription and locks it until the transaction ends.
 pub async fn lock_by_account(
     conn: &mut AsyncPgConnection,

@@ -91,24 +91,9 @@ pub async fn find_by_account_and_range(
     let mut out: BTreeMap<String, RangeAggregate> = rows
         .into_iter()
         .map(|r| {
-            let latest = match (r.latest_at, r.latest_event_id, r.latest_value) {
-                (Some(at), Some(event_id), Some(value)) => Some(Latest {
-                    at,
-                    event_id,
-                    value,
-                }),
-                _ => None,
-            };
-            let state = AggregateState {
-                event_count: r.event_count,
-                sum: r.value_sum,
-                max: r.value_max,
-                latest,
-                first_at: Some(r.first_event_at),
-                last_at: Some(r.last_event_at),
-                keys: Default::default(),
-            };
-            (r.meter, RangeAggregate { state, unique: 0 })
+            let meter = r.meter.clone();
+            let state = state_of(r);
+            (meter, RangeAggregate { state, unique: 0 })
         })
         .collect();
     for u in uniques {
@@ -152,25 +137,96 @@ struct KeyRow {
     key: String,
 }
 
-/// The distinct keys of the account's unique-count meters in `[from, to)` (for the check cache).
-pub async fn unique_keys_by_account_and_range(
+#[derive(QueryableByName)]
+struct BulkRangeRow {
+    #[diesel(sql_type = Text)]
+    account: String,
+    #[diesel(embed)]
+    range: RangeRow,
+}
+
+#[derive(QueryableByName)]
+struct BulkKeyRow {
+    #[diesel(sql_type = Text)]
+    account: String,
+    #[diesel(embed)]
+    key: KeyRow,
+}
+
+/// Per account, per meter: the aggregate over each account's own range, in one query (the check
+/// cache refreshes all its accounts this way). `ranges` are (account, from, to).
+pub async fn find_by_accounts_and_ranges(
     conn: &mut Conn,
-    account: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<BTreeMap<String, std::collections::BTreeSet<String>>, StoreError> {
-    let rows: Vec<KeyRow> = diesel::sql_query(
-        "SELECT DISTINCT meter, key FROM usage_unique_keys
-          WHERE account = $1 AND bucket >= $2 AND bucket < $3",
+    ranges: &[(String, DateTime<Utc>, DateTime<Utc>)],
+) -> Result<BTreeMap<String, BTreeMap<String, AggregateState>>, StoreError> {
+    let accounts: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();
+    let froms: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.1).collect();
+    let tos: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.2).collect();
+    let rows: Vec<BulkRangeRow> = diesel::sql_query(
+        r#"SELECT r.account, r.meter,
+                  SUM(r.event_count)::int8 AS event_count,
+                  SUM(r.value_sum) AS value_sum,
+                  MAX(r.value_max) AS value_max,
+                  (ARRAY_AGG(r.latest_at ORDER BY r.latest_at DESC NULLS LAST,
+                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_at,
+                  (ARRAY_AGG(r.latest_event_id ORDER BY r.latest_at DESC NULLS LAST,
+                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_event_id,
+                  (ARRAY_AGG(r.latest_value ORDER BY r.latest_at DESC NULLS LAST,
+                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_value,
+                  MIN(r.first_event_at) AS first_event_at,
+                  MAX(r.last_event_at) AS last_event_at
+             FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
+             JOIN usage_rollups r ON r.account = p.account AND r.bucket >= p.s AND r.bucket < p.e
+            GROUP BY r.account, r.meter"#,
     )
-    .bind::<Text, _>(account)
-    .bind::<Timestamptz, _>(from)
-    .bind::<Timestamptz, _>(to)
+    .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
+    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
+    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
     .load(conn)
     .await?;
-    let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let keys: Vec<BulkKeyRow> = diesel::sql_query(
+        "SELECT DISTINCT k.account, k.meter, k.key
+           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
+           JOIN usage_unique_keys k ON k.account = p.account AND k.bucket >= p.s AND k.bucket < p.e",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
+    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
+    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
+    .load(conn)
+    .await?;
+    let mut out: BTreeMap<String, BTreeMap<String, AggregateState>> = BTreeMap::new();
     for r in rows {
-        out.entry(r.meter).or_default().insert(r.key);
+        out.entry(r.account)
+            .or_default()
+            .insert(r.range.meter.clone(), state_of(r.range));
+    }
+    for k in keys {
+        out.entry(k.account)
+            .or_default()
+            .entry(k.key.meter)
+            .or_default()
+            .keys
+            .insert(k.key.key);
     }
     Ok(out)
+}
+
+fn state_of(r: RangeRow) -> AggregateState {
+    let latest = match (r.latest_at, r.latest_event_id, r.latest_value) {
+        (Some(at), Some(event_id), Some(value)) => Some(Latest {
+            at,
+            event_id,
+            value,
+        }),
+        _ => None,
+    };
+    AggregateState {
+        event_count: r.event_count,
+        sum: r.value_sum,
+        max: r.value_max,
+        latest,
+        first_at: Some(r.first_event_at),
+        last_at: Some(r.last_event_at),
+        keys: Default::default(),
+    }
 }

@@ -207,3 +207,76 @@ async fn soft_limits_features_and_missing_subscriptions() {
     let v = check(&app, &key, "acme", json!({"feature": "sso"})).await;
     assert_eq!(v["allowed"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_sees_events_and_changes_after_its_next_refresh_round() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    app.post(
+        &key,
+        "/v1/accounts/acme/subscription",
+        &json!({"plan": "free"}),
+        None,
+    )
+    .await;
+    // B's own refresh rounds are an hour apart: this test drives them.
+    let (b_base, b_ctx, _) = start_instance(&app.db.url, std::time::Duration::from_secs(3600));
+    let b_check = |body: Value| {
+        let (http, url, key) = (
+            app.http.clone(),
+            format!("{b_base}/v1/accounts/acme/check"),
+            key.clone(),
+        );
+        async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let v = b_check(json!({"meter": "api_calls"})).await;
+    assert_eq!(v["used"], "0");
+    // Ingested through instance A: B answers from its cache until its refresh round.
+    let evs: Vec<Value> = (0..7)
+        .map(|i| json!({"id": format!("x{i}"), "account": "acme", "type": "api.request"}))
+        .collect();
+    app.send(&key, &json!({"events": evs})).await;
+    assert_eq!(b_check(json!({"meter": "api_calls"})).await["used"], "0");
+    accrue::services::check::refresh_all(&b_ctx).await.unwrap();
+    assert_eq!(b_check(json!({"meter": "api_calls"})).await["used"], "7");
+    // A plan change through A reaches B the same way.
+    let (_, q) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/subscription/quotes",
+            &json!({"plan": "business", "seats": 10}),
+            None,
+        )
+        .await;
+    let (status, _) = app
+        .post(
+            &key,
+            &format!(
+                "/v1/accounts/acme/subscription/quotes/{}/accept",
+                q["id"].as_str().unwrap()
+            ),
+            &json!({}),
+            Some("b"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(b_check(json!({"feature": "sso"})).await["allowed"], false);
+    accrue::services::check::refresh_all(&b_ctx).await.unwrap();
+    assert_eq!(b_check(json!({"feature": "sso"})).await["allowed"], true);
+    // And on A itself the change showed at once.
+    assert_eq!(
+        check(&app, &key, "acme", json!({"feature": "sso"})).await["allowed"],
+        true
+    );
+}

@@ -174,7 +174,19 @@ pub struct TestApp {
 
 pub async fn spawn_app() -> TestApp {
     let db = TestDb::new().await;
-    let pool = store::pool(&db.url, 8).unwrap();
+    let (base, ctx, clock) = start_instance(&db.url, Duration::from_secs(1));
+    TestApp {
+        base,
+        db,
+        ctx,
+        clock,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Another server instance on an existing database: its own pool, caches and clock.
+pub fn start_instance(db_url: &str, check_staleness: Duration) -> (String, Ctx, Arc<ManualClock>) {
+    let pool = store::pool(db_url, 8).unwrap();
     let meters = MeterCatalog::load(&manifest_dir().join("pricing-plans")).unwrap();
     let plans = PlanCatalog::load(&manifest_dir().join("pricing-plans"), &meters).unwrap();
     let clock = Arc::new(ManualClock::new(t(NOW)));
@@ -184,19 +196,13 @@ pub async fn spawn_app() -> TestApp {
         plans,
         clock.clone() as Arc<dyn Clock>,
         2,
-        Duration::from_secs(1),
+        check_staleness,
     );
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = accrue::http::server(ctx.clone(), listener, Some(1)).unwrap();
     tokio::spawn(server);
-    TestApp {
-        base,
-        db,
-        ctx,
-        clock,
-        http: reqwest::Client::new(),
-    }
+    (base, ctx, clock)
 }
 
 impl TestApp {
