@@ -6,7 +6,8 @@
 //! 2. in-process check latency (p50/p99/max) over `CHECK_CALLS` calls (default 300,000) on
 //!    random accounts, meters and features, all answered from the cache;
 //! 3. over HTTP on loopback: starts the release `accrue serve` on the same database and runs
-//!    `wrk` (Debian package `wrk`) for 10 s with 64 connections against random accounts.
+//!    `wrk` (Debian package `wrk`) for 10 s with `CHECK_WRK_CONNECTIONS` (default 16)
+//!    connections against random accounts.
 
 use accrue::catalog::meters::MeterCatalog;
 use accrue::catalog::plans::PlanCatalog;
@@ -254,7 +255,7 @@ end
     let out = Command::new("wrk")
         .args([
             "-t2",
-            &format!("-c{}", env_usize("CHECK_WRK_CONNECTIONS", 64)),
+            &format!("-c{}", env_usize("CHECK_WRK_CONNECTIONS", 16)),
             "-d10s",
             "--latency",
             "-s",
@@ -264,7 +265,9 @@ end
         .output()
         .unwrap();
     println!(
-        "http check (wrk -t2 -c64 -d10s, random accounts):\n{}",
+        "http check (wrk -t2 -c{} -d10s, random accounts, refresh every {} ms):\n{}",
+        env_usize("CHECK_WRK_CONNECTIONS", 16),
+        env_usize("ACCRUE_CHECK_STALENESS_MS", 1000),
         String::from_utf8_lossy(&out.stdout)
     );
     let _ = child.kill();
