@@ -15,5 +15,6 @@ pub mod catalog;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod jobs;
 pub mod services;
 pub mod store;

@@ -63,6 +63,11 @@ enum Command {
         #[arg(long)]
         seats: Option<u32>,
     },
+    /// What finance takes out of accrue.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
     /// Prorate a change at an instant of a period, offline; prints the lines as JSON.
     Quote {
         /// The current plan version (`team@1`) ...
@@ -128,6 +133,19 @@ fn plan_from_args(
         }
         (None, None) => anyhow::bail!("give the {what} plan as PLAN@VERSION or a file"),
     }
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Invoices and their lines as CSV (one row per line), for periods starting in a month.
+    Invoices {
+        /// The month, e.g. `2026-11` (invoices whose period starts in it).
+        #[arg(long)]
+        month: String,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +224,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Plans { command } => plans(&config, command).await,
+        Command::Export {
+            command: ExportCommand::Invoices { month, out },
+        } => export_invoices(&config, &month, out).await,
         Command::Quote {
             plan,
             plan_file,
@@ -433,6 +454,37 @@ fn price(
     Ok(())
 }
 
+async fn export_invoices(config: &Config, month: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let first = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
+        .map_err(|_| anyhow::anyhow!("--month `{month}`: expected YYYY-MM"))?;
+    let next = first
+        .checked_add_months(chrono::Months::new(1))
+        .ok_or_else(|| anyhow::anyhow!("--month `{month}` is out of range"))?;
+    let from = first.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+    let to = next.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+    let (meters, plans) = load_catalogue(&config.plans_dir)?;
+    let pool = store::pool(&config.database_url, 1)?;
+    let ctx = Ctx::new(
+        pool,
+        meters,
+        plans,
+        Arc::new(SystemClock),
+        1,
+        config.check_staleness,
+    );
+    let rows = match out {
+        Some(path) => {
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            accrue::services::billing::export_csv(&ctx, from, to, file).await
+        }
+        None => accrue::services::billing::export_csv(&ctx, from, to, std::io::stdout()).await,
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("exported {rows} invoice lines for periods starting in {month}");
+    Ok(())
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let (meters, plans) = load_catalogue(&config.plans_dir)?;
     store::ensure_database(&config.database_url)
@@ -451,6 +503,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     tracing::info!(bind = %config.bind, migrations = ran, meters = ctx.meters.all().len(), "accrue serving");
+    tokio::spawn(accrue::jobs::run_forever(ctx.clone()));
     http::server(ctx, listener, None)?.await?;
     tracing::info!("accrue stopped");
     Ok(())

@@ -76,10 +76,14 @@ pub const MAX_SCALE: u32 = 9;
 impl Meter {
     /// Does this meter read `event` at all (type and filter)?
     pub fn applies_to(&self, event: &Event) -> bool {
-        event.event_type == self.event_type
+        self.matches(&event.event_type, &event.properties)
+    }
+
+    /// Does this meter read an event of `event_type` with these properties?
+    pub fn matches(&self, event_type: &str, properties: &serde_json::Value) -> bool {
+        event_type == self.event_type
             && self.filter.iter().all(|(prop, accepted)| {
-                event
-                    .properties
+                properties
                     .get(prop)
                     .and_then(scalar_text)
                     .is_some_and(|v| accepted.contains(&v))

@@ -7,6 +7,7 @@ pub mod account;
 pub mod aggregate;
 pub mod clock;
 pub mod event;
+pub mod invoice;
 pub mod meter;
 pub mod money;
 pub mod period;

@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod governance;
 mod health;
+mod invoices;
 mod plans;
 mod usage;
 
@@ -57,6 +58,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(
                     "/governance/event-types",
                     web::get().to(governance::event_types),
+                )
+                .route("/invoices", web::get().to(invoices::list))
+                .route("/invoices/{number}", web::get().to(invoices::get))
+                .route(
+                    "/invoices/{number}/lineage",
+                    web::get().to(invoices::lineage),
                 )
                 .route("/plans", web::get().to(plans::list))
                 .route(

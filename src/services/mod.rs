@@ -3,6 +3,7 @@
 //! nothing of HTTP.
 
 pub mod auth;
+pub mod billing;
 pub mod check;
 pub mod ingest;
 pub mod plans;

@@ -7,9 +7,10 @@
 //! what happens when time passes.
 
 use super::auth::Principal;
-use super::{Ctx, ServiceError};
+use super::{billing, Ctx, ServiceError};
 use crate::catalog::plans::content_hash;
 use crate::domain::account::AccountId;
+use crate::domain::invoice::{InvoiceDraft, InvoiceKind};
 use crate::domain::period::{anchor_at, boundary, period_containing, Period};
 use crate::domain::plan::{DowngradePolicy, PlanRef, PlanVersion};
 use crate::domain::proration::{change_lines, ProrationLine};
@@ -427,6 +428,13 @@ pub async fn subscribe(
             } else {
                 advance_lines(&plan, seats)
             };
+            if !trial {
+                let drafts: Vec<InvoiceDraft> =
+                    billing::start_invoice(account, &plan, seats, period, now)
+                        .into_iter()
+                        .collect();
+                billing::issue(c, &drafts).await?;
+            }
             let amount: Decimal = lines.iter().map(|l| l.amount).sum();
             let kind = if trial { "trial_started" } else { "subscribed" };
             subs::insert_change(
@@ -465,9 +473,11 @@ pub async fn get_subscription(ctx: &Ctx, account: &str) -> Result<SubscriptionVi
                     "account `{account}` has no subscription"
                 )))
             })?;
-            if advance(ctx, c, &mut row, now).await? {
+            let mut drafts = Vec::new();
+            if advance(ctx, c, &mut row, now, &mut drafts).await? {
                 subs::save(c, &row).await?;
             }
+            billing::issue(c, &drafts).await?;
             Ok(view(&row, &plan_of(ctx, &row.plan, row.plan_version)?))
         })
         .await?;
@@ -481,6 +491,7 @@ pub(crate) async fn advance(
     c: &mut AsyncPgConnection,
     row: &mut SubscriptionRow,
     now: DateTime<Utc>,
+    drafts: &mut Vec<InvoiceDraft>,
 ) -> Result<bool, TxError> {
     let mut changed = false;
     loop {
@@ -498,6 +509,17 @@ pub(crate) async fn advance(
                 row.period_end = boundary(end, months, 1);
                 row.revision += 1;
                 row.updated_at = now;
+                let period = Period {
+                    start: row.period_start,
+                    end: row.period_end,
+                };
+                drafts.extend(billing::start_invoice(
+                    &row.account,
+                    &plan,
+                    row.seats as u32,
+                    period,
+                    now,
+                ));
                 let lines = advance_lines(&plan, row.seats as u32);
                 let amount = lines.iter().map(|l| l.amount).sum();
                 subs::insert_change(
@@ -517,6 +539,10 @@ pub(crate) async fn advance(
             }
             "active" | "past_due" if now >= row.period_end => {
                 let at = row.period_end;
+                let closed = Period {
+                    start: row.period_start,
+                    end: row.period_end,
+                };
                 let from = (row.plan.clone(), row.plan_version, row.seats);
                 let scheduled: Option<Scheduled> = row
                     .scheduled
@@ -527,6 +553,20 @@ pub(crate) async fn advance(
                 if let Some(s) = &scheduled {
                     if s.cancel {
                         row.status = "canceled".into();
+                        let account = row.account.clone();
+                        drafts.extend(
+                            billing::period_invoice(
+                                ctx,
+                                c,
+                                &account,
+                                closed,
+                                &plan,
+                                from.2 as u32,
+                                None,
+                                now,
+                            )
+                            .await?,
+                        );
                         subs::insert_change(
                             c,
                             &change(
@@ -553,6 +593,24 @@ pub(crate) async fn advance(
                 }
                 row.period_start = at;
                 row.period_end = period_containing(row.anchor, new_plan.interval.months(), at).end;
+                let next = Period {
+                    start: row.period_start,
+                    end: row.period_end,
+                };
+                let account = row.account.clone();
+                drafts.extend(
+                    billing::period_invoice(
+                        ctx,
+                        c,
+                        &account,
+                        closed,
+                        &plan,
+                        from.2 as u32,
+                        Some((&new_plan, row.seats as u32, next)),
+                        now,
+                    )
+                    .await?,
+                );
                 let lines = advance_lines(&new_plan, row.seats as u32);
                 let amount = lines.iter().map(|l| l.amount).sum();
                 let kind = if scheduled.is_some() {
@@ -682,9 +740,11 @@ pub async fn quote(
                     "account `{account}` has no subscription"
                 )))
             })?;
-            if advance(ctx, c, &mut row, now).await? {
+            let mut drafts = Vec::new();
+            if advance(ctx, c, &mut row, now, &mut drafts).await? {
                 subs::save(c, &row).await?;
             }
+            billing::issue(c, &drafts).await?;
             if row.status == "canceled" {
                 return Err(conflict("subscription_canceled", "the subscription is canceled"));
             }
@@ -867,7 +927,8 @@ pub async fn accept(
                     ),
                 ));
             }
-            if advance(ctx, c, &mut row, now).await? {
+            let mut drafts = Vec::new();
+            if advance(ctx, c, &mut row, now, &mut drafts).await? {
                 subs::save(c, &row).await?;
             }
             if row.revision != stored.base_revision {
@@ -932,6 +993,23 @@ pub async fn accept(
                 ch.to_seats = Some(q.to.seats as i32);
             }
             let change_id = subs::insert_change(c, &ch).await?;
+            if q.effective == Effective::Now && !q.lines.is_empty() {
+                drafts.push(InvoiceDraft {
+                    account: account.to_owned(),
+                    kind: InvoiceKind::Change,
+                    period: Period {
+                        start: row.period_start,
+                        end: row.period_end,
+                    },
+                    plan: row.plan.clone(),
+                    plan_version: row.plan_version as u32,
+                    seats: row.seats as u32,
+                    currency: new.currency,
+                    lines: crate::domain::invoice::change_lines(&q.lines),
+                    issued_at: now,
+                });
+            }
+            billing::issue(c, &drafts).await?;
             subs::mark_quote_accepted(c, account, &q.id, now).await?;
             let answer = Accepted {
                 quote_id: q.id.clone(),

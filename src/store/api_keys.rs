@@ -1,9 +1,10 @@
 //! `api_keys`: a catalogue table looked up by the hash of the presented key.
 
 use super::schema::api_keys;
-use super::{Conn, StoreError};
+use super::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel_async::AsyncPgConnection;
 use diesel_async::RunQueryDsl;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -27,7 +28,7 @@ pub struct NewApiKey<'a> {
     pub created_by: &'a str,
 }
 
-pub async fn insert(conn: &mut Conn, key: NewApiKey<'_>) -> Result<i64, StoreError> {
+pub async fn insert(conn: &mut AsyncPgConnection, key: NewApiKey<'_>) -> Result<i64, StoreError> {
     Ok(diesel::insert_into(api_keys::table)
         .values(&key)
         .returning(api_keys::id)
@@ -35,7 +36,10 @@ pub async fn insert(conn: &mut Conn, key: NewApiKey<'_>) -> Result<i64, StoreErr
         .await?)
 }
 
-pub async fn find_by_hash(conn: &mut Conn, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+pub async fn find_by_hash(
+    conn: &mut AsyncPgConnection,
+    hash: &str,
+) -> Result<Option<ApiKey>, StoreError> {
     Ok(api_keys::table
         .filter(api_keys::key_hash.eq(hash))
         .select(ApiKey::as_select())

@@ -4,6 +4,8 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod events;
+pub mod invoices;
+pub mod jobs;
 pub mod plans;
 pub mod schema;
 pub mod subscriptions;

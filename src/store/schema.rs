@@ -40,6 +40,7 @@ diesel::table! {
         latest_value -> Nullable<Numeric>,
         first_event_at -> Timestamptz,
         last_event_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -163,3 +164,69 @@ diesel::table! {
         currency -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    invoice_counter (singleton) {
+        singleton -> Bool,
+        next_number -> Int8,
+    }
+}
+
+diesel::table! {
+    invoice_numbers (number) {
+        number -> Int8,
+        account -> Text,
+    }
+}
+
+diesel::table! {
+    invoices (account, number) {
+        account -> Text,
+        number -> Int8,
+        kind -> Text,
+        period_start -> Timestamptz,
+        period_end -> Timestamptz,
+        plan -> Text,
+        plan_version -> Int4,
+        seats -> Int4,
+        currency -> Text,
+        total -> Numeric,
+        status -> Text,
+        collection -> Text,
+        issued_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    invoice_lines (account, number, line_no) {
+        account -> Text,
+        number -> Int8,
+        line_no -> Int4,
+        kind -> Text,
+        meter -> Nullable<Text>,
+        quantity -> Numeric,
+        amount -> Numeric,
+        description -> Text,
+        event_count -> Nullable<Int8>,
+        first_event_at -> Nullable<Timestamptz>,
+        last_event_at -> Nullable<Timestamptz>,
+        usage_from -> Nullable<Timestamptz>,
+        usage_to -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Int8,
+        kind -> Text,
+        due_key -> Text,
+        run_at -> Timestamptz,
+        leased_until -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        done_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_lines);

@@ -230,3 +230,43 @@ pub async fn changes_by_account(
         .load(conn)
         .await?)
 }
+
+/// Accounts whose period or trial has ended by `now`, after `after` in account order (a plain
+/// read: the caller locks each one with SKIP LOCKED).
+pub async fn due_accounts(
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(subscriptions::table
+        .filter(subscriptions::account.gt(after))
+        .filter(
+            subscriptions::period_end
+                .le(now)
+                .and(subscriptions::status.eq_any(["active", "past_due"]))
+                .or(subscriptions::status
+                    .eq("trialing")
+                    .and(subscriptions::trial_end.le(now))),
+        )
+        .order(subscriptions::account)
+        .limit(limit)
+        .select(subscriptions::account)
+        .load(conn)
+        .await?)
+}
+
+/// Locks the account's subscription unless another transaction holds it.
+pub async fn lock_by_account_skip_locked(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<Option<SubscriptionRow>, StoreError> {
+    Ok(subscriptions::table
+        .filter(subscriptions::account.eq(account))
+        .select(SubscriptionRow::as_select())
+        .for_update()
+        .skip_locked()
+        .first(conn)
+        .await
+        .optional()?)
+}

@@ -1,11 +1,12 @@
 //! Reads of usage: rollups over a range of buckets, and the event-type governance report.
 //! Never scans `events`.
 
-use super::{Conn, StoreError};
+use super::StoreError;
 use crate::domain::aggregate::{AggregateState, Latest};
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{BigInt, Nullable, Numeric, Text, Timestamptz};
 use diesel::QueryableByName;
+use diesel_async::AsyncPgConnection;
 use diesel_async::RunQueryDsl;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
@@ -50,7 +51,7 @@ pub struct RangeAggregate {
 }
 
 pub async fn find_by_account_and_range(
-    conn: &mut Conn,
+    conn: &mut AsyncPgConnection,
     account: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -117,7 +118,7 @@ pub struct EventTypeRow {
 }
 
 /// Every event type seen, summed over accounts (a governance report, not a hot path).
-pub async fn event_types(conn: &mut Conn) -> Result<Vec<EventTypeRow>, StoreError> {
+pub async fn event_types(conn: &mut AsyncPgConnection) -> Result<Vec<EventTypeRow>, StoreError> {
     Ok(diesel::sql_query(
         "SELECT event_type, SUM(event_count)::int8 AS event_count, COUNT(*)::int8 AS accounts,
                 MIN(first_seen_at) AS first_seen_at, MAX(last_seen_at) AS last_seen_at
@@ -156,7 +157,7 @@ struct BulkKeyRow {
 /// Per account, per meter: the aggregate over each account's own range, in one query (the check
 /// cache refreshes all its accounts this way). `ranges` are (account, from, to).
 pub async fn find_by_accounts_and_ranges(
-    conn: &mut Conn,
+    conn: &mut AsyncPgConnection,
     ranges: &[(String, DateTime<Utc>, DateTime<Utc>)],
 ) -> Result<BTreeMap<String, BTreeMap<String, AggregateState>>, StoreError> {
     let accounts: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();

@@ -1,0 +1,112 @@
+//! `GET /v1/invoices`, `GET /v1/invoices/{number}`, `GET /v1/invoices/{number}/lineage`.
+//! Invoices are addressed by their gap-free number. An account-scoped key sees its own only.
+
+use super::auth::authorize;
+use super::ApiError;
+use crate::domain::scope::Scope;
+use crate::services::{billing, Ctx};
+use crate::store::invoices::InvoiceFilter;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    account: Option<String>,
+    status: Option<String>,
+    /// Invoices whose period starts at or after this instant.
+    period_from: Option<DateTime<Utc>>,
+    /// ... and before this one.
+    period_to: Option<DateTime<Utc>>,
+    /// The cursor: `next_after` of the previous page.
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+const STATUSES: &[&str] = &["open", "paid", "void", "uncollectible"];
+
+pub async fn list(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Finance, Scope::Billing]).await?;
+    let q = query.into_inner();
+    let account = match (&p.account, q.account) {
+        (Some(own), Some(asked)) if *own != asked => {
+            return Err(ApiError::not_found(format!("account `{asked}` not found")))
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, asked) => asked,
+    };
+    if let Some(s) = &q.status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("status must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be 1 to 500",
+        ));
+    }
+    let filter = InvoiceFilter {
+        account,
+        status: q.status,
+        period_from: q.period_from,
+        period_to: q.period_to,
+        after: q.after,
+        limit,
+    };
+    let invoices = billing::list_invoices(&ctx, &filter).await?;
+    let next_after = (invoices.len() as i64 == limit)
+        .then(|| invoices.last().map(|i| i.number))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({ "invoices": invoices, "next_after": next_after })))
+}
+
+pub async fn get(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Finance, Scope::Billing]).await?;
+    let inv = billing::get_invoice(&ctx, path.into_inner(), p.account.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(inv))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineageQuery {
+    /// Most events listed per usage line (default 100, at most 1,000).
+    limit: Option<i64>,
+}
+
+pub async fn lineage(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+    query: web::Query<LineageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Finance, Scope::Billing]).await?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be 1 to 1000",
+        ));
+    }
+    let number = path.into_inner();
+    let lines = billing::lineage(&ctx, number, p.account.as_deref(), limit).await?;
+    Ok(HttpResponse::Ok().json(json!({ "invoice": number, "lines": lines })))
+}

@@ -1,0 +1,381 @@
+//! The billing cycle: invoices for closed periods (usage in arrears, late usage, minimum
+//! top-up, next period's advance fees), first advance fees, prorated changes; the period-close
+//! sweep; invoice reads, lineage and the CSV export.
+//!
+//! Invoices are built as drafts by whatever moves a subscription through time (the catch-up in
+//! `subscriptions::advance`, subscribing, accepting a change) and issued at the end of the same
+//! transaction, with gap-free numbers. They are final when issued: no code path updates their
+//! amounts or lines; corrections are later lines (late usage) or new invoices.
+//! Without Stripe configured, invoices are issued for manual collection.
+
+use super::subscriptions::{advance, TxError};
+use super::{Ctx, ServiceError};
+use crate::domain::invoice::{
+    advance_fee_lines, arrears_lines, late_usage_line, InvoiceDraft, InvoiceKind, MeterUsage,
+};
+use crate::domain::meter::Aggregation;
+use crate::domain::period::Period;
+use crate::domain::plan::{PlanRef, PlanVersion};
+use crate::store::invoices::{self as store_inv, InvoiceFilter, InvoiceRow, LineRow};
+use crate::store::{self, subscriptions as subs, StoreError};
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// How invoices are collected while no payment rail is configured.
+pub const MANUAL: &str = "manual";
+
+/// Each catalogue meter's usage of `account` over `period`, from the rollups.
+pub async fn usage_of(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    account: &str,
+    period: &Period,
+) -> Result<BTreeMap<String, MeterUsage>, StoreError> {
+    let found =
+        store::usage::find_by_account_and_range(c, account, period.start, period.end).await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(meter, agg)| {
+            let m = ctx.meters.get(&meter)?;
+            let quantity = match m.aggregation {
+                Aggregation::UniqueCount => Decimal::from(agg.unique),
+                other => agg.state.value(other),
+            };
+            Some((
+                meter,
+                MeterUsage {
+                    quantity,
+                    event_count: agg.state.event_count,
+                    first_event_at: agg.state.first_at,
+                    last_event_at: agg.state.last_at,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// The invoice closing `closed` (billed on `closed_plan` with `closed_seats`), with the advance
+/// fees of `next` when the subscription goes on. `None` when it would hold nothing (free plans).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the closed and the next period each need their plan, seats and range"
+)]
+pub(crate) async fn period_invoice(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    account: &str,
+    closed: Period,
+    closed_plan: &PlanVersion,
+    closed_seats: u32,
+    next: Option<(&PlanVersion, u32, Period)>,
+    now: DateTime<Utc>,
+) -> Result<Option<InvoiceDraft>, TxError> {
+    let mut lines = late_lines(ctx, c, account, closed.start).await?;
+    let usage = usage_of(ctx, c, account, &closed).await?;
+    lines.extend(arrears_lines(closed_plan, closed_seats, &closed, &usage));
+    if let Some((plan, seats, period)) = next {
+        lines.extend(advance_fee_lines(plan, seats, &period));
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(InvoiceDraft {
+        account: account.to_owned(),
+        kind: InvoiceKind::Period,
+        period: closed,
+        plan: closed_plan.plan.clone(),
+        plan_version: closed_plan.version,
+        seats: closed_seats,
+        currency: closed_plan.currency,
+        lines,
+        issued_at: now,
+    }))
+}
+
+/// Late-usage lines for invoiced periods before `before` whose usage changed since billed.
+async fn late_lines(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    account: &str,
+    before: DateTime<Utc>,
+) -> Result<Vec<crate::domain::invoice::InvoiceLine>, TxError> {
+    let mut lines = Vec::new();
+    for p in store_inv::periods_with_late_usage(c, account, before).await? {
+        let Some(plan) = ctx.plans.get(&PlanRef {
+            plan: p.plan.clone(),
+            version: p.plan_version as u32,
+        }) else {
+            continue;
+        };
+        let period = Period {
+            start: p.start,
+            end: p.end,
+        };
+        let usage = usage_of(ctx, c, account, &period).await?;
+        let billed: BTreeMap<String, (Decimal, Decimal)> =
+            store_inv::billed_for_period(c, account, p.start)
+                .await?
+                .into_iter()
+                .map(|b| (b.meter, (b.quantity, b.amount)))
+                .collect();
+        for charge in &plan.charges {
+            let now_usage = usage.get(&charge.meter).cloned().unwrap_or_default();
+            let (bq, ba) = billed.get(&charge.meter).copied().unwrap_or_default();
+            if let Some(l) = late_usage_line(plan, &charge.meter, &period, &now_usage, bq, ba) {
+                lines.push(l);
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// The first advance fees of a subscription period, when there are any.
+pub fn start_invoice(
+    account: &str,
+    plan: &PlanVersion,
+    seats: u32,
+    period: Period,
+    now: DateTime<Utc>,
+) -> Option<InvoiceDraft> {
+    let lines = advance_fee_lines(plan, seats, &period);
+    (!lines.is_empty()).then(|| InvoiceDraft {
+        account: account.to_owned(),
+        kind: InvoiceKind::Start,
+        period,
+        plan: plan.plan.clone(),
+        plan_version: plan.version,
+        seats,
+        currency: plan.currency,
+        lines,
+        issued_at: now,
+    })
+}
+
+/// Issues drafts inside the caller's transaction.
+pub async fn issue(
+    c: &mut AsyncPgConnection,
+    drafts: &[InvoiceDraft],
+) -> Result<Vec<i64>, StoreError> {
+    store_inv::issue(c, drafts, MANUAL).await
+}
+
+/// What one close sweep did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CloseReport {
+    pub accounts: usize,
+    pub invoices: usize,
+}
+
+/// Accounts moved per transaction by the sweep.
+const CLOSE_BATCH: i64 = 200;
+
+/// Closes every due period: each account whose period (or trial) has ended is caught up under
+/// its row lock (taken with SKIP LOCKED, so several instances share the work) and its invoices
+/// are issued in the same transaction. Idempotent: an account already caught up is not due.
+pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
+    let now = ctx.clock.now();
+    let mut report = CloseReport::default();
+    let mut after = String::new();
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    loop {
+        let due = subs::due_accounts(&mut conn, now, &after, CLOSE_BATCH).await?;
+        let Some(last) = due.last() else {
+            break;
+        };
+        after = last.clone();
+        let set: std::collections::HashSet<&str> = due.iter().map(String::as_str).collect();
+        ctx.checks.begin_writes(&set);
+        let result = conn
+            .transaction::<(usize, usize), TxError, _>(async |c| {
+                let mut drafts = Vec::new();
+                let mut moved = 0;
+                for account in &due {
+                    let Some(mut row) = subs::lock_by_account_skip_locked(c, account).await? else {
+                        continue; // another instance holds it: it is closing it
+                    };
+                    if advance(ctx, c, &mut row, now, &mut drafts).await? {
+                        subs::save(c, &row).await?;
+                        moved += 1;
+                    }
+                }
+                issue(c, &drafts).await?;
+                Ok((moved, drafts.len()))
+            })
+            .await;
+        for a in &due {
+            ctx.checks.invalidate(a);
+        }
+        ctx.checks.end_writes(&set);
+        let (moved, issued) = result.map_err(ServiceError::from)?;
+        report.accounts += moved;
+        report.invoices += issued;
+    }
+    Ok(report)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Invoice {
+    #[serde(flatten)]
+    pub invoice: InvoiceRow,
+    pub lines: Vec<LineRow>,
+}
+
+pub async fn get_invoice(
+    ctx: &Ctx,
+    number: i64,
+    only_account: Option<&str>,
+) -> Result<Invoice, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let not_found = || ServiceError::NotFound(format!("invoice {number} not found"));
+    let account = store_inv::account_of_number(&mut conn, number)
+        .await?
+        .ok_or_else(not_found)?;
+    if only_account.is_some_and(|a| a != account) {
+        return Err(not_found());
+    }
+    let (invoice, lines) = store_inv::find_by_account_and_number(&mut conn, &account, number)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Invoice { invoice, lines })
+}
+
+pub async fn list_invoices(
+    ctx: &Ctx,
+    filter: &InvoiceFilter,
+) -> Result<Vec<InvoiceRow>, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    Ok(store_inv::list(&mut conn, filter).await?)
+}
+
+#[derive(Debug, Serialize)]
+pub struct LineLineage {
+    pub line_no: i32,
+    pub meter: String,
+    pub event_type: String,
+    pub usage_from: DateTime<Utc>,
+    pub usage_to: DateTime<Utc>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    pub event_count: Option<i64>,
+    /// The hourly aggregates the quantity was read from.
+    pub rollups: Vec<store_inv::LineageRollup>,
+    /// The events behind them (the meter's type and filter), oldest first, at most `limit`.
+    pub events: Vec<store_inv::LineageEvent>,
+}
+
+/// For each usage line of an invoice: the rollups and the events behind it.
+pub async fn lineage(
+    ctx: &Ctx,
+    number: i64,
+    only_account: Option<&str>,
+    limit: i64,
+) -> Result<Vec<LineLineage>, ServiceError> {
+    let inv = get_invoice(ctx, number, only_account).await?;
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let account = inv.invoice.account.clone();
+    let mut out = Vec::new();
+    for l in inv.lines {
+        let (Some(meter_code), Some(from), Some(to)) = (l.meter.clone(), l.usage_from, l.usage_to)
+        else {
+            continue;
+        };
+        let Some(meter) = ctx.meters.get(&meter_code) else {
+            continue;
+        };
+        let rollups =
+            store_inv::rollups_for_line(&mut conn, &account, &meter_code, from, to).await?;
+        let events =
+            store_inv::events_for_line(&mut conn, &account, &meter.event_type, from, to, limit * 4)
+                .await?
+                .into_iter()
+                .filter(|e| meter.matches(&e.event_type, &e.properties))
+                .take(limit as usize)
+                .collect();
+        out.push(LineLineage {
+            line_no: l.line_no,
+            meter: meter_code,
+            event_type: meter.event_type.clone(),
+            usage_from: from,
+            usage_to: to,
+            quantity: l.quantity,
+            event_count: l.event_count,
+            rollups,
+            events,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes the invoices whose period starts in `[from, to)` and their lines as CSV, one row per
+/// line with the invoice's fields repeated.
+pub async fn export_csv<W: std::io::Write>(
+    ctx: &Ctx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    out: W,
+) -> Result<usize, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let rows = store_inv::lines_of_period(&mut conn, from, to).await?;
+    let mut w = csv::Writer::from_writer(out);
+    let io = |e: csv::Error| {
+        ServiceError::invalid("export_failed", format!("cannot write the CSV: {e}"))
+    };
+    w.write_record([
+        "invoice",
+        "account",
+        "kind",
+        "period_start",
+        "period_end",
+        "plan",
+        "plan_version",
+        "currency",
+        "invoice_total",
+        "status",
+        "collection",
+        "issued_at",
+        "line_no",
+        "line_kind",
+        "meter",
+        "quantity",
+        "amount",
+        "event_count",
+        "first_event_at",
+        "last_event_at",
+        "description",
+    ])
+    .map_err(io)?;
+    let t = |d: Option<DateTime<Utc>>| d.map(|d| d.to_rfc3339()).unwrap_or_default();
+    for (i, l) in &rows {
+        w.write_record([
+            i.number.to_string(),
+            i.account.clone(),
+            i.kind.clone(),
+            i.period_start.to_rfc3339(),
+            i.period_end.to_rfc3339(),
+            i.plan.clone(),
+            i.plan_version.to_string(),
+            i.currency.clone(),
+            i.total.normalize().to_string(),
+            i.status.clone(),
+            i.collection.clone(),
+            i.issued_at.to_rfc3339(),
+            l.line_no.to_string(),
+            l.kind.clone(),
+            l.meter.clone().unwrap_or_default(),
+            l.quantity.normalize().to_string(),
+            l.amount.normalize().to_string(),
+            l.event_count.map(|n| n.to_string()).unwrap_or_default(),
+            t(l.first_event_at),
+            t(l.last_event_at),
+            l.description.clone(),
+        ])
+        .map_err(io)?;
+    }
+    w.flush().map_err(|e| {
+        ServiceError::invalid("export_failed", format!("cannot write the CSV: {e}"))
+    })?;
+    Ok(rows.len())
+}

@@ -1,0 +1,370 @@
+//! `invoices`, `invoice_lines`, `invoice_numbers`, `invoice_counter`: issuing invoices with
+//! gap-free numbers, reading them, and what late-usage billing needs.
+
+use super::schema::{invoice_lines, invoice_numbers, invoices};
+use super::StoreError;
+use crate::domain::invoice::InvoiceDraft;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Numeric, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = invoices)]
+pub struct InvoiceRow {
+    pub account: String,
+    pub number: i64,
+    pub kind: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub plan: String,
+    pub plan_version: i32,
+    pub seats: i32,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub status: String,
+    pub collection: String,
+    pub issued_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = invoice_lines)]
+pub struct LineRow {
+    #[serde(skip)]
+    pub account: String,
+    #[serde(skip)]
+    pub number: i64,
+    pub line_no: i32,
+    pub kind: String,
+    pub meter: Option<String>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub description: String,
+    pub event_count: Option<i64>,
+    pub first_event_at: Option<DateTime<Utc>>,
+    pub last_event_at: Option<DateTime<Utc>>,
+    pub usage_from: Option<DateTime<Utc>>,
+    pub usage_to: Option<DateTime<Utc>>,
+}
+
+#[derive(QueryableByName)]
+struct First {
+    #[diesel(sql_type = BigInt)]
+    first: i64,
+}
+
+/// Issues drafts: takes a block of numbers from the counter (held until the transaction ends,
+/// so numbers have no gaps), then writes the invoices, their lines and the number registry.
+pub async fn issue(
+    conn: &mut AsyncPgConnection,
+    drafts: &[InvoiceDraft],
+    collection: &str,
+) -> Result<Vec<i64>, StoreError> {
+    if drafts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = drafts.len() as i64;
+    let first: First = diesel::sql_query(
+        "UPDATE invoice_counter SET next_number = next_number + $1
+          WHERE singleton RETURNING next_number - $1 AS first",
+    )
+    .bind::<BigInt, _>(n)
+    .get_result(conn)
+    .await?;
+    let mut rows = Vec::with_capacity(drafts.len());
+    let mut lines = Vec::new();
+    let mut registry = Vec::with_capacity(drafts.len());
+    for (i, d) in drafts.iter().enumerate() {
+        let number = first.first + i as i64;
+        rows.push(InvoiceRow {
+            account: d.account.clone(),
+            number,
+            kind: d.kind.as_str().to_owned(),
+            period_start: d.period.start,
+            period_end: d.period.end,
+            plan: d.plan.clone(),
+            plan_version: d.plan_version as i32,
+            seats: d.seats as i32,
+            currency: d.currency.code().to_owned(),
+            total: d.total(),
+            status: "open".into(),
+            collection: collection.to_owned(),
+            issued_at: d.issued_at,
+        });
+        registry.push((
+            invoice_numbers::number.eq(number),
+            invoice_numbers::account.eq(d.account.clone()),
+        ));
+        for (j, l) in d.lines.iter().enumerate() {
+            lines.push(LineRow {
+                account: d.account.clone(),
+                number,
+                line_no: j as i32 + 1,
+                kind: l.kind.clone(),
+                meter: l.meter.clone(),
+                quantity: l.quantity,
+                amount: l.amount,
+                description: l.description.clone(),
+                event_count: l.event_count,
+                first_event_at: l.first_event_at,
+                last_event_at: l.last_event_at,
+                usage_from: l.usage_from,
+                usage_to: l.usage_to,
+            });
+        }
+    }
+    // Chunks keep each statement under PostgreSQL's bind-parameter limit.
+    for chunk in rows.chunks(2000) {
+        diesel::insert_into(invoices::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    for chunk in registry.chunks(5000) {
+        diesel::insert_into(invoice_numbers::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    for chunk in lines.chunks(4000) {
+        diesel::insert_into(invoice_lines::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(rows.iter().map(|r| r.number).collect())
+}
+
+/// The account of an invoice number (the registry).
+pub async fn account_of_number(
+    conn: &mut AsyncPgConnection,
+    number: i64,
+) -> Result<Option<String>, StoreError> {
+    Ok(invoice_numbers::table
+        .filter(invoice_numbers::number.eq(number))
+        .select(invoice_numbers::account)
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn find_by_account_and_number(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    number: i64,
+) -> Result<Option<(InvoiceRow, Vec<LineRow>)>, StoreError> {
+    let inv = invoices::table
+        .filter(invoices::account.eq(account))
+        .filter(invoices::number.eq(number))
+        .select(InvoiceRow::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(inv) = inv else {
+        return Ok(None);
+    };
+    let lines = invoice_lines::table
+        .filter(invoice_lines::account.eq(account))
+        .filter(invoice_lines::number.eq(number))
+        .order(invoice_lines::line_no)
+        .select(LineRow::as_select())
+        .load(conn)
+        .await?;
+    Ok(Some((inv, lines)))
+}
+
+/// Filters for listing invoices; `after` is the cursor (the last number of the previous page).
+#[derive(Debug, Clone, Default)]
+pub struct InvoiceFilter {
+    pub account: Option<String>,
+    pub status: Option<String>,
+    pub period_from: Option<DateTime<Utc>>,
+    pub period_to: Option<DateTime<Utc>>,
+    pub after: Option<i64>,
+    pub limit: i64,
+}
+
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    f: &InvoiceFilter,
+) -> Result<Vec<InvoiceRow>, StoreError> {
+    let mut q = invoices::table.select(InvoiceRow::as_select()).into_boxed();
+    if let Some(a) = &f.account {
+        q = q.filter(invoices::account.eq(a.clone()));
+    }
+    if let Some(s) = &f.status {
+        q = q.filter(invoices::status.eq(s.clone()));
+    }
+    if let Some(t) = f.period_from {
+        q = q.filter(invoices::period_start.ge(t));
+    }
+    if let Some(t) = f.period_to {
+        q = q.filter(invoices::period_start.lt(t));
+    }
+    if let Some(n) = f.after {
+        q = q.filter(invoices::number.gt(n));
+    }
+    Ok(q.order(invoices::number).limit(f.limit).load(conn).await?)
+}
+
+/// All lines of the invoices whose period starts in `[from, to)` (for the CSV export).
+pub async fn lines_of_period(
+    conn: &mut AsyncPgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(InvoiceRow, LineRow)>, StoreError> {
+    Ok(invoices::table
+        .inner_join(
+            invoice_lines::table.on(invoice_lines::account
+                .eq(invoices::account)
+                .and(invoice_lines::number.eq(invoices::number))),
+        )
+        .filter(invoices::period_start.ge(from))
+        .filter(invoices::period_start.lt(to))
+        .order((invoices::number, invoice_lines::line_no))
+        .select((InvoiceRow::as_select(), LineRow::as_select()))
+        .load(conn)
+        .await?)
+}
+
+#[derive(QueryableByName)]
+pub struct LatePeriod {
+    #[diesel(sql_type = Timestamptz)]
+    pub start: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub end: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    pub plan: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub plan_version: i32,
+}
+
+/// Invoiced periods before `before` whose rollups changed after their usage was last billed.
+pub async fn periods_with_late_usage(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    before: DateTime<Utc>,
+) -> Result<Vec<LatePeriod>, StoreError> {
+    Ok(diesel::sql_query(
+        "WITH billed AS (
+            SELECT l.usage_from AS s, l.usage_to AS e, MAX(i.issued_at) AS at
+              FROM invoice_lines l
+              JOIN invoices i ON i.account = l.account AND i.number = l.number
+             WHERE l.account = $1 AND l.usage_from IS NOT NULL AND l.usage_from < $2
+             GROUP BY l.usage_from, l.usage_to)
+         SELECT b.s AS start, b.e AS end, p.plan, p.plan_version
+           FROM billed b
+           JOIN invoices p ON p.account = $1 AND p.kind = 'period' AND p.period_start = b.s
+          WHERE EXISTS (SELECT 1 FROM usage_rollups r
+                         WHERE r.account = $1 AND r.bucket >= b.s AND r.bucket < b.e
+                           AND r.updated_at > b.at)
+          ORDER BY b.s",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Timestamptz, _>(before)
+    .load(conn)
+    .await?)
+}
+
+#[derive(QueryableByName)]
+pub struct Billed {
+    #[diesel(sql_type = Text)]
+    pub meter: String,
+    #[diesel(sql_type = Numeric)]
+    pub quantity: Decimal,
+    #[diesel(sql_type = Numeric)]
+    pub amount: Decimal,
+}
+
+/// Per meter, what has been billed so far for the usage of the period starting at `start`.
+pub async fn billed_for_period(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    start: DateTime<Utc>,
+) -> Result<Vec<Billed>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT meter, SUM(quantity) AS quantity, SUM(amount) AS amount
+           FROM invoice_lines
+          WHERE account = $1 AND usage_from = $2 AND meter IS NOT NULL
+          GROUP BY meter",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Timestamptz, _>(start)
+    .load(conn)
+    .await?)
+}
+
+#[derive(Debug, QueryableByName, Serialize)]
+pub struct LineageRollup {
+    #[diesel(sql_type = Timestamptz)]
+    pub bucket: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    pub event_count: i64,
+    #[diesel(sql_type = Numeric)]
+    #[serde(with = "rust_decimal::serde::str")]
+    pub value_sum: Decimal,
+    #[diesel(sql_type = Nullable<Numeric>)]
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub value_max: Option<Decimal>,
+}
+
+/// The hourly rollups behind a usage line.
+pub async fn rollups_for_line(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    meter: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<LineageRollup>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT bucket, event_count, value_sum, value_max FROM usage_rollups
+          WHERE account = $1 AND meter = $2 AND bucket >= $3 AND bucket < $4
+          ORDER BY bucket",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Text, _>(meter)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load(conn)
+    .await?)
+}
+
+#[derive(Debug, QueryableByName, Serialize)]
+pub struct LineageEvent {
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub timestamp: DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
+    pub properties: serde_json::Value,
+}
+
+/// The events of one type behind a usage line, in time order, a page at a time.
+pub async fn events_for_line(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    event_type: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<LineageEvent>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT id, event_type, ts AS timestamp, properties FROM events
+          WHERE account = $1 AND event_type = $2 AND ts >= $3 AND ts < $4
+          ORDER BY ts, id LIMIT $5",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Text, _>(event_type)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?)
+}
