@@ -223,6 +223,17 @@ pub struct Invoice {
     pub lines: Vec<LineRow>,
 }
 
+/// Amounts at the currency's minor unit and quantities without trailing zeros, as the API and
+/// the export show them (the columns keep 9 decimal places).
+fn present(inv: &mut InvoiceRow, lines: &mut [LineRow]) {
+    let exp = crate::domain::money::Currency::from_code(&inv.currency).map_or(2, |c| c.exponent());
+    inv.total.rescale(exp);
+    for l in lines {
+        l.amount.rescale(exp);
+        l.quantity = l.quantity.normalize();
+    }
+}
+
 pub async fn get_invoice(
     ctx: &Ctx,
     number: i64,
@@ -236,9 +247,11 @@ pub async fn get_invoice(
     if only_account.is_some_and(|a| a != account) {
         return Err(not_found());
     }
-    let (invoice, lines) = store_inv::find_by_account_and_number(&mut conn, &account, number)
-        .await?
-        .ok_or_else(not_found)?;
+    let (mut invoice, mut lines) =
+        store_inv::find_by_account_and_number(&mut conn, &account, number)
+            .await?
+            .ok_or_else(not_found)?;
+    present(&mut invoice, &mut lines);
     Ok(Invoice { invoice, lines })
 }
 
@@ -247,7 +260,11 @@ pub async fn list_invoices(
     filter: &InvoiceFilter,
 ) -> Result<Vec<InvoiceRow>, ServiceError> {
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    Ok(store_inv::list(&mut conn, filter).await?)
+    let mut rows = store_inv::list(&mut conn, filter).await?;
+    for r in &mut rows {
+        present(r, &mut []);
+    }
+    Ok(rows)
 }
 
 #[derive(Debug, Serialize)]
@@ -260,9 +277,11 @@ pub struct LineLineage {
     #[serde(with = "rust_decimal::serde::str")]
     pub quantity: Decimal,
     pub event_count: Option<i64>,
-    /// The hourly aggregates the quantity was read from.
+    /// The hourly aggregates of the range as they are now (they include usage that arrived
+    /// after the invoice, which later invoices bill as late usage).
     pub rollups: Vec<store_inv::LineageRollup>,
-    /// The events behind them (the meter's type and filter), oldest first, at most `limit`.
+    /// The events the line priced: the meter's type and filter, in the range, received before
+    /// the invoice was issued; oldest first, at most `limit`.
     pub events: Vec<store_inv::LineageEvent>,
 }
 
@@ -287,13 +306,20 @@ pub async fn lineage(
         };
         let rollups =
             store_inv::rollups_for_line(&mut conn, &account, &meter_code, from, to).await?;
-        let events =
-            store_inv::events_for_line(&mut conn, &account, &meter.event_type, from, to, limit * 4)
-                .await?
-                .into_iter()
-                .filter(|e| meter.matches(&e.event_type, &e.properties))
-                .take(limit as usize)
-                .collect();
+        let events = store_inv::events_for_line(
+            &mut conn,
+            &account,
+            &meter.event_type,
+            from,
+            to,
+            inv.invoice.issued_at,
+            limit * 4,
+        )
+        .await?
+        .into_iter()
+        .filter(|e| meter.matches(&e.event_type, &e.properties))
+        .take(limit as usize)
+        .collect();
         out.push(LineLineage {
             line_no: l.line_no,
             meter: meter_code,
@@ -349,6 +375,8 @@ pub async fn export_csv<W: std::io::Write>(
     .map_err(io)?;
     let t = |d: Option<DateTime<Utc>>| d.map(|d| d.to_rfc3339()).unwrap_or_default();
     for (i, l) in &rows {
+        let (mut i, mut l) = (i.clone(), l.clone());
+        present(&mut i, std::slice::from_mut(&mut l));
         w.write_record([
             i.number.to_string(),
             i.account.clone(),
@@ -358,15 +386,15 @@ pub async fn export_csv<W: std::io::Write>(
             i.plan.clone(),
             i.plan_version.to_string(),
             i.currency.clone(),
-            i.total.normalize().to_string(),
+            i.total.to_string(),
             i.status.clone(),
             i.collection.clone(),
             i.issued_at.to_rfc3339(),
             l.line_no.to_string(),
             l.kind.clone(),
             l.meter.clone().unwrap_or_default(),
-            l.quantity.normalize().to_string(),
-            l.amount.normalize().to_string(),
+            l.quantity.to_string(),
+            l.amount.to_string(),
             l.event_count.map(|n| n.to_string()).unwrap_or_default(),
             t(l.first_event_at),
             t(l.last_event_at),

@@ -641,7 +641,16 @@ pub(crate) async fn advance(
 
 pub async fn changes(ctx: &Ctx, account: &str) -> Result<Vec<subs::ChangeRow>, ServiceError> {
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    Ok(subs::changes_by_account(&mut conn, account).await?)
+    let mut rows = subs::changes_by_account(&mut conn, account).await?;
+    for r in &mut rows {
+        let exp = r
+            .currency
+            .as_deref()
+            .and_then(crate::domain::money::Currency::from_code)
+            .map_or(2, |c| c.exponent());
+        r.amount.rescale(exp);
+    }
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -346,24 +346,27 @@ pub struct LineageEvent {
     pub properties: serde_json::Value,
 }
 
-/// The events of one type behind a usage line, in time order, a page at a time.
+/// The events of one type behind a usage line: in its range and received by the time the
+/// invoice was issued (`known_at`), in time order, at most `limit`.
 pub async fn events_for_line(
     conn: &mut AsyncPgConnection,
     account: &str,
     event_type: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    known_at: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<LineageEvent>, StoreError> {
     Ok(diesel::sql_query(
         "SELECT id, event_type, ts AS timestamp, properties FROM events
-          WHERE account = $1 AND event_type = $2 AND ts >= $3 AND ts < $4
-          ORDER BY ts, id LIMIT $5",
+          WHERE account = $1 AND event_type = $2 AND ts >= $3 AND ts < $4 AND received_at <= $5
+          ORDER BY ts, id LIMIT $6",
     )
     .bind::<Text, _>(account)
     .bind::<Text, _>(event_type)
     .bind::<Timestamptz, _>(from)
     .bind::<Timestamptz, _>(to)
+    .bind::<Timestamptz, _>(known_at)
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await?)

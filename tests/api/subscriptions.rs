@@ -108,7 +108,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
         .find(|c| c["kind"] == "trial_converted")
         .unwrap()
         .clone();
-    assert_eq!(conv["amount"], "83.000000000");
+    assert_eq!(conv["amount"], "83.00");
 
     // Add seats mid-period: 5 → 8 on 2026-12-20T00:00, 20.5 of 31 days left
     // (factor 1,771,200 / 2,678,400). Credit 83 × f = 54.887… → −54.89; charge 119 × f =
@@ -179,8 +179,30 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
         .find(|c| c["kind"] == "scheduled_change_applied")
         .unwrap()
         .clone();
-    assert_eq!(applied["amount"], "119.000000000");
+    assert_eq!(applied["amount"], "119.00");
     assert_eq!(applied["at"], "2027-01-09T12:00:00Z");
+
+    // Every charge above was invoiced, for exactly the quoted amounts.
+    let (status, list) = app.get(&key, "/v1/invoices").await;
+    assert_eq!(status, 200, "{list}");
+    let invoices = list["invoices"].as_array().unwrap();
+    let summary: Vec<(&str, &str)> = invoices
+        .iter()
+        .map(|i| (i["kind"].as_str().unwrap(), i["total"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("start", "83.00"),
+            ("change", "23.80"),
+            ("change", "40.00"),
+            ("period", "119.00")
+        ]
+    );
+    let (_, seats_invoice) = app
+        .get(&key, &format!("/v1/invoices/{}", invoices[1]["number"]))
+        .await;
+    assert_eq!(amounts(&seats_invoice["lines"]), ["-54.89", "78.69"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,6 +474,21 @@ async fn an_account_scoped_key_gets_404_on_every_route_of_another_account() {
     }
     let (status, _) = app.put(&acme, g, &json!({"name": "Hijacked"})).await;
     assert_eq!(status, 404);
+    // globex's first invoice (its Team advance fees) is out of reach too.
+    for path in [
+        "/v1/invoices/1",
+        "/v1/invoices/1/lineage",
+        "/v1/invoices?account=globex",
+    ] {
+        let (status, body) = app.get(&acme, path).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "GET {path}"
+        );
+    }
+    let (_, own) = app.get(&acme, "/v1/invoices").await;
+    assert_eq!(own["invoices"].as_array().unwrap().len(), 0);
     let (_, s) = app.get(&ops, "/v1/accounts/globex/subscription").await;
     assert_eq!(s["seats"], 1, "nothing changed on globex");
     let (_, a) = app.get(&ops, "/v1/accounts/globex").await;

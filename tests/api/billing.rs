@@ -1,0 +1,297 @@
+//! The billing cycle: periods closed by the clock-driven scheduler, invoices and their lines,
+//! late usage, numbering, lineage, export, and several instances closing at once.
+
+use crate::helpers::*;
+use accrue::jobs::{tick, JobKind, Scheduler};
+use serde_json::{json, Value};
+
+fn line<'a>(inv: &'a Value, kind: &str, meter: Option<&str>) -> &'a Value {
+    inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == kind && meter.is_none_or(|m| l["meter"] == m))
+        .unwrap_or_else(|| panic!("no {kind} {meter:?} line in {inv}"))
+}
+
+fn amount_sum(inv: &Value) -> rust_decimal::Decimal {
+    inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["amount"]
+                .as_str()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        })
+        .sum()
+}
+
+async fn events(app: &TestApp, key: &str, evs: Vec<Value>) {
+    for chunk in evs.chunks(1000) {
+        let (status, body) = app.send(key, &json!({ "events": chunk })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    let scheduler = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
+    let (status, _) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/subscription",
+            &json!({"plan": "team", "seats": 5}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    // Period 1 [11-25 12:00, 12-25 12:00): 2,000 API calls, storage peaking at 80 GB,
+    // 2,600 compute minutes.
+    let mut evs: Vec<Value> = (0..2000)
+        .map(|i| json!({"id": format!("a{i}"), "account": "acme", "type": "api.request", "timestamp": "2026-11-25T12:10:00Z"}))
+        .collect();
+    for (i, gb) in ["12", "80", "40"].iter().enumerate() {
+        evs.push(json!({"id": format!("s{i}"), "account": "acme", "type": "storage.snapshot", "timestamp": format!("2026-11-25T12:2{i}:00Z"), "properties": {"gb": gb}}));
+    }
+    for i in 0..26 {
+        evs.push(json!({"id": format!("j{i}"), "account": "acme", "type": "job.completed", "timestamp": "2026-11-25T12:15:00Z", "properties": {"minutes": 100}}));
+    }
+    events(&app, &key, evs).await;
+
+    // Nothing is due before the period ends.
+    app.clock.set(t("2026-12-25T11:59:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(*) FROM invoices WHERE kind = 'period')::int8")
+            .await,
+        0
+    );
+
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    assert_eq!(
+        tick(&app.ctx, &scheduler).await.unwrap(),
+        1,
+        "one close job ran"
+    );
+    let (status, inv2) = app.get(&key, "/v1/invoices/2").await;
+    assert_eq!(status, 200, "{inv2}");
+    assert_eq!(inv2["kind"], "period");
+    assert_eq!(inv2["period_start"], "2026-11-25T12:00:00Z");
+    let api = line(&inv2, "usage", Some("api_calls"));
+    assert_eq!(
+        (
+            api["quantity"].as_str(),
+            api["amount"].as_str(),
+            api["event_count"].as_i64()
+        ),
+        (Some("2000"), Some("0.00"), Some(2000))
+    );
+    assert_eq!(api["first_event_at"], "2026-11-25T12:10:00Z");
+    // (80 − 50) × 0.25
+    assert_eq!(line(&inv2, "usage", Some("storage_gb"))["amount"], "7.50");
+    // ceil((2,600 − 500) / 1,000) × 8
+    assert_eq!(
+        line(&inv2, "usage", Some("compute_minutes"))["amount"],
+        "24.00"
+    );
+    assert_eq!(line(&inv2, "base_fee", None)["amount"], "59.00");
+    assert_eq!(line(&inv2, "seats", None)["amount"], "24.00");
+    assert_eq!(inv2["total"], "114.50");
+    assert_eq!(amount_sum(&inv2).to_string(), "114.50");
+
+    // Period 2: a little usage, and a late event for period 1 (1,000 more compute minutes).
+    app.clock.set(t("2027-01-10T00:00:00Z"));
+    events(&app, &key, vec![
+        json!({"id": "j-p2", "account": "acme", "type": "job.completed", "timestamp": "2027-01-09T00:00:00Z", "properties": {"minutes": 100}}),
+        json!({"id": "j-late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00Z", "properties": {"minutes": 1000}}),
+    ]).await;
+    app.clock.set(t("2027-01-25T12:01:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    let (_, inv3) = app.get(&key, "/v1/invoices/3").await;
+    assert_eq!(inv3["period_start"], "2026-12-25T12:00:00Z");
+    let late = line(&inv3, "late_usage", Some("compute_minutes"));
+    // Period 1 now has 3,600 minutes: ceil(3,100 / 1,000) × 8 = 32.00, 24.00 billed → 8.00.
+    assert_eq!(
+        (late["quantity"].as_str(), late["amount"].as_str()),
+        (Some("1000"), Some("8.00"))
+    );
+    assert_eq!(late["usage_from"], "2026-11-25T12:00:00Z");
+    assert_eq!(
+        line(&inv3, "usage", Some("compute_minutes"))["amount"],
+        "0.00"
+    );
+    assert_eq!(inv3["total"], "91.00");
+    // The invoice it corrects did not change.
+    let (_, again) = app.get(&key, "/v1/invoices/2").await;
+    assert_eq!(again, inv2);
+
+    app.clock.set(t("2027-02-25T12:00:30Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    tick(&app.ctx, &scheduler).await.unwrap();
+    let (_, inv4) = app.get(&key, "/v1/invoices/4").await;
+    assert_eq!(inv4["period_start"], "2027-01-25T12:00:00Z");
+    assert_eq!(inv4["total"], "83.00", "no late usage is billed twice");
+
+    // Gap-free numbers, one period invoice per period, totals = sum of lines, for all invoices.
+    assert_eq!(
+        app.db.count("(SELECT COUNT(*) FROM invoices)::int8").await,
+        4
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT MAX(number) FROM invoices)::int8")
+            .await,
+        4
+    );
+    assert_eq!(
+        app.db.count("(SELECT COUNT(*) FROM invoices i WHERE total <> (SELECT SUM(amount) FROM invoice_lines l WHERE l.account = i.account AND l.number = i.number))::int8").await,
+        0
+    );
+
+    // Listing with a cursor.
+    let (_, page1) = app.get(&key, "/v1/invoices?account=acme&limit=3").await;
+    let numbers: Vec<i64> = page1["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert_eq!(page1["next_after"], 3);
+    let (_, page2) = app
+        .get(&key, "/v1/invoices?account=acme&limit=3&after=3")
+        .await;
+    assert_eq!(page2["invoices"].as_array().unwrap().len(), 1);
+    assert!(page2["next_after"].is_null());
+    let (_, start) = app.get(&key, "/v1/invoices?kind=start").await;
+    assert_eq!(start["error"]["code"], "invalid_query");
+
+    // Lineage: the compute line of invoice 2 priced the 26 events known when it was issued
+    // (2,600 minutes); the rollups now also hold the late 1,000 that invoice 3 billed.
+    let (status, lin) = app.get(&key, "/v1/invoices/2/lineage?limit=1000").await;
+    assert_eq!(status, 200, "{lin}");
+    let compute = lin["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meter"] == "compute_minutes")
+        .unwrap();
+    let evs = compute["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 26);
+    let minutes: i64 = evs
+        .iter()
+        .map(|e| e["properties"]["minutes"].as_i64().unwrap())
+        .sum();
+    assert_eq!(minutes, 2600);
+    let rolled: rust_decimal::Decimal = compute["rollups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["value_sum"]
+                .as_str()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(rolled.normalize().to_string(), "3600");
+
+    // CSV export of the invoices whose period starts in November: invoices 1 and 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args(["export", "invoices", "--month", "2026-11"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].starts_with("invoice,account,kind,period_start"));
+    assert_eq!(rows.len(), 1 + 2 + 5, "{csv}");
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("2,acme,period,")
+                && r.contains(",compute_minutes,2600,24.00,26,")),
+        "{csv}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_closing_at_once_issue_exactly_one_invoice_per_account_and_period() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    for i in 0..40 {
+        let (status, _) = app
+            .post(
+                &key,
+                &format!("/v1/accounts/c{i:02}/subscription"),
+                &json!({"plan": "team", "seats": 3}),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (_, b_ctx, b_clock) = start_instance(&app.db.url, std::time::Duration::from_secs(3600));
+    let later = t("2027-01-26T00:00:00Z"); // two periods have ended
+    app.clock.set(later);
+    b_clock.set(later);
+    let sa = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
+    let sb = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
+    let (a, b, c, d) = tokio::join!(
+        accrue::services::billing::close_due_periods(&app.ctx),
+        accrue::services::billing::close_due_periods(&b_ctx),
+        tick(&app.ctx, &sa),
+        tick(&b_ctx, &sb),
+    );
+    // Four sweeps raced over the same 40 accounts (two direct, two through the job queue).
+    for r in [a, b] {
+        r.unwrap();
+    }
+    c.unwrap();
+    d.unwrap();
+    // 40 start invoices, then exactly two period invoices per account.
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(*) FROM invoices WHERE kind = 'period')::int8")
+            .await,
+        80
+    );
+    assert_eq!(
+        app.db.count("(SELECT COUNT(*) FROM (SELECT account, period_start FROM invoices WHERE kind = 'period' GROUP BY 1, 2 HAVING COUNT(*) > 1) d)::int8").await,
+        0
+    );
+    assert_eq!(
+        app.db.count("(SELECT COUNT(*) FROM invoices)::int8").await,
+        120
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT MIN(number) FROM invoices)::int8")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT MAX(number) FROM invoices)::int8")
+            .await,
+        120,
+        "numbers have no gaps"
+    );
+    // The job itself was enqueued once although both schedulers fired.
+    assert_eq!(app.db.count("(SELECT COUNT(*) FROM jobs)::int8").await, 1);
+}
