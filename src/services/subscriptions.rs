@@ -468,16 +468,7 @@ pub async fn get_subscription(ctx: &Ctx, account: &str) -> Result<SubscriptionVi
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let result = conn
         .transaction::<SubscriptionView, TxError, _>(async |c| {
-            let mut row = subs::lock_by_account(c, account).await?.ok_or_else(|| {
-                TxError::Refused(ServiceError::NotFound(format!(
-                    "account `{account}` has no subscription"
-                )))
-            })?;
-            let mut drafts = Vec::new();
-            if advance(ctx, c, &mut row, now, &mut drafts).await? {
-                subs::save(c, &row).await?;
-            }
-            billing::issue(c, &drafts).await?;
+            let row = lock_and_catch_up(ctx, c, account, now).await?;
             Ok(view(&row, &plan_of(ctx, &row.plan, row.plan_version)?))
         })
         .await?;
@@ -639,6 +630,27 @@ pub(crate) async fn advance(
     Ok(changed)
 }
 
+/// Locks the account's subscription and catches it up with `now`, issuing the invoices of the
+/// periods that closed meanwhile.
+async fn lock_and_catch_up(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    account: &str,
+    now: DateTime<Utc>,
+) -> Result<SubscriptionRow, TxError> {
+    let mut row = subs::lock_by_account(c, account).await?.ok_or_else(|| {
+        TxError::Refused(ServiceError::NotFound(format!(
+            "account `{account}` has no subscription"
+        )))
+    })?;
+    let mut drafts = Vec::new();
+    if advance(ctx, c, &mut row, now, &mut drafts).await? {
+        subs::save(c, &row).await?;
+    }
+    billing::issue(c, &drafts).await?;
+    Ok(row)
+}
+
 pub async fn changes(ctx: &Ctx, account: &str) -> Result<Vec<subs::ChangeRow>, ServiceError> {
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let mut rows = subs::changes_by_account(&mut conn, account).await?;
@@ -744,16 +756,7 @@ pub async fn quote(
     };
     let q = conn
         .transaction::<Quote, TxError, _>(async |c| {
-            let mut row = subs::lock_by_account(c, account).await?.ok_or_else(|| {
-                TxError::Refused(ServiceError::NotFound(format!(
-                    "account `{account}` has no subscription"
-                )))
-            })?;
-            let mut drafts = Vec::new();
-            if advance(ctx, c, &mut row, now, &mut drafts).await? {
-                subs::save(c, &row).await?;
-            }
-            billing::issue(c, &drafts).await?;
+            let row = lock_and_catch_up(ctx, c, account, now).await?;
             if row.status == "canceled" {
                 return Err(conflict("subscription_canceled", "the subscription is canceled"));
             }

@@ -1,0 +1,127 @@
+//! Period-close benchmark: `cargo bench --bench close`.
+//!
+//! On a fresh database: `CLOSE_ACCOUNTS` (default 10,000) subscriptions to team@2 (three
+//! metered charges: graduated API calls, graduated storage, packaged compute), each with
+//! `CLOSE_EVENTS` (default 3) usage events per meter ingested through the real ingest path; then
+//! the clock passes the period end and one `close_due_periods` sweep issues every invoice.
+//! Run it with a small and a large `CLOSE_EVENTS` to see that the close does not depend on the
+//! number of events behind the usage (it reads the hourly rollups only).
+
+use accrue::catalog::meters::MeterCatalog;
+use accrue::catalog::plans::PlanCatalog;
+use accrue::domain::clock::{Clock, ManualClock};
+use accrue::services::{billing, ingest, plans, Ctx};
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let n = env_usize("CLOSE_ACCOUNTS", 10_000);
+    let per_meter = env_usize("CLOSE_EVENTS", 3);
+    let pg = std::env::var("ACCRUE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let mut rnd = [0u8; 6];
+    getrandom::fill(&mut rnd).unwrap();
+    let db = format!("{pg}/accrue_bench_{}", hex::encode(rnd));
+    accrue::store::ensure_database(&db).await.unwrap();
+    accrue::store::run_migrations(&db).await.unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing-plans");
+    let meters = MeterCatalog::load(&dir).unwrap();
+    let catalog = PlanCatalog::load(&dir, &meters).unwrap();
+    let pool = accrue::store::pool(&db, 8).unwrap();
+    let clock = Arc::new(ManualClock::new(t("2026-11-15T00:00:00Z")));
+    let ctx = Ctx::new(
+        pool.clone(),
+        meters,
+        catalog,
+        clock.clone() as Arc<dyn Clock>,
+        4,
+        Duration::from_secs(3600),
+    );
+    plans::publish(&pool, &ctx.plans, "bench", clock.now())
+        .await
+        .unwrap();
+
+    // Subscriptions straight into the tables (setup, not what is measured).
+    let mut conn = AsyncPgConnection::establish(&db).await.unwrap();
+    conn.batch_execute(&format!(
+        "INSERT INTO accounts (account, currency, created_at, updated_at)
+           SELECT 'b' || g, 'USD', now(), now() FROM generate_series(1, {n}) g;
+         INSERT INTO subscriptions (account, plan, plan_version, seats, status, anchor, period_start,
+                period_end, revision, created_at, updated_at)
+           SELECT 'b' || g, 'team', 2, 5, 'active', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z',
+                  '2026-12-01T00:00:00Z', 1, now(), now() FROM generate_series(1, {n}) g;"
+    ))
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(1000);
+    let mut sent = 0usize;
+    for a in 1..=n {
+        for e in 0..per_meter {
+            let ts = format!("2026-11-{:02}T{:02}:00:00Z", 2 + e % 12, e % 24);
+            batch.push(json!({"id": format!("c{e}"), "account": format!("b{a}"), "type": "api.request", "timestamp": ts}));
+            batch.push(json!({"id": format!("s{e}"), "account": format!("b{a}"), "type": "storage.snapshot", "timestamp": ts, "properties": {"gb": 40 + e % 30}}));
+            batch.push(json!({"id": format!("j{e}"), "account": format!("b{a}"), "type": "job.completed", "timestamp": ts, "properties": {"minutes": "12.5"}}));
+            if batch.len() >= 999 {
+                sent += batch.len();
+                ingest::ingest(&ctx, std::mem::take(&mut batch), None)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    sent += batch.len();
+    ingest::ingest(&ctx, batch, None).await.unwrap();
+    let rollups: i64 = {
+        use diesel_async::RunQueryDsl;
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT COUNT(*) FROM usage_rollups)::int8",
+        ))
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+    };
+    eprintln!(
+        "setup: {n} subscriptions, {sent} events ingested in {:.1} s, {rollups} rollup rows",
+        started.elapsed().as_secs_f64()
+    );
+
+    clock.set(t("2026-12-01T00:05:00Z"));
+    let started = Instant::now();
+    let report = billing::close_due_periods(&ctx).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "period close: {} subscriptions, {} invoices ({} usage events behind them, {} per meter per account) in {secs:.2} s = {:.0} subscriptions/s",
+        report.accounts,
+        report.invoices,
+        sent,
+        per_meter,
+        report.accounts as f64 / secs
+    );
+    assert_eq!(report.invoices, n);
+}
