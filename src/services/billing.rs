@@ -8,7 +8,7 @@
 //! amounts or lines; corrections are later lines (late usage) or new invoices.
 //! Without Stripe configured, invoices are issued for manual collection.
 
-use super::subscriptions::{advance, TxError};
+use super::subscriptions::{advance, Effects, TxError};
 use super::{Ctx, ServiceError};
 use crate::domain::invoice::{
     advance_fee_lines, arrears_lines, late_usage_line, InvoiceDraft, InvoiceKind, MeterUsage,
@@ -57,6 +57,56 @@ pub async fn usage_of(
         .collect())
 }
 
+/// Reads a close batch needs, done once for the batch instead of once per account. Anything
+/// missing here (a period that moved since, a second period rolled) is read per account.
+#[derive(Default)]
+pub struct Prefetched {
+    /// (account, period start) → usage of that period.
+    usage: std::collections::HashMap<(String, DateTime<Utc>), BTreeMap<String, MeterUsage>>,
+    /// Accounts known to have no late usage before their closing period.
+    no_late: std::collections::HashSet<String>,
+}
+
+impl Prefetched {
+    /// Prefetches usage and late-usage presence for `due` = (account, period start, end).
+    pub async fn load(
+        ctx: &Ctx,
+        c: &mut AsyncPgConnection,
+        due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+    ) -> Result<Self, StoreError> {
+        let found = store::usage::find_by_accounts_and_ranges(c, due).await?;
+        let mut usage = std::collections::HashMap::new();
+        for (account, start, _) in due {
+            let meters = found
+                .get(account)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(meter, st)| {
+                            let agg = ctx.meters.get(meter)?.aggregation;
+                            Some((meter.clone(), meter_usage(st, agg)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            usage.insert((account.clone(), *start), meters);
+        }
+        let accounts: Vec<String> = due.iter().map(|d| d.0.clone()).collect();
+        let befores: Vec<DateTime<Utc>> = due.iter().map(|d| d.1).collect();
+        let late = store_inv::accounts_with_late_usage(c, &accounts, &befores).await?;
+        let no_late = accounts.into_iter().filter(|a| !late.contains(a)).collect();
+        Ok(Self { usage, no_late })
+    }
+}
+
+fn meter_usage(st: &crate::domain::aggregate::AggregateState, agg: Aggregation) -> MeterUsage {
+    MeterUsage {
+        quantity: st.value(agg),
+        event_count: st.event_count,
+        first_event_at: st.first_at,
+        last_event_at: st.last_at,
+    }
+}
+
 /// The invoice closing `closed` (billed on `closed_plan` with `closed_seats`), with the advance
 /// fees of `next` when the subscription goes on. `None` when it would hold nothing (free plans).
 #[expect(
@@ -72,9 +122,17 @@ pub(crate) async fn period_invoice(
     closed_seats: u32,
     next: Option<(&PlanVersion, u32, Period)>,
     now: DateTime<Utc>,
+    pre: &Prefetched,
 ) -> Result<Option<InvoiceDraft>, TxError> {
-    let mut lines = late_lines(ctx, c, account, closed.start).await?;
-    let usage = usage_of(ctx, c, account, &closed).await?;
+    let mut lines = if pre.no_late.contains(account) {
+        Vec::new()
+    } else {
+        late_lines(ctx, c, account, closed.start).await?
+    };
+    let usage = match pre.usage.get(&(account.to_owned(), closed.start)) {
+        Some(u) => u.clone(),
+        None => usage_of(ctx, c, account, &closed).await?,
+    };
     lines.extend(arrears_lines(closed_plan, closed_seats, &closed, &usage));
     if let Some((plan, seats, period)) = next {
         lines.extend(advance_fee_lines(plan, seats, &period));
@@ -185,28 +243,30 @@ pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
         let Some(last) = due.last() else {
             break;
         };
-        after = last.clone();
-        let set: std::collections::HashSet<&str> = due.iter().map(String::as_str).collect();
+        after = last.0.clone();
+        let set: std::collections::HashSet<&str> = due.iter().map(|d| d.0.as_str()).collect();
         ctx.checks.begin_writes(&set);
         let result = conn
             .transaction::<(usize, usize), TxError, _>(async |c| {
-                let mut drafts = Vec::new();
-                let mut moved = 0;
-                for account in &due {
+                let pre = Prefetched::load(ctx, c, &due).await?;
+                let mut fx = Effects::default();
+                let mut moved = Vec::new();
+                for (account, _, _) in &due {
                     let Some(mut row) = subs::lock_by_account_skip_locked(c, account).await? else {
                         continue; // another instance holds it: it is closing it
                     };
-                    if advance(ctx, c, &mut row, now, &mut drafts).await? {
-                        subs::save(c, &row).await?;
-                        moved += 1;
+                    if advance(ctx, c, &mut row, now, &mut fx, &pre).await? {
+                        moved.push(row);
                     }
                 }
-                issue(c, &drafts).await?;
-                Ok((moved, drafts.len()))
+                subs::save_many(c, &moved).await?;
+                let issued = fx.drafts.len();
+                fx.flush(c).await?;
+                Ok((moved.len(), issued))
             })
             .await;
         for a in &due {
-            ctx.checks.invalidate(a);
+            ctx.checks.invalidate(&a.0);
         }
         ctx.checks.end_writes(&set);
         let (moved, issued) = result.map_err(ServiceError::from)?;

@@ -482,7 +482,8 @@ pub(crate) async fn advance(
     c: &mut AsyncPgConnection,
     row: &mut SubscriptionRow,
     now: DateTime<Utc>,
-    drafts: &mut Vec<InvoiceDraft>,
+    fx: &mut Effects,
+    pre: &billing::Prefetched,
 ) -> Result<bool, TxError> {
     let mut changed = false;
     loop {
@@ -504,7 +505,7 @@ pub(crate) async fn advance(
                     start: row.period_start,
                     end: row.period_end,
                 };
-                drafts.extend(billing::start_invoice(
+                fx.drafts.extend(billing::start_invoice(
                     &row.account,
                     &plan,
                     row.seats as u32,
@@ -513,19 +514,15 @@ pub(crate) async fn advance(
                 ));
                 let lines = advance_lines(&plan, row.seats as u32);
                 let amount = lines.iter().map(|l| l.amount).sum();
-                subs::insert_change(
-                    c,
-                    &change(
-                        row,
-                        "trial_converted",
-                        end,
-                        None,
-                        json!(lines),
-                        amount,
-                        plan.currency.code(),
-                    ),
-                )
-                .await?;
+                fx.changes.push(change(
+                    row,
+                    "trial_converted",
+                    end,
+                    None,
+                    json!(lines),
+                    amount,
+                    plan.currency.code(),
+                ));
                 changed = true;
             }
             "active" | "past_due" if now >= row.period_end => {
@@ -545,7 +542,7 @@ pub(crate) async fn advance(
                     if s.cancel {
                         row.status = "canceled".into();
                         let account = row.account.clone();
-                        drafts.extend(
+                        fx.drafts.extend(
                             billing::period_invoice(
                                 ctx,
                                 c,
@@ -555,22 +552,19 @@ pub(crate) async fn advance(
                                 from.2 as u32,
                                 None,
                                 now,
+                                pre,
                             )
                             .await?,
                         );
-                        subs::insert_change(
-                            c,
-                            &change(
-                                row,
-                                "canceled",
-                                at,
-                                Some((&from.0, from.1, from.2)),
-                                json!([]),
-                                Decimal::ZERO,
-                                plan.currency.code(),
-                            ),
-                        )
-                        .await?;
+                        fx.changes.push(change(
+                            row,
+                            "canceled",
+                            at,
+                            Some((&from.0, from.1, from.2)),
+                            json!([]),
+                            Decimal::ZERO,
+                            plan.currency.code(),
+                        ));
                         changed = true;
                         break;
                     }
@@ -589,7 +583,7 @@ pub(crate) async fn advance(
                     end: row.period_end,
                 };
                 let account = row.account.clone();
-                drafts.extend(
+                fx.drafts.extend(
                     billing::period_invoice(
                         ctx,
                         c,
@@ -599,6 +593,7 @@ pub(crate) async fn advance(
                         from.2 as u32,
                         Some((&new_plan, row.seats as u32, next)),
                         now,
+                        pre,
                     )
                     .await?,
                 );
@@ -609,25 +604,37 @@ pub(crate) async fn advance(
                 } else {
                     "renewed"
                 };
-                subs::insert_change(
-                    c,
-                    &change(
-                        row,
-                        kind,
-                        at,
-                        Some((&from.0, from.1, from.2)),
-                        json!(lines),
-                        amount,
-                        new_plan.currency.code(),
-                    ),
-                )
-                .await?;
+                fx.changes.push(change(
+                    row,
+                    kind,
+                    at,
+                    Some((&from.0, from.1, from.2)),
+                    json!(lines),
+                    amount,
+                    new_plan.currency.code(),
+                ));
                 changed = true;
             }
             _ => break,
         }
     }
     Ok(changed)
+}
+
+/// What catching up produced, written at the end of the transaction in bulk: the change
+/// history and the invoice drafts.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub drafts: Vec<InvoiceDraft>,
+    pub changes: Vec<NewChange>,
+}
+
+impl Effects {
+    pub async fn flush(self, c: &mut AsyncPgConnection) -> Result<(), TxError> {
+        subs::insert_changes(c, &self.changes).await?;
+        billing::issue(c, &self.drafts).await?;
+        Ok(())
+    }
 }
 
 /// Locks the account's subscription and catches it up with `now`, issuing the invoices of the
@@ -643,11 +650,20 @@ async fn lock_and_catch_up(
             "account `{account}` has no subscription"
         )))
     })?;
-    let mut drafts = Vec::new();
-    if advance(ctx, c, &mut row, now, &mut drafts).await? {
+    let mut fx = Effects::default();
+    if advance(
+        ctx,
+        c,
+        &mut row,
+        now,
+        &mut fx,
+        &billing::Prefetched::default(),
+    )
+    .await?
+    {
         subs::save(c, &row).await?;
     }
-    billing::issue(c, &drafts).await?;
+    fx.flush(c).await?;
     Ok(row)
 }
 
@@ -939,8 +955,17 @@ pub async fn accept(
                     ),
                 ));
             }
-            let mut drafts = Vec::new();
-            if advance(ctx, c, &mut row, now, &mut drafts).await? {
+            let mut fx = Effects::default();
+            if advance(
+                ctx,
+                c,
+                &mut row,
+                now,
+                &mut fx,
+                &billing::Prefetched::default(),
+            )
+            .await?
+            {
                 subs::save(c, &row).await?;
             }
             if row.revision != stored.base_revision {
@@ -1006,7 +1031,7 @@ pub async fn accept(
             }
             let change_id = subs::insert_change(c, &ch).await?;
             if q.effective == Effective::Now && !q.lines.is_empty() {
-                drafts.push(InvoiceDraft {
+                fx.drafts.push(InvoiceDraft {
                     account: account.to_owned(),
                     kind: InvoiceKind::Change,
                     period: Period {
@@ -1021,7 +1046,7 @@ pub async fn accept(
                     issued_at: now,
                 });
             }
-            billing::issue(c, &drafts).await?;
+            fx.flush(c).await?;
             subs::mark_quote_accepted(c, account, &q.id, now).await?;
             let answer = Accepted {
                 quote_id: q.id.clone(),

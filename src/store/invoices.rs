@@ -272,6 +272,40 @@ pub async fn periods_with_late_usage(
 }
 
 #[derive(QueryableByName)]
+struct AccountRow {
+    #[diesel(sql_type = Text)]
+    account: String,
+}
+
+/// Which of these accounts have late usage in a period invoiced before their `before` (one
+/// query for a whole close batch; the usual answer is none).
+pub async fn accounts_with_late_usage(
+    conn: &mut AsyncPgConnection,
+    accounts: &[String],
+    befores: &[DateTime<Utc>],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let rows: Vec<AccountRow> = diesel::sql_query(
+        "WITH p AS (SELECT * FROM UNNEST($1::text[], $2::timestamptz[]) AS p(account, before)),
+         billed AS (
+            SELECT l.account, l.usage_from AS s, l.usage_to AS e, MAX(i.issued_at) AS at
+              FROM p
+              JOIN invoice_lines l ON l.account = p.account AND l.usage_from IS NOT NULL
+                                  AND l.usage_from < p.before
+              JOIN invoices i ON i.account = l.account AND i.number = l.number
+             GROUP BY l.account, l.usage_from, l.usage_to)
+         SELECT DISTINCT b.account FROM billed b
+          WHERE EXISTS (SELECT 1 FROM usage_rollups r
+                         WHERE r.account = b.account AND r.bucket >= b.s AND r.bucket < b.e
+                           AND r.updated_at > b.at)",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(accounts)
+    .bind::<diesel::sql_types::Array<Timestamptz>, _>(befores)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.account).collect())
+}
+
+#[derive(QueryableByName)]
 pub struct Billed {
     #[diesel(sql_type = Text)]
     pub meter: String,

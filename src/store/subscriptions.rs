@@ -231,14 +231,14 @@ pub async fn changes_by_account(
         .await?)
 }
 
-/// Accounts whose period or trial has ended by `now`, after `after` in account order (a plain
-/// read: the caller locks each one with SKIP LOCKED).
+/// Accounts whose period or trial has ended by `now`, after `after` in account order, with the
+/// period (or trial) that ended (a plain read: the caller locks each one with SKIP LOCKED).
 pub async fn due_accounts(
     conn: &mut AsyncPgConnection,
     now: DateTime<Utc>,
     after: &str,
     limit: i64,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<(String, DateTime<Utc>, DateTime<Utc>)>, StoreError> {
     Ok(subscriptions::table
         .filter(subscriptions::account.gt(after))
         .filter(
@@ -251,7 +251,11 @@ pub async fn due_accounts(
         )
         .order(subscriptions::account)
         .limit(limit)
-        .select(subscriptions::account)
+        .select((
+            subscriptions::account,
+            subscriptions::period_start,
+            subscriptions::period_end,
+        ))
         .load(conn)
         .await?)
 }
@@ -269,4 +273,49 @@ pub async fn lock_by_account_skip_locked(
         .first(conn)
         .await
         .optional()?)
+}
+
+/// Inserts several history rows in one statement.
+pub async fn insert_changes(
+    conn: &mut AsyncPgConnection,
+    changes: &[NewChange],
+) -> Result<(), StoreError> {
+    for chunk in changes.chunks(2000) {
+        diesel::insert_into(subscription_changes::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Writes several (locked) subscription rows back in one statement.
+pub async fn save_many(
+    conn: &mut AsyncPgConnection,
+    rows: &[SubscriptionRow],
+) -> Result<(), StoreError> {
+    use diesel::upsert::excluded;
+    use subscriptions::*;
+    for chunk in rows.chunks(1000) {
+        diesel::insert_into(table)
+            .values(chunk)
+            .on_conflict(account)
+            .do_update()
+            .set((
+                plan.eq(excluded(plan)),
+                plan_version.eq(excluded(plan_version)),
+                seats.eq(excluded(seats)),
+                status.eq(excluded(status)),
+                anchor.eq(excluded(anchor)),
+                period_start.eq(excluded(period_start)),
+                period_end.eq(excluded(period_end)),
+                trial_end.eq(excluded(trial_end)),
+                scheduled.eq(excluded(scheduled)),
+                revision.eq(excluded(revision)),
+                updated_at.eq(excluded(updated_at)),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
 }
