@@ -83,7 +83,14 @@ async fn run() {
     let mut sent = 0usize;
     for a in 1..=n {
         for e in 0..per_meter {
-            let ts = format!("2026-11-{:02}T{:02}:00:00Z", 2 + e % 12, e % 24);
+            // Three hours of usage per meter however many events: the rollup rows (what the
+            // close reads) stay the same, only the events behind them grow.
+            let ts = format!(
+                "2026-11-{:02}T10:{:02}:{:02}Z",
+                2 + e % 3,
+                (e / 3) % 60,
+                (e / 180) % 60
+            );
             batch.push(json!({"id": format!("c{e}"), "account": format!("b{a}"), "type": "api.request", "timestamp": ts}));
             batch.push(json!({"id": format!("s{e}"), "account": format!("b{a}"), "type": "storage.snapshot", "timestamp": ts, "properties": {"gb": 40 + e % 30}}));
             batch.push(json!({"id": format!("j{e}"), "account": format!("b{a}"), "type": "job.completed", "timestamp": ts, "properties": {"minutes": "12.5"}}));

@@ -6,6 +6,7 @@
 pub mod account;
 pub mod aggregate;
 pub mod clock;
+pub mod dunning;
 pub mod event;
 pub mod invoice;
 pub mod meter;

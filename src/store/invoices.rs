@@ -285,17 +285,18 @@ pub async fn accounts_with_late_usage(
     befores: &[DateTime<Utc>],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
     let rows: Vec<AccountRow> = diesel::sql_query(
-        "WITH p AS (SELECT * FROM UNNEST($1::text[], $2::timestamptz[]) AS p(account, before)),
-         billed AS (
-            SELECT l.account, l.usage_from AS s, l.usage_to AS e, MAX(i.issued_at) AS at
-              FROM p
-              JOIN invoice_lines l ON l.account = p.account AND l.usage_from IS NOT NULL
-                                  AND l.usage_from < p.before
-              JOIN invoices i ON i.account = l.account AND i.number = l.number
-             GROUP BY l.account, l.usage_from, l.usage_to)
-         SELECT DISTINCT b.account FROM billed b
+        "SELECT DISTINCT p.account
+           FROM UNNEST($1::text[], $2::timestamptz[]) AS p(account, before)
+           -- LATERAL: index lookups per account, never a scan of all invoice lines.
+           CROSS JOIN LATERAL (
+               SELECT l.usage_from AS s, l.usage_to AS e, MAX(i.issued_at) AS at
+                 FROM invoice_lines l
+                 JOIN invoices i ON i.account = l.account AND i.number = l.number
+                WHERE l.account = p.account AND l.usage_from IS NOT NULL
+                  AND l.usage_from < p.before
+                GROUP BY l.usage_from, l.usage_to) b
           WHERE EXISTS (SELECT 1 FROM usage_rollups r
-                         WHERE r.account = b.account AND r.bucket >= b.s AND r.bucket < b.e
+                         WHERE r.account = p.account AND r.bucket >= b.s AND r.bucket < b.e
                            AND r.updated_at > b.at)",
     )
     .bind::<diesel::sql_types::Array<Text>, _>(accounts)

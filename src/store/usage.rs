@@ -177,7 +177,10 @@ pub async fn find_by_accounts_and_ranges(
                   MIN(r.first_event_at) AS first_event_at,
                   MAX(r.last_event_at) AS last_event_at
              FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
-             JOIN usage_rollups r ON r.account = p.account AND r.bucket >= p.s AND r.bucket < p.e
+             -- LATERAL: one index range scan per account, never a scan of the whole table.
+             CROSS JOIN LATERAL (
+                 SELECT * FROM usage_rollups x
+                  WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e) r
             GROUP BY r.account, r.meter"#,
     )
     .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
@@ -188,7 +191,9 @@ pub async fn find_by_accounts_and_ranges(
     let keys: Vec<BulkKeyRow> = diesel::sql_query(
         "SELECT DISTINCT k.account, k.meter, k.key
            FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
-           JOIN usage_unique_keys k ON k.account = p.account AND k.bucket >= p.s AND k.bucket < p.e",
+           CROSS JOIN LATERAL (
+               SELECT * FROM usage_unique_keys x
+                WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e) k",
     )
     .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)

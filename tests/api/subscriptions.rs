@@ -543,3 +543,75 @@ async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
     // (10 included): 239 × f = 120.741… → 120.74.
     assert_eq!(amounts(&cli["lines"]), ["-41.93", "120.74"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_takes_effect_at_period_end_with_a_last_invoice_and_no_renewal() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,check,finance", None).await;
+    app.post(
+        &key,
+        "/v1/accounts/acme/subscription",
+        &json!({"plan": "team", "seats": 4}),
+        None,
+    )
+    .await;
+    let (status, q) = quote(&app, &key, "acme", json!({"cancel": true})).await;
+    assert_eq!(status, 201, "{q}");
+    assert_eq!(
+        (q["kind"].as_str(), q["effective"].as_str()),
+        (Some("cancel"), Some("period_end"))
+    );
+    assert_eq!(q["effective_at"], "2026-12-25T12:00:00Z");
+    assert_eq!(q["amount_due_now"], "0");
+    let (status, _) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "cancel-1").await;
+    assert_eq!(status, 200);
+    // Still active, with access, until the period ends.
+    let v = app
+        .post(
+            &key,
+            "/v1/accounts/acme/check",
+            &json!({"feature": "api_access"}),
+            None,
+        )
+        .await
+        .1;
+    assert_eq!(v["allowed"], true);
+    app.clock.set(t("2026-12-26T00:00:00Z"));
+    let (_, s) = app.get(&key, "/v1/accounts/acme/subscription").await;
+    assert_eq!(s["status"], "canceled");
+    let v = app
+        .post(
+            &key,
+            "/v1/accounts/acme/check",
+            &json!({"feature": "api_access"}),
+            None,
+        )
+        .await
+        .1;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("no_subscription"))
+    );
+    // The last period is invoiced (usage in arrears) without advance fees for a next one.
+    let (_, list) = app.get(&key, "/v1/invoices?account=acme").await;
+    let last = list["invoices"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["kind"].as_str(), last["total"].as_str()),
+        (Some("period"), Some("0.00"))
+    );
+    let (_, inv) = app
+        .get(&key, &format!("/v1/invoices/{}", last["number"]))
+        .await;
+    assert!(inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["kind"] == "usage"));
+    // A canceled subscription cannot be changed.
+    let (status, e) = quote(&app, &key, "acme", json!({"seats": 5})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (409, Some("subscription_canceled"))
+    );
+}
