@@ -228,7 +228,9 @@ pub struct CloseReport {
 }
 
 /// Accounts moved per transaction by the sweep.
-const CLOSE_BATCH: i64 = 200;
+const CLOSE_BATCH: usize = 200;
+/// Due accounts read per query (several transactions' worth: the query sorts what is due).
+const DUE_PAGE: i64 = 5000;
 
 /// Closes every due period: each account whose period (or trial) has ended is caught up under
 /// its row lock (taken with SKIP LOCKED, so several instances share the work) and its invoices
@@ -239,41 +241,53 @@ pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
     let mut after = String::new();
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     loop {
-        let due = subs::due_accounts(&mut conn, now, &after, CLOSE_BATCH).await?;
-        let Some(last) = due.last() else {
+        let page = subs::due_accounts(&mut conn, now, &after, DUE_PAGE).await?;
+        let Some(last) = page.last() else {
             break;
         };
         after = last.0.clone();
-        let set: std::collections::HashSet<&str> = due.iter().map(|d| d.0.as_str()).collect();
-        ctx.checks.begin_writes(&set);
-        let result = conn
-            .transaction::<(usize, usize), TxError, _>(async |c| {
-                let pre = Prefetched::load(ctx, c, &due).await?;
-                let mut fx = Effects::default();
-                let mut moved = Vec::new();
-                for (account, _, _) in &due {
-                    let Some(mut row) = subs::lock_by_account_skip_locked(c, account).await? else {
-                        continue; // another instance holds it: it is closing it
-                    };
-                    if advance(ctx, c, &mut row, now, &mut fx, &pre).await? {
-                        moved.push(row);
-                    }
-                }
-                subs::save_many(c, &moved).await?;
-                let issued = fx.drafts.len();
-                fx.flush(c).await?;
-                Ok((moved.len(), issued))
-            })
-            .await;
-        for a in &due {
-            ctx.checks.invalidate(&a.0);
+        for due in page.chunks(CLOSE_BATCH) {
+            let (moved, issued) = close_batch(ctx, &mut conn, now, due).await?;
+            report.accounts += moved;
+            report.invoices += issued;
         }
-        ctx.checks.end_writes(&set);
-        let (moved, issued) = result.map_err(ServiceError::from)?;
-        report.accounts += moved;
-        report.invoices += issued;
     }
     Ok(report)
+}
+
+/// One transaction of the sweep: catches up `due` accounts and issues their invoices.
+async fn close_batch(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+) -> Result<(usize, usize), ServiceError> {
+    let set: std::collections::HashSet<&str> = due.iter().map(|d| d.0.as_str()).collect();
+    ctx.checks.begin_writes(&set);
+    let result = conn
+        .transaction::<(usize, usize), TxError, _>(async |c| {
+            let pre = Prefetched::load(ctx, c, due).await?;
+            let mut fx = Effects::default();
+            let mut moved = Vec::new();
+            for (account, _, _) in due {
+                let Some(mut row) = subs::lock_by_account_skip_locked(c, account).await? else {
+                    continue; // another instance holds it: it is closing it
+                };
+                if advance(ctx, c, &mut row, now, &mut fx, &pre).await? {
+                    moved.push(row);
+                }
+            }
+            subs::save_many(c, &moved).await?;
+            let issued = fx.drafts.len();
+            fx.flush(c).await?;
+            Ok((moved.len(), issued))
+        })
+        .await;
+    for a in due {
+        ctx.checks.invalidate(&a.0);
+    }
+    ctx.checks.end_writes(&set);
+    result.map_err(ServiceError::from)
 }
 
 #[derive(Debug, Clone, Serialize)]
