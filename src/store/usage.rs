@@ -177,10 +177,12 @@ pub async fn find_by_accounts_and_ranges(
                   MIN(r.first_event_at) AS first_event_at,
                   MAX(r.last_event_at) AS last_event_at
              FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
-             -- LATERAL: one index range scan per account, never a scan of the whole table.
+             -- LATERAL with OFFSET 0 (so the planner cannot flatten it into a hash join over
+             -- the whole table): one index range scan per account.
              CROSS JOIN LATERAL (
                  SELECT * FROM usage_rollups x
-                  WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e) r
+                  WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
+                 OFFSET 0) r
             GROUP BY r.account, r.meter"#,
     )
     .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
@@ -193,7 +195,8 @@ pub async fn find_by_accounts_and_ranges(
            FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
            CROSS JOIN LATERAL (
                SELECT * FROM usage_unique_keys x
-                WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e) k",
+                WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
+               OFFSET 0) k",
     )
     .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
