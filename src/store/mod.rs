@@ -15,7 +15,7 @@ use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
@@ -123,9 +123,21 @@ pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
     .map_err(|e| StoreError::Migration(e.to_string()))?
 }
 
-/// Builds the connection pool.
+/// Builds the connection pool. Each connection turns JIT compilation off: accrue's statements
+/// are short, and PostgreSQL's cost estimates for the batch reads (which run per-account index
+/// lookups) can pass the JIT threshold and spend 30 ms compiling a 1 ms query.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(|url| {
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(url).await?;
+            conn.batch_execute("SET jit = off")
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Ok(deadpool::Pool::builder(manager)
         .max_size(max_size)
         .build()?)
