@@ -9,7 +9,7 @@
 //!
 //! Against a server you run yourself: `ACCRUE_LOAD_URL=http://host:port ACCRUE_LOAD_KEY=acr_...`.
 //! Sizes: `LOAD_EVENTS` (default 300000), `LOAD_CONCURRENCY` (8), `LOAD_SINGLE` (20000),
-//! `LOAD_SINGLE_CONCURRENCY` (32), `LOAD_VISIBILITY_SAMPLES` (300).
+//! `LOAD_SINGLE_CONCURRENCY` (32), `LOAD_VISIBILITY_SAMPLES` (300), `LOAD_ACCOUNTS` (1000).
 
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -113,7 +113,7 @@ async fn start_server() -> Server {
 }
 
 fn event(run: &str, i: usize) -> Value {
-    let account = format!("acct{}", i % 1000);
+    let account = format!("acct{}", i % accounts());
     let id = format!("{run}-{i}");
     match i % 4 {
         0 | 1 => json!({"id": id, "account": account, "type": "api.request"}),
@@ -122,6 +122,12 @@ fn event(run: &str, i: usize) -> Value {
         _ => json!({"id": id, "account": account, "type": "user.active",
                     "properties": {"user_id": format!("u{}", i % 37)}}),
     }
+}
+
+/// `LOAD_ACCOUNTS` (default 1,000): events cycle through this many accounts, so a batch of
+/// 1,000 touches min(1,000, accounts) accounts' rollup rows.
+fn accounts() -> usize {
+    env_usize("LOAD_ACCOUNTS", 1000).max(1)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -187,8 +193,9 @@ async fn batched(server: &Server, run: &str, total: usize, concurrency: usize) {
     let n = accepted.load(Ordering::Relaxed);
     assert_eq!(n, total, "every event accepted once");
     println!(
-        "batched ingestion: {n} events in {secs:.2} s = {:.0} events/s (batches of 1000, {concurrency} connections)",
-        n as f64 / secs
+        "batched ingestion: {n} events in {secs:.2} s = {:.0} events/s (batches of 1000, {concurrency} connections, {} accounts)",
+        n as f64 / secs,
+        accounts()
     );
 }
 
