@@ -15,4 +15,5 @@ pub mod period;
 pub mod plan;
 pub mod proration;
 pub mod rating;
+pub mod revenue;
 pub mod scope;
