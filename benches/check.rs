@@ -9,8 +9,9 @@
 //!    `wrk` (Debian package `wrk`) for 10 s with `CHECK_WRK_CONNECTIONS` (default 16)
 //!    connections against random accounts.
 
-use accrue::catalog::meters::MeterCatalog;
-use accrue::catalog::plans::PlanCatalog;
+mod support;
+use support::env_usize;
+
 use accrue::domain::clock::Clock;
 use accrue::domain::scope::Scope;
 use accrue::services::auth::Principal;
@@ -19,7 +20,6 @@ use accrue::services::subscriptions::{subscribe, SubscribeRequest};
 use accrue::services::{ingest, plans, Ctx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,39 +41,19 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    support::run(run());
 }
 
 async fn run() {
     let n = env_usize("CHECK_ACCOUNTS", 2000);
     let calls = env_usize("CHECK_CALLS", 300_000);
-    let pg = std::env::var("ACCRUE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let mut rnd = [0u8; 6];
-    getrandom::fill(&mut rnd).unwrap();
-    let db = format!("{pg}/accrue_bench_{}", hex::encode(rnd));
-    accrue::store::ensure_database(&db).await.unwrap();
-    accrue::store::run_migrations(&db).await.unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing-plans");
-    let meters = MeterCatalog::load(&dir).unwrap();
-    let catalog = PlanCatalog::load(&dir, &meters).unwrap();
+    let db = support::fresh_database().await;
+    let (meters, catalog) = support::catalogue();
     let pool = accrue::store::pool(&db, 8).unwrap();
     // Staleness long enough that every call below is a cache hit: this measures the hot path.
     let ctx = Ctx::new(

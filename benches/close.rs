@@ -7,50 +7,30 @@
 //! Run it with a small and a large `CLOSE_EVENTS` to see that the close does not depend on the
 //! number of events behind the usage (it reads the hourly rollups only).
 
-use accrue::catalog::meters::MeterCatalog;
-use accrue::catalog::plans::PlanCatalog;
+mod support;
+use support::env_usize;
+
 use accrue::domain::clock::{Clock, ManualClock};
 use accrue::services::{billing, ingest, plans, Ctx};
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::json;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    support::run(run());
 }
 
 async fn run() {
     let n = env_usize("CLOSE_ACCOUNTS", 10_000);
     let per_meter = env_usize("CLOSE_EVENTS", 3);
-    let pg = std::env::var("ACCRUE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let mut rnd = [0u8; 6];
-    getrandom::fill(&mut rnd).unwrap();
-    let db = format!("{pg}/accrue_bench_{}", hex::encode(rnd));
-    accrue::store::ensure_database(&db).await.unwrap();
-    accrue::store::run_migrations(&db).await.unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing-plans");
-    let meters = MeterCatalog::load(&dir).unwrap();
-    let catalog = PlanCatalog::load(&dir, &meters).unwrap();
+    let db = support::fresh_database().await;
+    let (meters, catalog) = support::catalogue();
     let pool = accrue::store::pool(&db, 8).unwrap();
     let clock = Arc::new(ManualClock::new(t("2026-11-15T00:00:00Z")));
     let ctx = Ctx::new(
