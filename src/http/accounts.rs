@@ -34,10 +34,13 @@ fn json_error(err: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix
     .into()
 }
 
-/// JSON bodies of this resource: 64 KiB, errors in the common envelope.
+/// JSON bodies of this resource: 64 KiB, errors in the common envelope. The body is JSON
+/// whatever the Content-Type says (`curl -d` sends a form type), like `POST /v1/events`.
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(64 * 1024)
+        .content_type_required(false)
+        .content_type(|_| true)
         .error_handler(json_error)
 }
 

@@ -280,3 +280,33 @@ async fn another_instance_sees_events_and_changes_after_its_next_refresh_round()
         true
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bodies_are_read_whatever_the_content_type_says() {
+    let app = spawn_app().await;
+    let key = app.key("check", None).await;
+    // `curl -d` sends application/x-www-form-urlencoded; the README's examples rely on this.
+    let res = app
+        .http
+        .post(app.url("/v1/accounts/acme/check"))
+        .bearer_auth(&key)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"feature": "sso"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["reason"], "no_subscription");
+    let res = app
+        .http
+        .post(app.url("/v1/accounts/acme/check"))
+        .bearer_auth(&key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_json");
+}
