@@ -47,11 +47,8 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// The default schedules (6-field cron, seconds first), starting from `now`.
-    pub fn new(now: DateTime<Utc>) -> Self {
-        Self::with(now, &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap_or_else(|_| Self {
-            schedules: Vec::new(),
-            last: Mutex::new(now),
-        })
+    pub fn new(now: DateTime<Utc>) -> Result<Self, String> {
+        Self::with(now, &[(JobKind::ClosePeriods, "0 * * * * *")])
     }
 
     pub fn with(now: DateTime<Utc>, specs: &[(JobKind, &str)]) -> Result<Self, String> {
@@ -144,7 +141,13 @@ pub async fn run_pending(ctx: &Ctx) -> Result<usize, ServiceError> {
 
 /// Runs the scheduler every second until the process stops (`accrue serve`).
 pub async fn run_forever(ctx: Ctx) {
-    let scheduler = Scheduler::new(ctx.clock.now());
+    let scheduler = match Scheduler::new(ctx.clock.now()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "the scheduler cannot start: no periods will close");
+            return;
+        }
+    };
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         interval.tick().await;
@@ -175,6 +178,7 @@ mod tests {
             vec![(JobKind::ClosePeriods, t("2026-11-25T12:05:00Z"))]
         );
         assert!(s.fired(t("2026-11-25T12:05:20Z")).is_empty());
+        assert!(Scheduler::new(t("2026-11-25T12:00:00Z")).is_ok());
         assert!(Scheduler::with(
             t("2026-11-25T12:00:00Z"),
             &[(JobKind::ClosePeriods, "* * * *")]

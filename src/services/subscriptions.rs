@@ -10,11 +10,10 @@ use super::auth::Principal;
 use super::{billing, Ctx, ServiceError};
 use crate::catalog::plans::content_hash;
 use crate::domain::account::AccountId;
-use crate::domain::invoice::{InvoiceDraft, InvoiceKind};
+use crate::domain::invoice::{advance_fee_lines, InvoiceDraft, InvoiceKind, InvoiceLine};
 use crate::domain::period::{anchor_at, boundary, period_containing, Period};
 use crate::domain::plan::{DowngradePolicy, PlanRef, PlanVersion};
 use crate::domain::proration::{change_lines, ProrationLine};
-use crate::domain::rating::{rate_period, Line};
 use crate::store::accounts::{self, Account, Firmographics};
 use crate::store::subscriptions::{
     self as subs, IdempotencyRow, NewChange, QuoteRow, SubscriptionRow,
@@ -25,7 +24,6 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 
 /// How long a quote can be accepted.
 pub const QUOTE_TTL_MINUTES: i64 = 30;
@@ -310,16 +308,6 @@ async fn check_currency(
     }
 }
 
-/// Advance fees (base and seats) of one full period, rated and rounded per line.
-fn advance_lines(plan: &PlanVersion, seats: u32) -> Vec<Line> {
-    rate_period(plan, &BTreeMap::new(), seats)
-        .lines
-        .into_iter()
-        .filter(|l| l.meter.is_none() && !l.amount.is_zero())
-        .filter(|l| l.kind != crate::domain::rating::LineKind::MinimumTopUp)
-        .collect()
-}
-
 fn change(
     row: &SubscriptionRow,
     kind: &str,
@@ -363,7 +351,7 @@ pub struct SubscribeRequest {
 pub struct Subscribed {
     pub subscription: SubscriptionView,
     /// Advance fees charged now (nothing during a trial or on a free plan).
-    pub lines: Vec<Line>,
+    pub lines: Vec<InvoiceLine>,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount_due_now: Decimal,
 }
@@ -426,7 +414,7 @@ pub async fn subscribe(
             let lines = if trial {
                 Vec::new()
             } else {
-                advance_lines(&plan, seats)
+                advance_fee_lines(&plan, seats, &period)
             };
             if !trial {
                 let drafts: Vec<InvoiceDraft> =
@@ -512,7 +500,7 @@ pub(crate) async fn advance(
                     period,
                     now,
                 ));
-                let lines = advance_lines(&plan, row.seats as u32);
+                let lines = advance_fee_lines(&plan, row.seats as u32, &period);
                 let amount = lines.iter().map(|l| l.amount).sum();
                 fx.changes.push(change(
                     row,
@@ -597,7 +585,7 @@ pub(crate) async fn advance(
                     )
                     .await?,
                 );
-                let lines = advance_lines(&new_plan, row.seats as u32);
+                let lines = advance_fee_lines(&new_plan, row.seats as u32, &next);
                 let amount = lines.iter().map(|l| l.amount).sum();
                 let kind = if scheduled.is_some() {
                     "scheduled_change_applied"
@@ -645,26 +633,38 @@ async fn lock_and_catch_up(
     account: &str,
     now: DateTime<Utc>,
 ) -> Result<SubscriptionRow, TxError> {
-    let mut row = subs::lock_by_account(c, account).await?.ok_or_else(|| {
+    let mut row = lock_existing(c, account).await?;
+    let mut fx = Effects::default();
+    catch_up(ctx, c, &mut row, now, &mut fx).await?;
+    fx.flush(c).await?;
+    Ok(row)
+}
+
+/// Locks the account's subscription; 404 when it has none.
+async fn lock_existing(
+    c: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<SubscriptionRow, TxError> {
+    subs::lock_by_account(c, account).await?.ok_or_else(|| {
         TxError::Refused(ServiceError::NotFound(format!(
             "account `{account}` has no subscription"
         )))
-    })?;
-    let mut fx = Effects::default();
-    if advance(
-        ctx,
-        c,
-        &mut row,
-        now,
-        &mut fx,
-        &billing::Prefetched::default(),
-    )
-    .await?
-    {
-        subs::save(c, &row).await?;
+    })
+}
+
+/// Runs [`advance`] on a locked row and saves it when it moved; the effects are the caller's
+/// to flush (with whatever else its transaction adds).
+async fn catch_up(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    row: &mut SubscriptionRow,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<(), TxError> {
+    if advance(ctx, c, row, now, fx, &billing::Prefetched::default()).await? {
+        subs::save(c, row).await?;
     }
-    fx.flush(c).await?;
-    Ok(row)
+    Ok(())
 }
 
 pub async fn changes(ctx: &Ctx, account: &str) -> Result<Vec<subs::ChangeRow>, ServiceError> {
@@ -913,11 +913,7 @@ pub async fn accept(
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let result = conn
         .transaction::<Accepted, TxError, _>(async |c| {
-            let mut row = subs::lock_by_account(c, account).await?.ok_or_else(|| {
-                TxError::Refused(ServiceError::NotFound(format!(
-                    "account `{account}` has no subscription"
-                )))
-            })?;
+            let mut row = lock_existing(c, account).await?;
             if let Some(prev) =
                 subs::find_idempotency_by_account_and_key(c, account, idempotency_key).await?
             {
@@ -956,18 +952,7 @@ pub async fn accept(
                 ));
             }
             let mut fx = Effects::default();
-            if advance(
-                ctx,
-                c,
-                &mut row,
-                now,
-                &mut fx,
-                &billing::Prefetched::default(),
-            )
-            .await?
-            {
-                subs::save(c, &row).await?;
-            }
+            catch_up(ctx, c, &mut row, now, &mut fx).await?;
             if row.revision != stored.base_revision {
                 return Err(conflict(
                     "subscription_changed",

@@ -42,15 +42,8 @@ async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() 
     app.publish_plans().await;
     let key = app.key("ingest,billing,finance", None).await;
     let scheduler = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
-    let (status, _) = app
-        .post(
-            &key,
-            "/v1/accounts/acme/subscription",
-            &json!({"plan": "team", "seats": 5}),
-            None,
-        )
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
-    assert_eq!(status, 201);
 
     // Period 1 [11-25 12:00, 12-25 12:00): 2,000 API calls, storage peaking at 80 GB,
     // 2,600 compute minutes.
@@ -236,15 +229,12 @@ async fn two_instances_closing_at_once_issue_exactly_one_invoice_per_account_and
     app.publish_plans().await;
     let key = app.key("billing", None).await;
     for i in 0..40 {
-        let (status, _) = app
-            .post(
-                &key,
-                &format!("/v1/accounts/c{i:02}/subscription"),
-                &json!({"plan": "team", "seats": 3}),
-                None,
-            )
-            .await;
-        assert_eq!(status, 201);
+        app.subscribe(
+            &key,
+            &format!("c{i:02}"),
+            json!({"plan": "team", "seats": 3}),
+        )
+        .await;
     }
     let (_, b_ctx, b_clock) = start_instance(&app.db.url, std::time::Duration::from_secs(3600));
     let later = t("2027-01-26T00:00:00Z"); // two periods have ended

@@ -11,20 +11,21 @@ async fn check(app: &TestApp, key: &str, account: &str, body: Value) -> Value {
     v
 }
 
+/// Status and error code of a check that is refused as a request.
+async fn refusal(app: &TestApp, key: &str, body: Value) -> (u16, String) {
+    let (status, e) = app.post(key, "/v1/accounts/acme/check", &body, None).await;
+    (
+        status,
+        e["error"]["code"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_flips_to_limit_exceeded_right_after_the_crossing_events_are_acknowledged() {
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("ingest,check,billing", None).await;
-    let (status, _) = app
-        .post(
-            &key,
-            "/v1/accounts/acme/subscription",
-            &json!({"plan": "free"}),
-            None,
-        )
-        .await;
-    assert_eq!(status, 201);
+    app.subscribe(&key, "acme", json!({"plan": "free"})).await;
     // Free allows 3 active users (hard). Two so far: the cache is loaded with them.
     let users = |ids: &[&str]| json!({"events": ids.iter().map(|u| json!({"id": format!("ua-{u}"), "account": "acme", "type": "user.active", "properties": {"user_id": u}})).collect::<Vec<_>>()});
     app.send(&key, &users(&["ann", "bob"])).await;
@@ -108,13 +109,8 @@ async fn soft_limits_features_and_missing_subscriptions() {
         (v["allowed"].as_bool(), v["reason"].as_str()),
         (Some(false), Some("no_subscription"))
     );
-    app.post(
-        &key,
-        "/v1/accounts/acme/subscription",
-        &json!({"plan": "team", "seats": 3}),
-        None,
-    )
-    .await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 3}))
+        .await;
     let v = check(&app, &key, "acme", json!({"feature": "sso"})).await;
     assert_eq!(v["reason"], "feature_not_in_plan");
     assert_eq!(v["upgrade_plan"], "business");
@@ -147,41 +143,17 @@ async fn soft_limits_features_and_missing_subscriptions() {
         (v["allowed"].as_bool(), v["limit"].is_null()),
         (Some(true), true)
     );
-    let (status, e) = app
-        .post(
-            &key,
-            "/v1/accounts/acme/check",
-            &json!({"meter": "nope"}),
-            None,
-        )
-        .await;
     assert_eq!(
-        (status, e["error"]["code"].as_str()),
-        (422, Some("unknown_meter"))
+        refusal(&app, &key, json!({"meter": "nope"})).await,
+        (422, "unknown_meter".to_owned())
     );
-    let (status, e) = app
-        .post(
-            &key,
-            "/v1/accounts/acme/check",
-            &json!({"meter": "api_calls", "feature": "sso"}),
-            None,
-        )
-        .await;
     assert_eq!(
-        (status, e["error"]["code"].as_str()),
-        (422, Some("invalid_check"))
+        refusal(&app, &key, json!({"meter": "api_calls", "feature": "sso"})).await,
+        (422, "invalid_check".to_owned())
     );
-    let (status, e) = app
-        .post(
-            &key,
-            "/v1/accounts/acme/check",
-            &json!({"meter": "api_calls", "quantity": "x"}),
-            None,
-        )
-        .await;
     assert_eq!(
-        (status, e["error"]["code"].as_str()),
-        (422, Some("invalid_quantity"))
+        refusal(&app, &key, json!({"meter": "api_calls", "quantity": "x"})).await,
+        (422, "invalid_quantity".to_owned())
     );
     // An upgrade accepted through a quote shows in the next check at once.
     let (_, q) = app
@@ -213,13 +185,7 @@ async fn another_instance_sees_events_and_changes_after_its_next_refresh_round()
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("ingest,check,billing", None).await;
-    app.post(
-        &key,
-        "/v1/accounts/acme/subscription",
-        &json!({"plan": "free"}),
-        None,
-    )
-    .await;
+    app.subscribe(&key, "acme", json!({"plan": "free"})).await;
     // B's own refresh rounds are an hour apart: this test drives them.
     let (b_base, b_ctx, _) = start_instance(&app.db.url, std::time::Duration::from_secs(3600));
     let b_check = |body: Value| {

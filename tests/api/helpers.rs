@@ -225,6 +225,25 @@ impl TestApp {
             .unwrap();
     }
 
+    /// Subscribes `account` (body as for `POST .../subscription`), asserting it was created.
+    pub async fn subscribe(
+        &self,
+        key: &str,
+        account: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let (status, s) = self
+            .post(
+                key,
+                &format!("/v1/accounts/{account}/subscription"),
+                &body,
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{s}");
+        s
+    }
+
     /// POSTs JSON to any path, with an optional Idempotency-Key.
     pub async fn post(
         &self,

@@ -210,15 +210,8 @@ async fn acceptance_is_idempotent_per_key_and_refuses_stale_quotes() {
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("billing", None).await;
-    let (status, _) = app
-        .post(
-            &key,
-            "/v1/accounts/acme/subscription",
-            &json!({"plan": "team", "seats": 4}),
-            None,
-        )
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 4}))
         .await;
-    assert_eq!(status, 201);
     let (_, q1) = quote(&app, &key, "acme", json!({"seats": 6})).await;
     let (_, q2) = quote(&app, &key, "acme", json!({"seats": 7})).await;
     let id1 = q1["id"].as_str().unwrap();
@@ -271,15 +264,8 @@ async fn concurrent_seat_changes_sum_exactly_and_never_pass_the_plan_maximum() {
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("billing", None).await;
-    let (status, _) = app
-        .post(
-            &key,
-            "/v1/accounts/acme/subscription",
-            &json!({"plan": "team", "seats": 40}),
-            None,
-        )
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 40}))
         .await;
-    assert_eq!(status, 201);
     let mut tasks = Vec::new();
     for i in 0..50 {
         let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
@@ -361,15 +347,8 @@ async fn seat_limits_and_sales_only_plans_are_refused_with_the_way_out() {
     app.publish_plans().await;
     let customer = app.key("billing", Some("acme")).await;
     let sales = app.key("billing", None).await;
-    let (status, _) = app
-        .post(
-            &customer,
-            "/v1/accounts/acme/subscription",
-            &json!({"plan": "team", "seats": 3}),
-            None,
-        )
+    app.subscribe(&customer, "acme", json!({"plan": "team", "seats": 3}))
         .await;
-    assert_eq!(status, 201);
     let (status, e) = quote(&app, &customer, "acme", json!({"seats": 51})).await;
     assert_eq!(
         (status, e["error"]["code"].as_str()),
@@ -429,15 +408,7 @@ async fn an_account_scoped_key_gets_404_on_every_route_of_another_account() {
     let app = spawn_app().await;
     app.publish_plans().await;
     let ops = app.key("admin", None).await;
-    let (status, _) = app
-        .post(
-            &ops,
-            "/v1/accounts/globex/subscription",
-            &json!({"plan": "team"}),
-            None,
-        )
-        .await;
-    assert_eq!(status, 201);
+    app.subscribe(&ops, "globex", json!({"plan": "team"})).await;
     let (_, q) = quote(&app, &ops, "globex", json!({"seats": 9})).await;
     let qid = q["id"].as_str().unwrap().to_owned();
     let acme = app
@@ -500,13 +471,8 @@ async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("billing", None).await;
-    app.post(
-        &key,
-        "/v1/accounts/acme/subscription",
-        &json!({"plan": "team", "seats": 5}),
-        None,
-    )
-    .await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
     app.clock.set(t("2026-12-10T08:15:30Z"));
     let (status, q) = quote(&app, &key, "acme", json!({"plan": "business", "seats": 12})).await;
     assert_eq!(status, 201, "{q}");
@@ -549,13 +515,8 @@ async fn a_cancellation_takes_effect_at_period_end_with_a_last_invoice_and_no_re
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("billing,check,finance", None).await;
-    app.post(
-        &key,
-        "/v1/accounts/acme/subscription",
-        &json!({"plan": "team", "seats": 4}),
-        None,
-    )
-    .await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 4}))
+        .await;
     let (status, q) = quote(&app, &key, "acme", json!({"cancel": true})).await;
     assert_eq!(status, 201, "{q}");
     assert_eq!(
