@@ -1,5 +1,7 @@
 //! Configuration from the environment, with defaults that work on a developer machine.
 
+use crate::domain::dunning::{DunningPolicy, FinalAction};
+use crate::payments::StripeConfig;
 use std::path::PathBuf;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/accrue";
@@ -21,6 +23,12 @@ pub struct Config {
     /// `ACCRUE_CHECK_STALENESS_MS`: how old a cached account may be before a check reloads it;
     /// the bound on staleness about changes made through other instances.
     pub check_staleness: std::time::Duration,
+    /// `ACCRUE_STRIPE_KEY` (+ `ACCRUE_STRIPE_WEBHOOK_SECRET`, optional `ACCRUE_STRIPE_API_BASE`):
+    /// collect invoices through Stripe. Unset: invoices are issued for manual collection.
+    pub stripe: Option<StripeConfig>,
+    /// `ACCRUE_DUNNING_RETRY_DAYS` (default `3,5,7`), `ACCRUE_DUNNING_GRACE_DAYS` (default 7),
+    /// `ACCRUE_DUNNING_FINAL_ACTION` (`suspend`, the default, or `cancel`).
+    pub dunning: DunningPolicy,
 }
 
 impl Config {
@@ -54,7 +62,50 @@ impl Config {
             .ok_or_else(|| {
                 format!("ACCRUE_CHECK_STALENESS_MS must be 1 to 600000, got `{stale}`")
             })?;
+        let stripe = match std::env::var("ACCRUE_STRIPE_KEY")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            None => None,
+            Some(secret_key) => {
+                let webhook_secret = std::env::var("ACCRUE_STRIPE_WEBHOOK_SECRET")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+                    .ok_or("ACCRUE_STRIPE_WEBHOOK_SECRET is required with ACCRUE_STRIPE_KEY")?;
+                Some(StripeConfig {
+                    secret_key,
+                    api_base: std::env::var("ACCRUE_STRIPE_API_BASE")
+                        .ok()
+                        .filter(|v| !v.trim().is_empty()),
+                    webhook_secret,
+                })
+            }
+        };
+        let dunning = DunningPolicy::default()
+            .with_retry_days(&var("ACCRUE_DUNNING_RETRY_DAYS", "3,5,7"))
+            .map_err(|e| format!("ACCRUE_DUNNING_RETRY_DAYS: {e}"))?;
+        let grace = var("ACCRUE_DUNNING_GRACE_DAYS", "7");
+        let grace_days = grace
+            .parse::<u32>()
+            .ok()
+            .filter(|d| *d <= 365)
+            .ok_or_else(|| format!("ACCRUE_DUNNING_GRACE_DAYS must be 0 to 365, got `{grace}`"))?;
+        let final_action = match var("ACCRUE_DUNNING_FINAL_ACTION", "suspend").as_str() {
+            "suspend" => FinalAction::Suspend,
+            "cancel" => FinalAction::Cancel,
+            other => {
+                return Err(format!(
+                    "ACCRUE_DUNNING_FINAL_ACTION must be `suspend` or `cancel`, got `{other}`"
+                ))
+            }
+        };
         Ok(Self {
+            stripe,
+            dunning: DunningPolicy {
+                grace_days,
+                final_action,
+                ..dunning
+            },
             check_staleness,
             ingest_lanes,
             database_url: var("DATABASE_URL", DEFAULT_DATABASE_URL),

@@ -16,5 +16,6 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod jobs;
+pub mod payments;
 pub mod services;
 pub mod store;

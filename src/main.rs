@@ -492,14 +492,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("preparing the database")?;
     let ran = store::run_migrations(&config.database_url).await?;
     let pool = store::pool(&config.database_url, config.pool_size)?;
-    let ctx = Ctx::new(
-        pool,
+    let mut ctx = Ctx::new(
+        pool.clone(),
         meters,
         plans,
         Arc::new(SystemClock),
         config.ingest_lanes,
         config.check_staleness,
     );
+    match &config.stripe {
+        Some(stripe) => {
+            let payments = accrue::services::payments::Payments::connect(
+                &pool,
+                stripe,
+                config.dunning.clone(),
+                ctx.clock.now(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting the Stripe rail: {e}"))?;
+            ctx = ctx.with_payments(payments);
+            tracing::info!("invoices are collected through Stripe");
+        }
+        None => tracing::info!("no ACCRUE_STRIPE_KEY: invoices are issued for manual collection"),
+    }
     let listener = std::net::TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     tracing::info!(bind = %config.bind, migrations = ran, meters = ctx.meters.all().len(), "accrue serving");

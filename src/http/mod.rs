@@ -8,6 +8,7 @@ mod events;
 mod governance;
 mod health;
 mod invoices;
+mod payments;
 mod plans;
 mod usage;
 
@@ -55,6 +56,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::post().to(accounts::accept),
                 )
                 .route("/accounts/{account}/check", web::post().to(accounts::check))
+                .route(
+                    "/accounts/{account}/payment-method",
+                    web::put().to(payments::put_payment_method),
+                )
+                .route(
+                    "/accounts/{account}/dunning",
+                    web::get().to(payments::dunning),
+                )
+                .route("/stripe/webhook", web::post().to(payments::webhook))
+                .route(
+                    "/reports/reconciliation",
+                    web::get().to(payments::reconciliation),
+                )
                 .route(
                     "/governance/event-types",
                     web::get().to(governance::event_types),

@@ -6,7 +6,7 @@
 //! Time comes from the context's clock, so tests drive the scheduler with [`tick`] instead of
 //! waiting.
 
-use crate::services::{billing, Ctx, ServiceError};
+use crate::services::{billing, payments, Ctx, ServiceError};
 use crate::store::{self, StoreError};
 use chrono::{DateTime, Duration, Utc};
 use std::str::FromStr;
@@ -17,18 +17,22 @@ use std::sync::Mutex;
 pub enum JobKind {
     /// Close every period that has ended: invoices, renewals, scheduled changes, trials.
     ClosePeriods,
+    /// Collect every invoice whose first attempt or dunning retry is due (with Stripe).
+    CollectPayments,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::ClosePeriods => "close_periods",
+            JobKind::CollectPayments => "collect_payments",
         }
     }
 
     fn parse(s: &str) -> Option<JobKind> {
         match s {
             "close_periods" => Some(JobKind::ClosePeriods),
+            "collect_payments" => Some(JobKind::CollectPayments),
             _ => None,
         }
     }
@@ -48,7 +52,13 @@ pub struct Scheduler {
 impl Scheduler {
     /// The default schedules (6-field cron, seconds first), starting from `now`.
     pub fn new(now: DateTime<Utc>) -> Result<Self, String> {
-        Self::with(now, &[(JobKind::ClosePeriods, "0 * * * * *")])
+        Self::with(
+            now,
+            &[
+                (JobKind::ClosePeriods, "0 * * * * *"),
+                (JobKind::CollectPayments, "0 * * * * *"),
+            ],
+        )
     }
 
     pub fn with(now: DateTime<Utc>, specs: &[(JobKind, &str)]) -> Result<Self, String> {
@@ -114,6 +124,16 @@ pub async fn run_pending(ctx: &Ctx) -> Result<usize, ServiceError> {
                     "periods closed"
                 );
             }),
+            Some(JobKind::CollectPayments) => payments::collect_due(ctx).await.map(|r| {
+                if r != payments::CollectReport::default() {
+                    tracing::info!(
+                        paid = r.paid,
+                        failed = r.failed,
+                        deferred = r.deferred,
+                        "payments collected"
+                    );
+                }
+            }),
             None => Err(ServiceError::invalid(
                 "unknown_job",
                 format!("unknown job kind `{}`", job.kind),
@@ -148,6 +168,10 @@ pub async fn run_forever(ctx: Ctx) {
             return;
         }
     };
+    // Resume collections a stopped instance left half-way, without waiting for the schedule.
+    if let Err(e) = payments::collect_due(&ctx).await {
+        tracing::warn!(error = %e, "collection at start failed; the schedule will retry");
+    }
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         interval.tick().await;

@@ -212,12 +212,25 @@ pub fn start_invoice(
     })
 }
 
-/// Issues drafts inside the caller's transaction.
+/// Issues drafts inside the caller's transaction; with a payment rail, each invoice with
+/// something to collect gets its collection row, due at once.
 pub async fn issue(
+    ctx: &Ctx,
     c: &mut AsyncPgConnection,
     drafts: &[InvoiceDraft],
 ) -> Result<Vec<i64>, StoreError> {
-    store_inv::issue(c, drafts, MANUAL).await
+    let collection = super::payments::collection_of(ctx);
+    let numbers = store_inv::issue(c, drafts, collection).await?;
+    if collection != MANUAL {
+        let rows: Vec<_> = drafts
+            .iter()
+            .zip(&numbers)
+            .filter(|(d, _)| d.total() > Decimal::ZERO)
+            .map(|(d, n)| store::payments::PaymentRow::pending(&d.account, *n, d.issued_at))
+            .collect();
+        store::payments::insert_many(c, &rows).await?;
+    }
+    Ok(numbers)
 }
 
 /// What one close sweep did.
@@ -279,7 +292,7 @@ async fn close_batch(
             }
             subs::save_many(c, &moved).await?;
             let issued = fx.drafts.len();
-            fx.flush(c).await?;
+            fx.flush(ctx, c).await?;
             Ok((moved.len(), issued))
         })
         .await;
@@ -295,6 +308,8 @@ pub struct Invoice {
     #[serde(flatten)]
     pub invoice: InvoiceRow,
     pub lines: Vec<LineRow>,
+    /// Its collection through the payment rail (None: manual or nothing to collect).
+    pub payment: Option<store::payments::PaymentRow>,
 }
 
 /// Amounts at the currency's minor unit and quantities without trailing zeros, as the API and
@@ -326,7 +341,17 @@ pub async fn get_invoice(
             .await?
             .ok_or_else(not_found)?;
     present(&mut invoice, &mut lines);
-    Ok(Invoice { invoice, lines })
+    let mut payment = store::payments::find_by_account_and_numbers(&mut conn, &account, &[number])
+        .await?
+        .pop();
+    if let Some(p) = payment.as_mut() {
+        p.amount_paid.rescale(invoice.total.scale());
+    }
+    Ok(Invoice {
+        invoice,
+        lines,
+        payment,
+    })
 }
 
 pub async fn list_invoices(

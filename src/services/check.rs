@@ -391,6 +391,40 @@ async fn read_entries(
 }
 
 fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Option<Snapshot> {
+    // Suspended, or past due beyond the grace period: the plan's fallback decides.
+    let beyond_grace = r.status == "past_due"
+        && r.past_due_since.is_some_and(|since| {
+            let policy = ctx
+                .payments
+                .as_ref()
+                .map(|p| p.policy.clone())
+                .unwrap_or_default();
+            !policy.in_grace(since, now)
+        });
+    if r.status == "suspended" || beyond_grace {
+        let fallback = ctx
+            .plans
+            .latest(&r.plan)
+            .and_then(|p| p.fallback.as_deref())
+            .and_then(|fb| ctx.plans.latest(fb));
+        return Some(match fallback {
+            Some(fb) => Snapshot {
+                plan: Arc::new(fb.clone()),
+                status: "fallback".into(),
+                period: period_containing(r.anchor, fb.interval.months(), now),
+                seats: fb.seats.as_ref().map_or(0, |s| s.min),
+            },
+            None => Snapshot {
+                plan: Arc::new(ctx.plans.latest(&r.plan)?.clone()),
+                status: "suspended".into(),
+                period: Period {
+                    start: r.period_start,
+                    end: r.period_end,
+                },
+                seats: r.seats as u32,
+            },
+        });
+    }
     ctx.plans
         .get(&PlanRef {
             plan: r.plan.clone(),

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod billing;
 pub mod check;
 pub mod ingest;
+pub mod payments;
 pub mod plans;
 pub mod subscriptions;
 pub mod usage;
@@ -27,6 +28,8 @@ pub struct Ctx {
     pub keys: Arc<auth::KeyCache>,
     pub ingest: Arc<ingest::IngestPipeline>,
     pub checks: Arc<check::CheckCache>,
+    /// Stripe and the dunning policy; None: invoices are collected manually.
+    pub payments: Option<Arc<payments::Payments>>,
 }
 
 impl Ctx {
@@ -54,9 +57,16 @@ impl Ctx {
             plans: Arc::new(plans),
             clock,
             keys: Arc::new(auth::KeyCache::default()),
+            payments: None,
         };
         tokio::spawn(check::refresh_loop(ctx.clone()));
         ctx
+    }
+
+    /// Collects invoices through `payments` from now on.
+    pub fn with_payments(mut self, payments: payments::Payments) -> Self {
+        self.payments = Some(Arc::new(payments));
+        self
     }
 }
 

@@ -308,7 +308,7 @@ async fn check_currency(
     }
 }
 
-fn change(
+pub(crate) fn change(
     row: &SubscriptionRow,
     kind: &str,
     at: DateTime<Utc>,
@@ -402,6 +402,7 @@ pub async fn subscribe(
                 revision: 1,
                 created_at: now,
                 updated_at: now,
+                past_due_since: None,
             };
             if !subs::insert(c, &row).await? {
                 return Err(conflict(
@@ -421,7 +422,7 @@ pub async fn subscribe(
                     billing::start_invoice(account, &plan, seats, period, now)
                         .into_iter()
                         .collect();
-                billing::issue(c, &drafts).await?;
+                billing::issue(ctx, c, &drafts).await?;
             }
             let amount: Decimal = lines.iter().map(|l| l.amount).sum();
             let kind = if trial { "trial_started" } else { "subscribed" };
@@ -446,6 +447,7 @@ pub async fn subscribe(
         })
         .await
         .map_err(ServiceError::from)?;
+    super::payments::spawn_collect_account(ctx, account);
     Ok(result)
 }
 
@@ -618,9 +620,9 @@ pub(crate) struct Effects {
 }
 
 impl Effects {
-    pub async fn flush(self, c: &mut AsyncPgConnection) -> Result<(), TxError> {
+    pub async fn flush(self, ctx: &Ctx, c: &mut AsyncPgConnection) -> Result<(), TxError> {
         subs::insert_changes(c, &self.changes).await?;
-        billing::issue(c, &self.drafts).await?;
+        billing::issue(ctx, c, &self.drafts).await?;
         Ok(())
     }
 }
@@ -636,7 +638,7 @@ async fn lock_and_catch_up(
     let mut row = lock_existing(c, account).await?;
     let mut fx = Effects::default();
     catch_up(ctx, c, &mut row, now, &mut fx).await?;
-    fx.flush(c).await?;
+    fx.flush(ctx, c).await?;
     Ok(row)
 }
 
@@ -1031,7 +1033,7 @@ pub async fn accept(
                     issued_at: now,
                 });
             }
-            fx.flush(c).await?;
+            fx.flush(ctx, c).await?;
             subs::mark_quote_accepted(c, account, &q.id, now).await?;
             let answer = Accepted {
                 quote_id: q.id.clone(),
@@ -1059,5 +1061,6 @@ pub async fn accept(
             Ok(answer)
         })
         .await?;
+    super::payments::spawn_collect_account(ctx, account);
     Ok(result)
 }

@@ -92,7 +92,12 @@ pub async fn issue(
             seats: d.seats as i32,
             currency: d.currency.code().to_owned(),
             total: d.total(),
-            status: "open".into(),
+            // Collected through a rail, an invoice with nothing to collect is settled at once.
+            status: if collection != "manual" && d.total() <= Decimal::ZERO {
+                "paid".into()
+            } else {
+                "open".into()
+            },
             collection: collection.to_owned(),
             issued_at: d.issued_at,
         });

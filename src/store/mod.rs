@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod events;
 pub mod invoices;
 pub mod jobs;
+pub mod payments;
 pub mod plans;
 pub mod schema;
 pub mod subscriptions;

@@ -120,6 +120,7 @@ diesel::table! {
         revision -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        past_due_since -> Nullable<Timestamptz>,
     }
 }
 
@@ -229,4 +230,51 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    invoice_payments (account, number) {
+        account -> Text,
+        number -> Int8,
+        stripe_invoice_id -> Nullable<Text>,
+        state -> Text,
+        attempts -> Int4,
+        first_failure_at -> Nullable<Timestamptz>,
+        next_attempt_at -> Nullable<Timestamptz>,
+        amount_paid -> Numeric,
+        paid_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    dunning_steps (account, id) {
+        account -> Text,
+        id -> Int8,
+        number -> Int8,
+        at -> Timestamptz,
+        step -> Text,
+        attempt -> Int4,
+        reason -> Text,
+    }
+}
+
+diesel::table! {
+    stripe_events (event_id) {
+        event_id -> Text,
+        event_type -> Text,
+        object_id -> Nullable<Text>,
+        account -> Nullable<Text>,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    installation (singleton) {
+        singleton -> Bool,
+        id -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_lines);
+diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_payments);

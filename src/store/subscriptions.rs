@@ -25,6 +25,8 @@ pub struct SubscriptionRow {
     pub revision: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the current run of failed payments began; None when paid up.
+    pub past_due_since: Option<DateTime<Utc>>,
 }
 
 pub async fn find_by_account(
@@ -313,6 +315,7 @@ pub async fn save_many(
                 scheduled.eq(excluded(scheduled)),
                 revision.eq(excluded(revision)),
                 updated_at.eq(excluded(updated_at)),
+                past_due_since.eq(excluded(past_due_since)),
             ))
             .execute(conn)
             .await?;

@@ -186,6 +186,16 @@ pub async fn spawn_app() -> TestApp {
 
 /// Another server instance on an existing database: its own pool, caches and clock.
 pub fn start_instance(db_url: &str, check_staleness: Duration) -> (String, Ctx, Arc<ManualClock>) {
+    let (_, ctx, clock) = start_instance_unserved(db_url, check_staleness);
+    let base = serve(ctx.clone());
+    (base, ctx, clock)
+}
+
+/// The context of an instance, not yet serving HTTP (callers may add to it first).
+pub fn start_instance_unserved(
+    db_url: &str,
+    check_staleness: Duration,
+) -> ((), Ctx, Arc<ManualClock>) {
     let pool = store::pool(db_url, 8).unwrap();
     let meters = MeterCatalog::load(&manifest_dir().join("pricing-plans")).unwrap();
     let plans = PlanCatalog::load(&manifest_dir().join("pricing-plans"), &meters).unwrap();
@@ -198,11 +208,16 @@ pub fn start_instance(db_url: &str, check_staleness: Duration) -> (String, Ctx, 
         2,
         check_staleness,
     );
+    ((), ctx, clock)
+}
+
+/// Serves `ctx` over HTTP on a free loopback port; returns the base URL.
+pub fn serve(ctx: Ctx) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = accrue::http::server(ctx.clone(), listener, Some(1)).unwrap();
+    let server = accrue::http::server(ctx, listener, Some(1)).unwrap();
     tokio::spawn(server);
-    (base, ctx, clock)
+    base
 }
 
 impl TestApp {
@@ -349,7 +364,13 @@ pub fn free_port() -> u16 {
 
 impl ServerProcess {
     pub async fn start(db_url: &str, port: u16) -> Self {
+        Self::start_with_env(db_url, port, &[]).await
+    }
+
+    /// Starts the binary with extra environment variables (Stripe, failpoints).
+    pub async fn start_with_env(db_url: &str, port: u16, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
+            .envs(env.iter().copied())
             .arg("serve")
             .env("DATABASE_URL", db_url)
             .env("ACCRUE_BIND", format!("127.0.0.1:{port}"))

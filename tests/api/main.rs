@@ -1,6 +1,7 @@
 //! Integration tests: one binary, each test on its own freshly migrated PostgreSQL database,
 //! talking to the real HTTP server over loopback.
 
+mod fake_stripe;
 mod helpers;
 
 mod auth;
@@ -12,5 +13,6 @@ mod ingest;
 mod layering;
 mod plans;
 mod restart;
+mod stripe;
 mod subscriptions;
 mod usage;

@@ -1,0 +1,105 @@
+//! Stripe's webhook, payment methods, dunning state and the reconciliation report.
+
+use super::auth::{authorize, reach};
+use super::ApiError;
+use crate::domain::scope::Scope;
+use crate::services::{payments, Ctx, ServiceError};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+/// `POST /v1/stripe/webhook`: authenticated by the `Stripe-Signature` header over the raw body
+/// (not by an API key). A refused signature answers 400 so Stripe shows the failure.
+pub async fn webhook(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let signature = req
+        .headers()
+        .get("Stripe-Signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_signature",
+                "the Stripe-Signature header is missing",
+            )
+        })?;
+    let payload = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+            "the body is not UTF-8",
+        )
+    })?;
+    match payments::webhook(&ctx, payload, signature).await {
+        Ok(answer) => Ok(HttpResponse::Ok().json(answer)),
+        Err(ServiceError::Invalid { code, message }) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, code, message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethodBody {
+    payment_method: String,
+}
+
+/// `PUT /v1/accounts/{account}/payment-method`: the card the account's invoices are charged to.
+pub async fn put_payment_method(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+    body: web::Json<PaymentMethodBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    let set = payments::set_payment_method(&ctx, &account, &body.payment_method).await?;
+    Ok(HttpResponse::Ok().json(set))
+}
+
+/// `GET /v1/accounts/{account}/dunning`: collection state and every dunning step.
+pub async fn dunning(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    Ok(HttpResponse::Ok().json(payments::dunning(&ctx, &account).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconciliationQuery {
+    period: Option<String>,
+}
+
+/// `GET /v1/reports/reconciliation?period=YYYY-MM` (finance keys not bound to an account).
+pub async fn reconciliation(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<ReconciliationQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
+    if p.account.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the reconciliation report covers every account: use a key not bound to one",
+        ));
+    }
+    let period = query.into_inner().period.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "period is required (YYYY-MM)",
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(payments::reconciliation(&ctx, &period).await?))
+}

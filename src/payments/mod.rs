@@ -1,0 +1,319 @@
+//! The payment rail: Stripe, through async-stripe 1.0. accrue rates and decides; Stripe holds
+//! customers and cards and moves the money. Every call that creates or changes something
+//! carries an idempotency key derived from our ids (installation, account, invoice number,
+//! line, attempt), so repeating a call after a crash returns the first answer instead of
+//! charging twice.
+
+use crate::domain::money::Currency;
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+use std::str::FromStr;
+use stripe::{RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::invoice::{CreateInvoice, FinalizeInvoiceInvoice, PayInvoice, RetrieveInvoice};
+use stripe_billing::invoice_item::CreateInvoiceItem;
+use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_payment::payment_method::AttachPaymentMethod;
+
+/// Where and how to reach Stripe.
+#[derive(Clone)]
+pub struct StripeConfig {
+    pub secret_key: String,
+    /// The API base (`https://api.stripe.com/` unless a fake is used).
+    pub api_base: Option<String>,
+    /// The signing secret of the webhook endpoint (`whsec_...`).
+    pub webhook_secret: String,
+}
+
+impl std::fmt::Debug for StripeConfig {
+    /// Never prints the secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeConfig")
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What went wrong talking to Stripe.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RailError {
+    /// The card was declined (402): a dunning failure.
+    #[error("payment declined: {0}")]
+    Declined(String),
+    /// Stripe refused the request (4xx other than 402): our data or configuration is wrong.
+    #[error("stripe refused the request ({status}): {message}")]
+    Refused { status: u16, message: String },
+    /// Stripe could not be reached or failed (5xx, network, unreadable answer): retry later.
+    #[error("stripe unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StripeError> for RailError {
+    fn from(e: StripeError) -> Self {
+        match e {
+            StripeError::Stripe(err, 402) => RailError::Declined(
+                err.message
+                    .clone()
+                    .unwrap_or_else(|| "card declined".to_owned()),
+            ),
+            StripeError::Stripe(err, status) if (400..500).contains(&status) => {
+                RailError::Refused {
+                    status,
+                    message: err.message.clone().unwrap_or_default(),
+                }
+            }
+            other => RailError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A Stripe invoice as accrue reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteInvoice {
+    pub id: String,
+    /// draft, open, paid, uncollectible, void.
+    pub status: String,
+    /// Minor units.
+    pub amount_due: i64,
+    pub amount_paid: i64,
+    pub total: i64,
+    pub currency: String,
+    pub customer: Option<String>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl From<stripe_shared::Invoice> for RemoteInvoice {
+    fn from(i: stripe_shared::Invoice) -> Self {
+        Self {
+            id: i.id.map(|id| id.as_str().to_owned()).unwrap_or_default(),
+            status: i
+                .status
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|| "draft".into()),
+            amount_due: i.amount_due,
+            amount_paid: i.amount_paid,
+            total: i.total,
+            currency: i.currency.to_string(),
+            customer: i.customer.map(|c| c.id().as_str().to_owned()),
+            metadata: i.metadata.unwrap_or_default(),
+        }
+    }
+}
+
+/// One line of an invoice to push.
+#[derive(Debug, Clone)]
+pub struct PushLine {
+    pub line_no: i32,
+    pub amount: Decimal,
+    pub description: String,
+}
+
+/// An invoice to push: ours, already issued and immutable.
+#[derive(Debug, Clone)]
+pub struct PushInvoice<'a> {
+    pub account: &'a str,
+    pub number: i64,
+    pub customer: &'a str,
+    pub currency: Currency,
+    pub lines: Vec<PushLine>,
+}
+
+/// Minor units of `amount` in `currency` (amounts are already rounded to the currency).
+pub fn minor_units(amount: Decimal, currency: Currency) -> Result<i64, RailError> {
+    let scaled = amount * Decimal::from(10i64.pow(currency.exponent()));
+    if scaled.fract() != Decimal::ZERO {
+        return Err(RailError::Refused {
+            status: 0,
+            message: format!(
+                "{amount} {} has more decimals than the currency allows",
+                currency.code()
+            ),
+        });
+    }
+    i64::try_from(scaled).map_err(|_| RailError::Refused {
+        status: 0,
+        message: format!("{amount} {} is out of Stripe's range", currency.code()),
+    })
+}
+
+/// The amount in our decimal form of `minor` units of `currency`.
+pub fn from_minor_units(minor: i64, currency: Currency) -> Decimal {
+    Decimal::new(minor, currency.exponent())
+}
+
+/// Stripe through async-stripe.
+#[derive(Clone)]
+pub struct StripeRail {
+    client: stripe::Client,
+    /// This installation's id: written into every invoice's metadata, so webhooks about
+    /// another installation's invoices (one Stripe account, several accrues) are ignored.
+    pub installation: String,
+    /// The namespace of every idempotency key (derived from the installation's id).
+    keys: String,
+    pub webhook_secret: String,
+}
+
+impl std::fmt::Debug for StripeRail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeRail")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+fn idempotent(key: String) -> Result<RequestStrategy, RailError> {
+    stripe::IdempotencyKey::new(&key)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|e| RailError::Refused {
+            status: 0,
+            message: format!("idempotency key `{key}`: {e}"),
+        })
+}
+
+impl StripeRail {
+    pub fn new(config: &StripeConfig, installation: &str) -> Result<Self, String> {
+        let mut builder = stripe::ClientBuilder::new(config.secret_key.clone());
+        if let Some(url) = &config.api_base {
+            builder = builder.url(url.clone());
+        }
+        let client = builder.build().map_err(|e| format!("stripe client: {e}"))?;
+        Ok(Self {
+            client,
+            installation: installation.to_owned(),
+            keys: format!("accrue-{installation}"),
+            webhook_secret: config.webhook_secret.clone(),
+        })
+    }
+
+    fn key(&self, what: &str) -> Result<RequestStrategy, RailError> {
+        idempotent(format!("{}-{what}", self.keys))
+    }
+
+    /// Creates the Stripe customer of an account (the same one however often it is called).
+    pub async fn create_customer(
+        &self,
+        account: &str,
+        email: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<String, RailError> {
+        let mut req = CreateCustomer::new().metadata(HashMap::from([(
+            "accrue_account".to_owned(),
+            account.to_owned(),
+        )]));
+        if let Some(e) = email {
+            req = req.email(e);
+        }
+        if let Some(n) = name {
+            req = req.name(n);
+        }
+        let customer = req
+            .customize()
+            .request_strategy(self.key(&format!("customer-{account}"))?)
+            .send(&self.client)
+            .await?;
+        Ok(customer.id.as_str().to_owned())
+    }
+
+    /// Attaches a payment method (created client-side) and makes it the invoices' default.
+    pub async fn set_payment_method(
+        &self,
+        customer: &str,
+        payment_method: &str,
+    ) -> Result<(), RailError> {
+        AttachPaymentMethod::new(payment_method)
+            .customer(customer)
+            .customize()
+            .request_strategy(self.key(&format!("attach-{customer}-{payment_method}"))?)
+            .send(&self.client)
+            .await?;
+        let settings = UpdateCustomerInvoiceSettings {
+            default_payment_method: Some(payment_method.to_owned()),
+            ..Default::default()
+        };
+        UpdateCustomer::new(customer)
+            .invoice_settings(settings)
+            .customize()
+            .request_strategy(self.key(&format!("default-pm-{customer}-{payment_method}"))?)
+            .send(&self.client)
+            .await?;
+        Ok(())
+    }
+
+    /// Pushes an invoice: a draft with our number in its metadata, one item per line, then
+    /// finalized. Safe to repeat: each step has its key, and steps already done are skipped.
+    pub async fn push(&self, inv: &PushInvoice<'_>) -> Result<RemoteInvoice, RailError> {
+        let n = inv.number;
+        let currency =
+            stripe_types::Currency::from_str(inv.currency.code().to_lowercase().as_str())
+                .unwrap_or_else(|never| match never {});
+        let draft = CreateInvoice::new()
+            .customer(inv.customer)
+            .currency(currency.clone())
+            .auto_advance(false)
+            .collection_method(stripe_shared::InvoiceCollectionMethod::ChargeAutomatically)
+            .pending_invoice_items_behavior(
+                stripe_billing::invoice::CreateInvoicePendingInvoiceItemsBehavior::Exclude,
+            )
+            .description(format!("accrue invoice {n}"))
+            .metadata(HashMap::from([
+                ("accrue_account".to_owned(), inv.account.to_owned()),
+                ("accrue_invoice".to_owned(), n.to_string()),
+                ("accrue_installation".to_owned(), self.installation.clone()),
+            ]))
+            .customize()
+            .request_strategy(self.key(&format!("invoice-{n}"))?)
+            .send(&self.client)
+            .await?;
+        let id = draft
+            .id
+            .as_ref()
+            .map(|i| i.as_str().to_owned())
+            .ok_or_else(|| {
+                RailError::Unavailable("stripe answered an invoice without id".into())
+            })?;
+        // The answer to a repeated create is the first one: read the invoice as it is now.
+        let current = self.retrieve(&id).await?;
+        if current.status != "draft" {
+            return Ok(current);
+        }
+        for line in &inv.lines {
+            CreateInvoiceItem::new()
+                .customer(inv.customer)
+                .invoice(id.clone())
+                .amount(minor_units(line.amount, inv.currency)?)
+                .currency(currency.clone())
+                .description(line.description.clone())
+                .customize()
+                .request_strategy(self.key(&format!("invoice-{n}-line-{}", line.line_no))?)
+                .send(&self.client)
+                .await?;
+        }
+        let finalized = FinalizeInvoiceInvoice::new(id.clone())
+            .auto_advance(false)
+            .customize()
+            .request_strategy(self.key(&format!("invoice-{n}-finalize"))?)
+            .send(&self.client)
+            .await?;
+        Ok(finalized.into())
+    }
+
+    /// Charges a finalized invoice; `attempt` (1, 2, …) keys the call, so a repeated attempt
+    /// is answered from the first, and a new attempt is a new charge.
+    pub async fn pay(
+        &self,
+        id: &str,
+        number: i64,
+        attempt: i32,
+    ) -> Result<RemoteInvoice, RailError> {
+        let paid = PayInvoice::new(id)
+            .customize()
+            .request_strategy(self.key(&format!("invoice-{number}-pay-{attempt}"))?)
+            .send(&self.client)
+            .await?;
+        Ok(paid.into())
+    }
+
+    pub async fn retrieve(&self, id: &str) -> Result<RemoteInvoice, RailError> {
+        let inv = RetrieveInvoice::new(id).send(&self.client).await?;
+        Ok(inv.into())
+    }
+}

@@ -1,0 +1,911 @@
+//! Collection and dunning: issued invoices are pushed to Stripe and paid; a declined payment
+//! moves the subscription to `past_due` and is retried on the policy's schedule; success
+//! returns it to `active`; exhausted retries apply the final action (`suspend`: entitlements
+//! fall to the plan's fallback; `cancel`). Every step is recorded in `dunning_steps`.
+//!
+//! One invoice is collected inside one transaction that holds its `invoice_payments` row lock
+//! (other instances skip it); Stripe calls carry idempotency keys, so a crash anywhere in
+//! between is resumed by the next sweep without a second charge.
+
+use super::subscriptions::{change, TxError};
+use super::{Ctx, ServiceError};
+use crate::domain::dunning::{DunningPolicy, FinalAction, NextStep};
+use crate::domain::money::Currency;
+use crate::payments::{
+    from_minor_units, minor_units, PushInvoice, PushLine, RailError, RemoteInvoice, StripeConfig,
+    StripeRail,
+};
+use crate::store::payments::{self as pay_store, PaymentRow, StepRow};
+use crate::store::{self, subscriptions as subs, StoreError};
+use chrono::{DateTime, Duration, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::json;
+
+/// The payment rail and the dunning policy; absent when no Stripe key is configured.
+#[derive(Debug, Clone)]
+pub struct Payments {
+    pub rail: StripeRail,
+    pub policy: DunningPolicy,
+}
+
+impl Payments {
+    /// Connects the rail, namespacing idempotency keys with this installation's id.
+    pub async fn connect(
+        pool: &store::Pool,
+        config: &StripeConfig,
+        policy: DunningPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Self, String> {
+        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+        let mut fresh = [0u8; 8];
+        getrandom::fill(&mut fresh).map_err(|e| e.to_string())?;
+        let id = pay_store::installation_id(&mut conn, &hex::encode(fresh), now)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            rail: StripeRail::new(config, &id)?,
+            policy,
+        })
+    }
+}
+
+/// The status invoices are created with, and whether they need collecting.
+pub fn collection_of(ctx: &Ctx) -> &'static str {
+    if ctx.payments.is_some() {
+        "stripe"
+    } else {
+        super::billing::MANUAL
+    }
+}
+
+/// A fault injected by `ACCRUE_FAILPOINT` (crash tests): the process aborts at that point.
+fn failpoint(name: &str) {
+    if std::env::var("ACCRUE_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+/// What one collection sweep did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CollectReport {
+    pub paid: usize,
+    pub failed: usize,
+    pub deferred: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Paid,
+    Failed,
+    /// Stripe unreachable or the row was someone else's: tried again later.
+    Deferred,
+    Skipped,
+}
+
+/// How long a collection waits after Stripe was unavailable.
+const UNAVAILABLE_BACKOFF_MINUTES: i64 = 10;
+
+/// Collects every invoice whose collection (first attempt or retry) is due.
+pub async fn collect_due(ctx: &Ctx) -> Result<CollectReport, ServiceError> {
+    let mut report = CollectReport::default();
+    let Some(p) = ctx.payments.clone() else {
+        return Ok(report);
+    };
+    loop {
+        let now = ctx.clock.now();
+        let due = {
+            let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+            pay_store::due(&mut conn, now, 200).await?
+        };
+        let mut progressed = false;
+        for (account, number) in &due {
+            let outcome = collect_one(ctx, &p, account, *number).await?;
+            progressed |= outcome != Outcome::Skipped;
+            tally(&mut report, outcome);
+        }
+        if due.len() < 200 || !progressed {
+            return Ok(report);
+        }
+    }
+}
+
+/// Collects an account's due invoices now (after a subscription or change issued one).
+pub async fn collect_account(ctx: &Ctx, account: &str) -> Result<CollectReport, ServiceError> {
+    let mut report = CollectReport::default();
+    let Some(p) = ctx.payments.clone() else {
+        return Ok(report);
+    };
+    let due = {
+        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+        pay_store::due_by_account(&mut conn, account, ctx.clock.now()).await?
+    };
+    for number in due {
+        let outcome = collect_one(ctx, &p, account, number).await?;
+        tally(&mut report, outcome);
+    }
+    Ok(report)
+}
+
+/// Starts [`collect_account`] in the background, logging what fails (the sweep retries it).
+pub fn spawn_collect_account(ctx: &Ctx, account: &str) {
+    if ctx.payments.is_none() {
+        return;
+    }
+    let ctx = ctx.clone();
+    let account = account.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = collect_account(&ctx, &account).await {
+            tracing::warn!(account, error = %e, "collection failed; the sweep will retry");
+        }
+    });
+}
+
+fn tally(report: &mut CollectReport, outcome: Outcome) {
+    match outcome {
+        Outcome::Paid => report.paid += 1,
+        Outcome::Failed => report.failed += 1,
+        Outcome::Deferred => report.deferred += 1,
+        Outcome::Skipped => {}
+    }
+}
+
+async fn collect_one(
+    ctx: &Ctx,
+    p: &Payments,
+    account: &str,
+    number: i64,
+) -> Result<Outcome, ServiceError> {
+    let _writing = ctx.checks.write_guard(account);
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let outcome = conn
+        .transaction::<Outcome, TxError, _>(async |c| {
+            let now = ctx.clock.now();
+            let Some(mut row) = pay_store::lock_skip_locked(c, account, number).await? else {
+                return Ok(Outcome::Skipped);
+            };
+            let due = matches!(row.state.as_str(), "pending" | "failed")
+                && row.next_attempt_at.is_some_and(|t| t <= now);
+            if !due {
+                return Ok(Outcome::Skipped);
+            }
+            attempt(ctx, p, c, &mut row, now).await
+        })
+        .await?;
+    Ok(outcome)
+}
+
+/// One collection attempt of a locked row: push (idempotent), then pay unless Stripe already
+/// shows it paid.
+async fn attempt(
+    ctx: &Ctx,
+    p: &Payments,
+    c: &mut AsyncPgConnection,
+    row: &mut PaymentRow,
+    now: DateTime<Utc>,
+) -> Result<Outcome, TxError> {
+    let (inv, lines) = store::invoices::find_by_account_and_number(c, &row.account, row.number)
+        .await?
+        .ok_or_else(|| {
+            TxError::Refused(ServiceError::NotFound(format!(
+                "invoice {} not found",
+                row.number
+            )))
+        })?;
+    let currency = Currency::from_code(&inv.currency).ok_or_else(|| {
+        TxError::Refused(ServiceError::invalid(
+            "unknown_currency",
+            format!("invoice {} has an unknown currency", inv.currency),
+        ))
+    })?;
+    let pushed = async {
+        let customer = customer_for(p, c, &row.account).await?;
+        let push = PushInvoice {
+            account: &row.account,
+            number: row.number,
+            customer: &customer,
+            currency,
+            lines: lines
+                .iter()
+                .map(|l| PushLine {
+                    line_no: l.line_no,
+                    amount: l.amount,
+                    description: l.description.clone(),
+                })
+                .collect(),
+        };
+        p.rail.push(&push).await.map_err(PushError::Rail)
+    }
+    .await;
+    let remote = match pushed {
+        Ok(r) => r,
+        Err(PushError::Store(e)) => return Err(e.into()),
+        Err(PushError::Rail(e)) => {
+            defer(c, row, &e, now).await?;
+            return Ok(Outcome::Deferred);
+        }
+    };
+    row.stripe_invoice_id = Some(remote.id.clone());
+    if remote.status == "paid" {
+        record_paid(ctx, c, row, &remote, currency, now, "paid").await?;
+        return Ok(Outcome::Paid);
+    }
+    let attempt = row.attempts + 1;
+    match p.rail.pay(&remote.id, row.number, attempt).await {
+        Ok(paid) if paid.status == "paid" => {
+            failpoint("after_stripe_pay");
+            row.attempts = attempt;
+            record_paid(ctx, c, row, &paid, currency, now, "paid").await?;
+            Ok(Outcome::Paid)
+        }
+        Ok(other) => {
+            row.attempts = attempt;
+            let reason = format!("the payment left the invoice {}", other.status);
+            record_failure(ctx, p, c, row, &reason, now).await?;
+            Ok(Outcome::Failed)
+        }
+        Err(RailError::Declined(reason))
+        | Err(RailError::Refused {
+            message: reason, ..
+        }) => {
+            row.attempts = attempt;
+            record_failure(ctx, p, c, row, &reason, now).await?;
+            Ok(Outcome::Failed)
+        }
+        Err(e @ RailError::Unavailable(_)) => {
+            defer(c, row, &e, now).await?;
+            Ok(Outcome::Deferred)
+        }
+    }
+}
+
+enum PushError {
+    Store(StoreError),
+    Rail(RailError),
+}
+
+impl From<StoreError> for PushError {
+    fn from(e: StoreError) -> Self {
+        PushError::Store(e)
+    }
+}
+
+impl From<RailError> for PushError {
+    fn from(e: RailError) -> Self {
+        PushError::Rail(e)
+    }
+}
+
+/// The account's Stripe customer, created (idempotently) and remembered on first use.
+async fn customer_for(
+    p: &Payments,
+    c: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<String, PushError> {
+    if let Some(id) = pay_store::customer_of(c, account).await? {
+        return Ok(id);
+    }
+    let acc = store::accounts::find_by_account(c, account).await?;
+    let id = p
+        .rail
+        .create_customer(
+            account,
+            acc.as_ref().and_then(|a| a.email.as_deref()),
+            acc.as_ref().and_then(|a| a.name.as_deref()),
+        )
+        .await?;
+    pay_store::set_customer(c, account, &id).await?;
+    Ok(id)
+}
+
+/// Stripe could not be reached: try again later, without counting a dunning attempt.
+async fn defer(
+    c: &mut AsyncPgConnection,
+    row: &mut PaymentRow,
+    e: &RailError,
+    now: DateTime<Utc>,
+) -> Result<(), TxError> {
+    tracing::warn!(account = %row.account, invoice = row.number, error = %e, "collection deferred");
+    row.last_error = Some(e.to_string());
+    row.next_attempt_at = Some(now + Duration::minutes(UNAVAILABLE_BACKOFF_MINUTES));
+    row.updated_at = now;
+    pay_store::save(c, row).await?;
+    Ok(())
+}
+
+async fn record_paid(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    row: &mut PaymentRow,
+    remote: &RemoteInvoice,
+    currency: Currency,
+    now: DateTime<Utc>,
+    how: &str,
+) -> Result<(), TxError> {
+    let recovered = row.first_failure_at.is_some();
+    row.state = "paid".into();
+    row.amount_paid = from_minor_units(remote.amount_paid, currency);
+    row.paid_at = Some(now);
+    row.next_attempt_at = None;
+    row.last_error = None;
+    row.updated_at = now;
+    pay_store::save(c, row).await?;
+    pay_store::set_invoice_status(c, &row.account, row.number, "paid").await?;
+    if recovered {
+        pay_store::insert_step(
+            c,
+            &row.account,
+            row.number,
+            now,
+            "recovered",
+            row.attempts,
+            &format!("{how} on attempt {}", row.attempts),
+        )
+        .await?;
+    }
+    // Paid up: a past-due subscription is active again once nothing else is being chased.
+    if let Some(mut sub) = subs::lock_by_account(c, &row.account).await? {
+        if sub.status == "past_due"
+            && pay_store::count_failed_by_account(c, &row.account, row.number).await? == 0
+        {
+            sub.status = "active".into();
+            sub.past_due_since = None;
+            sub.updated_at = now;
+            subs::save(c, &sub).await?;
+            let plan = ctx
+                .plans
+                .get(&crate::domain::plan::PlanRef {
+                    plan: sub.plan.clone(),
+                    version: sub.plan_version as u32,
+                })
+                .map(|p| p.currency.code())
+                .unwrap_or("USD");
+            let ch = change(
+                &sub,
+                "payment_recovered",
+                now,
+                None,
+                json!([]),
+                Decimal::ZERO,
+                plan,
+            );
+            subs::insert_change(c, &ch).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn record_failure(
+    ctx: &Ctx,
+    p: &Payments,
+    c: &mut AsyncPgConnection,
+    row: &mut PaymentRow,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<(), TxError> {
+    let first = *row.first_failure_at.get_or_insert(now);
+    let step = if row.attempts <= 1 || first == now {
+        "payment_failed"
+    } else {
+        "retry_failed"
+    };
+    pay_store::insert_step(c, &row.account, row.number, now, step, row.attempts, reason).await?;
+    row.last_error = Some(reason.to_owned());
+    row.updated_at = now;
+    let mut sub = subs::lock_by_account(c, &row.account).await?;
+    match p.policy.next_step(first, row.attempts as u32) {
+        NextStep::Retry { at } => {
+            row.state = "failed".into();
+            row.next_attempt_at = Some(at);
+            pay_store::insert_step(
+                c,
+                &row.account,
+                row.number,
+                now,
+                "retry_scheduled",
+                row.attempts,
+                &format!("attempt {} at {}", row.attempts + 1, at.to_rfc3339()),
+            )
+            .await?;
+            if let Some(s) = sub.as_mut() {
+                if matches!(s.status.as_str(), "active" | "trialing") {
+                    s.status = "past_due".into();
+                    s.past_due_since = Some(first);
+                    s.updated_at = now;
+                    subs::save(c, s).await?;
+                    record_change(ctx, c, s, "past_due", now).await?;
+                }
+            }
+        }
+        NextStep::Final { action } => {
+            row.state = "exhausted".into();
+            row.next_attempt_at = None;
+            if let Some(s) = sub.as_mut() {
+                if !matches!(s.status.as_str(), "canceled" | "suspended") {
+                    let (status, step) = match action {
+                        FinalAction::Suspend => ("suspended", "suspended"),
+                        FinalAction::Cancel => ("canceled", "canceled"),
+                    };
+                    s.status = status.into();
+                    s.past_due_since.get_or_insert(first);
+                    s.scheduled = None;
+                    s.revision += 1;
+                    s.updated_at = now;
+                    subs::save(c, s).await?;
+                    record_change(ctx, c, s, step, now).await?;
+                    let why = match (action, fallback_of(ctx, &s.plan)) {
+                        (FinalAction::Suspend, Some(fb)) => format!(
+                            "every retry failed: entitlements fall to the fallback plan `{fb}`"
+                        ),
+                        (FinalAction::Suspend, None) => {
+                            "every retry failed: access suspended (the plan has no fallback)"
+                                .to_owned()
+                        }
+                        (FinalAction::Cancel, _) => {
+                            "every retry failed: the subscription is canceled".to_owned()
+                        }
+                    };
+                    pay_store::insert_step(
+                        c,
+                        &row.account,
+                        row.number,
+                        now,
+                        step,
+                        row.attempts,
+                        &why,
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    pay_store::save(c, row).await?;
+    Ok(())
+}
+
+async fn record_change(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    s: &subs::SubscriptionRow,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> Result<(), TxError> {
+    let currency = ctx
+        .plans
+        .get(&crate::domain::plan::PlanRef {
+            plan: s.plan.clone(),
+            version: s.plan_version as u32,
+        })
+        .map(|p| p.currency.code())
+        .unwrap_or("USD");
+    let ch = change(s, kind, now, None, json!([]), Decimal::ZERO, currency);
+    subs::insert_change(c, &ch).await?;
+    Ok(())
+}
+
+/// The plan whose entitlements a suspended (or past grace) subscription of `plan` gets.
+pub fn fallback_of(ctx: &Ctx, plan: &str) -> Option<String> {
+    ctx.plans.latest(plan).and_then(|v| v.fallback.clone())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payment methods
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PaymentMethodSet {
+    pub account: String,
+    pub customer: String,
+    pub payment_method: String,
+}
+
+/// Links the account to its Stripe customer (created when missing) and makes `pm` (created
+/// client-side with Stripe.js) the default for its invoices.
+pub async fn set_payment_method(
+    ctx: &Ctx,
+    account: &str,
+    pm: &str,
+) -> Result<PaymentMethodSet, ServiceError> {
+    let p = ctx.payments.as_ref().ok_or_else(not_configured)?;
+    if !pm.starts_with("pm_") || pm.len() > 255 {
+        return Err(ServiceError::invalid(
+            "invalid_payment_method",
+            "payment_method must be a Stripe payment method id (pm_...)",
+        ));
+    }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let acc = store::accounts::find_by_account(&mut conn, account)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("account `{account}` not found")))?;
+    let customer = match acc.stripe_customer_id.clone() {
+        Some(c) => c,
+        None => {
+            let id = p
+                .rail
+                .create_customer(account, acc.email.as_deref(), acc.name.as_deref())
+                .await
+                .map_err(rail_error)?;
+            pay_store::set_customer(&mut conn, account, &id).await?;
+            id
+        }
+    };
+    p.rail
+        .set_payment_method(&customer, pm)
+        .await
+        .map_err(|e| match e {
+            RailError::Refused { message, .. } | RailError::Declined(message) => {
+                ServiceError::invalid(
+                    "invalid_payment_method",
+                    format!("Stripe refused payment method `{pm}`: {message}"),
+                )
+            }
+            other => rail_error(other),
+        })?;
+    Ok(PaymentMethodSet {
+        account: account.to_owned(),
+        customer,
+        payment_method: pm.to_owned(),
+    })
+}
+
+fn not_configured() -> ServiceError {
+    ServiceError::Conflict {
+        code: "stripe_not_configured",
+        message: "no Stripe key is configured: invoices are collected manually".into(),
+    }
+}
+
+fn rail_error(e: RailError) -> ServiceError {
+    match e {
+        RailError::Unavailable(m) => ServiceError::Unavailable(m),
+        RailError::Refused { message, .. } | RailError::Declined(message) => {
+            ServiceError::Conflict {
+                code: "stripe_refused",
+                message,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dunning state
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DunningView {
+    pub account: String,
+    pub status: Option<String>,
+    pub past_due_since: Option<DateTime<Utc>>,
+    pub in_grace: Option<bool>,
+    pub payments: Vec<PaymentRow>,
+    pub steps: Vec<StepRow>,
+}
+
+pub async fn dunning(ctx: &Ctx, account: &str) -> Result<DunningView, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let sub = subs::find_by_account(&mut conn, account).await?;
+    if sub.is_none()
+        && store::accounts::find_by_account(&mut conn, account)
+            .await?
+            .is_none()
+    {
+        return Err(ServiceError::NotFound(format!(
+            "account `{account}` not found"
+        )));
+    }
+    let steps = pay_store::steps_by_account(&mut conn, account).await?;
+    let mut numbers: Vec<i64> = steps.iter().map(|s| s.number).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let payments = pay_store::find_by_account_and_numbers(&mut conn, account, &numbers).await?;
+    let now = ctx.clock.now();
+    let policy = ctx
+        .payments
+        .as_ref()
+        .map(|p| p.policy.clone())
+        .unwrap_or_default();
+    Ok(DunningView {
+        account: account.to_owned(),
+        status: sub.as_ref().map(|s| s.status.clone()),
+        past_due_since: sub.as_ref().and_then(|s| s.past_due_since),
+        in_grace: sub
+            .as_ref()
+            .and_then(|s| s.past_due_since.filter(|_| s.status == "past_due"))
+            .map(|since| policy.in_grace(since, now)),
+        payments,
+        steps,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WebhookAnswer {
+    pub received: bool,
+    pub duplicate: bool,
+    /// What the event changed: `none`, `paid`, `failed`.
+    pub effect: &'static str,
+}
+
+/// Verifies, de-duplicates and applies one Stripe webhook delivery. The event's object is
+/// re-read from Stripe before anything changes (deliveries come at least once, in any order).
+pub async fn webhook(
+    ctx: &Ctx,
+    payload: &str,
+    signature: &str,
+) -> Result<WebhookAnswer, ServiceError> {
+    let p = ctx.payments.as_ref().ok_or_else(not_configured)?;
+    let event =
+        stripe_webhook::Webhook::construct_event(payload, signature, &p.rail.webhook_secret)
+            .map_err(|e| match e {
+                stripe_webhook::WebhookError::BadTimestamp(t) => ServiceError::invalid(
+                    "stale_signature",
+                    format!("the signature's timestamp {t} is more than 300 s from now"),
+                ),
+                stripe_webhook::WebhookError::BadParse(m) => {
+                    ServiceError::invalid("invalid_event", m)
+                }
+                other => ServiceError::invalid(
+                    "invalid_signature",
+                    format!("the Stripe-Signature header does not match the body: {other}"),
+                ),
+            })?;
+    let event_id = event.id.as_str().to_owned();
+    let event_type = event.type_.as_str().to_owned();
+    let object_id = serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v["data"]["object"]["id"].as_str().map(str::to_owned));
+    let duplicate = WebhookAnswer {
+        received: true,
+        duplicate: true,
+        effect: "none",
+    };
+    {
+        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+        if pay_store::event_seen(&mut conn, &event_id).await? {
+            return Ok(duplicate);
+        }
+    }
+    // Re-read the object: the event body may be stale or out of order.
+    let remote = match (&object_id, event_type.starts_with("invoice.")) {
+        (Some(id), true) => match p.rail.retrieve(id).await {
+            Ok(r) => Some(r),
+            Err(RailError::Unavailable(m)) => return Err(ServiceError::Unavailable(m)),
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    let ours = remote.as_ref().and_then(|r| {
+        if r.metadata.get("accrue_installation") != Some(&p.rail.installation) {
+            return None;
+        }
+        let account = r.metadata.get("accrue_account")?.clone();
+        let number = r.metadata.get("accrue_invoice")?.parse::<i64>().ok()?;
+        Some((account, number))
+    });
+    let _writing = ours.as_ref().map(|(a, _)| ctx.checks.write_guard(a));
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let answer = conn
+        .transaction::<WebhookAnswer, TxError, _>(async |c| {
+            let now = ctx.clock.now();
+            let first = pay_store::record_event(
+                c,
+                &event_id,
+                &event_type,
+                object_id.as_deref(),
+                ours.as_ref().map(|(a, _)| a.as_str()),
+                now,
+            )
+            .await?;
+            if !first {
+                return Ok(duplicate.clone());
+            }
+            let mut answer = WebhookAnswer {
+                received: true,
+                duplicate: false,
+                effect: "none",
+            };
+            let (Some(remote), Some((account, number))) = (&remote, &ours) else {
+                return Ok(answer);
+            };
+            let Some(mut row) = pay_store::lock(c, account, *number).await? else {
+                return Ok(answer);
+            };
+            if row
+                .stripe_invoice_id
+                .as_deref()
+                .is_some_and(|id| id != remote.id)
+            {
+                return Ok(answer);
+            }
+            let currency = Currency::from_code(&remote.currency.to_uppercase());
+            if remote.status == "paid" && row.state != "paid" {
+                row.stripe_invoice_id = Some(remote.id.clone());
+                let currency = currency.ok_or_else(|| {
+                    TxError::Refused(ServiceError::invalid(
+                        "unknown_currency",
+                        format!("Stripe invoice currency `{}`", remote.currency),
+                    ))
+                })?;
+                record_paid(ctx, c, &mut row, remote, currency, now, "paid (webhook)").await?;
+                answer.effect = "paid";
+            } else if event_type == "invoice.payment_failed"
+                && remote.status == "open"
+                && row.state == "pending"
+                && row.attempts > 0
+            {
+                // A failure we did not see from the pay call itself (asynchronous methods).
+                record_failure(ctx, p, c, &mut row, "payment failed (webhook)", now).await?;
+                answer.effect = "failed";
+            }
+            Ok(answer)
+        })
+        .await?;
+    Ok(answer)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconciliation
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StripeSide {
+    pub id: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_paid: Decimal,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconciledInvoice {
+    pub number: i64,
+    pub account: String,
+    pub kind: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub currency: String,
+    pub status: String,
+    pub collection: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_paid: Decimal,
+    pub stripe: Option<StripeSide>,
+    pub mismatches: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    pub number: i64,
+    pub account: String,
+    pub kind: &'static str,
+    pub ours: String,
+    pub stripe: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reconciliation {
+    pub period: String,
+    pub invoices: Vec<ReconciledInvoice>,
+    pub mismatches: Vec<Mismatch>,
+    pub matched: usize,
+}
+
+/// Each invoice issued in the month `period` (YYYY-MM, UTC) beside its Stripe invoice, and
+/// every difference: `missing_in_stripe`, `amount_mismatch`, `currency_mismatch`,
+/// `status_mismatch`, `paid_amount_mismatch`.
+pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, ServiceError> {
+    let first =
+        chrono::NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").map_err(|_| {
+            ServiceError::invalid(
+                "invalid_period",
+                format!("period `{period}`: expected YYYY-MM"),
+            )
+        })?;
+    let next = first
+        .checked_add_months(chrono::Months::new(1))
+        .ok_or_else(|| {
+            ServiceError::invalid(
+                "invalid_period",
+                format!("period `{period}` is out of range"),
+            )
+        })?;
+    let from = first.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+    let to = next.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+    let rows = {
+        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+        pay_store::issued_between(&mut conn, from, to).await?
+    };
+    let mut out = Reconciliation {
+        period: period.to_owned(),
+        invoices: Vec::with_capacity(rows.len()),
+        mismatches: Vec::new(),
+        matched: 0,
+    };
+    for (inv, payment) in rows {
+        let currency = Currency::from_code(&inv.currency);
+        let amount_paid = payment.as_ref().map_or(Decimal::ZERO, |p| p.amount_paid);
+        let mut rec = ReconciledInvoice {
+            number: inv.number,
+            account: inv.account.clone(),
+            kind: inv.kind.clone(),
+            total: inv.total,
+            currency: inv.currency.clone(),
+            status: inv.status.clone(),
+            collection: inv.collection.clone(),
+            amount_paid,
+            stripe: None,
+            mismatches: Vec::new(),
+        };
+        let mut found: Vec<(&'static str, String, String)> = Vec::new();
+        let expected = inv.collection == "stripe" && payment.is_some();
+        let remote = match (
+            &ctx.payments,
+            payment.as_ref().and_then(|p| p.stripe_invoice_id.clone()),
+        ) {
+            (Some(p), Some(id)) => match p.rail.retrieve(&id).await {
+                Ok(r) => Some(r),
+                Err(RailError::Unavailable(m)) => return Err(ServiceError::Unavailable(m)),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        match (remote, currency) {
+            (Some(r), Some(cur)) => {
+                let side = StripeSide {
+                    id: r.id.clone(),
+                    amount: from_minor_units(r.total, cur),
+                    currency: r.currency.to_uppercase(),
+                    status: r.status.clone(),
+                    amount_paid: from_minor_units(r.amount_paid, cur),
+                };
+                let ours_minor = minor_units(inv.total, cur).unwrap_or(i64::MIN);
+                if ours_minor != r.total {
+                    found.push((
+                        "amount_mismatch",
+                        inv.total.to_string(),
+                        side.amount.to_string(),
+                    ));
+                }
+                if !r.currency.eq_ignore_ascii_case(&inv.currency) {
+                    found.push((
+                        "currency_mismatch",
+                        inv.currency.clone(),
+                        r.currency.clone(),
+                    ));
+                }
+                if (inv.status == "paid") != (r.status == "paid") {
+                    found.push(("status_mismatch", inv.status.clone(), r.status.clone()));
+                }
+                if amount_paid != side.amount_paid {
+                    found.push((
+                        "paid_amount_mismatch",
+                        amount_paid.to_string(),
+                        side.amount_paid.to_string(),
+                    ));
+                }
+                rec.stripe = Some(side);
+            }
+            _ if expected => {
+                found.push(("missing_in_stripe", inv.total.to_string(), "none".into()));
+            }
+            _ => {}
+        }
+        for (kind, ours, stripe) in found {
+            rec.mismatches.push(kind);
+            out.mismatches.push(Mismatch {
+                number: inv.number,
+                account: inv.account.clone(),
+                kind,
+                ours,
+                stripe,
+            });
+        }
+        if rec.mismatches.is_empty() {
+            out.matched += 1;
+        }
+        out.invoices.push(rec);
+    }
+    Ok(out)
+}

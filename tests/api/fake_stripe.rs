@@ -1,0 +1,218 @@
+//! The local fake Stripe server (localstripe 1.15.10, patched at start by
+//! `tests/localstripe/launch.py`), one per test binary, and apps wired to it.
+//!
+//! The Python interpreter is `ACCRUE_LOCALSTRIPE_PYTHON`, else `target/localstripe-venv`
+//! (the README's test command, `.ci/test`, creates it). The server's state is shared by every
+//! test of the binary, so each test works with its own customers and accounts; webhooks reach
+//! every registered receiver, and each accrue ignores invoices of other installations.
+
+use super::helpers::*;
+use accrue::domain::clock::{Clock, ManualClock};
+use accrue::domain::dunning::DunningPolicy;
+use accrue::payments::StripeConfig;
+use accrue::services::payments::Payments;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+pub const STRIPE_KEY: &str = "sk_test_accrue";
+pub const WEBHOOK_SECRET: &str = "whsec_accrue_tests";
+
+pub struct FakeStripe {
+    pub url: String,
+    _child: Mutex<Child>,
+}
+
+static FAKE: OnceLock<FakeStripe> = OnceLock::new();
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("ACCRUE_LOCALSTRIPE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/localstripe-venv/bin/python")
+}
+
+/// The fake Stripe server, started on first use.
+pub fn fake_stripe() -> &'static FakeStripe {
+    FAKE.get_or_init(|| {
+        let python = python();
+        assert!(
+            python.exists(),
+            "no localstripe interpreter at {}: run .ci/test (it installs localstripe 1.15.10) \
+             or set ACCRUE_LOCALSTRIPE_PYTHON",
+            python.display()
+        );
+        let port = free_port();
+        let child = Command::new(&python)
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/localstripe/launch.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start localstripe");
+        let url = format!("http://127.0.0.1:{port}");
+        // Wait for it with a blocking client: this may run inside or outside a runtime.
+        let ready = std::thread::spawn({
+            let url = url.clone();
+            move || {
+                for _ in 0..300 {
+                    if std::net::TcpStream::connect(url.trim_start_matches("http://")).is_ok() {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                false
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(ready, "localstripe did not start on port {port}");
+        FakeStripe {
+            url,
+            _child: Mutex::new(child),
+        }
+    })
+}
+
+impl FakeStripe {
+    /// A form POST to the fake, as Stripe.js or the dashboard would make it.
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let res = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .basic_auth(STRIPE_KEY, Some(""))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .basic_auth(STRIPE_KEY, Some(""))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A card payment method, created client-side (Stripe.js) before accrue sees its id.
+    pub async fn card(&self, number: &str) -> String {
+        let (status, pm) = self
+            .post(
+                "/v1/payment_methods",
+                &[
+                    ("type", "card"),
+                    ("card[number]", number),
+                    ("card[exp_month]", "12"),
+                    ("card[exp_year]", "2031"),
+                    ("card[cvc]", "123"),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200, "{pm}");
+        pm["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Every charge Stripe made for `customer`.
+    pub async fn charges_of(&self, customer: &str) -> Vec<Value> {
+        let all = self.get("/v1/charges?limit=100").await;
+        all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["customer"] == customer)
+            .cloned()
+            .collect()
+    }
+
+    /// Registers an accrue server as a webhook receiver.
+    pub async fn register_webhook(&self, name: &str, base: &str) {
+        let (status, body) = self
+            .post(
+                &format!("/_config/webhooks/{name}"),
+                &[
+                    ("url", &format!("{base}/v1/stripe/webhook")),
+                    ("secret", WEBHOOK_SECRET),
+                ],
+            )
+            .await;
+        assert!(status < 300, "{status} {body}");
+    }
+}
+
+pub const GOOD_CARD: &str = "4242424242424242";
+/// Attaches, then every charge is declined.
+pub const DECLINING_CARD: &str = "4000000000000341";
+
+/// An in-process app collecting through the fake Stripe, receiving its webhooks.
+pub async fn spawn_stripe_app(policy: DunningPolicy) -> TestApp {
+    let fake = fake_stripe();
+    let db = TestDb::new().await;
+    let (base, ctx, clock) = start_stripe_instance(&db.url, policy).await;
+    fake.register_webhook(&db.name, &base).await;
+    TestApp {
+        base,
+        db,
+        ctx,
+        clock,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// A server instance on `db_url` wired to the fake Stripe.
+pub async fn start_stripe_instance(
+    db_url: &str,
+    policy: DunningPolicy,
+) -> (String, accrue::services::Ctx, Arc<ManualClock>) {
+    let (_, plain, clock) = start_instance_unserved(db_url, Duration::from_secs(1));
+    let payments = Payments::connect(&plain.pool, &stripe_config(), policy, clock.now())
+        .await
+        .unwrap();
+    let ctx = plain.with_payments(payments);
+    let base = serve(ctx.clone());
+    (base, ctx, clock)
+}
+
+pub fn stripe_config() -> StripeConfig {
+    StripeConfig {
+        secret_key: STRIPE_KEY.into(),
+        api_base: Some(format!("{}/", fake_stripe().url)),
+        webhook_secret: WEBHOOK_SECRET.into(),
+    }
+}
+
+/// A `Stripe-Signature` header for `payload` signed at unix time `t` with `secret`.
+pub fn sign(payload: &str, t: i64, secret: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{payload}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Polls `f` until it returns Some, for up to 10 s (webhooks arrive after about a second).
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..200 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A JSON body helper for the account's firmographics.
+pub fn account_body(email: &str) -> Value {
+    json!({"name": "Test Co", "email": email})
+}

@@ -1,0 +1,524 @@
+//! Collection through the fake Stripe server: payments, dunning to suspension and recovery,
+//! webhooks (replayed, tampered, stale), a crash between charge and record, reconciliation.
+
+use crate::fake_stripe::*;
+use crate::helpers::*;
+use accrue::domain::dunning::DunningPolicy;
+use accrue::jobs::{tick, Scheduler};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+/// An account with a customer and a card, subscribed to Team with 5 seats.
+async fn customer_on_team(app: &TestApp, key: &str, account: &str, card: &str) -> String {
+    let (status, body) = app
+        .put(
+            key,
+            &format!("/v1/accounts/{account}"),
+            &account_body(&format!("{account}@example.com")),
+        )
+        .await;
+    assert!(status < 300, "{body}");
+    let pm = fake_stripe().card(card).await;
+    let (status, set) = app
+        .put(
+            key,
+            &format!("/v1/accounts/{account}/payment-method"),
+            &json!({ "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    app.subscribe(key, account, json!({"plan": "team", "seats": 5}))
+        .await;
+    set["customer"].as_str().unwrap().to_owned()
+}
+
+async fn invoice(app: &TestApp, key: &str, number: i64) -> Value {
+    let (status, inv) = app.get(key, &format!("/v1/invoices/{number}")).await;
+    assert_eq!(status, 200, "{inv}");
+    inv
+}
+
+async fn wait_for_payment_state(app: &TestApp, key: &str, number: i64, state: &str) -> Value {
+    eventually(&format!("invoice {number} to be {state}"), || async {
+        let inv = invoice(app, key, number).await;
+        (inv["payment"]["state"] == state).then_some(inv)
+    })
+    .await
+}
+
+async fn subscription_status(app: &TestApp, key: &str, account: &str) -> String {
+    let (status, body) = app
+        .get(key, &format!("/v1/accounts/{account}/dunning"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["status"].as_str().unwrap().to_owned()
+}
+
+async fn steps(app: &TestApp, key: &str, account: &str) -> Vec<(String, i64)> {
+    let (_, body) = app
+        .get(key, &format!("/v1/accounts/{account}/dunning"))
+        .await;
+    body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_owned(),
+                s["attempt"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn check(app: &TestApp, key: &str, account: &str, body: Value) -> Value {
+    let (status, answer) = app
+        .post(key, &format!("/v1/accounts/{account}/check"), &body, None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+fn dec(v: &Value) -> Decimal {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_months_of_invoices_are_each_charged_once_and_reconcile_with_stripe() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    let customer = customer_on_team(&app, &key, "lifecycle", GOOD_CARD).await;
+
+    // The start invoice (base fee 59 + 2 extra seats × 12) is charged at once.
+    let first = wait_for_payment_state(&app, &key, 1, "paid").await;
+    assert_eq!(first["status"], "paid");
+    assert_eq!(first["total"], "83.00");
+    assert_eq!(first["payment"]["amount_paid"], "83.00");
+
+    let mut expected_charges = vec![8300i64];
+    let months = [
+        ("2026-12-10T00:00:00Z", "2026-12-25T12:01:00Z", 2),
+        ("2027-01-10T00:00:00Z", "2027-01-25T12:01:00Z", 3),
+        ("2027-02-10T00:00:00Z", "2027-02-25T12:01:00Z", 4),
+    ];
+    for (i, (usage_at, close_at, number)) in months.into_iter().enumerate() {
+        // 1,500 compute minutes: one 8.00 package above the 500 free.
+        app.clock.set(t(usage_at));
+        let evs: Vec<Value> = (0..15)
+            .map(|j| json!({"id": format!("m{i}-{j}"), "account": "lifecycle", "type": "job.completed", "timestamp": usage_at, "properties": {"minutes": 100}}))
+            .collect();
+        let (status, body) = app.send(&key, &json!({ "events": evs })).await;
+        assert_eq!(status, 200, "{body}");
+        app.clock.set(t(close_at));
+        tick(&app.ctx, &scheduler).await.unwrap();
+        let inv = invoice(&app, &key, number).await;
+        assert_eq!(inv["kind"], "period");
+        assert_eq!(inv["status"], "paid", "{inv}");
+        // 59 base + 24 seats in advance + 8 compute in arrears.
+        assert_eq!(inv["total"], "91.00");
+        let lines: Decimal = inv["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| dec(&l["amount"]))
+            .sum();
+        assert_eq!(lines, dec(&inv["total"]), "total = sum of lines");
+        expected_charges.push(9100);
+        let stripe_id = inv["payment"]["stripe_invoice_id"].as_str().unwrap();
+        let remote = fake_stripe()
+            .get(&format!("/v1/invoices/{stripe_id}"))
+            .await;
+        assert_eq!(remote["status"], "paid");
+        assert_eq!(remote["amount_paid"], 9100);
+        assert_eq!(
+            remote["lines"]["data"].as_array().unwrap().len(),
+            inv["lines"].as_array().unwrap().len()
+        );
+    }
+    // Exactly one successful charge per invoice, of its amount.
+    let mut charged: Vec<i64> = fake_stripe()
+        .charges_of(&customer)
+        .await
+        .iter()
+        .filter(|c| c["status"] == "succeeded")
+        .map(|c| c["amount"].as_i64().unwrap())
+        .collect();
+    charged.sort_unstable();
+    expected_charges.sort_unstable();
+    assert_eq!(charged, expected_charges);
+    // A second sweep finds nothing to collect.
+    let again = accrue::services::payments::collect_due(&app.ctx)
+        .await
+        .unwrap();
+    assert_eq!(again, Default::default());
+
+    // Finance: every invoice of December matches its Stripe invoice.
+    let (status, rec) = app
+        .get(&key, "/v1/reports/reconciliation?period=2026-12")
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    let ours: Vec<&Value> = rec["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["account"] == "lifecycle")
+        .collect();
+    assert_eq!(ours.len(), 1, "{rec}");
+    assert_eq!(ours[0]["stripe"]["status"], "paid");
+    assert_eq!(ours[0]["stripe"]["amount"], "91.00");
+    assert_eq!(ours[0]["mismatches"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_fallback_plan() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    let customer = customer_on_team(&app, &key, "declines", DECLINING_CARD).await;
+
+    let inv = wait_for_payment_state(&app, &key, 1, "failed").await;
+    assert_eq!(inv["status"], "open");
+    assert_eq!(inv["payment"]["attempts"], 1);
+    assert_eq!(inv["payment"]["next_attempt_at"], "2026-11-28T12:30:00Z");
+    assert_eq!(
+        subscription_status(&app, &key, "declines").await,
+        "past_due"
+    );
+    // Within the grace period access continues on Team's terms.
+    let audit = json!({"feature": "audit_log"});
+    assert_eq!(
+        check(&app, &key, "declines", audit.clone()).await["allowed"],
+        true
+    );
+
+    // Nothing happens before the first retry is due.
+    app.clock.set(t("2026-11-28T12:00:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    assert_eq!(invoice(&app, &key, 1).await["payment"]["attempts"], 1);
+
+    for (at, attempts, next) in [
+        ("2026-11-28T12:31:00Z", 2, Some("2026-11-30T12:30:00Z")),
+        ("2026-11-30T12:31:00Z", 3, Some("2026-12-02T12:30:00Z")),
+    ] {
+        app.clock.set(t(at));
+        tick(&app.ctx, &scheduler).await.unwrap();
+        let inv = invoice(&app, &key, 1).await;
+        assert_eq!(inv["payment"]["attempts"], attempts, "{inv}");
+        assert_eq!(inv["payment"]["next_attempt_at"].as_str(), next);
+        assert_eq!(
+            subscription_status(&app, &key, "declines").await,
+            "past_due"
+        );
+    }
+    assert_eq!(
+        check(&app, &key, "declines", audit.clone()).await["allowed"],
+        true
+    );
+
+    // The last retry (7 days after the first failure) fails: suspended, at once.
+    app.clock.set(t("2026-12-02T12:31:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    let inv = invoice(&app, &key, 1).await;
+    assert_eq!(inv["payment"]["state"], "exhausted");
+    assert_eq!(inv["payment"]["attempts"], 4);
+    assert_eq!(
+        subscription_status(&app, &key, "declines").await,
+        "suspended"
+    );
+    let denied = check(&app, &key, "declines", audit).await;
+    assert_eq!(denied["allowed"], false, "{denied}");
+    assert_eq!(denied["reason"], "feature_not_in_plan");
+    // The fallback (Free) allows 10,000 API calls where Team allowed millions.
+    let big = check(
+        &app,
+        &key,
+        "declines",
+        json!({"meter": "api_calls", "quantity": 20000}),
+    )
+    .await;
+    assert_eq!(big["allowed"], false, "{big}");
+    assert_eq!(big["limit"], "10000");
+
+    assert_eq!(
+        steps(&app, &key, "declines").await,
+        vec![
+            ("payment_failed".to_owned(), 1),
+            ("retry_scheduled".to_owned(), 1),
+            ("retry_failed".to_owned(), 2),
+            ("retry_scheduled".to_owned(), 2),
+            ("retry_failed".to_owned(), 3),
+            ("retry_scheduled".to_owned(), 3),
+            ("retry_failed".to_owned(), 4),
+            ("suspended".to_owned(), 4),
+        ]
+    );
+    // Four declined charges, none succeeded; no more attempts are made.
+    let charges = fake_stripe().charges_of(&customer).await;
+    assert_eq!(charges.len(), 4);
+    assert!(charges.iter().all(|c| c["status"] == "failed"));
+    app.clock.set(t("2026-12-20T00:00:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    assert_eq!(fake_stripe().charges_of(&customer).await.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_replaced_after_the_first_retry_recovers_on_the_second_retry() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    let customer = customer_on_team(&app, &key, "recovers", DECLINING_CARD).await;
+    wait_for_payment_state(&app, &key, 1, "failed").await;
+
+    app.clock.set(t("2026-11-28T12:31:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    assert_eq!(invoice(&app, &key, 1).await["payment"]["attempts"], 2);
+
+    // The customer updates the card; nothing is charged until the scheduled retry.
+    let pm = fake_stripe().card(GOOD_CARD).await;
+    let (status, body) = app
+        .put(
+            &key,
+            "/v1/accounts/recovers/payment-method",
+            &json!({ "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        subscription_status(&app, &key, "recovers").await,
+        "past_due"
+    );
+
+    app.clock.set(t("2026-11-30T12:31:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    let inv = invoice(&app, &key, 1).await;
+    assert_eq!(inv["status"], "paid");
+    assert_eq!(inv["payment"]["attempts"], 3);
+    assert_eq!(subscription_status(&app, &key, "recovers").await, "active");
+    let s = steps(&app, &key, "recovers").await;
+    assert_eq!(s.last().unwrap(), &("recovered".to_owned(), 3));
+    let succeeded: Vec<Value> = fake_stripe()
+        .charges_of(&customer)
+        .await
+        .into_iter()
+        .filter(|c| c["status"] == "succeeded")
+        .collect();
+    assert_eq!(succeeded.len(), 1);
+    assert_eq!(succeeded[0]["amount"], 8300);
+    assert_eq!(
+        check(&app, &key, "recovers", json!({"feature": "audit_log"})).await["allowed"],
+        true
+    );
+}
+
+/// Pays our open invoice directly in Stripe (as a customer in the hosted page would), so only
+/// a webhook can tell accrue.
+async fn pay_out_of_band(customer: &str, stripe_invoice: &str) {
+    let fake = fake_stripe();
+    let pm = fake.card(GOOD_CARD).await;
+    let (s, b) = fake
+        .post(
+            &format!("/v1/payment_methods/{pm}/attach"),
+            &[("customer", customer)],
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = fake
+        .post(
+            &format!("/v1/customers/{customer}"),
+            &[("invoice_settings[default_payment_method]", &pm)],
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = fake
+        .post(&format!("/v1/invoices/{stripe_invoice}/pay"), &[])
+        .await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// The event Stripe emitted of `kind` about `stripe_invoice`, as delivered (raw JSON).
+async fn event_about(kind: &str, stripe_invoice: &str) -> Value {
+    eventually(&format!("{kind} for {stripe_invoice}"), || async {
+        let events = fake_stripe()
+            .get(&format!("/v1/events?type={kind}&limit=100"))
+            .await;
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["data"]["object"]["id"] == stripe_invoice)
+            .cloned()
+    })
+    .await
+}
+
+async fn deliver(app: &TestApp, payload: &str, signature: &str) -> (u16, Value) {
+    let res = app
+        .http
+        .post(app.url("/v1/stripe/webhook"))
+        .header("Stripe-Signature", signature)
+        .header("Content-Type", "application/json")
+        .body(payload.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// An app whose webhooks the test delivers itself (the fake does not know its URL).
+async fn app_without_webhook() -> TestApp {
+    let db = TestDb::new().await;
+    let (base, ctx, clock) = start_stripe_instance(&db.url, DunningPolicy::default()).await;
+    TestApp {
+        base,
+        db,
+        ctx,
+        clock,
+        http: reqwest::Client::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_seen_only_by_webhook_is_applied_once_and_a_replay_changes_nothing() {
+    let app = app_without_webhook().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let customer = customer_on_team(&app, &key, "hooked", DECLINING_CARD).await;
+    let inv = wait_for_payment_state(&app, &key, 1, "failed").await;
+    let stripe_invoice = inv["payment"]["stripe_invoice_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    pay_out_of_band(&customer, &stripe_invoice).await;
+    // Until the webhook arrives, finance sees the difference.
+    let month = &NOW[..7];
+    let (_, rec) = app
+        .get(&key, &format!("/v1/reports/reconciliation?period={month}"))
+        .await;
+    let kinds: Vec<&str> = rec["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["number"] == 1)
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["status_mismatch", "paid_amount_mismatch"],
+        "{rec}"
+    );
+
+    let event = event_about("invoice.payment_succeeded", &stripe_invoice).await;
+    let payload = serde_json::to_string(&event).unwrap();
+    let signature = sign(&payload, unix_now(), WEBHOOK_SECRET);
+    let (status, first) = deliver(&app, &payload, &signature).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        first,
+        json!({"received": true, "duplicate": false, "effect": "paid"})
+    );
+    assert_eq!(invoice(&app, &key, 1).await["status"], "paid");
+    assert_eq!(subscription_status(&app, &key, "hooked").await, "active");
+    let after_first = steps(&app, &key, "hooked").await;
+    assert_eq!(after_first.last().unwrap().0, "recovered");
+
+    // Stripe delivers at least once: the same event again has no effect.
+    let (status, second) =
+        deliver(&app, &payload, &sign(&payload, unix_now(), WEBHOOK_SECRET)).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        second,
+        json!({"received": true, "duplicate": true, "effect": "none"})
+    );
+    assert_eq!(steps(&app, &key, "hooked").await, after_first);
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(*) FROM stripe_events)::int8")
+            .await,
+        1
+    );
+    let (_, rec) = app
+        .get(&key, &format!("/v1/reports/reconciliation?period={month}"))
+        .await;
+    assert_eq!(rec["mismatches"], json!([]), "{rec}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_stale_or_unsigned_webhooks_are_refused_and_change_nothing() {
+    let app = app_without_webhook().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let customer = customer_on_team(&app, &key, "guarded", DECLINING_CARD).await;
+    let inv = wait_for_payment_state(&app, &key, 1, "failed").await;
+    let stripe_invoice = inv["payment"]["stripe_invoice_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    pay_out_of_band(&customer, &stripe_invoice).await;
+    let event = event_about("invoice.payment_succeeded", &stripe_invoice).await;
+    let payload = serde_json::to_string(&event).unwrap();
+
+    // The body changed after signing.
+    let signature = sign(&payload, unix_now(), WEBHOOK_SECRET);
+    let tampered = payload.replacen("invoice.payment_succeeded", "invoice.payment_succeedeX", 1);
+    let (status, body) = deliver(&app, &tampered, &signature).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_signature")),
+        "{body}"
+    );
+    // Signed with another secret.
+    let (status, body) = deliver(&app, &payload, &sign(&payload, unix_now(), "whsec_other")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_signature")),
+        "{body}"
+    );
+    // Correctly signed, but more than 300 s old: a replay from a captured request.
+    let (status, body) = deliver(
+        &app,
+        &payload,
+        &sign(&payload, unix_now() - 301, WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("stale_signature")),
+        "{body}"
+    );
+    // No signature at all.
+    let res = app
+        .http
+        .post(app.url("/v1/stripe/webhook"))
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+
+    assert_eq!(invoice(&app, &key, 1).await["status"], "open");
+    assert_eq!(subscription_status(&app, &key, "guarded").await, "past_due");
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(*) FROM stripe_events)::int8")
+            .await,
+        0
+    );
+    // Within the tolerance the same event is accepted.
+    let (status, ok) = deliver(
+        &app,
+        &payload,
+        &sign(&payload, unix_now() - 290, WEBHOOK_SECRET),
+    )
+    .await;
+    assert_eq!((status, ok["effect"].as_str()), (200, Some("paid")), "{ok}");
+}
