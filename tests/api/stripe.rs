@@ -522,3 +522,156 @@ async fn tampered_stale_or_unsigned_webhooks_are_refused_and_change_nothing() {
     .await;
     assert_eq!((status, ok["effect"].as_str()), (200, Some("paid")), "{ok}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_charge_and_its_record_is_resumed_without_a_second_charge() {
+    let fake = fake_stripe();
+    let db = TestDb::new().await;
+    // Plans and a key written as `accrue plans publish` and `accrue keys create` would.
+    let (_, setup, _) = start_instance_unserved(&db.url, std::time::Duration::from_secs(1));
+    accrue::services::plans::publish(&setup.pool, &setup.plans, "test", chrono::Utc::now())
+        .await
+        .unwrap();
+    let scopes = accrue::domain::scope::Scope::parse_list("billing,finance").unwrap();
+    let key = accrue::services::auth::create_key(&setup.pool, "test", &scopes, None, "test")
+        .await
+        .unwrap();
+    let api_base = format!("{}/", fake.url);
+    let stripe_env = [
+        ("ACCRUE_STRIPE_KEY", STRIPE_KEY),
+        ("ACCRUE_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("ACCRUE_STRIPE_API_BASE", api_base.as_str()),
+    ];
+    let mut crashing = stripe_env.to_vec();
+    crashing.push(("ACCRUE_FAILPOINT", "after_stripe_pay"));
+    let port = free_port();
+    let mut server = ServerProcess::start_with_env(&db.url, port, &crashing).await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", server.base);
+    let res = http
+        .put(url("/v1/accounts/crashy"))
+        .bearer_auth(&key)
+        .json(&account_body("crashy@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let pm = fake.card(GOOD_CARD).await;
+    let set: Value = http
+        .put(url("/v1/accounts/crashy/payment-method"))
+        .bearer_auth(&key)
+        .json(&json!({ "payment_method": pm }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let customer = set["customer"].as_str().unwrap().to_owned();
+    // Subscribing issues the start invoice and collects it at once; the process dies right
+    // after Stripe charged the card and before the payment is recorded (the answer to this
+    // request may or may not make it out first).
+    let _ = http
+        .post(url("/v1/accounts/crashy/subscription"))
+        .bearer_auth(&key)
+        .json(&json!({"plan": "team", "seats": 5}))
+        .send()
+        .await;
+    let exited = eventually("the server to crash at the failpoint", || {
+        let status = server.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(!exited.success(), "aborted, not stopped: {exited:?}");
+
+    // Stripe charged once; accrue's records do not know it yet.
+    let charges = fake.charges_of(&customer).await;
+    assert_eq!(charges.len(), 1);
+    assert_eq!(charges[0]["status"], "succeeded");
+    assert_eq!(
+        db.count("(SELECT COUNT(*) FROM invoices WHERE number = 1 AND status = 'open')::int8")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("(SELECT COUNT(*) FROM invoice_payments WHERE state = 'pending' AND attempts = 0)::int8")
+            .await,
+        1
+    );
+
+    // Restarted (without the failpoint), it resumes the collection on start.
+    let server = ServerProcess::start_with_env(&db.url, free_port(), &stripe_env).await;
+    let inv: Value = eventually("the resumed collection", || {
+        let http = http.clone();
+        let (u, key) = (format!("{}/v1/invoices/1", server.base), key.clone());
+        async move {
+            let inv: Value = http
+                .get(u)
+                .bearer_auth(key)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (inv["status"] == "paid").then_some(inv)
+        }
+    })
+    .await;
+    assert_eq!(inv["payment"]["state"], "paid");
+    assert_eq!(inv["payment"]["amount_paid"], "83.00");
+    let charges = fake.charges_of(&customer).await;
+    assert_eq!(charges.len(), 1, "no second charge: {charges:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_closing_and_collecting_at_once_charge_each_period_once() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let mut customers = Vec::new();
+    for i in 0..6 {
+        let account = format!("pair{i}");
+        customers.push(customer_on_team(&app, &key, &account, GOOD_CARD).await);
+    }
+    for n in 1..=6 {
+        wait_for_payment_state(&app, &key, n, "paid").await;
+    }
+    let (_, b_ctx, b_clock) = start_stripe_instance(&app.db.url, DunningPolicy::default()).await;
+    let later = t("2027-01-26T00:00:00Z"); // two periods have ended
+    app.clock.set(later);
+    b_clock.set(later);
+    let sa = Scheduler::new(t(NOW)).unwrap();
+    let sb = Scheduler::new(t(NOW)).unwrap();
+    let (a, b) = tokio::join!(tick(&app.ctx, &sa), tick(&b_ctx, &sb));
+    a.unwrap();
+    b.unwrap();
+    let (c, d) = tokio::join!(
+        accrue::services::payments::collect_due(&app.ctx),
+        accrue::services::payments::collect_due(&b_ctx)
+    );
+    c.unwrap();
+    d.unwrap();
+    assert_eq!(
+        app.db.count("(SELECT COUNT(*) FROM (SELECT account, period_start FROM invoices WHERE kind = 'period' GROUP BY 1, 2 HAVING COUNT(*) > 1) d)::int8").await,
+        0
+    );
+    assert_eq!(
+        app.db
+            .count(
+                "(SELECT COUNT(*) FROM invoices WHERE kind = 'period' AND status = 'paid')::int8"
+            )
+            .await,
+        12
+    );
+    for customer in &customers {
+        let charges = fake_stripe().charges_of(customer).await;
+        let amounts: Vec<i64> = charges
+            .iter()
+            .map(|c| c["amount"].as_i64().unwrap())
+            .collect();
+        // The start invoice and two period invoices (59 + 24 in advance each, no usage).
+        assert_eq!(amounts.len(), 3, "{amounts:?}");
+        assert!(charges.iter().all(|c| c["status"] == "succeeded"));
+    }
+}
