@@ -285,3 +285,62 @@ async fn two_instances_closing_at_once_issue_exactly_one_invoice_per_account_and
     // The job itself was enqueued once although both schedulers fired.
     assert_eq!(app.db.count("(SELECT COUNT(*) FROM jobs)::int8").await, 1);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 5, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Whatever the usage, late events, and the times (and repetitions) at which the close job
+    /// runs: every invoice's total is the sum of its lines, no period of an account is
+    /// invoiced twice, and numbers have no gaps.
+    #[test]
+    fn invoices_total_their_lines_and_no_period_is_invoiced_twice(
+        usage in proptest::collection::vec((0u8..3, 0u32..(95 * 24), 1u32..400), 1..40),
+        ticks in proptest::collection::vec(0u32..(100 * 24), 1..8),
+        twice in proptest::prelude::any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let app = spawn_app().await;
+            app.publish_plans().await;
+            let key = app.key("ingest,billing,finance", None).await;
+            for a in ["p0", "p1", "p2"] {
+                app.subscribe(&key, a, json!({"plan": "team", "seats": 4})).await;
+            }
+            let scheduler = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
+            let start = t(NOW);
+            let mut ticks = ticks;
+            ticks.sort_unstable();
+            // Events are sent at the first tick after their time, or late (after it).
+            let mut pending: Vec<(u32, Value)> = usage.iter().enumerate().map(|(i, (a, h, minutes))| {
+                let ts = (start + chrono::Duration::hours(*h as i64)).to_rfc3339();
+                (*h, json!({"id": format!("e{i}"), "account": format!("p{a}"), "type": "job.completed", "timestamp": ts, "properties": {"minutes": minutes}}))
+            }).collect();
+            for hour in ticks.iter().copied().chain([100 * 24]) {
+                let now = start + chrono::Duration::hours(hour as i64);
+                app.clock.set(now);
+                let due: Vec<Value> = pending.iter().filter(|(h, _)| *h <= hour).map(|(_, e)| e.clone()).collect();
+                pending.retain(|(h, _)| *h > hour);
+                if !due.is_empty() {
+                    events(&app, &key, due).await;
+                }
+                tick(&app.ctx, &scheduler).await.unwrap();
+                if twice {
+                    accrue::services::billing::close_due_periods(&app.ctx).await.unwrap();
+                }
+            }
+            let mismatched = app.db.count(
+                "(SELECT COUNT(*) FROM invoices i WHERE i.total <> \
+                  (SELECT COALESCE(SUM(l.amount), 0) FROM invoice_lines l \
+                    WHERE l.account = i.account AND l.number = i.number))::int8").await;
+            assert_eq!(mismatched, 0, "an invoice total differs from its lines");
+            let doubled = app.db.count(
+                "(SELECT COUNT(*) FROM (SELECT account, period_start FROM invoices \
+                  WHERE kind = 'period' GROUP BY 1, 2 HAVING COUNT(*) > 1) d)::int8").await;
+            assert_eq!(doubled, 0, "a period was invoiced twice");
+            let n = app.db.count("(SELECT COUNT(*) FROM invoices)::int8").await;
+            assert_eq!(app.db.count("(SELECT COALESCE(MAX(number), 0) FROM invoices)::int8").await, n);
+            // Three months and a bit have passed: three closed periods per account.
+            assert_eq!(app.db.count("(SELECT COUNT(*) FROM invoices WHERE kind = 'period')::int8").await, 9);
+        });
+    }
+}
