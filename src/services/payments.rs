@@ -597,7 +597,14 @@ pub async fn dunning(ctx: &Ctx, account: &str) -> Result<DunningView, ServiceErr
     let mut numbers: Vec<i64> = steps.iter().map(|s| s.number).collect();
     numbers.sort_unstable();
     numbers.dedup();
-    let payments = pay_store::find_by_account_and_numbers(&mut conn, account, &numbers).await?;
+    let mut payments = pay_store::find_by_account_and_numbers(&mut conn, account, &numbers).await?;
+    let currency = store::accounts::find_by_account(&mut conn, account)
+        .await?
+        .and_then(|a| a.currency)
+        .and_then(|c| Currency::from_code(&c));
+    for p in &mut payments {
+        p.amount_paid.rescale(currency.map_or(2, |c| c.exponent()));
+    }
     let now = ctx.clock.now();
     let policy = ctx
         .payments
@@ -825,12 +832,16 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
     };
     for (inv, payment) in rows {
         let currency = Currency::from_code(&inv.currency);
-        let amount_paid = payment.as_ref().map_or(Decimal::ZERO, |p| p.amount_paid);
+        let exp = currency.map_or(2, |c| c.exponent());
+        let mut amount_paid = payment.as_ref().map_or(Decimal::ZERO, |p| p.amount_paid);
+        amount_paid.rescale(exp);
+        let mut total = inv.total;
+        total.rescale(exp);
         let mut rec = ReconciledInvoice {
             number: inv.number,
             account: inv.account.clone(),
             kind: inv.kind.clone(),
-            total: inv.total,
+            total,
             currency: inv.currency.clone(),
             status: inv.status.clone(),
             collection: inv.collection.clone(),
@@ -864,7 +875,7 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
                 if ours_minor != r.total {
                     found.push((
                         "amount_mismatch",
-                        inv.total.to_string(),
+                        total.to_string(),
                         side.amount.to_string(),
                     ));
                 }
@@ -888,7 +899,7 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
                 rec.stripe = Some(side);
             }
             _ if expected => {
-                found.push(("missing_in_stripe", inv.total.to_string(), "none".into()));
+                found.push(("missing_in_stripe", total.to_string(), "none".into()));
             }
             _ => {}
         }

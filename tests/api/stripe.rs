@@ -675,3 +675,61 @@ async fn two_instances_closing_and_collecting_at_once_charge_each_period_once() 
         assert!(charges.iter().all(|c| c["status"] == "succeeded"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_stripe_is_unreachable_collection_waits_without_dunning_and_finance_sees_it_missing()
+{
+    let db = TestDb::new().await;
+    let (_, plain, clock) = start_instance_unserved(&db.url, std::time::Duration::from_secs(1));
+    let mut config = stripe_config();
+    config.api_base = Some(format!("http://127.0.0.1:{}/", free_port())); // nothing listens
+    let payments = accrue::services::payments::Payments::connect(
+        &plain.pool,
+        &config,
+        DunningPolicy::default(),
+        t(NOW),
+    )
+    .await
+    .unwrap();
+    let ctx = plain.with_payments(payments);
+    let app = TestApp {
+        base: serve(ctx.clone()),
+        db,
+        ctx,
+        clock,
+        http: reqwest::Client::new(),
+    };
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    app.subscribe(&key, "offline", json!({"plan": "team", "seats": 5}))
+        .await;
+    // The attempt made right after subscribing (or the sweep's) finds Stripe unreachable.
+    accrue::services::payments::collect_due(&app.ctx)
+        .await
+        .unwrap();
+    eventually("the deferred attempt", || async {
+        let inv = invoice(&app, &key, 1).await;
+        inv["payment"]["last_error"].is_string().then_some(())
+    })
+    .await;
+    let inv = invoice(&app, &key, 1).await;
+    assert_eq!(inv["payment"]["state"], "pending");
+    assert_eq!(inv["payment"]["attempts"], 0, "not a dunning attempt");
+    assert_eq!(inv["payment"]["next_attempt_at"], "2026-11-25T12:40:00Z");
+    assert!(inv["payment"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("unavailable"));
+    assert_eq!(subscription_status(&app, &key, "offline").await, "active");
+    assert!(steps(&app, &key, "offline").await.is_empty());
+
+    let (status, rec) = app
+        .get(&key, "/v1/reports/reconciliation?period=2026-11")
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(
+        rec["mismatches"],
+        json!([{"number": 1, "account": "offline", "kind": "missing_in_stripe", "ours": "83.00", "stripe": "none"}])
+    );
+    assert_eq!(rec["matched"], 0);
+}

@@ -173,6 +173,16 @@ _line_defaults = lambda self, o: {  # noqa: E731
 _with_defaults(InvoiceLineItem, _line_defaults)
 _with_defaults(InvoiceItem, _line_defaults)
 _with_defaults(Event, lambda self, o: {'pending_webhooks': 0})
+# The objects above are rendered for the current API version; say so.
+_original_event_init = Event.__init__
+
+
+def _event_init(self, *args, **kwargs):
+    _original_event_init(self, *args, **kwargs)
+    self.api_version = '2026-09-30.endive'
+
+
+Event.__init__ = _event_init
 
 
 # --- idempotency keys --------------------------------------------------------------------------
