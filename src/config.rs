@@ -29,6 +29,9 @@ pub struct Config {
     /// `ACCRUE_DUNNING_RETRY_DAYS` (default `3,5,7`), `ACCRUE_DUNNING_GRACE_DAYS` (default 7),
     /// `ACCRUE_DUNNING_FINAL_ACTION` (`suspend`, the default, or `cancel`).
     pub dunning: DunningPolicy,
+    /// `ACCRUE_WEBHOOKS_ALLOW_PRIVATE=true`: webhook endpoints may be private or loopback
+    /// addresses (development only; refused by default).
+    pub webhooks_allow_private: bool,
 }
 
 impl Config {
@@ -99,7 +102,17 @@ impl Config {
                 ))
             }
         };
+        let webhooks_allow_private = match var("ACCRUE_WEBHOOKS_ALLOW_PRIVATE", "false").as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(format!(
+                    "ACCRUE_WEBHOOKS_ALLOW_PRIVATE must be true or false, got `{other}`"
+                ))
+            }
+        };
         Ok(Self {
+            webhooks_allow_private,
             stripe,
             dunning: DunningPolicy {
                 grace_days,

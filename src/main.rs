@@ -63,6 +63,11 @@ enum Command {
         #[arg(long)]
         seats: Option<u32>,
     },
+    /// Reports over the revenue ledger.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// What finance takes out of accrue.
     Export {
         #[command(subcommand)]
@@ -98,6 +103,100 @@ enum Command {
         #[arg(long)]
         at: DateTime<Utc>,
     },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Net and gross revenue retention of the accounts that had MRR at --from.
+    Nrr {
+        /// Window start (RFC 3339 or YYYY-MM-DD, UTC).
+        #[arg(long)]
+        from: String,
+        /// Window end, exclusive.
+        #[arg(long)]
+        to: String,
+        /// One window per calendar month.
+        #[arg(long)]
+        by_month: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn instant(s: &str, what: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
+        .ok_or_else(|| anyhow::anyhow!("{what} `{s}`: expected RFC 3339 or YYYY-MM-DD"))
+}
+
+async fn report_nrr(
+    config: &Config,
+    from: &str,
+    to: &str,
+    by_month: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (from, to) = (instant(from, "--from")?, instant(to, "--to")?);
+    let (meters, plans) = load_catalogue(&config.plans_dir)?;
+    let pool = store::pool(&config.database_url, 1)?;
+    let ctx = Ctx::new(
+        pool,
+        meters,
+        plans,
+        Arc::new(SystemClock),
+        1,
+        config.check_staleness,
+    );
+    let windows = accrue::services::revenue::nrr(&ctx, from, to, by_month)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&windows)?);
+        return Ok(());
+    }
+    let pct = |x: Option<rust_decimal::Decimal>| {
+        x.map_or("-".to_owned(), |v| {
+            format!("{:.1} %", v * rust_decimal::Decimal::from(100))
+        })
+    };
+    println!(
+        "{:<12} {:<12} {:>4} {:>14} {:>12} {:>12} {:>12} {:>14} {:>8} {:>8} {:>8}",
+        "from",
+        "to",
+        "cur",
+        "starting",
+        "expansion",
+        "contraction",
+        "churn",
+        "ending",
+        "NRR",
+        "GRR",
+        "accounts"
+    );
+    for w in windows {
+        let r = &w.retention;
+        println!(
+            "{:<12} {:<12} {:>4} {:>14} {:>12} {:>12} {:>12} {:>14} {:>8} {:>8} {:>8}",
+            w.from.format("%Y-%m-%d"),
+            w.to.format("%Y-%m-%d"),
+            w.currency,
+            r.starting_mrr.round_dp(2),
+            r.expansion.round_dp(2),
+            r.contraction.round_dp(2),
+            r.churn.round_dp(2),
+            r.ending_mrr.round_dp(2),
+            pct(r.nrr),
+            pct(r.grr),
+            r.accounts
+        );
+    }
+    Ok(())
 }
 
 /// Where a plan version comes from on the command line.
@@ -227,6 +326,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export {
             command: ExportCommand::Invoices { month, out },
         } => export_invoices(&config, &month, out).await,
+        Command::Report {
+            command:
+                ReportCommand::Nrr {
+                    from,
+                    to,
+                    by_month,
+                    json,
+                },
+        } => report_nrr(&config, &from, &to, by_month, json).await,
         Command::Quote {
             plan,
             plan_file,
@@ -518,7 +626,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     tracing::info!(bind = %config.bind, migrations = ran, meters = ctx.meters.all().len(), "accrue serving");
+    ctx.webhooks = accrue::services::outbox::WebhookPolicy {
+        allow_private: config.webhooks_allow_private,
+    };
     tokio::spawn(accrue::jobs::run_forever(ctx.clone()));
+    tokio::spawn(accrue::services::outbox::run_forever(ctx.clone()));
     http::server(ctx, listener, None)?.await?;
     tracing::info!("accrue stopped");
     Ok(())

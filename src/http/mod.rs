@@ -10,6 +10,7 @@ mod health;
 mod invoices;
 mod payments;
 mod plans;
+mod revenue;
 mod usage;
 
 pub use error::ApiError;
@@ -79,6 +80,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/invoices/{number}/lineage",
                     web::get().to(invoices::lineage),
                 )
+                .route("/movements", web::get().to(revenue::movements))
+                .route("/reports/nrr", web::get().to(revenue::nrr))
+                .route(
+                    "/webhook-endpoints",
+                    web::post().to(revenue::create_endpoint),
+                )
+                .route("/webhook-endpoints", web::get().to(revenue::list_endpoints))
+                .route(
+                    "/webhook-endpoints/{id}/deliveries",
+                    web::get().to(revenue::deliveries),
+                )
+                .route("/feed", web::get().to(revenue::feed))
                 .route("/plans", web::get().to(plans::list))
                 .route(
                     "/plans/{plan}/versions/{version}",

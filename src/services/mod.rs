@@ -6,8 +6,10 @@ pub mod auth;
 pub mod billing;
 pub mod check;
 pub mod ingest;
+pub mod outbox;
 pub mod payments;
 pub mod plans;
+pub mod revenue;
 pub mod subscriptions;
 pub mod usage;
 
@@ -30,6 +32,8 @@ pub struct Ctx {
     pub checks: Arc<check::CheckCache>,
     /// Stripe and the dunning policy; None: invoices are collected manually.
     pub payments: Option<Arc<payments::Payments>>,
+    /// Which webhook targets are allowed.
+    pub webhooks: outbox::WebhookPolicy,
 }
 
 impl Ctx {
@@ -58,6 +62,7 @@ impl Ctx {
             clock,
             keys: Arc::new(auth::KeyCache::default()),
             payments: None,
+            webhooks: outbox::WebhookPolicy::default(),
         };
         tokio::spawn(check::refresh_loop(ctx.clone()));
         ctx

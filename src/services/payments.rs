@@ -8,9 +8,10 @@
 //! between is resumed by the next sweep without a second charge.
 
 use super::subscriptions::{change, TxError};
-use super::{Ctx, ServiceError};
+use super::{revenue, Ctx, ServiceError};
 use crate::domain::dunning::{DunningPolicy, FinalAction, NextStep};
 use crate::domain::money::Currency;
+use crate::domain::plan::PlanRef;
 use crate::payments::{
     from_minor_units, minor_units, PushInvoice, PushLine, RailError, RemoteInvoice, StripeConfig,
     StripeRail,
@@ -66,6 +67,28 @@ fn failpoint(name: &str) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
     }
+}
+
+/// Records a dunning step and its outbound event, in the caller's transaction.
+async fn record_step(
+    c: &mut AsyncPgConnection,
+    account: &str,
+    number: i64,
+    at: DateTime<Utc>,
+    step: &str,
+    attempt: i32,
+    reason: &str,
+) -> Result<i64, StoreError> {
+    let id = pay_store::insert_step(c, account, number, at, step, attempt, reason).await?;
+    let ev = super::outbox::event(
+        account,
+        "dunning.step",
+        json!({"account": account, "invoice": number, "step": step, "attempt": attempt,
+               "reason": reason, "at": at}),
+        at,
+    );
+    store::outbox::insert_events(c, &[ev]).await?;
+    Ok(id)
 }
 
 /// What one collection sweep did.
@@ -333,23 +356,29 @@ async fn record_paid(
     row.updated_at = now;
     pay_store::save(c, row).await?;
     pay_store::set_invoice_status(c, &row.account, row.number, "paid").await?;
-    if recovered {
-        pay_store::insert_step(
-            c,
-            &row.account,
-            row.number,
-            now,
-            "recovered",
-            row.attempts,
-            &format!("{how} on attempt {}", row.attempts),
+    let step_id = if recovered {
+        Some(
+            record_step(
+                c,
+                &row.account,
+                row.number,
+                now,
+                "recovered",
+                row.attempts,
+                &format!("{how} on attempt {}", row.attempts),
+            )
+            .await?,
         )
-        .await?;
-    }
-    // Paid up: a past-due subscription is active again once nothing else is being chased.
+    } else {
+        None
+    };
+    // Paid up: a past-due or suspended subscription is active again once nothing else is
+    // being chased.
     if let Some(mut sub) = subs::lock_by_account(c, &row.account).await? {
-        if sub.status == "past_due"
+        if matches!(sub.status.as_str(), "past_due" | "suspended")
             && pay_store::count_failed_by_account(c, &row.account, row.number).await? == 0
         {
+            let was_suspended = sub.status == "suspended";
             sub.status = "active".into();
             sub.past_due_since = None;
             sub.updated_at = now;
@@ -371,7 +400,31 @@ async fn record_paid(
                 Decimal::ZERO,
                 plan,
             );
-            subs::insert_change(c, &ch).await?;
+            let change_id = subs::insert_change(c, &ch).await?;
+            if was_suspended {
+                revenue::record(
+                    ctx,
+                    c,
+                    &[revenue::MrrInput {
+                        account: row.account.clone(),
+                        at: now,
+                        cause: revenue::Cause::Recovered,
+                        plan: Some((
+                            PlanRef {
+                                plan: sub.plan.clone(),
+                                version: sub.plan_version as u32,
+                            },
+                            sub.seats as u32,
+                        )),
+                        usage: None,
+                        reference: match step_id {
+                            Some(id) => ("dunning_step", id),
+                            None => ("subscription_change", change_id),
+                        },
+                    }],
+                )
+                .await?;
+            }
         }
     }
     Ok(())
@@ -391,7 +444,7 @@ async fn record_failure(
     } else {
         "retry_failed"
     };
-    pay_store::insert_step(c, &row.account, row.number, now, step, row.attempts, reason).await?;
+    record_step(c, &row.account, row.number, now, step, row.attempts, reason).await?;
     row.last_error = Some(reason.to_owned());
     row.updated_at = now;
     let mut sub = subs::lock_by_account(c, &row.account).await?;
@@ -399,7 +452,7 @@ async fn record_failure(
         NextStep::Retry { at } => {
             row.state = "failed".into();
             row.next_attempt_at = Some(at);
-            pay_store::insert_step(
+            record_step(
                 c,
                 &row.account,
                 row.number,
@@ -447,14 +500,29 @@ async fn record_failure(
                             "every retry failed: the subscription is canceled".to_owned()
                         }
                     };
-                    pay_store::insert_step(
+                    let step_id =
+                        record_step(c, &row.account, row.number, now, step, row.attempts, &why)
+                            .await?;
+                    let plan = match action {
+                        FinalAction::Suspend => fallback_of(ctx, &s.plan)
+                            .and_then(|fb| ctx.plans.latest(&fb))
+                            .map(|fb| (fb.plan_ref(), fb.seats.as_ref().map_or(0, |x| x.min))),
+                        FinalAction::Cancel => None,
+                    };
+                    revenue::record(
+                        ctx,
                         c,
-                        &row.account,
-                        row.number,
-                        now,
-                        step,
-                        row.attempts,
-                        &why,
+                        &[revenue::MrrInput {
+                            account: row.account.clone(),
+                            at: now,
+                            cause: match action {
+                                FinalAction::Suspend => revenue::Cause::DunningSuspension,
+                                FinalAction::Cancel => revenue::Cause::Cancellation,
+                            },
+                            plan,
+                            usage: Some(Decimal::ZERO),
+                            reference: ("dunning_step", step_id),
+                        }],
                     )
                     .await?;
                 }

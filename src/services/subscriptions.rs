@@ -7,7 +7,7 @@
 //! what happens when time passes.
 
 use super::auth::Principal;
-use super::{billing, Ctx, ServiceError};
+use super::{billing, revenue, Ctx, ServiceError};
 use crate::catalog::plans::content_hash;
 use crate::domain::account::AccountId;
 use crate::domain::invoice::{advance_fee_lines, InvoiceDraft, InvoiceKind, InvoiceLine};
@@ -426,7 +426,7 @@ pub async fn subscribe(
             }
             let amount: Decimal = lines.iter().map(|l| l.amount).sum();
             let kind = if trial { "trial_started" } else { "subscribed" };
-            subs::insert_change(
+            let change_id = subs::insert_change(
                 c,
                 &change(
                     &row,
@@ -439,6 +439,21 @@ pub async fn subscribe(
                 ),
             )
             .await?;
+            if !trial {
+                revenue::record(
+                    ctx,
+                    c,
+                    &[revenue::MrrInput {
+                        account: account.to_owned(),
+                        at: now,
+                        cause: revenue::Cause::PlanUpgrade,
+                        plan: Some(plan_ref(&row)),
+                        usage: None,
+                        reference: ("subscription_change", change_id),
+                    }],
+                )
+                .await?;
+            }
             Ok(Subscribed {
                 subscription: view(&row, &plan),
                 lines,
@@ -513,6 +528,14 @@ pub(crate) async fn advance(
                     amount,
                     plan.currency.code(),
                 ));
+                fx.revenue.push(PendingMrr {
+                    account: row.account.clone(),
+                    at: end,
+                    cause: revenue::Cause::TrialConverted,
+                    plan: Some(plan_ref(row)),
+                    usage: None,
+                    reference: MrrRef::ChangeAt("trial_converted", end),
+                });
                 changed = true;
             }
             "active" | "past_due" if now >= row.period_end => {
@@ -532,6 +555,7 @@ pub(crate) async fn advance(
                     if s.cancel {
                         row.status = "canceled".into();
                         let account = row.account.clone();
+                        let before = fx.drafts.len();
                         fx.drafts.extend(
                             billing::period_invoice(
                                 ctx,
@@ -555,6 +579,31 @@ pub(crate) async fn advance(
                             Decimal::ZERO,
                             plan.currency.code(),
                         ));
+                        if fx.drafts.len() > before {
+                            let i = fx.drafts.len() - 1;
+                            fx.revenue.push(PendingMrr {
+                                account: account.clone(),
+                                at,
+                                cause: revenue::Cause::Usage,
+                                plan: Some((
+                                    PlanRef {
+                                        plan: from.0.clone(),
+                                        version: from.1 as u32,
+                                    },
+                                    from.2 as u32,
+                                )),
+                                usage: Some(usage_revenue(&fx.drafts[i])),
+                                reference: MrrRef::Draft(i),
+                            });
+                        }
+                        fx.revenue.push(PendingMrr {
+                            account,
+                            at,
+                            cause: revenue::Cause::Cancellation,
+                            plan: None,
+                            usage: None,
+                            reference: MrrRef::ChangeAt("canceled", at),
+                        });
                         changed = true;
                         break;
                     }
@@ -573,6 +622,7 @@ pub(crate) async fn advance(
                     end: row.period_end,
                 };
                 let account = row.account.clone();
+                let before = fx.drafts.len();
                 fx.drafts.extend(
                     billing::period_invoice(
                         ctx,
@@ -594,6 +644,38 @@ pub(crate) async fn advance(
                 } else {
                     "renewed"
                 };
+                if fx.drafts.len() > before {
+                    let i = fx.drafts.len() - 1;
+                    fx.revenue.push(PendingMrr {
+                        account: account.clone(),
+                        at,
+                        cause: revenue::Cause::Usage,
+                        plan: Some((
+                            PlanRef {
+                                plan: from.0.clone(),
+                                version: from.1 as u32,
+                            },
+                            from.2 as u32,
+                        )),
+                        usage: Some(usage_revenue(&fx.drafts[i])),
+                        reference: MrrRef::Draft(i),
+                    });
+                }
+                if scheduled.is_some() {
+                    let what = classify(&plan, from.2 as u32, &new_plan, row.seats as u32);
+                    fx.revenue.push(PendingMrr {
+                        account: account.clone(),
+                        at,
+                        cause: revenue::Cause::of_change(
+                            what,
+                            plan.monthly_recurring(from.2 as u32),
+                            new_plan.monthly_recurring(row.seats as u32),
+                        ),
+                        plan: Some(plan_ref(row)),
+                        usage: None,
+                        reference: MrrRef::ChangeAt("scheduled_change_applied", at),
+                    });
+                }
                 fx.changes.push(change(
                     row,
                     kind,
@@ -617,14 +699,79 @@ pub(crate) async fn advance(
 pub(crate) struct Effects {
     pub drafts: Vec<InvoiceDraft>,
     pub changes: Vec<NewChange>,
+    /// MRR recomputations, in order, once the changes and invoices they refer to exist.
+    pub revenue: Vec<PendingMrr>,
+}
+
+/// What a pending MRR recomputation refers to before ids exist.
+pub(crate) enum MrrRef {
+    Change(i64),
+    /// A change of `fx.changes`, found by its kind and time.
+    ChangeAt(&'static str, DateTime<Utc>),
+    /// An invoice of `fx.drafts`, by index.
+    Draft(usize),
+}
+
+pub(crate) struct PendingMrr {
+    pub account: String,
+    pub at: DateTime<Utc>,
+    pub cause: revenue::Cause,
+    pub plan: Option<(PlanRef, u32)>,
+    pub usage: Option<Decimal>,
+    pub reference: MrrRef,
 }
 
 impl Effects {
     pub async fn flush(self, ctx: &Ctx, c: &mut AsyncPgConnection) -> Result<(), TxError> {
-        subs::insert_changes(c, &self.changes).await?;
-        billing::issue(ctx, c, &self.drafts).await?;
+        let ids = subs::insert_changes(c, &self.changes).await?;
+        let numbers = billing::issue(ctx, c, &self.drafts).await?;
+        let inputs: Vec<revenue::MrrInput> = self
+            .revenue
+            .into_iter()
+            .filter_map(|p| {
+                let reference = match p.reference {
+                    MrrRef::Change(id) => ("subscription_change", id),
+                    MrrRef::ChangeAt(kind, at) => (
+                        "subscription_change",
+                        ids.iter()
+                            .find(|(a, k, t, _)| *a == p.account && k == kind && *t == at)?
+                            .3,
+                    ),
+                    MrrRef::Draft(i) => ("invoice", *numbers.get(i)?),
+                };
+                Some(revenue::MrrInput {
+                    account: p.account,
+                    at: p.at,
+                    cause: p.cause,
+                    plan: p.plan,
+                    usage: p.usage,
+                    reference,
+                })
+            })
+            .collect();
+        revenue::record(ctx, c, &inputs).await?;
         Ok(())
     }
+}
+
+/// The usage revenue (arrears usage lines) of a closed period's invoice.
+fn usage_revenue(draft: &InvoiceDraft) -> Decimal {
+    draft
+        .lines
+        .iter()
+        .filter(|l| l.kind == "usage")
+        .map(|l| l.amount)
+        .sum()
+}
+
+fn plan_ref(row: &SubscriptionRow) -> (PlanRef, u32) {
+    (
+        PlanRef {
+            plan: row.plan.clone(),
+            version: row.plan_version as u32,
+        },
+        row.seats as u32,
+    )
 }
 
 /// Locks the account's subscription and catches it up with `now`, issuing the invoices of the
@@ -1017,6 +1164,21 @@ pub async fn accept(
                 ch.to_seats = Some(q.to.seats as i32);
             }
             let change_id = subs::insert_change(c, &ch).await?;
+            if q.effective == Effective::Now {
+                let old = plan_of(ctx, &from.0, from.1)?;
+                fx.revenue.push(PendingMrr {
+                    account: account.to_owned(),
+                    at: now,
+                    cause: revenue::Cause::of_change(
+                        &q.kind,
+                        old.monthly_recurring(from.2 as u32),
+                        new.monthly_recurring(row.seats as u32),
+                    ),
+                    plan: Some(plan_ref(&row)),
+                    usage: None,
+                    reference: MrrRef::Change(change_id),
+                });
+            }
             if q.effective == Effective::Now && !q.lines.is_empty() {
                 fx.drafts.push(InvoiceDraft {
                     account: account.to_owned(),

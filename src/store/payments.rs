@@ -209,8 +209,8 @@ pub async fn insert_step(
     step: &str,
     attempt: i32,
     reason: &str,
-) -> Result<(), StoreError> {
-    diesel::insert_into(dunning_steps::table)
+) -> Result<i64, StoreError> {
+    Ok(diesel::insert_into(dunning_steps::table)
         .values((
             dunning_steps::account.eq(account),
             dunning_steps::number.eq(number),
@@ -219,9 +219,9 @@ pub async fn insert_step(
             dunning_steps::attempt.eq(attempt),
             dunning_steps::reason.eq(reason),
         ))
-        .execute(conn)
-        .await?;
-    Ok(())
+        .returning(dunning_steps::id)
+        .get_result(conn)
+        .await?)
 }
 
 pub async fn steps_by_account(

@@ -276,5 +276,77 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    account_mrr (account) {
+        account -> Text,
+        mrr -> Numeric,
+        usage_mrr -> Numeric,
+        currency -> Text,
+        had_mrr -> Bool,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    revenue_movements (account, id) {
+        account -> Text,
+        id -> Int8,
+        at -> Timestamptz,
+        kind -> Text,
+        cause -> Text,
+        mrr_before -> Numeric,
+        mrr_after -> Numeric,
+        currency -> Text,
+        ref_kind -> Text,
+        ref_id -> Int8,
+    }
+}
+
+diesel::table! {
+    outbox (account, id) {
+        account -> Text,
+        id -> Int8,
+        event_id -> Text,
+        kind -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+        seq -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    outbox_sequencer (singleton) {
+        singleton -> Bool,
+        next_seq -> Int8,
+    }
+}
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Int8,
+        url -> Text,
+        kinds -> Array<Text>,
+        secret -> Text,
+        cursor_seq -> Int8,
+        created_at -> Timestamptz,
+        disabled_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (endpoint_id, seq) {
+        endpoint_id -> Int8,
+        seq -> Int8,
+        account -> Text,
+        event_id -> Text,
+        state -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_lines);
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_payments);

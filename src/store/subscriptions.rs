@@ -278,17 +278,28 @@ pub async fn lock_by_account_skip_locked(
 }
 
 /// Inserts several history rows in one statement.
+/// Inserts changes; returns (account, kind, at, id) of each, to be matched by value (not by
+/// position: SCALE.md rule 8).
 pub async fn insert_changes(
     conn: &mut AsyncPgConnection,
     changes: &[NewChange],
-) -> Result<(), StoreError> {
+) -> Result<Vec<(String, String, DateTime<Utc>, i64)>, StoreError> {
+    let mut ids = Vec::with_capacity(changes.len());
     for chunk in changes.chunks(2000) {
-        diesel::insert_into(subscription_changes::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
+        let got: Vec<(String, String, DateTime<Utc>, i64)> =
+            diesel::insert_into(subscription_changes::table)
+                .values(chunk)
+                .returning((
+                    subscription_changes::account,
+                    subscription_changes::kind,
+                    subscription_changes::at,
+                    subscription_changes::id,
+                ))
+                .get_results(conn)
+                .await?;
+        ids.extend(got);
     }
-    Ok(())
+    Ok(ids)
 }
 
 /// Writes several (locked) subscription rows back in one statement.

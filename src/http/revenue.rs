@@ -1,0 +1,159 @@
+//! Revenue movements, the NRR report, webhook endpoints and the event feed.
+
+use super::auth::authorize;
+use super::ApiError;
+use crate::domain::scope::Scope;
+use crate::services::outbox::{self, EndpointRequest};
+use crate::services::{revenue, Ctx};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+fn bad_query(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+}
+
+/// Reports over every account need a key not bound to one.
+fn unbound(p: &crate::services::auth::Principal) -> Result<(), ApiError> {
+    match &p.account {
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this report covers every account: use a key not bound to one",
+        )),
+        None => Ok(()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovementsQuery {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    account: Option<String>,
+}
+
+pub async fn movements(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<MovementsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
+    let q = query.into_inner();
+    let account = match (&p.account, q.account) {
+        (Some(own), Some(asked)) if *own != asked => {
+            return Err(ApiError::not_found(format!("account `{asked}` not found")))
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, asked) => asked,
+    };
+    let from = q
+        .from
+        .ok_or_else(|| bad_query("from is required (RFC 3339)"))?;
+    let to = q.to.ok_or_else(|| bad_query("to is required (RFC 3339)"))?;
+    let rows = revenue::movements(&ctx, from, to, account.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "movements": rows })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NrrQuery {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    by: Option<String>,
+}
+
+pub async fn nrr(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<NrrQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
+    unbound(&p)?;
+    let q = query.into_inner();
+    let from = q
+        .from
+        .ok_or_else(|| bad_query("from is required (RFC 3339)"))?;
+    let to = q.to.ok_or_else(|| bad_query("to is required (RFC 3339)"))?;
+    let by_month = match q.by.as_deref() {
+        None => false,
+        Some("month") => true,
+        Some(other) => return Err(bad_query(format!("by must be `month`, got `{other}`"))),
+    };
+    let windows = revenue::nrr(&ctx, from, to, by_month).await?;
+    Ok(HttpResponse::Ok().json(json!({ "windows": windows })))
+}
+
+pub async fn create_endpoint(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    body: web::Json<EndpointRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    unbound(&p)?;
+    let created = outbox::create_endpoint(&ctx, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+pub async fn list_endpoints(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    unbound(&p)?;
+    Ok(HttpResponse::Ok().json(json!({ "endpoints": outbox::endpoints(&ctx).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn deliveries(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+    query: web::Query<DeliveriesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    unbound(&p)?;
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad_query("limit must be 1 to 1000"));
+    }
+    let rows = outbox::deliveries(&ctx, path.into_inner(), q.state.as_deref(), limit).await?;
+    Ok(HttpResponse::Ok().json(json!({ "deliveries": rows })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/feed?after=<cursor>&limit=`: the outbound events in order, for pull consumers.
+/// An account-bound key reads its own account's events only.
+pub async fn feed(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<FeedQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad_query("limit must be 1 to 1000"));
+    }
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(bad_query("after must not be negative"));
+    }
+    let feed = outbox::feed(&ctx, after, limit, p.account.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(feed))
+}

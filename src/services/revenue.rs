@@ -1,0 +1,342 @@
+//! MRR and its movements, written in the transaction of whatever moved it (a subscription
+//! change, a closed period's invoice, a dunning step), each with an outbox event; and the
+//! retention report (NRR, GRR) over the ledger.
+
+use super::{outbox, Ctx, ServiceError};
+use crate::domain::plan::PlanRef;
+use crate::domain::revenue::{classify, retention, Movement, MovementKind, Retention};
+use crate::store::revenue::{self as rev_store, MovementRow, MrrRow, NewMovement};
+use crate::store::StoreError;
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncPgConnection;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+
+/// Why an account's MRR may have moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    PlanUpgrade,
+    PlanDowngrade,
+    SeatsAdded,
+    SeatsRemoved,
+    /// A period closed: `usage_growth` or `usage_decline` by the sign of the change.
+    Usage,
+    TrialConverted,
+    DunningSuspension,
+    Cancellation,
+    Recovered,
+}
+
+impl Cause {
+    /// The cause of a plan or seat change named like a subscription change kind.
+    pub fn of_change(kind: &str, before: Decimal, after: Decimal) -> Cause {
+        match kind.trim_end_matches("_scheduled") {
+            "upgrade" => Cause::PlanUpgrade,
+            "downgrade" => Cause::PlanDowngrade,
+            "seats_added" => Cause::SeatsAdded,
+            "seats_removed" => Cause::SeatsRemoved,
+            _ if after >= before => Cause::PlanUpgrade,
+            _ => Cause::PlanDowngrade,
+        }
+    }
+
+    fn name(self, before: Decimal, after: Decimal) -> &'static str {
+        match self {
+            Cause::PlanUpgrade => "plan_upgrade",
+            Cause::PlanDowngrade => "plan_downgrade",
+            Cause::SeatsAdded => "seats_added",
+            Cause::SeatsRemoved => "seats_removed",
+            Cause::Usage if after >= before => "usage_growth",
+            Cause::Usage => "usage_decline",
+            Cause::TrialConverted => "trial_converted",
+            Cause::DunningSuspension => "dunning_suspension",
+            Cause::Cancellation => "cancellation",
+            Cause::Recovered => "recovered",
+        }
+    }
+}
+
+/// What an account pays for after an event, and what caused it.
+#[derive(Debug, Clone)]
+pub struct MrrInput {
+    pub account: String,
+    pub at: DateTime<Utc>,
+    pub cause: Cause,
+    /// The plan version and seats paid for from now on; None: nothing (canceled).
+    pub plan: Option<(PlanRef, u32)>,
+    /// A period that just closed: its usage revenue (not normalized) replaces the usage part.
+    pub usage: Option<Decimal>,
+    /// (`subscription_change` | `invoice` | `dunning_step`, id).
+    pub reference: (&'static str, i64),
+}
+
+/// Recomputes the MRR of each input's account (in order) and writes a movement, with its
+/// outbox event, for every change. Callers hold the accounts' subscription locks.
+pub async fn record(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    inputs: &[MrrInput],
+) -> Result<usize, StoreError> {
+    if inputs.is_empty() {
+        return Ok(0);
+    }
+    let mut accounts: Vec<String> = inputs.iter().map(|i| i.account.clone()).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let mut state: HashMap<String, MrrRow> = rev_store::find_by_accounts(c, &accounts)
+        .await?
+        .into_iter()
+        .map(|r| (r.account.clone(), r))
+        .collect();
+    let mut touched = Vec::new();
+    let mut movements = Vec::new();
+    let mut events = Vec::new();
+    for inp in inputs {
+        let plan = inp
+            .plan
+            .as_ref()
+            .and_then(|(r, seats)| ctx.plans.get(r).map(|p| (p, *seats)));
+        let st = state.entry(inp.account.clone()).or_insert_with(|| MrrRow {
+            account: inp.account.clone(),
+            mrr: Decimal::ZERO,
+            usage_mrr: Decimal::ZERO,
+            currency: plan.map_or("USD", |(p, _)| p.currency.code()).to_owned(),
+            had_mrr: false,
+            updated_at: inp.at,
+        });
+        let (recurring, usage_mrr, currency) = match plan {
+            Some((p, seats)) => {
+                let months = Decimal::from(p.interval.months());
+                let usage = inp.usage.map_or(st.usage_mrr, |u| u / months);
+                (
+                    p.monthly_recurring(seats),
+                    usage,
+                    p.currency.code().to_owned(),
+                )
+            }
+            None => (Decimal::ZERO, Decimal::ZERO, st.currency.clone()),
+        };
+        let before = st.mrr;
+        let after = (recurring + usage_mrr).round_dp(9).normalize();
+        if let Some(kind) = classify(before, after, st.had_mrr) {
+            let cause = inp.cause.name(before, after);
+            let kind = kind_name(kind);
+            movements.push(NewMovement {
+                account: inp.account.clone(),
+                at: inp.at,
+                kind: kind.to_owned(),
+                cause: cause.to_owned(),
+                mrr_before: before,
+                mrr_after: after,
+                currency: currency.clone(),
+                ref_kind: inp.reference.0.to_owned(),
+                ref_id: inp.reference.1,
+            });
+            events.push(outbox::event(
+                &inp.account,
+                "revenue.movement",
+                json!({
+                    "account": inp.account,
+                    "kind": kind,
+                    "cause": cause,
+                    "mrr_before": before.to_string(),
+                    "mrr_after": after.to_string(),
+                    "delta": (after - before).to_string(),
+                    "currency": currency,
+                    "at": inp.at,
+                    "ref": {"kind": inp.reference.0, "id": inp.reference.1},
+                }),
+                inp.at,
+            ));
+        }
+        st.had_mrr |= !after.is_zero();
+        st.mrr = after;
+        st.usage_mrr = usage_mrr;
+        st.currency = currency;
+        st.updated_at = inp.at;
+        touched.push(inp.account.clone());
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    let rows: Vec<MrrRow> = touched.iter().filter_map(|a| state.remove(a)).collect();
+    rev_store::upsert_many(c, &rows).await?;
+    rev_store::insert_movements(c, &movements).await?;
+    crate::store::outbox::insert_events(c, &events).await?;
+    Ok(movements.len())
+}
+
+fn kind_name(k: MovementKind) -> &'static str {
+    match k {
+        MovementKind::New => "new",
+        MovementKind::Expansion => "expansion",
+        MovementKind::Contraction => "contraction",
+        MovementKind::Churn => "churn",
+        MovementKind::Reactivation => "reactivation",
+    }
+}
+
+fn parse_kind(k: &str) -> MovementKind {
+    match k {
+        "new" => MovementKind::New,
+        "expansion" => MovementKind::Expansion,
+        "contraction" => MovementKind::Contraction,
+        "churn" => MovementKind::Churn,
+        _ => MovementKind::Reactivation,
+    }
+}
+
+/// `GET /v1/movements`: the ledger in [from, to), oldest first.
+pub async fn movements(
+    ctx: &Ctx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    account: Option<&str>,
+) -> Result<Vec<MovementRow>, ServiceError> {
+    check_window(from, to)?;
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let mut rows = rev_store::between(&mut conn, from, to, account).await?;
+    for r in &mut rows {
+        r.mrr_before = r.mrr_before.normalize();
+        r.mrr_after = r.mrr_after.normalize();
+    }
+    Ok(rows)
+}
+
+fn check_window(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), ServiceError> {
+    if from >= to {
+        return Err(ServiceError::invalid(
+            "invalid_window",
+            "`from` must be before `to`",
+        ));
+    }
+    Ok(())
+}
+
+/// One window of the retention report, per currency (MRR in different currencies is never
+/// added together).
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionWindow {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub currency: String,
+    #[serde(flatten)]
+    pub retention: Retention,
+}
+
+/// NRR and GRR of the accounts that had MRR at `from`, over [from, to); with `by_month`, one
+/// window per calendar month (UTC) inside it.
+pub async fn nrr(
+    ctx: &Ctx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    by_month: bool,
+) -> Result<Vec<RetentionWindow>, ServiceError> {
+    check_window(from, to)?;
+    let windows = if by_month {
+        month_windows(from, to)
+    } else {
+        vec![(from, to)]
+    };
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let mut out = Vec::new();
+    for (a, b) in windows {
+        let starting = rev_store::mrr_before(&mut conn, a).await?;
+        let moves = rev_store::between(&mut conn, a, b, None).await?;
+        let mut currencies: Vec<String> = starting.iter().map(|s| s.2.clone()).collect();
+        currencies.sort_unstable();
+        currencies.dedup();
+        if currencies.is_empty() {
+            currencies.push("USD".into());
+        }
+        for cur in currencies {
+            let start: BTreeMap<String, Decimal> = starting
+                .iter()
+                .filter(|s| s.2 == cur)
+                .map(|s| (s.0.clone(), s.1))
+                .collect();
+            let ms: Vec<Movement> = moves
+                .iter()
+                .filter(|m| m.currency == cur)
+                .map(|m| Movement {
+                    account: m.account.clone(),
+                    kind: parse_kind(&m.kind),
+                    before: m.mrr_before,
+                    after: m.mrr_after,
+                })
+                .collect();
+            let mut r = retention(&start, &ms);
+            for v in [
+                &mut r.starting_mrr,
+                &mut r.expansion,
+                &mut r.contraction,
+                &mut r.churn,
+                &mut r.ending_mrr,
+            ] {
+                *v = v.normalize();
+            }
+            out.push(RetentionWindow {
+                from: a,
+                to: b,
+                currency: cur,
+                retention: r,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn month_windows(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    use chrono::{Datelike, Months, NaiveDate};
+    let mut out = Vec::new();
+    let mut start = from;
+    while start < to {
+        let first = NaiveDate::from_ymd_opt(start.year(), start.month(), 1).unwrap_or_default();
+        let next = first
+            .checked_add_months(Months::new(1))
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|d| d.and_utc())
+            .unwrap_or(to);
+        let end = next.min(to);
+        out.push((start, end));
+        start = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn month_windows_cut_at_calendar_months_inside_the_range() {
+        assert_eq!(
+            month_windows(t("2026-11-15T00:00:00Z"), t("2027-01-10T00:00:00Z")),
+            vec![
+                (t("2026-11-15T00:00:00Z"), t("2026-12-01T00:00:00Z")),
+                (t("2026-12-01T00:00:00Z"), t("2027-01-01T00:00:00Z")),
+                (t("2027-01-01T00:00:00Z"), t("2027-01-10T00:00:00Z")),
+            ]
+        );
+    }
+
+    #[test]
+    fn usage_causes_follow_the_sign_and_lateral_changes_their_delta() {
+        let d = Decimal::from;
+        assert_eq!(Cause::Usage.name(d(10), d(12)), "usage_growth");
+        assert_eq!(Cause::Usage.name(d(12), d(10)), "usage_decline");
+        assert_eq!(
+            Cause::of_change("lateral", d(10), d(9)),
+            Cause::PlanDowngrade
+        );
+        assert_eq!(
+            Cause::of_change("seats_added_scheduled", d(1), d(2)),
+            Cause::SeatsAdded
+        );
+    }
+}

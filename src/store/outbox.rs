@@ -1,0 +1,372 @@
+//! `outbox`, `outbox_sequencer`, `webhook_endpoints`, `webhook_deliveries`.
+
+use super::schema::{outbox, outbox_sequencer, webhook_deliveries, webhook_endpoints};
+use super::StoreError;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = outbox)]
+pub struct NewEvent {
+    pub account: String,
+    pub event_id: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn insert_events(
+    conn: &mut AsyncPgConnection,
+    rows: &[NewEvent],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(2000) {
+        diesel::insert_into(outbox::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = outbox)]
+pub struct EventRow {
+    pub account: String,
+    #[serde(skip)]
+    pub id: i64,
+    pub event_id: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub seq: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Gives committed, unsequenced events their place in the feed, in the order the sequencer
+/// sees them (one sequencer at a time: the counter row is locked). An event committed after a
+/// round gets a later number, so a reader's cursor never passes over it. Returns how many.
+pub async fn sequence(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
+    conn.transaction::<i64, StoreError, _>(async |c| {
+        let next: i64 = outbox_sequencer::table
+            .select(outbox_sequencer::next_seq)
+            .for_update()
+            .first(c)
+            .await?;
+        let done: Count = diesel::sql_query(
+            "WITH todo AS (
+                SELECT account, id, row_number() OVER (ORDER BY id) AS rn
+                  FROM outbox WHERE seq IS NULL ORDER BY id LIMIT 10000),
+             upd AS (
+                UPDATE outbox o SET seq = $1 + todo.rn - 1
+                  FROM todo WHERE o.account = todo.account AND o.id = todo.id
+                RETURNING 1)
+             SELECT COUNT(*) AS n FROM upd",
+        )
+        .bind::<BigInt, _>(next)
+        .get_result(c)
+        .await?;
+        if done.n > 0 {
+            diesel::update(outbox_sequencer::table)
+                .set(outbox_sequencer::next_seq.eq(next + done.n))
+                .execute(c)
+                .await?;
+        }
+        Ok(done.n)
+    })
+    .await
+}
+
+/// Sequenced events after `after`, in order.
+pub async fn feed(
+    conn: &mut AsyncPgConnection,
+    after: i64,
+    limit: i64,
+    account: Option<&str>,
+) -> Result<Vec<EventRow>, StoreError> {
+    let mut q = outbox::table.filter(outbox::seq.gt(after)).into_boxed();
+    if let Some(a) = account {
+        q = q.filter(outbox::account.eq(a.to_owned()));
+    }
+    Ok(q.order(outbox::seq.asc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+pub async fn events_by_seqs(
+    conn: &mut AsyncPgConnection,
+    seqs: &[i64],
+) -> Result<Vec<EventRow>, StoreError> {
+    Ok(outbox::table
+        .filter(outbox::seq.eq_any(seqs))
+        .select(EventRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = webhook_endpoints)]
+pub struct EndpointRow {
+    pub id: i64,
+    pub url: String,
+    pub kinds: Vec<String>,
+    #[serde(skip)]
+    pub secret: String,
+    #[serde(skip)]
+    pub cursor_seq: i64,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+pub async fn insert_endpoint(
+    conn: &mut AsyncPgConnection,
+    url: &str,
+    kinds: &[String],
+    secret: &str,
+    cursor_seq: i64,
+    now: DateTime<Utc>,
+) -> Result<EndpointRow, StoreError> {
+    Ok(diesel::insert_into(webhook_endpoints::table)
+        .values((
+            webhook_endpoints::url.eq(url),
+            webhook_endpoints::kinds.eq(kinds),
+            webhook_endpoints::secret.eq(secret),
+            webhook_endpoints::cursor_seq.eq(cursor_seq),
+            webhook_endpoints::created_at.eq(now),
+        ))
+        .returning(EndpointRow::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+pub async fn endpoints(conn: &mut AsyncPgConnection) -> Result<Vec<EndpointRow>, StoreError> {
+    Ok(webhook_endpoints::table
+        .order(webhook_endpoints::id.asc())
+        .select(EndpointRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+pub async fn endpoint(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+) -> Result<Option<EndpointRow>, StoreError> {
+    Ok(webhook_endpoints::table
+        .filter(webhook_endpoints::id.eq(id))
+        .select(EndpointRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// The highest sequenced event (new endpoints start after it).
+pub async fn last_seq(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
+    Ok(outbox_sequencer::table
+        .select(outbox_sequencer::next_seq)
+        .first::<i64>(conn)
+        .await?
+        - 1)
+}
+
+/// Turns the endpoint's next sequenced events into pending deliveries and moves its cursor,
+/// under the endpoint's row lock (one fan-out at a time). Returns how many were added.
+pub async fn fan_out(
+    conn: &mut AsyncPgConnection,
+    endpoint_id: i64,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    conn.transaction::<usize, StoreError, _>(async |c| {
+        let Some(ep) = webhook_endpoints::table
+            .filter(webhook_endpoints::id.eq(endpoint_id))
+            .filter(webhook_endpoints::disabled_at.is_null())
+            .select(EndpointRow::as_select())
+            .for_update()
+            .skip_locked()
+            .first(c)
+            .await
+            .optional()?
+        else {
+            return Ok(0);
+        };
+        let mut q = outbox::table
+            .filter(outbox::seq.gt(ep.cursor_seq))
+            .into_boxed();
+        if !ep.kinds.is_empty() {
+            q = q.filter(outbox::kind.eq_any(ep.kinds.clone()));
+        }
+        let events: Vec<(i64, String, String)> = q
+            .order(outbox::seq.asc())
+            .limit(1000)
+            .select((
+                outbox::seq.assume_not_null(),
+                outbox::account,
+                outbox::event_id,
+            ))
+            .load(c)
+            .await?;
+        // The cursor passes every sequenced event seen, delivered or filtered out.
+        let upto: Option<i64> = outbox::table
+            .filter(outbox::seq.gt(ep.cursor_seq))
+            .select(diesel::dsl::max(outbox::seq))
+            .first(c)
+            .await?;
+        let upto = match events.len() {
+            1000 => events.last().map(|e| e.0),
+            _ => upto,
+        };
+        let rows: Vec<_> = events
+            .iter()
+            .map(|(seq, account, event_id)| {
+                (
+                    webhook_deliveries::endpoint_id.eq(ep.id),
+                    webhook_deliveries::seq.eq(*seq),
+                    webhook_deliveries::account.eq(account.clone()),
+                    webhook_deliveries::event_id.eq(event_id.clone()),
+                    webhook_deliveries::state.eq("pending"),
+                    webhook_deliveries::next_attempt_at.eq(now),
+                    webhook_deliveries::created_at.eq(now),
+                )
+            })
+            .collect();
+        for chunk in rows.chunks(1000) {
+            diesel::insert_into(webhook_deliveries::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .execute(c)
+                .await?;
+        }
+        if let Some(upto) = upto {
+            diesel::update(webhook_endpoints::table.filter(webhook_endpoints::id.eq(ep.id)))
+                .set(webhook_endpoints::cursor_seq.eq(upto))
+                .execute(c)
+                .await?;
+        }
+        Ok(rows.len())
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = webhook_deliveries)]
+pub struct DeliveryRow {
+    pub endpoint_id: i64,
+    pub seq: i64,
+    pub account: String,
+    pub event_id: String,
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due deliveries by pushing their next attempt to `lease_until`
+/// (another dispatcher skips them meanwhile; a crashed one's claims come due again).
+pub async fn claim_due(
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    conn.transaction::<Vec<DeliveryRow>, StoreError, _>(async |c| {
+        let due: Vec<DeliveryRow> = webhook_deliveries::table
+            .filter(webhook_deliveries::state.eq("pending"))
+            .filter(webhook_deliveries::next_attempt_at.le(now))
+            .order(webhook_deliveries::next_attempt_at.asc())
+            .limit(limit)
+            .select(DeliveryRow::as_select())
+            .for_update()
+            .skip_locked()
+            .load(c)
+            .await?;
+        for d in &due {
+            diesel::update(
+                webhook_deliveries::table
+                    .filter(webhook_deliveries::endpoint_id.eq(d.endpoint_id))
+                    .filter(webhook_deliveries::seq.eq(d.seq)),
+            )
+            .set(webhook_deliveries::next_attempt_at.eq(lease_until))
+            .execute(c)
+            .await?;
+        }
+        Ok(due)
+    })
+    .await
+}
+
+pub async fn mark_delivered(
+    conn: &mut AsyncPgConnection,
+    endpoint_id: i64,
+    seq: i64,
+    attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    diesel::update(
+        webhook_deliveries::table
+            .filter(webhook_deliveries::endpoint_id.eq(endpoint_id))
+            .filter(webhook_deliveries::seq.eq(seq)),
+    )
+    .set((
+        webhook_deliveries::state.eq("delivered"),
+        webhook_deliveries::attempts.eq(attempts),
+        webhook_deliveries::delivered_at.eq(now),
+        webhook_deliveries::last_error.eq(None::<String>),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_failed(
+    conn: &mut AsyncPgConnection,
+    endpoint_id: i64,
+    seq: i64,
+    attempts: i32,
+    error: &str,
+    next: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    diesel::update(
+        webhook_deliveries::table
+            .filter(webhook_deliveries::endpoint_id.eq(endpoint_id))
+            .filter(webhook_deliveries::seq.eq(seq)),
+    )
+    .set((
+        webhook_deliveries::state.eq(if next.is_some() { "pending" } else { "dead" }),
+        webhook_deliveries::attempts.eq(attempts),
+        webhook_deliveries::next_attempt_at.eq(next.unwrap_or(now)),
+        webhook_deliveries::last_error.eq(Some(error)),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn deliveries(
+    conn: &mut AsyncPgConnection,
+    endpoint_id: i64,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut q = webhook_deliveries::table
+        .filter(webhook_deliveries::endpoint_id.eq(endpoint_id))
+        .into_boxed();
+    if let Some(s) = state {
+        q = q.filter(webhook_deliveries::state.eq(s.to_owned()));
+    }
+    Ok(q.order(webhook_deliveries::seq.asc())
+        .limit(limit)
+        .select(DeliveryRow::as_select())
+        .load(conn)
+        .await?)
+}

@@ -1,0 +1,159 @@
+//! `account_mrr` and `revenue_movements`. Writes happen under the account's subscription lock,
+//! in the transaction of the change that moved the MRR.
+
+use super::schema::{account_mrr, revenue_movements};
+use super::StoreError;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Numeric, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = account_mrr)]
+pub struct MrrRow {
+    pub account: String,
+    pub mrr: Decimal,
+    pub usage_mrr: Decimal,
+    pub currency: String,
+    pub had_mrr: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn find_by_accounts(
+    conn: &mut AsyncPgConnection,
+    accounts: &[String],
+) -> Result<Vec<MrrRow>, StoreError> {
+    Ok(account_mrr::table
+        .filter(account_mrr::account.eq_any(accounts))
+        .select(MrrRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// Writes the accounts' MRR (one row per account in `rows`).
+pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[MrrRow]) -> Result<(), StoreError> {
+    use diesel::upsert::excluded;
+    for chunk in rows.chunks(2000) {
+        diesel::insert_into(account_mrr::table)
+            .values(chunk)
+            .on_conflict(account_mrr::account)
+            .do_update()
+            .set((
+                account_mrr::mrr.eq(excluded(account_mrr::mrr)),
+                account_mrr::usage_mrr.eq(excluded(account_mrr::usage_mrr)),
+                account_mrr::currency.eq(excluded(account_mrr::currency)),
+                account_mrr::had_mrr.eq(excluded(account_mrr::had_mrr)),
+                account_mrr::updated_at.eq(excluded(account_mrr::updated_at)),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = revenue_movements)]
+pub struct NewMovement {
+    pub account: String,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub cause: String,
+    pub mrr_before: Decimal,
+    pub mrr_after: Decimal,
+    pub currency: String,
+    pub ref_kind: String,
+    pub ref_id: i64,
+}
+
+/// Inserts movements; returns their ids matched by (account, at, cause), not by position.
+pub async fn insert_movements(
+    conn: &mut AsyncPgConnection,
+    rows: &[NewMovement],
+) -> Result<Vec<(String, DateTime<Utc>, String, i64)>, StoreError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(2000) {
+        let got: Vec<(String, DateTime<Utc>, String, i64)> =
+            diesel::insert_into(revenue_movements::table)
+                .values(chunk)
+                .returning((
+                    revenue_movements::account,
+                    revenue_movements::at,
+                    revenue_movements::cause,
+                    revenue_movements::id,
+                ))
+                .get_results(conn)
+                .await?;
+        ids.extend(got);
+    }
+    Ok(ids)
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = revenue_movements)]
+pub struct MovementRow {
+    pub account: String,
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub cause: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub mrr_before: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub mrr_after: Decimal,
+    pub currency: String,
+    pub ref_kind: String,
+    pub ref_id: i64,
+}
+
+/// Movements in [from, to), oldest first, optionally of one account.
+pub async fn between(
+    conn: &mut AsyncPgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    account: Option<&str>,
+) -> Result<Vec<MovementRow>, StoreError> {
+    let mut q = revenue_movements::table
+        .filter(revenue_movements::at.ge(from))
+        .filter(revenue_movements::at.lt(to))
+        .into_boxed();
+    if let Some(a) = account {
+        q = q.filter(revenue_movements::account.eq(a.to_owned()));
+    }
+    Ok(
+        q.order((revenue_movements::at.asc(), revenue_movements::id.asc()))
+            .select(MovementRow::as_select())
+            .load(conn)
+            .await?,
+    )
+}
+
+#[derive(QueryableByName)]
+struct MrrAt {
+    #[diesel(sql_type = Text)]
+    account: String,
+    #[diesel(sql_type = Numeric)]
+    mrr: Decimal,
+    #[diesel(sql_type = Text)]
+    currency: String,
+}
+
+/// Every account's MRR just before `at` (its last movement before it), with its currency.
+pub async fn mrr_before(
+    conn: &mut AsyncPgConnection,
+    at: DateTime<Utc>,
+) -> Result<Vec<(String, Decimal, String)>, StoreError> {
+    let rows: Vec<MrrAt> = diesel::sql_query(
+        "SELECT DISTINCT ON (account) account, mrr_after AS mrr, currency
+           FROM revenue_movements WHERE at < $1
+          ORDER BY account, at DESC, id DESC",
+    )
+    .bind::<Timestamptz, _>(at)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.account, r.mrr, r.currency))
+        .collect())
+}
