@@ -13,6 +13,7 @@ mod ingest;
 mod layering;
 mod plans;
 mod restart;
+mod revenue;
 mod stripe;
 mod subscriptions;
 mod usage;

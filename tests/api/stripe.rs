@@ -255,6 +255,33 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
             ("suspended".to_owned(), 4),
         ]
     );
+    // The suspension is a revenue movement: Team (83) falls to Free (0).
+    let (_, moves) = app
+        .get(
+            &key,
+            "/v1/movements?from=2026-11-01T00:00:00Z&to=2027-01-01T00:00:00Z&account=declines",
+        )
+        .await;
+    let moves: Vec<(&str, &str, &str, &str)> = moves["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap(),
+                m["cause"].as_str().unwrap(),
+                m["mrr_after"].as_str().unwrap(),
+                m["ref_kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            ("new", "plan_upgrade", "83", "subscription_change"),
+            ("churn", "dunning_suspension", "0", "dunning_step"),
+        ]
+    );
     // Four declined charges, none succeeded; no more attempts are made.
     let charges = fake_stripe().charges_of(&customer).await;
     assert_eq!(charges.len(), 4);

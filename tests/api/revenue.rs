@@ -1,0 +1,541 @@
+//! Revenue movements and retention through the real write paths, and outbound events: the
+//! dispatcher against a flaky receiver (and a killed dispatcher), signatures checked by an
+//! independent HMAC, and the feed.
+
+use crate::helpers::*;
+use accrue::domain::clock::Clock;
+use accrue::jobs::{tick, Scheduler};
+use accrue::services::outbox;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+async fn quote_and_accept(app: &TestApp, key: &str, account: &str, body: Value) -> Value {
+    let (status, q) = app
+        .post(
+            key,
+            &format!("/v1/accounts/{account}/subscription/quotes"),
+            &body,
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{q}");
+    let id = q["id"].as_str().unwrap();
+    let (status, a) = app
+        .post(
+            key,
+            &format!("/v1/accounts/{account}/subscription/quotes/{id}/accept"),
+            &json!({}),
+            Some(&format!("k-{id}")),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    a
+}
+
+/// (kind, cause, before, after) of an account's movements, in order.
+async fn movements_of(
+    app: &TestApp,
+    key: &str,
+    account: &str,
+) -> Vec<(String, String, String, String)> {
+    let (status, body) = app
+        .get(
+            key,
+            &format!(
+                "/v1/movements?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&account={account}"
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap().to_owned();
+            (s("kind"), s("cause"), s("mrr_before"), s("mrr_after"))
+        })
+        .collect()
+}
+
+fn mv(kind: &str, cause: &str, before: &str, after: &str) -> (String, String, String, String) {
+    (kind.into(), cause.into(), before.into(), after.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cause_writes_its_movement_with_the_right_kind_and_delta() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+
+    // Team v2: 59 base, 3 seats included, 12 per extra seat. Business: 199, 10 included.
+    app.subscribe(&key, "grows", json!({"plan": "team", "seats": 3}))
+        .await;
+    quote_and_accept(&app, &key, "grows", json!({"seats": 5})).await;
+    quote_and_accept(&app, &key, "grows", json!({"plan": "business"})).await;
+    // Fewer seats within Business's included ten: MRR does not move, no movement.
+    quote_and_accept(&app, &key, "grows", json!({"seats": 6})).await;
+    // A downgrade waits for the period end.
+    quote_and_accept(&app, &key, "grows", json!({"plan": "team", "seats": 3})).await;
+
+    app.subscribe(&key, "uses", json!({"plan": "team", "seats": 3}))
+        .await;
+    let evs: Vec<Value> = (0..15)
+        .map(|i| json!({"id": format!("u{i}"), "account": "uses", "type": "job.completed", "timestamp": "2026-11-25T12:30:00Z", "properties": {"minutes": 100}}))
+        .collect();
+    let (status, body) = app.send(&key, &json!({ "events": evs })).await;
+    assert_eq!(status, 200, "{body}");
+
+    app.subscribe(
+        &key,
+        "tries",
+        json!({"plan": "team", "seats": 3, "trial": true}),
+    )
+    .await;
+    app.subscribe(&key, "leaves", json!({"plan": "team", "seats": 3}))
+        .await;
+    quote_and_accept(&app, &key, "leaves", json!({"cancel": true})).await;
+
+    // The trial ends (14 days), then the first period closes, then the second.
+    for at in [
+        "2026-12-09T13:00:00Z",
+        "2026-12-25T12:01:00Z",
+        "2027-01-25T12:01:00Z",
+    ] {
+        app.clock.set(t(at));
+        tick(&app.ctx, &scheduler).await.unwrap();
+    }
+
+    assert_eq!(
+        movements_of(&app, &key, "grows").await,
+        vec![
+            mv("new", "plan_upgrade", "0", "59"),
+            mv("expansion", "seats_added", "59", "83"),
+            mv("expansion", "plan_upgrade", "83", "199"),
+            mv("contraction", "plan_downgrade", "199", "59"),
+        ]
+    );
+    // 1,500 compute minutes: one 8.00 package above the 500 free, then none.
+    assert_eq!(
+        movements_of(&app, &key, "uses").await,
+        vec![
+            mv("new", "plan_upgrade", "0", "59"),
+            mv("expansion", "usage_growth", "59", "67"),
+            mv("contraction", "usage_decline", "67", "59"),
+        ]
+    );
+    assert_eq!(
+        movements_of(&app, &key, "tries").await,
+        vec![mv("new", "trial_converted", "0", "59")]
+    );
+    assert_eq!(
+        movements_of(&app, &key, "leaves").await,
+        vec![
+            mv("new", "plan_upgrade", "0", "59"),
+            mv("churn", "cancellation", "59", "0"),
+        ]
+    );
+    // Each movement points at what caused it, and went to the outbox with it.
+    let (_, body) = app
+        .get(
+            &key,
+            "/v1/movements?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&account=uses",
+        )
+        .await;
+    assert_eq!(body["movements"][1]["ref_kind"], "invoice");
+    assert_eq!(body["movements"][0]["ref_kind"], "subscription_change");
+    let movements = app
+        .db
+        .count("(SELECT COUNT(*) FROM revenue_movements)::int8")
+        .await;
+    let events = app
+        .db
+        .count("(SELECT COUNT(*) FROM outbox WHERE kind = 'revenue.movement')::int8")
+        .await;
+    assert_eq!((movements, events), (10, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nrr_and_grr_over_a_scripted_cohort_equal_the_hand_computation() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    // The cohort on 2026-12-01: 59 + 83 + 199 + 59 = 400.
+    app.subscribe(&key, "a", json!({"plan": "team", "seats": 3}))
+        .await;
+    app.subscribe(&key, "b", json!({"plan": "team", "seats": 5}))
+        .await;
+    app.subscribe(&key, "c", json!({"plan": "business", "seats": 5}))
+        .await;
+    app.subscribe(&key, "d", json!({"plan": "team", "seats": 3}))
+        .await;
+    // December: a upgrades (+140), b drops two seats at renewal (−24), d cancels (−59),
+    // e arrives (outside the cohort).
+    app.clock.set(t("2026-12-10T00:00:00Z"));
+    quote_and_accept(&app, &key, "a", json!({"plan": "business", "seats": 5})).await;
+    quote_and_accept(
+        &app,
+        &key,
+        "b",
+        json!({"seats": 3, "effective": "period_end"}),
+    )
+    .await;
+    quote_and_accept(&app, &key, "d", json!({"cancel": true})).await;
+    app.subscribe(&key, "e", json!({"plan": "team", "seats": 3}))
+        .await;
+    app.clock.set(t("2026-12-25T12:01:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+
+    let (status, body) = app
+        .get(
+            &key,
+            "/v1/reports/nrr?from=2026-12-01T00:00:00Z&to=2027-01-01T00:00:00Z",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let w = &body["windows"][0];
+    assert_eq!(
+        (
+            w["starting_mrr"].as_str(),
+            w["expansion"].as_str(),
+            w["contraction"].as_str(),
+            w["churn"].as_str(),
+            w["ending_mrr"].as_str(),
+            w["accounts"].as_i64()
+        ),
+        (
+            Some("400"),
+            Some("140"),
+            Some("24"),
+            Some("59"),
+            Some("457"),
+            Some(4)
+        )
+    );
+    // (400 + 140 − 24 − 59) / 400 and (400 − 24 − 59) / 400.
+    assert_eq!(w["nrr"], "1.1425");
+    assert_eq!(w["grr"], "0.7925");
+
+    // By month: January's cohort is a 199, b 59, c 199, e 59 with no movement.
+    let (_, series) = app
+        .get(
+            &key,
+            "/v1/reports/nrr?from=2026-12-01T00:00:00Z&to=2027-02-01T00:00:00Z&by=month",
+        )
+        .await;
+    let ws = series["windows"].as_array().unwrap();
+    assert_eq!(ws.len(), 2, "{series}");
+    assert_eq!(ws[0]["nrr"], "1.1425");
+    assert_eq!(
+        (
+            ws[1]["starting_mrr"].as_str(),
+            ws[1]["nrr"].as_str(),
+            ws[1]["accounts"].as_i64()
+        ),
+        (Some("516"), Some("1"), Some(4))
+    );
+
+    // Bad windows are refused by name.
+    let (status, e) = app
+        .get(
+            &key,
+            "/v1/reports/nrr?from=2027-01-01T00:00:00Z&to=2026-12-01T00:00:00Z",
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("invalid_window"))
+    );
+    let (status, _) = app.get(&key, "/v1/reports/nrr?from=2027-01-01").await;
+    assert_eq!(status, 400);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound events
+
+/// HMAC-SHA256 written from RFC 2104 over sha2, independent of the `hmac` crate accrue uses.
+fn rfc2104_hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::digest([ipad.as_slice(), msg].concat());
+    Sha256::digest([opad.as_slice(), inner.as_slice()].concat()).to_vec()
+}
+
+#[derive(Default)]
+struct Receiver {
+    requests: usize,
+    /// (event id, verified) of each request answered 2xx.
+    accepted: Vec<(String, bool)>,
+}
+
+/// A webhook receiver failing every fifth request, answering after `delay_ms`.
+async fn start_receiver(
+    secret: Arc<Mutex<String>>,
+    delay_ms: u64,
+) -> (String, Arc<Mutex<Receiver>>) {
+    let state = Arc::new(Mutex::new(Receiver::default()));
+    let data = (state.clone(), secret);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        let data = data.clone();
+        App::new().route(
+            "/hook",
+            web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                let (state, secret) = data.clone();
+                async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                    let header = req
+                        .headers()
+                        .get("Accrue-Signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let (t, v1) = header
+                        .split_once(",v1=")
+                        .map(|(t, v)| (t.trim_start_matches("t=").to_owned(), v.to_owned()))
+                        .unwrap_or_default();
+                    let secret = secret.lock().unwrap().clone();
+                    let expected = hex::encode(rfc2104_hmac_sha256(
+                        secret.as_bytes(),
+                        format!("{t}.{}", std::str::from_utf8(&body).unwrap()).as_bytes(),
+                    ));
+                    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let mut s = state.lock().unwrap();
+                    s.requests += 1;
+                    if s.requests % 5 == 0 {
+                        return HttpResponse::InternalServerError().finish();
+                    }
+                    s.accepted.push((
+                        event["id"].as_str().unwrap_or_default().to_owned(),
+                        expected == v1,
+                    ));
+                    HttpResponse::Ok().finish()
+                }
+            }),
+        )
+    })
+    .workers(2)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    (url, state)
+}
+
+/// An app whose webhook policy allows loopback receivers (development setting).
+async fn spawn_dev_app() -> TestApp {
+    let db = TestDb::new().await;
+    let (_, mut ctx, clock) = start_instance_unserved(&db.url, std::time::Duration::from_secs(1));
+    ctx.webhooks = outbox::WebhookPolicy {
+        allow_private: true,
+    };
+    TestApp {
+        base: serve(ctx.clone()),
+        db,
+        ctx,
+        clock,
+        http: reqwest::Client::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_a_flaky_receiver_despite_a_killed_dispatcher_signed_verifiably() {
+    let app = spawn_dev_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance,admin", None).await;
+    let secret = Arc::new(Mutex::new(String::new()));
+    let (url, received) = start_receiver(secret.clone(), 30).await;
+
+    // Loopback targets are refused unless the instance allows them (this one does).
+    let strict = spawn_app().await;
+    let strict_key = strict.key("admin", None).await;
+    let (status, e) = strict
+        .post(
+            &strict_key,
+            "/v1/webhook-endpoints",
+            &json!({"url": url}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("invalid_url")),
+        "{e}"
+    );
+
+    let (status, ep) = app
+        .post(
+            &key,
+            "/v1/webhook-endpoints",
+            &json!({"url": url, "kinds": ["revenue.movement"]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    *secret.lock().unwrap() = ep["secret"].as_str().unwrap().to_owned();
+    let endpoint = ep["id"].as_i64().unwrap();
+
+    for i in 0..24 {
+        app.subscribe(
+            &key,
+            &format!("acct{i:02}"),
+            json!({"plan": "team", "seats": 3}),
+        )
+        .await;
+    }
+    let expected: BTreeSet<String> = {
+        let (_, feed) = app.get(&key, "/v1/feed?after=0&limit=1000").await;
+        feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(expected.len(), 24);
+
+    // A dispatcher dies while its deliveries are in flight.
+    let http = reqwest::Client::new();
+    let doomed = {
+        let (ctx, http) = (app.ctx.clone(), http.clone());
+        tokio::spawn(async move { outbox::dispatch(&ctx, &http).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+    doomed.abort();
+    let _ = doomed.await;
+
+    // Later rounds (the clock passing leases and backoffs) deliver everything.
+    for _ in 0..12 {
+        app.clock.advance(chrono::Duration::seconds(90));
+        outbox::dispatch(&app.ctx, &http).await.unwrap();
+    }
+    let r = received.lock().unwrap();
+    let got: BTreeSet<String> = r.accepted.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(got, expected, "every event delivered, each at least once");
+    assert!(
+        r.accepted.iter().all(|(_, ok)| *ok),
+        "every signature verifies"
+    );
+    assert!(
+        r.requests > r.accepted.len(),
+        "the receiver did fail some requests"
+    );
+    drop(r);
+    let (_, dead) = app
+        .get(
+            &key,
+            &format!("/v1/webhook-endpoints/{endpoint}/deliveries?state=dead"),
+        )
+        .await;
+    assert_eq!(dead["deliveries"], json!([]));
+    let (_, delivered) = app
+        .get(
+            &key,
+            &format!("/v1/webhook-endpoints/{endpoint}/deliveries?state=delivered&limit=1000"),
+        )
+        .await;
+    assert_eq!(delivered["deliveries"].as_array().unwrap().len(), 24);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_ends_in_the_dead_letter_state_after_three_days() {
+    let app = spawn_dev_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance,admin", None).await;
+    // Nothing listens on this port.
+    let url = format!("http://127.0.0.1:{}/hook", free_port());
+    let (status, ep) = app
+        .post(&key, "/v1/webhook-endpoints", &json!({"url": url}), None)
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    let endpoint = ep["id"].as_i64().unwrap();
+    app.subscribe(&key, "lonely", json!({"plan": "team", "seats": 3}))
+        .await;
+    let http = reqwest::Client::new();
+    let mut rounds = 0;
+    loop {
+        outbox::dispatch(&app.ctx, &http).await.unwrap();
+        let (_, dead) = app
+            .get(
+                &key,
+                &format!("/v1/webhook-endpoints/{endpoint}/deliveries?state=dead"),
+            )
+            .await;
+        if !dead["deliveries"].as_array().unwrap().is_empty() {
+            let d = &dead["deliveries"][0];
+            assert!(d["last_error"].as_str().unwrap().contains("request failed"));
+            let age = app.clock.now() - t(NOW);
+            assert!(
+                age >= chrono::Duration::hours(66) && age <= chrono::Duration::hours(78),
+                "{age}"
+            );
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 100, "never dead-lettered");
+        app.clock.advance(chrono::Duration::hours(1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_pages_through_events_in_order_with_a_cursor() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance,admin", None).await;
+    for i in 0..7 {
+        app.subscribe(&key, &format!("f{i}"), json!({"plan": "team", "seats": 3}))
+            .await;
+    }
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let (status, page) = app
+            .get(&key, &format!("/v1/feed?after={after}&limit=3"))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let events = page["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            assert_eq!(page["next_after"].as_i64(), Some(after));
+            break;
+        }
+        for e in &events {
+            assert_eq!(e["type"], "revenue.movement");
+            seen.push((
+                e["seq"].as_i64().unwrap(),
+                e["account"].as_str().unwrap().to_owned(),
+            ));
+        }
+        after = page["next_after"].as_i64().unwrap();
+    }
+    let seqs: Vec<i64> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    let accounts: Vec<&str> = seen.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(accounts, vec!["f0", "f1", "f2", "f3", "f4", "f5", "f6"]);
+    // An account-bound key reads its own account's events only.
+    let own = app.key("finance", Some("f3")).await;
+    let (_, mine) = app.get(&own, "/v1/feed?after=0").await;
+    let mine: BTreeMap<String, i64> = mine["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["account"].as_str().unwrap().to_owned(),
+                e["seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(mine, BTreeMap::from([("f3".to_owned(), 4)]));
+}
