@@ -421,18 +421,19 @@ async fn every_event_reaches_a_flaky_receiver_despite_a_killed_dispatcher_signed
         app.clock.advance(chrono::Duration::seconds(90));
         outbox::dispatch(&app.ctx, &http).await.unwrap();
     }
-    let r = received.lock().unwrap();
-    let got: BTreeSet<String> = r.accepted.iter().map(|(id, _)| id.clone()).collect();
-    assert_eq!(got, expected, "every event delivered, each at least once");
-    assert!(
-        r.accepted.iter().all(|(_, ok)| *ok),
-        "every signature verifies"
-    );
-    assert!(
-        r.requests > r.accepted.len(),
-        "the receiver did fail some requests"
-    );
-    drop(r);
+    {
+        let r = received.lock().unwrap();
+        let got: BTreeSet<String> = r.accepted.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(got, expected, "every event delivered, each at least once");
+        assert!(
+            r.accepted.iter().all(|(_, ok)| *ok),
+            "every signature verifies"
+        );
+        assert!(
+            r.requests > r.accepted.len(),
+            "the receiver did fail some requests"
+        );
+    }
     let (_, dead) = app
         .get(
             &key,
