@@ -36,6 +36,9 @@ pub struct Entry {
     used: AtomicBool,
     snapshot: Option<Snapshot>,
     usage: Mutex<HashMap<String, AggregateState>>,
+    /// (meter, threshold) alerts this entry already reported (the database de-duplicates
+    /// across entries and instances).
+    alerted: Mutex<std::collections::HashSet<(String, i16)>>,
 }
 
 #[derive(Clone)]
@@ -48,6 +51,8 @@ struct Snapshot {
 
 pub struct CheckCache {
     entries: RwLock<HashMap<String, Arc<Entry>>>,
+    /// Aggregations of the meters (usage alerts compare aggregate values).
+    meters: Arc<crate::catalog::meters::MeterCatalog>,
     staleness: Duration,
     sync: Mutex<WriteTracking>,
 }
@@ -62,9 +67,10 @@ struct WriteTracking {
 }
 
 impl CheckCache {
-    pub fn new(staleness: Duration) -> Self {
+    pub fn new(staleness: Duration, meters: Arc<crate::catalog::meters::MeterCatalog>) -> Self {
         Self {
             entries: RwLock::new(HashMap::new()),
+            meters,
             staleness,
             sync: Mutex::new(WriteTracking::default()),
         }
@@ -150,6 +156,65 @@ impl CheckCache {
     }
 
     /// Forgets an account (after a subscription change): the next check reloads it.
+    /// Usage thresholds (50, 80, 100 % of a limit) a cached account has reached and this entry
+    /// has not reported yet, with the period they belong to.
+    pub fn new_alerts(&self, account: &str) -> Option<(Period, Vec<Alert>)> {
+        let entry = self.lookup(account)?;
+        let s = entry.snapshot.as_ref()?;
+        if s.plan.limits.is_empty() {
+            return None;
+        }
+        let usage = entry.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut alerted = entry.alerted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (meter, limit) in &s.plan.limits {
+            if limit.limit <= Decimal::ZERO {
+                continue;
+            }
+            let agg = self
+                .meters
+                .get(meter)
+                .map_or(Aggregation::Count, |m| m.aggregation);
+            let used = usage.get(meter).map_or(Decimal::ZERO, |st| st.value(agg));
+            for threshold in [50i16, 80, 100] {
+                if used * Decimal::from(100) >= limit.limit * Decimal::from(threshold)
+                    && alerted.insert((meter.clone(), threshold))
+                {
+                    out.push(Alert {
+                        meter: meter.clone(),
+                        threshold,
+                        used,
+                        limit: limit.limit,
+                    });
+                }
+            }
+        }
+        (!out.is_empty()).then_some((s.period, out))
+    }
+
+    /// Marks a refused request (a limit hit) of a cached account; Some the first time per entry.
+    fn hit_alert(
+        &self,
+        entry: &Entry,
+        meter: &str,
+        used: Decimal,
+        limit: Decimal,
+    ) -> Option<(Period, Vec<Alert>)> {
+        let s = entry.snapshot.as_ref()?;
+        let mut alerted = entry.alerted.lock().unwrap_or_else(|e| e.into_inner());
+        alerted.insert((meter.to_owned(), 0)).then(|| {
+            (
+                s.period,
+                vec![Alert {
+                    meter: meter.to_owned(),
+                    threshold: 0,
+                    used,
+                    limit,
+                }],
+            )
+        })
+    }
+
     pub fn invalidate(&self, account: &str) {
         self.entries
             .write()
@@ -196,6 +261,76 @@ impl CheckCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A usage alert: `threshold` percent of a limit reached (50, 80, 100), or 0 for a request
+/// the limit refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub meter: String,
+    pub threshold: i16,
+    pub used: Decimal,
+    pub limit: Decimal,
+}
+
+/// Records alerts (once per account, meter, period and threshold) with their outbox events.
+pub async fn record_alerts(
+    pool: &store::Pool,
+    account: &str,
+    period: Period,
+    alerts: &[Alert],
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    use diesel_async::AsyncConnection;
+    let mut conn = pool.get().await?;
+    conn.transaction::<usize, StoreError, _>(async |c| {
+        let keys: Vec<(String, i16)> = alerts
+            .iter()
+            .map(|a| (a.meter.clone(), a.threshold))
+            .collect();
+        let fresh = store::outbox::record_alerts(c, account, period.start, &keys, now).await?;
+        let events: Vec<_> = alerts
+            .iter()
+            .filter(|a| fresh.contains(&(a.meter.clone(), a.threshold)))
+            .map(|a| {
+                let (kind, data) = if a.threshold == 0 {
+                    (
+                        "limit.hit",
+                        serde_json::json!({"account": account, "meter": a.meter,
+                            "used": a.used.normalize().to_string(), "limit": a.limit.normalize().to_string(),
+                            "period": {"start": period.start, "end": period.end}}),
+                    )
+                } else {
+                    (
+                        "usage.threshold",
+                        serde_json::json!({"account": account, "meter": a.meter,
+                            "threshold_percent": a.threshold,
+                            "used": a.used.normalize().to_string(), "limit": a.limit.normalize().to_string(),
+                            "period": {"start": period.start, "end": period.end}}),
+                    )
+                };
+                super::outbox::event(account, kind, data, now)
+            })
+            .collect();
+        store::outbox::insert_events(c, &events).await?;
+        Ok(events.len())
+    })
+    .await
+}
+
+/// Writes alerts in the background (a check or an ingest never waits for them).
+pub fn spawn_alerts(
+    pool: store::Pool,
+    account: String,
+    period: Period,
+    alerts: Vec<Alert>,
+    now: DateTime<Utc>,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = record_alerts(&pool, &account, period, &alerts, now).await {
+            tracing::warn!(account, error = %e, "usage alerts not recorded");
+        }
+    });
 }
 
 /// See [`CheckCache::write_guard`].
@@ -295,7 +430,19 @@ pub async fn check(
         None => load(ctx, account).await?,
     };
     entry.used.store(true, Ordering::Relaxed);
-    Ok(answer(ctx, &entry, &ask))
+    let a = answer(ctx, &entry, &ask);
+    let now = ctx.clock.now();
+    if let Some((period, alerts)) = ctx.checks.new_alerts(account) {
+        spawn_alerts(ctx.pool.clone(), account.to_owned(), period, alerts, now);
+    }
+    if let (Reason::LimitExceeded, Ask::Meter(m, _), Some(used), Some(limit)) =
+        (a.reason, &ask, a.used, a.limit)
+    {
+        if let Some((period, alerts)) = ctx.checks.hit_alert(&entry, m, used, limit) {
+            spawn_alerts(ctx.pool.clone(), account.to_owned(), period, alerts, now);
+        }
+    }
+    Ok(a)
 }
 
 /// Accounts refreshed per round trip by the refresher.
@@ -353,6 +500,7 @@ fn empty_entry() -> Entry {
         used: AtomicBool::new(false),
         snapshot: None,
         usage: Mutex::new(HashMap::new()),
+        alerted: Mutex::default(),
     }
 }
 
@@ -384,6 +532,7 @@ async fn read_entries(
                 used: AtomicBool::new(false),
                 snapshot: Some(s),
                 usage: Mutex::new(u),
+                alerted: Mutex::default(),
             };
             (a, entry)
         })

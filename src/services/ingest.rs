@@ -244,6 +244,25 @@ async fn run_lane(
             }
         }
         checks.end_writes(&accounts);
+        if let Ok((_, new)) = &result {
+            // Usage thresholds reached by these events (for accounts the check cache holds;
+            // others are evaluated when they are next checked).
+            let now = clock.now();
+            let mut seen = HashSet::new();
+            for (account, _) in new {
+                if seen.insert(account.as_str()) {
+                    if let Some((period, alerts)) = checks.new_alerts(account) {
+                        super::check::spawn_alerts(
+                            pool.clone(),
+                            account.clone(),
+                            period,
+                            alerts,
+                            now,
+                        );
+                    }
+                }
+            }
+        }
         match result {
             Ok((per_job, _)) => {
                 for (job, n) in jobs.into_iter().zip(per_job) {

@@ -47,7 +47,8 @@ impl Ctx {
         ingest_lanes: usize,
         check_staleness: std::time::Duration,
     ) -> Self {
-        let checks = Arc::new(check::CheckCache::new(check_staleness));
+        let meters = Arc::new(meters);
+        let checks = Arc::new(check::CheckCache::new(check_staleness, meters.clone()));
         let ctx = Self {
             ingest: Arc::new(ingest::IngestPipeline::start(
                 pool.clone(),
@@ -57,7 +58,7 @@ impl Ctx {
             )),
             checks,
             pool,
-            meters: Arc::new(meters),
+            meters,
             plans: Arc::new(plans),
             clock,
             keys: Arc::new(auth::KeyCache::default()),

@@ -1,6 +1,8 @@
 //! `outbox`, `outbox_sequencer`, `webhook_endpoints`, `webhook_deliveries`.
 
-use super::schema::{outbox, outbox_sequencer, webhook_deliveries, webhook_endpoints};
+use super::schema::{
+    limit_alerts, outbox, outbox_sequencer, webhook_deliveries, webhook_endpoints,
+};
 use super::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -368,5 +370,33 @@ pub async fn deliveries(
         .limit(limit)
         .select(DeliveryRow::as_select())
         .load(conn)
+        .await?)
+}
+
+/// Records usage alerts of one account and period; returns the thresholds not recorded before.
+pub async fn record_alerts(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    period_start: DateTime<Utc>,
+    alerts: &[(String, i16)],
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, i16)>, StoreError> {
+    let rows: Vec<_> = alerts
+        .iter()
+        .map(|(meter, threshold)| {
+            (
+                limit_alerts::account.eq(account),
+                limit_alerts::meter.eq(meter.clone()),
+                limit_alerts::period_start.eq(period_start),
+                limit_alerts::threshold.eq(*threshold),
+                limit_alerts::at.eq(now),
+            )
+        })
+        .collect();
+    Ok(diesel::insert_into(limit_alerts::table)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning((limit_alerts::meter, limit_alerts::threshold))
+        .get_results(conn)
         .await?)
 }

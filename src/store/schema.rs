@@ -348,5 +348,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    limit_alerts (account, meter, period_start, threshold) {
+        account -> Text,
+        meter -> Text,
+        period_start -> Timestamptz,
+        threshold -> Int2,
+        at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_lines);
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_payments);

@@ -540,3 +540,95 @@ async fn the_feed_pages_through_events_in_order_with_a_cursor() {
         .collect();
     assert_eq!(mine, BTreeMap::from([("f3".to_owned(), 4)]));
 }
+
+async fn api_calls(app: &TestApp, key: &str, account: &str, from: usize, n: usize) {
+    let evs: Vec<Value> = (from..from + n)
+        .map(|i| json!({"id": format!("c{i}"), "account": account, "type": "api.request", "timestamp": NOW}))
+        .collect();
+    for chunk in evs.chunks(1000) {
+        let (status, body) = app.send(key, &json!({ "events": chunk })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// The (type, meter, threshold) of an account's alert events in the feed, once they settle.
+async fn alerts_of(
+    app: &TestApp,
+    key: &str,
+    account: &str,
+    expected: usize,
+) -> Vec<(String, String, i64)> {
+    for _ in 0..100 {
+        let (_, feed) = app.get(key, "/v1/feed?after=0&limit=1000").await;
+        let got: Vec<(String, String, i64)> = feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["account"] == account && e["type"] != "revenue.movement")
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["data"]["meter"].as_str().unwrap().to_owned(),
+                    e["data"]["threshold_percent"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect();
+        if got.len() >= expected {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {expected} alerts for {account}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_crossing_50_80_and_100_percent_and_a_refused_request_each_emit_one_event() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing,finance,admin", None).await;
+    // Free: 10,000 API calls a month, hard.
+    app.subscribe(&key, "watched", json!({"plan": "free", "seats": 1}))
+        .await;
+    let ask = json!({"meter": "api_calls"});
+    let (status, _) = app
+        .post(&key, "/v1/accounts/watched/check", &ask, None)
+        .await;
+    assert_eq!(status, 200);
+
+    api_calls(&app, &key, "watched", 0, 4_999).await;
+    api_calls(&app, &key, "watched", 4_999, 1).await; // 5,000: 50 %
+    api_calls(&app, &key, "watched", 5_000, 3_000).await; // 8,000: 80 %
+    api_calls(&app, &key, "watched", 8_000, 2_000).await; // 10,000: 100 %
+    let (_, denied) = app
+        .post(&key, "/v1/accounts/watched/check", &ask, None)
+        .await;
+    assert_eq!(denied["reason"], "limit_exceeded", "{denied}");
+    // Asking again changes nothing: every alert is announced once.
+    app.post(&key, "/v1/accounts/watched/check", &ask, None)
+        .await;
+    let alerts = alerts_of(&app, &key, "watched", 4).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let again = alerts_of(&app, &key, "watched", 4).await;
+    assert_eq!(alerts, again);
+    let mut sorted = alerts.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        vec![
+            ("limit.hit".to_owned(), "api_calls".to_owned(), 0),
+            ("usage.threshold".to_owned(), "api_calls".to_owned(), 50),
+            ("usage.threshold".to_owned(), "api_calls".to_owned(), 80),
+            ("usage.threshold".to_owned(), "api_calls".to_owned(), 100),
+        ]
+    );
+
+    // An account nobody checked yet is evaluated at its first check.
+    app.subscribe(&key, "quiet", json!({"plan": "free", "seats": 1}))
+        .await;
+    api_calls(&app, &key, "quiet", 0, 6_000).await;
+    app.post(&key, "/v1/accounts/quiet/check", &ask, None).await;
+    assert_eq!(
+        alerts_of(&app, &key, "quiet", 1).await,
+        vec![("usage.threshold".to_owned(), "api_calls".to_owned(), 50)]
+    );
+}
