@@ -199,6 +199,92 @@ async fn report_nrr(
     Ok(())
 }
 
+async fn plans_migrate(
+    config: &Config,
+    from: &str,
+    to: &str,
+    dry_run: bool,
+    now: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use accrue::services::migration::{migrate, When};
+    let from: PlanRef = from.parse().map_err(anyhow::Error::msg)?;
+    let to: PlanRef = to.parse().map_err(anyhow::Error::msg)?;
+    let (meters, plans) = load_catalogue(&config.plans_dir)?;
+    store::ensure_database(&config.database_url).await?;
+    store::run_migrations(&config.database_url).await?;
+    let pool = store::pool(&config.database_url, 2)?;
+    let mut ctx = Ctx::new(
+        pool.clone(),
+        meters,
+        plans,
+        Arc::new(SystemClock),
+        1,
+        config.check_staleness,
+    );
+    if let Some(stripe) = &config.stripe {
+        // Change invoices are collected by the servers' sweep, through Stripe.
+        let payments = accrue::services::payments::Payments::connect(
+            &pool,
+            stripe,
+            config.dunning.clone(),
+            Utc::now(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting the Stripe rail: {e}"))?;
+        ctx = ctx.with_payments(payments);
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    let when = if now { When::Now } else { When::AtRenewal };
+    let report = migrate(&ctx, &from, &to, dry_run, when, &format!("cli:{user}"))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} -> {} ({}{}), {} subscribers, amounts in {}",
+        report.from,
+        report.to,
+        if report.dry_run { "dry run, " } else { "" },
+        if now { "now" } else { "at renewal" },
+        report.accounts.len(),
+        report.currency
+    );
+    println!(
+        "{:<24} {:>6} {:>14} {:>14} {:>12} {:>12} {:>12}  note",
+        "account", "seats", "last period", "under new", "delta", "MRR before", "MRR after"
+    );
+    for l in &report.accounts {
+        println!(
+            "{:<24} {:>6} {:>14} {:>14} {:>12} {:>12} {:>12}  {}",
+            l.account,
+            l.seats,
+            l.current_version_amount,
+            l.new_version_amount,
+            l.period_delta,
+            l.mrr_before.round_dp(2),
+            l.mrr_after.round_dp(2),
+            l.skipped.as_deref().unwrap_or("")
+        );
+    }
+    println!(
+        "{:<24} {:>6} {:>14} {:>14} {:>12} {:>12} {:>12}",
+        "total",
+        "",
+        report.total_current_version_amount,
+        report.total_new_version_amount,
+        report.total_period_delta,
+        report.total_mrr_before.round_dp(2),
+        report.total_mrr_after.round_dp(2)
+    );
+    if !report.dry_run {
+        println!("migrated {} subscribers", report.migrated);
+    }
+    Ok(())
+}
+
 /// Where a plan version comes from on the command line.
 fn plan_from_args(
     config: &Config,
@@ -261,6 +347,26 @@ enum PlansCommand {
         from: String,
         to: String,
         /// Print the changes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move every subscriber of one version to another, e.g. `accrue plans migrate team@1
+    /// team@2 --dry-run`: the dry run replays each subscriber's last closed period under the
+    /// new version and prints the revenue impact; the real run moves them at renewal (default)
+    /// or now (prorated), with revenue movements and an audit record.
+    Migrate {
+        from: String,
+        to: String,
+        /// Print the impact without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Move at each subscriber's next renewal (the default).
+        #[arg(long, conflicts_with = "now")]
+        at_renewal: bool,
+        /// Move now, prorated like an upgrade or downgrade.
+        #[arg(long)]
+        now: bool,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -478,6 +584,14 @@ async fn plans(config: &Config, command: PlansCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        PlansCommand::Migrate {
+            from,
+            to,
+            dry_run,
+            at_renewal: _,
+            now,
+            json,
+        } => plans_migrate(config, &from, &to, dry_run, now, json).await,
         PlansCommand::Diff { from, to, json } => {
             let (_, plans) = load_catalogue(&config.plans_dir)?;
             let get = |s: &str| -> anyhow::Result<&accrue::domain::plan::PlanVersion> {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod billing;
 pub mod check;
 pub mod ingest;
+pub mod migration;
 pub mod outbox;
 pub mod payments;
 pub mod plans;

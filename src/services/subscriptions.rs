@@ -851,6 +851,10 @@ pub struct QuoteRequest {
     #[serde(default)]
     pub trial: bool,
     pub effective: Option<Effective>,
+    /// Set by operator actions (plan migrations), never by a request body: a decrease may
+    /// take effect now whatever the plan's downgrade policy.
+    #[serde(skip)]
+    pub operator_override: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -965,7 +969,7 @@ pub async fn quote(
                 let decrease = matches!(kind, "downgrade" | "seats_removed");
                 let policy_now = !decrease || old.downgrade == DowngradePolicy::ImmediateCredit;
                 let effective = match req.effective {
-                    Some(Effective::Now) if !policy_now => {
+                    Some(Effective::Now) if !policy_now && !req.operator_override => {
                         return Err(refuse(
                             "downgrade_at_period_end",
                             format!("on plan {} downgrades and seat decreases take effect at the period end ({})", old.plan, row.period_end.to_rfc3339()),
@@ -1225,4 +1229,48 @@ pub async fn accept(
         .await?;
     super::payments::spawn_collect_account(ctx, account);
     Ok(result)
+}
+
+/// Schedules a plan migration for the subscription's period end (applied by the billing
+/// cycle like any scheduled change). Refused when the account left `from` meanwhile.
+pub async fn schedule_migration(
+    ctx: &Ctx,
+    account: &str,
+    from: &PlanRef,
+    scheduled: Scheduled,
+) -> Result<(), ServiceError> {
+    let now = ctx.clock.now();
+    let _writing = ctx.checks.write_guard(account);
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    conn.transaction::<(), TxError, _>(async |c| {
+        let mut row = lock_and_catch_up(ctx, c, account, now).await?;
+        if row.plan != from.plan || row.plan_version as u32 != from.version {
+            return Err(TxError::Refused(ServiceError::Conflict {
+                code: "subscription_changed",
+                message: format!("account `{account}` is no longer on {from}"),
+            }));
+        }
+        let from_side = (row.plan.clone(), row.plan_version, row.seats);
+        row.scheduled = Some(serde_json::to_value(&scheduled).unwrap_or_default());
+        row.revision += 1;
+        row.updated_at = now;
+        subs::save(c, &row).await?;
+        let plan = plan_of(ctx, &row.plan, row.plan_version)?;
+        let mut ch = change(
+            &row,
+            "migration_scheduled",
+            now,
+            Some((&from_side.0, from_side.1, from_side.2)),
+            json!([]),
+            Decimal::ZERO,
+            plan.currency.code(),
+        );
+        ch.to_plan = Some(scheduled.plan.clone());
+        ch.to_version = Some(scheduled.version as i32);
+        ch.to_seats = Some(scheduled.seats as i32);
+        subs::insert_change(c, &ch).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(())
 }

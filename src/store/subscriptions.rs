@@ -53,6 +53,22 @@ pub async fn find_by_accounts(
         .await?)
 }
 
+/// The subscriptions on a plan version that pay or will pay (a plan migration's subscribers).
+pub async fn by_plan_version(
+    conn: &mut AsyncPgConnection,
+    plan: &str,
+    version: i32,
+) -> Result<Vec<SubscriptionRow>, StoreError> {
+    Ok(subscriptions::table
+        .filter(subscriptions::plan.eq(plan))
+        .filter(subscriptions::plan_version.eq(version))
+        .filter(subscriptions::status.eq_any(["active", "past_due", "trialing"]))
+        .order(subscriptions::account.asc())
+        .select(SubscriptionRow::as_select())
+        .load(conn)
+        .await?)
+}
+
 /// Reads the subscription and locks it until the transaction ends.
 pub async fn lock_by_account(
     conn: &mut AsyncPgConnection,

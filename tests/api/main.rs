@@ -11,6 +11,7 @@ mod crash;
 mod governance;
 mod ingest;
 mod layering;
+mod migration;
 mod plans;
 mod restart;
 mod revenue;

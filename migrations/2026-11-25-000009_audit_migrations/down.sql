@@ -1,0 +1,3 @@
+ALTER TABLE catalogue_audit DROP CONSTRAINT catalogue_audit_action_check;
+ALTER TABLE catalogue_audit ADD CONSTRAINT catalogue_audit_action_check
+    CHECK (action IN ('published', 'refused'));
