@@ -240,6 +240,53 @@ async fn nrr_and_grr_over_a_scripted_cohort_equal_the_hand_computation() {
         (Some("516"), Some("1"), Some(4))
     );
 
+    // `accrue report nrr` prints the same figures.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args([
+            "report",
+            "nrr",
+            "--from",
+            "2026-12-01",
+            "--to",
+            "2027-01-01",
+            "--json",
+        ])
+        .env("DATABASE_URL", &app.db.url)
+        .env(
+            "ACCRUE_PLANS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/pricing-plans"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli, body["windows"]);
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args([
+            "report",
+            "nrr",
+            "--from",
+            "2026-12-01",
+            "--to",
+            "2027-01-01",
+        ])
+        .env("DATABASE_URL", &app.db.url)
+        .env(
+            "ACCRUE_PLANS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/pricing-plans"),
+        )
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("114.2 %") && table.contains("79.2 %"),
+        "{table}"
+    );
+
     // Bad windows are refused by name.
     let (status, e) = app
         .get(
