@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+COPY config ./config
 COPY benches ./benches
 RUN cargo build --release --locked --bin accrue
 
@@ -13,8 +14,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 WORKDIR /app
 COPY --from=build /src/target/release/accrue /usr/local/bin/accrue
 COPY pricing-plans ./pricing-plans
+COPY config ./config
 ENV ACCRUE_BIND=0.0.0.0:8080 \
     ACCRUE_PLANS_DIR=/app/pricing-plans \
+    ACCRUE_REVOPS_FILE=/app/config/revops.toml \
     RUST_LOG=info
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s CMD curl -fsS http://127.0.0.1:8080/readyz || exit 1

@@ -32,6 +32,8 @@ pub struct Config {
     /// `ACCRUE_WEBHOOKS_ALLOW_PRIVATE=true`: webhook endpoints may be private or loopback
     /// addresses (development only; refused by default).
     pub webhooks_allow_private: bool,
+    /// `ACCRUE_REVOPS_FILE`: the PQL rubric, tiers, segments and routing rules.
+    pub revops_file: PathBuf,
 }
 
 impl Config {
@@ -112,6 +114,7 @@ impl Config {
             }
         };
         Ok(Self {
+            revops_file: PathBuf::from(var("ACCRUE_REVOPS_FILE", "config/revops.toml")),
             webhooks_allow_private,
             stripe,
             dunning: DunningPolicy {

@@ -63,6 +63,11 @@ enum Command {
         #[arg(long)]
         seats: Option<u32>,
     },
+    /// Check the RevOps configuration (PQL rubric, tiers, segments, routing).
+    Revops {
+        #[command(subcommand)]
+        command: RevopsCommand,
+    },
     /// Reports over the revenue ledger.
     Report {
         #[command(subcommand)]
@@ -103,6 +108,12 @@ enum Command {
         #[arg(long)]
         at: DateTime<Utc>,
     },
+}
+
+#[derive(Subcommand)]
+enum RevopsCommand {
+    /// Validate the file (default: ACCRUE_REVOPS_FILE); each problem names its field.
+    Check { file: Option<PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -432,6 +443,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export {
             command: ExportCommand::Invoices { month, out },
         } => export_invoices(&config, &month, out).await,
+        Command::Revops {
+            command: RevopsCommand::Check { file },
+        } => {
+            let file = file.unwrap_or_else(|| config.revops_file.clone());
+            let meters = MeterCatalog::load(&config.plans_dir)?;
+            let cfg =
+                accrue::services::pql::load_config(&file, &meters).map_err(anyhow::Error::msg)?;
+            println!(
+                "{}: {} signals ({} points), tiers hot {} / warm {} / watching {}, {} zone raises",
+                file.display(),
+                cfg.signals.len(),
+                cfg.signals.iter().map(|s| s.points).sum::<u32>(),
+                cfg.tiers.hot,
+                cfg.tiers.warm,
+                cfg.tiers.watching,
+                cfg.zone_raises.len()
+            );
+            Ok(())
+        }
         Command::Report {
             command:
                 ReportCommand::Nrr {
@@ -740,11 +770,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     tracing::info!(bind = %config.bind, migrations = ran, meters = ctx.meters.all().len(), "accrue serving");
+    let revops = accrue::services::pql::load_config(&config.revops_file, &ctx.meters)
+        .map_err(anyhow::Error::msg)?;
+    ctx.pql.set_config(revops);
     ctx.webhooks = accrue::services::outbox::WebhookPolicy {
         allow_private: config.webhooks_allow_private,
     };
     tokio::spawn(accrue::jobs::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::outbox::run_forever(ctx.clone()));
+    tokio::spawn(accrue::services::pql::run_forever(ctx.clone()));
     http::server(ctx, listener, None)?.await?;
     tracing::info!("accrue stopped");
     Ok(())

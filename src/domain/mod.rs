@@ -13,6 +13,7 @@ pub mod meter;
 pub mod money;
 pub mod period;
 pub mod plan;
+pub mod pql;
 pub mod proration;
 pub mod rating;
 pub mod revenue;

@@ -10,6 +10,7 @@ mod health;
 mod invoices;
 mod payments;
 mod plans;
+mod pql;
 mod revenue;
 mod usage;
 
@@ -92,6 +93,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::get().to(revenue::deliveries),
                 )
                 .route("/feed", web::get().to(revenue::feed))
+                .route("/accounts/{account}/pql", web::get().to(pql::account))
+                .route("/pql", web::get().to(pql::queue))
+                .route("/reports/funnel", web::get().to(pql::funnel))
                 .route("/plans", web::get().to(plans::list))
                 .route(
                     "/plans/{plan}/versions/{version}",

@@ -195,11 +195,23 @@ pub struct IngestPipeline {
 
 impl IngestPipeline {
     /// Starts `lanes` lane tasks on the current tokio runtime.
-    pub fn start(pool: Pool, clock: Arc<dyn Clock>, checks: Arc<CheckCache>, lanes: usize) -> Self {
+    pub fn start(
+        pool: Pool,
+        clock: Arc<dyn Clock>,
+        checks: Arc<CheckCache>,
+        pql: Arc<super::pql::PqlState>,
+        lanes: usize,
+    ) -> Self {
         let lanes = (0..lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(1024);
-                tokio::spawn(run_lane(rx, pool.clone(), clock.clone(), checks.clone()));
+                tokio::spawn(run_lane(
+                    rx,
+                    pool.clone(),
+                    clock.clone(),
+                    checks.clone(),
+                    pql.clone(),
+                ));
                 tx
             })
             .collect();
@@ -212,6 +224,7 @@ async fn run_lane(
     pool: Pool,
     clock: Arc<dyn Clock>,
     checks: Arc<CheckCache>,
+    pql: Arc<super::pql::PqlState>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut size = first.events.len();
@@ -251,6 +264,7 @@ async fn run_lane(
             let mut seen = HashSet::new();
             for (account, _) in new {
                 if seen.insert(account.as_str()) {
+                    pql.mark([account.as_str()]);
                     if let Some((period, alerts)) = checks.new_alerts(account) {
                         super::check::spawn_alerts(
                             pool.clone(),

@@ -10,6 +10,7 @@ pub mod migration;
 pub mod outbox;
 pub mod payments;
 pub mod plans;
+pub mod pql;
 pub mod revenue;
 pub mod subscriptions;
 pub mod usage;
@@ -35,6 +36,8 @@ pub struct Ctx {
     pub payments: Option<Arc<payments::Payments>>,
     /// Which webhook targets are allowed.
     pub webhooks: outbox::WebhookPolicy,
+    /// The RevOps configuration and the accounts to rescore.
+    pub pql: Arc<pql::PqlState>,
 }
 
 impl Ctx {
@@ -50,13 +53,23 @@ impl Ctx {
     ) -> Self {
         let meters = Arc::new(meters);
         let checks = Arc::new(check::CheckCache::new(check_staleness, meters.clone()));
+        let names = meters.all().iter().map(|m| m.code.clone()).collect();
+        // The shipped rubric; `accrue serve` replaces it with config/revops.toml.
+        let revops = crate::domain::pql::RevOps::parse(crate::domain::pql::DEFAULT_CONFIG, &names)
+            .unwrap_or_else(|e| {
+                tracing::warn!(errors = ?e, "the shipped RevOps rubric does not fit this meter catalogue: no PQL signals");
+                crate::domain::pql::RevOps::without_signals()
+            });
+        let pql = Arc::new(pql::PqlState::new(revops));
         let ctx = Self {
             ingest: Arc::new(ingest::IngestPipeline::start(
                 pool.clone(),
                 clock.clone(),
                 checks.clone(),
+                pql.clone(),
                 ingest_lanes,
             )),
+            pql,
             checks,
             pool,
             meters,

@@ -121,6 +121,10 @@ pub async fn record(
         let before = st.mrr;
         let after = (recurring + usage_mrr).round_dp(9).normalize();
         if let Some(kind) = classify(before, after, st.had_mrr) {
+            if kind == MovementKind::New {
+                let self_serve = plan.is_none_or(|(p, _)| p.self_serve);
+                super::pql::on_conversion(c, &inp.account, inp.at, self_serve).await?;
+            }
             let cause = inp.cause.name(before, after);
             let kind = kind_name(kind);
             movements.push(NewMovement {
@@ -160,6 +164,8 @@ pub async fn record(
     }
     touched.sort_unstable();
     touched.dedup();
+    // The plan moved: quotas and the free-plan signals with it.
+    ctx.pql.mark(touched.iter().map(String::as_str));
     let rows: Vec<MrrRow> = touched.iter().filter_map(|a| state.remove(a)).collect();
     rev_store::upsert_many(c, &rows).await?;
     rev_store::insert_movements(c, &movements).await?;

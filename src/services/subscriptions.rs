@@ -144,7 +144,10 @@ pub async fn put_account(
         }
     }
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    Ok(accounts::upsert(&mut conn, account, &f, ctx.clock.now()).await?)
+    let saved = accounts::upsert(&mut conn, account, &f, ctx.clock.now()).await?;
+    // Firmographics feed the PQL score and the routing.
+    ctx.pql.mark([account]);
+    Ok(saved)
 }
 
 pub async fn get_account(ctx: &Ctx, account: &str) -> Result<Account, ServiceError> {

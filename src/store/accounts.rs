@@ -101,3 +101,14 @@ pub async fn set_currency(
         .await?;
     Ok(())
 }
+
+pub async fn find_by_accounts(
+    conn: &mut AsyncPgConnection,
+    ids: &[String],
+) -> Result<Vec<Account>, StoreError> {
+    Ok(accounts::table
+        .filter(accounts::account.eq_any(ids))
+        .select(Account::as_select())
+        .load(conn)
+        .await?)
+}

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod payments;
 pub mod plans;
+pub mod pql;
 pub mod revenue;
 pub mod schema;
 pub mod subscriptions;

@@ -358,5 +358,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    pql_scores (account) {
+        account -> Text,
+        score -> Int4,
+        tier -> Text,
+        breakdown -> Jsonb,
+        zone -> Text,
+        zone_reasons -> Jsonb,
+        owner -> Nullable<Text>,
+        scored_at -> Timestamptz,
+        tier_since -> Timestamptz,
+        activated_at -> Nullable<Timestamptz>,
+        first_pql_at -> Nullable<Timestamptz>,
+        best_tier -> Nullable<Text>,
+        routed_at -> Nullable<Timestamptz>,
+        converted_at -> Nullable<Timestamptz>,
+        attribution -> Nullable<Text>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_lines);
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_payments);

@@ -13,6 +13,7 @@ mod ingest;
 mod layering;
 mod migration;
 mod plans;
+mod pql;
 mod restart;
 mod revenue;
 mod stripe;

@@ -320,14 +320,14 @@ fn rfc2104_hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
 }
 
 #[derive(Default)]
-struct Receiver {
-    requests: usize,
+pub(crate) struct Receiver {
+    pub requests: usize,
     /// (event id, verified) of each request answered 2xx.
-    accepted: Vec<(String, bool)>,
+    pub accepted: Vec<(String, bool)>,
 }
 
 /// A webhook receiver failing every fifth request, answering after `delay_ms`.
-async fn start_receiver(
+pub(crate) async fn start_receiver(
     secret: Arc<Mutex<String>>,
     delay_ms: u64,
 ) -> (String, Arc<Mutex<Receiver>>) {
@@ -382,7 +382,7 @@ async fn start_receiver(
 }
 
 /// An app whose webhook policy allows loopback receivers (development setting).
-async fn spawn_dev_app() -> TestApp {
+pub(crate) async fn spawn_dev_app() -> TestApp {
     let db = TestDb::new().await;
     let (_, mut ctx, clock) = start_instance_unserved(&db.url, std::time::Duration::from_secs(1));
     ctx.webhooks = outbox::WebhookPolicy {

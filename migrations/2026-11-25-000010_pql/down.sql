@@ -1,0 +1,1 @@
+DROP TABLE pql_scores;

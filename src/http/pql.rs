@@ -1,0 +1,87 @@
+//! Product-qualified leads: an account's score and routing, the sales queue, the funnel.
+
+use super::auth::{authorize, reach};
+use super::ApiError;
+use crate::domain::scope::Scope;
+use crate::services::{pql, Ctx};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+fn bad_query(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+}
+
+/// `GET /v1/accounts/{account}/pql`: score, tier, each signal with its value and points, the
+/// zone with its reasons, the owner, and the funnel milestones.
+pub async fn account(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance, Scope::Billing]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    Ok(HttpResponse::Ok().json(pql::account_view(&ctx, &account).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueQuery {
+    tier: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/pql?tier=hot`: the queue sales works from, newest first.
+pub async fn queue(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<QueueQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
+    if p.account.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the queue covers every account: use a key not bound to one",
+        ));
+    }
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad_query("limit must be 1 to 1000"));
+    }
+    let tier = q.tier.unwrap_or_else(|| "hot".into());
+    Ok(HttpResponse::Ok().json(json!({ "accounts": pql::queue(&ctx, &tier, limit).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelQuery {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+/// `GET /v1/reports/funnel?from=&to=`.
+pub async fn funnel(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<FunnelQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
+    if p.account.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the funnel covers every account: use a key not bound to one",
+        ));
+    }
+    let q = query.into_inner();
+    let from = q
+        .from
+        .ok_or_else(|| bad_query("from is required (RFC 3339)"))?;
+    let to = q.to.ok_or_else(|| bad_query("to is required (RFC 3339)"))?;
+    Ok(HttpResponse::Ok().json(pql::funnel(&ctx, from, to).await?))
+}

@@ -1,0 +1,488 @@
+//! Product-qualified leads: accounts are scored from their events, meters and firmographics as
+//! they arrive (ingestion and account changes mark them; a scorer task picks them up every
+//! second, and every account is rescored every ten minutes as windows slide), routed to a zone,
+//! and every tier or zone change is an outbox event with its breakdown or reasons. The funnel
+//! report and the attribution of conversions read the milestones kept beside the score.
+
+use super::{outbox, Ctx, ServiceError};
+use crate::domain::meter::Aggregation;
+use crate::domain::plan::PlanRef;
+use crate::domain::pql::{route, score, Inputs, RevOps, Rule, Tier};
+use crate::store::pql::{self as pql_store, PqlRow};
+use crate::store::{self, StoreError};
+use chrono::{DateTime, Duration, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+/// The RevOps configuration and the accounts waiting to be rescored.
+pub struct PqlState {
+    config: std::sync::RwLock<std::sync::Arc<RevOps>>,
+    dirty: Mutex<HashSet<String>>,
+}
+
+impl PqlState {
+    pub fn new(config: RevOps) -> Self {
+        Self {
+            config: std::sync::RwLock::new(std::sync::Arc::new(config)),
+            dirty: Mutex::default(),
+        }
+    }
+
+    pub fn config(&self) -> std::sync::Arc<RevOps> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the configuration (the one loaded at start).
+    pub fn set_config(&self, config: RevOps) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(config);
+    }
+
+    /// Marks accounts whose signals may have moved.
+    pub fn mark<'a>(&self, accounts: impl IntoIterator<Item = &'a str>) {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        for a in accounts {
+            if !d.contains(a) {
+                d.insert(a.to_owned());
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<String> = d.drain().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Loads and checks `config/revops.toml` against the meter catalogue.
+pub fn load_config(
+    path: &std::path::Path,
+    meters: &crate::catalog::meters::MeterCatalog,
+) -> Result<RevOps, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let names = meters.all().iter().map(|m| m.code.clone()).collect();
+    RevOps::parse(&text, &names).map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+const CHUNK: usize = 500;
+
+/// Rescores the accounts marked since the last round.
+pub async fn score_dirty(ctx: &Ctx) -> Result<usize, ServiceError> {
+    let accounts = ctx.pql.take();
+    score_accounts(ctx, &accounts).await
+}
+
+/// Scores and routes `accounts`, writing rows and the events of every change.
+pub async fn score_accounts(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceError> {
+    let mut changed = 0;
+    for chunk in accounts.chunks(CHUNK) {
+        changed += score_chunk(ctx, chunk).await?;
+    }
+    Ok(changed)
+}
+
+fn value_of(ctx: &Ctx, meter: &str, st: &crate::domain::aggregate::AggregateState) -> Decimal {
+    let agg = ctx
+        .meters
+        .get(meter)
+        .map_or(Aggregation::Count, |m| m.aggregation);
+    st.value(agg)
+}
+
+async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceError> {
+    let cfg = &*ctx.pql.config();
+    let now = ctx.clock.now();
+    let until = now + Duration::hours(1);
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let firmo: HashMap<String, store::accounts::Account> =
+        store::accounts::find_by_accounts(&mut conn, accounts)
+            .await?
+            .into_iter()
+            .map(|a| (a.account.clone(), a))
+            .collect();
+    let accounts: Vec<String> = accounts
+        .iter()
+        .filter(|a| firmo.contains_key(*a))
+        .cloned()
+        .collect();
+    if accounts.is_empty() {
+        return Ok(0);
+    }
+    let mut inputs: HashMap<String, Inputs> = accounts
+        .iter()
+        .map(|a| {
+            let f = &firmo[a];
+            (
+                a.clone(),
+                Inputs {
+                    employees: f.employees,
+                    industry: f.industry.clone(),
+                    country: f.country.clone(),
+                    email: f.email.clone(),
+                    crm_owner: f.crm_owner.clone(),
+                    ..Inputs::default()
+                },
+            )
+        })
+        .collect();
+    // Meters over each window.
+    for w in cfg.windows() {
+        let from = now - Duration::days(w.into());
+        let ranges: Vec<_> = accounts.iter().map(|a| (a.clone(), from, until)).collect();
+        let found = store::usage::find_by_accounts_and_ranges(&mut conn, &ranges).await?;
+        for (account, meters) in found {
+            if let Some(i) = inputs.get_mut(&account) {
+                for (meter, st) in meters {
+                    let v = value_of(ctx, &meter, &st);
+                    i.meters.insert((meter, w), v);
+                }
+            }
+        }
+    }
+    for s in &cfg.signals {
+        if let Rule::ActiveDays { window_days, .. } = s.rule {
+            let from = now - Duration::days(window_days.into());
+            let days = pql_store::active_days(&mut conn, &accounts, from, until).await?;
+            for (a, i) in inputs.iter_mut() {
+                i.active_days
+                    .insert(window_days, days.get(a).copied().unwrap_or(0));
+            }
+        }
+    }
+    // The plan: quotas over the current period, and whether it is free.
+    let subs = store::subscriptions::find_by_accounts(&mut conn, &accounts).await?;
+    let mut periods = Vec::new();
+    for s in &subs {
+        let Some(plan) = ctx.plans.get(&PlanRef {
+            plan: s.plan.clone(),
+            version: s.plan_version as u32,
+        }) else {
+            continue;
+        };
+        if let Some(i) = inputs.get_mut(&s.account) {
+            i.on_free_plan =
+                plan.monthly_recurring(s.seats as u32).is_zero() && plan.charges.is_empty();
+            periods.push((s.account.clone(), s.period_start, s.period_end));
+        }
+    }
+    let usage = store::usage::find_by_accounts_and_ranges(&mut conn, &periods).await?;
+    for s in &subs {
+        let Some(plan) = ctx.plans.get(&PlanRef {
+            plan: s.plan.clone(),
+            version: s.plan_version as u32,
+        }) else {
+            continue;
+        };
+        let Some(i) = inputs.get_mut(&s.account) else {
+            continue;
+        };
+        for (meter, limit) in &plan.limits {
+            let used = usage
+                .get(&s.account)
+                .and_then(|m| m.get(meter))
+                .map_or(Decimal::ZERO, |st| value_of(ctx, meter, st));
+            i.quota.insert(meter.clone(), (used, limit.limit));
+        }
+    }
+    // The activation milestone, over the account's whole history (events may be backfilled).
+    let since: Vec<_> = accounts
+        .iter()
+        .map(|a| (a.clone(), firmo[a].created_at - Duration::days(3650), until))
+        .collect();
+    let lifetime = store::usage::find_by_accounts_and_ranges(&mut conn, &since).await?;
+    let previous: HashMap<String, PqlRow> = pql_store::find_by_accounts(&mut conn, &accounts)
+        .await?
+        .into_iter()
+        .map(|r| (r.account.clone(), r))
+        .collect();
+    let mut rows = Vec::with_capacity(accounts.len());
+    let mut events = Vec::new();
+    for a in &accounts {
+        let i = &inputs[a];
+        let scored = score(cfg, i);
+        let routing = route(cfg, i);
+        let prev = previous
+            .get(a)
+            .cloned()
+            .unwrap_or_else(|| PqlRow::unscored(a, now));
+        let prev_tier = Tier::parse(&prev.tier).unwrap_or(Tier::None);
+        let activated = lifetime
+            .get(a)
+            .and_then(|m| m.get(&cfg.activation.meter))
+            .is_some_and(|st| value_of(ctx, &cfg.activation.meter, st) >= cfg.activation.min);
+        let routed = scored.tier.is_pql()
+            || routing.zone != crate::domain::pql::Zone::SelfServe
+            || routing.owner.is_some();
+        let converted = prev.converted_at.is_some();
+        let best = match prev.best_tier.as_deref().and_then(Tier::parse) {
+            Some(b) if converted || b >= scored.tier => Some(b),
+            _ if converted => None,
+            _ => Some(scored.tier),
+        };
+        let row = PqlRow {
+            account: a.clone(),
+            score: scored.score as i32,
+            tier: scored.tier.as_str().to_owned(),
+            breakdown: json!(scored.breakdown),
+            zone: routing.zone.as_str().to_owned(),
+            zone_reasons: json!(routing.reasons),
+            owner: routing.owner.clone(),
+            scored_at: now,
+            tier_since: if scored.tier != prev_tier || !previous.contains_key(a) {
+                now
+            } else {
+                prev.tier_since
+            },
+            activated_at: prev.activated_at.or(activated.then_some(now)),
+            first_pql_at: prev.first_pql_at.or(scored.tier.is_pql().then_some(now)),
+            best_tier: best.map(|b| b.as_str().to_owned()),
+            routed_at: prev.routed_at.or((routed && !converted).then_some(now)),
+            converted_at: prev.converted_at,
+            attribution: prev.attribution.clone(),
+        };
+        if scored.tier != prev_tier {
+            events.push(outbox::event(
+                a,
+                "pql.tier_changed",
+                json!({"account": a, "from": prev_tier, "to": scored.tier, "score": scored.score,
+                       "breakdown": scored.breakdown, "at": now}),
+                now,
+            ));
+        }
+        if row.zone != prev.zone || row.owner != prev.owner {
+            events.push(outbox::event(
+                a,
+                "routing.zone_changed",
+                json!({"account": a, "from": prev.zone, "to": routing.zone, "owner": routing.owner,
+                       "reasons": routing.reasons, "at": now}),
+                now,
+            ));
+        }
+        rows.push(row);
+    }
+    let n = events.len();
+    conn.transaction::<(), StoreError, _>(async |c| {
+        pql_store::upsert_many(c, &rows).await?;
+        store::outbox::insert_events(c, &events).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(n)
+}
+
+/// Records a conversion to paid (a `new` movement) and how it is attributed: sales-led when
+/// the plan is sold by sales or the account has a CRM owner, PLG-assisted when the account was
+/// routed to sales before, self-serve otherwise. Runs in the movement's transaction.
+pub async fn on_conversion(
+    c: &mut AsyncPgConnection,
+    account: &str,
+    at: DateTime<Utc>,
+    self_serve_plan: bool,
+) -> Result<(), StoreError> {
+    let mut row = pql_store::find_by_account(c, account)
+        .await?
+        .unwrap_or_else(|| PqlRow::unscored(account, at));
+    if row.converted_at.is_some() {
+        return Ok(());
+    }
+    let owner = store::accounts::find_by_account(c, account)
+        .await?
+        .and_then(|a| a.crm_owner)
+        .filter(|o| !o.trim().is_empty());
+    let attribution = if !self_serve_plan || owner.is_some() {
+        "sales_led"
+    } else if row.routed_at.is_some_and(|r| r <= at) {
+        "plg_assisted"
+    } else {
+        "self_serve"
+    };
+    row.converted_at = Some(at);
+    row.attribution = Some(attribution.to_owned());
+    pql_store::upsert_many(c, &[row]).await
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PqlView {
+    #[serde(flatten)]
+    pub row: PqlRow,
+}
+
+pub async fn account_view(ctx: &Ctx, account: &str) -> Result<PqlRow, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    if let Some(r) = pql_store::find_by_account(&mut conn, account).await? {
+        return Ok(r);
+    }
+    drop(conn);
+    // Never scored yet: score it now.
+    score_accounts(ctx, &[account.to_owned()]).await?;
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    pql_store::find_by_account(&mut conn, account)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("account `{account}` not found")))
+}
+
+pub async fn queue(ctx: &Ctx, tier: &str, limit: i64) -> Result<Vec<PqlRow>, ServiceError> {
+    if Tier::parse(tier).is_none() {
+        return Err(ServiceError::invalid(
+            "invalid_tier",
+            "tier must be hot, warm, watching or none",
+        ));
+    }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    Ok(pql_store::queue(&mut conn, tier, limit).await?)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub stage: &'static str,
+    pub accounts: usize,
+    /// Of the previous stage (None for sign-ups or an empty previous stage).
+    pub rate: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TierConversion {
+    pub tier: &'static str,
+    pub pqls: usize,
+    pub paid: usize,
+    pub rate: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Funnel {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub stages: Vec<Stage>,
+    pub pql_to_paid_by_tier: Vec<TierConversion>,
+    /// Conversions of the cohort by attribution.
+    pub attribution: BTreeMap<String, usize>,
+}
+
+fn rate(n: usize, of: usize) -> Option<String> {
+    (of > 0).then(|| {
+        (Decimal::from(n as u64) / Decimal::from(of as u64))
+            .round_dp(4)
+            .normalize()
+            .to_string()
+    })
+}
+
+/// Sign-up → activated → PQL → paid → expanded for the accounts that signed up in [from, to),
+/// each milestone reached by `to`.
+pub async fn funnel(
+    ctx: &Ctx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Funnel, ServiceError> {
+    if from >= to {
+        return Err(ServiceError::invalid(
+            "invalid_window",
+            "`from` must be before `to`",
+        ));
+    }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let rows = pql_store::funnel(&mut conn, from, to).await?;
+    let by = |t: Option<DateTime<Utc>>| t.is_some_and(|t| t < to);
+    let signups = rows.len();
+    let activated = rows.iter().filter(|r| by(r.activated_at)).count();
+    let pql = rows.iter().filter(|r| by(r.first_pql_at)).count();
+    let paid = rows.iter().filter(|r| by(r.converted_at)).count();
+    let expanded = rows.iter().filter(|r| by(r.expanded_at)).count();
+    let stages = vec![
+        Stage {
+            stage: "signed_up",
+            accounts: signups,
+            rate: None,
+        },
+        Stage {
+            stage: "activated",
+            accounts: activated,
+            rate: rate(activated, signups),
+        },
+        Stage {
+            stage: "pql",
+            accounts: pql,
+            rate: rate(pql, activated),
+        },
+        Stage {
+            stage: "paid",
+            accounts: paid,
+            rate: rate(paid, pql),
+        },
+        Stage {
+            stage: "expanded",
+            accounts: expanded,
+            rate: rate(expanded, paid),
+        },
+    ];
+    let pql_to_paid_by_tier = ["hot", "warm"]
+        .into_iter()
+        .map(|tier| {
+            let pqls: Vec<_> = rows
+                .iter()
+                .filter(|r| by(r.first_pql_at) && r.best_tier.as_deref() == Some(tier))
+                .collect();
+            let converted = pqls.iter().filter(|r| by(r.converted_at)).count();
+            TierConversion {
+                tier,
+                pqls: pqls.len(),
+                paid: converted,
+                rate: rate(converted, pqls.len()),
+            }
+        })
+        .collect();
+    let mut attribution = BTreeMap::new();
+    for r in rows.iter().filter(|r| by(r.converted_at)) {
+        *attribution
+            .entry(r.attribution.clone().unwrap_or_else(|| "self_serve".into()))
+            .or_insert(0) += 1;
+    }
+    Ok(Funnel {
+        from,
+        to,
+        stages,
+        pql_to_paid_by_tier,
+        attribution,
+    })
+}
+
+/// Rescores marked accounts every second and every account every ten minutes.
+pub async fn run_forever(ctx: Ctx) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut rounds: u64 = 0;
+    loop {
+        interval.tick().await;
+        rounds += 1;
+        let result = if rounds % 600 == 0 {
+            match ctx.pool.get().await {
+                Ok(mut conn) => match pql_store::all_accounts(&mut conn).await {
+                    Ok(all) => {
+                        drop(conn);
+                        score_accounts(&ctx, &all).await
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(StoreError::from(e).into()),
+            }
+        } else {
+            score_dirty(&ctx).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "PQL scoring failed");
+        }
+    }
+}

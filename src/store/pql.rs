@@ -1,0 +1,209 @@
+//! `pql_scores` and the reads scoring and the funnel need.
+
+use super::schema::{accounts, pql_scores};
+use super::StoreError;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, Serialize)]
+#[diesel(table_name = pql_scores)]
+#[diesel(treat_none_as_null = true)]
+pub struct PqlRow {
+    pub account: String,
+    pub score: i32,
+    pub tier: String,
+    pub breakdown: serde_json::Value,
+    pub zone: String,
+    pub zone_reasons: serde_json::Value,
+    pub owner: Option<String>,
+    pub scored_at: DateTime<Utc>,
+    pub tier_since: DateTime<Utc>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub first_pql_at: Option<DateTime<Utc>>,
+    pub best_tier: Option<String>,
+    pub routed_at: Option<DateTime<Utc>>,
+    pub converted_at: Option<DateTime<Utc>>,
+    pub attribution: Option<String>,
+}
+
+impl PqlRow {
+    /// An account not scored yet.
+    pub fn unscored(account: &str, at: DateTime<Utc>) -> Self {
+        Self {
+            account: account.to_owned(),
+            score: 0,
+            tier: "none".into(),
+            breakdown: serde_json::json!([]),
+            zone: "self_serve".into(),
+            zone_reasons: serde_json::json!([]),
+            owner: None,
+            scored_at: at,
+            tier_since: at,
+            activated_at: None,
+            first_pql_at: None,
+            best_tier: None,
+            routed_at: None,
+            converted_at: None,
+            attribution: None,
+        }
+    }
+}
+
+pub async fn find_by_accounts(
+    conn: &mut AsyncPgConnection,
+    accounts: &[String],
+) -> Result<Vec<PqlRow>, StoreError> {
+    Ok(pql_scores::table
+        .filter(pql_scores::account.eq_any(accounts))
+        .select(PqlRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+pub async fn find_by_account(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<Option<PqlRow>, StoreError> {
+    Ok(pql_scores::table
+        .filter(pql_scores::account.eq(account))
+        .select(PqlRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Writes rows (one per account).
+pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Result<(), StoreError> {
+    use diesel::upsert::excluded;
+    use pql_scores::*;
+    for chunk in rows.chunks(1000) {
+        diesel::insert_into(table)
+            .values(chunk)
+            .on_conflict(account)
+            .do_update()
+            .set((
+                score.eq(excluded(score)),
+                tier.eq(excluded(tier)),
+                breakdown.eq(excluded(breakdown)),
+                zone.eq(excluded(zone)),
+                zone_reasons.eq(excluded(zone_reasons)),
+                owner.eq(excluded(owner)),
+                scored_at.eq(excluded(scored_at)),
+                tier_since.eq(excluded(tier_since)),
+                activated_at.eq(excluded(activated_at)),
+                first_pql_at.eq(excluded(first_pql_at)),
+                best_tier.eq(excluded(best_tier)),
+                routed_at.eq(excluded(routed_at)),
+                converted_at.eq(excluded(converted_at)),
+                attribution.eq(excluded(attribution)),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The sales queue: accounts in `tier`, newest first.
+pub async fn queue(
+    conn: &mut AsyncPgConnection,
+    tier: &str,
+    limit: i64,
+) -> Result<Vec<PqlRow>, StoreError> {
+    Ok(pql_scores::table
+        .filter(pql_scores::tier.eq(tier))
+        .order((pql_scores::tier_since.desc(), pql_scores::account.asc()))
+        .limit(limit)
+        .select(PqlRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// Every account (the periodic rescoring, as windows slide).
+pub async fn all_accounts(conn: &mut AsyncPgConnection) -> Result<Vec<String>, StoreError> {
+    Ok(accounts::table
+        .select(accounts::account)
+        .order(accounts::account.asc())
+        .load(conn)
+        .await?)
+}
+
+#[derive(QueryableByName)]
+struct DaysRow {
+    #[diesel(sql_type = Text)]
+    account: String,
+    #[diesel(sql_type = BigInt)]
+    days: i64,
+}
+
+/// Distinct UTC days with any event in [from, to), per account.
+pub async fn active_days(
+    conn: &mut AsyncPgConnection,
+    accounts: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<HashMap<String, u32>, StoreError> {
+    let rows: Vec<DaysRow> = diesel::sql_query(
+        "SELECT p.account, COUNT(DISTINCT date_trunc('day', r.bucket))::int8 AS days
+           FROM UNNEST($1::text[]) AS p(account)
+           CROSS JOIN LATERAL (
+               SELECT bucket FROM usage_rollups x
+                WHERE x.account = p.account AND x.bucket >= $2 AND x.bucket < $3
+                  AND x.event_count > 0
+               OFFSET 0) r
+          GROUP BY p.account",
+    )
+    .bind::<Array<Text>, _>(accounts)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.account, r.days as u32))
+        .collect())
+}
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct FunnelRow {
+    #[diesel(sql_type = Text)]
+    pub account: String,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub activated_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub first_pql_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub best_tier: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub converted_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub attribution: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub expanded_at: Option<DateTime<Utc>>,
+}
+
+/// The accounts that signed up in [from, to) with their funnel milestones.
+pub async fn funnel(
+    conn: &mut AsyncPgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<FunnelRow>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT a.account, p.activated_at, p.first_pql_at, p.best_tier, p.converted_at,
+                p.attribution,
+                (SELECT MIN(m.at) FROM revenue_movements m
+                  WHERE m.account = a.account AND m.kind = 'expansion'
+                    AND p.converted_at IS NOT NULL AND m.at >= p.converted_at) AS expanded_at
+           FROM accounts a
+           LEFT JOIN pql_scores p ON p.account = a.account
+          WHERE a.created_at >= $1 AND a.created_at < $2
+          ORDER BY a.account",
+    )
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load(conn)
+    .await?)
+}
