@@ -13,6 +13,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod jobs;

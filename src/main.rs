@@ -10,7 +10,7 @@ use accrue::domain::scope::Scope;
 use accrue::services::{auth, Ctx};
 use accrue::{http, store};
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use clap::{Parser, Subcommand};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
@@ -62,6 +62,21 @@ enum Command {
         /// Seats (default: the plan's minimum).
         #[arg(long)]
         seats: Option<u32>,
+    },
+    /// Simulate a product-led company in its own database (`accrue_demo` beside DATABASE_URL's)
+    /// and print its invoices, MRR, NRR by month, funnel and hot PQL queue.
+    Demo {
+        /// Accounts to simulate.
+        #[arg(long, default_value_t = 2500)]
+        accounts: usize,
+        /// Months to run the billing cycle through.
+        #[arg(long, default_value_t = 6)]
+        months: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The database to (re)create for the demo.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Check the RevOps configuration (PQL rubric, tiers, segments, routing).
     Revops {
@@ -144,6 +159,61 @@ fn instant(s: &str, what: &str) -> anyhow::Result<DateTime<Utc>> {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|d| d.and_utc())
         .ok_or_else(|| anyhow::anyhow!("{what} `{s}`: expected RFC 3339 or YYYY-MM-DD"))
+}
+
+async fn demo(
+    config: &Config,
+    accounts: usize,
+    months: u32,
+    seed: u64,
+    database_url: Option<String>,
+) -> anyhow::Result<()> {
+    if !(1..=100_000).contains(&accounts) || !(1..=24).contains(&months) {
+        anyhow::bail!("--accounts must be 1 to 100000 and --months 1 to 24");
+    }
+    let url = match database_url {
+        Some(u) => u,
+        None => store::with_database_name(&config.database_url, "accrue_demo")?,
+    };
+    let (meters, plans) = load_catalogue(&config.plans_dir)?;
+    eprintln!("accrue demo: a fresh database at {url}");
+    store::recreate_database(&url)
+        .await
+        .with_context(|| format!("recreating the demo database {url}"))?;
+    store::run_migrations(&url).await?;
+    let pool = store::pool(&url, 8)?;
+    let first = Utc::now()
+        .date_naive()
+        .with_day(1)
+        .and_then(|d| d.checked_sub_months(chrono::Months::new(months)))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
+        .ok_or_else(|| anyhow::anyhow!("cannot place the demo in time"))?;
+    let clock = Arc::new(accrue::domain::clock::ManualClock::new(first));
+    let ctx = Ctx::new(
+        pool,
+        meters,
+        plans,
+        clock.clone(),
+        4,
+        config.check_staleness,
+    );
+    let revops = accrue::services::pql::load_config(&config.revops_file, &ctx.meters)
+        .map_err(anyhow::Error::msg)?;
+    ctx.pql.set_config(revops);
+    let started = std::time::Instant::now();
+    let cfg = accrue::demo::DemoConfig {
+        accounts,
+        months,
+        seed,
+    };
+    let mut out = std::io::stdout();
+    accrue::demo::run(&ctx, &clock, &cfg, &mut out).await?;
+    eprintln!(
+        "\ndone in {:.1} s; explore it: DATABASE_URL={url} accrue serve",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn report_nrr(
@@ -409,14 +479,19 @@ impl Clock for SystemClock {
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The demo draws a progress bar: only warnings unless RUST_LOG asks for more.
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -443,6 +518,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export {
             command: ExportCommand::Invoices { month, out },
         } => export_invoices(&config, &month, out).await,
+        Command::Demo {
+            accounts,
+            months,
+            seed,
+            database_url,
+        } => demo(&config, accounts, months, seed, database_url).await,
         Command::Revops {
             command: RevopsCommand::Check { file },
         } => {

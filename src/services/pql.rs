@@ -284,35 +284,49 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
     Ok(n)
 }
 
-/// Records a conversion to paid (a `new` movement) and how it is attributed: sales-led when
-/// the plan is sold by sales or the account has a CRM owner, PLG-assisted when the account was
-/// routed to sales before, self-serve otherwise. Runs in the movement's transaction.
-pub async fn on_conversion(
+/// Records conversions to paid (`new` movements: account, time, whether the plan is
+/// self-serve) and how each is attributed: sales-led when the plan is sold by sales or the
+/// account has a CRM owner, PLG-assisted when the account was routed to sales before, self-serve
+/// otherwise. Runs in the movements' transaction, in three statements whatever the count.
+pub async fn on_conversions(
     c: &mut AsyncPgConnection,
-    account: &str,
-    at: DateTime<Utc>,
-    self_serve_plan: bool,
+    conversions: &[(String, DateTime<Utc>, bool)],
 ) -> Result<(), StoreError> {
-    let mut row = pql_store::find_by_account(c, account)
-        .await?
-        .unwrap_or_else(|| PqlRow::unscored(account, at));
-    if row.converted_at.is_some() {
+    if conversions.is_empty() {
         return Ok(());
     }
-    let owner = store::accounts::find_by_account(c, account)
+    let accounts: Vec<String> = conversions.iter().map(|x| x.0.clone()).collect();
+    let mut rows: HashMap<String, PqlRow> = pql_store::find_by_accounts(c, &accounts)
         .await?
-        .and_then(|a| a.crm_owner)
-        .filter(|o| !o.trim().is_empty());
-    let attribution = if !self_serve_plan || owner.is_some() {
-        "sales_led"
-    } else if row.routed_at.is_some_and(|r| r <= at) {
-        "plg_assisted"
-    } else {
-        "self_serve"
-    };
-    row.converted_at = Some(at);
-    row.attribution = Some(attribution.to_owned());
-    pql_store::upsert_many(c, &[row]).await
+        .into_iter()
+        .map(|r| (r.account.clone(), r))
+        .collect();
+    let owners: HashSet<String> = store::accounts::find_by_accounts(c, &accounts)
+        .await?
+        .into_iter()
+        .filter(|a| a.crm_owner.as_deref().is_some_and(|o| !o.trim().is_empty()))
+        .map(|a| a.account)
+        .collect();
+    let mut changed = Vec::new();
+    for (account, at, self_serve_plan) in conversions {
+        let row = rows
+            .entry(account.clone())
+            .or_insert_with(|| PqlRow::unscored(account, *at));
+        if row.converted_at.is_some() {
+            continue;
+        }
+        let attribution = if !self_serve_plan || owners.contains(account) {
+            "sales_led"
+        } else if row.routed_at.is_some_and(|r| r <= *at) {
+            "plg_assisted"
+        } else {
+            "self_serve"
+        };
+        row.converted_at = Some(*at);
+        row.attribution = Some(attribution.to_owned());
+        changed.push(row.clone());
+    }
+    pql_store::upsert_many(c, &changed).await
 }
 
 #[derive(Debug, Clone, Serialize)]

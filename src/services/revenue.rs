@@ -91,6 +91,7 @@ pub async fn record(
         .map(|r| (r.account.clone(), r))
         .collect();
     let mut touched = Vec::new();
+    let mut conversions = Vec::new();
     let mut movements = Vec::new();
     let mut events = Vec::new();
     for inp in inputs {
@@ -123,7 +124,7 @@ pub async fn record(
         if let Some(kind) = classify(before, after, st.had_mrr) {
             if kind == MovementKind::New {
                 let self_serve = plan.is_none_or(|(p, _)| p.self_serve);
-                super::pql::on_conversion(c, &inp.account, inp.at, self_serve).await?;
+                conversions.push((inp.account.clone(), inp.at, self_serve));
             }
             let cause = inp.cause.name(before, after);
             let kind = kind_name(kind);
@@ -169,6 +170,7 @@ pub async fn record(
     let rows: Vec<MrrRow> = touched.iter().filter_map(|a| state.remove(a)).collect();
     rev_store::upsert_many(c, &rows).await?;
     rev_store::insert_movements(c, &movements).await?;
+    super::pql::on_conversions(c, &conversions).await?;
     crate::store::outbox::insert_events(c, &events).await?;
     Ok(movements.len())
 }

@@ -411,3 +411,27 @@ pub async fn events_for_line(
     .load(conn)
     .await?)
 }
+
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct MonthTotal {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub month: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub currency: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub invoices: i64,
+    #[diesel(sql_type = diesel::sql_types::Numeric)]
+    pub total: Decimal,
+}
+
+/// Invoices issued per month (UTC) and currency, with their totals (a report over every
+/// account).
+pub async fn monthly_totals(conn: &mut AsyncPgConnection) -> Result<Vec<MonthTotal>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT to_char(date_trunc('month', issued_at AT TIME ZONE 'UTC'), 'YYYY-MM') AS month,
+                currency, COUNT(*)::int8 AS invoices, SUM(total) AS total
+           FROM invoices GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .load(conn)
+    .await?)
+}

@@ -109,6 +109,41 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Drops the database of `url` (closing its connections) and creates it empty.
+pub async fn recreate_database(url: &str) -> Result<(), StoreError> {
+    let (admin_url, name) = split_database_url(url)?;
+    let mut admin = AsyncPgConnection::establish(&admin_url).await?;
+    let quoted = name.replace('"', "\"\"");
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"
+        ))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+        .await?;
+    Ok(())
+}
+
+/// `url` with another database name.
+pub fn with_database_name(url: &str, name: &str) -> Result<String, StoreError> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let slash = base[scheme_end..]
+        .rfind('/')
+        .map(|i| i + scheme_end)
+        .ok_or_else(|| StoreError::BadUrl(url.to_owned()))?;
+    let mut out = format!("{}/{name}", &base[..slash]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
 /// Runs the embedded migrations that have not run yet; returns how many ran.
 pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
     let url = url.to_owned();

@@ -369,3 +369,65 @@ async fn the_funnel_counts_a_scripted_cohort_as_counted_by_hand() {
         assert_eq!(pql_of(&app, &key, a).await["attribution"], how, "{a}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_a_small_company_through_the_billing_cycle_and_reports_it() {
+    let db = TestDb::new().await;
+    let out = tokio::task::spawn_blocking({
+        let url = db.url.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
+                .args([
+                    "demo",
+                    "--accounts",
+                    "80",
+                    "--months",
+                    "2",
+                    "--database-url",
+                    &url,
+                ])
+                .env(
+                    "ACCRUE_PLANS_DIR",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/pricing-plans"),
+                )
+                .env(
+                    "ACCRUE_REVOPS_FILE",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/config/revops.toml"),
+                )
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8(out.stdout).unwrap();
+    for section in [
+        "Invoices issued",
+        "MRR at month end",
+        "Net revenue retention by month",
+        "PLG funnel",
+        "Hot PQL queue",
+    ] {
+        assert!(
+            report.contains(section),
+            "{section} missing from:\n{report}"
+        );
+    }
+    // What it printed is what the database holds.
+    let invoices = db.count("(SELECT COUNT(*) FROM invoices)::int8").await;
+    assert!(invoices > 0, "{report}");
+    let printed: i64 = report
+        .lines()
+        .skip_while(|l| !l.starts_with("Invoices issued"))
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(printed, invoices, "{report}");
+    assert_eq!(db.count("(SELECT COUNT(*) FROM accounts)::int8").await, 80);
+}
