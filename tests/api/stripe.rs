@@ -283,12 +283,50 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
         ]
     );
     // Four declined charges, none succeeded; no more attempts are made.
-    let charges = fake_stripe().charges_of(&customer).await;
-    assert_eq!(charges.len(), 4);
-    assert!(charges.iter().all(|c| c["status"] == "failed"));
+    {
+        let charges = fake_stripe().charges_of(&customer).await;
+        assert_eq!(charges.len(), 4);
+        assert!(charges.iter().all(|c| c["status"] == "failed"));
+    }
     app.clock.set(t("2026-12-20T00:00:00Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     assert_eq!(fake_stripe().charges_of(&customer).await.len(), 4);
+
+    // The customer pays on Stripe's hosted page: the webhook brings the account back, and the
+    // revenue ledger records the reactivation.
+    let stripe_invoice = inv["payment"]["stripe_invoice_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    pay_out_of_band(&customer, &stripe_invoice).await;
+    eventually("the webhook's reactivation", || async {
+        (subscription_status(&app, &key, "declines").await == "active").then_some(())
+    })
+    .await;
+    assert_eq!(
+        check(&app, &key, "declines", json!({"feature": "audit_log"})).await["allowed"],
+        true
+    );
+    let (_, moves) = app
+        .get(
+            &key,
+            "/v1/movements?from=2026-11-01T00:00:00Z&to=2027-01-01T00:00:00Z&account=declines",
+        )
+        .await;
+    let last = moves["movements"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            last["kind"].as_str(),
+            last["cause"].as_str(),
+            last["mrr_after"].as_str()
+        ),
+        (Some("reactivation"), Some("recovered"), Some("83"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
