@@ -191,6 +191,11 @@ async fn nrr_and_grr_over_a_scripted_cohort_equal_the_hand_computation() {
     app.clock.set(t("2026-12-25T12:01:00Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
 
+    // b's fewer seats took effect at the renewal, as a seats_removed contraction.
+    assert_eq!(
+        movements_of(&app, &key, "b").await.last().unwrap(),
+        &mv("contraction", "seats_removed", "83", "59")
+    );
     let (status, body) = app
         .get(
             &key,
