@@ -9,6 +9,7 @@
 use crate::domain::clock::{Clock, ManualClock};
 use crate::domain::scope::Scope;
 use crate::services::auth::Principal;
+pub use crate::services::payments::Payments;
 use crate::services::subscriptions::{self as subs, QuoteRequest, SubscribeRequest};
 use crate::services::{ingest, plans, pql, revenue, Ctx};
 use crate::store::{self, accounts::Firmographics};
@@ -68,6 +69,9 @@ struct Sim {
     seats: u32,
     converts_on: Option<u32>,
     plan: &'static str,
+    /// A card that attaches, then declines; the day the customer replaces it, if they do.
+    declining_card: bool,
+    replaces_card_on: Option<u32>,
 }
 
 const INDUSTRIES: &[&str] = &[
@@ -102,6 +106,8 @@ fn company(rng: &mut Rng, i: usize, days: u32) -> Sim {
         seats: 1,
         converts_on: None,
         plan: "free",
+        declining_card: false,
+        replaces_card_on: None,
     }
 }
 
@@ -232,6 +238,9 @@ pub async fn run(
         events_sent += batch.len();
         // Decisions of the day: upgrades, seat growth, a few departures.
         for s in sims.iter_mut() {
+            if s.replaces_card_on == Some(day) {
+                crate::services::payments::set_payment_method(ctx, &s.id, "pm_card_visa").await?;
+            }
             if s.stage == Stage::Free && s.converts_on == Some(day) {
                 let (plan, seats) = if s.employees > 500 && rng.chance(40) {
                     ("enterprise", 50)
@@ -249,6 +258,17 @@ pub async fn run(
                     effective: None,
                     operator_override: false,
                 };
+                // A few cards fail; half of their owners replace them after four days.
+                s.declining_card = rng.chance(8);
+                if s.declining_card && rng.chance(50) {
+                    s.replaces_card_on = Some(day + 4);
+                }
+                let card = if s.declining_card {
+                    "pm_card_chargeDeclined"
+                } else {
+                    "pm_card_visa"
+                };
+                crate::services::payments::set_payment_method(ctx, &s.id, card).await?;
                 if let Ok(q) = subs::quote(ctx, &operator, &s.id, req).await {
                     if subs::accept(ctx, &s.id, &q.id, &format!("demo-convert-{}", s.id))
                         .await
@@ -347,6 +367,20 @@ async fn report(
             m.total.round_dp(2)
         )?;
     }
+    let paid = store::payments::count_paid(&mut conn).await?;
+    let steps: std::collections::BTreeMap<String, i64> = store::payments::step_counts(&mut conn)
+        .await?
+        .into_iter()
+        .collect();
+    let step = |k: &str| steps.get(k).copied().unwrap_or(0);
+    writeln!(
+        out,
+        "\nPayments (simulated card network): {paid} invoices paid; {} first failures, {} failed retries, {} recovered, {} suspended",
+        step("payment_failed"),
+        step("retry_failed"),
+        step("recovered"),
+        step("suspended")
+    )?;
     writeln!(out, "\nMRR at month end (USD)")?;
     let mut month = Utc
         .with_ymd_and_hms(

@@ -190,6 +190,7 @@ async fn demo(
         .map(|d| d.and_utc())
         .ok_or_else(|| anyhow::anyhow!("cannot place the demo in time"))?;
     let clock = Arc::new(accrue::domain::clock::ManualClock::new(first));
+    // Cards are simulated (no Stripe keys needed): a few decline and go through dunning.
     let ctx = Ctx::new(
         pool,
         meters,
@@ -197,7 +198,8 @@ async fn demo(
         clock.clone(),
         4,
         config.check_staleness,
-    );
+    )
+    .with_payments(accrue::demo::Payments::simulated(config.dunning.clone()));
     let revops = accrue::services::pql::load_config(&config.revops_file, &ctx.meters)
         .map_err(anyhow::Error::msg)?;
     ctx.pql.set_config(revops);

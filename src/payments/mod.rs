@@ -317,3 +317,185 @@ impl StripeRail {
         Ok(inv.into())
     }
 }
+
+/// The rail invoices are collected through: Stripe, or (for `accrue demo` only) a simulated
+/// card network with Stripe's test payment methods: `pm_card_visa` pays, and
+/// `pm_card_chargeDeclined` attaches, then every charge is declined.
+#[derive(Debug, Clone)]
+pub enum Rail {
+    Stripe(Box<StripeRail>),
+    Simulated(std::sync::Arc<SimulatedRail>),
+}
+
+impl Rail {
+    pub fn installation(&self) -> &str {
+        match self {
+            Rail::Stripe(s) => &s.installation,
+            Rail::Simulated(_) => "simulated",
+        }
+    }
+
+    /// The webhook signing secret (None: the simulated rail sends no webhooks).
+    pub fn webhook_secret(&self) -> Option<&str> {
+        match self {
+            Rail::Stripe(s) => Some(&s.webhook_secret),
+            Rail::Simulated(_) => None,
+        }
+    }
+
+    pub async fn create_customer(
+        &self,
+        account: &str,
+        email: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<String, RailError> {
+        match self {
+            Rail::Stripe(s) => s.create_customer(account, email, name).await,
+            Rail::Simulated(s) => Ok(s.create_customer(account)),
+        }
+    }
+
+    pub async fn set_payment_method(&self, customer: &str, pm: &str) -> Result<(), RailError> {
+        match self {
+            Rail::Stripe(s) => s.set_payment_method(customer, pm).await,
+            Rail::Simulated(s) => s.set_payment_method(customer, pm),
+        }
+    }
+
+    pub async fn push(&self, inv: &PushInvoice<'_>) -> Result<RemoteInvoice, RailError> {
+        match self {
+            Rail::Stripe(s) => s.push(inv).await,
+            Rail::Simulated(s) => s.push(inv),
+        }
+    }
+
+    pub async fn pay(
+        &self,
+        id: &str,
+        number: i64,
+        attempt: i32,
+    ) -> Result<RemoteInvoice, RailError> {
+        match self {
+            Rail::Stripe(s) => s.pay(id, number, attempt).await,
+            Rail::Simulated(s) => s.pay(id, number, attempt),
+        }
+    }
+
+    pub async fn retrieve(&self, id: &str) -> Result<RemoteInvoice, RailError> {
+        match self {
+            Rail::Stripe(s) => s.retrieve(id).await,
+            Rail::Simulated(s) => s.retrieve(id),
+        }
+    }
+}
+
+/// An in-memory card network for the demo (see [`Rail`]). Repeated calls are idempotent like
+/// Stripe's: the same invoice number gives the same invoice, the same attempt the same answer.
+#[derive(Debug, Default)]
+pub struct SimulatedRail {
+    state: std::sync::Mutex<SimState>,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    customers: HashMap<String, Option<String>>,
+    invoices: HashMap<String, RemoteInvoice>,
+    attempts: HashMap<(i64, i32), Result<RemoteInvoice, RailError>>,
+}
+
+impl SimulatedRail {
+    fn state(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn create_customer(&self, account: &str) -> String {
+        let id = format!("cus_sim_{account}");
+        self.state().customers.entry(id.clone()).or_insert(None);
+        id
+    }
+
+    fn set_payment_method(&self, customer: &str, pm: &str) -> Result<(), RailError> {
+        if !matches!(pm, "pm_card_visa" | "pm_card_chargeDeclined") {
+            return Err(RailError::Refused {
+                status: 404,
+                message: format!("No such PaymentMethod: '{pm}'"),
+            });
+        }
+        self.state()
+            .customers
+            .insert(customer.to_owned(), Some(pm.to_owned()));
+        Ok(())
+    }
+
+    fn push(&self, inv: &PushInvoice<'_>) -> Result<RemoteInvoice, RailError> {
+        let id = format!("in_sim_{}", inv.number);
+        let total: Decimal = inv.lines.iter().map(|l| l.amount).sum();
+        let total = minor_units(total, inv.currency)?;
+        let mut st = self.state();
+        let remote = st
+            .invoices
+            .entry(id.clone())
+            .or_insert_with(|| RemoteInvoice {
+                id,
+                status: "open".into(),
+                amount_due: total,
+                amount_paid: 0,
+                total,
+                currency: inv.currency.code().to_lowercase(),
+                customer: Some(inv.customer.to_owned()),
+                metadata: HashMap::from([
+                    ("accrue_account".to_owned(), inv.account.to_owned()),
+                    ("accrue_invoice".to_owned(), inv.number.to_string()),
+                ]),
+            });
+        Ok(remote.clone())
+    }
+
+    fn pay(&self, id: &str, number: i64, attempt: i32) -> Result<RemoteInvoice, RailError> {
+        let mut st = self.state();
+        if let Some(answer) = st.attempts.get(&(number, attempt)) {
+            return answer.clone();
+        }
+        let Some(inv) = st.invoices.get(id).cloned() else {
+            return Err(RailError::Refused {
+                status: 404,
+                message: format!("No such invoice: '{id}'"),
+            });
+        };
+        let card = inv
+            .customer
+            .as_ref()
+            .and_then(|c| st.customers.get(c).cloned().flatten());
+        let answer = match card.as_deref() {
+            None => Err(RailError::Refused {
+                status: 400,
+                message: "This customer has no payment method".into(),
+            }),
+            Some("pm_card_chargeDeclined") => {
+                Err(RailError::Declined("Your card was declined.".into()))
+            }
+            Some(_) => {
+                let paid = RemoteInvoice {
+                    status: "paid".into(),
+                    amount_paid: inv.amount_due,
+                    ..inv
+                };
+                st.invoices.insert(id.to_owned(), paid.clone());
+                Ok(paid)
+            }
+        };
+        st.attempts.insert((number, attempt), answer.clone());
+        answer
+    }
+
+    fn retrieve(&self, id: &str) -> Result<RemoteInvoice, RailError> {
+        self.state()
+            .invoices
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RailError::Refused {
+                status: 404,
+                message: format!("No such invoice: '{id}'"),
+            })
+    }
+}

@@ -13,8 +13,8 @@ use crate::domain::dunning::{DunningPolicy, FinalAction, NextStep};
 use crate::domain::money::Currency;
 use crate::domain::plan::PlanRef;
 use crate::payments::{
-    from_minor_units, minor_units, PushInvoice, PushLine, RailError, RemoteInvoice, StripeConfig,
-    StripeRail,
+    from_minor_units, minor_units, PushInvoice, PushLine, Rail, RailError, RemoteInvoice,
+    SimulatedRail, StripeConfig, StripeRail,
 };
 use crate::store::payments::{self as pay_store, PaymentRow, StepRow};
 use crate::store::{self, subscriptions as subs, StoreError};
@@ -27,7 +27,7 @@ use serde_json::json;
 /// The payment rail and the dunning policy; absent when no Stripe key is configured.
 #[derive(Debug, Clone)]
 pub struct Payments {
-    pub rail: StripeRail,
+    pub rail: Rail,
     pub policy: DunningPolicy,
 }
 
@@ -46,9 +46,17 @@ impl Payments {
             .await
             .map_err(|e| e.to_string())?;
         Ok(Self {
-            rail: StripeRail::new(config, &id)?,
+            rail: Rail::Stripe(Box::new(StripeRail::new(config, &id)?)),
             policy,
         })
+    }
+
+    /// The demo's simulated card network (never used with real money).
+    pub fn simulated(policy: DunningPolicy) -> Self {
+        Self {
+            rail: Rail::Simulated(std::sync::Arc::new(SimulatedRail::default())),
+            policy,
+        }
     }
 }
 
@@ -711,21 +719,22 @@ pub async fn webhook(
     signature: &str,
 ) -> Result<WebhookAnswer, ServiceError> {
     let p = ctx.payments.as_ref().ok_or_else(not_configured)?;
-    let event =
-        stripe_webhook::Webhook::construct_event(payload, signature, &p.rail.webhook_secret)
-            .map_err(|e| match e {
-                stripe_webhook::WebhookError::BadTimestamp(t) => ServiceError::invalid(
-                    "stale_signature",
-                    format!("the signature's timestamp {t} is more than 300 s from now"),
-                ),
-                stripe_webhook::WebhookError::BadParse(m) => {
-                    ServiceError::invalid("invalid_event", m)
-                }
-                other => ServiceError::invalid(
-                    "invalid_signature",
-                    format!("the Stripe-Signature header does not match the body: {other}"),
-                ),
-            })?;
+    let event = stripe_webhook::Webhook::construct_event(
+        payload,
+        signature,
+        p.rail.webhook_secret().ok_or_else(not_configured)?,
+    )
+    .map_err(|e| match e {
+        stripe_webhook::WebhookError::BadTimestamp(t) => ServiceError::invalid(
+            "stale_signature",
+            format!("the signature's timestamp {t} is more than 300 s from now"),
+        ),
+        stripe_webhook::WebhookError::BadParse(m) => ServiceError::invalid("invalid_event", m),
+        other => ServiceError::invalid(
+            "invalid_signature",
+            format!("the Stripe-Signature header does not match the body: {other}"),
+        ),
+    })?;
     let event_id = event.id.as_str().to_owned();
     let event_type = event.type_.as_str().to_owned();
     let object_id = serde_json::from_str::<serde_json::Value>(payload)
@@ -752,7 +761,8 @@ pub async fn webhook(
         _ => None,
     };
     let ours = remote.as_ref().and_then(|r| {
-        if r.metadata.get("accrue_installation") != Some(&p.rail.installation) {
+        if r.metadata.get("accrue_installation").map(String::as_str) != Some(p.rail.installation())
+        {
             return None;
         }
         let account = r.metadata.get("accrue_account")?.clone();

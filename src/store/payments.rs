@@ -334,3 +334,22 @@ pub async fn issued_between(
         .load(conn)
         .await?)
 }
+
+/// How many dunning steps of each kind were recorded (a report over every account).
+pub async fn step_counts(conn: &mut AsyncPgConnection) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(dunning_steps::table
+        .group_by(dunning_steps::step)
+        .select((dunning_steps::step, diesel::dsl::count_star()))
+        .order(dunning_steps::step.asc())
+        .load(conn)
+        .await?)
+}
+
+/// Invoices paid through the rail.
+pub async fn count_paid(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
+    Ok(invoice_payments::table
+        .filter(invoice_payments::state.eq("paid"))
+        .count()
+        .get_result(conn)
+        .await?)
+}
