@@ -46,6 +46,18 @@ pub async fn authorize(
     Ok(principal)
 }
 
+/// Refuses account-scoped keys on a route that covers every account (`what` names it).
+pub fn unbound(principal: &Principal, what: &str) -> Result<(), ApiError> {
+    match &principal.account {
+        Some(_) => Err(ApiError::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{what} covers every account: use a key not bound to one"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Refuses an account outside an account-scoped key's reach as if it did not exist.
 pub fn reach(principal: &Principal, account: &str) -> Result<(), ApiError> {
     if principal.reaches(account) {

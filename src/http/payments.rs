@@ -1,6 +1,6 @@
 //! Stripe's webhook, payment methods, dunning state and the reconciliation report.
 
-use super::auth::{authorize, reach};
+use super::auth::{authorize, reach, unbound};
 use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::{payments, Ctx, ServiceError};
@@ -87,13 +87,7 @@ pub async fn reconciliation(
     query: web::Query<ReconciliationQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
-    if p.account.is_some() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the reconciliation report covers every account: use a key not bound to one",
-        ));
-    }
+    unbound(&p, "the reconciliation report")?;
     let period = query.into_inner().period.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -1,6 +1,6 @@
 //! Product-qualified leads: an account's score and routing, the sales queue, the funnel.
 
-use super::auth::{authorize, reach};
+use super::auth::{authorize, reach, unbound};
 use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::{pql, Ctx};
@@ -41,13 +41,7 @@ pub async fn queue(
     query: web::Query<QueueQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
-    if p.account.is_some() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the queue covers every account: use a key not bound to one",
-        ));
-    }
+    unbound(&p, "the queue")?;
     let q = query.into_inner();
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -71,13 +65,7 @@ pub async fn funnel(
     query: web::Query<FunnelQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
-    if p.account.is_some() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the funnel covers every account: use a key not bound to one",
-        ));
-    }
+    unbound(&p, "the funnel")?;
     let q = query.into_inner();
     let from = q
         .from

@@ -1,6 +1,6 @@
 //! Revenue movements, the NRR report, webhook endpoints and the event feed.
 
-use super::auth::authorize;
+use super::auth::{authorize, unbound};
 use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::outbox::{self, EndpointRequest};
@@ -13,18 +13,6 @@ use serde_json::json;
 
 fn bad_query(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
-}
-
-/// Reports over every account need a key not bound to one.
-fn unbound(p: &crate::services::auth::Principal) -> Result<(), ApiError> {
-    match &p.account {
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this report covers every account: use a key not bound to one",
-        )),
-        None => Ok(()),
-    }
 }
 
 #[derive(Deserialize)]
@@ -71,7 +59,7 @@ pub async fn nrr(
     query: web::Query<NrrQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
-    unbound(&p)?;
+    unbound(&p, "the NRR report")?;
     let q = query.into_inner();
     let from = q
         .from
@@ -92,7 +80,7 @@ pub async fn create_endpoint(
     body: web::Json<EndpointRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
-    unbound(&p)?;
+    unbound(&p, "a webhook endpoint")?;
     let created = outbox::create_endpoint(&ctx, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(created))
 }
@@ -102,7 +90,7 @@ pub async fn list_endpoints(
     ctx: web::Data<Ctx>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
-    unbound(&p)?;
+    unbound(&p, "the endpoint list")?;
     Ok(HttpResponse::Ok().json(json!({ "endpoints": outbox::endpoints(&ctx).await? })))
 }
 
@@ -120,7 +108,7 @@ pub async fn deliveries(
     query: web::Query<DeliveriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
-    unbound(&p)?;
+    unbound(&p, "a delivery list")?;
     let q = query.into_inner();
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {

@@ -391,24 +391,7 @@ async fn record_paid(
             sub.past_due_since = None;
             sub.updated_at = now;
             subs::save(c, &sub).await?;
-            let plan = ctx
-                .plans
-                .get(&crate::domain::plan::PlanRef {
-                    plan: sub.plan.clone(),
-                    version: sub.plan_version as u32,
-                })
-                .map(|p| p.currency.code())
-                .unwrap_or("USD");
-            let ch = change(
-                &sub,
-                "payment_recovered",
-                now,
-                None,
-                json!([]),
-                Decimal::ZERO,
-                plan,
-            );
-            let change_id = subs::insert_change(c, &ch).await?;
+            let change_id = record_change(ctx, c, &sub, "payment_recovered", now).await?;
             if was_suspended {
                 revenue::record(
                     ctx,
@@ -547,7 +530,7 @@ async fn record_change(
     s: &subs::SubscriptionRow,
     kind: &str,
     now: DateTime<Utc>,
-) -> Result<(), TxError> {
+) -> Result<i64, TxError> {
     let currency = ctx
         .plans
         .get(&crate::domain::plan::PlanRef {
@@ -557,8 +540,7 @@ async fn record_change(
         .map(|p| p.currency.code())
         .unwrap_or("USD");
     let ch = change(s, kind, now, None, json!([]), Decimal::ZERO, currency);
-    subs::insert_change(c, &ch).await?;
-    Ok(())
+    Ok(subs::insert_change(c, &ch).await?)
 }
 
 /// The plan whose entitlements a suspended (or past grace) subscription of `plan` gets.

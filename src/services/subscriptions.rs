@@ -582,23 +582,7 @@ pub(crate) async fn advance(
                             Decimal::ZERO,
                             plan.currency.code(),
                         ));
-                        if fx.drafts.len() > before {
-                            let i = fx.drafts.len() - 1;
-                            fx.revenue.push(PendingMrr {
-                                account: account.clone(),
-                                at,
-                                cause: revenue::Cause::Usage,
-                                plan: Some((
-                                    PlanRef {
-                                        plan: from.0.clone(),
-                                        version: from.1 as u32,
-                                    },
-                                    from.2 as u32,
-                                )),
-                                usage: Some(usage_revenue(&fx.drafts[i])),
-                                reference: MrrRef::Draft(i),
-                            });
-                        }
+                        fx.usage_closed(&account, at, &from, before);
                         fx.revenue.push(PendingMrr {
                             account,
                             at,
@@ -647,23 +631,7 @@ pub(crate) async fn advance(
                 } else {
                     "renewed"
                 };
-                if fx.drafts.len() > before {
-                    let i = fx.drafts.len() - 1;
-                    fx.revenue.push(PendingMrr {
-                        account: account.clone(),
-                        at,
-                        cause: revenue::Cause::Usage,
-                        plan: Some((
-                            PlanRef {
-                                plan: from.0.clone(),
-                                version: from.1 as u32,
-                            },
-                            from.2 as u32,
-                        )),
-                        usage: Some(usage_revenue(&fx.drafts[i])),
-                        reference: MrrRef::Draft(i),
-                    });
-                }
+                fx.usage_closed(&account, at, &from, before);
                 if scheduled.is_some() {
                     let what = classify(&plan, from.2 as u32, &new_plan, row.seats as u32);
                     fx.revenue.push(PendingMrr {
@@ -757,14 +725,41 @@ impl Effects {
     }
 }
 
-/// The usage revenue (arrears usage lines) of a closed period's invoice.
-fn usage_revenue(draft: &InvoiceDraft) -> Decimal {
-    draft
-        .lines
-        .iter()
-        .filter(|l| l.kind == "usage")
-        .map(|l| l.amount)
-        .sum()
+impl Effects {
+    /// When a closed period's invoice was drafted after index `before`, its usage revenue
+    /// (the arrears usage lines) becomes the usage part of the account's MRR on plan `from`.
+    fn usage_closed(
+        &mut self,
+        account: &str,
+        at: DateTime<Utc>,
+        from: &(String, i32, i32),
+        before: usize,
+    ) {
+        if self.drafts.len() <= before {
+            return;
+        }
+        let i = self.drafts.len() - 1;
+        let usage = self.drafts[i]
+            .lines
+            .iter()
+            .filter(|l| l.kind == "usage")
+            .map(|l| l.amount)
+            .sum();
+        self.revenue.push(PendingMrr {
+            account: account.to_owned(),
+            at,
+            cause: revenue::Cause::Usage,
+            plan: Some((
+                PlanRef {
+                    plan: from.0.clone(),
+                    version: from.1 as u32,
+                },
+                from.2 as u32,
+            )),
+            usage: Some(usage),
+            reference: MrrRef::Draft(i),
+        });
+    }
 }
 
 fn plan_ref(row: &SubscriptionRow) -> (PlanRef, u32) {
