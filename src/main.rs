@@ -585,8 +585,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--at must lie within --period-start .. --period-end, and the period must not be empty");
             }
             let to_seats = to_seats.unwrap_or(seats);
-            let lines =
-                accrue::domain::proration::change_lines(&period, at, &old, seats, &new, to_seats);
+            // The API's rule: within an interval the period is kept; across intervals the
+            // period ends at the change and the new plan's first period is charged whole.
+            let (lines, new_period) = accrue::domain::proration::immediate_change(
+                &period, at, &old, seats, &new, to_seats,
+            );
             let due: Decimal = lines.iter().map(|l| l.amount).sum();
             println!(
                 "{}",
@@ -595,6 +598,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "factor": accrue::domain::proration::remaining_factor(&period, at).round_dp(12).to_string(),
                     "lines": lines,
                     "amount_due_now": old.currency.round(due).to_string(),
+                    "new_period": new_period,
                 }))?
             );
             Ok(())

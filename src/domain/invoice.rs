@@ -156,12 +156,16 @@ pub fn arrears_lines(
                     usage_to: Some(period.end),
                 });
             }
-            LineKind::MinimumTopUp => lines.push(InvoiceLine::fee(
-                "minimum_top_up",
-                Decimal::ONE,
-                l.amount,
-                l.description.clone(),
-            )),
+            LineKind::MinimumTopUp => lines.push(InvoiceLine {
+                usage_from: Some(period.start),
+                usage_to: Some(period.end),
+                ..InvoiceLine::fee(
+                    "minimum_top_up",
+                    Decimal::ONE,
+                    l.amount,
+                    l.description.clone(),
+                )
+            }),
             LineKind::BaseFee | LineKind::Seats => {}
         }
     }
@@ -206,21 +210,78 @@ pub fn late_usage_line(
     })
 }
 
+/// What has been billed so far for one period's arrears: per meter (quantity, amount), and the
+/// minimum top-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BilledArrears {
+    pub meters: BTreeMap<String, (Decimal, Decimal)>,
+    pub top_up: Decimal,
+}
+
+/// The corrections a period's late usage calls for: its whole arrears (usage and minimum
+/// top-up together) recomputed from `usage` as it stands now, less what was billed, as a
+/// `late_usage` line per meter that moved and a `minimum_top_up` line when the top-up moved.
+/// Late usage first fills the shortfall under the minimum, so a period never costs more than
+/// `max(minimum, actual)`.
+pub fn late_period_lines(
+    plan: &PlanVersion,
+    seats: u32,
+    period: &Period,
+    usage: &BTreeMap<String, MeterUsage>,
+    billed: &BilledArrears,
+) -> Vec<InvoiceLine> {
+    let mut lines: Vec<InvoiceLine> = plan
+        .charges
+        .iter()
+        .filter_map(|c| {
+            let now = usage.get(&c.meter).cloned().unwrap_or_default();
+            let (bq, ba) = billed.meters.get(&c.meter).copied().unwrap_or_default();
+            late_usage_line(plan, &c.meter, period, &now, bq, ba)
+        })
+        .collect();
+    let top_up: Decimal = arrears_lines(plan, seats, period, usage)
+        .iter()
+        .filter(|l| l.kind == "minimum_top_up")
+        .map(|l| l.amount)
+        .sum();
+    let moved = top_up - billed.top_up;
+    if !moved.is_zero() {
+        lines.push(InvoiceLine {
+            usage_from: Some(period.start),
+            usage_to: Some(period.end),
+            ..InvoiceLine::fee(
+                "minimum_top_up",
+                Decimal::ONE,
+                moved,
+                format!(
+                    "top-up to the period minimum for {} to {} after late usage (now {}, billed {})",
+                    period.start.format("%Y-%m-%d"),
+                    period.end.format("%Y-%m-%d"),
+                    top_up,
+                    billed.top_up
+                ),
+            )
+        });
+    }
+    lines
+}
+
 /// Proration lines of an accepted change, as invoice lines.
 pub fn change_lines(lines: &[crate::domain::proration::ProrationLine]) -> Vec<InvoiceLine> {
     lines
         .iter()
-        .map(|l| {
+        .filter_map(|l| {
             let kind = match l.kind {
                 crate::domain::proration::ProrationKind::ProrationCredit => "proration_credit",
                 crate::domain::proration::ProrationKind::ProrationCharge => "proration_charge",
+                crate::domain::proration::ProrationKind::ScheduledChangeRevoked => return None,
             };
-            InvoiceLine::fee(
+            Some(InvoiceLine::fee(
                 kind,
                 Decimal::from(l.seats),
                 l.amount,
                 l.description.clone(),
-            )
+            ))
         })
         .collect()
 }

@@ -41,6 +41,9 @@ pub enum ProrationKind {
     ProrationCredit,
     /// The new price for the rest of the period, charged.
     ProrationCharge,
+    /// A change that was scheduled for the period end and that this change replaces (amount 0;
+    /// the line says what will no longer happen).
+    ScheduledChangeRevoked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +114,57 @@ pub fn change_lines(
         });
     }
     lines
+}
+
+/// What an immediate change from (`old`, `old_seats`) to (`new`, `new_seats`) at `at` inside
+/// `period` charges now, and the period that follows it.
+///
+/// Within one billing interval the subscription keeps its period: the unused old price is
+/// credited and the new price charged for the rest of it ([`change_lines`]). A change of
+/// interval (month ↔ year) ends the current period at the change instead: the unused old
+/// price is credited, and the new plan's first full period is charged from the change, which
+/// becomes the new anchor (the start of `at`'s hour, as subscribing anchors). The usage of the
+/// ended part of the old period is the caller's to invoice in arrears.
+pub fn immediate_change(
+    period: &Period,
+    at: DateTime<Utc>,
+    old: &PlanVersion,
+    old_seats: u32,
+    new: &PlanVersion,
+    new_seats: u32,
+) -> (Vec<ProrationLine>, Option<Period>) {
+    if old.interval == new.interval {
+        return (
+            change_lines(period, at, old, old_seats, new, new_seats),
+            None,
+        );
+    }
+    let start = crate::domain::period::anchor_at(at);
+    let next = Period {
+        start,
+        end: crate::domain::period::boundary(start, new.interval.months(), 1),
+    };
+    let mut lines: Vec<ProrationLine> = change_lines(period, at, old, old_seats, new, 0)
+        .into_iter()
+        .filter(|l| l.kind == ProrationKind::ProrationCredit)
+        .collect();
+    let charge = new.currency.round(new.recurring_amount(new_seats));
+    if !charge.is_zero() {
+        lines.push(ProrationLine {
+            kind: ProrationKind::ProrationCharge,
+            plan: new.plan.clone(),
+            plan_version: new.version,
+            seats: new_seats,
+            amount: charge,
+            description: format!(
+                "{} ({new_seats} seats) from {} to {}",
+                new.name,
+                next.start.to_rfc3339(),
+                next.end.to_rfc3339()
+            ),
+        });
+    }
+    (lines, Some(next))
 }
 
 #[cfg(test)]

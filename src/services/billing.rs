@@ -11,7 +11,8 @@
 use super::subscriptions::{advance, Effects, TxError};
 use super::{Ctx, ServiceError};
 use crate::domain::invoice::{
-    advance_fee_lines, arrears_lines, late_usage_line, InvoiceDraft, InvoiceKind, MeterUsage,
+    advance_fee_lines, arrears_lines, late_period_lines, BilledArrears, InvoiceDraft, InvoiceKind,
+    MeterUsage,
 };
 use crate::domain::meter::Aggregation;
 use crate::domain::period::Period;
@@ -111,7 +112,8 @@ fn meter_usage(st: &crate::domain::aggregate::AggregateState, agg: Aggregation) 
 /// fees of `next` when the subscription goes on. `None` when it would hold nothing (free plans).
 #[expect(
     clippy::too_many_arguments,
-    reason = "the closed and the next period each need their plan, seats and range"
+    reason = "the closed and the next period each need their plan, seats and range, and the \
+              close its prefetched reads and the drafts not yet issued"
 )]
 pub(crate) async fn period_invoice(
     ctx: &Ctx,
@@ -123,11 +125,12 @@ pub(crate) async fn period_invoice(
     next: Option<(&PlanVersion, u32, Period)>,
     now: DateTime<Utc>,
     pre: &Prefetched,
+    pending: &[InvoiceDraft],
 ) -> Result<Option<InvoiceDraft>, TxError> {
     let mut lines = if pre.no_late.contains(account) {
         Vec::new()
     } else {
-        late_lines(ctx, c, account, closed.start).await?
+        late_lines(ctx, c, account, closed.start, pending).await?
     };
     let usage = match pre.usage.get(&(account.to_owned(), closed.start)) {
         Some(u) => u.clone(),
@@ -153,12 +156,48 @@ pub(crate) async fn period_invoice(
     }))
 }
 
-/// Late-usage lines for invoiced periods before `before` whose usage changed since billed.
+/// The arrears invoice of `ended`, the first part of the period `full` that a change of billing
+/// interval cut short: its usage, and the minimum commitment in proportion to the time used.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the ended part, the whole period, and the plan it was billed on"
+)]
+pub(crate) async fn partial_period_invoice(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    account: &str,
+    ended: Period,
+    full: &Period,
+    plan: &PlanVersion,
+    seats: u32,
+    now: DateTime<Utc>,
+) -> Result<Option<InvoiceDraft>, TxError> {
+    let used = Decimal::from(ended.seconds()) / Decimal::from(full.seconds().max(1));
+    period_invoice(
+        ctx,
+        c,
+        account,
+        ended,
+        &scaled(plan, used),
+        seats,
+        None,
+        now,
+        &Prefetched::default(),
+        &[],
+    )
+    .await
+}
+
+/// Late-usage corrections for invoiced periods before `before` whose usage changed since
+/// billed: each such period's arrears recomputed whole ([`late_period_lines`]). `pending` are
+/// the invoices this transaction drafted and has not issued yet: what they bill counts as
+/// billed, so a catch-up that closes several periods corrects each late period once.
 async fn late_lines(
     ctx: &Ctx,
     c: &mut AsyncPgConnection,
     account: &str,
     before: DateTime<Utc>,
+    pending: &[InvoiceDraft],
 ) -> Result<Vec<crate::domain::invoice::InvoiceLine>, TxError> {
     let mut lines = Vec::new();
     for p in store_inv::periods_with_late_usage(c, account, before).await? {
@@ -173,21 +212,65 @@ async fn late_lines(
             end: p.end,
         };
         let usage = usage_of(ctx, c, account, &period).await?;
-        let billed: BTreeMap<String, (Decimal, Decimal)> =
-            store_inv::billed_for_period(c, account, p.start)
-                .await?
-                .into_iter()
-                .map(|b| (b.meter, (b.quantity, b.amount)))
-                .collect();
-        for charge in &plan.charges {
-            let now_usage = usage.get(&charge.meter).cloned().unwrap_or_default();
-            let (bq, ba) = billed.get(&charge.meter).copied().unwrap_or_default();
-            if let Some(l) = late_usage_line(plan, &charge.meter, &period, &now_usage, bq, ba) {
-                lines.push(l);
+        let mut billed = BilledArrears::default();
+        for b in store_inv::billed_for_period(c, account, p.start).await? {
+            add_billed(&mut billed, &b.meter, b.quantity, b.amount);
+        }
+        for l in pending
+            .iter()
+            .filter(|d| d.account == account)
+            .flat_map(|d| &d.lines)
+            .filter(|l| l.usage_from == Some(p.start))
+        {
+            let meter = l.meter.as_deref().unwrap_or_default();
+            if !meter.is_empty() || l.kind == "minimum_top_up" {
+                add_billed(&mut billed, meter, l.quantity, l.amount);
             }
         }
+        let plan = scaled_to(plan, &period);
+        lines.extend(late_period_lines(
+            &plan,
+            p.seats as u32,
+            &period,
+            &usage,
+            &billed,
+        ));
     }
     Ok(lines)
+}
+
+fn add_billed(billed: &mut BilledArrears, meter: &str, quantity: Decimal, amount: Decimal) {
+    if meter.is_empty() {
+        billed.top_up += amount;
+    } else {
+        let e = billed.meters.entry(meter.to_owned()).or_default();
+        e.0 += quantity;
+        e.1 += amount;
+    }
+}
+
+/// `plan` with its recurring fees and minimum in proportion to the part of a whole period that
+/// `period` covers (a period a change of billing interval cut short); `plan` itself otherwise.
+fn scaled_to(plan: &PlanVersion, period: &Period) -> PlanVersion {
+    let whole = Period {
+        start: period.start,
+        end: crate::domain::period::boundary(period.start, plan.interval.months(), 1),
+    };
+    if plan.minimum.is_none() || period.seconds() >= whole.seconds() {
+        return plan.clone();
+    }
+    let used = Decimal::from(period.seconds()) / Decimal::from(whole.seconds().max(1));
+    scaled(plan, used)
+}
+
+fn scaled(plan: &PlanVersion, used: Decimal) -> PlanVersion {
+    let mut s = plan.clone();
+    s.minimum = plan.minimum.map(|m| m * used);
+    s.base_fee = plan.base_fee * used;
+    if let Some(seats) = s.seats.as_mut() {
+        seats.unit_amount *= used;
+    }
+    s
 }
 
 /// The first advance fees of a subscription period, when there are any.

@@ -170,9 +170,29 @@ pub async fn migrate(
         } else {
             Decimal::ZERO
         };
-        let skipped = new.seats.as_ref().and_then(|s| {
-            (seats < s.min || s.max.is_some_and(|m| seats > m))
-                .then(|| format!("{seats} seats are outside {to}'s bounds"))
+        let pending: Option<Scheduled> = row
+            .scheduled
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok());
+        let skipped = match (&pending, when) {
+            // The customer's own scheduled change wins over a migration at renewal.
+            (Some(p), When::AtRenewal) if p.cancel => Some(format!(
+                "a cancellation is scheduled for {}",
+                p.at.to_rfc3339()
+            )),
+            (Some(p), When::AtRenewal) if p.plan != from.plan => Some(format!(
+                "a change to {}@{} is scheduled for {}",
+                p.plan,
+                p.version,
+                p.at.to_rfc3339()
+            )),
+            _ => None,
+        }
+        .or_else(|| {
+            new.seats.as_ref().and_then(|s| {
+                (seats < s.min || s.max.is_some_and(|m| seats > m))
+                    .then(|| format!("{seats} seats are outside {to}'s bounds"))
+            })
         });
         let line = MigrationLine {
             account: row.account.clone(),
@@ -202,11 +222,14 @@ pub async fn migrate(
         return Ok(report);
     }
     for line in report.accounts.iter().filter(|l| l.skipped.is_none()) {
-        match when {
-            When::Now => move_now(ctx, &line.account, from, to).await?,
+        let moved = match when {
+            When::Now => {
+                move_now(ctx, &line.account, from, to).await?;
+                true
+            }
             When::AtRenewal => schedule(ctx, &line.account, from, to, line.seats, now).await?,
-        }
-        report.migrated += 1;
+        };
+        report.migrated += usize::from(moved);
     }
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let detail = format!(
@@ -278,7 +301,7 @@ async fn schedule(
     to: &PlanRef,
     seats: u32,
     now: DateTime<Utc>,
-) -> Result<(), ServiceError> {
+) -> Result<bool, ServiceError> {
     let scheduled = Scheduled {
         plan: to.plan.clone(),
         version: to.version,

@@ -13,7 +13,7 @@ use crate::domain::account::AccountId;
 use crate::domain::invoice::{advance_fee_lines, InvoiceDraft, InvoiceKind, InvoiceLine};
 use crate::domain::period::{anchor_at, boundary, period_containing, Period};
 use crate::domain::plan::{DowngradePolicy, PlanRef, PlanVersion};
-use crate::domain::proration::{change_lines, ProrationLine};
+use crate::domain::proration::{immediate_change, ProrationKind, ProrationLine};
 use crate::store::accounts::{self, Account, Firmographics};
 use crate::store::subscriptions::{
     self as subs, IdempotencyRow, NewChange, QuoteRow, SubscriptionRow,
@@ -380,7 +380,13 @@ pub async fn subscribe(
             accounts::ensure(c, account, now).await?;
             check_currency(c, account, &plan).await?;
             let start = anchor_at(now);
-            let trial = req.trial && plan.trial_days > 0;
+            if req.trial && plan.trial_days == 0 {
+                return Err(refuse(
+                    "no_trial",
+                    format!("plan {} has no trial", plan.plan),
+                ));
+            }
+            let trial = req.trial;
             let (status, period, trial_end) = if trial {
                 let end = start + Duration::days(plan.trial_days.into());
                 ("trialing", Period { start, end }, Some(end))
@@ -496,12 +502,51 @@ pub(crate) async fn advance(
     let mut changed = false;
     loop {
         let plan = plan_of(ctx, &row.plan, row.plan_version)?;
-        let months = plan.interval.months();
         match row.status.as_str() {
             "trialing" => {
                 let Some(end) = row.trial_end.filter(|e| now >= *e) else {
                     break;
                 };
+                // A change accepted during the trial takes effect at its end: a cancellation
+                // ends it with nothing charged; a plan or seat change converts onto it.
+                let scheduled: Option<Scheduled> = row
+                    .scheduled
+                    .take()
+                    .and_then(|v| serde_json::from_value(v).ok());
+                if let Some(s) = &scheduled {
+                    let from = (row.plan.clone(), row.plan_version, row.seats);
+                    row.revision += 1;
+                    row.updated_at = now;
+                    if s.cancel {
+                        row.status = "canceled".into();
+                        row.period_end = end;
+                        fx.changes.push(change(
+                            row,
+                            "canceled",
+                            end,
+                            Some((&from.0, from.1, from.2)),
+                            json!([]),
+                            Decimal::ZERO,
+                            plan.currency.code(),
+                        ));
+                        changed = true;
+                        break;
+                    }
+                    row.plan = s.plan.clone();
+                    row.plan_version = s.version as i32;
+                    row.seats = s.seats as i32;
+                    fx.changes.push(change(
+                        row,
+                        "scheduled_change_applied",
+                        end,
+                        Some((&from.0, from.1, from.2)),
+                        json!([]),
+                        Decimal::ZERO,
+                        plan.currency.code(),
+                    ));
+                }
+                let plan = plan_of(ctx, &row.plan, row.plan_version)?;
+                let months = plan.interval.months();
                 // Converts: without Stripe there is no payment method to require.
                 row.status = "active".into();
                 row.anchor = end;
@@ -559,20 +604,20 @@ pub(crate) async fn advance(
                         row.status = "canceled".into();
                         let account = row.account.clone();
                         let before = fx.drafts.len();
-                        fx.drafts.extend(
-                            billing::period_invoice(
-                                ctx,
-                                c,
-                                &account,
-                                closed,
-                                &plan,
-                                from.2 as u32,
-                                None,
-                                now,
-                                pre,
-                            )
-                            .await?,
-                        );
+                        let closing = billing::period_invoice(
+                            ctx,
+                            c,
+                            &account,
+                            closed,
+                            &plan,
+                            from.2 as u32,
+                            None,
+                            now,
+                            pre,
+                            &fx.drafts,
+                        )
+                        .await?;
+                        fx.drafts.extend(closing);
                         fx.changes.push(change(
                             row,
                             "canceled",
@@ -610,20 +655,20 @@ pub(crate) async fn advance(
                 };
                 let account = row.account.clone();
                 let before = fx.drafts.len();
-                fx.drafts.extend(
-                    billing::period_invoice(
-                        ctx,
-                        c,
-                        &account,
-                        closed,
-                        &plan,
-                        from.2 as u32,
-                        Some((&new_plan, row.seats as u32, next)),
-                        now,
-                        pre,
-                    )
-                    .await?,
-                );
+                let closing = billing::period_invoice(
+                    ctx,
+                    c,
+                    &account,
+                    closed,
+                    &plan,
+                    from.2 as u32,
+                    Some((&new_plan, row.seats as u32, next)),
+                    now,
+                    pre,
+                    &fx.drafts,
+                )
+                .await?;
+                fx.drafts.extend(closing);
                 let lines = advance_fee_lines(&new_plan, row.seats as u32, &next);
                 let amount = lines.iter().map(|l| l.amount).sum();
                 let kind = if scheduled.is_some() {
@@ -881,6 +926,11 @@ pub struct Quote {
     pub currency: String,
     /// Period after the change, when it re-anchors (interval change) or starts a trial.
     pub new_period: Option<Period>,
+    /// The change scheduled for the period end once this one is accepted: a scheduled
+    /// cancellation survives every change; another scheduled change survives a plan migration
+    /// and is revoked by the customer's own change (a `scheduled_change_revoked` line says so).
+    #[serde(default)]
+    pub scheduled_after: Option<Scheduled>,
     pub expires_at: DateTime<Utc>,
     pub base_revision: i64,
 }
@@ -959,6 +1009,12 @@ pub async fn quote(
                 if trialing || row.trial_end.is_some() {
                     return Err(refuse("trial_used", "this account has already had a trial"));
                 }
+                if is_paid(&old) {
+                    return Err(refuse(
+                        "trial_not_available",
+                        format!("trials start from a free plan; the account pays for {} now: change plans with a quote instead", old.plan),
+                    ));
+                }
                 let start = anchor_at(now);
                 new_period = Some(Period { start, end: start + Duration::days(new.trial_days.into()) });
                 ("trial_started", Effective::Now, Vec::new())
@@ -980,18 +1036,12 @@ pub async fn quote(
                 let period = Period { start: row.period_start, end: row.period_end };
                 let lines = if effective == Effective::PeriodEnd || trialing {
                     Vec::new()
-                } else if old.interval != new.interval {
-                    // A new interval starts a new period now: credit the unused old time and
-                    // charge the first full period of the new plan.
-                    let start = anchor_at(now);
-                    let p = Period { start, end: boundary(start, new.interval.months(), 1) };
-                    new_period = Some(p);
-                    let mut l = change_lines(&period, now, &old, old_seats, &new, 0);
-                    l.retain(|x| x.amount.is_sign_negative());
-                    l.extend(change_lines(&p, p.start, &new, 0, &new, new_seats));
-                    l
                 } else {
-                    change_lines(&period, now, &old, old_seats, &new, new_seats)
+                    // A new interval ends the period now (`new_period`); acceptance invoices
+                    // the ended part's usage in arrears.
+                    let (lines, next) = immediate_change(&period, now, &old, old_seats, &new, new_seats);
+                    new_period = next;
+                    lines
                 };
                 (kind, effective, lines)
             };
@@ -999,6 +1049,53 @@ pub async fn quote(
                 Effective::Now => now,
                 Effective::PeriodEnd => row.period_end,
             };
+            let pending: Option<Scheduled> =
+                row.scheduled.clone().and_then(|v| serde_json::from_value(v).ok());
+            let period_end_after = new_period.map_or(row.period_end, |p| p.end);
+            let (scheduled_after, revoked) = match (pending, effective) {
+                (None, _) => (None, None),
+                (Some(p), Effective::Now) if p.cancel => {
+                    (Some(Scheduled { at: period_end_after, ..p }), None)
+                }
+                (Some(p), Effective::Now) if req.operator_override => {
+                    // A plan migration carries the customer's scheduled decrease over.
+                    let kept = if p.plan == old.plan {
+                        Scheduled { plan: new.plan.clone(), version: new.version, at: period_end_after, ..p }
+                    } else {
+                        Scheduled { at: period_end_after, ..p }
+                    };
+                    (Some(kept), None)
+                }
+                (Some(p), Effective::Now) => (None, Some(p)),
+                (Some(p), Effective::PeriodEnd) if p.cancel && !req.cancel => {
+                    return Err(conflict(
+                        "cancellation_scheduled",
+                        format!("the subscription is canceled at {}; a later change cannot follow it", p.at.to_rfc3339()),
+                    ));
+                }
+                (Some(p), Effective::PeriodEnd) => (None, Some(p)),
+            };
+            let mut lines = lines;
+            if let Some(p) = revoked {
+                lines.push(ProrationLine {
+                    kind: ProrationKind::ScheduledChangeRevoked,
+                    plan: p.plan.clone(),
+                    plan_version: p.version,
+                    seats: p.seats,
+                    amount: Decimal::ZERO,
+                    description: if p.cancel {
+                        format!("Replaces the cancellation scheduled for {}", p.at.to_rfc3339())
+                    } else {
+                        format!(
+                            "Revokes the change to {}@{} with {} seats scheduled for {}",
+                            p.plan,
+                            p.version,
+                            p.seats,
+                            p.at.to_rfc3339()
+                        )
+                    },
+                });
+            }
             let amount_due_now = lines.iter().map(|l| l.amount).sum();
             let q = Quote {
                 id: random_id("q"),
@@ -1014,6 +1111,7 @@ pub async fn quote(
                 amount_due_now,
                 currency: old.currency.code().to_owned(),
                 new_period,
+                scheduled_after,
                 expires_at: now + Duration::minutes(QUOTE_TTL_MINUTES),
                 base_revision: row.revision,
             };
@@ -1116,10 +1214,41 @@ pub async fn accept(
             let new = plan_of(ctx, &q.to.plan, q.to.version as i32)?;
             match q.effective {
                 Effective::Now => {
+                    if let (Some(p), false) = (q.new_period, q.trial) {
+                        // An interval change ends the period at the new anchor: the usage of
+                        // the ended part is invoiced in arrears now, on the old plan.
+                        let old = plan_of(ctx, &from.0, from.1)?;
+                        let ended = Period {
+                            start: row.period_start,
+                            end: p.start,
+                        };
+                        let full = Period {
+                            start: row.period_start,
+                            end: row.period_end,
+                        };
+                        if ended.end > ended.start {
+                            fx.drafts.extend(
+                                billing::partial_period_invoice(
+                                    ctx,
+                                    c,
+                                    account,
+                                    ended,
+                                    &full,
+                                    &old,
+                                    from.2 as u32,
+                                    now,
+                                )
+                                .await?,
+                            );
+                        }
+                    }
                     row.plan = q.to.plan.clone();
                     row.plan_version = q.to.version as i32;
                     row.seats = q.to.seats as i32;
-                    row.scheduled = None;
+                    row.scheduled = q
+                        .scheduled_after
+                        .as_ref()
+                        .map(|s| serde_json::to_value(s).unwrap_or_default());
                     if let Some(p) = q.new_period {
                         row.period_start = p.start;
                         row.period_end = p.end;
@@ -1166,7 +1295,8 @@ pub async fn accept(
                 ch.to_seats = Some(q.to.seats as i32);
             }
             let change_id = subs::insert_change(c, &ch).await?;
-            if q.effective == Effective::Now {
+            // A trial's MRR is recorded when it converts, never when it starts.
+            if q.effective == Effective::Now && !q.trial {
                 let old = plan_of(ctx, &from.0, from.1)?;
                 fx.revenue.push(PendingMrr {
                     account: account.to_owned(),
@@ -1181,7 +1311,8 @@ pub async fn accept(
                     reference: MrrRef::Change(change_id),
                 });
             }
-            if q.effective == Effective::Now && !q.lines.is_empty() {
+            let charged = crate::domain::invoice::change_lines(&q.lines);
+            if q.effective == Effective::Now && !charged.is_empty() {
                 fx.drafts.push(InvoiceDraft {
                     account: account.to_owned(),
                     kind: InvoiceKind::Change,
@@ -1193,7 +1324,7 @@ pub async fn accept(
                     plan_version: row.plan_version as u32,
                     seats: row.seats as u32,
                     currency: new.currency,
-                    lines: crate::domain::invoice::change_lines(&q.lines),
+                    lines: charged,
                     issued_at: now,
                 });
             }
@@ -1231,16 +1362,20 @@ pub async fn accept(
 
 /// Schedules a plan migration for the subscription's period end (applied by the billing
 /// cycle like any scheduled change). Refused when the account left `from` meanwhile.
+///
+/// A change the customer already scheduled wins: a cancellation or a move to another plan
+/// stays as it is (the answer is `false`: not migrated), and a seat decrease on the migrated
+/// plan is carried over to the new version.
 pub async fn schedule_migration(
     ctx: &Ctx,
     account: &str,
     from: &PlanRef,
     scheduled: Scheduled,
-) -> Result<(), ServiceError> {
+) -> Result<bool, ServiceError> {
     let now = ctx.clock.now();
     let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    conn.transaction::<(), TxError, _>(async |c| {
+    conn.transaction::<bool, TxError, _>(async |c| {
         let mut row = lock_and_catch_up(ctx, c, account, now).await?;
         if row.plan != from.plan || row.plan_version as u32 != from.version {
             return Err(TxError::Refused(ServiceError::Conflict {
@@ -1249,6 +1384,18 @@ pub async fn schedule_migration(
             }));
         }
         let from_side = (row.plan.clone(), row.plan_version, row.seats);
+        let pending: Option<Scheduled> = row
+            .scheduled
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok());
+        let scheduled = match pending {
+            Some(p) if p.cancel || p.plan != from.plan => return Ok(false),
+            Some(p) => Scheduled {
+                seats: p.seats,
+                ..scheduled
+            },
+            None => scheduled,
+        };
         row.scheduled = Some(serde_json::to_value(&scheduled).unwrap_or_default());
         row.revision += 1;
         row.updated_at = now;
@@ -1267,8 +1414,8 @@ pub async fn schedule_migration(
         ch.to_version = Some(scheduled.version as i32);
         ch.to_seats = Some(scheduled.seats as i32);
         subs::insert_change(c, &ch).await?;
-        Ok(())
+        Ok(true)
     })
-    .await?;
-    Ok(())
+    .await
+    .map_err(ServiceError::from)
 }

@@ -247,6 +247,8 @@ pub struct LatePeriod {
     pub plan: String,
     #[diesel(sql_type = diesel::sql_types::Integer)]
     pub plan_version: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub seats: i32,
 }
 
 /// Invoiced periods before `before` whose rollups changed after their usage was last billed.
@@ -262,7 +264,7 @@ pub async fn periods_with_late_usage(
               JOIN invoices i ON i.account = l.account AND i.number = l.number
              WHERE l.account = $1 AND l.usage_from IS NOT NULL AND l.usage_from < $2
              GROUP BY l.usage_from, l.usage_to)
-         SELECT b.s AS start, b.e AS end, p.plan, p.plan_version
+         SELECT b.s AS start, b.e AS end, p.plan, p.plan_version, p.seats
            FROM billed b
            JOIN invoices p ON p.account = $1 AND p.kind = 'period' AND p.period_start = b.s
           WHERE EXISTS (SELECT 1 FROM usage_rollups r
@@ -321,17 +323,19 @@ pub struct Billed {
     pub amount: Decimal,
 }
 
-/// Per meter, what has been billed so far for the usage of the period starting at `start`.
+/// What has been billed so far for the arrears of the period starting at `start`: per meter,
+/// and the minimum top-up under the meter name `""`.
 pub async fn billed_for_period(
     conn: &mut AsyncPgConnection,
     account: &str,
     start: DateTime<Utc>,
 ) -> Result<Vec<Billed>, StoreError> {
     Ok(diesel::sql_query(
-        "SELECT meter, SUM(quantity) AS quantity, SUM(amount) AS amount
+        "SELECT COALESCE(meter, '') AS meter, SUM(quantity) AS quantity, SUM(amount) AS amount
            FROM invoice_lines
-          WHERE account = $1 AND usage_from = $2 AND meter IS NOT NULL
-          GROUP BY meter",
+          WHERE account = $1 AND usage_from = $2
+            AND (meter IS NOT NULL OR kind = 'minimum_top_up')
+          GROUP BY COALESCE(meter, '')",
     )
     .bind::<Text, _>(account)
     .bind::<Timestamptz, _>(start)

@@ -82,15 +82,15 @@ async fn republishing_unchanged_files_changes_nothing_and_is_not_audited_again()
         .db
         .count("(SELECT COUNT(*) FROM catalogue_audit)::int8")
         .await;
-    assert_eq!(audited, 6);
+    assert_eq!(audited, 7);
     let (ok, out, _) = accrue(&app.db.url, &["plans", "publish"]);
     assert!(ok);
-    assert_eq!(out.matches("unchanged").count(), 6, "{out}");
+    assert_eq!(out.matches("unchanged").count(), 7, "{out}");
     assert_eq!(
         app.db
             .count("(SELECT COUNT(*) FROM catalogue_audit)::int8")
             .await,
-        6
+        7
     );
 }
 
@@ -154,7 +154,7 @@ async fn the_audit_table_is_append_only() {
         app.db
             .count("(SELECT COUNT(*) FROM catalogue_audit)::int8")
             .await,
-        6
+        7
     );
 }
 
@@ -175,7 +175,7 @@ async fn validate_exits_non_zero_naming_file_field_and_rule() {
     );
     let (ok, out, _) = accrue(&db.url, &["plans", "validate"]);
     assert!(ok);
-    assert!(out.contains("6 plan versions"), "{out}");
+    assert!(out.contains("7 plan versions"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,4 +223,45 @@ async fn price_prints_the_rated_lines_as_json() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     // 900,000 × 0.0005 + 1,000,000 × 0.0003 = 450 + 300
     assert_eq!(v["lines"][2]["amount"], "750.00");
+}
+
+/// C1. A steady storage peak costs the same a year on Business (annual) v2 as twelve months of
+/// Business: storage_gb is a peak, charged once per period, so the yearly plan's per-GB prices
+/// are twelve months' worth. (v1 charged monthly prices once a year: 400.00 for the year.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annual_storage_costs_twelve_months_of_monthly_storage() {
+    let db = TestDb::new().await;
+    let storage = |plan: &str, gb: &str| {
+        let (ok, out, err) = accrue(
+            &db.url,
+            &[
+                "price",
+                "--plan",
+                plan,
+                "--usage",
+                &format!("storage_gb={gb}"),
+            ],
+        );
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["meter"] == "storage_gb")
+            .unwrap()["amount"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap()
+    };
+    for gb in ["400", "2000", "7000"] {
+        assert_eq!(
+            storage("business_annual@2", gb),
+            storage("business@1", gb) * rust_decimal::Decimal::from(12),
+            "{gb} GB"
+        );
+    }
+    // 2,000 GB: volume tier 2 prices every GB, 2,000 × 2.40 = 4,800.00 a year.
+    assert_eq!(storage("business_annual@2", "2000").to_string(), "4800.00");
 }

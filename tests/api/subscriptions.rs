@@ -508,6 +508,43 @@ async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
     // 1,309,470 of 2,592,000 s left: credit 83 × f = 41.931… → −41.93; business with 12 seats
     // (10 included): 239 × f = 120.741… → 120.74.
     assert_eq!(amounts(&cli["lines"]), ["-41.93", "120.74"]);
+
+    // Across intervals (B18): the same new year from the change in both.
+    let (status, q) = quote(
+        &app,
+        &key,
+        "acme",
+        json!({"plan": "business_annual", "seats": 12}),
+    )
+    .await;
+    assert_eq!(status, 201, "{q}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args([
+            "quote",
+            "--plan",
+            "team@2",
+            "--seats",
+            "5",
+            "--to-plan",
+            "business_annual@2",
+            "--to-seats",
+            "12",
+            "--period-start",
+            "2026-11-25T12:00:00Z",
+            "--period-end",
+            "2026-12-25T12:00:00Z",
+            "--at",
+            "2026-12-10T08:15:30Z",
+        ])
+        .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
+        .output()
+        .unwrap();
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["lines"], q["lines"]);
+    assert_eq!(cli["new_period"], q["new_period"]);
+    // −41.93 as above, and the whole year: 1,990 + (12 − 10) × 200 = 2,390.00.
+    assert_eq!(amounts(&cli["lines"]), ["-41.93", "2390.00"]);
+    assert_eq!(cli["amount_due_now"], "2348.07");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,521 @@
+//! The money review's edge cases (`reviews/money.md`, B1–B14), one test each, through HTTP and
+//! PostgreSQL with the clock moved by the test. Every expected amount is worked out in the
+//! comments from the shipped plan files, by hand, not by calling the domain code.
+
+use crate::helpers::*;
+use accrue::domain::plan::PlanRef;
+use accrue::jobs::{tick, JobKind, Scheduler};
+use accrue::services::migration::{migrate, When};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+fn r(s: &str) -> PlanRef {
+    let (plan, v) = s.split_once('@').unwrap();
+    PlanRef {
+        plan: plan.into(),
+        version: v.parse().unwrap(),
+    }
+}
+
+async fn quote(app: &TestApp, key: &str, account: &str, body: Value) -> (u16, Value) {
+    app.post(
+        key,
+        &format!("/v1/accounts/{account}/subscription/quotes"),
+        &body,
+        None,
+    )
+    .await
+}
+
+/// Quotes and accepts, asserting both succeed; returns (quote, acceptance).
+async fn change(app: &TestApp, key: &str, account: &str, body: Value) -> (Value, Value) {
+    let (status, q) = quote(app, key, account, body).await;
+    assert_eq!(status, 201, "{q}");
+    let id = q["id"].as_str().unwrap();
+    let (status, a) = app
+        .post(
+            key,
+            &format!("/v1/accounts/{account}/subscription/quotes/{id}/accept"),
+            &json!({}),
+            Some(&format!("k-{id}")),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    (q, a)
+}
+
+/// Every invoice of `account` with its lines, oldest first.
+async fn invoices(app: &TestApp, key: &str, account: &str) -> Vec<Value> {
+    let (status, list) = app
+        .get(key, &format!("/v1/invoices?account={account}&limit=500"))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let mut out = Vec::new();
+    for i in list["invoices"].as_array().unwrap() {
+        let (status, inv) = app.get(key, &format!("/v1/invoices/{}", i["number"])).await;
+        assert_eq!(status, 200, "{inv}");
+        out.push(inv);
+    }
+    out
+}
+
+fn lines_of<'a>(invs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    invs.iter()
+        .flat_map(|i| i["lines"].as_array().unwrap())
+        .filter(|l| l["kind"] == kind)
+        .collect()
+}
+
+fn amounts(lines: &Value) -> Vec<(String, String)> {
+    lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap().to_owned(),
+                l["amount"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pair(kind: &str, amount: &str) -> (String, String) {
+    (kind.into(), amount.into())
+}
+
+async fn events(app: &TestApp, key: &str, evs: Vec<Value>) {
+    let (status, body) = app.send(key, &json!({ "events": evs })).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// (kind, MRR after) of an account's revenue movements, in order.
+async fn movements(app: &TestApp, key: &str, account: &str) -> Vec<(String, String)> {
+    let (status, body) = app
+        .get(
+            key,
+            &format!(
+                "/v1/movements?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&account={account}"
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap().to_owned(),
+                m["mrr_after"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn subscription(app: &TestApp, key: &str, account: &str) -> Value {
+    let (status, s) = app
+        .get(key, &format!("/v1/accounts/{account}/subscription"))
+        .await;
+    assert_eq!(status, 200, "{s}");
+    s
+}
+
+fn close_job() -> Scheduler {
+    Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap()
+}
+
+/// B1. Team (monthly) → Business (annual) at the middle of the month: the unused half of the
+/// month is credited, the whole first year of Business is charged, the new year starts at the
+/// change, and the usage of the ended half-month is invoiced in arrears at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_to_year_change_charges_the_new_year_and_invoices_the_ended_usage() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    app.subscribe(&key, "beta", json!({"plan": "free"})).await;
+    // 2,500 compute minutes in the first half: package of 1,000 after 500 free units,
+    // ceil(2,000 / 1,000) = 2 packages × 8.00 = 16.00.
+    app.clock.set(t("2026-11-30T01:00:00Z"));
+    events(&app, &key, vec![json!({"id": "j1", "account": "acme", "type": "job.completed", "timestamp": "2026-11-30T00:00:00Z", "properties": {"minutes": 2500}})]).await;
+
+    // Period [11-25 12:00, 12-25 12:00) is 30 days; 12-10 12:00 leaves exactly half.
+    app.clock.set(t("2026-12-10T12:00:00Z"));
+    let (q, a) = change(
+        &app,
+        &key,
+        "acme",
+        json!({"plan": "business_annual", "seats": 12}),
+    )
+    .await;
+    // Credit: Team 59 + (5 − 3 included) × 12 = 83.00 a month, half unused → −41.50.
+    // Charge: a whole year of Business (annual), 1,990 + (12 − 10 included) × 200 = 2,390.00.
+    assert_eq!(
+        amounts(&q["lines"]),
+        vec![
+            pair("proration_credit", "-41.50"),
+            pair("proration_charge", "2390.00")
+        ]
+    );
+    assert_eq!(q["amount_due_now"], "2348.50");
+    assert_eq!(q["new_period"]["start"], "2026-12-10T12:00:00Z");
+    assert_eq!(q["new_period"]["end"], "2027-12-10T12:00:00Z");
+    assert_eq!(a["amount_charged"], "2348.50");
+    let s = subscription(&app, &key, "acme").await;
+    assert_eq!(s["current_period"]["start"], "2026-12-10T12:00:00Z");
+    assert_eq!(s["current_period"]["end"], "2027-12-10T12:00:00Z");
+
+    let invs = invoices(&app, &key, "acme").await;
+    let totals: Vec<(&str, &str)> = invs
+        .iter()
+        .map(|i| (i["kind"].as_str().unwrap(), i["total"].as_str().unwrap()))
+        .collect();
+    // start (83.00), the ended half-month's usage (16.00), the change (2,348.50).
+    assert_eq!(
+        totals,
+        vec![
+            ("start", "83.00"),
+            ("period", "16.00"),
+            ("change", "2348.50")
+        ]
+    );
+    assert_eq!(invs[1]["period_start"], "2026-11-25T12:00:00Z");
+    assert_eq!(invs[1]["period_end"], "2026-12-10T12:00:00Z");
+
+    // Free → Business (annual) with 5 seats (all included): nothing to credit, 1,990.00 due.
+    let (q, _) = change(
+        &app,
+        &key,
+        "beta",
+        json!({"plan": "business_annual", "seats": 5}),
+    )
+    .await;
+    assert_eq!(
+        amounts(&q["lines"]),
+        vec![pair("proration_charge", "1990.00")]
+    );
+    assert_eq!(q["amount_due_now"], "1990.00");
+}
+
+/// B2. A cancellation accepted during a trial ends the subscription at trial end with nothing
+/// charged; a downgrade accepted during a trial converts onto the lower plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_accepted_during_a_trial_takes_effect_at_trial_end() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    app.subscribe(
+        &key,
+        "acme",
+        json!({"plan": "team", "seats": 5, "trial": true}),
+    )
+    .await;
+    let (q, _) = change(&app, &key, "acme", json!({"cancel": true})).await;
+    assert_eq!(q["effective_at"], "2026-12-09T12:00:00Z", "the trial's end");
+
+    app.subscribe(
+        &key,
+        "beta",
+        json!({"plan": "business", "seats": 12, "trial": true}),
+    )
+    .await;
+    let (q, _) = change(&app, &key, "beta", json!({"plan": "team", "seats": 5})).await;
+    assert_eq!(q["kind"], "downgrade");
+    assert_eq!(q["effective_at"], "2026-12-09T12:00:00Z");
+
+    app.clock.set(t("2026-12-09T13:00:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    let s = subscription(&app, &key, "acme").await;
+    assert_eq!(s["status"], "canceled");
+    assert!(
+        invoices(&app, &key, "acme").await.is_empty(),
+        "nothing charged"
+    );
+
+    let s = subscription(&app, &key, "beta").await;
+    assert_eq!(
+        (s["status"].as_str(), s["plan"].as_str()),
+        (Some("active"), Some("team"))
+    );
+    let invs = invoices(&app, &key, "beta").await;
+    // Team's first month: 59 + (5 − 3) × 12 = 83.00, not Business's 199 + 2 × 20 = 239.00.
+    assert_eq!(invs.len(), 1);
+    assert_eq!(invs[0]["total"], "83.00");
+    assert_eq!(invs[0]["plan"], "team");
+}
+
+/// B3. A plan migration does not erase the customer's scheduled cancellation (at renewal or
+/// now) and carries a scheduled seat decrease over to the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_keeps_scheduled_cancellations_and_seat_decreases() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    for (a, seats) in [("acme", 5), ("beta", 5), ("gamma", 8)] {
+        app.subscribe(
+            &key,
+            a,
+            json!({"plan": "team", "version": 1, "seats": seats}),
+        )
+        .await;
+    }
+    change(&app, &key, "acme", json!({"cancel": true})).await;
+    change(&app, &key, "beta", json!({"cancel": true})).await;
+    change(&app, &key, "gamma", json!({"seats": 4})).await;
+
+    let report = migrate(
+        &app.ctx,
+        &r("team@1"),
+        &r("team@2"),
+        false,
+        When::AtRenewal,
+        "test",
+    )
+    .await
+    .unwrap();
+    let skipped: Vec<(&str, bool)> = report
+        .accounts
+        .iter()
+        .map(|l| (l.account.as_str(), l.skipped.is_some()))
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![("acme", true), ("beta", true), ("gamma", false)]
+    );
+    assert_eq!(report.migrated, 1);
+    let s = subscription(&app, &key, "gamma").await;
+    assert_eq!(
+        (
+            s["scheduled_change"]["version"].as_u64(),
+            s["scheduled_change"]["seats"].as_u64()
+        ),
+        (Some(2), Some(4)),
+        "the decrease is carried to team@2"
+    );
+    // Now: beta moves to team@2 at once and stays canceled at the period end.
+    migrate(
+        &app.ctx,
+        &r("team@1"),
+        &r("team@2"),
+        false,
+        When::Now,
+        "test",
+    )
+    .await
+    .unwrap();
+    let s = subscription(&app, &key, "beta").await;
+    assert_eq!(s["plan_version"], 2);
+    assert_eq!(s["scheduled_change"]["cancel"], true);
+
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    for a in ["acme", "beta"] {
+        let s = subscription(&app, &key, a).await;
+        assert_eq!(s["status"], "canceled", "{a}");
+        let renewals = invoices(&app, &key, a)
+            .await
+            .into_iter()
+            .filter(|i| !lines_of(std::slice::from_ref(i), "base_fee").is_empty())
+            .count();
+        assert_eq!(renewals, 1, "{a}: only the first month's fees");
+    }
+    let s = subscription(&app, &key, "gamma").await;
+    assert_eq!(
+        (s["plan_version"].as_i64(), s["seats"].as_i64()),
+        (Some(2), Some(4))
+    );
+}
+
+/// B3 (customer side). An immediate change keeps a scheduled cancellation; it revokes a
+/// scheduled decrease, and its quote says so in a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immediate_change_keeps_a_cancellation_and_names_a_revoked_decrease() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    app.subscribe(&key, "beta", json!({"plan": "team", "seats": 8}))
+        .await;
+    change(&app, &key, "acme", json!({"cancel": true})).await;
+    change(&app, &key, "beta", json!({"seats": 4})).await;
+
+    let (q, _) = change(&app, &key, "acme", json!({"seats": 6})).await;
+    assert!(
+        !amounts(&q["lines"])
+            .iter()
+            .any(|l| l.0 == "scheduled_change_revoked"),
+        "{q}"
+    );
+    assert_eq!(
+        subscription(&app, &key, "acme").await["scheduled_change"]["cancel"],
+        true
+    );
+    // A later change at the period end cannot follow a cancellation.
+    let (status, body) = quote(&app, &key, "acme", json!({"seats": 4})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "cancellation_scheduled");
+
+    let (q, _) = change(&app, &key, "beta", json!({"seats": 10})).await;
+    let revoked: Vec<&Value> = q["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "scheduled_change_revoked")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{q}");
+    assert_eq!(revoked[0]["seats"], 4);
+    assert_eq!(revoked[0]["amount"], "0");
+    assert!(subscription(&app, &key, "beta").await["scheduled_change"].is_null());
+    // The revocation line is not an invoice line.
+    let invs = invoices(&app, &key, "beta").await;
+    assert!(lines_of(&invs, "scheduled_change_revoked").is_empty());
+}
+
+/// B4. Late usage for a period is billed once even when one catch-up closes two periods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_usage_is_billed_once_when_one_catch_up_closes_several_periods() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    // 2,500 minutes late for the first period: 2 packages × 8.00 = 16.00 more.
+    app.clock.set(t("2026-12-26T00:00:00Z"));
+    events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-01T00:00:00Z", "properties": {"minutes": 2500}})]).await;
+    // Nothing closes the account until two more periods have ended.
+    app.clock.set(t("2027-02-25T13:00:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    let invs = invoices(&app, &key, "acme").await;
+    assert_eq!(invs.len(), 4, "start, and three period closes");
+    let late = lines_of(&invs, "late_usage");
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0]["amount"], "16.00");
+    assert_eq!(late[0]["usage_from"], "2026-11-25T12:00:00Z");
+}
+
+/// B5. Late usage fills the shortfall under the minimum commitment first: the period costs
+/// max(minimum, actual), whether usage arrives on time or late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_usage_under_a_minimum_recomputes_the_top_up() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    // Enterprise: base 1,500, 50 seats included, minimum 5,000, storage 0.10 per peak GB.
+    app.subscribe(&key, "acme", json!({"plan": "enterprise", "seats": 50}))
+        .await;
+    let snapshot = |id: &str, gb: &str| json!({"id": id, "account": "acme", "type": "storage.snapshot", "timestamp": "2026-12-01T00:00:00Z", "properties": {"gb": gb}});
+    app.clock.set(t("2026-12-01T01:00:00Z"));
+    events(&app, &key, vec![snapshot("s1", "10000")]).await;
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    // Close of period 1: storage 10,000 × 0.10 = 1,000.00; 1,500 + 1,000 = 2,500 under the
+    // minimum → top-up 2,500.00; with period 2's base fee 1,500.00 the invoice is 5,000.00.
+    let invs = invoices(&app, &key, "acme").await;
+    assert_eq!(invs[1]["total"], "5000.00");
+
+    // A late peak of 20,000 GB: storage is worth 2,000.00, 1,000.00 more; the top-up falls
+    // to 5,000 − 1,500 − 2,000 = 1,500.00, 1,000.00 less. Period 1 still costs 5,000.00.
+    app.clock.set(t("2026-12-26T00:00:00Z"));
+    events(&app, &key, vec![snapshot("s2", "20000")]).await;
+    app.clock.set(t("2027-01-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    let invs = invoices(&app, &key, "acme").await;
+    let corrections: Vec<(String, String)> = invs[2]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["usage_from"] == "2026-11-25T12:00:00Z")
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap().to_owned(),
+                l["amount"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        corrections,
+        vec![
+            pair("late_usage", "1000.00"),
+            pair("minimum_top_up", "-1000.00")
+        ]
+    );
+
+    // A late peak of 60,000 GB: worth 6,000.00, above the minimum: the top-up goes to 0.
+    app.clock.set(t("2027-01-26T00:00:00Z"));
+    events(&app, &key, vec![snapshot("s3", "60000")]).await;
+    app.clock.set(t("2027-02-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    let invs = invoices(&app, &key, "acme").await;
+    // Everything billed for period 1's arrears: usage and top-up lines that cover it.
+    let p1: Decimal = invs
+        .iter()
+        .flat_map(|i| i["lines"].as_array().unwrap())
+        .filter(|l| l["usage_from"] == "2026-11-25T12:00:00Z")
+        .map(|l| d(l["amount"].as_str().unwrap()))
+        .sum();
+    // Period 1 in all: base 1,500 (advance) + storage 6,000 = 7,500 ≥ 5,000 → arrears 6,000.
+    assert_eq!(p1, d("6000.00"));
+}
+
+/// B7, B8, B14. A trial's MRR is recorded at conversion whichever route started it; trials
+/// start only from a free plan; a plan without a trial refuses `trial: true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trials_record_mrr_at_conversion_and_are_refused_where_they_do_not_exist() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "free"})).await;
+    change(
+        &app,
+        &key,
+        "acme",
+        json!({"plan": "team", "seats": 5, "trial": true}),
+    )
+    .await;
+    assert!(
+        movements(&app, &key, "acme").await.is_empty(),
+        "no MRR while trialing"
+    );
+    app.clock.set(t("2026-12-09T13:00:00Z"));
+    subscription(&app, &key, "acme").await;
+    // Converted: Team 59 + (5 − 3) × 12 = 83 a month.
+    assert_eq!(
+        movements(&app, &key, "acme").await,
+        vec![("new".to_owned(), "83".to_owned())]
+    );
+
+    // From a paid plan: refused, nothing changed.
+    app.subscribe(&key, "beta", json!({"plan": "team", "seats": 5}))
+        .await;
+    let (status, body) = quote(
+        &app,
+        &key,
+        "beta",
+        json!({"plan": "business", "seats": 10, "trial": true}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "trial_not_available");
+
+    // Enterprise has no trial: subscribing with one is refused, no invoice issued.
+    let (status, body) = app
+        .post(
+            &key,
+            "/v1/accounts/gamma/subscription",
+            &json!({"plan": "enterprise", "seats": 50, "trial": true}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "no_trial");
+    assert!(invoices(&app, &key, "gamma").await.is_empty());
+}
