@@ -1,4 +1,5 @@
-//! `GET /v1/invoices`, `GET /v1/invoices/{number}`, `GET /v1/invoices/{number}/lineage`.
+//! `GET /v1/invoices`, `GET /v1/invoices/{number}`, `GET /v1/invoices/{number}/lineage`,
+//! `GET /v1/reports/billing-errors`.
 //! Invoices are addressed by their gap-free number. An account-scoped key sees its own only.
 
 use super::auth::authorize;
@@ -109,4 +110,37 @@ pub async fn lineage(
     let number = path.into_inner();
     let lines = billing::lineage(&ctx, number, p.account.as_deref(), limit).await?;
     Ok(HttpResponse::Ok().json(json!({ "invoice": number, "lines": lines })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingErrorsQuery {
+    /// The cursor: `next_cursor` of the previous page (an account).
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/reports/billing-errors`: accounts whose period close failed and has not succeeded
+/// since (finance keys not bound to an account).
+pub async fn billing_errors(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<BillingErrorsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
+    super::auth::unbound(&p, "the billing errors report")?;
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be 1 to 500",
+        ));
+    }
+    let rows = billing::billing_errors(&ctx, q.after.as_deref(), limit).await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.account.clone()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({ "data": rows, "next_cursor": next })))
 }

@@ -75,6 +75,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/governance/event-types",
                     web::get().to(governance::event_types),
                 )
+                .route(
+                    "/reports/billing-errors",
+                    web::get().to(invoices::billing_errors),
+                )
                 .route("/invoices", web::get().to(invoices::list))
                 .route("/invoices/{number}", web::get().to(invoices::get))
                 .route(

@@ -351,7 +351,10 @@ pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
     Ok(report)
 }
 
-/// One transaction of the sweep: catches up `due` accounts and issues their invoices.
+/// One transaction of the sweep: catches up `due` accounts and issues their invoices. When the
+/// batch fails, each of its accounts is retried in a transaction of its own, so one account
+/// that cannot close (a plan missing from the catalogue, a value out of range) never holds
+/// back the others: it is recorded in `billing_errors`, logged, and retried by the next sweep.
 async fn close_batch(
     ctx: &Ctx,
     conn: &mut AsyncPgConnection,
@@ -360,30 +363,110 @@ async fn close_batch(
 ) -> Result<(usize, usize), ServiceError> {
     let set: std::collections::HashSet<&str> = due.iter().map(|d| d.0.as_str()).collect();
     ctx.checks.begin_writes(&set);
-    let result = conn
-        .transaction::<(usize, usize), TxError, _>(async |c| {
-            let pre = Prefetched::load(ctx, c, due).await?;
-            let mut fx = Effects::default();
-            let mut moved = Vec::new();
-            for (account, _, _) in due {
-                let Some(mut row) = subs::lock_by_account_skip_locked(c, account).await? else {
-                    continue; // another instance holds it: it is closing it
-                };
-                if advance(ctx, c, &mut row, now, &mut fx, &pre).await? {
-                    moved.push(row);
-                }
-            }
-            subs::save_many(c, &moved).await?;
-            let issued = fx.drafts.len();
-            fx.flush(ctx, c).await?;
-            Ok((moved.len(), issued))
-        })
-        .await;
+    let result = match close_accounts(ctx, conn, now, due).await {
+        Err(e) if !is_unavailable(&e) => close_one_by_one(ctx, conn, now, due, e).await,
+        other => other,
+    };
     for a in due {
         ctx.checks.invalidate(&a.0);
     }
     ctx.checks.end_writes(&set);
-    result.map_err(ServiceError::from)
+    result
+}
+
+/// After a batch failed with `e`: each account in its own transaction, recording those that
+/// fail on their own.
+async fn close_one_by_one(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+    e: ServiceError,
+) -> Result<(usize, usize), ServiceError> {
+    if let [one] = due {
+        record_failure(conn, &one.0, &e, now).await?;
+        return Ok((0, 0));
+    }
+    let mut total = (0, 0);
+    for one in due {
+        match close_accounts(ctx, conn, now, std::slice::from_ref(one)).await {
+            Ok((m, i)) => {
+                total.0 += m;
+                total.1 += i;
+            }
+            Err(e) if is_unavailable(&e) => return Err(e),
+            Err(e) => record_failure(conn, &one.0, &e, now).await?,
+        }
+    }
+    Ok(total)
+}
+
+/// A failure that says nothing about the account (the database is unreachable): the whole
+/// sweep stops and its job retries.
+fn is_unavailable(e: &ServiceError) -> bool {
+    match e {
+        ServiceError::Unavailable(_) => true,
+        ServiceError::Store(s) => !matches!(s, StoreError::Query(_)) || s.is_retryable(),
+        _ => false,
+    }
+}
+
+async fn record_failure(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    e: &ServiceError,
+    now: DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    let code = match e {
+        ServiceError::Invalid { code, .. } | ServiceError::Conflict { code, .. } => *code,
+        ServiceError::NotFound(_) => "not_found",
+        ServiceError::Store(_) => "database_error",
+        ServiceError::Unavailable(_) => "unavailable",
+    };
+    tracing::error!(account, code, error = %e, "period close failed for this account; the other accounts closed, it is retried by the next sweep");
+    store::billing_errors::record(conn, account, code, &e.to_string(), now).await?;
+    Ok(())
+}
+
+/// Catches up `due` accounts in one transaction; resolves their recorded close errors.
+async fn close_accounts(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+) -> Result<(usize, usize), ServiceError> {
+    conn.transaction::<(usize, usize), TxError, _>(async |c| {
+        let pre = Prefetched::load(ctx, c, due).await?;
+        let mut fx = Effects::default();
+        let mut moved = Vec::new();
+        for (account, _, _) in due {
+            let Some(mut row) = subs::lock_by_account_skip_locked(c, account).await? else {
+                continue; // another instance holds it: it is closing it
+            };
+            if advance(ctx, c, &mut row, now, &mut fx, &pre).await? {
+                moved.push(row);
+            }
+        }
+        subs::save_many(c, &moved).await?;
+        let issued = fx.drafts.len();
+        fx.flush(ctx, c).await?;
+        let accounts: Vec<String> = moved.iter().map(|r| r.account.clone()).collect();
+        store::billing_errors::resolve(c, &accounts, now).await?;
+        Ok((moved.len(), issued))
+    })
+    .await
+    .map_err(ServiceError::from)
+}
+
+/// `GET /v1/reports/billing-errors`: accounts whose period close failed and has not succeeded
+/// since, by account, after the cursor.
+pub async fn billing_errors(
+    ctx: &Ctx,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<store::billing_errors::BillingErrorRow>, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    Ok(store::billing_errors::open(&mut conn, after, limit).await?)
 }
 
 #[derive(Debug, Clone, Serialize)]

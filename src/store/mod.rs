@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod billing_errors;
 pub mod events;
 pub mod invoices;
 pub mod jobs;

@@ -519,3 +519,59 @@ async fn trials_record_mrr_at_conversion_and_are_refused_where_they_do_not_exist
     assert_eq!(body["error"]["code"], "no_trial");
     assert!(invoices(&app, &key, "gamma").await.is_empty());
 }
+
+/// B12. One account that cannot close (its plan version is published but missing from this
+/// server's catalogue) is recorded and reported; every other account closes; once mended it
+/// closes at the next sweep and its error is resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_account_does_not_stop_the_period_close() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    for a in ["a-first", "b-broken", "c-last"] {
+        app.subscribe(&key, a, json!({"plan": "team", "seats": 5}))
+            .await;
+    }
+    let mut conn = app.db.conn().await;
+    use diesel_async::SimpleAsyncConnection;
+    conn.batch_execute(
+        "INSERT INTO plan_versions (plan, version, name, self_serve, content_hash, definition, published_at, published_by)
+         SELECT plan, 9, name, self_serve, 'x', definition, published_at, published_by
+           FROM plan_versions WHERE plan = 'team' AND version = 2;
+         UPDATE subscriptions SET plan_version = 9 WHERE account = 'b-broken';",
+    )
+    .await
+    .unwrap();
+
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    // The others: start invoice and the close (next month's 83.00 in advance).
+    for a in ["a-first", "c-last"] {
+        let invs = invoices(&app, &key, a).await;
+        assert_eq!(invs.len(), 2, "{a} closed");
+        assert_eq!(invs[1]["total"], "83.00");
+    }
+    assert_eq!(invoices(&app, &key, "b-broken").await.len(), 1);
+    let (status, errs) = app.get(&key, "/v1/reports/billing-errors").await;
+    assert_eq!(status, 200, "{errs}");
+    let data = errs["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{errs}");
+    assert_eq!(data[0]["account"], "b-broken");
+    assert_eq!(data[0]["code"], "plan_not_available");
+    assert!(data[0]["message"].as_str().unwrap().contains("team@9"));
+
+    // Retried by the next sweep: still failing, counted again.
+    app.clock.set(t("2026-12-25T12:06:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    let (_, errs) = app.get(&key, "/v1/reports/billing-errors").await;
+    assert_eq!(errs["data"][0]["attempts"], 2);
+
+    conn.batch_execute("UPDATE subscriptions SET plan_version = 2 WHERE account = 'b-broken'")
+        .await
+        .unwrap();
+    app.clock.set(t("2026-12-25T12:07:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    assert_eq!(invoices(&app, &key, "b-broken").await.len(), 2);
+    let (_, errs) = app.get(&key, "/v1/reports/billing-errors").await;
+    assert!(errs["data"].as_array().unwrap().is_empty(), "{errs}");
+}
