@@ -680,6 +680,9 @@ async fn plans(config: &Config, command: PlansCommand) -> anyhow::Result<()> {
         PlansCommand::Publish { dir } => {
             let dir = dir.unwrap_or_else(|| config.plans_dir.clone());
             let (_, plans) = load_catalogue(&dir)?;
+            if config.stripe.is_some() {
+                refuse_unpresentable(&plans)?;
+            }
             store::ensure_database(&config.database_url).await?;
             store::run_migrations(&config.database_url).await?;
             let pool = store::pool(&config.database_url, 1)?;
@@ -824,6 +827,16 @@ async fn export_invoices(config: &Config, month: &str, out: Option<PathBuf>) -> 
     Ok(())
 }
 
+/// With Stripe configured, every plan must be in a currency Stripe collects exactly.
+fn refuse_unpresentable(plans: &PlanCatalog) -> anyhow::Result<()> {
+    for p in plans.all() {
+        if let Some(why) = accrue::payments::unpresentable(p.currency) {
+            anyhow::bail!("{}: {why}", p.plan_ref());
+        }
+    }
+    Ok(())
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let (meters, plans) = load_catalogue(&config.plans_dir)?;
     store::ensure_database(&config.database_url)
@@ -841,6 +854,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     match &config.stripe {
         Some(stripe) => {
+            refuse_unpresentable(&ctx.plans)?;
             let payments = accrue::services::payments::Payments::connect(
                 &pool,
                 stripe,

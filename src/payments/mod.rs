@@ -117,14 +117,38 @@ pub struct PushInvoice<'a> {
     pub lines: Vec<PushLine>,
 }
 
-/// Minor units of `amount` in `currency` (amounts are already rounded to the currency).
+/// The exponent Stripe's API uses for `currency`: the ISO one, except ISK, which Stripe keeps
+/// as a two-decimal currency (100 = 1 króna) while charging whole krónur only.
+pub fn stripe_exponent(currency: Currency) -> u32 {
+    match currency.code() {
+        "ISK" => 2,
+        _ => currency.exponent(),
+    }
+}
+
+/// Why Stripe cannot collect `currency` exactly as accrue bills it, if it cannot: Stripe takes
+/// three-decimal currencies (BHD, JOD, KWD, OMR, TND) only in multiples of 10 minor units, and
+/// accrue bills them to the minor unit, so their plans are refused while Stripe is configured.
+pub fn unpresentable(currency: Currency) -> Option<String> {
+    (currency.exponent() == 3).then(|| {
+        format!(
+            "Stripe collects {} only in multiples of 0.010 while accrue bills it to 0.001: \
+             plans in three-decimal currencies cannot be collected through Stripe",
+            currency.code()
+        )
+    })
+}
+
+/// Stripe's minor units of `amount` in `currency` (amounts are already rounded to the
+/// currency): ×100 for ISK, and for three-decimal currencies only whole multiples of 10.
 pub fn minor_units(amount: Decimal, currency: Currency) -> Result<i64, RailError> {
-    let scaled = amount * Decimal::from(10i64.pow(currency.exponent()));
-    if scaled.fract() != Decimal::ZERO {
+    let scaled = amount * Decimal::from(10i64.pow(stripe_exponent(currency)));
+    let step = if currency.exponent() == 3 { 10 } else { 1 };
+    if scaled.fract() != Decimal::ZERO || scaled % Decimal::from(step) != Decimal::ZERO {
         return Err(RailError::Refused {
             status: 0,
             message: format!(
-                "{amount} {} has more decimals than the currency allows",
+                "{amount} {} has more decimals than Stripe accepts in this currency",
                 currency.code()
             ),
         });
@@ -135,9 +159,47 @@ pub fn minor_units(amount: Decimal, currency: Currency) -> Result<i64, RailError
     })
 }
 
-/// The amount in our decimal form of `minor` units of `currency`.
+/// The amount in our decimal form of Stripe's `minor` units of `currency`.
 pub fn from_minor_units(minor: i64, currency: Currency) -> Decimal {
-    Decimal::new(minor, currency.exponent())
+    let mut d = Decimal::new(minor, stripe_exponent(currency));
+    d.rescale(currency.exponent());
+    d
+}
+
+#[cfg(test)]
+mod presentment_tests {
+    use super::*;
+
+    fn cur(c: &str) -> Currency {
+        Currency::from_code(c).unwrap()
+    }
+
+    fn dec(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn isk_is_presented_in_hundredths_of_a_krona() {
+        // 1,000 krónur is 100,000 in Stripe's API (100 = 1 króna), and reads back as 1000.
+        assert_eq!(minor_units(dec("1000"), cur("ISK")).unwrap(), 100_000);
+        assert_eq!(from_minor_units(100_000, cur("ISK")).to_string(), "1000");
+        assert_eq!(minor_units(dec("12.34"), cur("USD")).unwrap(), 1234);
+        assert_eq!(from_minor_units(1234, cur("USD")).to_string(), "12.34");
+        assert_eq!(minor_units(dec("500"), cur("JPY")).unwrap(), 500);
+    }
+
+    #[test]
+    fn three_decimal_amounts_must_end_in_a_zero_and_such_plans_are_refused() {
+        assert_eq!(minor_units(dec("1.230"), cur("KWD")).unwrap(), 1230);
+        assert!(minor_units(dec("1.235"), cur("KWD")).is_err());
+        assert_eq!(from_minor_units(1230, cur("KWD")).to_string(), "1.230");
+        for c in ["BHD", "JOD", "KWD", "OMR", "TND"] {
+            assert!(unpresentable(cur(c)).is_some(), "{c}");
+        }
+        for c in ["USD", "ISK", "JPY", "EUR"] {
+            assert!(unpresentable(cur(c)).is_none(), "{c}");
+        }
+    }
 }
 
 /// Stripe through async-stripe.

@@ -173,7 +173,31 @@ pub async fn start_stripe_instance(
     db_url: &str,
     policy: DunningPolicy,
 ) -> (String, accrue::services::Ctx, Arc<ManualClock>) {
-    let (_, plain, clock) = start_instance_unserved(db_url, Duration::from_secs(1));
+    start_stripe_instance_with(db_url, policy, &manifest_dir().join("pricing-plans")).await
+}
+
+/// An in-process app collecting through the fake Stripe, with the catalogue of `plans_dir`.
+pub async fn spawn_stripe_app_with(policy: DunningPolicy, plans_dir: &std::path::Path) -> TestApp {
+    let fake = fake_stripe();
+    let db = TestDb::new().await;
+    let (base, ctx, clock) = start_stripe_instance_with(&db.url, policy, plans_dir).await;
+    fake.register_webhook(&db.name, &base).await;
+    TestApp {
+        base,
+        db,
+        ctx,
+        clock,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// A server instance on `db_url` wired to the fake Stripe, with the catalogue of `plans_dir`.
+pub async fn start_stripe_instance_with(
+    db_url: &str,
+    policy: DunningPolicy,
+    plans_dir: &std::path::Path,
+) -> (String, accrue::services::Ctx, Arc<ManualClock>) {
+    let (_, plain, clock) = start_instance_unserved_with(db_url, Duration::from_secs(1), plans_dir);
     let payments = Payments::connect(&plain.pool, &stripe_config(), policy, clock.now())
         .await
         .unwrap();

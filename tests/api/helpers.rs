@@ -196,9 +196,22 @@ pub fn start_instance_unserved(
     db_url: &str,
     check_staleness: Duration,
 ) -> ((), Ctx, Arc<ManualClock>) {
+    start_instance_unserved_with(
+        db_url,
+        check_staleness,
+        &manifest_dir().join("pricing-plans"),
+    )
+}
+
+/// As [`start_instance_unserved`], with the plan catalogue of `plans_dir`.
+pub fn start_instance_unserved_with(
+    db_url: &str,
+    check_staleness: Duration,
+    plans_dir: &Path,
+) -> ((), Ctx, Arc<ManualClock>) {
     let pool = store::pool(db_url, 8).unwrap();
-    let meters = MeterCatalog::load(&manifest_dir().join("pricing-plans")).unwrap();
-    let plans = PlanCatalog::load(&manifest_dir().join("pricing-plans"), &meters).unwrap();
+    let meters = MeterCatalog::load(plans_dir).unwrap();
+    let plans = PlanCatalog::load(plans_dir, &meters).unwrap();
     let clock = Arc::new(ManualClock::new(t(NOW)));
     let ctx = Ctx::new(
         pool,
@@ -346,6 +359,27 @@ impl TestApp {
             .unwrap()
             .to_owned()
     }
+}
+
+/// A copy of the shipped catalogue under a fresh temporary directory, with `extra` plan files
+/// (path relative to the catalogue, content) added.
+pub fn catalogue_with(extra: &[(&str, &str)]) -> PathBuf {
+    let mut rnd = [0u8; 6];
+    getrandom::fill(&mut rnd).unwrap();
+    let dir = std::env::temp_dir().join(format!("accrue-plans-{}", hex::encode(rnd)));
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(manifest_dir().join("pricing-plans"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (path, text) in extra {
+        let f = dir.join(path);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, text).unwrap();
+    }
+    dir
 }
 
 /// A server process (the real binary) on a database, for restart and crash tests.

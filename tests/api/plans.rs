@@ -265,3 +265,41 @@ async fn annual_storage_costs_twelve_months_of_monthly_storage() {
     // 2,000 GB: volume tier 2 prices every GB, 2,000 × 2.40 = 4,800.00 a year.
     assert_eq!(storage("business_annual@2", "2000").to_string(), "4800.00");
 }
+
+/// B13. With Stripe configured, a plan in a three-decimal currency is refused at publish
+/// (Stripe takes KWD only in multiples of 0.010; accrue bills to 0.001); without Stripe it
+/// publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_decimal_plans_are_refused_at_publish_when_stripe_collects() {
+    let db = TestDb::new().await;
+    let dir = catalogue_with(&[(
+        "kuwait/v1.toml",
+        "name = \"Kuwait\"\ncurrency = \"KWD\"\ninterval = \"month\"\nself_serve = true\nbase_fee = \"12.500\"\n",
+    )]);
+    let publish = |stripe: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accrue"));
+        cmd.args(["plans", "publish", dir.to_str().unwrap()])
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "error");
+        if stripe {
+            cmd.env("ACCRUE_STRIPE_KEY", "sk_test_x")
+                .env("ACCRUE_STRIPE_WEBHOOK_SECRET", "whsec_x");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = publish(true);
+    assert!(!ok);
+    assert!(
+        err.contains("kuwait@1") && err.contains("multiples of 0.010"),
+        "{err}"
+    );
+    let (ok, out, err) = publish(false);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("kuwait@1"), "{out}");
+}

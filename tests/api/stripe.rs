@@ -798,3 +798,64 @@ async fn while_stripe_is_unreachable_collection_waits_without_dunning_and_financ
     );
     assert_eq!(rec["matched"], 0);
 }
+
+/// B13. Stripe keeps ISK as a two-decimal currency (100 = 1 króna): a 1,500 ISK invoice is
+/// charged as 150,000, read back as 1,500 paid, and reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isk_invoices_are_charged_in_stripe_hundredths_and_reconcile() {
+    let dir = catalogue_with(&[(
+        "reykjavik/v1.toml",
+        "name = \"Reykjavik\"\ncurrency = \"ISK\"\ninterval = \"month\"\nself_serve = true\nbase_fee = \"1500\"\n",
+    )]);
+    let app = spawn_stripe_app_with(DunningPolicy::default(), &dir).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    let (status, _) = app
+        .put(
+            &key,
+            "/v1/accounts/iceland",
+            &account_body("is@example.com"),
+        )
+        .await;
+    assert!(status < 300);
+    let pm = fake_stripe().card(GOOD_CARD).await;
+    let (status, set) = app
+        .put(
+            &key,
+            "/v1/accounts/iceland/payment-method",
+            &json!({ "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    let customer = set["customer"].as_str().unwrap().to_owned();
+    app.subscribe(&key, "iceland", json!({"plan": "reykjavik"}))
+        .await;
+    let inv = wait_for_payment_state(&app, &key, 1, "paid").await;
+    assert_eq!(inv["total"], "1500");
+    assert_eq!(inv["payment"]["amount_paid"], "1500");
+    let charged: Vec<i64> = fake_stripe()
+        .charges_of(&customer)
+        .await
+        .iter()
+        .map(|c| c["amount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        charged,
+        vec![150_000],
+        "1,500 krónur in Stripe's hundredths"
+    );
+    let (status, rec) = app
+        .get(&key, "/v1/reports/reconciliation?period=2026-11")
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    let ours: Vec<&Value> = rec["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["account"] == "iceland")
+        .collect();
+    assert_eq!(ours.len(), 1, "{rec}");
+    assert_eq!(ours[0]["stripe"]["amount"], "1500");
+    assert_eq!(ours[0]["mismatches"], json!([]), "{rec}");
+}
