@@ -266,6 +266,38 @@ pub fn late_period_lines(
     lines
 }
 
+/// Carries credit between an account's invoices, in order: an invoice whose lines sum below
+/// zero gets a `credit_carried_forward` line bringing it to zero, and the amount joins the
+/// account's balance; an invoice with something to pay gets a `credit_applied` line using as
+/// much of the balance as it can. No invoice total is ever below zero. `balances` holds the
+/// accounts' balances before and after.
+pub fn carry_credit(drafts: &mut [InvoiceDraft], balances: &mut BTreeMap<String, Decimal>) {
+    for d in drafts.iter_mut() {
+        let total = d.total();
+        let cur = d.currency;
+        let balance = balances.entry(d.account.clone()).or_default();
+        if total < Decimal::ZERO {
+            let carried = -total;
+            *balance += carried;
+            d.lines.push(InvoiceLine::fee(
+                "credit_carried_forward",
+                Decimal::ONE,
+                carried,
+                format!("{carried} {cur} of credit carried to the account's balance"),
+            ));
+        } else if total > Decimal::ZERO && *balance > Decimal::ZERO {
+            let applied = cur.round((*balance).min(total));
+            *balance -= applied;
+            d.lines.push(InvoiceLine::fee(
+                "credit_applied",
+                Decimal::ONE,
+                -applied,
+                format!("{applied} {cur} of the account's credit balance applied"),
+            ));
+        }
+    }
+}
+
 /// Proration lines of an accepted change, as invoice lines.
 pub fn change_lines(lines: &[crate::domain::proration::ProrationLine]) -> Vec<InvoiceLine> {
     lines
@@ -409,6 +441,37 @@ mod tests {
                 .lines.iter().filter(|l| l.kind != LineKind::MinimumTopUp).map(|l| l.amount).sum();
             let top_up: Decimal = draft.lines.iter().filter(|l| l.kind == "minimum_top_up").map(|l| l.amount).sum();
             prop_assert!(closed + top_up >= d("50"));
+        }
+
+        /// Credit carried between invoices: no total below zero, nothing created or lost
+        /// (what the invoices' totals moved is exactly what the balance moved), and the
+        /// balance never negative.
+        #[test]
+        fn carried_credit_never_leaves_a_negative_total_and_conserves_money(
+            cents in prop::collection::vec(-50_000i64..50_000, 1..12), start in 0i64..20_000,
+        ) {
+            let usd = Currency::from_code("USD").unwrap();
+            let mut drafts: Vec<InvoiceDraft> = cents.iter().map(|c| InvoiceDraft {
+                account: "x".into(), kind: InvoiceKind::Change, period: period(), plan: "p".into(),
+                plan_version: 1, seats: 0, currency: usd,
+                lines: vec![InvoiceLine::fee("proration_charge", Decimal::ONE, Decimal::new(*c, 2), String::new())],
+                issued_at: period().end,
+            }).collect();
+            let before: Decimal = drafts.iter().map(|d| d.total()).sum();
+            let mut balances = BTreeMap::from([("x".to_owned(), Decimal::new(start, 2))]);
+            carry_credit(&mut drafts, &mut balances);
+            let after: Decimal = drafts.iter().map(|d| d.total()).sum();
+            let end = balances["x"];
+            prop_assert!(end >= Decimal::ZERO);
+            prop_assert!(drafts.iter().all(|d| d.total() >= Decimal::ZERO));
+            prop_assert_eq!(after - before, end - Decimal::new(start, 2));
+            // The model: a running balance, used first-come.
+            let mut b = start;
+            for (c, d) in cents.iter().zip(&drafts) {
+                let expect = if *c < 0 { b -= c; 0 } else { let used = b.min(*c); b -= used; c - used };
+                prop_assert_eq!(d.total(), Decimal::new(expect, 2));
+            }
+            prop_assert_eq!(end, Decimal::new(b, 2));
         }
     }
 }

@@ -11,8 +11,8 @@
 use super::subscriptions::{advance, Effects, TxError};
 use super::{Ctx, ServiceError};
 use crate::domain::invoice::{
-    advance_fee_lines, arrears_lines, late_period_lines, BilledArrears, InvoiceDraft, InvoiceKind,
-    MeterUsage,
+    advance_fee_lines, arrears_lines, carry_credit, late_period_lines, BilledArrears, InvoiceDraft,
+    InvoiceKind, MeterUsage,
 };
 use crate::domain::meter::Aggregation;
 use crate::domain::period::Period;
@@ -295,14 +295,29 @@ pub fn start_invoice(
     })
 }
 
-/// Issues drafts inside the caller's transaction; with a payment rail, each invoice with
-/// something to collect gets its collection row, due at once.
+/// Issues drafts inside the caller's transaction, carrying credit between each account's
+/// invoices (a negative total becomes the account's credit balance, which later invoices use:
+/// [`carry_credit`]); with a payment rail, each invoice with something to collect gets its
+/// collection row, due at once.
 pub async fn issue(
     ctx: &Ctx,
     c: &mut AsyncPgConnection,
     drafts: &[InvoiceDraft],
 ) -> Result<Vec<i64>, StoreError> {
     let collection = super::payments::collection_of(ctx);
+    let mut drafts = drafts.to_vec();
+    let accounts: Vec<String> = {
+        let mut a: Vec<String> = drafts.iter().map(|d| d.account.clone()).collect();
+        a.sort();
+        a.dedup();
+        a
+    };
+    let mut balances = store::accounts::credit_balances(c, &accounts).await?;
+    let before = balances.clone();
+    carry_credit(&mut drafts, &mut balances);
+    balances.retain(|a, b| before.get(a).copied().unwrap_or_default() != *b);
+    store::accounts::set_credit_balances(c, &balances).await?;
+    let drafts = &drafts[..];
     let numbers = store_inv::issue(c, drafts, collection).await?;
     if collection != MANUAL {
         let rows: Vec<_> = drafts

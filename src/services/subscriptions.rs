@@ -147,14 +147,26 @@ pub async fn put_account(
     let saved = accounts::upsert(&mut conn, account, &f, ctx.clock.now()).await?;
     // Firmographics feed the PQL score and the routing.
     ctx.pql.mark([account]);
-    Ok(saved)
+    Ok(presented(saved))
 }
 
 pub async fn get_account(ctx: &Ctx, account: &str) -> Result<Account, ServiceError> {
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     accounts::find_by_account(&mut conn, account)
         .await?
+        .map(presented)
         .ok_or_else(|| ServiceError::NotFound(format!("account `{account}` not found")))
+}
+
+/// The account with its credit balance at its currency's scale.
+fn presented(mut a: Account) -> Account {
+    let exp = a
+        .currency
+        .as_deref()
+        .and_then(crate::domain::money::Currency::from_code)
+        .map_or(2, |c| c.exponent());
+    a.credit_balance.rescale(exp);
+    a
 }
 
 // ---------------------------------------------------------------------------------------------

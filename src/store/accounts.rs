@@ -5,7 +5,9 @@ use super::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = accounts)]
@@ -21,6 +23,9 @@ pub struct Account {
     pub currency: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Credit carried forward from invoices whose credits exceeded their charges.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub credit_balance: Decimal,
 }
 
 /// The firmographics a client may set (`PUT /v1/accounts/{account}`).
@@ -111,4 +116,40 @@ pub async fn find_by_accounts(
         .select(Account::as_select())
         .load(conn)
         .await?)
+}
+
+/// The credit balances of these accounts that are not zero.
+pub async fn credit_balances(
+    conn: &mut AsyncPgConnection,
+    of: &[String],
+) -> Result<BTreeMap<String, Decimal>, StoreError> {
+    let rows: Vec<(String, Decimal)> = accounts::table
+        .filter(accounts::account.eq_any(of))
+        .filter(accounts::credit_balance.ne(Decimal::ZERO))
+        .select((accounts::account, accounts::credit_balance))
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Sets these accounts' credit balances (one statement).
+pub async fn set_credit_balances(
+    conn: &mut AsyncPgConnection,
+    balances: &BTreeMap<String, Decimal>,
+) -> Result<(), StoreError> {
+    if balances.is_empty() {
+        return Ok(());
+    }
+    let (names, amounts): (Vec<String>, Vec<Decimal>) =
+        balances.iter().map(|(a, b)| (a.clone(), *b)).unzip();
+    diesel::sql_query(
+        "UPDATE accounts a SET credit_balance = b.balance
+           FROM UNNEST($1::text[], $2::numeric[]) AS b(account, balance)
+          WHERE a.account = b.account",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(names)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Numeric>, _>(amounts)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

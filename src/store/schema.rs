@@ -102,6 +102,7 @@ diesel::table! {
         currency -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        credit_balance -> Numeric,
     }
 }
 

@@ -575,3 +575,51 @@ async fn one_failing_account_does_not_stop_the_period_close() {
     let (_, errs) = app.get(&key, "/v1/reports/billing-errors").await;
     assert!(errs["data"].as_array().unwrap().is_empty(), "{errs}");
 }
+
+/// B11. A change whose credits exceed its charges issues no negative invoice: the excess
+/// becomes the account's credit balance, and the next invoice uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_change_becomes_credit_that_the_next_invoice_uses() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    // Enterprise: 1,500 base, 30 per seat above 50 included, decreases credited at once.
+    // 80 seats: 1,500 + 30 × 30 = 2,400 a month.
+    app.subscribe(&key, "acme", json!({"plan": "enterprise", "seats": 80}))
+        .await;
+    // Half the 30-day period left: credit −2,400 × ½ = −1,200.00; 60 seats cost
+    // 1,500 + 10 × 30 = 1,800, charged 900.00; −300.00 in all.
+    app.clock.set(t("2026-12-10T12:00:00Z"));
+    let (q, _) = change(&app, &key, "acme", json!({"seats": 60})).await;
+    assert_eq!(q["amount_due_now"], "-300.00");
+    let invs = invoices(&app, &key, "acme").await;
+    let ch = &invs[1];
+    assert_eq!(ch["kind"], "change");
+    assert_eq!(ch["total"], "0.00", "{ch}");
+    assert_eq!(
+        amounts(&ch["lines"]),
+        vec![
+            pair("proration_credit", "-1200.00"),
+            pair("proration_charge", "900.00"),
+            pair("credit_carried_forward", "300.00")
+        ]
+    );
+    let (_, acc) = app.get(&key, "/v1/accounts/acme").await;
+    assert_eq!(acc["credit_balance"], "300.00");
+
+    // The close: the minimum 5,000 − (1,500 + 300 seats) = 3,200 top-up, and the next
+    // month's 1,800 in advance: 5,000.00, less the 300.00 credit → 4,700.00.
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    let invs = invoices(&app, &key, "acme").await;
+    let close = &invs[2];
+    let applied = lines_of(std::slice::from_ref(close), "credit_applied");
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0]["amount"], "-300.00");
+    assert_eq!(close["total"], "4700.00");
+    let (_, acc) = app.get(&key, "/v1/accounts/acme").await;
+    assert_eq!(acc["credit_balance"], "0.00");
+    assert!(invs
+        .iter()
+        .all(|i| !i["total"].as_str().unwrap().starts_with('-')));
+}
