@@ -390,6 +390,9 @@ async fn record_paid(
             sub.status = "active".into();
             sub.past_due_since = None;
             sub.updated_at = now;
+            if was_suspended && now >= sub.period_end {
+                reanchor_after_suspension(ctx, c, &mut sub, now).await?;
+            }
             subs::save(c, &sub).await?;
             let change_id = record_change(ctx, c, &sub, "payment_recovered", now).await?;
             if was_suspended {
@@ -418,6 +421,81 @@ async fn record_paid(
             }
         }
     }
+    Ok(())
+}
+
+/// A subscription recovered after its period ended while suspended: that period's usage is
+/// invoiced in arrears, the periods spent suspended are not billed, and a new period starts
+/// at the recovery with its advance fees (a scheduled cancellation ends it instead).
+async fn reanchor_after_suspension(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    sub: &mut subs::SubscriptionRow,
+    now: DateTime<Utc>,
+) -> Result<(), TxError> {
+    use crate::domain::period::{anchor_at, boundary, Period};
+    let plan = ctx
+        .plans
+        .get(&PlanRef {
+            plan: sub.plan.clone(),
+            version: sub.plan_version as u32,
+        })
+        .cloned()
+        .ok_or_else(|| {
+            TxError::Refused(ServiceError::invalid(
+                "plan_not_available",
+                format!(
+                    "{}@{} is not in this server's catalogue",
+                    sub.plan, sub.plan_version
+                ),
+            ))
+        })?;
+    let seats = sub.seats as u32;
+    let closed = Period {
+        start: sub.period_start,
+        end: sub.period_end,
+    };
+    let mut drafts: Vec<_> = super::billing::period_invoice(
+        ctx,
+        c,
+        &sub.account,
+        closed,
+        &plan,
+        seats,
+        None,
+        now,
+        &super::billing::Prefetched::default(),
+        &[],
+    )
+    .await?
+    .into_iter()
+    .collect();
+    let cancel = sub
+        .scheduled
+        .take()
+        .and_then(|v| serde_json::from_value::<super::subscriptions::Scheduled>(v).ok())
+        .is_some_and(|s| s.cancel);
+    sub.revision += 1;
+    if cancel {
+        sub.status = "canceled".into();
+    } else {
+        let start = anchor_at(now);
+        let next = Period {
+            start,
+            end: boundary(start, plan.interval.months(), 1),
+        };
+        sub.anchor = start;
+        sub.period_start = next.start;
+        sub.period_end = next.end;
+        drafts.extend(super::billing::start_invoice(
+            &sub.account,
+            &plan,
+            seats,
+            next,
+            now,
+        ));
+    }
+    super::billing::issue(ctx, c, &drafts).await?;
     Ok(())
 }
 

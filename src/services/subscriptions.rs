@@ -989,6 +989,12 @@ pub async fn quote(
             if row.status == "canceled" {
                 return Err(conflict("subscription_canceled", "the subscription is canceled"));
             }
+            if row.status == "suspended" {
+                return Err(conflict(
+                    "subscription_suspended",
+                    "the subscription is suspended for non-payment: pay the past-due invoice to change it",
+                ));
+            }
             let old = plan_of(ctx, &row.plan, row.plan_version)?;
             let old_seats = row.seats as u32;
             let new = target.clone().unwrap_or_else(|| old.clone());

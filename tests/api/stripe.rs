@@ -859,3 +859,90 @@ async fn isk_invoices_are_charged_in_stripe_hundredths_and_reconcile() {
     assert_eq!(ours[0]["stripe"]["amount"], "1500");
     assert_eq!(ours[0]["mismatches"], json!([]), "{rec}");
 }
+
+/// B9, B10. While suspended, plan and seat changes are refused; a recovery months later
+/// bills the period the suspension began in (its usage in arrears), none of the months spent
+/// suspended, and starts a new period at the recovery with its advance fees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_from_suspension_re_anchors_and_never_bills_the_suspended_months() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    let customer = customer_on_team(&app, &key, "sleeper", DECLINING_CARD).await;
+    wait_for_payment_state(&app, &key, 1, "failed").await;
+    for at in [
+        "2026-11-28T12:31:00Z",
+        "2026-11-30T12:31:00Z",
+        "2026-12-02T12:31:00Z",
+    ] {
+        app.clock.set(t(at));
+        tick(&app.ctx, &scheduler).await.unwrap();
+    }
+    assert_eq!(
+        subscription_status(&app, &key, "sleeper").await,
+        "suspended"
+    );
+    // Two period ends pass while suspended: nothing is invoiced.
+    app.clock.set(t("2027-02-10T00:00:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    let (_, list) = app.get(&key, "/v1/invoices?account=sleeper").await;
+    assert_eq!(list["invoices"].as_array().unwrap().len(), 1);
+    let (status, body) = app
+        .post(
+            &key,
+            "/v1/accounts/sleeper/subscription/quotes",
+            &json!({"seats": 20}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "subscription_suspended");
+
+    let inv = invoice(&app, &key, 1).await;
+    let stripe_invoice = inv["payment"]["stripe_invoice_id"].as_str().unwrap();
+    pay_out_of_band(&customer, stripe_invoice).await;
+    eventually("the webhook's reactivation", || async {
+        (subscription_status(&app, &key, "sleeper").await == "active").then_some(())
+    })
+    .await;
+    let (_, s) = app.get(&key, "/v1/accounts/sleeper/subscription").await;
+    assert_eq!(s["current_period"]["start"], "2027-02-10T00:00:00Z");
+    assert_eq!(s["current_period"]["end"], "2027-03-10T00:00:00Z");
+    tick(&app.ctx, &scheduler).await.unwrap();
+    let (_, list) = app.get(&key, "/v1/invoices?account=sleeper").await;
+    let kinds: Vec<(String, String, String)> = list["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap().to_owned(),
+                i["period_start"].as_str().unwrap().to_owned(),
+                i["total"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // The first month's fees (paid late), its usage (none: 0.00), and the new month from the
+    // recovery: 59 + (5 − 3) × 12 = 83.00. Nothing for 2026-12-25 to 2027-02-10.
+    assert_eq!(
+        kinds,
+        vec![
+            (
+                "start".into(),
+                "2026-11-25T12:00:00Z".into(),
+                "83.00".into()
+            ),
+            (
+                "period".into(),
+                "2026-11-25T12:00:00Z".into(),
+                "0.00".into()
+            ),
+            (
+                "start".into(),
+                "2027-02-10T00:00:00Z".into(),
+                "83.00".into()
+            ),
+        ]
+    );
+}
