@@ -56,6 +56,10 @@ pub struct Retention {
     pub churn: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub ending_mrr: Decimal,
+    /// Σ over the cohort of each account's ending MRR capped at its starting MRR: what gross
+    /// retention keeps (an account that grew and then shrank loses only below its start).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub retained_mrr: Decimal,
     /// Net revenue retention as a fraction (1.07 = 107 %); `None` for an empty cohort.
     #[serde(with = "rust_decimal::serde::str_option")]
     pub nrr: Option<Decimal>,
@@ -75,7 +79,8 @@ pub struct Movement {
 
 /// Retention of the accounts that had MRR at the window's start (`starting`), from their
 /// movements within the window in time order. New accounts are outside the cohort; a cohort
-/// account that churns and comes back counts its return as expansion.
+/// account that churns and comes back counts its return as expansion. NRR = ending / starting
+/// MRR; GRR = Σ min(ending, starting) per account / starting MRR, so it lies in [0, 1].
 pub fn retention(starting: &BTreeMap<String, Decimal>, movements: &[Movement]) -> Retention {
     let cohort: BTreeMap<&str, Decimal> = starting
         .iter()
@@ -84,11 +89,15 @@ pub fn retention(starting: &BTreeMap<String, Decimal>, movements: &[Movement]) -
         .collect();
     let starting_mrr: Decimal = cohort.values().sum();
     let (mut expansion, mut contraction, mut churn) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+    let mut ending: BTreeMap<&str, Decimal> = cohort.clone();
     for m in movements
         .iter()
         .filter(|m| cohort.contains_key(m.account.as_str()))
     {
         let delta = m.after - m.before;
+        if let Some(e) = ending.get_mut(m.account.as_str()) {
+            *e += delta;
+        }
         match m.kind {
             MovementKind::Expansion | MovementKind::Reactivation | MovementKind::New => {
                 expansion += delta
@@ -98,6 +107,10 @@ pub fn retention(starting: &BTreeMap<String, Decimal>, movements: &[Movement]) -
         }
     }
     let ending_mrr = starting_mrr + expansion - contraction - churn;
+    let retained_mrr: Decimal = cohort
+        .iter()
+        .map(|(a, start)| ending[a].clamp(Decimal::ZERO, *start))
+        .sum();
     let ratio = |x: Decimal| (!starting_mrr.is_zero()).then(|| (x / starting_mrr).round_dp(6));
     Retention {
         starting_mrr,
@@ -105,8 +118,9 @@ pub fn retention(starting: &BTreeMap<String, Decimal>, movements: &[Movement]) -
         contraction,
         churn,
         ending_mrr,
+        retained_mrr,
         nrr: ratio(ending_mrr),
-        grr: ratio(starting_mrr - contraction - churn),
+        grr: ratio(retained_mrr),
         accounts: cohort.len(),
     }
 }
@@ -178,8 +192,8 @@ mod tests {
     }
 
     proptest! {
-        /// Ending MRR of the cohort equals its start plus its movements; GRR never exceeds
-        /// 100 % nor NRR.
+        /// Ending MRR of the cohort equals its start plus its movements; GRR lies in [0, 1],
+        /// never above NRR, and is each account's ending MRR capped at its start.
         #[test]
         fn retention_adds_up(steps in prop::collection::vec((0usize..5, 0i64..20_000), 0..40),
                              start in prop::collection::vec(1i64..20_000, 1..5)) {
@@ -198,8 +212,29 @@ mod tests {
             let r = retention(&starting, &movements);
             prop_assert_eq!(r.ending_mrr, current.values().sum::<Decimal>());
             let (nrr, grr) = (r.nrr.unwrap(), r.grr.unwrap());
-            prop_assert!(grr <= Decimal::ONE);
+            prop_assert!(grr >= Decimal::ZERO && grr <= Decimal::ONE);
             prop_assert!(grr <= nrr);
+            // The standard definition: each account keeps at most what it started with.
+            let kept: Decimal = starting.iter().map(|(a, s)| current[a].min(*s)).sum();
+            let total: Decimal = starting.values().sum();
+            prop_assert_eq!(grr, (kept / total).round_dp(6));
         }
+    }
+
+    #[test]
+    fn grr_caps_each_accounts_loss_at_its_start() {
+        // 100 → 150 → 100 keeps 100 of 100 (GRR 1, not 0.5); 100 → 150 → 0 keeps 0 (GRR 0,
+        // not −0.5). Together: 100 of 200 = 0.5.
+        let starting = BTreeMap::from([("a".to_owned(), d(100)), ("b".to_owned(), d(100))]);
+        let movements = vec![
+            mv("a", 100, 150),
+            mv("a", 150, 100),
+            mv("b", 100, 150),
+            mv("b", 150, 0),
+        ];
+        let r = retention(&starting, &movements);
+        assert_eq!(r.retained_mrr, d(100));
+        assert_eq!(r.grr, Some(Decimal::new(5, 1)));
+        assert_eq!(r.nrr, Some(Decimal::new(5, 1)));
     }
 }

@@ -281,6 +281,7 @@ pub async fn nrr(
                 &mut r.contraction,
                 &mut r.churn,
                 &mut r.ending_mrr,
+                &mut r.retained_mrr,
             ] {
                 *v = v.normalize();
             }

@@ -623,3 +623,39 @@ async fn a_negative_change_becomes_credit_that_the_next_invoice_uses() {
         .iter()
         .all(|i| !i["total"].as_str().unwrap().starts_with('-')));
 }
+
+/// B17. GRR keeps each account's MRR at most at its start: an account that expands and then
+/// churns inside the window loses its starting MRR, not more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grr_caps_each_accounts_loss_at_its_starting_mrr() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    // Both on Team with 5 seats: 59 + 2 × 12 = 83 a month at the window's start.
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    app.subscribe(&key, "beta", json!({"plan": "team", "seats": 5}))
+        .await;
+    // acme: up to Business with 12 seats (199 + 2 × 20 = 239), then canceled at period end.
+    app.clock.set(t("2026-12-05T00:00:00Z"));
+    change(&app, &key, "acme", json!({"plan": "business", "seats": 12})).await;
+    change(&app, &key, "acme", json!({"cancel": true})).await;
+    app.clock.set(t("2026-12-26T00:00:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    let (status, body) = app
+        .get(
+            &key,
+            "/v1/reports/nrr?from=2026-12-01T00:00:00Z&to=2027-01-01T00:00:00Z",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let w = &body["windows"][0];
+    // Start 166; acme +156 then −239; ending 83 (beta). NRR 83 / 166 = 0.5. GRR: acme keeps
+    // min(0, 83) = 0, beta 83: 83 / 166 = 0.5 (the uncapped formula gave (166 − 239) / 166
+    // = −0.44).
+    assert_eq!(w["starting_mrr"], "166");
+    assert_eq!(w["ending_mrr"], "83");
+    assert_eq!(d(w["nrr"].as_str().unwrap()), d("0.5"));
+    assert_eq!(d(w["grr"].as_str().unwrap()), d("0.5"));
+    assert_eq!(w["retained_mrr"], "83");
+}
