@@ -678,6 +678,7 @@ pub async fn set_payment_method(
             }
             other => rail_error(other),
         })?;
+    pay_store::set_payment_method(&mut conn, account, pm).await?;
     Ok(PaymentMethodSet {
         account: account.to_owned(),
         customer,

@@ -557,9 +557,59 @@ pub(crate) async fn advance(
                         plan.currency.code(),
                     ));
                 }
+                // With Stripe collecting and no payment method on file, the trial does not
+                // convert: the account falls to the plan's fallback (or ends without one),
+                // with no invoice and no dunning.
+                if ctx.payments.is_some()
+                    && !crate::store::payments::has_payment_method(c, &row.account).await?
+                {
+                    let from = (row.plan.clone(), row.plan_version, row.seats);
+                    let was = plan_of(ctx, &row.plan, row.plan_version)?;
+                    row.revision += 1;
+                    row.updated_at = now;
+                    row.trial_end = Some(end);
+                    let fallback = was
+                        .fallback
+                        .as_deref()
+                        .and_then(|f| ctx.plans.latest(f))
+                        .cloned();
+                    let Some(fb) = fallback else {
+                        row.status = "canceled".into();
+                        row.period_end = end;
+                        fx.changes.push(change(
+                            row,
+                            "trial_ended",
+                            end,
+                            Some((&from.0, from.1, from.2)),
+                            json!([]),
+                            Decimal::ZERO,
+                            was.currency.code(),
+                        ));
+                        changed = true;
+                        break;
+                    };
+                    row.status = "active".into();
+                    row.plan = fb.plan.clone();
+                    row.plan_version = fb.version as i32;
+                    row.seats = fb.seats.as_ref().map_or(0, |s| s.min) as i32;
+                    row.anchor = end;
+                    row.period_start = end;
+                    row.period_end = boundary(end, fb.interval.months(), 1);
+                    fx.changes.push(change(
+                        row,
+                        "trial_ended_to_fallback",
+                        end,
+                        Some((&from.0, from.1, from.2)),
+                        json!([]),
+                        Decimal::ZERO,
+                        fb.currency.code(),
+                    ));
+                    changed = true;
+                    continue;
+                }
                 let plan = plan_of(ctx, &row.plan, row.plan_version)?;
                 let months = plan.interval.months();
-                // Converts: without Stripe there is no payment method to require.
+                // Converts: with a payment method on file, or without Stripe (nothing to require).
                 row.status = "active".into();
                 row.anchor = end;
                 row.period_start = end;

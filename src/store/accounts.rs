@@ -26,6 +26,8 @@ pub struct Account {
     /// Credit carried forward from invoices whose credits exceeded their charges.
     #[serde(with = "rust_decimal::serde::str")]
     pub credit_balance: Decimal,
+    /// The Stripe payment method set as the account's default.
+    pub payment_method: Option<String>,
 }
 
 /// The firmographics a client may set (`PUT /v1/accounts/{account}`).

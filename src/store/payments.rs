@@ -314,6 +314,33 @@ pub async fn set_customer(
     Ok(())
 }
 
+pub async fn set_payment_method(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    pm: &str,
+) -> Result<(), StoreError> {
+    diesel::update(accounts::table.filter(accounts::account.eq(account)))
+        .set(accounts::payment_method.eq(pm))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether the account has a payment method on file.
+pub async fn has_payment_method(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<bool, StoreError> {
+    Ok(accounts::table
+        .filter(accounts::account.eq(account))
+        .select(accounts::payment_method)
+        .first::<Option<String>>(conn)
+        .await
+        .optional()?
+        .flatten()
+        .is_some())
+}
+
 /// Invoices issued in [from, to) with their collection rows (the reconciliation report).
 pub async fn issued_between(
     conn: &mut AsyncPgConnection,

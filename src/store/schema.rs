@@ -103,6 +103,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         credit_balance -> Numeric,
+        payment_method -> Nullable<Text>,
     }
 }
 

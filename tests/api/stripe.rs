@@ -946,3 +946,67 @@ async fn recovery_from_suspension_re_anchors_and_never_bills_the_suspended_month
         ]
     );
 }
+
+/// DESIGN's trial rule with Stripe collecting: at trial end an account with a payment method
+/// converts and pays; one without falls to the plan's fallback (Free) with no invoice and no
+/// dunning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_without_a_payment_method_falls_to_the_fallback_plan_at_its_end() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance,check", None).await;
+    for a in ["carded", "cardless"] {
+        let (status, body) = app
+            .put(
+                &key,
+                &format!("/v1/accounts/{a}"),
+                &account_body(&format!("{a}@example.com")),
+            )
+            .await;
+        assert!(status < 300, "{body}");
+    }
+    let pm = fake_stripe().card(GOOD_CARD).await;
+    let (status, set) = app
+        .put(
+            &key,
+            "/v1/accounts/carded/payment-method",
+            &json!({ "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    for a in ["carded", "cardless"] {
+        app.subscribe(&key, a, json!({"plan": "team", "seats": 5, "trial": true}))
+            .await;
+    }
+    // The trial ends 2026-12-09 12:00.
+    app.clock.set(t("2026-12-09T13:00:00Z"));
+    tick(&app.ctx, &Scheduler::new(t(NOW)).unwrap())
+        .await
+        .unwrap();
+
+    let (_, s) = app.get(&key, "/v1/accounts/carded/subscription").await;
+    assert_eq!(
+        (s["plan"].as_str(), s["status"].as_str()),
+        (Some("team"), Some("active"))
+    );
+    // 59 + (5 − 3) × 12.
+    let inv = wait_for_payment_state(&app, &key, 1, "paid").await;
+    assert_eq!(
+        (inv["account"].as_str(), inv["total"].as_str()),
+        (Some("carded"), Some("83.00"))
+    );
+
+    let (_, s) = app.get(&key, "/v1/accounts/cardless/subscription").await;
+    assert_eq!(
+        (s["plan"].as_str(), s["status"].as_str()),
+        (Some("free"), Some("active"))
+    );
+    assert_eq!(s["current_period"]["start"], "2026-12-09T12:00:00Z");
+    let (_, list) = app.get(&key, "/v1/invoices?account=cardless").await;
+    assert!(list["invoices"].as_array().unwrap().is_empty(), "{list}");
+    assert!(steps(&app, &key, "cardless").await.is_empty());
+    assert_eq!(subscription_status(&app, &key, "cardless").await, "active");
+    // Free's terms: no audit log.
+    let denied = check(&app, &key, "cardless", json!({"feature": "audit_log"})).await;
+    assert_eq!(denied["allowed"], false, "{denied}");
+}
