@@ -328,7 +328,7 @@ async fn commit_group(
             .transaction::<HashSet<(String, String)>, StoreError, _>(async |c| {
                 let new = store_events::insert_new(c, &events, now).await?;
                 let (rollups, types) = deltas(&unique, &new);
-                store_events::add_to_rollups(c, &rollups, now).await?;
+                store_events::add_to_rollups(c, &rollups).await?;
                 store_events::add_to_type_counts(c, &types).await?;
                 Ok(new)
             })

@@ -58,11 +58,12 @@ pub async fn insert_new(
 }
 
 /// Adds pre-aggregated deltas to the hourly rollups (one row per key; the map keeps keys sorted).
-/// `at` (the commit's receipt time) becomes the rows' `updated_at`: late-usage detection.
+/// The rows' `updated_at` is the database's clock at the write (`clock_timestamp()`), never an
+/// application clock: late-usage detection compares it with the database time a close read
+/// its usage at (`invoices.usage_mark`).
 pub async fn add_to_rollups(
     conn: &mut AsyncPgConnection,
     deltas: &BTreeMap<RollupKey, AggregateState>,
-    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     if deltas.is_empty() {
         return Ok(());
@@ -97,7 +98,7 @@ pub async fn add_to_rollups(
         r#"INSERT INTO usage_rollups AS r (account, meter, bucket, event_count, value_sum,
                 value_max, latest_at, latest_event_id, latest_value, first_event_at, last_event_at,
                 updated_at)
-         SELECT u.*, $12 FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[],
+         SELECT u.*, clock_timestamp() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[],
                 $5::numeric[], $6::numeric[], $7::timestamptz[], $8::text[], $9::numeric[],
                 $10::timestamptz[], $11::timestamptz[]) AS u
          ON CONFLICT (account, meter, bucket) DO UPDATE SET
@@ -131,7 +132,6 @@ pub async fn add_to_rollups(
     .bind::<Array<Nullable<Numeric>>, _>(latest_value)
     .bind::<Array<Timestamptz>, _>(firsts)
     .bind::<Array<Timestamptz>, _>(lasts)
-    .bind::<Timestamptz, _>(at)
     .execute(conn)
     .await?;
 

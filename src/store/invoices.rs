@@ -251,7 +251,8 @@ pub struct LatePeriod {
     pub seats: i32,
 }
 
-/// Invoiced periods before `before` whose rollups changed after their usage was last billed.
+/// Invoiced periods before `before` whose rollups changed after their usage was last billed
+/// (rollup `updated_at` and invoice `usage_mark` are both the database's clock).
 pub async fn periods_with_late_usage(
     conn: &mut AsyncPgConnection,
     account: &str,
@@ -259,7 +260,7 @@ pub async fn periods_with_late_usage(
 ) -> Result<Vec<LatePeriod>, StoreError> {
     Ok(diesel::sql_query(
         "WITH billed AS (
-            SELECT l.usage_from AS s, l.usage_to AS e, MAX(i.issued_at) AS at
+            SELECT l.usage_from AS s, l.usage_to AS e, MAX(i.usage_mark) AS at
               FROM invoice_lines l
               JOIN invoices i ON i.account = l.account AND i.number = l.number
              WHERE l.account = $1 AND l.usage_from IS NOT NULL AND l.usage_from < $2
@@ -296,7 +297,7 @@ pub async fn accounts_with_late_usage(
            FROM UNNEST($1::text[], $2::timestamptz[]) AS p(account, before)
            -- LATERAL: index lookups per account, never a scan of all invoice lines.
            CROSS JOIN LATERAL (
-               SELECT l.usage_from AS s, l.usage_to AS e, MAX(i.issued_at) AS at
+               SELECT l.usage_from AS s, l.usage_to AS e, MAX(i.usage_mark) AS at
                  FROM invoice_lines l
                  JOIN invoices i ON i.account = l.account AND i.number = l.number
                 WHERE l.account = p.account AND l.usage_from IS NOT NULL

@@ -659,3 +659,34 @@ async fn grr_caps_each_accounts_loss_at_its_starting_mrr() {
     assert_eq!(d(w["grr"].as_str().unwrap()), d("0.5"));
     assert_eq!(w["retained_mrr"], "83");
 }
+
+/// B6. Late usage is detected in database time: an instance whose clock runs a minute behind
+/// the one that closed the period still gets its late events billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_usage_is_detected_whatever_the_ingesting_instances_clock_says() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    // Another instance, its clock one minute behind, ingests 2,500 minutes for the closed
+    // period: 2 packages × 8.00 = 16.00 late.
+    let (base, _ctx, behind) = start_instance(&app.db.url, std::time::Duration::from_secs(1));
+    behind.set(t("2026-12-25T12:04:00Z"));
+    let res = reqwest::Client::new()
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&json!({"events": [{"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00Z", "properties": {"minutes": 2500}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.clock.set(t("2027-01-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    let invs = invoices(&app, &key, "acme").await;
+    let late = lines_of(&invs, "late_usage");
+    assert_eq!(late.len(), 1, "{invs:?}");
+    assert_eq!(late[0]["amount"], "16.00");
+}
