@@ -26,6 +26,8 @@ pub struct Config {
     /// `ACCRUE_STRIPE_KEY` (+ `ACCRUE_STRIPE_WEBHOOK_SECRET`, optional `ACCRUE_STRIPE_API_BASE`):
     /// collect invoices through Stripe. Unset: invoices are issued for manual collection.
     pub stripe: Option<StripeConfig>,
+    /// Test clocks (`ACCRUE_TEST_CLOCKS=true`; off by default: their routes answer 404).
+    pub test_clocks: bool,
     /// `ACCRUE_DUNNING_RETRY_DAYS` (default `3,5,7`), `ACCRUE_DUNNING_GRACE_DAYS` (default 7),
     /// `ACCRUE_DUNNING_FINAL_ACTION` (`suspend`, the default, or `cancel`).
     pub dunning: DunningPolicy,
@@ -113,7 +115,17 @@ impl Config {
                 ))
             }
         };
+        let test_clocks = match var("ACCRUE_TEST_CLOCKS", "false").as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(format!(
+                    "ACCRUE_TEST_CLOCKS must be true or false, got `{other}`"
+                ))
+            }
+        };
         Ok(Self {
+            test_clocks,
             revops_file: PathBuf::from(var("ACCRUE_REVOPS_FILE", "config/revops.toml")),
             webhooks_allow_private,
             stripe,

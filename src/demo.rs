@@ -171,7 +171,7 @@ pub async fn run(
                         .then(|| "ae-team@vendor.example".to_owned()),
                     stripe_customer_id: None,
                 };
-                subs::put_account(ctx, &s.id, f).await?;
+                subs::put_account(ctx, &s.id, f, None).await?;
                 subs::subscribe(
                     ctx,
                     &operator,

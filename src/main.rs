@@ -877,6 +877,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ctx.webhooks = accrue::services::outbox::WebhookPolicy {
         allow_private: config.webhooks_allow_private,
     };
+    if config.test_clocks {
+        ctx.enable_test_clocks();
+        tracing::warn!("ACCRUE_TEST_CLOCKS=true: test clocks are on (for testing, not production)");
+    }
     tokio::spawn(accrue::jobs::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::outbox::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::pql::run_forever(ctx.clone()));

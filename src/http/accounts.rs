@@ -23,6 +23,8 @@ pub struct AccountBody {
     country: Option<String>,
     crm_owner: Option<String>,
     stripe_customer_id: Option<String>,
+    /// A test clock to live by (`ACCRUE_TEST_CLOCKS=true`), when the account is created.
+    test_clock: Option<String>,
 }
 
 fn json_error(err: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
@@ -63,7 +65,8 @@ pub async fn put_account(
         crm_owner: b.crm_owner,
         stripe_customer_id: b.stripe_customer_id,
     };
-    Ok(HttpResponse::Ok().json(subs::put_account(&ctx, &account, f).await?))
+    Ok(HttpResponse::Ok()
+        .json(subs::put_account(&ctx, &account, f, b.test_clock.as_deref()).await?))
 }
 
 pub async fn get_account(

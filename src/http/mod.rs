@@ -12,6 +12,7 @@ mod payments;
 mod plans;
 mod pql;
 mod revenue;
+mod test_clocks;
 mod usage;
 
 pub use error::ApiError;
@@ -78,6 +79,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(
                     "/reports/billing-errors",
                     web::get().to(invoices::billing_errors),
+                )
+                .route("/test-clocks", web::post().to(test_clocks::create))
+                .route("/test-clocks/{id}", web::get().to(test_clocks::get))
+                .route(
+                    "/test-clocks/{id}/advance",
+                    web::post().to(test_clocks::advance),
                 )
                 .route("/invoices", web::get().to(invoices::list))
                 .route("/invoices/{number}", web::get().to(invoices::get))

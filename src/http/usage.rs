@@ -25,7 +25,7 @@ pub async fn account_usage(
     let principal = authorize(&req, &ctx, &[Scope::Check, Scope::Billing, Scope::Finance]).await?;
     let account = path.into_inner();
     reach(&principal, &account)?;
-    let now = ctx.clock.now();
+    let now = ctx.now_of(&account).await?;
     let from = query.from.unwrap_or_else(|| {
         Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
             .single()

@@ -512,8 +512,10 @@ async fn read_entries(
     let now = ctx.clock.now();
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let rows = subs::find_by_accounts(&mut conn, accounts).await?;
+    let clocked = ctx.clock_times(&mut conn, accounts).await?;
     let mut snapshots = HashMap::new();
     for r in rows {
+        let now = clocked.get(&r.account).copied().unwrap_or(now);
         if let Some(s) = snapshot_of(ctx, &r, now) {
             snapshots.insert(r.account.clone(), s);
         }

@@ -77,11 +77,30 @@ pub async fn ingest(
         ));
     }
     let now = ctx.clock.now();
+    // Accounts on a test clock: their events default to, and are bounded by, the clock's time.
+    let clocked = if ctx.test_clocks_on() {
+        let mut accounts: Vec<String> = raw
+            .iter()
+            .filter_map(|r| r.get("account").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        accounts.sort();
+        accounts.dedup();
+        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+        ctx.clock_times(&mut conn, &accounts).await?
+    } else {
+        Default::default()
+    };
     let mut outcome = IngestOutcome::default();
     let mut seen = HashSet::with_capacity(raw.len());
     let mut valid = Vec::with_capacity(raw.len());
     for (index, r) in raw.into_iter().enumerate() {
         let id = raw_id(&r);
+        let now = r
+            .get("account")
+            .and_then(Value::as_str)
+            .and_then(|a| clocked.get(a))
+            .copied()
+            .unwrap_or(now);
         match validate(ctx, r, now, only_account) {
             Ok(v) => {
                 if seen.insert((v.event.account.as_str().to_owned(), v.event.id.clone())) {

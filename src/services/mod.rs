@@ -13,6 +13,7 @@ pub mod plans;
 pub mod pql;
 pub mod revenue;
 pub mod subscriptions;
+pub mod test_clocks;
 pub mod usage;
 
 use crate::catalog::meters::MeterCatalog;
@@ -38,6 +39,10 @@ pub struct Ctx {
     pub webhooks: outbox::WebhookPolicy,
     /// The RevOps configuration and the accounts to rescore.
     pub pql: Arc<pql::PqlState>,
+    /// Test clocks are enabled (`ACCRUE_TEST_CLOCKS=true`): accounts created on one live by its
+    /// frozen time. Off, every account lives by `clock` and no lookup is made. Shared with the
+    /// background tasks started before it is set.
+    test_clocks: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Ctx {
@@ -78,9 +83,62 @@ impl Ctx {
             keys: Arc::new(auth::KeyCache::default()),
             payments: None,
             webhooks: outbox::WebhookPolicy::default(),
+            test_clocks: Arc::default(),
         };
         tokio::spawn(check::refresh_loop(ctx.clone()));
         ctx
+    }
+
+    /// Turns test clocks on (`ACCRUE_TEST_CLOCKS=true`).
+    pub fn enable_test_clocks(&self) {
+        self.test_clocks
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn test_clocks_on(&self) -> bool {
+        self.test_clocks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// "Now" for `account`: its test clock's frozen time when it lives by one, else the clock.
+    pub async fn now_for(
+        &self,
+        conn: &mut diesel_async::AsyncPgConnection,
+        account: &str,
+    ) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+        if !self.test_clocks_on() {
+            return Ok(self.clock.now());
+        }
+        let times =
+            crate::store::test_clocks::times_of_accounts(conn, &[account.to_owned()]).await?;
+        Ok(times
+            .get(account)
+            .copied()
+            .unwrap_or_else(|| self.clock.now()))
+    }
+
+    /// [`Ctx::now_for`] on a connection of its own (no query when test clocks are off).
+    pub async fn now_of(
+        &self,
+        account: &str,
+    ) -> Result<chrono::DateTime<chrono::Utc>, ServiceError> {
+        if !self.test_clocks_on() {
+            return Ok(self.clock.now());
+        }
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+        Ok(self.now_for(&mut conn, account).await?)
+    }
+
+    /// The test-clock times of those of `accounts` that live by one (empty when test clocks
+    /// are off).
+    pub async fn clock_times(
+        &self,
+        conn: &mut diesel_async::AsyncPgConnection,
+        accounts: &[String],
+    ) -> Result<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>, StoreError> {
+        if !self.test_clocks_on() || accounts.is_empty() {
+            return Ok(Default::default());
+        }
+        crate::store::test_clocks::times_of_accounts(conn, accounts).await
     }
 
     /// Collects invoices through `payments` from now on.

@@ -151,7 +151,8 @@ pub async fn collect_account(ctx: &Ctx, account: &str) -> Result<CollectReport, 
     };
     let due = {
         let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-        pay_store::due_by_account(&mut conn, account, ctx.clock.now()).await?
+        let now = ctx.now_for(&mut conn, account).await?;
+        pay_store::due_by_account(&mut conn, account, now).await?
     };
     for number in due {
         let outcome = collect_one(ctx, &p, account, number).await?;
@@ -193,7 +194,7 @@ async fn collect_one(
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let outcome = conn
         .transaction::<Outcome, TxError, _>(async |c| {
-            let now = ctx.clock.now();
+            let now = ctx.now_for(c, account).await?;
             let Some(mut row) = pay_store::lock_skip_locked(c, account, number).await? else {
                 return Ok(Outcome::Skipped);
             };
@@ -834,7 +835,10 @@ pub async fn webhook(
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let answer = conn
         .transaction::<WebhookAnswer, TxError, _>(async |c| {
-            let now = ctx.clock.now();
+            let now = match &ours {
+                Some((account, _)) => ctx.now_for(c, account).await?,
+                None => ctx.clock.now(),
+            };
             let first = pay_store::record_event(
                 c,
                 &event_id,

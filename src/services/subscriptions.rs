@@ -127,6 +127,7 @@ pub async fn put_account(
     ctx: &Ctx,
     account: &str,
     f: Firmographics,
+    test_clock: Option<&str>,
 ) -> Result<Account, ServiceError> {
     AccountId::parse(account).map_err(|why| ServiceError::invalid("invalid_account", why))?;
     if f.employees.is_some_and(|e| e < 0) {
@@ -144,7 +145,43 @@ pub async fn put_account(
         }
     }
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let saved = accounts::upsert(&mut conn, account, &f, ctx.clock.now()).await?;
+    if let Some(id) = test_clock {
+        if !ctx.test_clocks_on() {
+            return Err(ServiceError::invalid(
+                "test_clocks_disabled",
+                "test clocks are off on this server (ACCRUE_TEST_CLOCKS=true turns them on)",
+            ));
+        }
+        if crate::store::test_clocks::find_by_id(&mut conn, id)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::invalid(
+                "unknown_test_clock",
+                format!("test_clock: no test clock `{id}`"),
+            ));
+        }
+        if let Some(existing) = accounts::find_by_account(&mut conn, account).await? {
+            if existing.test_clock.as_deref() != Some(id) {
+                return Err(ServiceError::Conflict {
+                    code: "test_clock_fixed",
+                    message: format!(
+                        "account `{account}` exists: a test clock is set only when an account is created"
+                    ),
+                });
+            }
+        }
+    }
+    let saved = conn
+        .transaction::<Account, TxError, _>(async |c| {
+            let mut saved = accounts::upsert(c, account, &f, ctx.clock.now()).await?;
+            if let Some(id) = test_clock {
+                crate::store::test_clocks::attach(c, account, id).await?;
+                saved.test_clock = Some(id.to_owned());
+            }
+            Ok(saved)
+        })
+        .await?;
     // Firmographics feed the PQL score and the routing.
     ctx.pql.mark([account]);
     Ok(presented(saved))
@@ -378,9 +415,9 @@ pub async fn subscribe(
     req: SubscribeRequest,
 ) -> Result<Subscribed, ServiceError> {
     AccountId::parse(account).map_err(|why| ServiceError::invalid("invalid_account", why))?;
-    let now = ctx.clock.now();
     let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let now = ctx.now_for(&mut conn, account).await?;
     let plan = resolve_plan(ctx, &mut conn, &req.plan, req.version).await?;
     let result = conn
         .transaction::<Subscribed, TxError, _>(async |c| {
@@ -488,10 +525,10 @@ pub async fn subscribe(
 }
 
 pub async fn get_subscription(ctx: &Ctx, account: &str) -> Result<SubscriptionView, ServiceError> {
-    let now = ctx.clock.now();
     // Catching up may change the plan (scheduled change) or the period.
     let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let now = ctx.now_for(&mut conn, account).await?;
     let result = conn
         .transaction::<SubscriptionView, TxError, _>(async |c| {
             let row = lock_and_catch_up(ctx, c, account, now).await?;
@@ -1026,9 +1063,9 @@ pub async fn quote(
     account: &str,
     req: QuoteRequest,
 ) -> Result<Quote, ServiceError> {
-    let now = ctx.clock.now();
     let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let now = ctx.now_for(&mut conn, account).await?;
     let target = match &req.plan {
         Some(p) => Some(resolve_plan(ctx, &mut conn, p, req.version).await?),
         None => None,
@@ -1225,9 +1262,9 @@ pub async fn accept(
             "the Idempotency-Key header must be 1 to 255 characters",
         ));
     }
-    let now = ctx.clock.now();
     let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let now = ctx.now_for(&mut conn, account).await?;
     let result = conn
         .transaction::<Accepted, TxError, _>(async |c| {
             let mut row = lock_existing(c, account).await?;
@@ -1440,9 +1477,9 @@ pub async fn schedule_migration(
     from: &PlanRef,
     scheduled: Scheduled,
 ) -> Result<bool, ServiceError> {
-    let now = ctx.clock.now();
     let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let now = ctx.now_for(&mut conn, account).await?;
     conn.transaction::<bool, TxError, _>(async |c| {
         let mut row = lock_and_catch_up(ctx, c, account, now).await?;
         if row.plan != from.plan || row.plan_version as u32 != from.version {

@@ -28,6 +28,8 @@ pub struct Account {
     pub credit_balance: Decimal,
     /// The Stripe payment method set as the account's default.
     pub payment_method: Option<String>,
+    /// The test clock the account lives by (`ACCRUE_TEST_CLOCKS`).
+    pub test_clock: Option<String>,
 }
 
 /// The firmographics a client may set (`PUT /v1/accounts/{account}`).

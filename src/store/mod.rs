@@ -14,6 +14,7 @@ pub mod pql;
 pub mod revenue;
 pub mod schema;
 pub mod subscriptions;
+pub mod test_clocks;
 pub mod usage;
 
 use diesel::connection::SimpleConnection;

@@ -72,6 +72,11 @@ pub async fn due(
     Ok(invoice_payments::table
         .filter(invoice_payments::state.eq_any(["pending", "failed"]))
         .filter(invoice_payments::next_attempt_at.le(now))
+        // Accounts on a test clock are collected when their clock is advanced.
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = invoice_payments.account \
+             AND a.test_clock IS NOT NULL)",
+        ))
         .order(invoice_payments::next_attempt_at.asc())
         .select((invoice_payments::account, invoice_payments::number))
         .limit(limit)

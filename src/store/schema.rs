@@ -104,6 +104,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         credit_balance -> Numeric,
         payment_method -> Nullable<Text>,
+        test_clock -> Nullable<Text>,
     }
 }
 

@@ -19,4 +19,5 @@ mod restart;
 mod revenue;
 mod stripe;
 mod subscriptions;
+mod test_clocks;
 mod usage;

@@ -1,0 +1,2 @@
+ALTER TABLE accounts DROP COLUMN test_clock;
+DROP TABLE test_clocks;

@@ -1,0 +1,107 @@
+//! Test clocks, as Stripe offers integrators: a frozen time that the accounts created on a
+//! clock live by ("now" for them everywhere: event timestamps, quotes, trials, closes,
+//! collection, dunning), moved only by an explicit advance that runs, in time order, everything
+//! falling due up to the new time. Enabled by `ACCRUE_TEST_CLOCKS=true`.
+
+use super::{payments, subscriptions, Ctx, ServiceError};
+use crate::store::test_clocks::{self as store, TestClockRow};
+use crate::store::StoreError;
+use chrono::{DateTime, Utc};
+
+/// At most this many due instants are run by one advance (a runaway guard: a monthly
+/// subscription advanced a century takes about 1,200).
+const MAX_STEPS: usize = 100_000;
+
+fn disabled() -> ServiceError {
+    ServiceError::NotFound("test clocks are off on this server".into())
+}
+
+pub async fn create(
+    ctx: &Ctx,
+    frozen_time: DateTime<Utc>,
+    name: Option<&str>,
+) -> Result<TestClockRow, ServiceError> {
+    if !ctx.test_clocks_on() {
+        return Err(disabled());
+    }
+    if name.is_some_and(|n| n.len() > 200) {
+        return Err(ServiceError::invalid(
+            "invalid_name",
+            "name: at most 200 characters",
+        ));
+    }
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    let id = format!("clk_{}", hex::encode(b));
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    Ok(store::insert(&mut conn, &id, name, frozen_time, ctx.clock.now()).await?)
+}
+
+pub async fn get(ctx: &Ctx, id: &str) -> Result<TestClockRow, ServiceError> {
+    if !ctx.test_clocks_on() {
+        return Err(disabled());
+    }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    store::find_by_id(&mut conn, id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("test clock `{id}` not found")))
+}
+
+/// Moves clock `id` to `to`, running in time order every trial end, period end and collection
+/// attempt that falls due for its accounts on the way; answers when all of it is done.
+pub async fn advance(ctx: &Ctx, id: &str, to: DateTime<Utc>) -> Result<TestClockRow, ServiceError> {
+    let clock = get(ctx, id).await?;
+    if to < clock.frozen_time {
+        return Err(ServiceError::invalid(
+            "frozen_time_before_current",
+            format!(
+                "frozen_time: a test clock only moves forward; it is at {}",
+                clock.frozen_time.to_rfc3339()
+            ),
+        ));
+    }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let accounts = store::accounts_of(&mut conn, id).await?;
+    let mut at = clock.frozen_time;
+    let result = async {
+        for _ in 0..MAX_STEPS {
+            let step = match store::next_due(&mut conn, id, at).await? {
+                Some(t) if t < to => t,
+                _ => to,
+            };
+            store::set(&mut conn, id, step, "advancing").await?;
+            for account in &accounts {
+                run_due(ctx, account).await?;
+            }
+            at = step;
+            if step == to {
+                return Ok(());
+            }
+        }
+        Err(ServiceError::invalid(
+            "too_many_steps",
+            format!(
+                "more than {MAX_STEPS} due instants before {}",
+                to.to_rfc3339()
+            ),
+        ))
+    }
+    .await;
+    store::set(&mut conn, id, at, "ready").await?;
+    for account in &accounts {
+        ctx.checks.invalidate(account);
+    }
+    result?;
+    get(ctx, id).await
+}
+
+/// What falls due for one account at its clock's time: the subscription's catch-up (trial
+/// end, scheduled changes, renewals and their invoices), then collection of what is due.
+async fn run_due(ctx: &Ctx, account: &str) -> Result<(), ServiceError> {
+    match subscriptions::get_subscription(ctx, account).await {
+        Ok(_) | Err(ServiceError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    payments::collect_account(ctx, account).await?;
+    Ok(())
+}
