@@ -726,7 +726,7 @@ pub(crate) async fn advance(
                             Decimal::ZERO,
                             plan.currency.code(),
                         ));
-                        fx.usage_closed(&account, at, &from, before);
+                        fx.usage_closed(&account, at, &from, before, "canceled");
                         fx.revenue.push(PendingMrr {
                             account,
                             at,
@@ -775,7 +775,7 @@ pub(crate) async fn advance(
                 } else {
                     "renewed"
                 };
-                fx.usage_closed(&account, at, &from, before);
+                fx.usage_closed(&account, at, &from, before, kind);
                 if scheduled.is_some() {
                     let what = classify(&plan, from.2 as u32, &new_plan, row.seats as u32);
                     fx.revenue.push(PendingMrr {
@@ -870,25 +870,30 @@ impl Effects {
 }
 
 impl Effects {
-    /// When a closed period's invoice was drafted after index `before`, its usage revenue
-    /// (the arrears usage lines) becomes the usage part of the account's MRR on plan `from`.
+    /// The usage revenue of the period that closed at `at` (the arrears usage lines of the
+    /// invoice drafted after index `before`; none when no invoice was: a free plan's period)
+    /// becomes the usage part of the account's MRR on plan `from`. `kind` is the change the
+    /// close records, referenced when there is no invoice.
     fn usage_closed(
         &mut self,
         account: &str,
         at: DateTime<Utc>,
         from: &(String, i32, i32),
         before: usize,
+        kind: &'static str,
     ) {
-        if self.drafts.len() <= before {
-            return;
-        }
-        let i = self.drafts.len() - 1;
-        let usage = self.drafts[i]
-            .lines
-            .iter()
-            .filter(|l| l.kind == "usage")
-            .map(|l| l.amount)
-            .sum();
+        let (usage, reference) = if self.drafts.len() <= before {
+            (Decimal::ZERO, MrrRef::ChangeAt(kind, at))
+        } else {
+            let i = self.drafts.len() - 1;
+            let usage = self.drafts[i]
+                .lines
+                .iter()
+                .filter(|l| l.kind == "usage")
+                .map(|l| l.amount)
+                .sum();
+            (usage, MrrRef::Draft(i))
+        };
         self.revenue.push(PendingMrr {
             account: account.to_owned(),
             at,
@@ -901,7 +906,7 @@ impl Effects {
                 from.2 as u32,
             )),
             usage: Some(usage),
-            reference: MrrRef::Draft(i),
+            reference,
         });
     }
 }
@@ -1400,8 +1405,9 @@ pub async fn accept(
                 ch.to_seats = Some(q.to.seats as i32);
             }
             let change_id = subs::insert_change(c, &ch).await?;
-            // A trial's MRR is recorded when it converts, never when it starts.
-            if q.effective == Effective::Now && !q.trial {
+            // A trial's MRR is recorded when it converts: never when it starts, nor for a
+            // change made during it.
+            if q.effective == Effective::Now && !q.trial && row.status != "trialing" {
                 let old = plan_of(ctx, &from.0, from.1)?;
                 fx.revenue.push(PendingMrr {
                     account: account.to_owned(),

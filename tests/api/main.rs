@@ -12,6 +12,7 @@ mod governance;
 mod ingest;
 mod layering;
 mod migration;
+mod model;
 mod money_edges;
 mod plans;
 mod pql;
