@@ -446,7 +446,7 @@ pub async fn subscribe(
                     None,
                 )
             };
-            let row = SubscriptionRow {
+            let mut row = SubscriptionRow {
                 account: account.to_owned(),
                 plan: plan.plan.clone(),
                 plan_version: plan.version as i32,
@@ -462,13 +462,32 @@ pub async fn subscribe(
                 updated_at: now,
                 past_due_since: None,
             };
-            if !subs::insert(c, &row).await? {
-                return Err(conflict(
-                    "subscription_exists",
-                    format!(
-                        "account `{account}` already has a subscription; change it with a quote"
-                    ),
-                ));
+            match subs::lock_by_account(c, account).await? {
+                // A canceled account subscribes again: a new subscription in the same row.
+                Some(old) if old.status == "canceled" => {
+                    if trial && old.trial_end.is_some() {
+                        return Err(refuse("trial_used", "this account has already had a trial"));
+                    }
+                    row.revision = old.revision + 1;
+                    subs::save(c, &row).await?;
+                }
+                Some(_) => {
+                    return Err(conflict(
+                        "subscription_exists",
+                        format!(
+                            "account `{account}` already has a subscription; change it with a quote"
+                        ),
+                    ))
+                }
+                None if !subs::insert(c, &row).await? => {
+                    return Err(conflict(
+                        "subscription_exists",
+                        format!(
+                            "account `{account}` already has a subscription; change it with a quote"
+                        ),
+                    ))
+                }
+                None => {}
             }
             let lines = if trial {
                 Vec::new()
@@ -1097,10 +1116,15 @@ pub async fn quote(
             if !req.cancel {
                 check_self_serve(principal, &new)?;
                 check_seats(ctx, &new, new_seats)?;
-                if old.currency != new.currency {
+                // The account's billing currency (its first paid plan's), else the plan's.
+                let bills_in = accounts::find_by_account(c, account)
+                    .await?
+                    .and_then(|a| a.currency)
+                    .unwrap_or_else(|| old.currency.code().to_owned());
+                if bills_in != new.currency.code() {
                     return Err(refuse(
                         "currency_mismatch",
-                        format!("the subscription bills in {}; plan {} is priced in {}", old.currency, new.plan, new.currency),
+                        format!("account `{account}` bills in {bills_in}; plan {} is priced in {}", new.plan, new.currency),
                     ));
                 }
             }

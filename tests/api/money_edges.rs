@@ -690,3 +690,69 @@ async fn late_usage_is_detected_whatever_the_ingesting_instances_clock_says() {
     assert_eq!(late.len(), 1, "{invs:?}");
     assert_eq!(late[0]["amount"], "16.00");
 }
+
+/// B22. A quote is checked against the account's billing currency, not only the current
+/// plan's, so a quote that acceptance would refuse is never offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quote_in_another_currency_than_the_accounts_is_refused_at_the_quote() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    // The account bills in EUR (as if its first paid plan had been in euros).
+    let mut conn = app.db.conn().await;
+    use diesel_async::SimpleAsyncConnection;
+    conn.batch_execute("UPDATE accounts SET currency = 'EUR' WHERE account = 'acme'")
+        .await
+        .unwrap();
+    let (status, body) = quote(&app, &key, "acme", json!({"plan": "business", "seats": 10})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "currency_mismatch");
+    assert!(body["error"]["message"].as_str().unwrap().contains("EUR"));
+}
+
+/// B21. A canceled account can subscribe again: a new subscription, its advance fees charged,
+/// its return recorded as a reactivation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canceled_account_subscribes_again_as_a_reactivation() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    change(&app, &key, "acme", json!({"cancel": true})).await;
+    app.clock.set(t("2026-12-26T09:10:00Z"));
+    assert_eq!(subscription(&app, &key, "acme").await["status"], "canceled");
+    // Business with 12 seats: 199 + (12 − 10) × 20 = 239.00 for the month from 12-26 09:00.
+    let s = app
+        .subscribe(&key, "acme", json!({"plan": "business", "seats": 12}))
+        .await;
+    assert_eq!(s["amount_due_now"], "239.00");
+    assert_eq!(s["subscription"]["status"], "active");
+    assert_eq!(
+        s["subscription"]["current_period"]["start"],
+        "2026-12-26T09:00:00Z"
+    );
+    let invs = invoices(&app, &key, "acme").await;
+    assert_eq!(invs.last().unwrap()["total"], "239.00");
+    let mv = movements(&app, &key, "acme").await;
+    assert_eq!(
+        mv,
+        vec![
+            ("new".to_owned(), "83".to_owned()),
+            ("churn".to_owned(), "0".to_owned()),
+            ("reactivation".to_owned(), "239".to_owned())
+        ]
+    );
+    // Subscribing while subscribed is still a conflict.
+    let (status, body) = app
+        .post(
+            &key,
+            "/v1/accounts/acme/subscription",
+            &json!({"plan": "team"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+}
