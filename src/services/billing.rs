@@ -156,6 +156,37 @@ pub(crate) async fn period_invoice(
     }))
 }
 
+/// The invoice ending `period` when nothing of it is billed (a trial canceled at its end): only
+/// the late-usage corrections of earlier periods, when there are any, which would otherwise
+/// wait for a next period invoice that never comes.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the period, the plan it was on, and the drafts not yet issued"
+)]
+pub(crate) async fn late_only_invoice(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    account: &str,
+    period: Period,
+    plan: &PlanVersion,
+    seats: u32,
+    now: DateTime<Utc>,
+    pending: &[InvoiceDraft],
+) -> Result<Option<InvoiceDraft>, TxError> {
+    let lines = late_lines(ctx, c, account, period.start, pending).await?;
+    Ok((!lines.is_empty()).then(|| InvoiceDraft {
+        account: account.to_owned(),
+        kind: InvoiceKind::Period,
+        period,
+        plan: plan.plan.clone(),
+        plan_version: plan.version,
+        seats,
+        currency: plan.currency,
+        lines,
+        issued_at: now,
+    }))
+}
+
 /// The arrears invoice of `ended`, the first part of the period `full` that a change of billing
 /// interval cut short: its usage, and the minimum commitment in proportion to the time used.
 #[expect(

@@ -588,6 +588,19 @@ pub(crate) async fn advance(
                     if s.cancel {
                         row.status = "canceled".into();
                         row.period_end = end;
+                        let trial = Period { start: row.period_start, end };
+                        let late = billing::late_only_invoice(
+                            ctx,
+                            c,
+                            &row.account,
+                            trial,
+                            &plan,
+                            row.seats as u32,
+                            now,
+                            &fx.drafts,
+                        )
+                        .await?;
+                        fx.drafts.extend(late);
                         fx.changes.push(change(
                             row,
                             "canceled",
