@@ -11,7 +11,7 @@ mod support;
 use support::env_usize;
 
 use accrue::domain::clock::{Clock, ManualClock};
-use accrue::services::{billing, ingest, plans, Ctx};
+use accrue::services::{ingest, lifecycle, plans, Ctx};
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::json;
@@ -100,7 +100,7 @@ async fn run() {
 
     clock.set(t("2026-12-01T00:05:00Z"));
     let started = Instant::now();
-    let report = billing::close_due_periods(&ctx).await.unwrap();
+    let report = lifecycle::close_due_periods(&ctx).await.unwrap();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "period close: {} subscriptions, {} invoices ({} usage events behind them, {} per meter per account) in {secs:.2} s = {:.0} subscriptions/s",

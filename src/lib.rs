@@ -1,15 +1,22 @@
 //! accrue — usage metering and hybrid billing for product-led SaaS, on one PostgreSQL.
 //!
 //! # Layout
-//! - [`domain`]: pure rules (events, meters, aggregation, money later). No IO, no async, no
-//!   diesel/actix imports; a test in `tests/api/layering.rs` keeps it so.
-//! - [`catalog`]: reads and validates the files under `pricing-plans/` (meters today).
-//! - [`store`]: the only module that talks to PostgreSQL (diesel + diesel-async).
-//! - [`services`]: use cases, one transaction each (ingest a batch, read usage, create a key).
+//! - [`domain`]: pure rules (events, meters, aggregation, money, rating, periods, proration,
+//!   invoices, revenue, dunning, PQL). No IO, no async, no diesel/actix imports; a test in
+//!   `tests/api/layering.rs` keeps it so.
+//! - [`catalog`]: reads and validates the files under `pricing-plans/` (meters and plans).
+//! - [`store`]: talks to PostgreSQL (diesel + diesel-async), one file per entity.
+//! - [`payments`]: the payment rail (Stripe through async-stripe; a simulated card network for
+//!   the demo).
+//! - [`services`]: use cases, usually one transaction each. Among them the `lifecycle` alone
+//!   moves a subscription through time and calls billing, which never calls back; a test in
+//!   `tests/api/layering.rs` keeps the services free of cycles.
 //! - [`http`]: the only module that imports actix-web: route table, auth, handlers, error mapping.
-//! - `main.rs`: the CLI (`serve`, `migrate`, `keys create`).
+//! - [`jobs`]: the cron scheduler and its job queue (period close, collection).
+//! - `main.rs`: the CLI (`serve`, `migrate`, `keys`, `plans`, `price`, `quote`, `report`,
+//!   `export`, `demo`, `revops`).
 //!
-//! Dependence runs one way: `http` → `services` → `store`/`catalog` → `domain`.
+//! Dependence runs one way: `http`/`jobs` → `services` → `store`/`catalog`/`payments` → `domain`.
 
 pub mod catalog;
 pub mod config;

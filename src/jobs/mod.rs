@@ -1,12 +1,12 @@
 //! Background work: cron schedules decide *when to look*; each firing becomes one row in the
 //! `jobs` table (several instances insert it once); workers lease rows with SKIP LOCKED and run
 //! them; a failed job is retried with exponential backoff. Every job is idempotent: it finds
-//! what is due by itself (see `services::billing::close_due_periods`).
+//! what is due by itself (see `services::lifecycle::close_due_periods`).
 //!
 //! Time comes from the context's clock, so tests drive the scheduler with [`tick`] instead of
 //! waiting.
 
-use crate::services::{billing, payments, Ctx, ServiceError};
+use crate::services::{lifecycle, payments, Ctx, ServiceError};
 use crate::store::{self, StoreError};
 use chrono::{DateTime, Duration, Utc};
 use std::str::FromStr;
@@ -117,7 +117,7 @@ pub async fn run_pending(ctx: &Ctx) -> Result<usize, ServiceError> {
         };
         drop(conn);
         let result = match JobKind::parse(&job.kind) {
-            Some(JobKind::ClosePeriods) => billing::close_due_periods(ctx).await.map(|r| {
+            Some(JobKind::ClosePeriods) => lifecycle::close_due_periods(ctx).await.map(|r| {
                 tracing::info!(
                     accounts = r.accounts,
                     invoices = r.invoices,

@@ -1,14 +1,15 @@
-//! The billing cycle: invoices for closed periods (usage in arrears, late usage, minimum
-//! top-up, next period's advance fees), first advance fees, prorated changes; the period-close
-//! sweep; invoice reads, lineage and the CSV export.
+//! Invoices: drafts for closed periods (usage in arrears, late usage recomputed whole, minimum
+//! top-up, next period's advance fees), first advance fees, prorated changes; issuing them with
+//! the credit balance carried; the billing-errors report, invoice reads, lineage and the CSV
+//! export. It calls no other service that moves subscriptions: they call it.
 //!
-//! Invoices are built as drafts by whatever moves a subscription through time (the catch-up in
-//! `subscriptions::advance`, subscribing, accepting a change) and issued at the end of the same
+//! Invoices are built as drafts by whatever moves a subscription through time (the lifecycle's
+//! catch-up, subscribing, accepting a change, a recovery) and issued at the end of the same
 //! transaction, with gap-free numbers. They are final when issued: no code path updates their
 //! amounts or lines; corrections are later lines (late usage) or new invoices.
 //! Without Stripe configured, invoices are issued for manual collection.
 
-use super::subscriptions::{advance, Effects, TxError};
+use super::TxError;
 use super::{Ctx, ServiceError};
 use crate::domain::invoice::{
     advance_fee_lines, arrears_lines, carry_credit, late_period_lines, BilledArrears, InvoiceDraft,
@@ -18,15 +19,12 @@ use crate::domain::meter::Aggregation;
 use crate::domain::period::Period;
 use crate::domain::plan::{PlanRef, PlanVersion};
 use crate::store::invoices::{self as store_inv, InvoiceFilter, InvoiceRow, LineRow};
-use crate::store::{self, subscriptions as subs, StoreError};
+use crate::store::{self, StoreError};
 use chrono::{DateTime, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use std::collections::BTreeMap;
-
-/// How invoices are collected while no payment rail is configured.
-pub const MANUAL: &str = "manual";
 
 /// Each catalogue meter's usage of `account` over `period`, from the rollups.
 pub async fn usage_of(
@@ -335,7 +333,7 @@ pub async fn issue(
     c: &mut AsyncPgConnection,
     drafts: &[InvoiceDraft],
 ) -> Result<Vec<i64>, StoreError> {
-    let collection = super::payments::collection_of(ctx);
+    let collection = ctx.collection();
     let mut drafts = drafts.to_vec();
     let accounts: Vec<String> = {
         let mut a: Vec<String> = drafts.iter().map(|d| d.account.clone()).collect();
@@ -350,7 +348,7 @@ pub async fn issue(
     store::accounts::set_credit_balances(c, &balances).await?;
     let drafts = &drafts[..];
     let numbers = store_inv::issue(c, drafts, collection).await?;
-    if collection != MANUAL {
+    if collection != super::MANUAL {
         let rows: Vec<_> = drafts
             .iter()
             .zip(&numbers)
@@ -360,152 +358,6 @@ pub async fn issue(
         store::payments::insert_many(c, &rows).await?;
     }
     Ok(numbers)
-}
-
-/// What one close sweep did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct CloseReport {
-    pub accounts: usize,
-    pub invoices: usize,
-}
-
-/// Accounts moved per transaction by the sweep.
-const CLOSE_BATCH: usize = 200;
-/// Due accounts read per query (several transactions' worth: the query sorts what is due).
-const DUE_PAGE: i64 = 5000;
-
-/// Closes every due period: each account whose period (or trial) has ended is caught up under
-/// its row lock (taken with SKIP LOCKED, so several instances share the work) and its invoices
-/// are issued in the same transaction. Idempotent: an account already caught up is not due.
-pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
-    let now = ctx.clock.now();
-    let mut report = CloseReport::default();
-    let mut after = String::new();
-    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    loop {
-        let mut page = subs::due_accounts(&mut conn, now, &after, DUE_PAGE).await?;
-        let Some(last) = page.last() else {
-            break;
-        };
-        after = last.0.clone();
-        // Accounts on a test clock are closed when their clock is advanced.
-        let accounts: Vec<String> = page.iter().map(|d| d.0.clone()).collect();
-        let clocked = ctx.clock_times(&mut conn, &accounts).await?;
-        page.retain(|d| !clocked.contains_key(&d.0));
-        for due in page.chunks(CLOSE_BATCH) {
-            let (moved, issued) = close_batch(ctx, &mut conn, now, due).await?;
-            report.accounts += moved;
-            report.invoices += issued;
-        }
-    }
-    Ok(report)
-}
-
-/// One transaction of the sweep: catches up `due` accounts and issues their invoices. When the
-/// batch fails, each of its accounts is retried in a transaction of its own, so one account
-/// that cannot close (a plan missing from the catalogue, a value out of range) never holds
-/// back the others: it is recorded in `billing_errors`, logged, and retried by the next sweep.
-async fn close_batch(
-    ctx: &Ctx,
-    conn: &mut AsyncPgConnection,
-    now: DateTime<Utc>,
-    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
-) -> Result<(usize, usize), ServiceError> {
-    let set: std::collections::HashSet<&str> = due.iter().map(|d| d.0.as_str()).collect();
-    ctx.checks.begin_writes(&set);
-    let result = match close_accounts(ctx, conn, now, due).await {
-        Err(e) if !is_unavailable(&e) => close_one_by_one(ctx, conn, now, due, e).await,
-        other => other,
-    };
-    for a in due {
-        ctx.checks.invalidate(&a.0);
-    }
-    ctx.checks.end_writes(&set);
-    result
-}
-
-/// After a batch failed with `e`: each account in its own transaction, recording those that
-/// fail on their own.
-async fn close_one_by_one(
-    ctx: &Ctx,
-    conn: &mut AsyncPgConnection,
-    now: DateTime<Utc>,
-    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
-    e: ServiceError,
-) -> Result<(usize, usize), ServiceError> {
-    if let [one] = due {
-        record_failure(conn, &one.0, &e, now).await?;
-        return Ok((0, 0));
-    }
-    let mut total = (0, 0);
-    for one in due {
-        match close_accounts(ctx, conn, now, std::slice::from_ref(one)).await {
-            Ok((m, i)) => {
-                total.0 += m;
-                total.1 += i;
-            }
-            Err(e) if is_unavailable(&e) => return Err(e),
-            Err(e) => record_failure(conn, &one.0, &e, now).await?,
-        }
-    }
-    Ok(total)
-}
-
-/// A failure that says nothing about the account (the database is unreachable): the whole
-/// sweep stops and its job retries.
-fn is_unavailable(e: &ServiceError) -> bool {
-    match e {
-        ServiceError::Unavailable(_) => true,
-        ServiceError::Store(s) => !matches!(s, StoreError::Query(_)) || s.is_retryable(),
-        _ => false,
-    }
-}
-
-async fn record_failure(
-    conn: &mut AsyncPgConnection,
-    account: &str,
-    e: &ServiceError,
-    now: DateTime<Utc>,
-) -> Result<(), ServiceError> {
-    let code = match e {
-        ServiceError::Invalid { code, .. } | ServiceError::Conflict { code, .. } => *code,
-        ServiceError::NotFound(_) => "not_found",
-        ServiceError::Store(_) => "database_error",
-        ServiceError::Unavailable(_) => "unavailable",
-    };
-    tracing::error!(account, code, error = %e, "period close failed for this account; the other accounts closed, it is retried by the next sweep");
-    store::billing_errors::record(conn, account, code, &e.to_string(), now).await?;
-    Ok(())
-}
-
-/// Catches up `due` accounts in one transaction; resolves their recorded close errors.
-async fn close_accounts(
-    ctx: &Ctx,
-    conn: &mut AsyncPgConnection,
-    now: DateTime<Utc>,
-    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
-) -> Result<(usize, usize), ServiceError> {
-    conn.transaction::<(usize, usize), TxError, _>(async |c| {
-        let pre = Prefetched::load(ctx, c, due).await?;
-        let mut fx = Effects::default();
-        let mut moved = Vec::new();
-        for (account, _, _) in due {
-            let Some(mut row) = subs::lock_by_account_skip_locked(c, account).await? else {
-                continue; // another instance holds it: it is closing it
-            };
-            if advance(ctx, c, &mut row, now, &mut fx, &pre).await? {
-                moved.push(row);
-            }
-        }
-        subs::save_many(c, &moved).await?;
-        let issued = fx.drafts.len();
-        fx.flush(ctx, c).await?;
-        let accounts: Vec<String> = moved.iter().map(|r| r.account.clone()).collect();
-        store::billing_errors::resolve(c, &accounts, now).await?;
-        Ok((moved.len(), issued))
-    })
-    .await
-    .map_err(ServiceError::from)
 }
 
 /// `GET /v1/reports/billing-errors`: accounts whose period close failed and has not succeeded

@@ -5,7 +5,8 @@
 //! revenue movements and one audit record.
 
 use super::auth::Principal;
-use super::subscriptions::{self as sub_service, Effective, QuoteRequest, Scheduled};
+use super::lifecycle::Scheduled;
+use super::subscriptions::{self as sub_service, Effective, QuoteRequest};
 use super::{billing, Ctx, ServiceError};
 use crate::catalog::plans::content_hash;
 use crate::domain::period::{period_containing, Period};

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod billing;
 pub mod check;
 pub mod ingest;
+pub mod lifecycle;
 pub mod migration;
 pub mod outbox;
 pub mod payments;
@@ -141,12 +142,24 @@ impl Ctx {
         crate::store::test_clocks::times_of_accounts(conn, accounts).await
     }
 
+    /// How invoices are collected: `stripe` through the payment rail, else `manual`.
+    pub fn collection(&self) -> &'static str {
+        if self.payments.is_some() {
+            "stripe"
+        } else {
+            MANUAL
+        }
+    }
+
     /// Collects invoices through `payments` from now on.
     pub fn with_payments(mut self, payments: payments::Payments) -> Self {
         self.payments = Some(Arc::new(payments));
         self
     }
 }
+
+/// How invoices are collected while no payment rail is configured.
+pub const MANUAL: &str = "manual";
 
 /// Errors of the use cases. The HTTP layer maps each variant to a status and a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -175,4 +188,48 @@ impl ServiceError {
             message: message.into(),
         }
     }
+}
+
+/// Transaction errors: the store's, or a refusal that rolls the transaction back.
+pub(crate) enum TxError {
+    Store(StoreError),
+    Refused(ServiceError),
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(e: diesel::result::Error) -> Self {
+        TxError::Store(e.into())
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        TxError::Store(e)
+    }
+}
+
+impl From<ServiceError> for TxError {
+    fn from(e: ServiceError) -> Self {
+        TxError::Refused(e)
+    }
+}
+
+impl From<TxError> for ServiceError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Store(s) => ServiceError::Store(s),
+            TxError::Refused(r) => r,
+        }
+    }
+}
+
+pub(crate) fn refuse(code: &'static str, message: impl Into<String>) -> TxError {
+    TxError::Refused(ServiceError::invalid(code, message))
+}
+
+pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> TxError {
+    TxError::Refused(ServiceError::Conflict {
+        code,
+        message: message.into(),
+    })
 }

@@ -7,7 +7,7 @@
 //! (other instances skip it); Stripe calls carry idempotency keys, so a crash anywhere in
 //! between is resumed by the next sweep without a second charge.
 
-use super::subscriptions::{change, TxError};
+use super::TxError;
 use super::{revenue, Ctx, ServiceError};
 use crate::domain::dunning::{DunningPolicy, FinalAction, NextStep};
 use crate::domain::money::Currency;
@@ -17,6 +17,7 @@ use crate::payments::{
     SimulatedRail, StripeConfig, StripeRail,
 };
 use crate::store::payments::{self as pay_store, PaymentRow, StepRow};
+use crate::store::subscriptions::change;
 use crate::store::{self, subscriptions as subs, StoreError};
 use chrono::{DateTime, Duration, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -57,15 +58,6 @@ impl Payments {
             rail: Rail::Simulated(std::sync::Arc::new(SimulatedRail::default())),
             policy,
         }
-    }
-}
-
-/// The status invoices are created with, and whether they need collecting.
-pub fn collection_of(ctx: &Ctx) -> &'static str {
-    if ctx.payments.is_some() {
-        "stripe"
-    } else {
-        super::billing::MANUAL
     }
 }
 
@@ -474,7 +466,7 @@ async fn reanchor_after_suspension(
     let cancel = sub
         .scheduled
         .take()
-        .and_then(|v| serde_json::from_value::<super::subscriptions::Scheduled>(v).ok())
+        .and_then(|v| serde_json::from_value::<super::lifecycle::Scheduled>(v).ok())
         .is_some_and(|s| s.cancel);
     sub.revision += 1;
     if cancel {

@@ -1,22 +1,26 @@
-//! Accounts, subscriptions and self-serve changes: quotes that are exactly what acceptance
-//! executes, idempotent acceptance, seat limits, trials and period roll-over.
+//! Accounts, subscriptions and self-serve changes: subscribing, quotes that are exactly what
+//! acceptance executes, idempotent acceptance, seat limits, trials, plan migrations' scheduling.
 //!
-//! Every change of an account runs under its subscription row lock, and first "catches up" the
-//! subscription to the clock ([`advance`]): trial conversion, scheduled changes at period end,
-//! renewals. The billing cycle job will call the same catch-up, so there is one definition of
-//! what happens when time passes.
+//! Every change of an account runs under its subscription row lock, and first catches the
+//! subscription up to the account's time (`lifecycle::catch_up`: trial ends, scheduled changes
+//! at period end, renewals), so there is one definition of what happens when time passes.
 
 use super::auth::Principal;
-use super::{billing, revenue, Ctx, ServiceError};
+pub use super::lifecycle::Scheduled;
+use super::lifecycle::{
+    catch_up, classify, lock_and_catch_up, lock_existing, plan_of, plan_ref, Effects, MrrRef,
+    PendingMrr,
+};
+use super::{billing, conflict, refuse, revenue, Ctx, ServiceError, TxError};
 use crate::catalog::plans::content_hash;
 use crate::domain::account::AccountId;
 use crate::domain::invoice::{advance_fee_lines, InvoiceDraft, InvoiceKind, InvoiceLine};
-use crate::domain::period::{anchor_at, boundary, period_containing, Period};
+use crate::domain::period::{anchor_at, period_containing, Period};
 use crate::domain::plan::{DowngradePolicy, PlanRef, PlanVersion};
 use crate::domain::proration::{immediate_change, ProrationKind, ProrationLine};
 use crate::store::accounts::{self, Account, Firmographics};
 use crate::store::subscriptions::{
-    self as subs, IdempotencyRow, NewChange, QuoteRow, SubscriptionRow,
+    self as subs, change, IdempotencyRow, QuoteRow, SubscriptionRow,
 };
 use crate::store::{plans as store_plans, StoreError};
 use chrono::{DateTime, Duration, Utc};
@@ -27,16 +31,6 @@ use serde_json::{json, Value};
 
 /// How long a quote can be accepted.
 pub const QUOTE_TTL_MINUTES: i64 = 30;
-
-/// A change waiting for the period end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Scheduled {
-    pub plan: String,
-    pub version: u32,
-    pub seats: u32,
-    pub cancel: bool,
-    pub at: DateTime<Utc>,
-}
 
 /// The subscription as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -74,50 +68,6 @@ fn view(row: &SubscriptionRow, plan: &PlanVersion) -> SubscriptionView {
         currency: plan.currency.code().to_owned(),
         revision: row.revision,
     }
-}
-
-/// Transaction errors: the store's, or a refusal that rolls the transaction back.
-pub(crate) enum TxError {
-    Store(StoreError),
-    Refused(ServiceError),
-}
-
-impl From<diesel::result::Error> for TxError {
-    fn from(e: diesel::result::Error) -> Self {
-        TxError::Store(e.into())
-    }
-}
-
-impl From<StoreError> for TxError {
-    fn from(e: StoreError) -> Self {
-        TxError::Store(e)
-    }
-}
-
-impl From<ServiceError> for TxError {
-    fn from(e: ServiceError) -> Self {
-        TxError::Refused(e)
-    }
-}
-
-impl From<TxError> for ServiceError {
-    fn from(e: TxError) -> Self {
-        match e {
-            TxError::Store(s) => ServiceError::Store(s),
-            TxError::Refused(r) => r,
-        }
-    }
-}
-
-fn refuse(code: &'static str, message: impl Into<String>) -> TxError {
-    TxError::Refused(ServiceError::invalid(code, message))
-}
-
-fn conflict(code: &'static str, message: impl Into<String>) -> TxError {
-    TxError::Refused(ServiceError::Conflict {
-        code,
-        message: message.into(),
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,22 +193,6 @@ pub async fn resolve_plan(
     }
 }
 
-/// A published plan version by reference, from the running catalogue.
-fn plan_of(ctx: &Ctx, plan: &str, version: i32) -> Result<PlanVersion, TxError> {
-    ctx.plans
-        .get(&PlanRef {
-            plan: plan.to_owned(),
-            version: version as u32,
-        })
-        .cloned()
-        .ok_or_else(|| {
-            TxError::Refused(ServiceError::invalid(
-                "plan_not_available",
-                format!("{plan}@{version} is not in this server's catalogue"),
-            ))
-        })
-}
-
 /// The plan to suggest to an account on `current` with `seats` seats: among the latest
 /// versions of the other self-serve plans in the same currency that satisfy `allows`, the
 /// cheapest by monthly-normalized recurring price, preferring the current billing interval (a
@@ -357,32 +291,6 @@ async fn check_currency(
             Ok(())
         }
         None => Ok(()),
-    }
-}
-
-pub(crate) fn change(
-    row: &SubscriptionRow,
-    kind: &str,
-    at: DateTime<Utc>,
-    from: Option<(&str, i32, i32)>,
-    lines: Value,
-    amount: Decimal,
-    currency: &str,
-) -> NewChange {
-    NewChange {
-        account: row.account.clone(),
-        kind: kind.to_owned(),
-        at,
-        quote_id: None,
-        from_plan: from.map(|f| f.0.to_owned()),
-        from_version: from.map(|f| f.1),
-        from_seats: from.map(|f| f.2),
-        to_plan: Some(row.plan.clone()),
-        to_version: Some(row.plan_version),
-        to_seats: Some(row.seats),
-        lines,
-        amount,
-        currency: Some(currency.to_owned()),
     }
 }
 
@@ -557,444 +465,6 @@ pub async fn get_subscription(ctx: &Ctx, account: &str) -> Result<SubscriptionVi
     Ok(result)
 }
 
-/// Catches the subscription up with `now`: trial conversion, scheduled changes and renewals at
-/// period ends, each recorded as a change. Returns whether anything changed.
-pub(crate) async fn advance(
-    ctx: &Ctx,
-    c: &mut AsyncPgConnection,
-    row: &mut SubscriptionRow,
-    now: DateTime<Utc>,
-    fx: &mut Effects,
-    pre: &billing::Prefetched,
-) -> Result<bool, TxError> {
-    let mut changed = false;
-    loop {
-        let plan = plan_of(ctx, &row.plan, row.plan_version)?;
-        match row.status.as_str() {
-            "trialing" => {
-                let Some(end) = row.trial_end.filter(|e| now >= *e) else {
-                    break;
-                };
-                // A change accepted during the trial takes effect at its end: a cancellation
-                // ends it with nothing charged; a plan or seat change converts onto it.
-                let scheduled: Option<Scheduled> = row
-                    .scheduled
-                    .take()
-                    .and_then(|v| serde_json::from_value(v).ok());
-                if let Some(s) = &scheduled {
-                    let from = (row.plan.clone(), row.plan_version, row.seats);
-                    row.revision += 1;
-                    row.updated_at = now;
-                    if s.cancel {
-                        row.status = "canceled".into();
-                        row.period_end = end;
-                        let trial = Period { start: row.period_start, end };
-                        let late = billing::late_only_invoice(
-                            ctx,
-                            c,
-                            &row.account,
-                            trial,
-                            &plan,
-                            row.seats as u32,
-                            now,
-                            &fx.drafts,
-                        )
-                        .await?;
-                        fx.drafts.extend(late);
-                        fx.changes.push(change(
-                            row,
-                            "canceled",
-                            end,
-                            Some((&from.0, from.1, from.2)),
-                            json!([]),
-                            Decimal::ZERO,
-                            plan.currency.code(),
-                        ));
-                        changed = true;
-                        break;
-                    }
-                    row.plan = s.plan.clone();
-                    row.plan_version = s.version as i32;
-                    row.seats = s.seats as i32;
-                    fx.changes.push(change(
-                        row,
-                        "scheduled_change_applied",
-                        end,
-                        Some((&from.0, from.1, from.2)),
-                        json!([]),
-                        Decimal::ZERO,
-                        plan.currency.code(),
-                    ));
-                }
-                // With Stripe collecting and no payment method on file, the trial does not
-                // convert: the account falls to the plan's fallback (or ends without one),
-                // with no invoice and no dunning.
-                if ctx.payments.is_some()
-                    && !crate::store::payments::has_payment_method(c, &row.account).await?
-                {
-                    let from = (row.plan.clone(), row.plan_version, row.seats);
-                    let was = plan_of(ctx, &row.plan, row.plan_version)?;
-                    row.revision += 1;
-                    row.updated_at = now;
-                    row.trial_end = Some(end);
-                    let fallback = was
-                        .fallback
-                        .as_deref()
-                        .and_then(|f| ctx.plans.latest(f))
-                        .cloned();
-                    let Some(fb) = fallback else {
-                        row.status = "canceled".into();
-                        row.period_end = end;
-                        fx.changes.push(change(
-                            row,
-                            "trial_ended",
-                            end,
-                            Some((&from.0, from.1, from.2)),
-                            json!([]),
-                            Decimal::ZERO,
-                            was.currency.code(),
-                        ));
-                        changed = true;
-                        break;
-                    };
-                    row.status = "active".into();
-                    row.plan = fb.plan.clone();
-                    row.plan_version = fb.version as i32;
-                    row.seats = fb.seats.as_ref().map_or(0, |s| s.min) as i32;
-                    row.anchor = end;
-                    row.period_start = end;
-                    row.period_end = boundary(end, fb.interval.months(), 1);
-                    fx.changes.push(change(
-                        row,
-                        "trial_ended_to_fallback",
-                        end,
-                        Some((&from.0, from.1, from.2)),
-                        json!([]),
-                        Decimal::ZERO,
-                        fb.currency.code(),
-                    ));
-                    changed = true;
-                    continue;
-                }
-                let plan = plan_of(ctx, &row.plan, row.plan_version)?;
-                let months = plan.interval.months();
-                // Converts: with a payment method on file, or without Stripe (nothing to require).
-                row.status = "active".into();
-                row.anchor = end;
-                row.period_start = end;
-                row.period_end = boundary(end, months, 1);
-                row.revision += 1;
-                row.updated_at = now;
-                let period = Period {
-                    start: row.period_start,
-                    end: row.period_end,
-                };
-                fx.drafts.extend(billing::start_invoice(
-                    &row.account,
-                    &plan,
-                    row.seats as u32,
-                    period,
-                    now,
-                ));
-                let lines = advance_fee_lines(&plan, row.seats as u32, &period);
-                let amount = lines.iter().map(|l| l.amount).sum();
-                fx.changes.push(change(
-                    row,
-                    "trial_converted",
-                    end,
-                    None,
-                    json!(lines),
-                    amount,
-                    plan.currency.code(),
-                ));
-                fx.revenue.push(PendingMrr {
-                    account: row.account.clone(),
-                    at: end,
-                    cause: revenue::Cause::TrialConverted,
-                    plan: Some(plan_ref(row)),
-                    usage: None,
-                    reference: MrrRef::ChangeAt("trial_converted", end),
-                });
-                changed = true;
-            }
-            "active" | "past_due" if now >= row.period_end => {
-                let at = row.period_end;
-                let closed = Period {
-                    start: row.period_start,
-                    end: row.period_end,
-                };
-                let from = (row.plan.clone(), row.plan_version, row.seats);
-                let scheduled: Option<Scheduled> = row
-                    .scheduled
-                    .take()
-                    .and_then(|v| serde_json::from_value(v).ok());
-                row.revision += 1;
-                row.updated_at = now;
-                if let Some(s) = &scheduled {
-                    if s.cancel {
-                        row.status = "canceled".into();
-                        let account = row.account.clone();
-                        let before = fx.drafts.len();
-                        let closing = billing::period_invoice(
-                            ctx,
-                            c,
-                            &account,
-                            closed,
-                            &plan,
-                            from.2 as u32,
-                            None,
-                            now,
-                            pre,
-                            &fx.drafts,
-                        )
-                        .await?;
-                        fx.drafts.extend(closing);
-                        fx.changes.push(change(
-                            row,
-                            "canceled",
-                            at,
-                            Some((&from.0, from.1, from.2)),
-                            json!([]),
-                            Decimal::ZERO,
-                            plan.currency.code(),
-                        ));
-                        fx.usage_closed(&account, at, &from, before, "canceled");
-                        fx.revenue.push(PendingMrr {
-                            account,
-                            at,
-                            cause: revenue::Cause::Cancellation,
-                            plan: None,
-                            usage: None,
-                            reference: MrrRef::ChangeAt("canceled", at),
-                        });
-                        changed = true;
-                        break;
-                    }
-                    row.plan = s.plan.clone();
-                    row.plan_version = s.version as i32;
-                    row.seats = s.seats as i32;
-                }
-                let new_plan = plan_of(ctx, &row.plan, row.plan_version)?;
-                if new_plan.interval != plan.interval {
-                    row.anchor = at;
-                }
-                row.period_start = at;
-                row.period_end = period_containing(row.anchor, new_plan.interval.months(), at).end;
-                let next = Period {
-                    start: row.period_start,
-                    end: row.period_end,
-                };
-                let account = row.account.clone();
-                let before = fx.drafts.len();
-                let closing = billing::period_invoice(
-                    ctx,
-                    c,
-                    &account,
-                    closed,
-                    &plan,
-                    from.2 as u32,
-                    Some((&new_plan, row.seats as u32, next)),
-                    now,
-                    pre,
-                    &fx.drafts,
-                )
-                .await?;
-                fx.drafts.extend(closing);
-                let lines = advance_fee_lines(&new_plan, row.seats as u32, &next);
-                let amount = lines.iter().map(|l| l.amount).sum();
-                let kind = if scheduled.is_some() {
-                    "scheduled_change_applied"
-                } else {
-                    "renewed"
-                };
-                fx.usage_closed(&account, at, &from, before, kind);
-                if scheduled.is_some() {
-                    let what = classify(&plan, from.2 as u32, &new_plan, row.seats as u32);
-                    fx.revenue.push(PendingMrr {
-                        account: account.clone(),
-                        at,
-                        cause: revenue::Cause::of_change(
-                            what,
-                            plan.monthly_recurring(from.2 as u32),
-                            new_plan.monthly_recurring(row.seats as u32),
-                        ),
-                        plan: Some(plan_ref(row)),
-                        usage: None,
-                        reference: MrrRef::ChangeAt("scheduled_change_applied", at),
-                    });
-                }
-                fx.changes.push(change(
-                    row,
-                    kind,
-                    at,
-                    Some((&from.0, from.1, from.2)),
-                    json!(lines),
-                    amount,
-                    new_plan.currency.code(),
-                ));
-                changed = true;
-            }
-            _ => break,
-        }
-    }
-    Ok(changed)
-}
-
-/// What catching up produced, written at the end of the transaction in bulk: the change
-/// history and the invoice drafts.
-#[derive(Default)]
-pub(crate) struct Effects {
-    pub drafts: Vec<InvoiceDraft>,
-    pub changes: Vec<NewChange>,
-    /// MRR recomputations, in order, once the changes and invoices they refer to exist.
-    pub revenue: Vec<PendingMrr>,
-}
-
-/// What a pending MRR recomputation refers to before ids exist.
-pub(crate) enum MrrRef {
-    Change(i64),
-    /// A change of `fx.changes`, found by its kind and time.
-    ChangeAt(&'static str, DateTime<Utc>),
-    /// An invoice of `fx.drafts`, by index.
-    Draft(usize),
-}
-
-pub(crate) struct PendingMrr {
-    pub account: String,
-    pub at: DateTime<Utc>,
-    pub cause: revenue::Cause,
-    pub plan: Option<(PlanRef, u32)>,
-    pub usage: Option<Decimal>,
-    pub reference: MrrRef,
-}
-
-impl Effects {
-    pub async fn flush(self, ctx: &Ctx, c: &mut AsyncPgConnection) -> Result<(), TxError> {
-        let ids = subs::insert_changes(c, &self.changes).await?;
-        let numbers = billing::issue(ctx, c, &self.drafts).await?;
-        let inputs: Vec<revenue::MrrInput> = self
-            .revenue
-            .into_iter()
-            .filter_map(|p| {
-                let reference = match p.reference {
-                    MrrRef::Change(id) => ("subscription_change", id),
-                    MrrRef::ChangeAt(kind, at) => (
-                        "subscription_change",
-                        ids.iter()
-                            .find(|(a, k, t, _)| *a == p.account && k == kind && *t == at)?
-                            .3,
-                    ),
-                    MrrRef::Draft(i) => ("invoice", *numbers.get(i)?),
-                };
-                Some(revenue::MrrInput {
-                    account: p.account,
-                    at: p.at,
-                    cause: p.cause,
-                    plan: p.plan,
-                    usage: p.usage,
-                    reference,
-                })
-            })
-            .collect();
-        revenue::record(ctx, c, &inputs).await?;
-        Ok(())
-    }
-}
-
-impl Effects {
-    /// The usage revenue of the period that closed at `at` (the arrears usage lines of the
-    /// invoice drafted after index `before`; none when no invoice was: a free plan's period)
-    /// becomes the usage part of the account's MRR on plan `from`. `kind` is the change the
-    /// close records, referenced when there is no invoice.
-    fn usage_closed(
-        &mut self,
-        account: &str,
-        at: DateTime<Utc>,
-        from: &(String, i32, i32),
-        before: usize,
-        kind: &'static str,
-    ) {
-        let (usage, reference) = if self.drafts.len() <= before {
-            (Decimal::ZERO, MrrRef::ChangeAt(kind, at))
-        } else {
-            let i = self.drafts.len() - 1;
-            let usage = self.drafts[i]
-                .lines
-                .iter()
-                .filter(|l| l.kind == "usage")
-                .map(|l| l.amount)
-                .sum();
-            (usage, MrrRef::Draft(i))
-        };
-        self.revenue.push(PendingMrr {
-            account: account.to_owned(),
-            at,
-            cause: revenue::Cause::Usage,
-            plan: Some((
-                PlanRef {
-                    plan: from.0.clone(),
-                    version: from.1 as u32,
-                },
-                from.2 as u32,
-            )),
-            usage: Some(usage),
-            reference,
-        });
-    }
-}
-
-fn plan_ref(row: &SubscriptionRow) -> (PlanRef, u32) {
-    (
-        PlanRef {
-            plan: row.plan.clone(),
-            version: row.plan_version as u32,
-        },
-        row.seats as u32,
-    )
-}
-
-/// Locks the account's subscription and catches it up with `now`, issuing the invoices of the
-/// periods that closed meanwhile.
-async fn lock_and_catch_up(
-    ctx: &Ctx,
-    c: &mut AsyncPgConnection,
-    account: &str,
-    now: DateTime<Utc>,
-) -> Result<SubscriptionRow, TxError> {
-    let mut row = lock_existing(c, account).await?;
-    let mut fx = Effects::default();
-    catch_up(ctx, c, &mut row, now, &mut fx).await?;
-    fx.flush(ctx, c).await?;
-    Ok(row)
-}
-
-/// Locks the account's subscription; 404 when it has none.
-async fn lock_existing(
-    c: &mut AsyncPgConnection,
-    account: &str,
-) -> Result<SubscriptionRow, TxError> {
-    subs::lock_by_account(c, account).await?.ok_or_else(|| {
-        TxError::Refused(ServiceError::NotFound(format!(
-            "account `{account}` has no subscription"
-        )))
-    })
-}
-
-/// Runs [`advance`] on a locked row and saves it when it moved; the effects are the caller's
-/// to flush (with whatever else its transaction adds).
-async fn catch_up(
-    ctx: &Ctx,
-    c: &mut AsyncPgConnection,
-    row: &mut SubscriptionRow,
-    now: DateTime<Utc>,
-    fx: &mut Effects,
-) -> Result<(), TxError> {
-    if advance(ctx, c, row, now, fx, &billing::Prefetched::default()).await? {
-        subs::save(c, row).await?;
-    }
-    Ok(())
-}
-
 pub async fn changes(ctx: &Ctx, account: &str) -> Result<Vec<subs::ChangeRow>, ServiceError> {
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let mut rows = subs::changes_by_account(&mut conn, account).await?;
@@ -1069,23 +539,6 @@ pub struct Quote {
     pub scheduled_after: Option<Scheduled>,
     pub expires_at: DateTime<Utc>,
     pub base_revision: i64,
-}
-
-fn classify(old: &PlanVersion, old_seats: u32, new: &PlanVersion, new_seats: u32) -> &'static str {
-    let (a, b) = (
-        old.monthly_recurring(old_seats),
-        new.monthly_recurring(new_seats),
-    );
-    let same_plan = old.plan == new.plan;
-    match a.cmp(&b) {
-        std::cmp::Ordering::Less if same_plan && old_seats < new_seats => "seats_added",
-        std::cmp::Ordering::Less => "upgrade",
-        std::cmp::Ordering::Greater if same_plan && old_seats > new_seats => "seats_removed",
-        std::cmp::Ordering::Greater => "downgrade",
-        std::cmp::Ordering::Equal if same_plan && old_seats < new_seats => "seats_added",
-        std::cmp::Ordering::Equal if same_plan && old_seats > new_seats => "seats_removed",
-        std::cmp::Ordering::Equal => "lateral",
-    }
 }
 
 fn random_id(prefix: &str) -> String {

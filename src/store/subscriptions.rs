@@ -349,3 +349,30 @@ pub async fn save_many(
     }
     Ok(())
 }
+
+/// A change-history row for `row` as it is now, changed from `from` (plan, version, seats).
+pub fn change(
+    row: &SubscriptionRow,
+    kind: &str,
+    at: DateTime<Utc>,
+    from: Option<(&str, i32, i32)>,
+    lines: serde_json::Value,
+    amount: Decimal,
+    currency: &str,
+) -> NewChange {
+    NewChange {
+        account: row.account.clone(),
+        kind: kind.to_owned(),
+        at,
+        quote_id: None,
+        from_plan: from.map(|f| f.0.to_owned()),
+        from_version: from.map(|f| f.1),
+        from_seats: from.map(|f| f.2),
+        to_plan: Some(row.plan.clone()),
+        to_version: Some(row.plan_version),
+        to_seats: Some(row.seats),
+        lines,
+        amount,
+        currency: Some(currency.to_owned()),
+    }
+}

@@ -243,8 +243,8 @@ async fn two_instances_closing_at_once_issue_exactly_one_invoice_per_account_and
     let sa = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
     let sb = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
     let (a, b, c, d) = tokio::join!(
-        accrue::services::billing::close_due_periods(&app.ctx),
-        accrue::services::billing::close_due_periods(&b_ctx),
+        accrue::services::lifecycle::close_due_periods(&app.ctx),
+        accrue::services::lifecycle::close_due_periods(&b_ctx),
         tick(&app.ctx, &sa),
         tick(&b_ctx, &sb),
     );
@@ -325,7 +325,7 @@ proptest::proptest! {
                 }
                 tick(&app.ctx, &scheduler).await.unwrap();
                 if twice {
-                    accrue::services::billing::close_due_periods(&app.ctx).await.unwrap();
+                    accrue::services::lifecycle::close_due_periods(&app.ctx).await.unwrap();
                 }
             }
             let mismatched = app.db.count(

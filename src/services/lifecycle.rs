@@ -1,0 +1,657 @@
+//! The lifecycle: the only code that moves a subscription through time. The catch-up
+//! ([`advance`]) converts trials (or lets them fall to the fallback plan), applies scheduled
+//! changes at period ends, renews, and drafts the invoices of what closed; [`Effects`] writes
+//! what it produced at the end of the caller's transaction. The period-close sweep
+//! ([`close_due_periods`]) runs it for every due account. Billing and revenue are called from
+//! here and never call back.
+
+use super::billing::{self, Prefetched};
+use super::{revenue, Ctx, ServiceError, TxError};
+use crate::domain::invoice::{advance_fee_lines, InvoiceDraft};
+use crate::domain::period::{boundary, period_containing, Period};
+use crate::domain::plan::{PlanRef, PlanVersion};
+use crate::store::subscriptions::{self as subs, change, NewChange, SubscriptionRow};
+use crate::store::{self, StoreError};
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// A change waiting for the period end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduled {
+    pub plan: String,
+    pub version: u32,
+    pub seats: u32,
+    pub cancel: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// A published plan version by reference, from the running catalogue.
+pub(crate) fn plan_of(ctx: &Ctx, plan: &str, version: i32) -> Result<PlanVersion, TxError> {
+    ctx.plans
+        .get(&PlanRef {
+            plan: plan.to_owned(),
+            version: version as u32,
+        })
+        .cloned()
+        .ok_or_else(|| {
+            TxError::Refused(ServiceError::invalid(
+                "plan_not_available",
+                format!("{plan}@{version} is not in this server's catalogue"),
+            ))
+        })
+}
+
+/// Catches the subscription up with `now`: trial conversion, scheduled changes and renewals at
+/// period ends, each recorded as a change. Returns whether anything changed.
+pub(crate) async fn advance(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    row: &mut SubscriptionRow,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+    pre: &billing::Prefetched,
+) -> Result<bool, TxError> {
+    let mut changed = false;
+    loop {
+        let plan = plan_of(ctx, &row.plan, row.plan_version)?;
+        match row.status.as_str() {
+            "trialing" => {
+                let Some(end) = row.trial_end.filter(|e| now >= *e) else {
+                    break;
+                };
+                // A change accepted during the trial takes effect at its end: a cancellation
+                // ends it with nothing charged; a plan or seat change converts onto it.
+                let scheduled: Option<Scheduled> = row
+                    .scheduled
+                    .take()
+                    .and_then(|v| serde_json::from_value(v).ok());
+                if let Some(s) = &scheduled {
+                    let from = (row.plan.clone(), row.plan_version, row.seats);
+                    row.revision += 1;
+                    row.updated_at = now;
+                    if s.cancel {
+                        row.status = "canceled".into();
+                        row.period_end = end;
+                        let trial = Period {
+                            start: row.period_start,
+                            end,
+                        };
+                        let late = billing::late_only_invoice(
+                            ctx,
+                            c,
+                            &row.account,
+                            trial,
+                            &plan,
+                            row.seats as u32,
+                            now,
+                            &fx.drafts,
+                        )
+                        .await?;
+                        fx.drafts.extend(late);
+                        fx.changes.push(change(
+                            row,
+                            "canceled",
+                            end,
+                            Some((&from.0, from.1, from.2)),
+                            json!([]),
+                            Decimal::ZERO,
+                            plan.currency.code(),
+                        ));
+                        changed = true;
+                        break;
+                    }
+                    row.plan = s.plan.clone();
+                    row.plan_version = s.version as i32;
+                    row.seats = s.seats as i32;
+                    fx.changes.push(change(
+                        row,
+                        "scheduled_change_applied",
+                        end,
+                        Some((&from.0, from.1, from.2)),
+                        json!([]),
+                        Decimal::ZERO,
+                        plan.currency.code(),
+                    ));
+                }
+                // With Stripe collecting and no payment method on file, the trial does not
+                // convert: the account falls to the plan's fallback (or ends without one),
+                // with no invoice and no dunning.
+                if ctx.payments.is_some()
+                    && !crate::store::payments::has_payment_method(c, &row.account).await?
+                {
+                    let from = (row.plan.clone(), row.plan_version, row.seats);
+                    let was = plan_of(ctx, &row.plan, row.plan_version)?;
+                    row.revision += 1;
+                    row.updated_at = now;
+                    row.trial_end = Some(end);
+                    let fallback = was
+                        .fallback
+                        .as_deref()
+                        .and_then(|f| ctx.plans.latest(f))
+                        .cloned();
+                    let Some(fb) = fallback else {
+                        row.status = "canceled".into();
+                        row.period_end = end;
+                        fx.changes.push(change(
+                            row,
+                            "trial_ended",
+                            end,
+                            Some((&from.0, from.1, from.2)),
+                            json!([]),
+                            Decimal::ZERO,
+                            was.currency.code(),
+                        ));
+                        changed = true;
+                        break;
+                    };
+                    row.status = "active".into();
+                    row.plan = fb.plan.clone();
+                    row.plan_version = fb.version as i32;
+                    row.seats = fb.seats.as_ref().map_or(0, |s| s.min) as i32;
+                    row.anchor = end;
+                    row.period_start = end;
+                    row.period_end = boundary(end, fb.interval.months(), 1);
+                    fx.changes.push(change(
+                        row,
+                        "trial_ended_to_fallback",
+                        end,
+                        Some((&from.0, from.1, from.2)),
+                        json!([]),
+                        Decimal::ZERO,
+                        fb.currency.code(),
+                    ));
+                    changed = true;
+                    continue;
+                }
+                let plan = plan_of(ctx, &row.plan, row.plan_version)?;
+                let months = plan.interval.months();
+                // Converts: with a payment method on file, or without Stripe (nothing to require).
+                row.status = "active".into();
+                row.anchor = end;
+                row.period_start = end;
+                row.period_end = boundary(end, months, 1);
+                row.revision += 1;
+                row.updated_at = now;
+                let period = Period {
+                    start: row.period_start,
+                    end: row.period_end,
+                };
+                fx.drafts.extend(billing::start_invoice(
+                    &row.account,
+                    &plan,
+                    row.seats as u32,
+                    period,
+                    now,
+                ));
+                let lines = advance_fee_lines(&plan, row.seats as u32, &period);
+                let amount = lines.iter().map(|l| l.amount).sum();
+                fx.changes.push(change(
+                    row,
+                    "trial_converted",
+                    end,
+                    None,
+                    json!(lines),
+                    amount,
+                    plan.currency.code(),
+                ));
+                fx.revenue.push(PendingMrr {
+                    account: row.account.clone(),
+                    at: end,
+                    cause: revenue::Cause::TrialConverted,
+                    plan: Some(plan_ref(row)),
+                    usage: None,
+                    reference: MrrRef::ChangeAt("trial_converted", end),
+                });
+                changed = true;
+            }
+            "active" | "past_due" if now >= row.period_end => {
+                let at = row.period_end;
+                let closed = Period {
+                    start: row.period_start,
+                    end: row.period_end,
+                };
+                let from = (row.plan.clone(), row.plan_version, row.seats);
+                let scheduled: Option<Scheduled> = row
+                    .scheduled
+                    .take()
+                    .and_then(|v| serde_json::from_value(v).ok());
+                row.revision += 1;
+                row.updated_at = now;
+                if let Some(s) = &scheduled {
+                    if s.cancel {
+                        row.status = "canceled".into();
+                        let account = row.account.clone();
+                        let before = fx.drafts.len();
+                        let closing = billing::period_invoice(
+                            ctx,
+                            c,
+                            &account,
+                            closed,
+                            &plan,
+                            from.2 as u32,
+                            None,
+                            now,
+                            pre,
+                            &fx.drafts,
+                        )
+                        .await?;
+                        fx.drafts.extend(closing);
+                        fx.changes.push(change(
+                            row,
+                            "canceled",
+                            at,
+                            Some((&from.0, from.1, from.2)),
+                            json!([]),
+                            Decimal::ZERO,
+                            plan.currency.code(),
+                        ));
+                        fx.usage_closed(&account, at, &from, before, "canceled");
+                        fx.revenue.push(PendingMrr {
+                            account,
+                            at,
+                            cause: revenue::Cause::Cancellation,
+                            plan: None,
+                            usage: None,
+                            reference: MrrRef::ChangeAt("canceled", at),
+                        });
+                        changed = true;
+                        break;
+                    }
+                    row.plan = s.plan.clone();
+                    row.plan_version = s.version as i32;
+                    row.seats = s.seats as i32;
+                }
+                let new_plan = plan_of(ctx, &row.plan, row.plan_version)?;
+                if new_plan.interval != plan.interval {
+                    row.anchor = at;
+                }
+                row.period_start = at;
+                row.period_end = period_containing(row.anchor, new_plan.interval.months(), at).end;
+                let next = Period {
+                    start: row.period_start,
+                    end: row.period_end,
+                };
+                let account = row.account.clone();
+                let before = fx.drafts.len();
+                let closing = billing::period_invoice(
+                    ctx,
+                    c,
+                    &account,
+                    closed,
+                    &plan,
+                    from.2 as u32,
+                    Some((&new_plan, row.seats as u32, next)),
+                    now,
+                    pre,
+                    &fx.drafts,
+                )
+                .await?;
+                fx.drafts.extend(closing);
+                let lines = advance_fee_lines(&new_plan, row.seats as u32, &next);
+                let amount = lines.iter().map(|l| l.amount).sum();
+                let kind = if scheduled.is_some() {
+                    "scheduled_change_applied"
+                } else {
+                    "renewed"
+                };
+                fx.usage_closed(&account, at, &from, before, kind);
+                if scheduled.is_some() {
+                    let what = classify(&plan, from.2 as u32, &new_plan, row.seats as u32);
+                    fx.revenue.push(PendingMrr {
+                        account: account.clone(),
+                        at,
+                        cause: revenue::Cause::of_change(
+                            what,
+                            plan.monthly_recurring(from.2 as u32),
+                            new_plan.monthly_recurring(row.seats as u32),
+                        ),
+                        plan: Some(plan_ref(row)),
+                        usage: None,
+                        reference: MrrRef::ChangeAt("scheduled_change_applied", at),
+                    });
+                }
+                fx.changes.push(change(
+                    row,
+                    kind,
+                    at,
+                    Some((&from.0, from.1, from.2)),
+                    json!(lines),
+                    amount,
+                    new_plan.currency.code(),
+                ));
+                changed = true;
+            }
+            _ => break,
+        }
+    }
+    Ok(changed)
+}
+
+/// What catching up produced, written at the end of the transaction in bulk: the change
+/// history and the invoice drafts.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub drafts: Vec<InvoiceDraft>,
+    pub changes: Vec<NewChange>,
+    /// MRR recomputations, in order, once the changes and invoices they refer to exist.
+    pub revenue: Vec<PendingMrr>,
+}
+
+/// What a pending MRR recomputation refers to before ids exist.
+pub(crate) enum MrrRef {
+    Change(i64),
+    /// A change of `fx.changes`, found by its kind and time.
+    ChangeAt(&'static str, DateTime<Utc>),
+    /// An invoice of `fx.drafts`, by index.
+    Draft(usize),
+}
+
+pub(crate) struct PendingMrr {
+    pub account: String,
+    pub at: DateTime<Utc>,
+    pub cause: revenue::Cause,
+    pub plan: Option<(PlanRef, u32)>,
+    pub usage: Option<Decimal>,
+    pub reference: MrrRef,
+}
+
+impl Effects {
+    pub async fn flush(self, ctx: &Ctx, c: &mut AsyncPgConnection) -> Result<(), TxError> {
+        let ids = subs::insert_changes(c, &self.changes).await?;
+        let numbers = billing::issue(ctx, c, &self.drafts).await?;
+        let inputs: Vec<revenue::MrrInput> = self
+            .revenue
+            .into_iter()
+            .filter_map(|p| {
+                let reference = match p.reference {
+                    MrrRef::Change(id) => ("subscription_change", id),
+                    MrrRef::ChangeAt(kind, at) => (
+                        "subscription_change",
+                        ids.iter()
+                            .find(|(a, k, t, _)| *a == p.account && k == kind && *t == at)?
+                            .3,
+                    ),
+                    MrrRef::Draft(i) => ("invoice", *numbers.get(i)?),
+                };
+                Some(revenue::MrrInput {
+                    account: p.account,
+                    at: p.at,
+                    cause: p.cause,
+                    plan: p.plan,
+                    usage: p.usage,
+                    reference,
+                })
+            })
+            .collect();
+        revenue::record(ctx, c, &inputs).await?;
+        Ok(())
+    }
+}
+
+impl Effects {
+    /// The usage revenue of the period that closed at `at` (the arrears usage lines of the
+    /// invoice drafted after index `before`; none when no invoice was: a free plan's period)
+    /// becomes the usage part of the account's MRR on plan `from`. `kind` is the change the
+    /// close records, referenced when there is no invoice.
+    fn usage_closed(
+        &mut self,
+        account: &str,
+        at: DateTime<Utc>,
+        from: &(String, i32, i32),
+        before: usize,
+        kind: &'static str,
+    ) {
+        let (usage, reference) = if self.drafts.len() <= before {
+            (Decimal::ZERO, MrrRef::ChangeAt(kind, at))
+        } else {
+            let i = self.drafts.len() - 1;
+            let usage = self.drafts[i]
+                .lines
+                .iter()
+                .filter(|l| l.kind == "usage")
+                .map(|l| l.amount)
+                .sum();
+            (usage, MrrRef::Draft(i))
+        };
+        self.revenue.push(PendingMrr {
+            account: account.to_owned(),
+            at,
+            cause: revenue::Cause::Usage,
+            plan: Some((
+                PlanRef {
+                    plan: from.0.clone(),
+                    version: from.1 as u32,
+                },
+                from.2 as u32,
+            )),
+            usage: Some(usage),
+            reference,
+        });
+    }
+}
+
+pub(crate) fn plan_ref(row: &SubscriptionRow) -> (PlanRef, u32) {
+    (
+        PlanRef {
+            plan: row.plan.clone(),
+            version: row.plan_version as u32,
+        },
+        row.seats as u32,
+    )
+}
+
+/// Locks the account's subscription and catches it up with `now`, issuing the invoices of the
+/// periods that closed meanwhile.
+pub(crate) async fn lock_and_catch_up(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    account: &str,
+    now: DateTime<Utc>,
+) -> Result<SubscriptionRow, TxError> {
+    let mut row = lock_existing(c, account).await?;
+    let mut fx = Effects::default();
+    catch_up(ctx, c, &mut row, now, &mut fx).await?;
+    fx.flush(ctx, c).await?;
+    Ok(row)
+}
+
+/// Locks the account's subscription; 404 when it has none.
+pub(crate) async fn lock_existing(
+    c: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<SubscriptionRow, TxError> {
+    subs::lock_by_account(c, account).await?.ok_or_else(|| {
+        TxError::Refused(ServiceError::NotFound(format!(
+            "account `{account}` has no subscription"
+        )))
+    })
+}
+
+/// Runs [`advance`] on a locked row and saves it when it moved; the effects are the caller's
+/// to flush (with whatever else its transaction adds).
+pub(crate) async fn catch_up(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    row: &mut SubscriptionRow,
+    now: DateTime<Utc>,
+    fx: &mut Effects,
+) -> Result<(), TxError> {
+    if advance(ctx, c, row, now, fx, &billing::Prefetched::default()).await? {
+        subs::save(c, row).await?;
+    }
+    Ok(())
+}
+
+pub(crate) fn classify(
+    old: &PlanVersion,
+    old_seats: u32,
+    new: &PlanVersion,
+    new_seats: u32,
+) -> &'static str {
+    let (a, b) = (
+        old.monthly_recurring(old_seats),
+        new.monthly_recurring(new_seats),
+    );
+    let same_plan = old.plan == new.plan;
+    match a.cmp(&b) {
+        std::cmp::Ordering::Less if same_plan && old_seats < new_seats => "seats_added",
+        std::cmp::Ordering::Less => "upgrade",
+        std::cmp::Ordering::Greater if same_plan && old_seats > new_seats => "seats_removed",
+        std::cmp::Ordering::Greater => "downgrade",
+        std::cmp::Ordering::Equal if same_plan && old_seats < new_seats => "seats_added",
+        std::cmp::Ordering::Equal if same_plan && old_seats > new_seats => "seats_removed",
+        std::cmp::Ordering::Equal => "lateral",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The period-close sweep
+
+/// What one close sweep did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CloseReport {
+    pub accounts: usize,
+    pub invoices: usize,
+}
+
+/// Accounts moved per transaction by the sweep.
+const CLOSE_BATCH: usize = 200;
+/// Due accounts read per query (several transactions' worth: the query sorts what is due).
+const DUE_PAGE: i64 = 5000;
+
+/// Closes every due period: each account whose period (or trial) has ended is caught up under
+/// its row lock (taken with SKIP LOCKED, so several instances share the work) and its invoices
+/// are issued in the same transaction. Idempotent: an account already caught up is not due.
+pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
+    let now = ctx.clock.now();
+    let mut report = CloseReport::default();
+    let mut after = String::new();
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    loop {
+        let mut page = subs::due_accounts(&mut conn, now, &after, DUE_PAGE).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.0.clone();
+        // Accounts on a test clock are closed when their clock is advanced.
+        let accounts: Vec<String> = page.iter().map(|d| d.0.clone()).collect();
+        let clocked = ctx.clock_times(&mut conn, &accounts).await?;
+        page.retain(|d| !clocked.contains_key(&d.0));
+        for due in page.chunks(CLOSE_BATCH) {
+            let (moved, issued) = close_batch(ctx, &mut conn, now, due).await?;
+            report.accounts += moved;
+            report.invoices += issued;
+        }
+    }
+    Ok(report)
+}
+
+/// One transaction of the sweep: catches up `due` accounts and issues their invoices. When the
+/// batch fails, each of its accounts is retried in a transaction of its own, so one account
+/// that cannot close (a plan missing from the catalogue, a value out of range) never holds
+/// back the others: it is recorded in `billing_errors`, logged, and retried by the next sweep.
+async fn close_batch(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+) -> Result<(usize, usize), ServiceError> {
+    let set: std::collections::HashSet<&str> = due.iter().map(|d| d.0.as_str()).collect();
+    ctx.checks.begin_writes(&set);
+    let result = match close_accounts(ctx, conn, now, due).await {
+        Err(e) if !is_unavailable(&e) => close_one_by_one(ctx, conn, now, due, e).await,
+        other => other,
+    };
+    for a in due {
+        ctx.checks.invalidate(&a.0);
+    }
+    ctx.checks.end_writes(&set);
+    result
+}
+
+/// After a batch failed with `e`: each account in its own transaction, recording those that
+/// fail on their own.
+async fn close_one_by_one(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+    e: ServiceError,
+) -> Result<(usize, usize), ServiceError> {
+    if let [one] = due {
+        record_failure(conn, &one.0, &e, now).await?;
+        return Ok((0, 0));
+    }
+    let mut total = (0, 0);
+    for one in due {
+        match close_accounts(ctx, conn, now, std::slice::from_ref(one)).await {
+            Ok((m, i)) => {
+                total.0 += m;
+                total.1 += i;
+            }
+            Err(e) if is_unavailable(&e) => return Err(e),
+            Err(e) => record_failure(conn, &one.0, &e, now).await?,
+        }
+    }
+    Ok(total)
+}
+
+/// A failure that says nothing about the account (the database is unreachable): the whole
+/// sweep stops and its job retries.
+fn is_unavailable(e: &ServiceError) -> bool {
+    match e {
+        ServiceError::Unavailable(_) => true,
+        ServiceError::Store(s) => !matches!(s, StoreError::Query(_)) || s.is_retryable(),
+        _ => false,
+    }
+}
+
+async fn record_failure(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    e: &ServiceError,
+    now: DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    let code = match e {
+        ServiceError::Invalid { code, .. } | ServiceError::Conflict { code, .. } => *code,
+        ServiceError::NotFound(_) => "not_found",
+        ServiceError::Store(_) => "database_error",
+        ServiceError::Unavailable(_) => "unavailable",
+    };
+    tracing::error!(account, code, error = %e, "period close failed for this account; the other accounts closed, it is retried by the next sweep");
+    store::billing_errors::record(conn, account, code, &e.to_string(), now).await?;
+    Ok(())
+}
+
+/// Catches up `due` accounts in one transaction; resolves their recorded close errors.
+async fn close_accounts(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+) -> Result<(usize, usize), ServiceError> {
+    conn.transaction::<(usize, usize), TxError, _>(async |c| {
+        let pre = Prefetched::load(ctx, c, due).await?;
+        let mut fx = Effects::default();
+        let mut moved = Vec::new();
+        for (account, _, _) in due {
+            let Some(mut row) = subs::lock_by_account_skip_locked(c, account).await? else {
+                continue; // another instance holds it: it is closing it
+            };
+            if advance(ctx, c, &mut row, now, &mut fx, &pre).await? {
+                moved.push(row);
+            }
+        }
+        subs::save_many(c, &moved).await?;
+        let issued = fx.drafts.len();
+        fx.flush(ctx, c).await?;
+        let accounts: Vec<String> = moved.iter().map(|r| r.account.clone()).collect();
+        store::billing_errors::resolve(c, &accounts, now).await?;
+        Ok((moved.len(), issued))
+    })
+    .await
+    .map_err(ServiceError::from)
+}
