@@ -157,9 +157,13 @@ pub async fn migrate(
                         .into_iter()
                         .map(|(m, u)| (m, u.quantity))
                         .collect();
+                // Replayed with the seats that period was billed with, not today's.
+                let then = store::invoices::seats_of_period(&mut conn, &row.account, p.start)
+                    .await?
+                    .map_or(seats, |s| s as u32);
                 (
-                    rate_period(old, &usage, seats).total,
-                    rate_period(new, &usage, seats).total,
+                    rate_period(old, &usage, then).total,
+                    rate_period(new, &usage, then).total,
                 )
             }
             None => (Decimal::ZERO, Decimal::ZERO),

@@ -440,3 +440,19 @@ pub async fn monthly_totals(conn: &mut AsyncPgConnection) -> Result<Vec<MonthTot
     .load(conn)
     .await?)
 }
+
+/// The seats an account's period invoice for the period starting at `start` was billed with.
+pub async fn seats_of_period(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    start: DateTime<Utc>,
+) -> Result<Option<i32>, StoreError> {
+    Ok(invoices::table
+        .filter(invoices::account.eq(account))
+        .filter(invoices::kind.eq("period"))
+        .filter(invoices::period_start.eq(start))
+        .select(invoices::seats)
+        .first::<i32>(conn)
+        .await
+        .optional()?)
+}

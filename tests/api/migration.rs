@@ -266,3 +266,47 @@ async fn a_migration_at_renewal_waits_for_each_period_end() {
     .unwrap_err();
     assert!(e.to_string().contains("same"), "{e}");
 }
+
+/// B20. The dry run replays the last closed period with the seats it was billed with, not
+/// today's: m3 had 8 seats in its first period and adds 4 in the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_replays_the_last_period_with_that_periods_seats() {
+    let (app, key) = cohort().await;
+    let (status, q) = app
+        .post(
+            &key,
+            "/v1/accounts/m3/subscription/quotes",
+            &json!({"seats": 12}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{q}");
+    let (status, a) = app
+        .post(
+            &key,
+            &format!(
+                "/v1/accounts/m3/subscription/quotes/{}/accept",
+                q["id"].as_str().unwrap()
+            ),
+            &json!({}),
+            Some("more-seats"),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    let dry = migrate(
+        &app.ctx,
+        &r("team@1"),
+        &r("team@2"),
+        true,
+        When::Now,
+        "test",
+    )
+    .await
+    .unwrap();
+    let m3 = dry.accounts.iter().find(|l| l.account == "m3").unwrap();
+    // The first period on team@1: its fees were the start invoice (8 seats), it had no usage.
+    let (_, start) = app.get(&key, "/v1/invoices/3").await;
+    assert_eq!(start["account"], "m3");
+    assert_eq!(start["kind"], "start");
+    assert_eq!(m3.current_version_amount, dec(&start["total"]));
+}
