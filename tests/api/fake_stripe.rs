@@ -122,16 +122,26 @@ impl FakeStripe {
         pm["id"].as_str().unwrap().to_owned()
     }
 
-    /// Every charge Stripe made for `customer`.
+    /// Every charge Stripe made for `customer` (paging through every charge: the fake lists
+    /// them all, 100 at a time, whoever the customer).
     pub async fn charges_of(&self, customer: &str) -> Vec<Value> {
-        let all = self.get("/v1/charges?limit=100").await;
-        all["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["customer"] == customer)
-            .cloned()
-            .collect()
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = match &after {
+                Some(id) => {
+                    self.get(&format!("/v1/charges?limit=100&starting_after={id}"))
+                        .await
+                }
+                None => self.get("/v1/charges?limit=100").await,
+            };
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            out.extend(data.iter().filter(|c| c["customer"] == customer).cloned());
+            match (page["has_more"].as_bool(), data.last()) {
+                (Some(true), Some(last)) => after = last["id"].as_str().map(str::to_owned),
+                _ => return out,
+            }
+        }
     }
 
     /// Registers an accrue server as a webhook receiver.

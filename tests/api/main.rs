@@ -13,6 +13,7 @@ mod ingest;
 mod layering;
 mod migration;
 mod model;
+mod model_cards;
 mod money_edges;
 mod plans;
 mod pql;

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 // The model: plans as numbers, written out by hand from pricing-plans/.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Plan {
+pub(crate) enum Plan {
     Free,
     Team,
     Business,
@@ -38,7 +38,7 @@ enum Plan {
 }
 
 impl Plan {
-    fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Plan::Free => "free",
             Plan::Team => "team",
@@ -46,7 +46,7 @@ impl Plan {
             Plan::BusinessAnnual => "business_annual",
         }
     }
-    fn months(self) -> i64 {
+    pub(crate) fn months(self) -> i64 {
         if self == Plan::BusinessAnnual {
             12
         } else {
@@ -54,7 +54,7 @@ impl Plan {
         }
     }
     /// The recurring price per month, which decides upgrade or downgrade.
-    fn monthly(self, seats: u32) -> Decimal {
+    pub(crate) fn monthly(self, seats: u32) -> Decimal {
         self.recurring(seats) / Decimal::from(self.months())
     }
     /// (base fee in cents, seat price in cents, included, min, max)
@@ -66,17 +66,17 @@ impl Plan {
             Plan::BusinessAnnual => (199000, 20000, 10, 5, 500),
         }
     }
-    fn recurring(self, seats: u32) -> Decimal {
+    pub(crate) fn recurring(self, seats: u32) -> Decimal {
         let (base, seat, included, _, _) = self.fees();
         Decimal::new(base + seat * i64::from(seats.saturating_sub(included)), 2)
     }
-    fn bounds(self) -> (u32, u32) {
+    pub(crate) fn bounds(self) -> (u32, u32) {
         let (_, _, _, min, max) = self.fees();
         (min, max)
     }
     /// The usage charges of a period with `minutes` of compute and a storage peak of `gb`,
     /// each line rounded to the cent.
-    fn usage(self, minutes: Decimal, gb: Decimal) -> Decimal {
+    pub(crate) fn usage(self, minutes: Decimal, gb: Decimal) -> Decimal {
         match self {
             Plan::Free => Decimal::ZERO,
             Plan::Team => {
@@ -105,11 +105,11 @@ impl Plan {
     }
 }
 
-fn cents(x: Decimal) -> Decimal {
+pub(crate) fn cents(x: Decimal) -> Decimal {
     x.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
 }
 
-fn days_in_month(y: i32, m: u32) -> u32 {
+pub(crate) fn days_in_month(y: i32, m: u32) -> u32 {
     match m {
         4 | 6 | 9 | 11 => 30,
         2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
@@ -119,20 +119,20 @@ fn days_in_month(y: i32, m: u32) -> u32 {
 }
 
 /// `k` months after `anchor`, on the anchor's day clamped to the month's length.
-fn months_after(anchor: DateTime<Utc>, k: i64) -> DateTime<Utc> {
+pub(crate) fn months_after(anchor: DateTime<Utc>, k: i64) -> DateTime<Utc> {
     let idx = i64::from(anchor.year()) * 12 + i64::from(anchor.month()) - 1 + k;
     let (y, m) = ((idx / 12) as i32, (idx % 12) as u32 + 1);
     let d = anchor.day().min(days_in_month(y, m));
     Utc.with_ymd_and_hms(y, m, d, anchor.hour(), 0, 0).unwrap()
 }
 
-fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(t.year(), t.month(), t.day(), t.hour(), 0, 0)
         .unwrap()
 }
 
 /// The part of `price` for the rest of [start, end) after `at`, to the second, in cents.
-fn prorated(
+pub(crate) fn prorated(
     price: Decimal,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
@@ -440,10 +440,10 @@ impl Model {
 // Random sequences, run through the API.
 
 /// xorshift64*: a small deterministic generator, so a failing seed replays.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
     fn next(&mut self) -> u64 {
@@ -452,15 +452,15 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+    pub(crate) fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize]
     }
 }
 
-fn dec(v: &Value) -> Decimal {
+pub(crate) fn dec(v: &Value) -> Decimal {
     v.as_str()
         .unwrap_or_else(|| panic!("not a decimal string: {v}"))
         .parse()
