@@ -417,6 +417,53 @@ async fn record_paid(
     Ok(())
 }
 
+/// Ends the period of a subscription canceled by dunning at the start of `now`'s hour: the
+/// usage of the part that ran is invoiced in arrears (with the minimum in proportion).
+async fn cancel_mid_period(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    sub: &mut subs::SubscriptionRow,
+    now: DateTime<Utc>,
+) -> Result<(), TxError> {
+    use crate::domain::period::{anchor_at, Period};
+    let Some(plan) = ctx
+        .plans
+        .get(&PlanRef {
+            plan: sub.plan.clone(),
+            version: sub.plan_version as u32,
+        })
+        .cloned()
+    else {
+        return Ok(());
+    };
+    let full = Period {
+        start: sub.period_start,
+        end: sub.period_end,
+    };
+    let ended = Period {
+        start: sub.period_start,
+        end: anchor_at(now).clamp(sub.period_start, sub.period_end),
+    };
+    if ended.end > ended.start {
+        let drafts: Vec<_> = super::billing::partial_period_invoice(
+            ctx,
+            c,
+            &sub.account,
+            ended,
+            &full,
+            &plan,
+            sub.seats as u32,
+            now,
+        )
+        .await?
+        .into_iter()
+        .collect();
+        super::billing::issue(ctx, c, &drafts).await?;
+    }
+    sub.period_end = ended.end;
+    Ok(())
+}
+
 /// A subscription recovered after its period ended while suspended: that period's usage is
 /// invoiced in arrears, the periods spent suspended are not billed, and a new period starts
 /// at the recovery with its advance fees (a scheduled cancellation ends it instead).
@@ -543,11 +590,16 @@ async fn record_failure(
                         FinalAction::Suspend => ("suspended", "suspended"),
                         FinalAction::Cancel => ("canceled", "canceled"),
                     };
+                    let was_running = matches!(s.status.as_str(), "active" | "past_due");
                     s.status = status.into();
                     s.past_due_since.get_or_insert(first);
                     s.scheduled = None;
                     s.revision += 1;
                     s.updated_at = now;
+                    if action == FinalAction::Cancel && was_running {
+                        // Canceled mid-period: the usage so far is billed in arrears.
+                        cancel_mid_period(ctx, c, s, now).await?;
+                    }
                     subs::save(c, s).await?;
                     record_change(ctx, c, s, step, now).await?;
                     let why = match (action, fallback_of(ctx, &s.plan)) {

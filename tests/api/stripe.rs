@@ -1010,3 +1010,41 @@ async fn a_trial_without_a_payment_method_falls_to_the_fallback_plan_at_its_end(
     let denied = check(&app, &key, "cardless", json!({"feature": "audit_log"})).await;
     assert_eq!(denied["allowed"], false, "{denied}");
 }
+
+/// B21. Dunning that ends in a cancellation mid-period bills the usage of the part that ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dunning_cancellation_mid_period_bills_the_usage_so_far() {
+    let policy = DunningPolicy {
+        final_action: accrue::domain::dunning::FinalAction::Cancel,
+        ..DunningPolicy::default()
+    };
+    let app = spawn_stripe_app(policy).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    customer_on_team(&app, &key, "quitter", DECLINING_CARD).await;
+    wait_for_payment_state(&app, &key, 1, "failed").await;
+    // 2,500 compute minutes: 2 packages of 1,000 above the 500 free, 16.00.
+    app.clock.set(t("2026-11-26T00:00:00Z"));
+    let (status, body) = app
+        .send(
+            &key,
+            &json!({"events": [{"id": "j1", "account": "quitter", "type": "job.completed", "properties": {"minutes": 2500}}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for at in [
+        "2026-11-28T12:31:00Z",
+        "2026-11-30T12:31:00Z",
+        "2026-12-02T12:31:00Z",
+    ] {
+        app.clock.set(t(at));
+        tick(&app.ctx, &scheduler).await.unwrap();
+    }
+    assert_eq!(subscription_status(&app, &key, "quitter").await, "canceled");
+    let inv = invoice(&app, &key, 2).await;
+    assert_eq!(inv["kind"], "period");
+    assert_eq!(inv["period_start"], "2026-11-25T12:00:00Z");
+    assert_eq!(inv["period_end"], "2026-12-02T12:00:00Z");
+    assert_eq!(inv["total"], "16.00");
+}
