@@ -91,6 +91,15 @@ pub(crate) async fn advance(
                         )
                         .await?;
                         fx.drafts.extend(late);
+                        // Nothing of the trial was MRR; what the account had before it ends.
+                        fx.revenue.push(PendingMrr {
+                            account: row.account.clone(),
+                            at: end,
+                            cause: revenue::Cause::Cancellation,
+                            plan: None,
+                            usage: None,
+                            reference: MrrRef::ChangeAt("canceled", end),
+                        });
                         fx.changes.push(change(
                             row,
                             "canceled",
