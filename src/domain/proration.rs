@@ -144,7 +144,8 @@ pub fn immediate_change(
         start,
         end: crate::domain::period::boundary(start, new.interval.months(), 1),
     };
-    let mut lines: Vec<ProrationLine> = change_lines(period, at, old, old_seats, new, 0)
+    // The old period is credited from the new one's start, so no hour is paid twice.
+    let mut lines: Vec<ProrationLine> = change_lines(period, start, old, old_seats, new, 0)
         .into_iter()
         .filter(|l| l.kind == ProrationKind::ProrationCredit)
         .collect();

@@ -389,20 +389,28 @@ async fn record_paid(
             subs::save(c, &sub).await?;
             let change_id = record_change(ctx, c, &sub, "payment_recovered", now).await?;
             if was_suspended {
+                // Recovered onto its plan, or (a cancellation was scheduled) ended.
+                let ended = sub.status == "canceled";
                 revenue::record(
                     ctx,
                     c,
                     &[revenue::MrrInput {
                         account: row.account.clone(),
                         at: now,
-                        cause: revenue::Cause::Recovered,
-                        plan: Some((
-                            PlanRef {
-                                plan: sub.plan.clone(),
-                                version: sub.plan_version as u32,
-                            },
-                            sub.seats as u32,
-                        )),
+                        cause: if ended {
+                            revenue::Cause::Cancellation
+                        } else {
+                            revenue::Cause::Recovered
+                        },
+                        plan: (!ended).then(|| {
+                            (
+                                PlanRef {
+                                    plan: sub.plan.clone(),
+                                    version: sub.plan_version as u32,
+                                },
+                                sub.seats as u32,
+                            )
+                        }),
                         usage: None,
                         reference: match step_id {
                             Some(id) => ("dunning_step", id),
@@ -593,7 +601,16 @@ async fn record_failure(
                     let was_running = matches!(s.status.as_str(), "active" | "past_due");
                     s.status = status.into();
                     s.past_due_since.get_or_insert(first);
-                    s.scheduled = None;
+                    // A scheduled cancellation survives (a recovery then ends the subscription
+                    // instead of starting a new period); any other scheduled change is dropped.
+                    let cancel_scheduled = s
+                        .scheduled
+                        .clone()
+                        .and_then(|v| serde_json::from_value::<super::lifecycle::Scheduled>(v).ok())
+                        .is_some_and(|x| x.cancel);
+                    if !cancel_scheduled || action == FinalAction::Cancel {
+                        s.scheduled = None;
+                    }
                     s.revision += 1;
                     s.updated_at = now;
                     if action == FinalAction::Cancel && was_running {

@@ -376,6 +376,16 @@ pub async fn subscribe(
                     if trial && old.trial_end.is_some() {
                         return Err(refuse("trial_used", "this account has already had a trial"));
                     }
+                    if crate::store::payments::count_unpaid_by_account(c, account).await? > 0 {
+                        return Err(conflict(
+                            "unpaid_invoices",
+                            format!("account `{account}` has unpaid invoices: settle them before subscribing again"),
+                        ));
+                    }
+                    // The earlier trial stays on record: one trial per account.
+                    if !trial {
+                        row.trial_end = old.trial_end;
+                    }
                     row.revision = old.revision + 1;
                     subs::save(c, &row).await?;
                 }

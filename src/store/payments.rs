@@ -173,6 +173,19 @@ pub async fn count_failed_by_account(
         .await?)
 }
 
+/// How many of the account's invoices are failing or exhausted in collection.
+pub async fn count_unpaid_by_account(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<i64, StoreError> {
+    Ok(invoice_payments::table
+        .filter(invoice_payments::account.eq(account))
+        .filter(invoice_payments::state.eq_any(["failed", "exhausted"]))
+        .count()
+        .get_result(conn)
+        .await?)
+}
+
 /// Sets an invoice's status (payment state; its amounts and lines never change).
 pub async fn set_invoice_status(
     conn: &mut AsyncPgConnection,

@@ -353,11 +353,11 @@ impl Model {
         let due = if self.status == Status::Trialing {
             Decimal::ZERO
         } else if plan.months() != self.plan.months() {
-            // Another interval ends the period now: the part that ran is closed (its usage in
-            // arrears), the unused old fees credited, the new plan's whole first period
-            // charged from the change's hour.
+            // Another interval ends the period at the change's hour: the part that ran is
+            // closed (its usage in arrears), the old fees credited from that hour, the new
+            // plan's whole first period charged from it.
             let at = hour_of(now);
-            let credit = prorated(old, self.start, self.end, now);
+            let credit = prorated(old, self.start, self.end, at);
             self.billed_upto = self.events.len();
             if at > self.start && self.plan != Plan::Free {
                 self.closed.push(Closed {

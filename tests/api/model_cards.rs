@@ -121,7 +121,9 @@ impl Model {
                 self.colls[i].next = None;
                 if !matches!(self.status, Status::Canceled | Status::Suspended) {
                     self.status = Status::Suspended;
-                    self.scheduled = None;
+                    if self.scheduled != Some(None) {
+                        self.scheduled = None;
+                    }
                 }
             }
         }
@@ -135,6 +137,11 @@ impl Model {
         self.status = Status::Active;
         if self.plan != Plan::Free {
             self.issue(arrears, at);
+        }
+        if self.scheduled.take() == Some(None) {
+            // The cancellation scheduled before the suspension ends it.
+            self.status = Status::Canceled;
+            return;
         }
         let start = hour_of(at);
         self.anchor = start;

@@ -756,3 +756,30 @@ async fn a_canceled_account_subscribes_again_as_a_reactivation() {
         .await;
     assert_eq!(status, 409, "{body}");
 }
+
+/// One trial per account, even across a cancellation and a new subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_trial_is_refused_after_subscribing_again() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    app.subscribe(
+        &key,
+        "acme",
+        json!({"plan": "team", "seats": 5, "trial": true}),
+    )
+    .await;
+    change(&app, &key, "acme", json!({"cancel": true})).await;
+    app.clock.set(t("2026-12-10T00:00:00Z"));
+    assert_eq!(subscription(&app, &key, "acme").await["status"], "canceled");
+    app.subscribe(&key, "acme", json!({"plan": "free"})).await;
+    let (status, body) = quote(
+        &app,
+        &key,
+        "acme",
+        json!({"plan": "team", "seats": 5, "trial": true}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "trial_used");
+}

@@ -1047,4 +1047,80 @@ async fn a_dunning_cancellation_mid_period_bills_the_usage_so_far() {
     assert_eq!(inv["period_start"], "2026-11-25T12:00:00Z");
     assert_eq!(inv["period_end"], "2026-12-02T12:00:00Z");
     assert_eq!(inv["total"], "16.00");
+    // Canceled with invoices unpaid: not subscribed again until they are settled.
+    let (status, body) = app
+        .post(
+            &key,
+            "/v1/accounts/quitter/subscription",
+            &json!({"plan": "team", "seats": 5}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "unpaid_invoices");
+}
+
+/// A cancellation scheduled before a suspension stays: paying after the period end ends the
+/// subscription (the period's usage billed) instead of starting and charging a new period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_scheduled_before_a_suspension_ends_the_subscription_on_recovery() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    let customer = customer_on_team(&app, &key, "leaving", DECLINING_CARD).await;
+    wait_for_payment_state(&app, &key, 1, "failed").await;
+    let (status, q) = app
+        .post(
+            &key,
+            "/v1/accounts/leaving/subscription/quotes",
+            &json!({"cancel": true}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{q}");
+    let (status, a) = app
+        .post(
+            &key,
+            &format!(
+                "/v1/accounts/leaving/subscription/quotes/{}/accept",
+                q["id"].as_str().unwrap()
+            ),
+            &json!({}),
+            Some("bye"),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    for at in [
+        "2026-11-28T12:31:00Z",
+        "2026-11-30T12:31:00Z",
+        "2026-12-02T12:31:00Z",
+    ] {
+        app.clock.set(t(at));
+        tick(&app.ctx, &scheduler).await.unwrap();
+    }
+    assert_eq!(
+        subscription_status(&app, &key, "leaving").await,
+        "suspended"
+    );
+    app.clock.set(t("2027-01-10T00:00:00Z"));
+    let inv = invoice(&app, &key, 1).await;
+    pay_out_of_band(
+        &customer,
+        inv["payment"]["stripe_invoice_id"].as_str().unwrap(),
+    )
+    .await;
+    eventually("the webhook's effect", || async {
+        (subscription_status(&app, &key, "leaving").await == "canceled").then_some(())
+    })
+    .await;
+    let (_, list) = app.get(&key, "/v1/invoices?account=leaving").await;
+    let kinds: Vec<&str> = list["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    // The first month's fees and its (empty) usage; no new period.
+    assert_eq!(kinds, vec!["start", "period"]);
 }

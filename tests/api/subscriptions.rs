@@ -542,9 +542,11 @@ async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cli["lines"], q["lines"]);
     assert_eq!(cli["new_period"], q["new_period"]);
-    // −41.93 as above, and the whole year: 1,990 + (12 − 10) × 200 = 2,390.00.
-    assert_eq!(amounts(&cli["lines"]), ["-41.93", "2390.00"]);
-    assert_eq!(cli["amount_due_now"], "2348.07");
+    // The new year starts at 08:00 and the old month is credited from there: 364 of 720
+    // hours left, 83 × 364 / 720 = 41.961… → −41.96; the whole year: 1,990 + (12 − 10) × 200
+    // = 2,390.00.
+    assert_eq!(amounts(&cli["lines"]), ["-41.96", "2390.00"]);
+    assert_eq!(cli["amount_due_now"], "2348.04");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
