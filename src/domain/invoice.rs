@@ -89,6 +89,8 @@ pub struct InvoiceDraft {
     pub currency: Currency,
     pub lines: Vec<InvoiceLine>,
     pub issued_at: DateTime<Utc>,
+    /// The share of the whole period this invoice covers when a change cut it short.
+    pub share: Option<Decimal>,
 }
 
 impl InvoiceDraft {
@@ -429,7 +431,7 @@ mod tests {
             lines.extend(advance_fee_lines(&p, seats, &period()));
             let draft = InvoiceDraft {
                 account: "x".into(), kind: InvoiceKind::Period, period: period(), plan: "p".into(),
-                plan_version: 1, seats, currency: p.currency, lines, issued_at: period().end,
+                plan_version: 1, seats, currency: p.currency, lines, issued_at: period().end, share: None,
             };
             let sum: Decimal = draft.lines.iter().map(|l| l.amount).sum();
             prop_assert_eq!(draft.total(), sum);
@@ -455,7 +457,7 @@ mod tests {
                 account: "x".into(), kind: InvoiceKind::Change, period: period(), plan: "p".into(),
                 plan_version: 1, seats: 0, currency: usd,
                 lines: vec![InvoiceLine::fee("proration_charge", Decimal::ONE, Decimal::new(*c, 2), String::new())],
-                issued_at: period().end,
+                issued_at: period().end, share: None,
             }).collect();
             let before: Decimal = drafts.iter().map(|d| d.total()).sum();
             let mut balances = BTreeMap::from([("x".to_owned(), Decimal::new(start, 2))]);

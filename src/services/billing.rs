@@ -151,6 +151,7 @@ pub(crate) async fn period_invoice(
         currency: closed_plan.currency,
         lines,
         issued_at: now,
+        share: None,
     }))
 }
 
@@ -182,6 +183,7 @@ pub(crate) async fn late_only_invoice(
         currency: plan.currency,
         lines,
         issued_at: now,
+        share: None,
     }))
 }
 
@@ -202,19 +204,23 @@ pub(crate) async fn partial_period_invoice(
     now: DateTime<Utc>,
 ) -> Result<Option<InvoiceDraft>, TxError> {
     let used = Decimal::from(ended.seconds()) / Decimal::from(full.seconds().max(1));
-    period_invoice(
+    let draft = period_invoice(
         ctx,
         c,
         account,
         ended,
-        &scaled(plan, used),
+        &scaled(ctx, plan, used),
         seats,
         None,
         now,
         &Prefetched::default(),
         &[],
     )
-    .await
+    .await?;
+    Ok(draft.map(|d| InvoiceDraft {
+        share: Some(used),
+        ..d
+    }))
 }
 
 /// Late-usage corrections for invoiced periods before `before` whose usage changed since
@@ -256,7 +262,11 @@ async fn late_lines(
                 add_billed(&mut billed, meter, l.quantity, l.amount);
             }
         }
-        let plan = scaled_to(plan, &period);
+        // A cut-short period is recomputed at the share it was billed at.
+        let plan = match p.period_share {
+            Some(share) => scaled(ctx, plan, share),
+            None => plan.clone(),
+        };
         lines.extend(late_period_lines(
             &plan,
             p.seats as u32,
@@ -278,26 +288,39 @@ fn add_billed(billed: &mut BilledArrears, meter: &str, quantity: Decimal, amount
     }
 }
 
-/// `plan` with its recurring fees and minimum in proportion to the part of a whole period that
-/// `period` covers (a period a change of billing interval cut short); `plan` itself otherwise.
-fn scaled_to(plan: &PlanVersion, period: &Period) -> PlanVersion {
-    let whole = Period {
-        start: period.start,
-        end: crate::domain::period::boundary(period.start, plan.interval.months(), 1),
-    };
-    if plan.minimum.is_none() || period.seconds() >= whole.seconds() {
-        return plan.clone();
-    }
-    let used = Decimal::from(period.seconds()) / Decimal::from(whole.seconds().max(1));
-    scaled(plan, used)
-}
-
-fn scaled(plan: &PlanVersion, used: Decimal) -> PlanVersion {
+/// `plan` priced for `used`, the share of a whole period that a cut-short period covers: its
+/// recurring fees, its minimum, and the prices of its peak meters (`max`, `latest`,
+/// `unique_count`: a period charges their peak once, whatever its length) in proportion.
+/// Charges on meters that add up over time (`sum`, `count`) keep their prices: the usage itself
+/// is what the shorter period had.
+fn scaled(ctx: &Ctx, plan: &PlanVersion, used: Decimal) -> PlanVersion {
+    use crate::domain::plan::ChargeModel;
     let mut s = plan.clone();
     s.minimum = plan.minimum.map(|m| m * used);
     s.base_fee = plan.base_fee * used;
     if let Some(seats) = s.seats.as_mut() {
         seats.unit_amount *= used;
+    }
+    for charge in &mut s.charges {
+        let peak = ctx.meters.get(&charge.meter).is_some_and(|m| {
+            matches!(
+                m.aggregation,
+                Aggregation::Max | Aggregation::Latest | Aggregation::UniqueCount
+            )
+        });
+        if !peak {
+            continue;
+        }
+        match &mut charge.model {
+            ChargeModel::PerUnit { unit_amount } => *unit_amount *= used,
+            ChargeModel::Graduated { tiers } | ChargeModel::Volume { tiers } => {
+                for t in tiers {
+                    t.unit_amount *= used;
+                    t.flat_amount *= used;
+                }
+            }
+            ChargeModel::Package { package_amount, .. } => *package_amount *= used,
+        }
     }
     s
 }
@@ -321,6 +344,7 @@ pub fn start_invoice(
         currency: plan.currency,
         lines,
         issued_at: now,
+        share: None,
     })
 }
 

@@ -937,6 +937,7 @@ pub async fn accept(
                     currency: new.currency,
                     lines: charged,
                     issued_at: now,
+                    share: None,
                 });
             }
             fx.flush(ctx, c).await?;

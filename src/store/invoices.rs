@@ -28,6 +28,12 @@ pub struct InvoiceRow {
     pub status: String,
     pub collection: String,
     pub issued_at: DateTime<Utc>,
+    /// The share of the whole period covered when a change cut it short (else absent).
+    #[serde(
+        with = "rust_decimal::serde::str_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub period_share: Option<Decimal>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
@@ -100,6 +106,7 @@ pub async fn issue(
             },
             collection: collection.to_owned(),
             issued_at: d.issued_at,
+            period_share: d.share,
         });
         registry.push((
             invoice_numbers::number.eq(number),
@@ -249,6 +256,8 @@ pub struct LatePeriod {
     pub plan_version: i32,
     #[diesel(sql_type = diesel::sql_types::Integer)]
     pub seats: i32,
+    #[diesel(sql_type = Nullable<Numeric>)]
+    pub period_share: Option<Decimal>,
 }
 
 /// Invoiced periods before `before` whose rollups changed after their usage was last billed
@@ -265,7 +274,7 @@ pub async fn periods_with_late_usage(
               JOIN invoices i ON i.account = l.account AND i.number = l.number
              WHERE l.account = $1 AND l.usage_from IS NOT NULL AND l.usage_from < $2
              GROUP BY l.usage_from, l.usage_to)
-         SELECT b.s AS start, b.e AS end, p.plan, p.plan_version, p.seats
+         SELECT b.s AS start, b.e AS end, p.plan, p.plan_version, p.seats, p.period_share
            FROM billed b
            JOIN invoices p ON p.account = $1 AND p.kind = 'period' AND p.period_start = b.s
           WHERE EXISTS (SELECT 1 FROM usage_rollups r

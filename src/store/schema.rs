@@ -198,6 +198,7 @@ diesel::table! {
         status -> Text,
         collection -> Text,
         issued_at -> Timestamptz,
+        period_share -> Nullable<Numeric>,
     }
 }
 

@@ -77,6 +77,12 @@ impl Plan {
     /// The usage charges of a period with `minutes` of compute and a storage peak of `gb`,
     /// each line rounded to the cent.
     pub(crate) fn usage(self, minutes: Decimal, gb: Decimal) -> Decimal {
+        self.usage_share(minutes, gb, Decimal::ONE)
+    }
+
+    /// The usage charges of a period that covered `share` of a whole one: storage, charged at
+    /// its peak once a period, at `share` of its prices; minutes as they were.
+    pub(crate) fn usage_share(self, minutes: Decimal, gb: Decimal, share: Decimal) -> Decimal {
         match self {
             Plan::Free => Decimal::ZERO,
             Plan::Team => {
@@ -84,7 +90,8 @@ impl Plan {
                 // then 0.25 a GB.
                 let over = (minutes - Decimal::from(500)).max(Decimal::ZERO);
                 let packages = (over / Decimal::from(1000)).ceil();
-                let storage = (gb - Decimal::from(50)).max(Decimal::ZERO) * Decimal::new(25, 2);
+                let storage =
+                    (gb - Decimal::from(50)).max(Decimal::ZERO) * (Decimal::new(25, 2) * share);
                 cents(packages * Decimal::from(8)) + cents(storage)
             }
             Plan::Business | Plan::BusinessAnnual => {
@@ -99,7 +106,7 @@ impl Plan {
                 } else {
                     Decimal::new(15 * year, 2)
                 };
-                cents(minutes * Decimal::new(6, 3)) + cents(gb * rate)
+                cents(minutes * Decimal::new(6, 3)) + cents(gb * (rate * share))
             }
         }
     }
@@ -162,6 +169,8 @@ struct Closed {
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     plan: Plan,
+    /// The share of its whole period it covered (1 unless a change cut it short).
+    share: Decimal,
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +281,7 @@ impl Model {
                             start: self.start,
                             end: self.end,
                             plan: self.plan,
+                            share: Decimal::ONE,
                         });
                     }
                     self.last_usage =
@@ -364,6 +374,8 @@ impl Model {
                     start: self.start,
                     end: at,
                     plan: self.plan,
+                    share: Decimal::from((at - self.start).num_seconds())
+                        / Decimal::from((self.end - self.start).num_seconds()),
                 });
             }
             self.anchor = at;
@@ -430,7 +442,7 @@ impl Model {
                 .iter()
                 .map(|c| {
                     let (minutes, gb) = self.usage_known(c.start, c.end, self.billed_upto);
-                    c.plan.usage(minutes, gb)
+                    c.plan.usage_share(minutes, gb, c.share)
                 })
                 .sum::<Decimal>()
     }

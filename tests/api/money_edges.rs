@@ -783,3 +783,44 @@ async fn a_second_trial_is_refused_after_subscribing_again() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "trial_used");
 }
+
+/// C1 with B1. A yearly period cut short by a change of interval bills its storage peak at the
+/// share of the year it covered: the yearly per-GB price is twelve months' worth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_year_cut_short_bills_its_storage_peak_for_the_part_that_ran() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    // Business (annual), 10 seats: 1,990.00 for [2026-11-25 12:00, 2027-11-25 12:00), 365 days.
+    app.subscribe(
+        &key,
+        "acme",
+        json!({"plan": "business_annual", "seats": 10}),
+    )
+    .await;
+    app.clock.set(t("2026-11-26T00:00:00Z"));
+    events(&app, &key, vec![json!({"id": "s1", "account": "acme", "type": "storage.snapshot", "properties": {"gb": 2000}})]).await;
+    // 30 days in, up to monthly Business (199 a month beats 1,990 / 12): the year ends here.
+    app.clock.set(t("2026-12-25T12:00:00Z"));
+    let (q, _) = change(&app, &key, "acme", json!({"plan": "business", "seats": 10})).await;
+    // Credit −1,990 × 335 / 365 = −1,826.438… → −1,826.44; Business's month 199.00.
+    assert_eq!(
+        amounts(&q["lines"]),
+        vec![
+            pair("proration_credit", "-1826.44"),
+            pair("proration_charge", "199.00")
+        ]
+    );
+    let invs = invoices(&app, &key, "acme").await;
+    let ended = invs
+        .iter()
+        .find(|i| i["kind"] == "period")
+        .expect("the ended part's invoice");
+    assert_eq!(ended["period_end"], "2026-12-25T12:00:00Z");
+    // Storage 2,000 GB at 2.40 for a year, for 30 of 365 days: 4,800 × 30 / 365 = 394.520… →
+    // 394.52 (a whole year's 4,800.00 before).
+    assert_eq!(ended["total"], "394.52");
+    let (_, acc) = app.get(&key, "/v1/accounts/acme").await;
+    // The change invoice: −1,826.44 + 199.00 = −1,627.44, carried as credit.
+    assert_eq!(acc["credit_balance"], "1627.44");
+}
