@@ -20,8 +20,8 @@ pub struct Config {
     pub pool_size: usize,
     /// `ACCRUE_INGEST_LANES`: concurrent group-commit ingest transactions per instance.
     pub ingest_lanes: usize,
-    /// `ACCRUE_CHECK_STALENESS_MS`: how old a cached account may be before a check reloads it;
-    /// the bound on staleness about changes made through other instances.
+    /// `ACCRUE_CHECK_STALENESS_MS`: how often the check cache reloads every cached account; the
+    /// bound on staleness about changes made through other instances.
     pub check_staleness: std::time::Duration,
     /// `ACCRUE_STRIPE_KEY` (+ `ACCRUE_STRIPE_WEBHOOK_SECRET`, optional `ACCRUE_STRIPE_API_BASE`):
     /// collect invoices through Stripe. Unset: invoices are issued for manual collection.

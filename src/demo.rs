@@ -1,6 +1,6 @@
 //! `accrue demo`: a synthetic product-led company in its own database. A few thousand accounts
-//! across segments sign up over five months, use the product (events through the real ingest
-//! path), upgrade, add seats and sometimes leave; the clock moves day by day and the billing
+//! across segments sign up over the first five sixths of the run (five months of the default
+//! six), use the product (events through the real ingest path), upgrade, add seats and sometimes leave; the clock moves day by day and the billing
 //! cycle, revenue ledger and PQL scoring run as they would in production. At the end it prints
 //! the invoices issued, MRR and NRR by month, the funnel and the hot PQL queue.
 //!

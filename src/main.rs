@@ -1,4 +1,5 @@
-//! The `accrue` command line: `serve`, `migrate`, `keys create`.
+//! The `accrue` command line: `serve`, `migrate`, `keys`, `plans` (validate, publish, diff,
+//! migrate), `price`, `quote`, `report nrr`, `export invoices`, `demo`, `revops check`.
 
 use accrue::catalog::meters::MeterCatalog;
 use accrue::catalog::plans::{parse_plan_file, PlanCatalog};

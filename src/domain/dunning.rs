@@ -1,5 +1,5 @@
 //! Dunning rules: when a failed payment is retried, when access stops, and what happens when
-//! the retries run out. Pure: the billing cycle records failures and asks what is next.
+//! the retries run out. Pure: collection records failures and asks what is next.
 //!
 //! Retries are scheduled relative to the *first* failure (default 3, 5 and 7 days after it),
 //! so a slow retry does not push the next one back. While past due, access continues for the

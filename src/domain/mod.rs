@@ -1,4 +1,5 @@
-//! Pure domain rules: what an event is, what a meter measures and how values aggregate.
+//! Pure domain rules: events, meters and aggregation; money, plans, rating, periods, proration
+//! and invoices; revenue movements and retention; dunning; product-qualified leads.
 //!
 //! Nothing here does IO, awaits, or knows about the database or HTTP. Everything here is
 //! deterministic given its inputs (time is passed in), which is what makes it property-testable.

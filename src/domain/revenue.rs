@@ -1,6 +1,6 @@
 //! Revenue movements and retention: how a change of an account's MRR is classified, what MRR
-//! is, and NRR/GRR over a cohort. Pure; the revenue issue wires it to the changes that cause
-//! movements.
+//! is, and NRR/GRR over a cohort. Pure; `services::revenue` records a movement with each change
+//! that causes one.
 //!
 //! MRR of an account = its recurring fees normalized to a month (yearly ÷ 12) plus the usage
 //! revenue of its last closed period normalized to a month.

@@ -1,5 +1,6 @@
-//! The error envelope `{"error": {"code", "message"}}` and the one exhaustive mapping from
-//! service errors to HTTP statuses.
+//! The error envelope `{"error": {"code", "message"}}` and the exhaustive mapping from service
+//! errors to HTTP statuses (the Stripe webhook alone answers its refusals with 400, as Stripe
+//! expects; see `http/payments.rs`).
 
 use crate::services::ServiceError;
 use crate::store::StoreError;

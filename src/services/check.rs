@@ -4,10 +4,10 @@
 //! version, status, current period) and the exact aggregate of every meter over the current
 //! period. The ingest lanes add each newly committed event to it before they answer the
 //! request that sent it, so on one instance a check sees every acknowledged event at once.
-//! Subscription changes drop the entry. An entry older than `staleness` (default 1 s) is still
-//! answered from while one background reload per account refreshes it from the database: the
-//! bound on how stale a check can be about events ingested or changes made through *other*
-//! instances is `staleness` plus one reload (a few milliseconds).
+//! Subscription changes drop the entry. A background refresher reloads every cached account in
+//! bulk once per `staleness` (default 1 s), answering from the entries meanwhile: the bound on
+//! how stale a check can be about events ingested or changes made through *other* instances is
+//! `staleness` plus one reload (a few milliseconds).
 //!
 //! A reload must not race a lane's commit of the same account (it could count an event twice:
 //! once from the database, once from the lane). Lanes announce the accounts they are writing
@@ -155,7 +155,6 @@ impl CheckCache {
         clean
     }
 
-    /// Forgets an account (after a subscription change): the next check reloads it.
     /// Usage thresholds (50, 80, 100 % of a limit) a cached account has reached and this entry
     /// has not reported yet, with the period they belong to.
     pub fn new_alerts(&self, account: &str) -> Option<(Period, Vec<Alert>)> {
@@ -215,6 +214,7 @@ impl CheckCache {
         })
     }
 
+    /// Forgets an account (after a subscription change): the next check reloads it.
     pub fn invalidate(&self, account: &str) {
         self.entries
             .write()

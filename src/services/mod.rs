@@ -1,6 +1,6 @@
 //! Use cases: each public function is one unit of work, usually one transaction.
-//! Services take a [`Ctx`] (pool, catalogue, clock) and return domain-shaped results; they know
-//! nothing of HTTP.
+//! Services take a [`Ctx`] (pool, catalogue, clock, caches, the payment rail; a few that need only
+//! the database take the pool) and return domain-shaped results; they know nothing of HTTP.
 
 pub mod auth;
 pub mod billing;

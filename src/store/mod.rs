@@ -1,5 +1,5 @@
 //! The only module that talks to PostgreSQL (diesel + diesel-async). One file per entity, query
-//! functions named after their key. Bulk writes use `UNNEST` over bound arrays (SCALE.md rule 8).
+//! functions named after their key. Bulk writes use `UNNEST` over bound arrays (one statement for many rows).
 
 pub mod accounts;
 pub mod api_keys;

@@ -1,5 +1,5 @@
 //! `invoice_payments`, `dunning_steps`, `stripe_events`, `installation`, and the account's
-//! Stripe customer id. Every account-owned query filters on `account` (SCALE.md rule 6).
+//! Stripe customer id. Every account-owned query filters on `account` (so the tables can be distributed by it).
 
 use super::schema::{
     accounts, dunning_steps, installation, invoice_payments, invoices, stripe_events,

@@ -1,5 +1,5 @@
 //! `subscriptions`, `quotes`, `idempotency_keys`, `subscription_changes`. Every query filters
-//! on `account` (SCALE.md rule 6); the subscription row lock serializes changes of an account.
+//! on `account` (so the tables can be distributed by it); the subscription row lock serializes changes of an account.
 
 use super::schema::{idempotency_keys, quotes, subscription_changes, subscriptions};
 use super::StoreError;
@@ -295,7 +295,7 @@ pub async fn lock_by_account_skip_locked(
 
 /// Inserts several history rows in one statement.
 /// Inserts changes; returns (account, kind, at, id) of each, to be matched by value (not by
-/// position: SCALE.md rule 8).
+/// position: a bulk insert returns its rows in no promised order).
 pub async fn insert_changes(
     conn: &mut AsyncPgConnection,
     changes: &[NewChange],
