@@ -555,7 +555,86 @@ pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
             report.invoices += issued;
         }
     }
+    report.invoices += bill_late_after_cancellation(ctx, &mut conn, now).await?;
     Ok(report)
+}
+
+/// How long after a cancellation late usage of its periods is still billed.
+const LATE_AFTER_CANCEL_DAYS: i64 = 90;
+
+/// Late usage of a canceled subscription's periods has no next period invoice to ride on: each
+/// such account gets an invoice of its late-usage corrections alone, for the time since its
+/// last one (its `period_end` moves to the end of it). Returns the invoices issued.
+async fn bill_late_after_cancellation(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> Result<usize, ServiceError> {
+    let canceled =
+        subs::recently_canceled(conn, now - chrono::Duration::days(LATE_AFTER_CANCEL_DAYS)).await?;
+    if canceled.is_empty() {
+        return Ok(0);
+    }
+    let (accounts, befores): (Vec<String>, Vec<DateTime<Utc>>) = canceled.into_iter().unzip();
+    let mut late = store::invoices::accounts_with_late_usage(conn, &accounts, &befores).await?;
+    // Accounts on a test clock are billed when their clock is advanced.
+    let clocked = ctx.clock_times(conn, &accounts).await?;
+    late.retain(|a| !clocked.contains_key(a));
+    let mut issued = 0;
+    for account in late {
+        issued += late_invoice_after_cancellation(ctx, conn, &account, now).await?;
+    }
+    Ok(issued)
+}
+
+/// The late-usage invoice of one canceled account, when it has late usage (0 or 1 issued).
+pub(crate) async fn late_invoice_after_cancellation(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    now: DateTime<Utc>,
+) -> Result<usize, ServiceError> {
+    let account = account.to_owned();
+    {
+        let _writing = ctx.checks.write_guard(&account);
+        let n = conn
+            .transaction::<usize, TxError, _>(async |c| {
+                let Some(mut row) = subs::lock_by_account_skip_locked(c, &account).await? else {
+                    return Ok(0);
+                };
+                if row.status != "canceled" {
+                    return Ok(0);
+                }
+                let plan = plan_of(ctx, &row.plan, row.plan_version)?;
+                let end = crate::domain::period::anchor_at(now)
+                    .max(row.period_end + chrono::Duration::hours(1));
+                let span = Period {
+                    start: row.period_end,
+                    end,
+                };
+                let Some(draft) = billing::late_only_invoice(
+                    ctx,
+                    c,
+                    &account,
+                    span,
+                    &plan,
+                    row.seats as u32,
+                    now,
+                    &[],
+                )
+                .await?
+                else {
+                    return Ok(0);
+                };
+                row.period_end = end;
+                row.updated_at = now;
+                subs::save(c, &row).await?;
+                billing::issue(ctx, c, &[draft]).await?;
+                Ok(1)
+            })
+            .await?;
+        Ok(n)
+    }
 }
 
 /// One transaction of the sweep: catches up `due` accounts and issues their invoices. When the

@@ -3,7 +3,7 @@
 //! collection, dunning), moved only by an explicit advance that runs, in time order, everything
 //! falling due up to the new time. Enabled by `ACCRUE_TEST_CLOCKS=true`.
 
-use super::{payments, subscriptions, Ctx, ServiceError};
+use super::{lifecycle, payments, subscriptions, Ctx, ServiceError};
 use crate::store::test_clocks::{self as store, TestClockRow};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
@@ -96,9 +96,16 @@ pub async fn advance(ctx: &Ctx, id: &str, to: DateTime<Utc>) -> Result<TestClock
 }
 
 /// What falls due for one account at its clock's time: the subscription's catch-up (trial
-/// end, scheduled changes, renewals and their invoices), then collection of what is due.
+/// end, scheduled changes, renewals and their invoices; a canceled one's late usage), then
+/// collection of what is due.
 async fn run_due(ctx: &Ctx, account: &str) -> Result<(), ServiceError> {
     match subscriptions::get_subscription(ctx, account).await {
+        Ok(s) if s.status == "canceled" => {
+            // Late usage of a canceled subscription's periods, on an invoice of its own.
+            let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+            let now = ctx.now_for(&mut conn, account).await?;
+            lifecycle::late_invoice_after_cancellation(ctx, &mut conn, account, now).await?;
+        }
         Ok(_) | Err(ServiceError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }

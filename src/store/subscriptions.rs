@@ -376,3 +376,18 @@ pub fn change(
         currency: Some(currency.to_owned()),
     }
 }
+
+/// Canceled subscriptions whose (last) period ended after `since`, with that end: where late
+/// usage may still arrive.
+pub async fn recently_canceled(
+    conn: &mut AsyncPgConnection,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+    Ok(subscriptions::table
+        .filter(subscriptions::status.eq("canceled"))
+        .filter(subscriptions::period_end.gt(since))
+        .order(subscriptions::account)
+        .select((subscriptions::account, subscriptions::period_end))
+        .load(conn)
+        .await?)
+}

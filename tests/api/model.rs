@@ -308,6 +308,12 @@ impl Model {
                     self.end = months_after(self.anchor, (self.k + 1) * self.plan.months());
                     self.fees += self.plan.recurring(self.seats);
                 }
+                Status::Canceled => {
+                    // A canceled subscription's late usage is billed on an invoice of its own
+                    // whenever its clock moves.
+                    self.billed_upto = self.events.len();
+                    return;
+                }
                 _ => return,
             }
         }
@@ -674,11 +680,12 @@ async fn run_sequence(app: &TestApp, key: &str, seed: u64) {
                     .push((run.now, Decimal::from(minutes), Decimal::from(gb)));
             }
             5 => {
-                // Late usage for the last closed period, while there will be a next close.
+                // Late usage for the last closed period (billed by the next close, or, once
+                // canceled, by an invoice of its own at the next advance).
                 let Some(last) = m.closed.last().cloned() else {
                     continue;
                 };
-                if m.status != Status::Active {
+                if m.status == Status::Trialing {
                     continue;
                 }
                 let ts = last.start + Duration::minutes(30);

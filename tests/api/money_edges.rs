@@ -824,3 +824,32 @@ async fn a_year_cut_short_bills_its_storage_peak_for_the_part_that_ran() {
     // The change invoice: −1,826.44 + 199.00 = −1,627.44, carried as credit.
     assert_eq!(acc["credit_balance"], "1627.44");
 }
+
+/// B21. Late usage for a canceled subscription's last period is billed on an invoice of its
+/// own (there is no next period invoice to carry it), once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_usage_after_a_cancellation_is_billed_once() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    change(&app, &key, "acme", json!({"cancel": true})).await;
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    assert_eq!(subscription(&app, &key, "acme").await["status"], "canceled");
+    assert_eq!(invoices(&app, &key, "acme").await.len(), 2);
+    // 2,500 minutes arrive late for the last period: 2 packages × 8.00 = 16.00.
+    app.clock.set(t("2026-12-27T09:30:00Z"));
+    events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00Z", "properties": {"minutes": 2500}})]).await;
+    app.clock.set(t("2026-12-27T09:31:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    app.clock.set(t("2026-12-27T10:05:00Z"));
+    tick(&app.ctx, &close_job()).await.unwrap();
+    let invs = invoices(&app, &key, "acme").await;
+    assert_eq!(invs.len(), 3, "{invs:?}");
+    assert_eq!(invs[2]["total"], "16.00");
+    let late = lines_of(&invs, "late_usage");
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0]["usage_from"], "2026-11-25T12:00:00Z");
+}
