@@ -100,30 +100,20 @@ pub(crate) async fn advance(
                             usage: None,
                             reference: MrrRef::ChangeAt("canceled", end),
                         });
-                        fx.changes.push(change(
-                            row,
-                            "canceled",
-                            end,
-                            Some((&from.0, from.1, from.2)),
-                            json!([]),
-                            Decimal::ZERO,
-                            plan.currency.code(),
-                        ));
+                        fx.mark(row, "canceled", end, &from, plan.currency.code());
                         changed = true;
                         break;
                     }
                     row.plan = s.plan.clone();
                     row.plan_version = s.version as i32;
                     row.seats = s.seats as i32;
-                    fx.changes.push(change(
+                    fx.mark(
                         row,
                         "scheduled_change_applied",
                         end,
-                        Some((&from.0, from.1, from.2)),
-                        json!([]),
-                        Decimal::ZERO,
+                        &from,
                         plan.currency.code(),
-                    ));
+                    );
                 }
                 // With Stripe collecting and no payment method on file, the trial does not
                 // convert: the account falls to the plan's fallback (or ends without one),
@@ -144,15 +134,7 @@ pub(crate) async fn advance(
                     let Some(fb) = fallback else {
                         row.status = "canceled".into();
                         row.period_end = end;
-                        fx.changes.push(change(
-                            row,
-                            "trial_ended",
-                            end,
-                            Some((&from.0, from.1, from.2)),
-                            json!([]),
-                            Decimal::ZERO,
-                            was.currency.code(),
-                        ));
+                        fx.mark(row, "trial_ended", end, &from, was.currency.code());
                         changed = true;
                         break;
                     };
@@ -163,15 +145,13 @@ pub(crate) async fn advance(
                     row.anchor = end;
                     row.period_start = end;
                     row.period_end = boundary(end, fb.interval.months(), 1);
-                    fx.changes.push(change(
+                    fx.mark(
                         row,
                         "trial_ended_to_fallback",
                         end,
-                        Some((&from.0, from.1, from.2)),
-                        json!([]),
-                        Decimal::ZERO,
+                        &from,
                         fb.currency.code(),
-                    ));
+                    );
                     changed = true;
                     continue;
                 }
@@ -248,15 +228,7 @@ pub(crate) async fn advance(
                         )
                         .await?;
                         fx.drafts.extend(closing);
-                        fx.changes.push(change(
-                            row,
-                            "canceled",
-                            at,
-                            Some((&from.0, from.1, from.2)),
-                            json!([]),
-                            Decimal::ZERO,
-                            plan.currency.code(),
-                        ));
+                        fx.mark(row, "canceled", at, &from, plan.currency.code());
                         fx.usage_closed(&account, at, &from, before, "canceled");
                         fx.revenue.push(PendingMrr {
                             account,
@@ -368,6 +340,26 @@ pub(crate) struct PendingMrr {
 }
 
 impl Effects {
+    /// Records a change of `row` from `from` (plan, version, seats) that charges nothing.
+    fn mark(
+        &mut self,
+        row: &SubscriptionRow,
+        kind: &str,
+        at: DateTime<Utc>,
+        from: &(String, i32, i32),
+        currency: &str,
+    ) {
+        self.changes.push(change(
+            row,
+            kind,
+            at,
+            Some((&from.0, from.1, from.2)),
+            json!([]),
+            Decimal::ZERO,
+            currency,
+        ));
+    }
+
     pub async fn flush(self, ctx: &Ctx, c: &mut AsyncPgConnection) -> Result<(), TxError> {
         let ids = subs::insert_changes(c, &self.changes).await?;
         let numbers = billing::issue(ctx, c, &self.drafts).await?;

@@ -485,18 +485,18 @@ pub(crate) fn dec(v: &Value) -> Decimal {
         .unwrap()
 }
 
-struct Run<'a> {
-    app: &'a TestApp,
-    key: &'a str,
-    account: String,
-    clock: String,
-    now: DateTime<Utc>,
-    log: Vec<String>,
-    event_no: u32,
+pub(crate) struct Run<'a> {
+    pub(crate) app: &'a TestApp,
+    pub(crate) key: &'a str,
+    pub(crate) account: String,
+    pub(crate) clock: String,
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) log: Vec<String>,
+    pub(crate) event_no: u32,
 }
 
 impl Run<'_> {
-    fn fail(&self, what: &str) -> ! {
+    pub(crate) fn fail(&self, what: &str) -> ! {
         panic!(
             "{what}\naccount {} steps:\n  {}",
             self.account,
@@ -540,7 +540,7 @@ impl Run<'_> {
 
     /// Quotes and, when the quote is made, accepts; returns the refusal code or the charge
     /// (checked: quote = charge).
-    async fn quote_accept(&mut self, body: Value) -> Result<Decimal, String> {
+    pub(crate) async fn quote_accept(&mut self, body: Value) -> Result<Decimal, String> {
         let (status, q) = self
             .app
             .post(

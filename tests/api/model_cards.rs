@@ -14,11 +14,11 @@
 
 use crate::fake_stripe::*;
 use crate::helpers::*;
-use crate::model::{dec, hour_of, months_after, prorated, Plan, Rng};
+use crate::model::{dec, hour_of, months_after, prorated, Plan, Rng, Run};
 use accrue::domain::dunning::DunningPolicy;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rust_decimal::Decimal;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -306,25 +306,7 @@ impl Model {
     }
 }
 
-struct Run<'a> {
-    app: &'a TestApp,
-    key: &'a str,
-    account: String,
-    clock: String,
-    now: DateTime<Utc>,
-    log: Vec<String>,
-    event_no: u32,
-}
-
 impl Run<'_> {
-    fn fail(&self, what: &str) -> ! {
-        panic!(
-            "{what}\naccount {} steps:\n  {}",
-            self.account,
-            self.log.join("\n  ")
-        )
-    }
-
     /// Waits until no invoice of the account waits for its first attempt (subscribing and
     /// accepting start that attempt in the background).
     async fn settled(&self) {
@@ -368,43 +350,8 @@ impl Run<'_> {
             self.fail(&format!("payment method: {status} {set}"));
         }
     }
-
-    async fn quote_accept(&mut self, body: Value) -> Result<Decimal, String> {
-        let (status, q) = self
-            .app
-            .post(
-                self.key,
-                &format!("/v1/accounts/{}/subscription/quotes", self.account),
-                &body,
-                None,
-            )
-            .await;
-        if status != 201 {
-            return Err(q["error"]["code"].as_str().unwrap_or("?").to_owned());
-        }
-        let id = q["id"].as_str().unwrap();
-        let (status, a) = self
-            .app
-            .post(
-                self.key,
-                &format!(
-                    "/v1/accounts/{}/subscription/quotes/{id}/accept",
-                    self.account
-                ),
-                &json!({}),
-                Some(&format!("k-{id}")),
-            )
-            .await;
-        if status != 200 || a["amount_charged"] != q["amount_due_now"] {
-            self.fail(&format!("quote {q} accepted as {status} {a}"));
-        }
-        self.settled().await;
-        Ok(dec(&q["amount_due_now"]))
-    }
 }
 
-/// Runs one sequence; answers what it went through: (a payment failed, it was suspended at
-/// the end, it restarted after a suspension).
 async fn run_sequence(app: &TestApp, key: &str, seed: u64) -> (bool, bool, bool) {
     let mut rng = Rng::new(seed);
     let month = 1 + rng.below(12) as u32;
@@ -550,6 +497,7 @@ async fn run_sequence(app: &TestApp, key: &str, seed: u64) -> (bool, bool, bool)
                 let got = run
                     .quote_accept(json!({"plan": plan.code(), "seats": seats}))
                     .await;
+                run.settled().await;
                 let want = m.change(Some((plan, seats)), run.now);
                 if got.as_ref().map_err(String::as_str) != want.as_ref().map_err(|e| *e) {
                     run.fail(&format!("quote: accrue {got:?}, model {want:?}"));
@@ -558,6 +506,7 @@ async fn run_sequence(app: &TestApp, key: &str, seed: u64) -> (bool, bool, bool)
             _ => {
                 run.log.push(format!("cancel at {}", run.now));
                 let got = run.quote_accept(json!({"cancel": true})).await;
+                run.settled().await;
                 let want = m.change(None, run.now);
                 if got.as_ref().map_err(String::as_str) != want.as_ref().map_err(|e| *e) {
                     run.fail(&format!("cancel: accrue {got:?}, model {want:?}"));
