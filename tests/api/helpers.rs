@@ -272,6 +272,35 @@ impl TestApp {
         s
     }
 
+    /// Quotes a change and accepts it, asserting both succeed; returns (quote, acceptance).
+    pub async fn quote_and_accept(
+        &self,
+        key: &str,
+        account: &str,
+        body: serde_json::Value,
+    ) -> (serde_json::Value, serde_json::Value) {
+        let (status, q) = self
+            .post(
+                key,
+                &format!("/v1/accounts/{account}/subscription/quotes"),
+                &body,
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{q}");
+        let id = q["id"].as_str().unwrap();
+        let (status, a) = self
+            .post(
+                key,
+                &format!("/v1/accounts/{account}/subscription/quotes/{id}/accept"),
+                &serde_json::json!({}),
+                Some(&format!("k-{id}")),
+            )
+            .await;
+        assert_eq!(status, 200, "{a}");
+        (q, a)
+    }
+
     /// POSTs JSON to any path, with an optional Idempotency-Key.
     pub async fn post(
         &self,

@@ -272,27 +272,7 @@ async fn a_migration_at_renewal_waits_for_each_period_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_replays_the_last_period_with_that_periods_seats() {
     let (app, key) = cohort().await;
-    let (status, q) = app
-        .post(
-            &key,
-            "/v1/accounts/m3/subscription/quotes",
-            &json!({"seats": 12}),
-            None,
-        )
-        .await;
-    assert_eq!(status, 201, "{q}");
-    let (status, a) = app
-        .post(
-            &key,
-            &format!(
-                "/v1/accounts/m3/subscription/quotes/{}/accept",
-                q["id"].as_str().unwrap()
-            ),
-            &json!({}),
-            Some("more-seats"),
-        )
-        .await;
-    assert_eq!(status, 200, "{a}");
+    app.quote_and_accept(&key, "m3", json!({"seats": 12})).await;
     let dry = migrate(
         &app.ctx,
         &r("team@1"),

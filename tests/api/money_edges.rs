@@ -33,19 +33,7 @@ async fn quote(app: &TestApp, key: &str, account: &str, body: Value) -> (u16, Va
 
 /// Quotes and accepts, asserting both succeed; returns (quote, acceptance).
 async fn change(app: &TestApp, key: &str, account: &str, body: Value) -> (Value, Value) {
-    let (status, q) = quote(app, key, account, body).await;
-    assert_eq!(status, 201, "{q}");
-    let id = q["id"].as_str().unwrap();
-    let (status, a) = app
-        .post(
-            key,
-            &format!("/v1/accounts/{account}/subscription/quotes/{id}/accept"),
-            &json!({}),
-            Some(&format!("k-{id}")),
-        )
-        .await;
-    assert_eq!(status, 200, "{a}");
-    (q, a)
+    app.quote_and_accept(key, account, body).await
 }
 
 /// Every invoice of `account` with its lines, oldest first.

@@ -13,26 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 async fn quote_and_accept(app: &TestApp, key: &str, account: &str, body: Value) -> Value {
-    let (status, q) = app
-        .post(
-            key,
-            &format!("/v1/accounts/{account}/subscription/quotes"),
-            &body,
-            None,
-        )
-        .await;
-    assert_eq!(status, 201, "{q}");
-    let id = q["id"].as_str().unwrap();
-    let (status, a) = app
-        .post(
-            key,
-            &format!("/v1/accounts/{account}/subscription/quotes/{id}/accept"),
-            &json!({}),
-            Some(&format!("k-{id}")),
-        )
-        .await;
-    assert_eq!(status, 200, "{a}");
-    a
+    app.quote_and_accept(key, account, body).await.1
 }
 
 /// (kind, cause, before, after) of an account's movements, in order.

@@ -32,6 +32,19 @@ async fn customer_on_team(app: &TestApp, key: &str, account: &str, card: &str) -
     set["customer"].as_str().unwrap().to_owned()
 }
 
+/// Moves the clock past the default policy's three retries of a first failure at NOW (3, 5 and
+/// 7 days later), running the jobs at each.
+async fn run_the_three_retries(app: &TestApp, scheduler: &Scheduler) {
+    for at in [
+        "2026-11-28T12:31:00Z",
+        "2026-11-30T12:31:00Z",
+        "2026-12-02T12:31:00Z",
+    ] {
+        app.clock.set(t(at));
+        tick(&app.ctx, scheduler).await.unwrap();
+    }
+}
+
 async fn invoice(app: &TestApp, key: &str, number: i64) -> Value {
     let (status, inv) = app.get(key, &format!("/v1/invoices/{number}")).await;
     assert_eq!(status, 200, "{inv}");
@@ -871,14 +884,7 @@ async fn recovery_from_suspension_re_anchors_and_never_bills_the_suspended_month
     let scheduler = Scheduler::new(t(NOW)).unwrap();
     let customer = customer_on_team(&app, &key, "sleeper", DECLINING_CARD).await;
     wait_for_payment_state(&app, &key, 1, "failed").await;
-    for at in [
-        "2026-11-28T12:31:00Z",
-        "2026-11-30T12:31:00Z",
-        "2026-12-02T12:31:00Z",
-    ] {
-        app.clock.set(t(at));
-        tick(&app.ctx, &scheduler).await.unwrap();
-    }
+    run_the_three_retries(&app, &scheduler).await;
     assert_eq!(
         subscription_status(&app, &key, "sleeper").await,
         "suspended"
@@ -1033,14 +1039,7 @@ async fn a_dunning_cancellation_mid_period_bills_the_usage_so_far() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    for at in [
-        "2026-11-28T12:31:00Z",
-        "2026-11-30T12:31:00Z",
-        "2026-12-02T12:31:00Z",
-    ] {
-        app.clock.set(t(at));
-        tick(&app.ctx, &scheduler).await.unwrap();
-    }
+    run_the_three_retries(&app, &scheduler).await;
     assert_eq!(subscription_status(&app, &key, "quitter").await, "canceled");
     let inv = invoice(&app, &key, 2).await;
     assert_eq!(inv["kind"], "period");
@@ -1070,35 +1069,9 @@ async fn a_cancellation_scheduled_before_a_suspension_ends_the_subscription_on_r
     let scheduler = Scheduler::new(t(NOW)).unwrap();
     let customer = customer_on_team(&app, &key, "leaving", DECLINING_CARD).await;
     wait_for_payment_state(&app, &key, 1, "failed").await;
-    let (status, q) = app
-        .post(
-            &key,
-            "/v1/accounts/leaving/subscription/quotes",
-            &json!({"cancel": true}),
-            None,
-        )
+    app.quote_and_accept(&key, "leaving", json!({"cancel": true}))
         .await;
-    assert_eq!(status, 201, "{q}");
-    let (status, a) = app
-        .post(
-            &key,
-            &format!(
-                "/v1/accounts/leaving/subscription/quotes/{}/accept",
-                q["id"].as_str().unwrap()
-            ),
-            &json!({}),
-            Some("bye"),
-        )
-        .await;
-    assert_eq!(status, 200, "{a}");
-    for at in [
-        "2026-11-28T12:31:00Z",
-        "2026-11-30T12:31:00Z",
-        "2026-12-02T12:31:00Z",
-    ] {
-        app.clock.set(t(at));
-        tick(&app.ctx, &scheduler).await.unwrap();
-    }
+    run_the_three_retries(&app, &scheduler).await;
     assert_eq!(
         subscription_status(&app, &key, "leaving").await,
         "suspended"
