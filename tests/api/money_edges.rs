@@ -1,6 +1,9 @@
-//! The money review's edge cases (`reviews/money.md`, B1–B14), one test each, through HTTP and
-//! PostgreSQL with the clock moved by the test. Every expected amount is worked out in the
-//! comments from the shipped plan files, by hand, not by calling the domain code.
+//! The money review's edge cases (`reviews/money.md`, B1–B22), one test each, through HTTP and
+//! PostgreSQL. Time moves as a user of the API moves it: the accounts live on a test clock
+//! (`POST /v1/test-clocks`), advanced over HTTP, which runs whatever falls due on the way. The
+//! few tests about the server's own sweeps (B3's migration, B6's instance clocks, B12's close
+//! isolation) move the instance clock and run the sweep instead. Every expected amount is worked
+//! out in the comments from the shipped plan files, by hand, not by calling the domain code.
 
 use crate::helpers::*;
 use accrue::domain::plan::PlanRef;
@@ -113,6 +116,50 @@ async fn subscription(app: &TestApp, key: &str, account: &str) -> Value {
     s
 }
 
+/// A test clock frozen at the suite's start (2026-11-25 12:00 UTC) with `accounts` created on it.
+struct Clock<'a> {
+    app: &'a TestApp,
+    key: &'a str,
+    id: String,
+}
+
+impl<'a> Clock<'a> {
+    async fn on(app: &'a TestApp, key: &'a str, accounts: &[&str]) -> Clock<'a> {
+        app.ctx.enable_test_clocks();
+        let (status, c) = app
+            .post(key, "/v1/test-clocks", &json!({ "frozen_time": NOW }), None)
+            .await;
+        assert_eq!(status, 201, "{c}");
+        let id = c["id"].as_str().unwrap().to_owned();
+        for a in accounts {
+            let (status, acc) = app
+                .put(
+                    key,
+                    &format!("/v1/accounts/{a}"),
+                    &json!({ "test_clock": id }),
+                )
+                .await;
+            assert_eq!(status, 200, "{acc}");
+        }
+        Clock { app, key, id }
+    }
+
+    /// Advances the clock to `at` over HTTP (closes, trial ends, collection on the way).
+    async fn to(&self, at: &str) {
+        let (status, c) = self
+            .app
+            .post(
+                self.key,
+                &format!("/v1/test-clocks/{}/advance", self.id),
+                &json!({ "frozen_time": at }),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{c}");
+        assert_eq!(c["frozen_time"], at);
+    }
+}
+
 fn close_job() -> Scheduler {
     Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap()
 }
@@ -124,17 +171,18 @@ fn close_job() -> Scheduler {
 async fn a_month_to_year_change_charges_the_new_year_and_invoices_the_ended_usage() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("ingest,billing,finance", None).await;
+    let key = app.key("admin,ingest,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme", "beta"]).await;
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
     app.subscribe(&key, "beta", json!({"plan": "free"})).await;
     // 2,500 compute minutes in the first half: package of 1,000 after 500 free units,
     // ceil(2,000 / 1,000) = 2 packages × 8.00 = 16.00.
-    app.clock.set(t("2026-11-30T01:00:00Z"));
+    clock.to("2026-11-30T01:00:00Z").await;
     events(&app, &key, vec![json!({"id": "j1", "account": "acme", "type": "job.completed", "timestamp": "2026-11-30T00:00:00Z", "properties": {"minutes": 2500}})]).await;
 
     // Period [11-25 12:00, 12-25 12:00) is 30 days; 12-10 12:00 leaves exactly half.
-    app.clock.set(t("2026-12-10T12:00:00Z"));
+    clock.to("2026-12-10T12:00:00Z").await;
     let (q, a) = change(
         &app,
         &key,
@@ -197,7 +245,8 @@ async fn a_month_to_year_change_charges_the_new_year_and_invoices_the_ended_usag
 async fn a_change_accepted_during_a_trial_takes_effect_at_trial_end() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("billing,finance", None).await;
+    let key = app.key("admin,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme", "beta"]).await;
     app.subscribe(
         &key,
         "acme",
@@ -217,8 +266,7 @@ async fn a_change_accepted_during_a_trial_takes_effect_at_trial_end() {
     assert_eq!(q["kind"], "downgrade");
     assert_eq!(q["effective_at"], "2026-12-09T12:00:00Z");
 
-    app.clock.set(t("2026-12-09T13:00:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2026-12-09T13:00:00Z").await;
     let s = subscription(&app, &key, "acme").await;
     assert_eq!(s["status"], "canceled");
     assert!(
@@ -371,17 +419,16 @@ async fn an_immediate_change_keeps_a_cancellation_and_names_a_revoked_decrease()
 async fn late_usage_is_billed_once_when_one_catch_up_closes_several_periods() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("ingest,billing,finance", None).await;
+    let key = app.key("admin,ingest,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme"]).await;
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
-    app.clock.set(t("2026-12-25T12:05:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2026-12-25T12:05:00Z").await;
     // 2,500 minutes late for the first period: 2 packages × 8.00 = 16.00 more.
-    app.clock.set(t("2026-12-26T00:00:00Z"));
+    clock.to("2026-12-26T00:00:00Z").await;
     events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-01T00:00:00Z", "properties": {"minutes": 2500}})]).await;
     // Nothing closes the account until two more periods have ended.
-    app.clock.set(t("2027-02-25T13:00:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2027-02-25T13:00:00Z").await;
     let invs = invoices(&app, &key, "acme").await;
     assert_eq!(invs.len(), 4, "start, and three period closes");
     let late = lines_of(&invs, "late_usage");
@@ -396,15 +443,15 @@ async fn late_usage_is_billed_once_when_one_catch_up_closes_several_periods() {
 async fn late_usage_under_a_minimum_recomputes_the_top_up() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("ingest,billing,finance", None).await;
+    let key = app.key("admin,ingest,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme"]).await;
     // Enterprise: base 1,500, 50 seats included, minimum 5,000, storage 0.10 per peak GB.
     app.subscribe(&key, "acme", json!({"plan": "enterprise", "seats": 50}))
         .await;
     let snapshot = |id: &str, gb: &str| json!({"id": id, "account": "acme", "type": "storage.snapshot", "timestamp": "2026-12-01T00:00:00Z", "properties": {"gb": gb}});
-    app.clock.set(t("2026-12-01T01:00:00Z"));
+    clock.to("2026-12-01T01:00:00Z").await;
     events(&app, &key, vec![snapshot("s1", "10000")]).await;
-    app.clock.set(t("2026-12-25T12:05:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2026-12-25T12:05:00Z").await;
     // Close of period 1: storage 10,000 × 0.10 = 1,000.00; 1,500 + 1,000 = 2,500 under the
     // minimum → top-up 2,500.00; with period 2's base fee 1,500.00 the invoice is 5,000.00.
     let invs = invoices(&app, &key, "acme").await;
@@ -412,10 +459,9 @@ async fn late_usage_under_a_minimum_recomputes_the_top_up() {
 
     // A late peak of 20,000 GB: storage is worth 2,000.00, 1,000.00 more; the top-up falls
     // to 5,000 − 1,500 − 2,000 = 1,500.00, 1,000.00 less. Period 1 still costs 5,000.00.
-    app.clock.set(t("2026-12-26T00:00:00Z"));
+    clock.to("2026-12-26T00:00:00Z").await;
     events(&app, &key, vec![snapshot("s2", "20000")]).await;
-    app.clock.set(t("2027-01-25T12:05:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2027-01-25T12:05:00Z").await;
     let invs = invoices(&app, &key, "acme").await;
     let corrections: Vec<(String, String)> = invs[2]["lines"]
         .as_array()
@@ -438,10 +484,9 @@ async fn late_usage_under_a_minimum_recomputes_the_top_up() {
     );
 
     // A late peak of 60,000 GB: worth 6,000.00, above the minimum: the top-up goes to 0.
-    app.clock.set(t("2027-01-26T00:00:00Z"));
+    clock.to("2027-01-26T00:00:00Z").await;
     events(&app, &key, vec![snapshot("s3", "60000")]).await;
-    app.clock.set(t("2027-02-25T12:05:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2027-02-25T12:05:00Z").await;
     let invs = invoices(&app, &key, "acme").await;
     // Everything billed for period 1's arrears: usage and top-up lines that cover it.
     let p1: Decimal = invs
@@ -460,7 +505,8 @@ async fn late_usage_under_a_minimum_recomputes_the_top_up() {
 async fn trials_record_mrr_at_conversion_and_are_refused_where_they_do_not_exist() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("billing,finance", None).await;
+    let key = app.key("admin,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme", "beta", "gamma"]).await;
     app.subscribe(&key, "acme", json!({"plan": "free"})).await;
     change(
         &app,
@@ -473,7 +519,7 @@ async fn trials_record_mrr_at_conversion_and_are_refused_where_they_do_not_exist
         movements(&app, &key, "acme").await.is_empty(),
         "no MRR while trialing"
     );
-    app.clock.set(t("2026-12-09T13:00:00Z"));
+    clock.to("2026-12-09T13:00:00Z").await;
     subscription(&app, &key, "acme").await;
     // Converted: Team 59 + (5 − 3) × 12 = 83 a month.
     assert_eq!(
@@ -570,14 +616,15 @@ async fn one_failing_account_does_not_stop_the_period_close() {
 async fn a_negative_change_becomes_credit_that_the_next_invoice_uses() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("billing,finance", None).await;
+    let key = app.key("admin,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme"]).await;
     // Enterprise: 1,500 base, 30 per seat above 50 included, decreases credited at once.
     // 80 seats: 1,500 + 30 × 30 = 2,400 a month.
     app.subscribe(&key, "acme", json!({"plan": "enterprise", "seats": 80}))
         .await;
     // Half the 30-day period left: credit −2,400 × ½ = −1,200.00; 60 seats cost
     // 1,500 + 10 × 30 = 1,800, charged 900.00; −300.00 in all.
-    app.clock.set(t("2026-12-10T12:00:00Z"));
+    clock.to("2026-12-10T12:00:00Z").await;
     let (q, _) = change(&app, &key, "acme", json!({"seats": 60})).await;
     assert_eq!(q["amount_due_now"], "-300.00");
     let invs = invoices(&app, &key, "acme").await;
@@ -597,8 +644,7 @@ async fn a_negative_change_becomes_credit_that_the_next_invoice_uses() {
 
     // The close: the minimum 5,000 − (1,500 + 300 seats) = 3,200 top-up, and the next
     // month's 1,800 in advance: 5,000.00, less the 300.00 credit → 4,700.00.
-    app.clock.set(t("2026-12-25T12:05:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2026-12-25T12:05:00Z").await;
     let invs = invoices(&app, &key, "acme").await;
     let close = &invs[2];
     let applied = lines_of(std::slice::from_ref(close), "credit_applied");
@@ -618,18 +664,18 @@ async fn a_negative_change_becomes_credit_that_the_next_invoice_uses() {
 async fn grr_caps_each_accounts_loss_at_its_starting_mrr() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("billing,finance", None).await;
+    let key = app.key("admin,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme", "beta"]).await;
     // Both on Team with 5 seats: 59 + 2 × 12 = 83 a month at the window's start.
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
     app.subscribe(&key, "beta", json!({"plan": "team", "seats": 5}))
         .await;
     // acme: up to Business with 12 seats (199 + 2 × 20 = 239), then canceled at period end.
-    app.clock.set(t("2026-12-05T00:00:00Z"));
+    clock.to("2026-12-05T00:00:00Z").await;
     change(&app, &key, "acme", json!({"plan": "business", "seats": 12})).await;
     change(&app, &key, "acme", json!({"cancel": true})).await;
-    app.clock.set(t("2026-12-26T00:00:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2026-12-26T00:00:00Z").await;
     let (status, body) = app
         .get(
             &key,
@@ -706,11 +752,12 @@ async fn a_quote_in_another_currency_than_the_accounts_is_refused_at_the_quote()
 async fn a_canceled_account_subscribes_again_as_a_reactivation() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("billing,finance", None).await;
+    let key = app.key("admin,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme"]).await;
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
     change(&app, &key, "acme", json!({"cancel": true})).await;
-    app.clock.set(t("2026-12-26T09:10:00Z"));
+    clock.to("2026-12-26T09:10:00Z").await;
     assert_eq!(subscription(&app, &key, "acme").await["status"], "canceled");
     // Business with 12 seats: 199 + (12 − 10) × 20 = 239.00 for the month from 12-26 09:00.
     let s = app
@@ -750,7 +797,8 @@ async fn a_canceled_account_subscribes_again_as_a_reactivation() {
 async fn a_second_trial_is_refused_after_subscribing_again() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("billing", None).await;
+    let key = app.key("admin,billing", None).await;
+    let clock = Clock::on(&app, &key, &["acme"]).await;
     app.subscribe(
         &key,
         "acme",
@@ -758,7 +806,7 @@ async fn a_second_trial_is_refused_after_subscribing_again() {
     )
     .await;
     change(&app, &key, "acme", json!({"cancel": true})).await;
-    app.clock.set(t("2026-12-10T00:00:00Z"));
+    clock.to("2026-12-10T00:00:00Z").await;
     assert_eq!(subscription(&app, &key, "acme").await["status"], "canceled");
     app.subscribe(&key, "acme", json!({"plan": "free"})).await;
     let (status, body) = quote(
@@ -778,7 +826,8 @@ async fn a_second_trial_is_refused_after_subscribing_again() {
 async fn a_year_cut_short_bills_its_storage_peak_for_the_part_that_ran() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("ingest,billing,finance", None).await;
+    let key = app.key("admin,ingest,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme"]).await;
     // Business (annual), 10 seats: 1,990.00 for [2026-11-25 12:00, 2027-11-25 12:00), 365 days.
     app.subscribe(
         &key,
@@ -786,10 +835,10 @@ async fn a_year_cut_short_bills_its_storage_peak_for_the_part_that_ran() {
         json!({"plan": "business_annual", "seats": 10}),
     )
     .await;
-    app.clock.set(t("2026-11-26T00:00:00Z"));
+    clock.to("2026-11-26T00:00:00Z").await;
     events(&app, &key, vec![json!({"id": "s1", "account": "acme", "type": "storage.snapshot", "properties": {"gb": 2000}})]).await;
     // 30 days in, up to monthly Business (199 a month beats 1,990 / 12): the year ends here.
-    app.clock.set(t("2026-12-25T12:00:00Z"));
+    clock.to("2026-12-25T12:00:00Z").await;
     let (q, _) = change(&app, &key, "acme", json!({"plan": "business", "seats": 10})).await;
     // Credit −1,990 × 335 / 365 = −1,826.438… → −1,826.44; Business's month 199.00.
     assert_eq!(
@@ -819,21 +868,19 @@ async fn a_year_cut_short_bills_its_storage_peak_for_the_part_that_ran() {
 async fn late_usage_after_a_cancellation_is_billed_once() {
     let app = spawn_app().await;
     app.publish_plans().await;
-    let key = app.key("ingest,billing,finance", None).await;
+    let key = app.key("admin,ingest,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme"]).await;
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
     change(&app, &key, "acme", json!({"cancel": true})).await;
-    app.clock.set(t("2026-12-25T12:05:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2026-12-25T12:05:00Z").await;
     assert_eq!(subscription(&app, &key, "acme").await["status"], "canceled");
     assert_eq!(invoices(&app, &key, "acme").await.len(), 2);
     // 2,500 minutes arrive late for the last period: 2 packages × 8.00 = 16.00.
-    app.clock.set(t("2026-12-27T09:30:00Z"));
+    clock.to("2026-12-27T09:30:00Z").await;
     events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00Z", "properties": {"minutes": 2500}})]).await;
-    app.clock.set(t("2026-12-27T09:31:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
-    app.clock.set(t("2026-12-27T10:05:00Z"));
-    tick(&app.ctx, &close_job()).await.unwrap();
+    clock.to("2026-12-27T09:31:00Z").await;
+    clock.to("2026-12-27T10:05:00Z").await;
     let invs = invoices(&app, &key, "acme").await;
     assert_eq!(invs.len(), 3, "{invs:?}");
     assert_eq!(invs[2]["total"], "16.00");
