@@ -156,22 +156,25 @@ pub async fn run(
             if s.signup_day == day {
                 let free_mail = rng.chance(40);
                 let f = Firmographics {
-                    name: Some(format!("Company {}", &s.id[5..])),
-                    email: Some(if free_mail {
+                    name: Some(Some(format!("Company {}", &s.id[5..]))),
+                    email: Some(Some(if free_mail {
                         format!("founder.{}@gmail.com", &s.id[5..])
                     } else {
                         format!("ops@{}.example", s.id)
-                    }),
-                    employees: Some(s.employees),
-                    industry: Some(INDUSTRIES[rng.below(INDUSTRIES.len() as u64) as usize].into()),
-                    country: Some(
+                    })),
+                    employees: Some(Some(s.employees)),
+                    industry: Some(Some(
+                        INDUSTRIES[rng.below(INDUSTRIES.len() as u64) as usize].into(),
+                    )),
+                    country: Some(Some(
                         ["US", "DE", "FR", "GB", "BR", "IN"][rng.below(6) as usize].into(),
+                    )),
+                    crm_owner: Some(
+                        (s.employees > 500 && rng.chance(50))
+                            .then(|| "ae-team@vendor.example".to_owned()),
                     ),
-                    crm_owner: (s.employees > 500 && rng.chance(50))
-                        .then(|| "ae-team@vendor.example".to_owned()),
-                    stripe_customer_id: None,
                 };
-                subs::put_account(ctx, &s.id, f, None).await?;
+                subs::put_account(ctx, &s.id, f, None, None).await?;
                 subs::subscribe(
                     ctx,
                     &operator,

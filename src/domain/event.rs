@@ -10,6 +10,19 @@ pub const MAX_FUTURE_SKEW_SECONDS: i64 = 300;
 pub const MAX_ID_LEN: usize = 256;
 /// Longest event type.
 pub const MAX_TYPE_LEN: usize = 128;
+/// Largest `properties` object, measured as the bytes of its keys, strings and numbers plus two
+/// per value: what the event costs to store and to read back (lineage, exports).
+pub const MAX_PROPERTIES_BYTES: usize = 32 * 1024;
+/// Most values (at any depth) in `properties`.
+pub const MAX_PROPERTY_VALUES: usize = 1_000;
+/// Deepest nesting of objects and arrays in `properties`.
+pub const MAX_PROPERTY_DEPTH: usize = 8;
+/// Longest property name.
+pub const MAX_PROPERTY_KEY_LEN: usize = 256;
+/// Longest number as written, and the largest decimal exponent it may carry: PostgreSQL stores
+/// numbers exactly (`1e999999` would not fit, `1e100000` would print as 100,001 digits).
+pub const MAX_NUMBER_LEN: usize = 64;
+pub const MAX_NUMBER_EXPONENT: i64 = 40;
 
 /// A validated usage event.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,13 +140,21 @@ pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
     }
     let properties = match obj.remove("properties") {
         None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(Value::Object(m)) if m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)) => {
-            return Err(Rejection::new(
-                "invalid_properties",
-                "properties must not contain the NUL character (\\u0000)",
-            ))
+        Some(v @ Value::Object(_)) => {
+            let mut size = Size::default();
+            measure(&v, 0, &mut size)?;
+            if size.bytes > MAX_PROPERTIES_BYTES || size.values > MAX_PROPERTY_VALUES {
+                return Err(Rejection::new(
+                    "properties_too_large",
+                    format!(
+                        "properties hold {} values in about {} bytes; the limit is \
+                         {MAX_PROPERTY_VALUES} values and {MAX_PROPERTIES_BYTES} bytes",
+                        size.values, size.bytes
+                    ),
+                ));
+            }
+            v
         }
-        Some(v @ Value::Object(_)) => v,
         Some(_) => {
             return Err(Rejection::new(
                 "invalid_properties",
@@ -150,13 +171,96 @@ pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
     })
 }
 
-/// Whether any string or key in `v` holds U+0000, which PostgreSQL text and jsonb cannot store.
-fn contains_nul(v: &Value) -> bool {
+/// What a `properties` value costs: about how many bytes it takes, how many values it holds.
+#[derive(Default)]
+struct Size {
+    bytes: usize,
+    values: usize,
+}
+
+/// Walks a property value, adding up its size and refusing what PostgreSQL cannot store (the
+/// NUL character, numbers beyond its range) or what is unreasonably deep or long. Stops early
+/// once the size is over the limit.
+fn measure(v: &Value, depth: usize, size: &mut Size) -> Result<(), Rejection> {
+    size.values += 1;
+    size.bytes += 2;
+    if size.bytes > MAX_PROPERTIES_BYTES || size.values > MAX_PROPERTY_VALUES {
+        return Ok(());
+    }
     match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        Value::Null | Value::Bool(_) => {}
+        Value::Number(n) => {
+            let text = n.to_string();
+            size.bytes += text.len();
+            if !storable_number(&text) {
+                return Err(Rejection::new(
+                    "number_out_of_range",
+                    format!(
+                        "property number `{}` is out of range: at most {MAX_NUMBER_LEN} \
+                         characters and an exponent within ±{MAX_NUMBER_EXPONENT}",
+                        text.chars().take(MAX_NUMBER_LEN).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        Value::String(s) => {
+            size.bytes += s.len();
+            if s.contains('\0') {
+                return Err(nul());
+            }
+        }
+        Value::Array(_) | Value::Object(_) if depth >= MAX_PROPERTY_DEPTH => {
+            return Err(Rejection::new(
+                "properties_too_deep",
+                format!("properties nest more than {MAX_PROPERTY_DEPTH} levels deep"),
+            ));
+        }
+        Value::Array(items) => {
+            for item in items {
+                measure(item, depth + 1, size)?;
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m {
+                size.bytes += k.len();
+                if k.len() > MAX_PROPERTY_KEY_LEN {
+                    return Err(Rejection::new(
+                        "property_name_too_long",
+                        format!(
+                            "a property name is {} bytes long; the limit is {MAX_PROPERTY_KEY_LEN}",
+                            k.len()
+                        ),
+                    ));
+                }
+                if k.contains('\0') {
+                    return Err(nul());
+                }
+                measure(item, depth + 1, size)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn nul() -> Rejection {
+    Rejection::new(
+        "invalid_properties",
+        "properties must not contain the NUL character (\\u0000)",
+    )
+}
+
+/// Whether a JSON number (as written) fits PostgreSQL's numeric comfortably: at most
+/// [`MAX_NUMBER_LEN`] characters and an exponent within ±[`MAX_NUMBER_EXPONENT`], so it is
+/// stored and printed back in at most about a hundred digits.
+fn storable_number(text: &str) -> bool {
+    if text.len() > MAX_NUMBER_LEN {
+        return false;
+    }
+    match text.find(['e', 'E']) {
+        None => true,
+        Some(i) => text[i + 1..]
+            .parse::<i64>()
+            .is_ok_and(|e| e.abs() <= MAX_NUMBER_EXPONENT),
     }
 }
 
@@ -173,6 +277,47 @@ mod tests {
 
     fn code(v: Value) -> &'static str {
         parse_event(v, now()).unwrap_err().code
+    }
+
+    #[test]
+    fn properties_postgresql_cannot_store_or_that_are_too_big_are_refused() {
+        let with = |props: Value| {
+            code(json!({"id": "1", "account": "a", "type": "t", "properties": props}))
+        };
+        let n = |text: &str| -> Value { serde_json::from_str(text).unwrap() };
+        assert_eq!(with(json!({"n": n("1e999999")})), "number_out_of_range");
+        assert_eq!(with(json!({"n": n("1e-20000")})), "number_out_of_range");
+        assert_eq!(
+            with(json!({"n": [1, {"m": n("-2.5E41")}]})),
+            "number_out_of_range"
+        );
+        assert_eq!(
+            with(json!({"n": n(&"9".repeat(65))})),
+            "number_out_of_range"
+        );
+        assert_eq!(
+            with(json!({"s": "x".repeat(33 * 1024)})),
+            "properties_too_large"
+        );
+        let many: Map<String, Value> = (0..1001).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert_eq!(with(Value::Object(many)), "properties_too_large");
+        assert_eq!(with(json!({"k".repeat(257): 1})), "property_name_too_long");
+        let mut deep = json!(1);
+        for _ in 0..9 {
+            deep = json!([deep]);
+        }
+        assert_eq!(with(json!({ "d": deep })), "properties_too_deep");
+        assert_eq!(with(json!({"s": "a\u{0}b"})), "invalid_properties");
+        // At the limits: accepted.
+        let ok = |props: Value| {
+            parse_event(
+                json!({"id": "1", "account": "a", "type": "t", "properties": props}),
+                now(),
+            )
+            .unwrap()
+        };
+        ok(json!({"n": n("1e40"), "m": n("-1.5e-40"), "big": n(&"9".repeat(64))}));
+        ok(json!({"s": "x".repeat(30 * 1024), "k".repeat(256): [[[[[[[1]]]]]]]}));
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub enum Reading {
 pub const MAX_ABS_VALUE: i64 = 1_000_000_000_000; // 1e12
 /// Most decimal places a metered value may carry (the rollup columns keep 9).
 pub const MAX_SCALE: u32 = 9;
+/// Longest key a `unique_count` meter counts (a user id, a hostname): the keys are stored and
+/// indexed, and PostgreSQL's btree rows stop at about 2.7 KB.
+pub const MAX_UNIQUE_KEY_LEN: usize = 256;
 
 impl Meter {
     /// Does this meter read `event` at all (type and filter)?
@@ -126,6 +129,17 @@ impl Meter {
                     ),
                 )
             })?;
+            if key.len() > MAX_UNIQUE_KEY_LEN {
+                return Err(Rejection::new(
+                    "unique_key_too_long",
+                    format!(
+                        "property `{prop}` for meter `{}` is {} bytes long; the limit is \
+                         {MAX_UNIQUE_KEY_LEN}",
+                        self.code,
+                        key.len()
+                    ),
+                ));
+            }
             Ok(Some(Reading::Key(key)))
         }
     }

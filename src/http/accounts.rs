@@ -6,6 +6,7 @@ use super::auth::{authorize, reach};
 use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::check::{self, CheckRequest};
+use crate::services::payments;
 use crate::services::subscriptions::{self as subs, QuoteRequest, SubscribeRequest};
 use crate::services::Ctx;
 use crate::store::accounts::Firmographics;
@@ -13,18 +14,34 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+/// `PUT /v1/accounts/{account}`: a field left out keeps its value, `null` clears it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountBody {
-    name: Option<String>,
-    email: Option<String>,
-    employees: Option<i32>,
-    industry: Option<String>,
-    country: Option<String>,
-    crm_owner: Option<String>,
+    #[serde(default, deserialize_with = "given")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    employees: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "given")]
+    industry: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    country: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    crm_owner: Option<Option<String>>,
+    /// Links an existing Stripe customer (unbound keys only; verified through its metadata).
     stripe_customer_id: Option<String>,
     /// A test clock to live by (`ACCRUE_TEST_CLOCKS=true`), when the account is created.
     test_clock: Option<String>,
+}
+
+/// A field that is present: `Some(value)`, `Some(None)` for `null` (absent fields take the
+/// `default`, `None`).
+fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 fn json_error(err: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
@@ -56,6 +73,18 @@ pub async fn put_account(
     let account = path.into_inner();
     reach(&p, &account)?;
     let b = body.into_inner();
+    if let Some(customer) = &b.stripe_customer_id {
+        // The link decides whose card pays: accrue manages it, an account's own key never
+        // sets it (reviews/security.md C1).
+        if p.account.is_some() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "managed_field",
+                "stripe_customer_id is managed by accrue: an account-scoped key cannot set it",
+            ));
+        }
+        payments::verify_customer(&ctx, &account, customer).await?;
+    }
     let f = Firmographics {
         name: b.name,
         email: b.email,
@@ -63,10 +92,16 @@ pub async fn put_account(
         industry: b.industry,
         country: b.country,
         crm_owner: b.crm_owner,
-        stripe_customer_id: b.stripe_customer_id,
     };
-    Ok(HttpResponse::Ok()
-        .json(subs::put_account(&ctx, &account, f, b.test_clock.as_deref()).await?))
+    let saved = subs::put_account(
+        &ctx,
+        &account,
+        f,
+        b.test_clock.as_deref(),
+        b.stripe_customer_id.as_deref(),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(saved))
 }
 
 pub async fn get_account(

@@ -11,7 +11,10 @@ use std::str::FromStr;
 use stripe::{RequestStrategy, StripeError, StripeRequest};
 use stripe_billing::invoice::{CreateInvoice, FinalizeInvoiceInvoice, PayInvoice, RetrieveInvoice};
 use stripe_billing::invoice_item::CreateInvoiceItem;
-use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_core::customer::{
+    CreateCustomer, RetrieveCustomer, RetrieveCustomerReturned, UpdateCustomer,
+    UpdateCustomerInvoiceSettings,
+};
 use stripe_payment::payment_method::AttachPaymentMethod;
 
 /// Where and how to reach Stripe.
@@ -257,10 +260,10 @@ impl StripeRail {
         email: Option<&str>,
         name: Option<&str>,
     ) -> Result<String, RailError> {
-        let mut req = CreateCustomer::new().metadata(HashMap::from([(
-            "accrue_account".to_owned(),
-            account.to_owned(),
-        )]));
+        let mut req = CreateCustomer::new().metadata(HashMap::from([
+            ("accrue_account".to_owned(), account.to_owned()),
+            ("accrue_installation".to_owned(), self.installation.clone()),
+        ]));
         if let Some(e) = email {
             req = req.email(e);
         }
@@ -378,6 +381,19 @@ impl StripeRail {
         let inv = RetrieveInvoice::new(id).send(&self.client).await?;
         Ok(inv.into())
     }
+
+    /// A customer's metadata (None: Stripe has no such customer, or it was deleted).
+    pub async fn customer_metadata(
+        &self,
+        id: &str,
+    ) -> Result<Option<HashMap<String, String>>, RailError> {
+        match RetrieveCustomer::new(id).send(&self.client).await {
+            Ok(RetrieveCustomerReturned::Customer(c)) => Ok(Some(c.metadata.unwrap_or_default())),
+            Ok(RetrieveCustomerReturned::DeletedCustomer(_)) => Ok(None),
+            Err(StripeError::Stripe(_, 404)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 /// The rail invoices are collected through: Stripe, or (for `accrue demo` only) a simulated
@@ -449,6 +465,17 @@ impl Rail {
             Rail::Simulated(s) => s.retrieve(id),
         }
     }
+
+    /// A customer's metadata, None when there is no such customer.
+    pub async fn customer_metadata(
+        &self,
+        id: &str,
+    ) -> Result<Option<HashMap<String, String>>, RailError> {
+        match self {
+            Rail::Stripe(s) => s.customer_metadata(id).await,
+            Rail::Simulated(s) => Ok(s.customer_metadata(id)),
+        }
+    }
 }
 
 /// An in-memory card network for the demo (see [`Rail`]). Repeated calls are idempotent like
@@ -474,6 +501,16 @@ impl SimulatedRail {
         let id = format!("cus_sim_{account}");
         self.state().customers.entry(id.clone()).or_insert(None);
         id
+    }
+
+    fn customer_metadata(&self, id: &str) -> Option<HashMap<String, String>> {
+        let account = id.strip_prefix("cus_sim_")?;
+        self.state().customers.contains_key(id).then(|| {
+            HashMap::from([
+                ("accrue_account".to_owned(), account.to_owned()),
+                ("accrue_installation".to_owned(), "simulated".to_owned()),
+            ])
+        })
     }
 
     fn set_payment_method(&self, customer: &str, pm: &str) -> Result<(), RailError> {

@@ -689,7 +689,44 @@ pub fn fallback_of(ctx: &Ctx, plan: &str) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Payment methods
+// Customers and payment methods
+
+/// Checks that Stripe customer `customer` may be linked to `account`: it exists and its
+/// metadata names this account (`accrue_account`) and no other installation
+/// (`accrue_installation`), as the customers accrue creates do. Nothing is written: the caller
+/// stores the link.
+pub async fn verify_customer(ctx: &Ctx, account: &str, customer: &str) -> Result<(), ServiceError> {
+    let p = ctx.payments.as_ref().ok_or_else(not_configured)?;
+    if !customer.starts_with("cus_") || customer.len() > 255 {
+        return Err(ServiceError::invalid(
+            "invalid_customer",
+            "stripe_customer_id must be a Stripe customer id (cus_...)",
+        ));
+    }
+    let metadata = p
+        .rail
+        .customer_metadata(customer)
+        .await
+        .map_err(rail_error)?
+        .ok_or_else(|| {
+            ServiceError::invalid(
+                "unknown_customer",
+                format!("stripe_customer_id: Stripe has no customer `{customer}`"),
+            )
+        })?;
+    let owner = metadata.get("accrue_account").map(String::as_str);
+    let installation = metadata.get("accrue_installation").map(String::as_str);
+    if owner != Some(account) || installation.is_some_and(|i| i != p.rail.installation()) {
+        return Err(ServiceError::invalid(
+            "customer_mismatch",
+            format!(
+                "stripe_customer_id: Stripe customer `{customer}` is not account `{account}`'s \
+                 (its metadata must say accrue_account = \"{account}\")"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PaymentMethodSet {

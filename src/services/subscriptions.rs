@@ -73,20 +73,23 @@ fn view(row: &SubscriptionRow, plan: &PlanVersion) -> SubscriptionView {
 // ---------------------------------------------------------------------------------------------
 // Accounts
 
+/// Creates the account when needed and sets the firmographics given (the others are left as
+/// they are). `customer` links a Stripe customer that `payments::verify_customer` checked.
 pub async fn put_account(
     ctx: &Ctx,
     account: &str,
     f: Firmographics,
     test_clock: Option<&str>,
+    customer: Option<&str>,
 ) -> Result<Account, ServiceError> {
     AccountId::parse(account).map_err(|why| ServiceError::invalid("invalid_account", why))?;
-    if f.employees.is_some_and(|e| e < 0) {
+    if f.employees.flatten().is_some_and(|e| e < 0) {
         return Err(ServiceError::invalid(
             "invalid_employees",
             "employees must not be negative",
         ));
     }
-    if let Some(email) = &f.email {
+    if let Some(Some(email)) = &f.email {
         if !email.contains('@') {
             return Err(ServiceError::invalid(
                 "invalid_email",
@@ -125,6 +128,10 @@ pub async fn put_account(
     let saved = conn
         .transaction::<Account, TxError, _>(async |c| {
             let mut saved = accounts::upsert(c, account, &f, ctx.clock.now()).await?;
+            if let Some(id) = customer {
+                crate::store::payments::set_customer(c, account, id).await?;
+                saved.stripe_customer_id = Some(id.to_owned());
+            }
             if let Some(id) = test_clock {
                 crate::store::test_clocks::attach(c, account, id).await?;
                 saved.test_clock = Some(id.to_owned());

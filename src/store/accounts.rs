@@ -32,40 +32,35 @@ pub struct Account {
     pub test_clock: Option<String>,
 }
 
-/// The firmographics a client may set (`PUT /v1/accounts/{account}`).
-#[derive(Debug, Clone, Default, Insertable, AsChangeset)]
+/// The firmographics a client may set (`PUT /v1/accounts/{account}`): `None` leaves a field
+/// as it is, `Some(None)` clears it. The Stripe customer link is not among them: accrue
+/// manages it (`payments::link_customer`).
+#[derive(Debug, Clone, Default, AsChangeset)]
 #[diesel(table_name = accounts)]
-#[diesel(treat_none_as_null = true)]
 pub struct Firmographics {
-    pub name: Option<String>,
-    pub email: Option<String>,
-    pub employees: Option<i32>,
-    pub industry: Option<String>,
-    pub country: Option<String>,
-    pub crm_owner: Option<String>,
-    pub stripe_customer_id: Option<String>,
+    pub name: Option<Option<String>>,
+    pub email: Option<Option<String>>,
+    pub employees: Option<Option<i32>>,
+    pub industry: Option<Option<String>>,
+    pub country: Option<Option<String>>,
+    pub crm_owner: Option<Option<String>>,
 }
 
-/// Creates or replaces an account's firmographics; returns whether it was created.
+/// Creates the account when needed and sets the firmographics given, leaving the others.
 pub async fn upsert(
     conn: &mut AsyncPgConnection,
     account: &str,
     f: &Firmographics,
     now: DateTime<Utc>,
 ) -> Result<Account, StoreError> {
-    Ok(diesel::insert_into(accounts::table)
-        .values((
-            accounts::account.eq(account),
-            f.clone(),
-            accounts::created_at.eq(now),
-            accounts::updated_at.eq(now),
-        ))
-        .on_conflict(accounts::account)
-        .do_update()
-        .set((f.clone(), accounts::updated_at.eq(now)))
-        .returning(Account::as_returning())
-        .get_result(conn)
-        .await?)
+    ensure(conn, account, now).await?;
+    Ok(
+        diesel::update(accounts::table.filter(accounts::account.eq(account)))
+            .set((f.clone(), accounts::updated_at.eq(now)))
+            .returning(Account::as_returning())
+            .get_result(conn)
+            .await?,
+    )
 }
 
 /// Makes sure a bare account row exists (subscribing creates the account when needed).

@@ -19,6 +19,7 @@ mod plans;
 mod pql;
 mod restart;
 mod revenue;
+mod security;
 mod stripe;
 mod subscriptions;
 mod test_clocks;
