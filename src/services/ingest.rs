@@ -264,53 +264,80 @@ async fn run_lane(
             .map(|v| v.event.account.as_str())
             .collect();
         checks.begin_writes(&accounts);
-        let result = commit_group(&pool, clock.now(), &jobs).await;
-        if let Ok((_, new)) = &result {
-            for v in jobs.iter().flat_map(|j| &j.events) {
-                let e = &v.event;
-                if !v.readings.is_empty()
-                    && new.contains(&(e.account.as_str().to_owned(), e.id.clone()))
-                {
-                    checks.apply(e.account.as_str(), e.timestamp, &e.id, &v.readings);
-                }
+        let (answers, new) = commit_isolated(&pool, clock.now(), &jobs).await;
+        for v in jobs.iter().flat_map(|j| &j.events) {
+            let e = &v.event;
+            if !v.readings.is_empty()
+                && new.contains(&(e.account.as_str().to_owned(), e.id.clone()))
+            {
+                checks.apply(e.account.as_str(), e.timestamp, &e.id, &v.readings);
             }
         }
         checks.end_writes(&accounts);
-        if let Ok((_, new)) = &result {
-            // Usage thresholds reached by these events (for accounts the check cache holds;
-            // others are evaluated when they are next checked).
-            let now = clock.now();
-            let mut seen = HashSet::new();
-            for (account, _) in new {
-                if seen.insert(account.as_str()) {
-                    pql.mark([account.as_str()]);
-                    if let Some((period, alerts)) = checks.new_alerts(account) {
-                        super::check::spawn_alerts(
-                            pool.clone(),
-                            account.clone(),
-                            period,
-                            alerts,
-                            now,
-                        );
-                    }
+        // Usage thresholds reached by these events (for accounts the check cache holds;
+        // others are evaluated when they are next checked).
+        let now = clock.now();
+        let mut seen = HashSet::new();
+        for (account, _) in &new {
+            if seen.insert(account.as_str()) {
+                pql.mark([account.as_str()]);
+                if let Some((period, alerts)) = checks.new_alerts(account) {
+                    super::check::spawn_alerts(pool.clone(), account.clone(), period, alerts, now);
                 }
             }
         }
-        match result {
-            Ok((per_job, _)) => {
-                for (job, n) in jobs.into_iter().zip(per_job) {
-                    let _ = job.reply.send(Ok(n));
-                }
+        for (job, answer) in jobs.into_iter().zip(answers) {
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+/// Commits a lane's jobs together; if that fails for a reason other than the database being
+/// unreachable, commits each job alone, so one request's bad data can never fail another's.
+/// Returns each job's answer (how many of its events were new) and every (account, id) stored.
+async fn commit_isolated(
+    pool: &Pool,
+    now: chrono::DateTime<chrono::Utc>,
+    jobs: &[Job],
+) -> (Vec<Result<usize, ServiceError>>, HashSet<(String, String)>) {
+    let size: usize = jobs.iter().map(|j| j.events.len()).sum();
+    let error = match commit_group(pool, now, jobs).await {
+        Ok((per_job, new)) => return (per_job.into_iter().map(Ok).collect(), new),
+        Err(e) => e,
+    };
+    if jobs.len() == 1 || !matches!(error, StoreError::Query(_)) {
+        tracing::error!(error = %error, events = size, "ingest group failed");
+        let answers = jobs.iter().map(|_| Err(job_error(&error))).collect();
+        return (answers, HashSet::new());
+    }
+    tracing::warn!(error = %error, jobs = jobs.len(), "ingest group failed: committing its requests one by one");
+    let mut answers = Vec::with_capacity(jobs.len());
+    let mut stored = HashSet::new();
+    for job in jobs {
+        match commit_group(pool, now, std::slice::from_ref(job)).await {
+            Ok((per_job, new)) => {
+                answers.push(Ok(per_job[0]));
+                stored.extend(new);
             }
             Err(e) => {
-                tracing::error!(error = %e, events = size, "ingest group failed");
-                for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(ServiceError::Store(StoreError::Message(e.to_string()))));
-                }
+                tracing::warn!(error = %e, events = job.events.len(), "ingest request failed");
+                answers.push(Err(job_error(&e)));
             }
         }
+    }
+    (answers, stored)
+}
+
+/// The answer to a request whose events could not be committed: the database refusing the data
+/// itself is the request's fault (422, retrying cannot help); anything else is retryable (503).
+fn job_error(e: &StoreError) -> ServiceError {
+    if e.is_data_error() {
+        ServiceError::invalid(
+            "events_not_storable",
+            format!("the database refused these events, none was stored: {e}"),
+        )
+    } else {
+        ServiceError::Store(StoreError::Message(e.to_string()))
     }
 }
 

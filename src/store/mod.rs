@@ -65,6 +65,44 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// A failure caused by the data itself (a value out of range, a row too large for an
+    /// index, a violated constraint): the same statement fails the same way every time, so
+    /// it is the caller's input, not a reason to retry.
+    pub fn is_data_error(&self) -> bool {
+        use diesel::result::DatabaseErrorKind as K;
+        match self {
+            StoreError::Query(diesel::result::Error::DatabaseError(kind, info)) => match kind {
+                K::UniqueViolation
+                | K::ForeignKeyViolation
+                | K::NotNullViolation
+                | K::CheckViolation
+                | K::RestrictViolation
+                | K::ExclusionViolation => true,
+                K::Unknown => {
+                    let m = info.message();
+                    // SQLSTATE classes 22 (data exception) and 54 (program limit exceeded),
+                    // which diesel-async does not expose: recognised by their messages.
+                    [
+                        "out of range",
+                        "overflow",
+                        "index row size",
+                        "invalid input syntax",
+                        "exceeds",
+                        "too long",
+                        "cannot be represented",
+                        "unsupported Unicode escape",
+                    ]
+                    .iter()
+                    .any(|p| m.contains(p))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// Splits a database URL into (URL of the `postgres` maintenance database, database name).
 pub fn split_database_url(url: &str) -> Result<(String, String), StoreError> {
     let (base, query) = match url.split_once('?') {

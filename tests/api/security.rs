@@ -173,3 +173,115 @@ async fn a_put_without_some_fields_keeps_them_and_the_stripe_link() {
     assert_eq!(a["name"], "Acme Inc");
     assert_eq!(a["stripe_customer_id"], customer.as_str());
 }
+
+/// H1 (validation). Events PostgreSQL could not store are refused one by one with a stable
+/// code before they reach the shared lane; the valid events of the same batch are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_refused_per_event_and_the_rest_of_the_batch_is_stored() {
+    let app = spawn_app().await;
+    let acme = app.key("ingest", Some("h1-acme")).await;
+    let long_key = "ab".repeat(1400); // 2.8 KB: beyond a btree row
+    let body: Value = serde_json::from_str(&format!(
+        r#"{{"events": [
+            {{"id": "ok-1", "account": "h1-acme", "type": "job.completed", "properties": {{"minutes": 5}}}},
+            {{"id": "p1", "account": "h1-acme", "type": "user.active", "properties": {{"user_id": "{long_key}"}}}},
+            {{"id": "p2", "account": "h1-acme", "type": "x", "properties": {{"n": 1e999999}}}},
+            {{"id": "p3", "account": "h1-acme", "type": "x", "properties": {{"n": 1e-20000}}}},
+            {{"id": "p4", "account": "h1-acme", "type": "x", "properties": {{"blob": "{}"}}}},
+            {{"id": "ok-2", "account": "h1-acme", "type": "user.active", "properties": {{"user_id": "u-1"}}}}
+        ]}}"#,
+        "z".repeat(40 * 1024)
+    ))
+    .unwrap();
+    let (status, out) = app.send(&acme, &body).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["accepted"], 2, "{out}");
+    let codes: Vec<(&str, &str)> = out["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap(),
+                r["error"]["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("p1", "unique_key_too_long"),
+            ("p2", "number_out_of_range"),
+            ("p3", "number_out_of_range"),
+            ("p4", "properties_too_large"),
+        ]
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT count(*) FROM events WHERE account = 'h1-acme')")
+            .await,
+        2
+    );
+}
+
+/// H1 (isolation). A request the database refuses (here: an hourly total that would overflow
+/// its column) fails alone with a 4xx, never a 503, however it was grouped with other tenants'
+/// requests in the lane's shared commit; every other request is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_database_refuses_never_fails_another_tenants_request() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let job = |id: String, account: &str, minutes: &str| -> Value {
+        json!({"id": id, "account": account, "type": "job.completed",
+               "timestamp": "2026-11-25T12:10:00Z", "properties": {"minutes": minutes}})
+    };
+    let (status, out) = app
+        .send(
+            &key,
+            &json!({"events": [job("seed".into(), "h1-poison", "1")]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    // The hour's total sits at the column's limit (numeric(28, 9)): one more minute overflows.
+    let mut conn = app.db.conn().await;
+    use diesel_async::SimpleAsyncConnection;
+    conn.batch_execute(
+        "UPDATE usage_rollups SET value_sum = 9999999999999999999 WHERE account = 'h1-poison'",
+    )
+    .await
+    .unwrap();
+
+    for round in 0..5 {
+        let poison_body =
+            json!({"events": [job(format!("p{round}"), "h1-poison", "999999999999")]});
+        let poison = app.send(&key, &poison_body);
+        let others = (0..30).map(|n| {
+            let account = format!("h1-other-{n}");
+            let events: Vec<Value> = (0..20)
+                .map(|i| job(format!("r{round}-{i}"), &account, "1"))
+                .collect();
+            let app = &app;
+            let key = &key;
+            async move { app.send(key, &json!({ "events": events })).await }
+        });
+        let (poisoned, answers) = tokio::join!(poison, futures_util::future::join_all(others));
+        assert_eq!(poisoned.0, 422, "{}", poisoned.1);
+        assert_eq!(poisoned.1["error"]["code"], "events_not_storable");
+        for (status, out) in answers {
+            assert_eq!(status, 200, "round {round}: {out}");
+            assert_eq!(out["accepted"], 20, "{out}");
+        }
+    }
+    assert_eq!(
+        app.db
+            .count("(SELECT count(*) FROM events WHERE account LIKE 'h1-other-%')")
+            .await,
+        5 * 30 * 20
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT count(*) FROM events WHERE account = 'h1-poison')")
+            .await,
+        1
+    );
+}
