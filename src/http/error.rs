@@ -61,6 +61,13 @@ impl ResponseError for ApiError {
             error.extend(d.clone());
         }
         let mut res = HttpResponse::build(self.status).json(json!({ "error": error }));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 is transient (the database or Stripe): say when to come back.
+            res.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("1"),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(
                 actix_web::http::header::WWW_AUTHENTICATE,

@@ -17,6 +17,9 @@ use stripe_core::customer::{
 };
 use stripe_payment::payment_method::AttachPaymentMethod;
 
+/// Longest wait for one Stripe call.
+pub const STRIPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Where and how to reach Stripe.
 #[derive(Clone)]
 pub struct StripeConfig {
@@ -45,7 +48,8 @@ pub enum RailError {
     /// Stripe refused the request (4xx other than 402): our data or configuration is wrong.
     #[error("stripe refused the request ({status}): {message}")]
     Refused { status: u16, message: String },
-    /// Stripe could not be reached or failed (5xx, network, unreadable answer): retry later.
+    /// Stripe could not be reached, was too slow, rate limited us or failed (429, 5xx, network,
+    /// timeout, unreadable answer): retry later.
     #[error("stripe unavailable: {0}")]
     Unavailable(String),
 }
@@ -58,6 +62,12 @@ impl From<StripeError> for RailError {
                     .clone()
                     .unwrap_or_else(|| "card declined".to_owned()),
             ),
+            // Rate limited (429) and lock timeouts (409) pass: retry later, like a 5xx
+            // (reviews/security.md M9: a 429 must never be taken for a final answer).
+            StripeError::Stripe(err, status @ (409 | 429)) => RailError::Unavailable(format!(
+                "Stripe answered {status}: {}",
+                err.message.clone().unwrap_or_default()
+            )),
             StripeError::Stripe(err, status) if (400..500).contains(&status) => {
                 RailError::Refused {
                     status,
@@ -236,7 +246,10 @@ fn idempotent(key: String) -> Result<RequestStrategy, RailError> {
 
 impl StripeRail {
     pub fn new(config: &StripeConfig, installation: &str) -> Result<Self, String> {
-        let mut builder = stripe::ClientBuilder::new(config.secret_key.clone());
+        // Every call is bounded (the client has none by default); a timed-out call is
+        // "unavailable": collection is deferred and retried, never counted as a decline.
+        let mut builder =
+            stripe::ClientBuilder::new(config.secret_key.clone()).timeout(STRIPE_TIMEOUT);
         if let Some(url) = &config.api_base {
             builder = builder.url(url.clone());
         }

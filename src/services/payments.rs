@@ -176,6 +176,11 @@ fn tally(report: &mut CollectReport, outcome: Outcome) {
     }
 }
 
+/// Collects one invoice. No Stripe call runs inside a database transaction (a slow Stripe
+/// must not hold row locks or a transaction open): the collection is claimed with a session
+/// advisory lock on a connection of its own, taken out of the pool so that the claim ends with
+/// the connection whatever happens (done, failed, cancelled, or the process killed); each
+/// Stripe answer is then recorded in a short transaction that re-reads the row under its lock.
 async fn collect_one(
     ctx: &Ctx,
     p: &Payments,
@@ -183,39 +188,38 @@ async fn collect_one(
     number: i64,
 ) -> Result<Outcome, ServiceError> {
     let _writing = ctx.checks.write_guard(account);
-    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let outcome = conn
-        .transaction::<Outcome, TxError, _>(async |c| {
-            let now = ctx.now_for(c, account).await?;
-            let Some(mut row) = pay_store::lock_skip_locked(c, account, number).await? else {
-                return Ok(Outcome::Skipped);
-            };
-            let due = matches!(row.state.as_str(), "pending" | "failed")
-                && row.next_attempt_at.is_some_and(|t| t <= now);
-            if !due {
-                return Ok(Outcome::Skipped);
-            }
-            attempt(ctx, p, c, &mut row, now).await
-        })
-        .await?;
-    Ok(outcome)
+    let pooled = ctx.pool.get().await.map_err(StoreError::from)?;
+    let mut conn = ::deadpool::managed::Object::take(pooled);
+    if !pay_store::try_collection_lock(&mut conn, account, number).await? {
+        return Ok(Outcome::Skipped);
+    }
+    Ok(attempt(ctx, p, &mut conn, account, number).await?)
 }
 
-/// One collection attempt of a locked row: push (idempotent), then pay unless Stripe already
-/// shows it paid.
+/// One collection attempt, under the collection claim: push the invoice (or re-read the one
+/// an earlier attempt pushed), then pay it unless Stripe already shows it paid.
 async fn attempt(
     ctx: &Ctx,
     p: &Payments,
     c: &mut AsyncPgConnection,
-    row: &mut PaymentRow,
-    now: DateTime<Utc>,
+    account: &str,
+    number: i64,
 ) -> Result<Outcome, TxError> {
-    let (inv, lines) = store::invoices::find_by_account_and_number(c, &row.account, row.number)
+    let now = ctx.now_for(c, account).await?;
+    let Some(row) = pay_store::find(c, account, number).await? else {
+        return Ok(Outcome::Skipped);
+    };
+    let attempts_seen = row.attempts;
+    let due = matches!(row.state.as_str(), "pending" | "failed")
+        && row.next_attempt_at.is_some_and(|t| t <= now);
+    if !due {
+        return Ok(Outcome::Skipped);
+    }
+    let (inv, lines) = store::invoices::find_by_account_and_number(c, account, number)
         .await?
         .ok_or_else(|| {
             TxError::Refused(ServiceError::NotFound(format!(
-                "invoice {} not found",
-                row.number
+                "invoice {number} not found"
             )))
         })?;
     let currency = Currency::from_code(&inv.currency).ok_or_else(|| {
@@ -224,65 +228,99 @@ async fn attempt(
             format!("invoice {} has an unknown currency", inv.currency),
         ))
     })?;
-    let pushed = async {
-        let customer = customer_for(p, c, &row.account).await?;
-        let push = PushInvoice {
-            account: &row.account,
-            number: row.number,
-            customer: &customer,
-            currency,
-            lines: lines
-                .iter()
-                .map(|l| PushLine {
-                    line_no: l.line_no,
-                    amount: l.amount,
-                    description: l.description.clone(),
-                })
-                .collect(),
-        };
-        p.rail.push(&push).await.map_err(PushError::Rail)
-    }
-    .await;
-    let remote = match pushed {
-        Ok(r) => r,
-        Err(PushError::Store(e)) => return Err(e.into()),
-        Err(PushError::Rail(e)) => {
-            defer(c, row, &e, now).await?;
-            return Ok(Outcome::Deferred);
+    // Stripe forgets idempotency keys after 24 hours: once pushed, an invoice is only ever
+    // re-read by its id, so a retry days later can never create a second Stripe invoice.
+    let remote = match &row.stripe_invoice_id {
+        Some(id) => p.rail.retrieve(id).await.map_err(PushError::Rail),
+        None => {
+            async {
+                let customer = customer_for(p, c, account).await?;
+                failpoint("before_stripe_push");
+                let push = PushInvoice {
+                    account,
+                    number,
+                    customer: &customer,
+                    currency,
+                    lines: lines
+                        .iter()
+                        .map(|l| PushLine {
+                            line_no: l.line_no,
+                            amount: l.amount,
+                            description: l.description.clone(),
+                        })
+                        .collect(),
+                };
+                let remote = p.rail.push(&push).await?;
+                pay_store::set_stripe_invoice(c, account, number, &remote.id).await?;
+                failpoint("after_stripe_push");
+                Ok(remote)
+            }
+            .await
         }
     };
-    row.stripe_invoice_id = Some(remote.id.clone());
-    if remote.status == "paid" {
-        record_paid(ctx, c, row, &remote, currency, now, "paid").await?;
-        return Ok(Outcome::Paid);
-    }
-    let attempt = row.attempts + 1;
-    match p.rail.pay(&remote.id, row.number, attempt).await {
-        Ok(paid) if paid.status == "paid" => {
-            failpoint("after_stripe_pay");
-            row.attempts = attempt;
-            record_paid(ctx, c, row, &paid, currency, now, "paid").await?;
-            Ok(Outcome::Paid)
+    let answer = match remote {
+        Err(PushError::Store(e)) => return Err(e.into()),
+        Err(PushError::Rail(e)) => Answer::Unavailable(e),
+        Ok(remote) if remote.status == "paid" => Answer::Paid(row.attempts, remote),
+        Ok(remote) => {
+            let attempt = row.attempts + 1;
+            match p.rail.pay(&remote.id, number, attempt).await {
+                Ok(paid) if paid.status == "paid" => {
+                    failpoint("after_stripe_pay");
+                    Answer::Paid(attempt, paid)
+                }
+                Ok(other) => Answer::Failed(
+                    attempt,
+                    format!("the payment left the invoice {}", other.status),
+                ),
+                Err(RailError::Declined(reason))
+                | Err(RailError::Refused {
+                    message: reason, ..
+                }) => Answer::Failed(attempt, reason),
+                Err(e @ RailError::Unavailable(_)) => Answer::Unavailable(e),
+            }
         }
-        Ok(other) => {
-            row.attempts = attempt;
-            let reason = format!("the payment left the invoice {}", other.status);
-            record_failure(ctx, p, c, row, &reason, now).await?;
-            Ok(Outcome::Failed)
-        }
-        Err(RailError::Declined(reason))
-        | Err(RailError::Refused {
-            message: reason, ..
-        }) => {
-            row.attempts = attempt;
-            record_failure(ctx, p, c, row, &reason, now).await?;
-            Ok(Outcome::Failed)
-        }
-        Err(e @ RailError::Unavailable(_)) => {
-            defer(c, row, &e, now).await?;
-            Ok(Outcome::Deferred)
-        }
-    }
+    };
+    let outcome = c
+        .transaction::<Outcome, TxError, _>(async |c| {
+            // Re-read under the row lock: if the row moved on meanwhile (a webhook recorded
+            // the payment, another attempt was counted), there is nothing left to record.
+            let Some(mut row) = pay_store::lock(c, account, number).await? else {
+                return Ok(Outcome::Skipped);
+            };
+            if row.state == "paid" || row.attempts != attempts_seen {
+                return Ok(Outcome::Skipped);
+            }
+            match answer {
+                Answer::Unavailable(e) => {
+                    defer(c, &mut row, &e, now).await?;
+                    Ok(Outcome::Deferred)
+                }
+                Answer::Paid(attempt, paid) => {
+                    row.attempts = attempt;
+                    row.stripe_invoice_id = Some(paid.id.clone());
+                    record_paid(ctx, c, &mut row, &paid, currency, now, "paid").await?;
+                    Ok(Outcome::Paid)
+                }
+                Answer::Failed(attempt, reason) => {
+                    row.attempts = attempt;
+                    record_failure(ctx, p, c, &mut row, &reason, now).await?;
+                    Ok(Outcome::Failed)
+                }
+            }
+        })
+        .await?;
+    Ok(outcome)
+}
+
+/// What Stripe said to one collection attempt.
+enum Answer {
+    /// Unreachable, slow or rate limited: try again later, no dunning attempt counted.
+    Unavailable(RailError),
+    /// Paid (by this attempt, whose number is given, or before it).
+    Paid(i32, RemoteInvoice),
+    /// Declined or refused at attempt n, for this reason.
+    Failed(i32, String),
 }
 
 enum PushError {

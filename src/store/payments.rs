@@ -63,7 +63,7 @@ pub async fn insert_many(
 }
 
 /// Invoices whose collection is due at `now`, oldest first (not locked: each is then locked on
-/// its own with [`lock_skip_locked`]).
+/// its own with [`try_collection_lock`]).
 pub async fn due(
     conn: &mut AsyncPgConnection,
     now: DateTime<Utc>,
@@ -100,8 +100,31 @@ pub async fn due_by_account(
         .await?)
 }
 
-/// Locks one invoice's collection row, or None when another worker holds it.
-pub async fn lock_skip_locked(
+/// Claims the collection of one invoice for this connection's session (a session advisory
+/// lock: it ends with `pg_advisory_unlock` or when the connection closes); false when
+/// another worker holds it.
+pub async fn try_collection_lock(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    number: i64,
+) -> Result<bool, StoreError> {
+    #[derive(QueryableByName)]
+    struct Got {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        got: bool,
+    }
+    let got: Got = diesel::sql_query(
+        "SELECT pg_try_advisory_lock(hashtextextended('collect/' || $1 || '/' || $2::text, 7462002)) AS got",
+    )
+    .bind::<diesel::sql_types::Text, _>(account)
+    .bind::<diesel::sql_types::BigInt, _>(number)
+    .get_result(conn)
+    .await?;
+    Ok(got.got)
+}
+
+/// One invoice's collection row, without locking it.
+pub async fn find(
     conn: &mut AsyncPgConnection,
     account: &str,
     number: i64,
@@ -110,11 +133,28 @@ pub async fn lock_skip_locked(
         .filter(invoice_payments::account.eq(account))
         .filter(invoice_payments::number.eq(number))
         .select(PaymentRow::as_select())
-        .for_update()
-        .skip_locked()
         .first(conn)
         .await
         .optional()?)
+}
+
+/// Remembers the Stripe invoice an invoice was pushed as, as soon as Stripe answered: later
+/// attempts re-read it instead of pushing again.
+pub async fn set_stripe_invoice(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    number: i64,
+    stripe_invoice: &str,
+) -> Result<(), StoreError> {
+    diesel::update(
+        invoice_payments::table
+            .filter(invoice_payments::account.eq(account))
+            .filter(invoice_payments::number.eq(number)),
+    )
+    .set(invoice_payments::stripe_invoice_id.eq(stripe_invoice))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Locks one invoice's collection row, waiting for another worker to let go of it.

@@ -285,3 +285,38 @@ async fn a_request_the_database_refuses_never_fails_another_tenants_request() {
         1
     );
 }
+
+/// H5. When every pooled connection is taken, a request waits a bounded time and is answered
+/// 503 with `Retry-After` (it waited forever before); once connections free up, it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_answers_503_with_retry_after_instead_of_waiting_forever() {
+    let app = spawn_app().await;
+    let key = app.key("billing", None).await;
+    let mut held = Vec::new();
+    while let Ok(Ok(c)) =
+        tokio::time::timeout(std::time::Duration::from_millis(500), app.ctx.pool.get()).await
+    {
+        held.push(c);
+    }
+    assert!(!held.is_empty());
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        app.http
+            .get(app.url("/v1/accounts/h5-acme"))
+            .bearer_auth(&key)
+            .send(),
+    )
+    .await
+    .expect("answered within 15 s")
+    .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+    drop(held);
+    let (status, body) = app.get(&key, "/v1/accounts/h5-acme").await;
+    assert_eq!(status, 404, "served again: {body}");
+}
