@@ -104,6 +104,22 @@ impl FakeStripe {
             .unwrap()
     }
 
+    /// Ages the idempotency keys of one accrue installation (its keys start with
+    /// `accrue-{installation}-`) by `seconds`, as a test clock moves its time: after 24 hours
+    /// the fake forgets them, as Stripe does.
+    pub async fn age_keys(&self, installation: &str, seconds: i64) {
+        let (status, body) = self
+            .post(
+                "/_accrue/advance",
+                &[
+                    ("prefix", &format!("accrue-{installation}-")),
+                    ("seconds", &seconds.to_string()),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// A card payment method, created client-side (Stripe.js) before accrue sees its id.
     pub async fn card(&self, number: &str) -> String {
         let (status, pm) = self

@@ -320,3 +320,91 @@ async fn an_exhausted_pool_answers_503_with_retry_after_instead_of_waiting_forev
     let (status, body) = app.get(&key, "/v1/accounts/h5-acme").await;
     assert_eq!(status, 404, "served again: {body}");
 }
+
+/// H4. A dunning retry days after the first attempt, when Stripe has forgotten the push's
+/// idempotency keys, pays the Stripe invoice already pushed (re-read by its id) instead of
+/// creating a second one: one Stripe invoice per accrue invoice, charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_stripe_forgot_the_keys_pays_the_invoice_already_pushed() {
+    use accrue::jobs::{tick, Scheduler};
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    let (status, body) = app
+        .put(
+            &key,
+            "/v1/accounts/h4-acme",
+            &json!({"name": "Acme", "email": "h4@acme.example"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let pm = fake_stripe().card(DECLINING_CARD).await;
+    let (status, set) = app
+        .put(
+            &key,
+            "/v1/accounts/h4-acme/payment-method",
+            &json!({ "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    let customer = set["customer"].as_str().unwrap().to_owned();
+    // Team with 5 seats: 59 + 2 × 12 = 83.00, declined at once.
+    app.subscribe(&key, "h4-acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    let failed = eventually("the first attempt declined", || async {
+        let (_, inv) = app.get(&key, "/v1/invoices/1").await;
+        (inv["payment"]["state"] == "failed").then_some(inv)
+    })
+    .await;
+    let first = failed["payment"]["stripe_invoice_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Three days on: Stripe has forgotten every key of the first attempt.
+    let installation = {
+        let mut c = app.db.conn().await;
+        use diesel_async::RunQueryDsl;
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+            "(SELECT id FROM installation)",
+        ))
+        .get_result::<String>(&mut c)
+        .await
+        .unwrap()
+    };
+    fake_stripe().age_keys(&installation, 3 * 86_400 + 60).await;
+    let pm = fake_stripe().card(GOOD_CARD).await;
+    let (status, body) = app
+        .put(
+            &key,
+            "/v1/accounts/h4-acme/payment-method",
+            &json!({ "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.clock.set(t("2026-11-28T12:31:00Z"));
+    tick(&app.ctx, &Scheduler::new(t(NOW)).unwrap())
+        .await
+        .unwrap();
+
+    let (_, inv) = app.get(&key, "/v1/invoices/1").await;
+    assert_eq!(inv["status"], "paid", "{inv}");
+    assert_eq!(inv["payment"]["stripe_invoice_id"], first.as_str());
+    let listed = fake_stripe()
+        .get(&format!("/v1/invoices?customer={customer}&limit=100"))
+        .await;
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![first.as_str()], "one Stripe invoice: {listed}");
+    let succeeded = fake_stripe()
+        .charges_of(&customer)
+        .await
+        .into_iter()
+        .filter(|c| c["status"] == "succeeded")
+        .count();
+    assert_eq!(succeeded, 1);
+}

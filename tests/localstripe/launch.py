@@ -14,7 +14,10 @@ Patches (each closes a gap found by driving it with async-stripe 1.0.0-rc.10):
 - a declined charge while paying an invoice answers 402 `card_declined` and emits
   `invoice.payment_failed`, as Stripe does (it answered 200 and left the invoice open silently);
 - `Idempotency-Key` is honoured: the first answer to a key (success or error) is replayed for
-  every later request with that key, as Stripe does for 24 hours;
+  every later request with that key for 24 hours, then forgotten, as Stripe does. Tests that
+  move time with a test clock move the fake's time too, per key namespace (accrue prefixes
+  every key with its installation): `POST /_accrue/advance` with `prefix` and `seconds` ages
+  the keys starting with `prefix` by that much;
 - exported objects gain the fields of the current API version that async-stripe 1.0 requires.
 """
 
@@ -186,7 +189,24 @@ Event.__init__ = _event_init
 
 
 # --- idempotency keys --------------------------------------------------------------------------
+import time
+
 _replies = {}
+_offsets = {}  # key prefix -> seconds its keys' time runs ahead of the wall clock
+KEY_LIFETIME = 24 * 3600
+
+
+def _key_time(key):
+    return time.time() + sum(s for p, s in _offsets.items() if key.startswith(p))
+
+
+async def _advance(request):
+    form = await request.post()
+    prefix = form.get('prefix', '')
+    if not prefix:
+        return web.json_response({'error': {'message': 'prefix is required'}}, status=400)
+    _offsets[prefix] = _offsets.get(prefix, 0) + float(form.get('seconds', '0'))
+    return web.json_response({'prefix': prefix, 'offset': _offsets[prefix]})
 
 
 @web.middleware
@@ -195,8 +215,10 @@ async def idempotency_middleware(request, handler):
     if request.method != 'POST' or not key:
         return await handler(request)
     scope = (request.headers.get('Authorization', ''), key)
+    if scope in _replies and _key_time(key) - _replies[scope][3] > KEY_LIFETIME:
+        del _replies[scope]
     if scope in _replies:
-        path, status, body = _replies[scope]
+        path, status, body, _ = _replies[scope]
         if path != request.path:
             return web.json_response(
                 {'error': {'type': 'idempotency_error',
@@ -211,7 +233,7 @@ async def idempotency_middleware(request, handler):
     except UserError as e:
         response = e.to_response()
     if response.status < 500:
-        _replies[scope] = (request.path, response.status, response.body)
+        _replies[scope] = (request.path, response.status, response.body, _key_time(key))
     return response
 
 
@@ -232,6 +254,7 @@ def main():
     app.on_startup.append(_exit_with_parent)
     app.middlewares.append(idempotency_middleware)
     app.middlewares.append(declined_payment_middleware)
+    app.router.add_route('POST', '/_accrue/advance', _advance)
     app.router.add_route('POST', '/v1/invoices/{id}/finalize',
                          server.api_extra(_finalize_invoice,
                                           '/v1/invoices/{id}/finalize'))
