@@ -1,4 +1,4 @@
-//! The `accrue` command line: `serve`, `migrate`, `keys`, `plans` (validate, publish, diff,
+//! The `accrue` command line: `serve`, `migrate`, `keys` (create, list, revoke, rotate), `plans` (validate, publish, diff,
 //! migrate), `price`, `quote`, `report nrr`, `export invoices`, `demo`, `revops check`.
 
 use accrue::catalog::meters::MeterCatalog;
@@ -469,7 +469,36 @@ enum KeysCommand {
         /// Restrict the key to one account.
         #[arg(long)]
         account: Option<String>,
+        /// When the key stops working (RFC 3339, e.g. 2027-06-30T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<DateTime<Utc>>,
     },
+    /// List every key (id, prefix, name, scopes, account, expiry, last use, revocation).
+    List,
+    /// Revoke a key by id: every running instance refuses it within a second.
+    Revoke { id: i64 },
+    /// Replace a key by id with a new one (same name, scopes and account), printed once; the
+    /// old one stops now, or after --grace (e.g. 1h, 30m, 7d) while the new one rolls out.
+    Rotate {
+        id: i64,
+        #[arg(long, value_parser = parse_grace)]
+        grace: Option<chrono::Duration>,
+    },
+}
+
+/// A grace period: a number and a unit, `s`, `m`, `h` or `d` ("90m", "7d").
+fn parse_grace(s: &str) -> Result<chrono::Duration, String> {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number and a unit (s, m, h, d), e.g. 1h"))?;
+    match unit {
+        "s" => Ok(chrono::Duration::seconds(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        _ => Err(format!("`{s}`: the unit must be s, m, h or d")),
+    }
 }
 
 /// The one place that reads the system clock.
@@ -617,29 +646,86 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations: {ran} applied");
             Ok(())
         }
-        Command::Keys {
-            command:
-                KeysCommand::Create {
-                    name,
-                    scopes,
-                    account,
-                },
-        } => {
-            let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg)?;
+        Command::Keys { command } => {
             store::ensure_database(&config.database_url).await?;
             store::run_migrations(&config.database_url).await?;
             let pool = store::pool(&config.database_url, 1)?;
             let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-            let key = auth::create_key(
-                &pool,
-                &name,
-                &scopes,
-                account.as_deref(),
-                &format!("cli:{user}"),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{key}");
+            let by = format!("cli:{user}");
+            let fail = |e: accrue::services::ServiceError| anyhow::anyhow!("{e}");
+            match command {
+                KeysCommand::Create {
+                    name,
+                    scopes,
+                    account,
+                    expires_at,
+                } => {
+                    let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg)?;
+                    let key = auth::create_key_expiring(
+                        &pool,
+                        &name,
+                        &scopes,
+                        account.as_deref(),
+                        &by,
+                        expires_at,
+                    )
+                    .await
+                    .map_err(fail)?;
+                    println!("{key}");
+                }
+                KeysCommand::List => {
+                    let mut after = None;
+                    println!(
+                        "{:>5}  {:<13} {:<20} {:<28} {:<12} {:<20} {:<20} {:<20}",
+                        "id",
+                        "prefix",
+                        "name",
+                        "scopes",
+                        "account",
+                        "expires",
+                        "last used",
+                        "revoked"
+                    );
+                    loop {
+                        let page = auth::list_keys(&pool, after, 500).await.map_err(fail)?;
+                        for k in &page {
+                            let when = |t: Option<DateTime<Utc>>| {
+                                t.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                                    .unwrap_or_else(|| "-".into())
+                            };
+                            println!(
+                                "{:>5}  {:<13} {:<20} {:<28} {:<12} {:<20} {:<20} {:<20}",
+                                k.id,
+                                k.prefix,
+                                k.name,
+                                k.scopes.join(","),
+                                k.account.as_deref().unwrap_or("-"),
+                                when(k.expires_at),
+                                when(k.last_used_at),
+                                when(k.revoked_at)
+                            );
+                        }
+                        match page.last() {
+                            Some(k) if page.len() == 500 => after = Some(k.id),
+                            _ => break,
+                        }
+                    }
+                }
+                KeysCommand::Revoke { id } => {
+                    let k = auth::revoke_key(&pool, id).await.map_err(fail)?;
+                    eprintln!("key {} ({}, {}) revoked", k.id, k.prefix, k.name);
+                }
+                KeysCommand::Rotate { id, grace } => {
+                    let key = auth::rotate_key(&pool, id, grace, &by)
+                        .await
+                        .map_err(fail)?;
+                    match grace {
+                        Some(g) => eprintln!("key {id} stops in {} s", g.num_seconds()),
+                        None => eprintln!("key {id} revoked"),
+                    }
+                    println!("{key}");
+                }
+            }
             Ok(())
         }
     }

@@ -8,6 +8,7 @@ mod events;
 mod governance;
 mod health;
 mod invoices;
+mod keys;
 mod payments;
 mod plans;
 mod pql;
@@ -80,6 +81,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/reports/billing-errors",
                     web::get().to(invoices::billing_errors),
                 )
+                .route("/keys", web::get().to(keys::list))
+                .route("/keys/{id}", web::delete().to(keys::revoke))
                 .route("/test-clocks", web::post().to(test_clocks::create))
                 .route("/test-clocks/{id}", web::get().to(test_clocks::get))
                 .route(

@@ -1,17 +1,16 @@
-//! API keys: creation (random, shown once, stored as a SHA-256 hash) and authentication with a
-//! short-lived in-process cache so the hot paths do not hit the database per request.
+//! API keys: creation (random, shown once, stored as a SHA-256 hash), listing, revocation and
+//! rotation, and authentication against an in-memory copy of the live keys, so no request, and
+//! no guessed key, costs a database query.
 
 use super::ServiceError;
 use crate::domain::scope::Scope;
 use crate::store::{self, api_keys, Pool};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-
-/// How long a looked-up key is trusted from memory. A revoked key stops working within this.
-const CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +29,40 @@ impl Principal {
     }
 }
 
+/// How long an instance trusts its in-memory key set before checking the table's version: a
+/// revoked key stops working on every instance within this.
+const REFRESH: Duration = Duration::from_secs(1);
+/// Least time between two version checks caused by unknown keys: guessing costs no database
+/// round trip per guess, at most ten checks a second per instance.
+const MISS_RECHECK: Duration = Duration::from_millis(100);
+
+/// The live keys of the installation, in memory. Authentication never queries per request:
+/// the set is reloaded when the table's version moves (checked at most once a second, or
+/// after an unknown but well-formed key, at most ten times a second).
 #[derive(Default)]
 pub struct KeyCache {
-    entries: RwLock<HashMap<String, (Option<Principal>, Instant)>>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    refresh: tokio::sync::Mutex<()>,
+    /// Keys used since the last flush, with when: written to `last_used_at` at each refresh.
+    used: std::sync::Mutex<HashMap<i64, DateTime<Utc>>>,
+    /// How many times the database was asked (version checks), for the metrics and tests.
+    checks: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    version: Option<api_keys::Version>,
+    keys: HashMap<String, (Principal, Option<DateTime<Utc>>)>,
+    checked_at: Option<Instant>,
+}
+
+/// Whether `key` has the shape accrue's keys have (`acr_` and 48 lowercase hex digits).
+fn well_formed(key: &str) -> bool {
+    key.len() == 52
+        && key.starts_with("acr_")
+        && key[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 pub fn hash_key(key: &str) -> String {
@@ -46,6 +76,18 @@ pub async fn create_key(
     scopes: &[Scope],
     account: Option<&str>,
     created_by: &str,
+) -> Result<String, ServiceError> {
+    create_key_expiring(pool, name, scopes, account, created_by, None).await
+}
+
+/// As [`create_key`], for a key that stops working at `expires_at`.
+pub async fn create_key_expiring(
+    pool: &Pool,
+    name: &str,
+    scopes: &[Scope],
+    account: Option<&str>,
+    created_by: &str,
+    expires_at: Option<DateTime<Utc>>,
 ) -> Result<String, ServiceError> {
     if name.trim().is_empty() {
         return Err(ServiceError::invalid(
@@ -71,51 +113,177 @@ pub async fn create_key(
             scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             account,
             created_by,
+            expires_at,
         },
     )
     .await?;
     Ok(key)
 }
 
+/// Keys, oldest first, a page at a time (never their secrets).
+pub async fn list_keys(
+    pool: &Pool,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<api_keys::KeyInfo>, ServiceError> {
+    let mut conn = pool.get().await.map_err(store::StoreError::from)?;
+    Ok(api_keys::list(&mut conn, after, limit).await?)
+}
+
+/// Revokes a key: it fails on every instance within a second.
+pub async fn revoke_key(pool: &Pool, id: i64) -> Result<api_keys::KeyInfo, ServiceError> {
+    let mut conn = pool.get().await.map_err(store::StoreError::from)?;
+    api_keys::revoke(&mut conn, id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no API key {id}")))
+}
+
+/// Replaces a key with a new one of the same name, scopes and account; the old one stops at
+/// once, or after `grace` (while the new one is rolled out). Returns the new key's plaintext.
+pub async fn rotate_key(
+    pool: &Pool,
+    id: i64,
+    grace: Option<chrono::Duration>,
+    created_by: &str,
+) -> Result<String, ServiceError> {
+    let old = {
+        let mut conn = pool.get().await.map_err(store::StoreError::from)?;
+        api_keys::find(&mut conn, id)
+            .await?
+            .filter(|k| k.revoked_at.is_none())
+            .ok_or_else(|| ServiceError::NotFound(format!("no live API key {id}")))?
+    };
+    let scopes: Vec<Scope> = old
+        .scopes
+        .iter()
+        .filter_map(|s| Scope::from_str(s).ok())
+        .collect();
+    let key = create_key(pool, &old.name, &scopes, old.account.as_deref(), created_by).await?;
+    let mut conn = pool.get().await.map_err(store::StoreError::from)?;
+    match grace {
+        Some(g) if g > chrono::Duration::zero() => {
+            api_keys::expire_at(&mut conn, id, Utc::now() + g).await?;
+        }
+        _ => {
+            api_keys::revoke(&mut conn, id).await?;
+        }
+    }
+    Ok(key)
+}
+
 impl KeyCache {
-    /// The principal for a presented bearer key, or `None` when the key is unknown or revoked.
+    /// The principal for a presented bearer key, or `None` when the key is malformed, unknown,
+    /// revoked or expired.
     pub async fn authenticate(
         &self,
         pool: &Pool,
         key: &str,
     ) -> Result<Option<Principal>, ServiceError> {
+        if !well_formed(key) {
+            return Ok(None);
+        }
         let hash = hash_key(key);
-        if let Some((p, at)) = self
-            .entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hash)
-        {
-            if at.elapsed() < CACHE_TTL {
-                return Ok(p.clone());
+        let asked = Instant::now();
+        let snap = self.current();
+        let fresh = snap.checked_at.is_some_and(|t| t.elapsed() < REFRESH);
+        if snap.keys.contains_key(&hash) {
+            if !fresh {
+                // A known key on an old copy: one request refreshes, the others go on with
+                // the copy they have rather than queue behind it.
+                if let Ok(_one) = self.refresh.try_lock() {
+                    self.reload(pool).await?;
+                }
+            }
+        } else {
+            // Unknown here: the key may be newer than the copy. Check once (every request
+            // that waited here is answered by the check made after it arrived), at most ten
+            // checks a second.
+            let _one = self.refresh.lock().await;
+            let snap = self.current();
+            let seen_since = snap.checked_at.is_some_and(|t| t >= asked);
+            if !snap.keys.contains_key(&hash) && !seen_since {
+                if let Some(wait) = snap
+                    .checked_at
+                    .map(|t| MISS_RECHECK.saturating_sub(t.elapsed()))
+                    .filter(|w| !w.is_zero())
+                {
+                    tokio::time::sleep(wait).await;
+                }
+                self.reload(pool).await?;
             }
         }
-        let mut conn = pool.get().await.map_err(store::StoreError::from)?;
-        let principal = api_keys::find_by_hash(&mut conn, &hash)
-            .await?
-            .filter(|k| k.revoked_at.is_none())
-            .map(|k| Principal {
-                key_id: k.id,
-                name: k.name,
-                scopes: k
-                    .scopes
-                    .iter()
-                    .filter_map(|s| Scope::from_str(s).ok())
-                    .collect(),
-                account: k.account,
-            });
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        // Unknown keys are cached too (briefly), so a flood of bad keys costs no queries;
-        // bound the map so that flood cannot grow memory without limit.
-        if entries.len() > 100_000 {
-            entries.clear();
+        let snap = self.current();
+        let Some((principal, expires_at)) = snap.keys.get(&hash) else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        if expires_at.is_some_and(|e| e <= now) {
+            return Ok(None);
         }
-        entries.insert(hash, (principal.clone(), Instant::now()));
-        Ok(principal)
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(principal.key_id, now);
+        Ok(Some(principal.clone()))
+    }
+
+    /// How many times authentication has asked the database so far.
+    pub fn database_checks(&self) -> u64 {
+        self.checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Checks the table's version, reloads the keys if it moved, and flushes last-used times.
+    async fn reload(&self, pool: &Pool) -> Result<(), ServiceError> {
+        let checked_at = Instant::now();
+        self.checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut conn = pool.get().await.map_err(store::StoreError::from)?;
+        let used: Vec<(i64, DateTime<Utc>)> = self
+            .used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        if !used.is_empty() {
+            if let Err(e) = api_keys::touch(&mut conn, &used).await {
+                tracing::warn!(error = %e, "could not record when keys were last used");
+            }
+        }
+        let version = api_keys::version(&mut conn).await?;
+        let old = self.current();
+        let keys = if old.version == Some(version) {
+            old.keys.clone()
+        } else {
+            api_keys::live(&mut conn)
+                .await?
+                .into_iter()
+                .map(|k| {
+                    let principal = Principal {
+                        key_id: k.id,
+                        name: k.name,
+                        scopes: k
+                            .scopes
+                            .iter()
+                            .filter_map(|s| Scope::from_str(s).ok())
+                            .collect(),
+                        account: k.account,
+                    };
+                    (k.key_hash, (principal, k.expires_at))
+                })
+                .collect()
+        };
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
+            version: Some(version),
+            keys,
+            checked_at: Some(checked_at),
+        });
+        Ok(())
     }
 }

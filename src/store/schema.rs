@@ -13,6 +13,9 @@ diesel::table! {
         created_by -> Text,
         created_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
+        expires_at -> Nullable<Timestamptz>,
+        last_used_at -> Nullable<Timestamptz>,
+        changed_at -> Timestamptz,
     }
 }
 

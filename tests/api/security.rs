@@ -408,3 +408,145 @@ async fn a_retry_after_stripe_forgot_the_keys_pays_the_invoice_already_pushed() 
         .count();
     assert_eq!(succeeded, 1);
 }
+
+/// M5. Operators list and revoke keys over HTTP: the list shows each key's prefix, scopes,
+/// expiry and last use (never its secret or hash), and a revoked key is refused by every
+/// instance within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_by_every_instance_within_a_second() {
+    let app = spawn_app().await;
+    let admin = app.key("admin", None).await;
+    let key = app.key("billing", Some("m5-acme")).await;
+    let (other, _, _) = start_instance(&app.db.url, std::time::Duration::from_secs(1));
+    let on = |base: &str| format!("{base}/v1/accounts/m5-acme/subscription");
+    for base in [app.base.as_str(), other.as_str()] {
+        let res = app
+            .http
+            .get(on(base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            404,
+            "the key works on {base} (no subscription yet)"
+        );
+    }
+    // Its last use is recorded (flushed with the next check of the key table, within ~1 s).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, list) = app.get(&admin, "/v1/keys").await;
+    assert_eq!(status, 200, "{list}");
+    let (status, list) = app.get(&admin, "/v1/keys").await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["account"] == "m5-acme")
+        .unwrap()
+        .clone();
+    assert_eq!(listed["prefix"], &key[..12]);
+    assert_eq!(listed["scopes"], json!(["billing"]));
+    assert!(listed["last_used_at"].is_string(), "{listed}");
+    assert!(listed.get("key_hash").is_none() && !list.to_string().contains(&key[12..]));
+
+    let id = listed["id"].as_i64().unwrap();
+    let res = app
+        .http
+        .delete(app.url(&format!("/v1/keys/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let revoked: Value = res.json().await.unwrap();
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    let started = std::time::Instant::now();
+    for base in [app.base.as_str(), other.as_str()] {
+        loop {
+            let res = app
+                .http
+                .get(on(base))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            if res.status() == 401 {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(1500),
+                "{base} still accepts the revoked key after {:?}",
+                started.elapsed()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // An account-scoped admin key cannot list or revoke keys; an unknown id is 404.
+    let scoped = app.key("admin", Some("m5-acme")).await;
+    let (status, _) = app.get(&scoped, "/v1/keys").await;
+    assert_eq!(status, 403);
+    let res = app
+        .http
+        .delete(app.url("/v1/keys/999999"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+/// M5 (expiry). A key past its expiry is refused like an unknown one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_is_refused() {
+    let app = spawn_app().await;
+    let scopes = accrue::domain::scope::Scope::parse_list("billing").unwrap();
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let key = accrue::services::auth::create_key_expiring(
+        &app.ctx.pool,
+        "short-lived",
+        &scopes,
+        None,
+        "test",
+        Some(soon),
+    )
+    .await
+    .unwrap();
+    let (status, body) = app.get(&key, "/v1/accounts/m5e-acme").await;
+    assert_eq!(status, 404, "valid until its expiry: {body}");
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let (status, body) = app.get(&key, "/v1/accounts/m5e-acme").await;
+    assert_eq!(status, 401, "{body}");
+}
+
+/// M3. Guessed keys cost no database query each: malformed ones none at all, well-formed
+/// unknown ones at most one key-table check per 100 ms however many arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessed_keys_cost_no_database_query_each() {
+    let app = spawn_app().await;
+    let key = app.key("billing", None).await;
+    let (status, _) = app.get(&key, "/v1/plans").await;
+    assert_eq!(status, 200);
+    let before = app.ctx.keys.database_checks();
+    let started = std::time::Instant::now();
+    let guesses = (0..300).map(|i| {
+        let guess = if i % 3 == 0 {
+            format!("guess-{i}")
+        } else {
+            format!("acr_{:048x}", 0xdead_beef_u64 * (i as u64 + 1))
+        };
+        let app = &app;
+        async move { app.get(&guess, "/v1/plans").await.0 }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let elapsed = started.elapsed();
+    let checks = app.ctx.keys.database_checks() - before;
+    // One check per 100 ms at most, plus the one in flight when the burst began.
+    let bound = elapsed.as_millis() as u64 / 100 + 2;
+    assert!(
+        checks <= bound,
+        "{checks} key-table checks for 300 guesses in {elapsed:?} (bound {bound})"
+    );
+}

@@ -1,0 +1,56 @@
+//! `GET /v1/keys` and `DELETE /v1/keys/{id}`: API keys for operators (unbound admin keys).
+//! Keys are created and rotated with `accrue keys create|rotate`, which print the secret once.
+
+use super::auth::{authorize, unbound};
+use super::ApiError;
+use crate::domain::scope::Scope;
+use crate::services::{auth, Ctx};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// The cursor: `next_cursor` of the previous page (a key id).
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Every key (never its secret): name, prefix, scopes, account, creation, expiry, last use,
+/// revocation; oldest first, `{"data", "next_cursor"}`.
+pub async fn list(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    unbound(&p, "the API key list")?;
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be 1 to 1000",
+        ));
+    }
+    let keys = auth::list_keys(&ctx.pool, q.after, limit).await?;
+    let next = (keys.len() as i64 == limit)
+        .then(|| keys.last().map(|k| k.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({ "data": keys, "next_cursor": next })))
+}
+
+/// Revokes a key: every instance refuses it within a second. Answers the revoked key.
+pub async fn revoke(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    unbound(&p, "key revocation")?;
+    let key = auth::revoke_key(&ctx.pool, path.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(key))
+}
