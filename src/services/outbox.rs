@@ -80,24 +80,103 @@ pub struct WebhookPolicy {
     pub allow_private: bool,
 }
 
+/// Whether an address is anything but a public unicast one: private, loopback, link-local
+/// (cloud metadata at 169.254.169.254), shared, reserved, documentation, benchmarking,
+/// multicast, and the IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64,
+/// 6to4) when the embedded one is.
 fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_private()
                 || v4.is_loopback()
                 || v4.is_link_local()
-                || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]) // CGNAT
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0 // "this network", 0.0.0.0/8
+                || a >= 240 // reserved, 240.0.0.0/4
+                || a == 100 && (64..128).contains(&b) // shared (CGNAT), 100.64.0.0/10
+                || a == 192 && b == 0 && c == 0 // IETF protocol assignments, 192.0.0.0/24
+                || a == 198 && (18..20).contains(&b) // benchmarking, 198.18.0.0/15
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                is_private(IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                )))
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local, fc00::/7 (AWS metadata fd00:ec2::254)
+                || (s[0] & 0xffc0) == 0xfe80 // link local, fe80::/10
+                || (s[0] & 0xffc0) == 0xfec0 // site local, fec0::/10
+                || s[0] == 0x2001 && s[1] == 0x0db8 // documentation, 2001:db8::/32
+                || s[0] == 0x2001 && s[1] == 0 // Teredo, 2001::/32
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                || s[..6] == [0; 6] // IPv4-compatible ::a.b.c.d (deprecated)
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded(s[6], s[7]) // NAT64
+                || s[0] == 0x2002 && embedded(s[1], s[2]) // 6to4
         }
     }
+}
+
+/// The HTTP client of webhook deliveries. Redirects are never followed (the target is the URL
+/// that was checked, and a 3xx is a failed delivery); names resolve through
+/// [`VettedResolver`], so a connection goes only to addresses that were checked, with no second
+/// lookup an attacker's DNS could answer differently; every wait is bounded.
+pub fn client(policy: WebhookPolicy) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(VettedResolver { policy }))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(TIMEOUT_SECONDS))
+        .build()
+        .unwrap_or_else(|e| {
+            // Only a broken TLS backend fails here; deliveries then fail and are retried.
+            tracing::error!(error = %e, "webhook client: falling back to defaults");
+            reqwest::Client::new()
+        })
+}
+
+/// Resolves webhook hosts and refuses any whose addresses include a private one (unless the
+/// policy allows them): the addresses it returns are the ones the connection uses.
+struct VettedResolver {
+    policy: WebhookPolicy,
+}
+
+impl reqwest::dns::Resolve for VettedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.policy.allow_private;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            vet(&host, addrs, allow_private)
+                .map(|a| Box::new(a.into_iter()) as reqwest::dns::Addrs)
+                .map_err(Into::into)
+        })
+    }
+}
+
+/// The addresses a host resolved to, if none is private (or private ones are allowed).
+fn vet(
+    host: &str,
+    addrs: Vec<std::net::SocketAddr>,
+    allow_private: bool,
+) -> Result<Vec<std::net::SocketAddr>, String> {
+    if addrs.is_empty() {
+        return Err(format!("{host} does not resolve"));
+    }
+    if let Some(a) = addrs.iter().find(|a| !allow_private && is_private(a.ip())) {
+        return Err(format!("{host} resolves to a private address {}", a.ip()));
+    }
+    Ok(addrs)
 }
 
 /// The host and port of an http(s) URL, refusing other schemes and, unless allowed, private
@@ -308,18 +387,8 @@ async fn deliver(
     ep: &EndpointRow,
     ev: &EventRow,
 ) -> Result<(), String> {
-    let (host, port) = check_url(&ep.url, ctx.webhooks).map_err(|e| e.to_string())?;
-    if !ctx.webhooks.allow_private {
-        // The name may resolve to a private address: refuse it at delivery time too.
-        let addrs = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-        for a in addrs {
-            if is_private(a.ip()) {
-                return Err(format!("{host} resolves to a private address {}", a.ip()));
-            }
-        }
-    }
+    // Literal addresses are checked here; names by the client's resolver as it connects.
+    check_url(&ep.url, ctx.webhooks).map_err(|e| e.to_string())?;
     let payload = body(ev).to_string();
     let t = chrono::Utc::now().timestamp();
     let res = http
@@ -341,7 +410,7 @@ async fn deliver(
 
 /// Runs the dispatcher every second until the process stops.
 pub async fn run_forever(ctx: Ctx) {
-    let http = reqwest::Client::new();
+    let http = client(ctx.webhooks);
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         interval.tick().await;
@@ -386,6 +455,64 @@ mod tests {
             check_url("http://127.0.0.1:9000/hook", dev).unwrap(),
             ("127.0.0.1".to_owned(), 9000)
         );
+    }
+
+    #[test]
+    fn every_non_public_address_is_private() {
+        for ip in [
+            "0.1.2.3",
+            "10.0.0.1",
+            "100.64.0.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "172.16.0.1",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2001:db8::1",
+            "2001:0:1::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::",
+            "::ffff:93.184.216.34",
+        ] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_name_resolving_to_any_private_address_is_refused_at_connection() {
+        let public: std::net::SocketAddr = "93.184.216.34:0".parse().unwrap();
+        let metadata: std::net::SocketAddr = "169.254.169.254:0".parse().unwrap();
+        assert_eq!(vet("ok.example", vec![public], false), Ok(vec![public]));
+        assert!(vet("rebind.example", vec![public, metadata], false)
+            .unwrap_err()
+            .contains("169.254.169.254"));
+        assert_eq!(vet("dev.example", vec![metadata], true), Ok(vec![metadata]));
+        assert!(vet("none.example", vec![], true).is_err());
     }
 
     #[test]

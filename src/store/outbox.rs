@@ -179,8 +179,9 @@ pub async fn last_seq(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
         - 1)
 }
 
-/// Turns the endpoint's next sequenced events into pending deliveries and moves its cursor,
-/// under the endpoint's row lock (one fan-out at a time). Returns how many were added.
+/// Turns the endpoint's next sequenced events (up to 1,000) into pending deliveries for the
+/// kinds it takes and moves its cursor past them, under the endpoint's row lock (one fan-out
+/// at a time). Returns how many events it looked at (1,000: there may be more).
 pub async fn fan_out(
     conn: &mut AsyncPgConnection,
     endpoint_id: i64,
@@ -199,32 +200,30 @@ pub async fn fan_out(
         else {
             return Ok(0);
         };
-        let mut q = outbox::table
+        // One statement, so one snapshot: the events read and the cursor's new place agree.
+        // (Reading the kinds' events and then the latest seq in a second statement let a
+        // sequencing round committed in between move the cursor past events never read.)
+        // Sequencing rounds commit one at a time and in order, so a snapshot that holds seq n
+        // holds every seq before it.
+        let seen: Vec<(i64, String, String, String)> = outbox::table
             .filter(outbox::seq.gt(ep.cursor_seq))
-            .into_boxed();
-        if !ep.kinds.is_empty() {
-            q = q.filter(outbox::kind.eq_any(ep.kinds.clone()));
-        }
-        let events: Vec<(i64, String, String)> = q
             .order(outbox::seq.asc())
             .limit(1000)
             .select((
                 outbox::seq.assume_not_null(),
                 outbox::account,
                 outbox::event_id,
+                outbox::kind,
             ))
             .load(c)
             .await?;
         // The cursor passes every sequenced event seen, delivered or filtered out.
-        let upto: Option<i64> = outbox::table
-            .filter(outbox::seq.gt(ep.cursor_seq))
-            .select(diesel::dsl::max(outbox::seq))
-            .first(c)
-            .await?;
-        let upto = match events.len() {
-            1000 => events.last().map(|e| e.0),
-            _ => upto,
-        };
+        let upto = seen.last().map(|e| e.0);
+        let events: Vec<(i64, String, String)> = seen
+            .iter()
+            .filter(|e| ep.kinds.is_empty() || ep.kinds.contains(&e.3))
+            .map(|(seq, account, id, _)| (*seq, account.clone(), id.clone()))
+            .collect();
         let rows: Vec<_> = events
             .iter()
             .map(|(seq, account, event_id)| {
@@ -252,7 +251,7 @@ pub async fn fan_out(
                 .execute(c)
                 .await?;
         }
-        Ok(rows.len())
+        Ok(seen.len())
     })
     .await
 }

@@ -195,7 +195,7 @@ async fn a_tier_change_reaches_a_registered_webhook_endpoint_with_its_breakdown(
         .await;
     send(&app, &key, engaged("rising", 0)).await;
     pql::score_dirty(&app.ctx).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = outbox::client(app.ctx.webhooks);
     for _ in 0..4 {
         outbox::dispatch(&app.ctx, &http).await.unwrap();
         app.clock.advance(chrono::Duration::seconds(60));

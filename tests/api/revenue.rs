@@ -440,7 +440,7 @@ async fn every_event_reaches_a_flaky_receiver_despite_a_killed_dispatcher_signed
     assert_eq!(expected.len(), 24);
 
     // A dispatcher dies while its deliveries are in flight.
-    let http = reqwest::Client::new();
+    let http = outbox::client(app.ctx.webhooks);
     let doomed = {
         let (ctx, http) = (app.ctx.clone(), http.clone());
         tokio::spawn(async move { outbox::dispatch(&ctx, &http).await })

@@ -550,3 +550,152 @@ async fn guessed_keys_cost_no_database_query_each() {
         "{checks} key-table checks for 300 guesses in {elapsed:?} (bound {bound})"
     );
 }
+
+/// M1. A webhook receiver that answers with a redirect (here to another local server, in
+/// production to a metadata address) is not followed: the delivery fails with the 3xx and the
+/// redirect target never sees the signed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_never_follow_redirects() {
+    use accrue::services::outbox;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::revenue::spawn_dev_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,admin", None).await;
+    // The redirect's target counts the connections it gets.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn({
+        let hits = hits.clone();
+        async move {
+            while let Ok((mut s, _)) = target.accept().await {
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        }
+    });
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector_url = format!("http://{}/hook", redirector.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = redirector.accept().await {
+            let mut buf = vec![0u8; 65536];
+            let _ = s.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{target_addr}/stolen\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    });
+    let (status, ep) = app
+        .post(
+            &key,
+            "/v1/webhook-endpoints",
+            &json!({"url": redirector_url, "kinds": ["revenue.movement"]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    app.subscribe(&key, "m1-acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    outbox::dispatch(&app.ctx, &outbox::client(app.ctx.webhooks))
+        .await
+        .unwrap();
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let (status, d) = app
+        .get(
+            &key,
+            &format!("/v1/webhook-endpoints/{}/deliveries", ep["id"]),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    let text = d.to_string();
+    assert!(
+        text.contains("307"),
+        "the delivery failed on the redirect: {d}"
+    );
+    assert!(!text.contains("\"delivered\""), "{d}");
+}
+
+/// M2. Fan-out never moves an endpoint's cursor past an event it did not read, however
+/// sequencing rounds (other instances, feed readers) interleave with it: every sequenced event
+/// of the endpoint's kind becomes a delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_never_skips_events_sequenced_concurrently() {
+    use accrue::store::outbox as ob;
+    let app = spawn_app().await;
+    let mut conn = app.db.conn().await;
+    let ep = ob::insert_endpoint(
+        &mut conn,
+        "http://example.com/h",
+        &["wanted".into()],
+        "s",
+        0,
+        t(NOW),
+    )
+    .await
+    .unwrap();
+    for w in 0..2 {
+        accrue::store::accounts::ensure(&mut conn, &format!("m2-{w}"), t(NOW))
+            .await
+            .unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Writers: events of two kinds, sequenced at once by their own rounds.
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (pool, stop) = (app.ctx.pool.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut c = pool.get().await.unwrap();
+                    let rows: Vec<ob::NewEvent> = ["wanted", "other"]
+                        .iter()
+                        .map(|kind| ob::NewEvent {
+                            account: format!("m2-{w}"),
+                            event_id: format!("e-{w}-{n}-{kind}"),
+                            kind: (*kind).into(),
+                            payload: json!({}),
+                            created_at: t(NOW),
+                        })
+                        .collect();
+                    ob::insert_events(&mut c, &rows).await.unwrap();
+                    ob::sequence(&mut c).await.unwrap();
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let fan = {
+        let (pool, stop) = (app.ctx.pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut c = pool.get().await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ob::fan_out(&mut c, ep.id, t(NOW)).await.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    fan.await.unwrap();
+    ob::sequence(&mut conn).await.unwrap();
+    while ob::fan_out(&mut conn, ep.id, t(NOW)).await.unwrap() == 1000 {}
+    let wanted = app
+        .db
+        .count("(SELECT count(*) FROM outbox WHERE kind = 'wanted')")
+        .await;
+    let missing = app
+        .db
+        .count(
+            "(SELECT count(*) FROM outbox o WHERE kind = 'wanted' AND NOT EXISTS \
+             (SELECT 1 FROM webhook_deliveries d WHERE d.seq = o.seq))",
+        )
+        .await;
+    assert!(wanted > 100, "the race was exercised ({wanted} events)");
+    assert_eq!(missing, 0, "{missing} of {wanted} events skipped");
+}
