@@ -19,8 +19,10 @@ pub struct ListQuery {
     account: Option<String>,
     status: Option<String>,
     /// Invoices whose period starts at or after this instant.
+    #[serde(default, deserialize_with = "super::time::optional")]
     period_from: Option<DateTime<Utc>>,
     /// ... and before this one.
+    #[serde(default, deserialize_with = "super::time::optional")]
     period_to: Option<DateTime<Utc>>,
     /// The cursor: `next_after` of the previous page.
     after: Option<i64>,

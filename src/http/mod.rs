@@ -14,6 +14,7 @@ mod plans;
 mod pql;
 mod revenue;
 mod test_clocks;
+mod time;
 mod usage;
 
 pub use error::ApiError;

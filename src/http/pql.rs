@@ -54,7 +54,9 @@ pub async fn queue(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunnelQuery {
+    #[serde(default, deserialize_with = "super::time::optional")]
     from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::time::optional")]
     to: Option<DateTime<Utc>>,
 }
 

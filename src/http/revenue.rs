@@ -18,7 +18,9 @@ fn bad_query(message: impl Into<String>) -> ApiError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MovementsQuery {
+    #[serde(default, deserialize_with = "super::time::optional")]
     from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::time::optional")]
     to: Option<DateTime<Utc>>,
     account: Option<String>,
 }
@@ -48,7 +50,9 @@ pub async fn movements(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NrrQuery {
+    #[serde(default, deserialize_with = "super::time::optional")]
     from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::time::optional")]
     to: Option<DateTime<Utc>>,
     by: Option<String>,
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    #[serde(deserialize_with = "super::time::required")]
     frozen_time: DateTime<Utc>,
     name: Option<String>,
 }
@@ -20,6 +21,7 @@ pub struct CreateBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdvanceBody {
+    #[serde(deserialize_with = "super::time::required")]
     frozen_time: DateTime<Utc>,
 }
 

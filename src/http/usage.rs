@@ -11,7 +11,9 @@ use serde::Deserialize;
 
 #[derive(Deserialize)]
 pub struct RangeQuery {
+    #[serde(default, deserialize_with = "super::time::optional")]
     from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::time::optional")]
     to: Option<DateTime<Utc>>,
 }
 

@@ -233,6 +233,9 @@ pub struct RetentionWindow {
     pub retention: Retention,
 }
 
+/// Most monthly windows one NRR request computes (each is a pass over the movements).
+pub const MAX_NRR_WINDOWS: usize = 120;
+
 /// NRR and GRR of the accounts that had MRR at `from`, over [from, to); with `by_month`, one
 /// window per calendar month (UTC) inside it.
 pub async fn nrr(
@@ -247,6 +250,16 @@ pub async fn nrr(
     } else {
         vec![(from, to)]
     };
+    if windows.len() > MAX_NRR_WINDOWS {
+        return Err(ServiceError::invalid(
+            "range_too_large",
+            format!(
+                "by=month over this range makes {} windows; at most {MAX_NRR_WINDOWS} \
+                 (ten years) per request",
+                windows.len()
+            ),
+        ));
+    }
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let mut out = Vec::new();
     for (a, b) in windows {

@@ -225,7 +225,17 @@ pub fn cheapest_self_serve(
         .cloned()
 }
 
+/// Most seats any subscription may hold, whatever its plan says (the seat count is stored as
+/// a 32-bit integer; past this it is a typo, not a customer).
+pub const MAX_SEATS: u32 = 1_000_000;
+
 fn check_seats(ctx: &Ctx, plan: &PlanVersion, seats: u32) -> Result<(), TxError> {
+    if seats > MAX_SEATS {
+        return Err(TxError::Refused(ServiceError::invalid(
+            "invalid_seats",
+            format!("seats: {seats} is more than {MAX_SEATS}"),
+        )));
+    }
     let Some(s) = &plan.seats else {
         return Ok(());
     };

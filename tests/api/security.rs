@@ -699,3 +699,47 @@ async fn fan_out_never_skips_events_sequenced_concurrently() {
     assert!(wanted > 100, "the race was exercised ({wanted} events)");
     assert_eq!(missing, 0, "{missing} of {wanted} events skipped");
 }
+
+/// L1, M6. Dates PostgreSQL cannot store, seat counts past any plan and report ranges of
+/// centuries are refused naming the value (they reached the database and came back 503, or
+/// ran for hours, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_dates_seats_and_report_ranges_are_refused_not_retried() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    for path in [
+        "/v1/movements?from=-100000-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "/v1/reports/nrr?from=2026-01-01T00:00:00Z&to=%2B200000-01-01T00:00:00Z",
+        "/v1/accounts/l1-acme/usage?from=0001-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "/v1/invoices?period_from=0100-01-01T00:00:00Z",
+    ] {
+        let (status, body) = app.get(&key, path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("out of range"),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = app
+        .get(
+            &key,
+            "/v1/reports/nrr?from=1970-01-01T00:00:00Z&to=9999-01-01T00:00:00Z&by=month",
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "range_too_large");
+    let (status, body) = app
+        .post(
+            &key,
+            "/v1/accounts/l1-acme/subscription",
+            &json!({"plan": "enterprise", "seats": 3_000_000_000u32}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_seats");
+}
