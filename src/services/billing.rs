@@ -474,7 +474,12 @@ pub struct LineLineage {
     /// The events the line priced: the meter's type and filter, in the range, received before
     /// the invoice was issued; oldest first, at most `limit`.
     pub events: Vec<store_inv::LineageEvent>,
+    /// Whether events were left out to keep the answer under [`MAX_LINEAGE_BYTES`].
+    pub events_truncated: bool,
 }
+
+/// Most bytes of event properties one lineage answer carries (all lines together).
+pub const MAX_LINEAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// For each usage line of an invoice: the rollups and the events behind it.
 pub async fn lineage(
@@ -487,6 +492,7 @@ pub async fn lineage(
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let account = inv.invoice.account.clone();
     let mut out = Vec::new();
+    let mut budget = MAX_LINEAGE_BYTES;
     for l in inv.lines {
         let (Some(meter_code), Some(from), Some(to)) = (l.meter.clone(), l.usage_from, l.usage_to)
         else {
@@ -497,20 +503,31 @@ pub async fn lineage(
         };
         let rollups =
             store_inv::rollups_for_line(&mut conn, &account, &meter_code, from, to).await?;
-        let events = store_inv::events_for_line(
+        let filter = serde_json::to_value(&meter.filter).unwrap_or_default();
+        let mut events = store_inv::events_for_line(
             &mut conn,
             &account,
             &meter.event_type,
+            &filter,
             from,
             to,
             inv.invoice.issued_at,
-            limit * 4,
+            limit,
         )
-        .await?
-        .into_iter()
-        .filter(|e| meter.matches(&e.event_type, &e.properties))
-        .take(limit as usize)
-        .collect();
+        .await?;
+        // The answer is bounded in bytes too, not only in events.
+        let mut events_truncated = false;
+        let mut kept = 0;
+        for e in &events {
+            let size = serde_json::to_vec(&e.properties).map_or(0, |v| v.len()) + 128;
+            if budget < size {
+                events_truncated = true;
+                break;
+            }
+            budget -= size;
+            kept += 1;
+        }
+        events.truncate(kept);
         out.push(LineLineage {
             line_no: l.line_no,
             meter: meter_code,
@@ -521,6 +538,7 @@ pub async fn lineage(
             event_count: l.event_count,
             rollups,
             events,
+            events_truncated,
         });
     }
     Ok(out)

@@ -400,20 +400,35 @@ pub struct LineageEvent {
     pub properties: serde_json::Value,
 }
 
-/// The events of one type behind a usage line: in its range and received by the time the
-/// invoice was issued (`known_at`), in time order, at most `limit`.
+/// Largest `properties` a lineage read returns as stored; larger ones (stored before ingestion
+/// bounded them) come back as `{"_omitted": ...}`.
+pub const MAX_LINEAGE_PROPERTIES_BYTES: i32 = 32 * 1024;
+
+/// The events behind a usage line: of the meter's type and passing its filter (`filter`: a
+/// JSON object, property → accepted values), in its range and received by the time the
+/// invoice was issued (`known_at`), in time order, exactly `limit` when that many exist.
+#[allow(clippy::too_many_arguments)]
 pub async fn events_for_line(
     conn: &mut AsyncPgConnection,
     account: &str,
     event_type: &str,
+    filter: &serde_json::Value,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     known_at: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<LineageEvent>, StoreError> {
     Ok(diesel::sql_query(
-        "SELECT id, event_type, ts AS timestamp, properties FROM events
+        "SELECT id, event_type, ts AS timestamp,
+                CASE WHEN pg_column_size(properties) <= $8 THEN properties
+                     ELSE jsonb_build_object('_omitted', 'properties too large to show') END
+                  AS properties
+           FROM events
           WHERE account = $1 AND event_type = $2 AND ts >= $3 AND ts < $4 AND received_at <= $5
+            AND NOT EXISTS (
+                SELECT 1 FROM jsonb_each($7) f(prop, accepted)
+                 WHERE NOT coalesce(properties ->> f.prop IN
+                       (SELECT jsonb_array_elements_text(f.accepted)), false))
           ORDER BY ts, id LIMIT $6",
     )
     .bind::<Text, _>(account)
@@ -422,6 +437,8 @@ pub async fn events_for_line(
     .bind::<Timestamptz, _>(to)
     .bind::<Timestamptz, _>(known_at)
     .bind::<BigInt, _>(limit)
+    .bind::<diesel::sql_types::Jsonb, _>(filter)
+    .bind::<diesel::sql_types::Integer, _>(MAX_LINEAGE_PROPERTIES_BYTES)
     .load(conn)
     .await?)
 }

@@ -743,3 +743,91 @@ async fn out_of_range_dates_seats_and_report_ranges_are_refused_not_retried() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "invalid_seats");
 }
+
+/// H3, L11. Lineage reads exactly `limit` events of the meter (its filter applied by the
+/// database, not after a 4 × limit read that could return fewer while more exist), and its
+/// answer is bounded in bytes: past 4 MiB of properties the events stop, marked truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lineage_returns_the_meters_events_up_to_the_limit_and_is_bounded_in_bytes() {
+    use accrue::jobs::{tick, JobKind, Scheduler};
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    app.subscribe(&key, "h3-acme", json!({"plan": "enterprise", "seats": 50}))
+        .await;
+    let job = |id: String, at: String, runner: &str, blob: &str| {
+        json!({"id": id, "account": "h3-acme", "type": "job.completed", "timestamp": at,
+               "properties": {"minutes": 1, "runner": runner, "blob": blob}})
+    };
+    // 30 CPU jobs first, then 150 GPU jobs carrying 30 KB each (4.5 MB in all).
+    app.clock.set(t("2026-11-28T00:00:00Z"));
+    let cpu: Vec<Value> = (0..30)
+        .map(|i| {
+            job(
+                format!("c{i}"),
+                format!("2026-11-26T00:{i:02}:00Z"),
+                "cpu",
+                "",
+            )
+        })
+        .collect();
+    let (status, out) = app.send(&key, &json!({ "events": cpu })).await;
+    assert_eq!(status, 200, "{out}");
+    let blob = "x".repeat(30_000);
+    for chunk in 0..5 {
+        let gpu: Vec<Value> = (0..30)
+            .map(|i| {
+                let n = chunk * 30 + i;
+                job(
+                    format!("g{n}"),
+                    format!("2026-11-27T{:02}:{:02}:00Z", n / 60, n % 60),
+                    "gpu",
+                    &blob,
+                )
+            })
+            .collect();
+        let (status, out) = app.send(&key, &json!({ "events": gpu })).await;
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["accepted"], 30, "{out}");
+    }
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    let close = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
+    tick(&app.ctx, &close).await.unwrap();
+
+    let (status, lin) = app.get(&key, "/v1/invoices/2/lineage?limit=3").await;
+    assert_eq!(status, 200, "{lin}");
+    let gpu = lin["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meter"] == "gpu_minutes")
+        .expect("a GPU line")
+        .clone();
+    let runners: Vec<&str> = gpu["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["properties"]["runner"].as_str().unwrap())
+        .collect();
+    assert_eq!(runners, vec!["gpu"; 3], "{gpu}");
+
+    let res = app
+        .http
+        .get(app.url("/v1/invoices/2/lineage?limit=1000"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let bytes = res.bytes().await.unwrap();
+    assert!(bytes.len() < 5 * 1024 * 1024, "{} bytes", bytes.len());
+    let lin: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(
+        lin["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["events_truncated"] == true),
+        "marked truncated"
+    );
+}
