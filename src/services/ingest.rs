@@ -157,21 +157,46 @@ async fn store_valid(ctx: &Ctx, valid: Vec<Valid>) -> Result<usize, ServiceError
     if valid.is_empty() {
         return Ok(0);
     }
+    // Admission: a bounded number of events in flight per instance. Past it the request is
+    // refused at once (503, Retry-After) instead of queueing without bound; nothing of it was
+    // stored, so the client's retry is safe.
+    let Ok(_admitted) = ctx
+        .ingest
+        .in_flight
+        .clone()
+        .try_acquire_many_owned(valid.len() as u32)
+    else {
+        return Err(ServiceError::Unavailable(format!(
+            "ingestion is at capacity ({MAX_IN_FLIGHT_EVENTS} events in flight): retry shortly"
+        )));
+    };
     let lanes = &ctx.ingest.lanes;
     let mut parts: Vec<Vec<Valid>> = (0..lanes.len()).map(|_| Vec::new()).collect();
     for v in valid {
         let lane = lane_of(v.event.account.as_str(), lanes.len());
         parts[lane].push(v);
     }
-    let mut waits = Vec::new();
+    // A place on every lane the request needs, before any of its events is queued: a request
+    // is queued whole or refused whole.
+    let mut slots = Vec::new();
     for (lane, events) in parts.into_iter().enumerate() {
         if events.is_empty() {
             continue;
         }
-        let (reply, rx) = oneshot::channel();
-        lanes[lane].send(Job { events, reply }).await.map_err(|_| {
-            ServiceError::Unavailable("the ingest pipeline is shutting down".into())
+        let slot = lanes[lane].try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ServiceError::Unavailable("ingestion is at capacity: retry shortly".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                ServiceError::Unavailable("the ingest pipeline is shutting down".into())
+            }
         })?;
+        slots.push((slot, events));
+    }
+    let mut waits = Vec::new();
+    for (slot, events) in slots {
+        let (reply, rx) = oneshot::channel();
+        slot.send(Job { events, reply });
         waits.push(rx);
     }
     let mut inserted = 0;
@@ -210,7 +235,15 @@ const MAX_GROUP_EVENTS: usize = 8_000;
 /// the commit that holds their events.
 pub struct IngestPipeline {
     lanes: Vec<mpsc::Sender<Job>>,
+    /// Permits for events accepted by requests and not yet answered (queued or committing).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most events one instance holds in flight (validated, queued or being committed): the bound
+/// on ingestion's memory (events are at most ~33 KiB each, typically a few hundred bytes).
+pub const MAX_IN_FLIGHT_EVENTS: usize = 64_000;
+/// Most requests queued on one lane.
+const LANE_QUEUE: usize = 256;
 
 impl IngestPipeline {
     /// Starts `lanes` lane tasks on the current tokio runtime.
@@ -223,7 +256,7 @@ impl IngestPipeline {
     ) -> Self {
         let lanes = (0..lanes.max(1))
             .map(|_| {
-                let (tx, rx) = mpsc::channel(1024);
+                let (tx, rx) = mpsc::channel(LANE_QUEUE);
                 tokio::spawn(run_lane(
                     rx,
                     pool.clone(),
@@ -234,7 +267,10 @@ impl IngestPipeline {
                 tx
             })
             .collect();
-        Self { lanes }
+        Self {
+            lanes,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_EVENTS)),
+        }
     }
 }
 

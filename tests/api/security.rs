@@ -831,3 +831,78 @@ async fn lineage_returns_the_meters_events_up_to_the_limit_and_is_bounded_in_byt
         "marked truncated"
     );
 }
+
+/// M4. When a lane cannot keep up (here: its commit waits on a lock), requests beyond its
+/// bounded queue are refused at once with 503 and `Retry-After`, not queued without bound; every
+/// acknowledged event is stored once the lane moves again, and no refused request left any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_lane_refuses_promptly_and_loses_nothing_acknowledged() {
+    use diesel_async::{
+        AnsiTransactionManager, AsyncConnection, SimpleAsyncConnection, TransactionManager,
+    };
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let ev = |id: String| {
+        json!({"id": id, "account": "m4-acme", "type": "api.request",
+               "timestamp": "2026-11-25T12:10:00Z"})
+    };
+    let (status, out) = app
+        .send(&key, &json!({"events": [ev("seed".into())]}))
+        .await;
+    assert_eq!(status, 200, "{out}");
+    // Hold the account's rollup row: the lane's next commit waits on it.
+    let mut blocker = app.db.conn().await;
+    AnsiTransactionManager::begin_transaction(&mut blocker)
+        .await
+        .unwrap();
+    blocker
+        .batch_execute("SELECT * FROM usage_rollups WHERE account = 'm4-acme' FOR UPDATE")
+        .await
+        .unwrap();
+    let requests = (0..400).map(|i| {
+        let app = &app;
+        let key = &key;
+        let body = json!({"events": [ev(format!("e{i}"))]});
+        async move {
+            let started = std::time::Instant::now();
+            let res = app
+                .http
+                .post(app.url("/v1/events"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let retry = res.headers().get("retry-after").is_some();
+            (i, status, retry, started.elapsed())
+        }
+    });
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        AnsiTransactionManager::rollback_transaction(&mut blocker)
+            .await
+            .unwrap();
+    };
+    let (answers, ()) = tokio::join!(futures_util::future::join_all(requests), release);
+    let refused: Vec<_> = answers.iter().filter(|a| a.1 == 503).collect();
+    let acknowledged: Vec<_> = answers.iter().filter(|a| a.1 == 200).collect();
+    assert_eq!(refused.len() + acknowledged.len(), 400, "only 200 or 503");
+    assert!(!refused.is_empty(), "the bounded queue refused some");
+    assert!(refused.iter().all(|a| a.2), "every 503 says Retry-After");
+    assert!(
+        refused
+            .iter()
+            .all(|a| a.3 < std::time::Duration::from_secs(2)),
+        "refused at once, not after the lane's wait"
+    );
+    let stored = app
+        .db
+        .count("(SELECT count(*) FROM events WHERE account = 'm4-acme' AND id <> 'seed')")
+        .await;
+    assert_eq!(
+        stored as usize,
+        acknowledged.len(),
+        "every acknowledged event, only those"
+    );
+}
