@@ -837,9 +837,7 @@ async fn lineage_returns_the_meters_events_up_to_the_limit_and_is_bounded_in_byt
 /// acknowledged event is stored once the lane moves again, and no refused request left any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_lane_refuses_promptly_and_loses_nothing_acknowledged() {
-    use diesel_async::{
-        AnsiTransactionManager, AsyncConnection, SimpleAsyncConnection, TransactionManager,
-    };
+    use diesel_async::{AnsiTransactionManager, SimpleAsyncConnection, TransactionManager};
     let app = spawn_app().await;
     let key = app.key("ingest", None).await;
     let ev = |id: String| {
