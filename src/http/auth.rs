@@ -21,7 +21,12 @@ pub async fn authorize(
     let key = raw
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, k)| k)
+        })
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| {

@@ -128,6 +128,16 @@ pub fn path_error(err: actix_web::error::PathError, _: &HttpRequest) -> actix_we
     .into()
 }
 
+/// A known path asked with a method it does not have: 405 with `Allow`.
+pub fn method_not_allowed(req: &HttpRequest, allow: &str) -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((actix_web::http::header::ALLOW, allow.to_owned()))
+        .json(json!({"error": {
+            "code": "method_not_allowed",
+            "message": format!("{} is not allowed on {}; allowed: {allow}", req.method(), req.path()),
+        }}))
+}
+
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(format!(
         "no route for {} {}",

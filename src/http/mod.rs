@@ -27,96 +27,168 @@ use std::net::TcpListener;
 /// Seconds a stopping server waits for in-flight requests (ingest batches) to finish.
 const SHUTDOWN_GRACE_SECS: u64 = 30;
 
-/// The whole route table, top to bottom.
+/// The whole route table, top to bottom. Each path is one resource: a method it does not have
+/// answers 405 with `Allow`, an unknown path 404.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .service(
-            web::scope("/v1")
-                .route("/events", web::post().to(events::ingest))
-                .route(
-                    "/accounts/{account}/usage",
-                    web::get().to(usage::account_usage),
-                )
-                .route("/accounts/{account}", web::put().to(accounts::put_account))
-                .route("/accounts/{account}", web::get().to(accounts::get_account))
-                .route(
-                    "/accounts/{account}/subscription",
-                    web::post().to(accounts::subscribe),
-                )
-                .route(
-                    "/accounts/{account}/subscription",
-                    web::get().to(accounts::get_subscription),
-                )
-                .route(
-                    "/accounts/{account}/subscription/changes",
-                    web::get().to(accounts::changes),
-                )
-                .route(
-                    "/accounts/{account}/subscription/quotes",
-                    web::post().to(accounts::quote),
-                )
-                .route(
-                    "/accounts/{account}/subscription/quotes/{quote}/accept",
-                    web::post().to(accounts::accept),
-                )
-                .route("/accounts/{account}/check", web::post().to(accounts::check))
-                .route(
-                    "/accounts/{account}/payment-method",
-                    web::put().to(payments::put_payment_method),
-                )
-                .route(
-                    "/accounts/{account}/dunning",
-                    web::get().to(payments::dunning),
-                )
-                .route("/stripe/webhook", web::post().to(payments::webhook))
-                .route(
-                    "/reports/reconciliation",
-                    web::get().to(payments::reconciliation),
-                )
-                .route(
-                    "/governance/event-types",
-                    web::get().to(governance::event_types),
-                )
-                .route(
-                    "/reports/billing-errors",
-                    web::get().to(invoices::billing_errors),
-                )
-                .route("/keys", web::get().to(keys::list))
-                .route("/keys/{id}", web::delete().to(keys::revoke))
-                .route("/test-clocks", web::post().to(test_clocks::create))
-                .route("/test-clocks/{id}", web::get().to(test_clocks::get))
-                .route(
-                    "/test-clocks/{id}/advance",
-                    web::post().to(test_clocks::advance),
-                )
-                .route("/invoices", web::get().to(invoices::list))
-                .route("/invoices/{number}", web::get().to(invoices::get))
-                .route(
-                    "/invoices/{number}/lineage",
-                    web::get().to(invoices::lineage),
-                )
-                .route("/movements", web::get().to(revenue::movements))
-                .route("/reports/nrr", web::get().to(revenue::nrr))
-                .route(
-                    "/webhook-endpoints",
-                    web::post().to(revenue::create_endpoint),
-                )
-                .route("/webhook-endpoints", web::get().to(revenue::list_endpoints))
-                .route(
-                    "/webhook-endpoints/{id}/deliveries",
-                    web::get().to(revenue::deliveries),
-                )
-                .route("/feed", web::get().to(revenue::feed))
-                .route("/accounts/{account}/pql", web::get().to(pql::account))
-                .route("/pql", web::get().to(pql::queue))
-                .route("/reports/funnel", web::get().to(pql::funnel))
-                .route("/plans", web::get().to(plans::list))
-                .route(
-                    "/plans/{plan}/versions/{version}",
-                    web::get().to(plans::version),
-                ),
-        );
+    cfg.service(resource(
+        "/healthz",
+        vec![("GET", web::get().to(health::healthz))],
+    ));
+    cfg.service(resource(
+        "/readyz",
+        vec![("GET", web::get().to(health::readyz))],
+    ));
+    cfg.service(
+        web::scope("/v1")
+            .service(resource(
+                "/events",
+                vec![("POST", web::post().to(events::ingest))],
+            ))
+            .service(resource(
+                "/accounts/{account}/usage",
+                vec![("GET", web::get().to(usage::account_usage))],
+            ))
+            .service(resource(
+                "/accounts/{account}",
+                vec![
+                    ("PUT", web::put().to(accounts::put_account)),
+                    ("GET", web::get().to(accounts::get_account)),
+                ],
+            ))
+            .service(resource(
+                "/accounts/{account}/subscription",
+                vec![
+                    ("POST", web::post().to(accounts::subscribe)),
+                    ("GET", web::get().to(accounts::get_subscription)),
+                ],
+            ))
+            .service(resource(
+                "/accounts/{account}/subscription/changes",
+                vec![("GET", web::get().to(accounts::changes))],
+            ))
+            .service(resource(
+                "/accounts/{account}/subscription/quotes",
+                vec![("POST", web::post().to(accounts::quote))],
+            ))
+            .service(resource(
+                "/accounts/{account}/subscription/quotes/{quote}/accept",
+                vec![("POST", web::post().to(accounts::accept))],
+            ))
+            .service(resource(
+                "/accounts/{account}/check",
+                vec![("POST", web::post().to(accounts::check))],
+            ))
+            .service(resource(
+                "/accounts/{account}/payment-method",
+                vec![("PUT", web::put().to(payments::put_payment_method))],
+            ))
+            .service(resource(
+                "/accounts/{account}/dunning",
+                vec![("GET", web::get().to(payments::dunning))],
+            ))
+            .service(resource(
+                "/stripe/webhook",
+                vec![("POST", web::post().to(payments::webhook))],
+            ))
+            .service(resource(
+                "/reports/reconciliation",
+                vec![("GET", web::get().to(payments::reconciliation))],
+            ))
+            .service(resource(
+                "/governance/event-types",
+                vec![("GET", web::get().to(governance::event_types))],
+            ))
+            .service(resource(
+                "/reports/billing-errors",
+                vec![("GET", web::get().to(invoices::billing_errors))],
+            ))
+            .service(resource("/keys", vec![("GET", web::get().to(keys::list))]))
+            .service(resource(
+                "/keys/{id}",
+                vec![("DELETE", web::delete().to(keys::revoke))],
+            ))
+            .service(resource(
+                "/test-clocks",
+                vec![("POST", web::post().to(test_clocks::create))],
+            ))
+            .service(resource(
+                "/test-clocks/{id}",
+                vec![("GET", web::get().to(test_clocks::get))],
+            ))
+            .service(resource(
+                "/test-clocks/{id}/advance",
+                vec![("POST", web::post().to(test_clocks::advance))],
+            ))
+            .service(resource(
+                "/invoices",
+                vec![("GET", web::get().to(invoices::list))],
+            ))
+            .service(resource(
+                "/invoices/{number}",
+                vec![("GET", web::get().to(invoices::get))],
+            ))
+            .service(resource(
+                "/invoices/{number}/lineage",
+                vec![("GET", web::get().to(invoices::lineage))],
+            ))
+            .service(resource(
+                "/movements",
+                vec![("GET", web::get().to(revenue::movements))],
+            ))
+            .service(resource(
+                "/reports/nrr",
+                vec![("GET", web::get().to(revenue::nrr))],
+            ))
+            .service(resource(
+                "/webhook-endpoints",
+                vec![
+                    ("POST", web::post().to(revenue::create_endpoint)),
+                    ("GET", web::get().to(revenue::list_endpoints)),
+                ],
+            ))
+            .service(resource(
+                "/webhook-endpoints/{id}/deliveries",
+                vec![("GET", web::get().to(revenue::deliveries))],
+            ))
+            .service(resource(
+                "/feed",
+                vec![("GET", web::get().to(revenue::feed))],
+            ))
+            .service(resource(
+                "/accounts/{account}/pql",
+                vec![("GET", web::get().to(pql::account))],
+            ))
+            .service(resource("/pql", vec![("GET", web::get().to(pql::queue))]))
+            .service(resource(
+                "/reports/funnel",
+                vec![("GET", web::get().to(pql::funnel))],
+            ))
+            .service(resource(
+                "/plans",
+                vec![("GET", web::get().to(plans::list))],
+            ))
+            .service(resource(
+                "/plans/{plan}/versions/{version}",
+                vec![("GET", web::get().to(plans::version))],
+            )),
+    );
+}
+
+/// One path and its methods; any other method answers 405 naming the allowed ones.
+fn resource(path: &str, routes: Vec<(&'static str, actix_web::Route)>) -> actix_web::Resource {
+    let allow = routes
+        .iter()
+        .map(|(m, _)| *m)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut r = web::resource(path);
+    for (_, route) in routes {
+        r = r.route(route);
+    }
+    r.default_service(web::to(move |req: actix_web::HttpRequest| {
+        let allow = allow.clone();
+        async move { error::method_not_allowed(&req, &allow) }
+    }))
 }
 
 /// Builds the server on an already-bound listener (tests bind port 0). SIGTERM/SIGINT stop it

@@ -239,6 +239,13 @@ pub struct IngestPipeline {
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
+impl IngestPipeline {
+    /// Whether every lane is still taking requests (readiness).
+    pub fn running(&self) -> bool {
+        self.lanes.iter().all(|l| !l.is_closed())
+    }
+}
+
 /// Most events one instance holds in flight (validated, queued or being committed): the bound
 /// on ingestion's memory (events are at most ~33 KiB each, typically a few hundred bytes).
 pub const MAX_IN_FLIGHT_EVENTS: usize = 64_000;
@@ -293,38 +300,52 @@ async fn run_lane(
                 Err(_) => break,
             }
         }
-        // Tell the check cache which accounts are being written until their events are applied.
-        let accounts: HashSet<&str> = jobs
-            .iter()
-            .flat_map(|j| &j.events)
-            .map(|v| v.event.account.as_str())
-            .collect();
-        checks.begin_writes(&accounts);
-        let (answers, new) = commit_isolated(&pool, clock.now(), &jobs).await;
-        for v in jobs.iter().flat_map(|j| &j.events) {
-            let e = &v.event;
-            if !v.readings.is_empty()
-                && new.contains(&(e.account.as_str().to_owned(), e.id.clone()))
-            {
-                checks.apply(e.account.as_str(), e.timestamp, &e.id, &v.readings);
+        // A panic while handling one group (none is known) must not stop the lane: that
+        // group's requests are answered 503 (their reply channels close) and the lane goes on.
+        let group = std::panic::AssertUnwindSafe(process_group(jobs, &pool, &clock, &checks, &pql));
+        if futures_util::FutureExt::catch_unwind(group).await.is_err() {
+            tracing::error!("ingest lane: a group panicked; its requests were answered 503");
+        }
+    }
+}
+
+/// Commits one group of requests and answers them.
+async fn process_group(
+    jobs: Vec<Job>,
+    pool: &Pool,
+    clock: &Arc<dyn Clock>,
+    checks: &Arc<CheckCache>,
+    pql: &Arc<super::pql::PqlState>,
+) {
+    // Tell the check cache which accounts are being written until their events are applied.
+    let accounts: HashSet<&str> = jobs
+        .iter()
+        .flat_map(|j| &j.events)
+        .map(|v| v.event.account.as_str())
+        .collect();
+    checks.begin_writes(&accounts);
+    let (answers, new) = commit_isolated(&pool, clock.now(), &jobs).await;
+    for v in jobs.iter().flat_map(|j| &j.events) {
+        let e = &v.event;
+        if !v.readings.is_empty() && new.contains(&(e.account.as_str().to_owned(), e.id.clone())) {
+            checks.apply(e.account.as_str(), e.timestamp, &e.id, &v.readings);
+        }
+    }
+    checks.end_writes(&accounts);
+    // Usage thresholds reached by these events (for accounts the check cache holds;
+    // others are evaluated when they are next checked).
+    let now = clock.now();
+    let mut seen = HashSet::new();
+    for (account, _) in &new {
+        if seen.insert(account.as_str()) {
+            pql.mark([account.as_str()]);
+            if let Some((period, alerts)) = checks.new_alerts(account) {
+                super::check::spawn_alerts(pool.clone(), account.clone(), period, alerts, now);
             }
         }
-        checks.end_writes(&accounts);
-        // Usage thresholds reached by these events (for accounts the check cache holds;
-        // others are evaluated when they are next checked).
-        let now = clock.now();
-        let mut seen = HashSet::new();
-        for (account, _) in &new {
-            if seen.insert(account.as_str()) {
-                pql.mark([account.as_str()]);
-                if let Some((period, alerts)) = checks.new_alerts(account) {
-                    super::check::spawn_alerts(pool.clone(), account.clone(), period, alerts, now);
-                }
-            }
-        }
-        for (job, answer) in jobs.into_iter().zip(answers) {
-            let _ = job.reply.send(answer);
-        }
+    }
+    for (job, answer) in jobs.into_iter().zip(answers) {
+        let _ = job.reply.send(answer);
     }
 }
 

@@ -904,3 +904,52 @@ async fn an_overloaded_lane_refuses_promptly_and_loses_nothing_acknowledged() {
         "every acknowledged event, only those"
     );
 }
+
+/// L9. A known path asked with the wrong method answers 405 naming the allowed methods (it
+/// answered 404, as if the route did not exist); the Bearer scheme is case-insensitive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_is_405_with_allow_and_the_bearer_scheme_ignores_case() {
+    let app = spawn_app().await;
+    let key = app.key("billing", None).await;
+    let res = app
+        .http
+        .delete(app.url("/v1/accounts/l9-acme"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "PUT, GET");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let res = app.http.get(app.url("/v1/events")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+    let res = app.http.get(app.url("/v1/nowhere")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let res = app
+        .http
+        .get(app.url("/v1/plans"))
+        .header("Authorization", format!("bearer {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// L10. The unauthenticated readiness probe says only whether the instance is ready: the
+/// database's error text (host names, users, driver messages) goes to the log, not the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_without_a_database_says_so_without_its_error_text() {
+    let port = free_port();
+    let url = format!("postgres://nobody@127.0.0.1:{port}/secret_db_name");
+    let (base, _ctx, _clock) = start_instance(&url, std::time::Duration::from_secs(1));
+    let res = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().get("retry-after").is_some());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "the database does not answer");
+    assert!(!body.to_string().contains("secret_db_name") && !body.to_string().contains("nobody"));
+    let res = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(res.status(), 200, "alive all the same");
+}
