@@ -324,7 +324,7 @@ async fn process_group(
         .map(|v| v.event.account.as_str())
         .collect();
     checks.begin_writes(&accounts);
-    let (answers, new) = commit_isolated(&pool, clock.now(), &jobs).await;
+    let (answers, new) = commit_isolated(pool, clock.now(), &jobs).await;
     for v in jobs.iter().flat_map(|j| &j.events) {
         let e = &v.event;
         if !v.readings.is_empty() && new.contains(&(e.account.as_str().to_owned(), e.id.clone())) {
