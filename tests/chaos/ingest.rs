@@ -1,0 +1,392 @@
+//! Ingestion under faults: PostgreSQL restarted under load, twice the measured capacity
+//! offered, SIGTERM with batches in flight. Clients number their batches (`b{n}-{i}` ids) so
+//! the database can be asked, batch by batch, what was stored.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 100;
+const ACCOUNTS: usize = 50;
+
+fn batch(n: usize) -> Value {
+    let events: Vec<Value> = (0..BATCH)
+        .map(|i| {
+            json!({"id": format!("b{n}-{i}"), "account": format!("acct-{}", (n * BATCH + i) % ACCOUNTS),
+                   "type": "api.request"})
+        })
+        .collect();
+    json!({ "events": events })
+}
+
+/// One request's fate: its batch, status (0: no answer), whether a 503 said `Retry-After`,
+/// and when it was sent and answered.
+#[derive(Clone, Debug)]
+struct Rec {
+    batch: usize,
+    status: u16,
+    retry_after: bool,
+    sent: Instant,
+    answered: Instant,
+}
+
+async fn send(http: &reqwest::Client, base: &str, key: &str, n: usize) -> Rec {
+    let sent = Instant::now();
+    let res = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(key)
+        .json(&batch(n))
+        .send()
+        .await;
+    let (status, retry_after) = match res {
+        Ok(r) => (r.status().as_u16(), r.headers().contains_key("retry-after")),
+        Err(_) => (0, false),
+    };
+    Rec {
+        batch: n,
+        status,
+        retry_after,
+        sent,
+        answered: Instant::now(),
+    }
+}
+
+/// Batches stored, by batch number: how many of its events the database holds.
+async fn stored_per_batch(db_url: &str) -> BTreeMap<usize, i64> {
+    use diesel::QueryableByName;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        b: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut c = AsyncPgConnection::establish(db_url).await.unwrap();
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT split_part(id, '-', 1) AS b, count(*) AS n FROM events GROUP BY 1",
+    )
+    .load(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|r| (r.b.trim_start_matches('b').parse().unwrap(), r.n))
+        .collect()
+}
+
+/// No event counted twice: the rollups hold exactly one count per stored event.
+async fn assert_counted_once(db_url: &str) -> i64 {
+    let events = count(db_url, "(SELECT count(*) FROM events)::int8").await;
+    let rolled = count(
+        db_url,
+        "(SELECT coalesce(sum(event_count), 0) FROM usage_rollups WHERE meter = 'api_calls')::int8",
+    )
+    .await;
+    assert_eq!(rolled, events, "rollups count every stored event once");
+    events
+}
+
+/// Scenario 1. PostgreSQL is stopped for three seconds and started again while clients ingest
+/// continuously, each retrying its batch until it is acknowledged. Nothing acknowledged is
+/// lost, nothing counted twice; while the database is down no request gets a 2xx, only 503
+/// with `Retry-After`; ingestion resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_during_ingestion_loses_nothing_and_answers_only_503_while_down() {
+    let _one = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start();
+    let db = cluster.url("chaos_restart");
+    let key = prepare(&db, "ingest");
+    let server = Server::start(&db, &[]).await;
+    let base = server.base.clone();
+    let log: Arc<Mutex<Vec<Rec>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, key, log, next, stop) = (
+                base.clone(),
+                key.clone(),
+                log.clone(),
+                next.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap();
+                let mut n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = send(&http, &base, &key, n).await;
+                    let ok = r.status == 200;
+                    log.lock().unwrap().push(r);
+                    if ok {
+                        n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopping = Instant::now();
+    tokio::task::block_in_place(|| cluster.down());
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let starting = Instant::now();
+    tokio::task::block_in_place(|| cluster.up());
+    let up = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let log = log.lock().unwrap().clone();
+    let statuses: BTreeMap<u16, usize> = log.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.status).or_default() += 1;
+        m
+    });
+    assert!(
+        statuses.keys().all(|s| [200, 503].contains(s)),
+        "only 200 or 503: {statuses:?}"
+    );
+    assert!(log
+        .iter()
+        .filter(|r| r.status == 503)
+        .all(|r| r.retry_after));
+    let while_down: Vec<&Rec> = log
+        .iter()
+        .filter(|r| r.sent >= down && r.answered <= starting)
+        .collect();
+    assert!(
+        !while_down.is_empty(),
+        "requests were made while it was down"
+    );
+    assert!(
+        while_down.iter().all(|r| r.status == 503),
+        "no 2xx while the database is down"
+    );
+    let recovered = log
+        .iter()
+        .filter(|r| r.status == 200 && r.sent >= up)
+        .map(|r| r.answered - up)
+        .min()
+        .expect("ingestion resumed after the restart");
+
+    let acked: Vec<usize> = log
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.batch)
+        .collect();
+    let stored = stored_per_batch(&db).await;
+    let lost: Vec<&usize> = acked
+        .iter()
+        .filter(|b| stored.get(b).copied() != Some(BATCH as i64))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged batches not stored whole: {lost:?}"
+    );
+    let events = assert_counted_once(&db).await;
+    println!(
+        "chaos/postgres-restart: {} requests {:?}; {} answered while down (all 503 with \
+         Retry-After); stop took {:?}; first 2xx {:?} after the database was back; {} batches \
+         acknowledged, 0 lost; {events} events stored, each counted once",
+        log.len(),
+        statuses,
+        while_down.len(),
+        down - stopping,
+        recovered,
+        acked.len()
+    );
+}
+
+/// Scenario 7. SIGTERM while clients have batches in flight: the process finishes what it
+/// accepted and exits; every acknowledged batch is stored, and every batch that got no answer is
+/// stored whole or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_batches_in_flight_stores_each_whole_or_not_at_all() {
+    let _one = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start();
+    let db = cluster.url("chaos_sigterm");
+    let key = prepare(&db, "ingest");
+    let mut server = Server::start(&db, &[]).await;
+    let base = server.base.clone();
+    let log: Arc<Mutex<Vec<Rec>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (base, key, log, next) = (base.clone(), key.clone(), log.clone(), next.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let r = send(&http, &base, &key, n).await;
+                    let answered = r.status != 0;
+                    log.lock().unwrap().push(r);
+                    if !answered {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.terminate();
+    let exited = server.wait_exit(Duration::from_secs(40)).await;
+    assert!(exited, "the process stopped within its 30 s grace");
+    for c in clients {
+        c.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    let stored = stored_per_batch(&db).await;
+    let acked: Vec<usize> = log
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.batch)
+        .collect();
+    let unanswered: Vec<usize> = log
+        .iter()
+        .filter(|r| r.status != 200)
+        .map(|r| r.batch)
+        .collect();
+    for b in &acked {
+        assert_eq!(
+            stored.get(b).copied(),
+            Some(BATCH as i64),
+            "acknowledged batch {b}"
+        );
+    }
+    let mut partial = Vec::new();
+    let mut whole = 0;
+    for b in &unanswered {
+        match stored.get(b).copied().unwrap_or(0) {
+            0 => {}
+            n if n == BATCH as i64 => whole += 1,
+            n => partial.push((*b, n)),
+        }
+    }
+    assert!(partial.is_empty(), "batches stored in part: {partial:?}");
+    let events = assert_counted_once(&db).await;
+    println!(
+        "chaos/sigterm: {} batches acknowledged and stored; {} without an answer ({} of them \
+         stored whole, the rest not at all); {events} events, each counted once",
+        acked.len(),
+        unanswered.len(),
+        whole
+    );
+}
+
+/// Scenario 2. Twice the measured capacity offered for 20 s (open loop: a new batch at a fixed
+/// rate whatever the answers): only 2xx, 429 or 503; nothing acknowledged lost; resident memory
+/// stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twice_the_capacity_offered_is_refused_cleanly_with_bounded_memory() {
+    let _one = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start();
+    let db = cluster.url("chaos_overload");
+    let key = prepare(&db, "ingest");
+    let server = Server::start(&db, &[]).await;
+    let base = server.base.clone();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    // Capacity: 8 closed-loop clients for 5 s.
+    let measured = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let until = Instant::now() + Duration::from_secs(5);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (base, key, next, measured) =
+                (base.clone(), key.clone(), next.clone(), measured.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while Instant::now() < until {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if send(&http, &base, &key, n).await.status == 200 {
+                        measured.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let capacity = measured.load(std::sync::atomic::Ordering::SeqCst) as f64 / 5.0; // batches/s
+    let rate = (capacity * 2.0).max(10.0);
+    let rss_before = rss_mib(server.pid()).unwrap_or(0);
+
+    // Twice that, open loop, for 20 s.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let log: Arc<Mutex<Vec<Rec>>> = Arc::default();
+    let mut inflight = Vec::new();
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut rss_max = rss_before;
+    // At most 512 connections at once (as a load tool holds a fixed set of connections).
+    let slots = Arc::new(tokio::sync::Semaphore::new(512));
+    while started.elapsed() < Duration::from_secs(20) {
+        let due = (started.elapsed().as_secs_f64() * rate) as usize;
+        while sent < due {
+            let (http, base, key, log) = (http.clone(), base.clone(), key.clone(), log.clone());
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let slot = slots.clone().acquire_owned().await.unwrap();
+            inflight.push(tokio::spawn(async move {
+                let r = send(&http, &base, &key, n).await;
+                log.lock().unwrap().push(r);
+                drop(slot);
+            }));
+            sent += 1;
+        }
+        rss_max = rss_max.max(rss_mib(server.pid()).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for f in inflight {
+        f.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    let statuses: BTreeMap<u16, usize> = log.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.status).or_default() += 1;
+        m
+    });
+    assert!(
+        statuses.keys().all(|s| [200, 429, 503].contains(s)),
+        "only 2xx, 429 or 503: {statuses:?}"
+    );
+    let stored = stored_per_batch(&db).await;
+    let acked: Vec<usize> = log
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.batch)
+        .collect();
+    for b in &acked {
+        assert_eq!(
+            stored.get(b).copied(),
+            Some(BATCH as i64),
+            "acknowledged batch {b}"
+        );
+    }
+    assert_counted_once(&db).await;
+    assert!(
+        rss_max < 400,
+        "resident memory stayed bounded: {rss_max} MiB"
+    );
+    let p99 = {
+        let mut lat: Vec<Duration> = log.iter().map(|r| r.answered - r.sent).collect();
+        lat.sort();
+        lat.get(lat.len() * 99 / 100).copied().unwrap_or_default()
+    };
+    println!(
+        "chaos/overload: capacity {capacity:.0} batches/s ({:.0} events/s) measured; offered \
+         {rate:.0}/s for 20 s ({sent} batches): {statuses:?}; {} acknowledged, 0 lost; RSS \
+         {rss_before} → max {rss_max} MiB; p99 answer {p99:?}",
+        capacity * BATCH as f64,
+        acked.len()
+    );
+}
