@@ -160,7 +160,7 @@ async fn store_valid(ctx: &Ctx, valid: Vec<Valid>) -> Result<usize, ServiceError
     // Admission: a bounded number of events in flight per instance. Past it the request is
     // refused at once (503, Retry-After) instead of queueing without bound; nothing of it was
     // stored, so the client's retry is safe.
-    let Ok(_admitted) = ctx
+    let Ok(mut admitted) = ctx
         .ingest
         .in_flight
         .clone()
@@ -196,7 +196,14 @@ async fn store_valid(ctx: &Ctx, valid: Vec<Valid>) -> Result<usize, ServiceError
     let mut waits = Vec::new();
     for (slot, events) in slots {
         let (reply, rx) = oneshot::channel();
-        slot.send(Job { events, reply });
+        // The permits travel with the job: they are returned when the lane is done with it,
+        // even if the client went away meanwhile.
+        let permit = admitted.split(events.len());
+        slot.send(Job {
+            events,
+            reply,
+            _permit: permit,
+        });
         waits.push(rx);
     }
     let mut inserted = 0;
@@ -224,6 +231,8 @@ fn lane_of(account: &str, lanes: usize) -> usize {
 struct Job {
     events: Vec<Valid>,
     reply: oneshot::Sender<Result<usize, ServiceError>>,
+    /// This job's share of the instance's in-flight events.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Most events one group commit takes.
@@ -324,6 +333,11 @@ async fn process_group(
         .map(|v| v.event.account.as_str())
         .collect();
     checks.begin_writes(&accounts);
+    let mut writes = GroupWrites {
+        checks,
+        accounts: accounts.iter().map(|a| (*a).to_owned()).collect(),
+        applied: false,
+    };
     let (answers, new) = commit_isolated(pool, clock.now(), &jobs).await;
     for v in jobs.iter().flat_map(|j| &j.events) {
         let e = &v.event;
@@ -331,7 +345,8 @@ async fn process_group(
             checks.apply(e.account.as_str(), e.timestamp, &e.id, &v.readings);
         }
     }
-    checks.end_writes(&accounts);
+    writes.applied = true;
+    drop(writes);
     // Usage thresholds reached by these events (for accounts the check cache holds;
     // others are evaluated when they are next checked).
     let now = clock.now();
@@ -346,6 +361,27 @@ async fn process_group(
     }
     for (job, answer) in jobs.into_iter().zip(answers) {
         let _ = job.reply.send(answer);
+    }
+}
+
+/// The check cache's "being written" marks of a group's accounts, ended however the group
+/// ends; if it ended before its events were applied to the cache (a panic), the accounts'
+/// cache entries are dropped so the next check reloads them from the database.
+struct GroupWrites<'a> {
+    checks: &'a CheckCache,
+    accounts: Vec<String>,
+    applied: bool,
+}
+
+impl Drop for GroupWrites<'_> {
+    fn drop(&mut self) {
+        if !self.applied {
+            for a in &self.accounts {
+                self.checks.invalidate(a);
+            }
+        }
+        let accounts: HashSet<&str> = self.accounts.iter().map(String::as_str).collect();
+        self.checks.end_writes(&accounts);
     }
 }
 
@@ -391,7 +427,10 @@ fn job_error(e: &StoreError) -> ServiceError {
     if e.is_data_error() {
         ServiceError::invalid(
             "events_not_storable",
-            format!("the database refused these events, none was stored: {e}"),
+            format!(
+                "the database refused this request's events ({e}); retrying it unchanged \
+                 cannot help (any of its events already stored are reported as duplicates)"
+            ),
         )
     } else {
         ServiceError::Store(StoreError::Message(e.to_string()))

@@ -97,6 +97,8 @@ pub struct CollectReport {
     pub paid: usize,
     pub failed: usize,
     pub deferred: usize,
+    /// Invoices whose attempt failed on our side (logged; retried at the next sweep).
+    pub errors: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,9 +127,17 @@ pub async fn collect_due(ctx: &Ctx) -> Result<CollectReport, ServiceError> {
         };
         let mut progressed = false;
         for (account, number) in &due {
-            let outcome = collect_one(ctx, &p, account, *number).await?;
-            progressed |= outcome != Outcome::Skipped;
-            tally(&mut report, outcome);
+            // One invoice that cannot be collected never stops the others.
+            match collect_one(ctx, &p, account, *number).await {
+                Ok(outcome) => {
+                    progressed |= outcome != Outcome::Skipped;
+                    tally(&mut report, outcome);
+                }
+                Err(e) => {
+                    tracing::error!(account, invoice = number, error = %e, "collection failed");
+                    report.errors += 1;
+                }
+            }
         }
         if due.len() < 200 || !progressed {
             return Ok(report);
@@ -176,24 +186,62 @@ fn tally(report: &mut CollectReport, outcome: Outcome) {
     }
 }
 
+/// Collections running at once in this instance: each holds a connection while it waits on
+/// Stripe, so a slow Stripe can never take more than these from the pool.
+static COLLECTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Collects one invoice. No Stripe call runs inside a database transaction (a slow Stripe
 /// must not hold row locks or a transaction open): the collection is claimed with a session
-/// advisory lock on a connection of its own, taken out of the pool so that the claim ends with
-/// the connection whatever happens (done, failed, cancelled, or the process killed); each
-/// Stripe answer is then recorded in a short transaction that re-reads the row under its lock.
+/// advisory lock on a pooled connection, released when the attempt ends; if the attempt is
+/// cancelled or fails, the connection is closed instead of going back to the pool, which ends
+/// the claim too (as the process dying does). Each Stripe answer is recorded in a short
+/// transaction that re-reads the row under its lock.
 async fn collect_one(
     ctx: &Ctx,
     p: &Payments,
     account: &str,
     number: i64,
 ) -> Result<Outcome, ServiceError> {
-    let _writing = ctx.checks.write_guard(account);
-    let pooled = ctx.pool.get().await.map_err(StoreError::from)?;
-    let mut conn = ::deadpool::managed::Object::take(pooled);
-    if !pay_store::try_collection_lock(&mut conn, account, number).await? {
+    let Ok(_turn) = COLLECTING.acquire().await else {
         return Ok(Outcome::Skipped);
+    };
+    let _writing = ctx.checks.write_guard(account);
+    let conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let mut claim = Claim(Some(conn));
+    let c = claim.conn();
+    if !pay_store::try_collection_lock(c, account, number).await? {
+        return Ok(claim.release_unclaimed());
     }
-    Ok(attempt(ctx, p, &mut conn, account, number).await?)
+    let outcome = attempt(ctx, p, c, account, number).await?;
+    pay_store::collection_unlock(c, account, number).await?;
+    claim.release_unclaimed();
+    Ok(outcome)
+}
+
+/// A pooled connection that may hold a collection claim: unless released after the claim was
+/// let go, it is closed on drop (not returned to the pool with the claim still held).
+struct Claim(Option<crate::store::Conn>);
+
+impl Claim {
+    fn conn(&mut self) -> &mut AsyncPgConnection {
+        self.0
+            .as_mut()
+            .expect("a claim holds its connection until dropped")
+    }
+
+    /// Gives the connection back to the pool: it holds no claim.
+    fn release_unclaimed(&mut self) -> Outcome {
+        self.0 = None;
+        Outcome::Skipped
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(::deadpool::managed::Object::take(conn));
+        }
+    }
 }
 
 /// One collection attempt, under the collection claim: push the invoice (or re-read the one
@@ -787,10 +835,13 @@ pub async fn set_payment_method(
             "payment_method must be a Stripe payment method id (pm_...)",
         ));
     }
-    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let acc = store::accounts::find_by_account(&mut conn, account)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("account `{account}` not found")))?;
+    // No pooled connection is held across a Stripe call.
+    let acc = {
+        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+        store::accounts::find_by_account(&mut conn, account)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("account `{account}` not found")))?
+    };
     let customer = match acc.stripe_customer_id.clone() {
         Some(c) => c,
         None => {
@@ -799,6 +850,7 @@ pub async fn set_payment_method(
                 .create_customer(account, acc.email.as_deref(), acc.name.as_deref())
                 .await
                 .map_err(rail_error)?;
+            let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
             pay_store::set_customer(&mut conn, account, &id).await?;
             id
         }
@@ -815,6 +867,7 @@ pub async fn set_payment_method(
             }
             other => rail_error(other),
         })?;
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     pay_store::set_payment_method(&mut conn, account, pm).await?;
     Ok(PaymentMethodSet {
         account: account.to_owned(),
@@ -953,8 +1006,15 @@ pub async fn webhook(
     let remote = match (&object_id, event_type.starts_with("invoice.")) {
         (Some(id), true) => match p.rail.retrieve(id).await {
             Ok(r) => Some(r),
-            Err(RailError::Unavailable(m)) => return Err(ServiceError::Unavailable(m)),
-            Err(_) => None,
+            // No such invoice in this Stripe account: not ours.
+            Err(RailError::Refused { status: 404, .. }) => None,
+            // Anything else (a rotated key's 401, a 403, Stripe down): not processed, so
+            // Stripe sends the event again (reviews/security.md M9).
+            Err(e) => {
+                return Err(ServiceError::Unavailable(format!(
+                    "cannot re-read {id} from Stripe: {e}"
+                )))
+            }
         },
         _ => None,
     };

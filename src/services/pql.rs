@@ -204,83 +204,87 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
         .map(|a| (a.clone(), firmo[a].created_at - Duration::days(3650), until))
         .collect();
     let lifetime = store::usage::find_by_accounts_and_ranges(&mut conn, &since).await?;
-    let previous: HashMap<String, PqlRow> = pql_store::find_by_accounts(&mut conn, &accounts)
-        .await?
-        .into_iter()
-        .map(|r| (r.account.clone(), r))
-        .collect();
-    let mut rows = Vec::with_capacity(accounts.len());
-    let mut events = Vec::new();
-    for a in &accounts {
-        let i = &inputs[a];
-        let scored = score(cfg, i);
-        let routing = route(cfg, i);
-        let prev = previous
-            .get(a)
-            .cloned()
-            .unwrap_or_else(|| PqlRow::unscored(a, now));
-        let prev_tier = Tier::parse(&prev.tier).unwrap_or(Tier::None);
-        let activated = lifetime
-            .get(a)
-            .and_then(|m| m.get(&cfg.activation.meter))
-            .is_some_and(|st| value_of(ctx, &cfg.activation.meter, st) >= cfg.activation.min);
-        let routed = scored.tier.is_pql()
-            || routing.zone != crate::domain::pql::Zone::SelfServe
-            || routing.owner.is_some();
-        let converted = prev.converted_at.is_some();
-        let best = match prev.best_tier.as_deref().and_then(Tier::parse) {
-            Some(b) if converted || b >= scored.tier => Some(b),
-            _ if converted => None,
-            _ => Some(scored.tier),
-        };
-        let row = PqlRow {
-            account: a.clone(),
-            score: scored.score as i32,
-            tier: scored.tier.as_str().to_owned(),
-            breakdown: json!(scored.breakdown),
-            zone: routing.zone.as_str().to_owned(),
-            zone_reasons: json!(routing.reasons),
-            owner: routing.owner.clone(),
-            scored_at: now,
-            tier_since: if scored.tier != prev_tier || !previous.contains_key(a) {
-                now
-            } else {
-                prev.tier_since
-            },
-            activated_at: prev.activated_at.or(activated.then_some(now)),
-            first_pql_at: prev.first_pql_at.or(scored.tier.is_pql().then_some(now)),
-            best_tier: best.map(|b| b.as_str().to_owned()),
-            routed_at: prev.routed_at.or((routed && !converted).then_some(now)),
-            converted_at: prev.converted_at,
-            attribution: prev.attribution.clone(),
-        };
-        if scored.tier != prev_tier {
-            events.push(outbox::event(
-                a,
-                "pql.tier_changed",
-                json!({"account": a, "from": prev_tier, "to": scored.tier, "score": scored.score,
-                       "breakdown": scored.breakdown, "at": now}),
-                now,
-            ));
+    // The previous rows are read, and the new ones written, under a per-account lock that
+    // conversions take too: a conversion recorded meanwhile is never overwritten, and two
+    // instances scoring one account emit its tier change once (the second sees the first's).
+    let n = conn
+        .transaction::<usize, StoreError, _>(async |c| {
+            pql_store::lock_accounts(c, &accounts).await?;
+        let previous: HashMap<String, PqlRow> = pql_store::find_by_accounts(c, &accounts)
+            .await?
+            .into_iter()
+            .map(|r| (r.account.clone(), r))
+            .collect();
+        let mut rows = Vec::with_capacity(accounts.len());
+        let mut events = Vec::new();
+        for a in &accounts {
+            let i = &inputs[a];
+            let scored = score(cfg, i);
+            let routing = route(cfg, i);
+            let prev = previous
+                .get(a)
+                .cloned()
+                .unwrap_or_else(|| PqlRow::unscored(a, now));
+            let prev_tier = Tier::parse(&prev.tier).unwrap_or(Tier::None);
+            let activated = lifetime
+                .get(a)
+                .and_then(|m| m.get(&cfg.activation.meter))
+                .is_some_and(|st| value_of(ctx, &cfg.activation.meter, st) >= cfg.activation.min);
+            let routed = scored.tier.is_pql()
+                || routing.zone != crate::domain::pql::Zone::SelfServe
+                || routing.owner.is_some();
+            let converted = prev.converted_at.is_some();
+            let best = match prev.best_tier.as_deref().and_then(Tier::parse) {
+                Some(b) if converted || b >= scored.tier => Some(b),
+                _ if converted => None,
+                _ => Some(scored.tier),
+            };
+            let row = PqlRow {
+                account: a.clone(),
+                score: scored.score as i32,
+                tier: scored.tier.as_str().to_owned(),
+                breakdown: json!(scored.breakdown),
+                zone: routing.zone.as_str().to_owned(),
+                zone_reasons: json!(routing.reasons),
+                owner: routing.owner.clone(),
+                scored_at: now,
+                tier_since: if scored.tier != prev_tier || !previous.contains_key(a) {
+                    now
+                } else {
+                    prev.tier_since
+                },
+                activated_at: prev.activated_at.or(activated.then_some(now)),
+                first_pql_at: prev.first_pql_at.or(scored.tier.is_pql().then_some(now)),
+                best_tier: best.map(|b| b.as_str().to_owned()),
+                routed_at: prev.routed_at.or((routed && !converted).then_some(now)),
+                converted_at: prev.converted_at,
+                attribution: prev.attribution.clone(),
+            };
+            if scored.tier != prev_tier {
+                events.push(outbox::event(
+                    a,
+                    "pql.tier_changed",
+                    json!({"account": a, "from": prev_tier, "to": scored.tier, "score": scored.score,
+                           "breakdown": scored.breakdown, "at": now}),
+                    now,
+                ));
+            }
+            if row.zone != prev.zone || row.owner != prev.owner {
+                events.push(outbox::event(
+                    a,
+                    "routing.zone_changed",
+                    json!({"account": a, "from": prev.zone, "to": routing.zone, "owner": routing.owner,
+                           "reasons": routing.reasons, "at": now}),
+                    now,
+                ));
+            }
+            rows.push(row);
         }
-        if row.zone != prev.zone || row.owner != prev.owner {
-            events.push(outbox::event(
-                a,
-                "routing.zone_changed",
-                json!({"account": a, "from": prev.zone, "to": routing.zone, "owner": routing.owner,
-                       "reasons": routing.reasons, "at": now}),
-                now,
-            ));
-        }
-        rows.push(row);
-    }
-    let n = events.len();
-    conn.transaction::<(), StoreError, _>(async |c| {
         pql_store::upsert_many(c, &rows).await?;
-        store::outbox::insert_events(c, &events).await?;
-        Ok(())
-    })
-    .await?;
+            store::outbox::insert_events(c, &events).await?;
+            Ok(events.len())
+        })
+        .await?;
     Ok(n)
 }
 
@@ -296,6 +300,7 @@ pub async fn on_conversions(
         return Ok(());
     }
     let accounts: Vec<String> = conversions.iter().map(|x| x.0.clone()).collect();
+    pql_store::lock_accounts(c, &accounts).await?;
     let mut rows: HashMap<String, PqlRow> = pql_store::find_by_accounts(c, &accounts)
         .await?
         .into_iter()

@@ -124,7 +124,8 @@ pub async fn revoke(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<KeyI
     find(conn, id).await
 }
 
-/// Makes a key expire at `at` (rotation's grace period for the old key).
+/// Makes a key expire at `at` (rotation's grace period for the old key), or sooner if it
+/// already expired or was set to.
 pub async fn expire_at(
     conn: &mut AsyncPgConnection,
     id: i64,
@@ -132,7 +133,11 @@ pub async fn expire_at(
 ) -> Result<(), StoreError> {
     diesel::update(api_keys::table.filter(api_keys::id.eq(id)))
         .set((
-            api_keys::expires_at.eq(at),
+            api_keys::expires_at.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >("LEAST(expires_at, ")
+            .bind::<diesel::sql_types::Timestamptz, _>(at)
+            .sql(")")),
             api_keys::changed_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
                 "clock_timestamp()",
             )),

@@ -99,7 +99,6 @@ impl StoreError {
                         "overflow",
                         "index row size",
                         "invalid input syntax",
-                        "exceeds",
                         "too long",
                         "cannot be represented",
                         "unsupported Unicode escape",

@@ -123,6 +123,22 @@ pub async fn try_collection_lock(
     Ok(got.got)
 }
 
+/// Lets go of a collection claim taken with [`try_collection_lock`].
+pub async fn collection_unlock(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    number: i64,
+) -> Result<(), StoreError> {
+    diesel::sql_query(
+        "SELECT pg_advisory_unlock(hashtextextended('collect/' || $1 || '/' || $2::text, 7462002))",
+    )
+    .bind::<diesel::sql_types::Text, _>(account)
+    .bind::<diesel::sql_types::BigInt, _>(number)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// One invoice's collection row, without locking it.
 pub async fn find(
     conn: &mut AsyncPgConnection,

@@ -76,7 +76,28 @@ pub async fn find_by_account(
         .optional()?)
 }
 
-/// Writes rows (one per account).
+/// Takes the PQL lock of each account until the transaction ends (in account order, so two
+/// transactions never wait on each other in a cycle): scoring and conversions serialize per
+/// account, across instances.
+pub async fn lock_accounts(
+    conn: &mut AsyncPgConnection,
+    accounts: &[String],
+) -> Result<(), StoreError> {
+    let mut sorted = accounts.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('pql/' || a, 0))
+           FROM unnest($1::text[]) WITH ORDINALITY AS u(a, n) ORDER BY n",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(sorted)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes rows (one per account). A conversion already recorded is kept whatever the row says
+/// (a scorer's copy read before it must not erase it).
 pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Result<(), StoreError> {
     use diesel::upsert::excluded;
     use pql_scores::*;
@@ -98,8 +119,17 @@ pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Resul
                 first_pql_at.eq(excluded(first_pql_at)),
                 best_tier.eq(excluded(best_tier)),
                 routed_at.eq(excluded(routed_at)),
-                converted_at.eq(excluded(converted_at)),
-                attribution.eq(excluded(attribution)),
+                converted_at.eq(diesel::dsl::sql::<
+                    diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+                >(
+                    "COALESCE(pql_scores.converted_at, excluded.converted_at)"
+                )),
+                attribution.eq(diesel::dsl::sql::<
+                    diesel::sql_types::Nullable<diesel::sql_types::Text>,
+                >(
+                    "CASE WHEN pql_scores.converted_at IS NULL THEN excluded.attribution \
+                     ELSE pql_scores.attribution END",
+                )),
             ))
             .execute(conn)
             .await?;

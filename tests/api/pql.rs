@@ -431,3 +431,61 @@ async fn the_demo_runs_a_small_company_through_the_billing_cycle_and_reports_it(
     assert_eq!(printed, invoices, "{report}");
     assert_eq!(db.count("(SELECT COUNT(*) FROM accounts)::int8").await, 80);
 }
+
+/// reviews/security.md M8. Two instances scoring the same accounts at once emit each tier
+/// change once (they serialize per account, the second sees the first's row); a conversion
+/// recorded while a scorer holds an older copy of the row is never erased by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_scorers_emit_each_change_once_and_never_erase_a_conversion() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    let (_, other, _) = start_instance(&app.db.url, std::time::Duration::from_secs(1));
+    let accounts: Vec<String> = (0..12).map(|i| format!("m8-{i}")).collect();
+    for a in &accounts {
+        app.put(
+            &key,
+            &format!("/v1/accounts/{a}"),
+            &json!({"employees": 10}),
+        )
+        .await;
+        send(&app, &key, engaged(a, 0)).await;
+    }
+    let (first, second) = tokio::join!(
+        pql::score_accounts(&app.ctx, &accounts),
+        pql::score_accounts(&other, &accounts)
+    );
+    first.unwrap();
+    second.unwrap();
+    let changes = app
+        .db
+        .count(
+            "(SELECT count(*) FROM outbox WHERE kind = 'pql.tier_changed' AND account LIKE 'm8-%')",
+        )
+        .await;
+    assert_eq!(
+        changes, 12,
+        "one tier change per account, not one per instance"
+    );
+
+    // A conversion lands; a scorer's stale copy (converted_at still empty) is written after it.
+    app.subscribe(&key, "m8-0", json!({"plan": "team", "seats": 5}))
+        .await;
+    let mut c = app.db.conn().await;
+    let mut stale = accrue::store::pql::find_by_account(&mut c, "m8-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stale.converted_at.is_some(), "the conversion was recorded");
+    stale.converted_at = None;
+    stale.attribution = None;
+    accrue::store::pql::upsert_many(&mut c, &[stale])
+        .await
+        .unwrap();
+    let row = accrue::store::pql::find_by_account(&mut c, "m8-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.converted_at.is_some(), "the conversion survives");
+    assert!(row.attribution.is_some());
+}

@@ -238,6 +238,7 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("accrue serve did not become ready");
     }
 

@@ -94,7 +94,7 @@ async fn assert_counted_once(db_url: &str) -> i64 {
 /// with `Retry-After`; ingestion resumes by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_during_ingestion_loses_nothing_and_answers_only_503_while_down() {
-    let _one = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
     let db = cluster.url("chaos_restart");
     let key = prepare(&db, "ingest");
@@ -210,7 +210,7 @@ async fn postgres_restarted_during_ingestion_loses_nothing_and_answers_only_503_
 /// stored whole or not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_batches_in_flight_stores_each_whole_or_not_at_all() {
-    let _one = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
     let db = cluster.url("chaos_sigterm");
     let key = prepare(&db, "ingest");
@@ -286,7 +286,7 @@ async fn sigterm_with_batches_in_flight_stores_each_whole_or_not_at_all() {
 /// stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twice_the_capacity_offered_is_refused_cleanly_with_bounded_memory() {
-    let _one = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
     let db = cluster.url("chaos_overload");
     let key = prepare(&db, "ingest");
@@ -317,7 +317,7 @@ async fn twice_the_capacity_offered_is_refused_cleanly_with_bounded_memory() {
     }
     let capacity = measured.load(std::sync::atomic::Ordering::SeqCst) as f64 / 5.0; // batches/s
     let rate = (capacity * 2.0).max(10.0);
-    let rss_before = rss_mib(server.pid()).unwrap_or(0);
+    let rss_before = rss_mib(server.pid()).expect("the server's resident memory is readable");
 
     // Twice that, open loop, for 20 s.
     let http = reqwest::Client::builder()
@@ -344,7 +344,7 @@ async fn twice_the_capacity_offered_is_refused_cleanly_with_bounded_memory() {
             }));
             sent += 1;
         }
-        rss_max = rss_max.max(rss_mib(server.pid()).unwrap_or(0));
+        rss_max = rss_max.max(rss_mib(server.pid()).expect("the server is running"));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     for f in inflight {

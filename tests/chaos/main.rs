@@ -8,7 +8,5 @@
 mod harness;
 mod ingest;
 
-use std::sync::Mutex;
-
 /// One scenario at a time.
-pub static SERIAL: Mutex<()> = Mutex::new(());
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
