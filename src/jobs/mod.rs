@@ -104,14 +104,28 @@ pub async fn tick(ctx: &Ctx, scheduler: &Scheduler) -> Result<usize, ServiceErro
     run_pending(ctx).await
 }
 
+/// Every job kind.
+const ALL: &[JobKind] = &[JobKind::ClosePeriods, JobKind::CollectPayments];
+
 /// Runs runnable jobs until none is left; returns how many ran (successfully or not).
 pub async fn run_pending(ctx: &Ctx) -> Result<usize, ServiceError> {
+    run_pending_of(ctx, ALL).await
+}
+
+/// Runs runnable jobs of `kinds` until none is left.
+pub async fn run_pending_of(ctx: &Ctx, kinds: &[JobKind]) -> Result<usize, ServiceError> {
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let mut ran = 0;
     loop {
         let now = ctx.clock.now();
         let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-        let Some(job) =
-            store::jobs::lease(&mut conn, now, now + Duration::minutes(LEASE_MINUTES)).await?
+        let Some(job) = store::jobs::lease(
+            &mut conn,
+            now,
+            now + Duration::minutes(LEASE_MINUTES),
+            &kinds,
+        )
+        .await?
         else {
             return Ok(ran);
         };
@@ -159,7 +173,9 @@ pub async fn run_pending(ctx: &Ctx) -> Result<usize, ServiceError> {
     }
 }
 
-/// Runs the scheduler every second until the process stops (`accrue serve`).
+/// Runs the scheduler every second until the process stops (`accrue serve`). Collection runs
+/// on a worker of its own: a slow or unreachable Stripe delays collection only, never the
+/// period close.
 pub async fn run_forever(ctx: Ctx) {
     let scheduler = match Scheduler::new(ctx.clock.now()) {
         Ok(s) => s,
@@ -168,15 +184,36 @@ pub async fn run_forever(ctx: Ctx) {
             return;
         }
     };
-    // Resume collections a stopped instance left half-way, without waiting for the schedule.
+    tokio::spawn(collect_forever(ctx.clone()));
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let enqueued = async {
+            let now = ctx.clock.now();
+            let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+            for (kind, at) in scheduler.fired(now) {
+                store::jobs::enqueue(&mut conn, kind.as_str(), &at.to_rfc3339(), at, now).await?;
+            }
+            drop(conn);
+            run_pending_of(&ctx, &[JobKind::ClosePeriods]).await
+        };
+        if let Err(e) = enqueued.await {
+            tracing::warn!(error = %e, "scheduler tick failed");
+        }
+    }
+}
+
+/// The collection worker: resumes what a stopped instance left half-way, then runs the
+/// collection jobs the scheduler enqueues.
+async fn collect_forever(ctx: Ctx) {
     if let Err(e) = payments::collect_due(&ctx).await {
         tracing::warn!(error = %e, "collection at start failed; the schedule will retry");
     }
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         interval.tick().await;
-        if let Err(e) = tick(&ctx, &scheduler).await {
-            tracing::warn!(error = %e, "scheduler tick failed");
+        if let Err(e) = run_pending_of(&ctx, &[JobKind::CollectPayments]).await {
+            tracing::warn!(error = %e, "collection worker failed");
         }
     }
 }

@@ -38,22 +38,26 @@ pub struct Leased {
 }
 
 /// Leases the oldest runnable job until `until`; a worker that dies loses the lease then.
+/// Leases the next runnable job of one of `kinds`.
 pub async fn lease(
     conn: &mut AsyncPgConnection,
     now: DateTime<Utc>,
     until: DateTime<Utc>,
+    kinds: &[&str],
 ) -> Result<Option<Leased>, StoreError> {
     let rows: Vec<Leased> = diesel::sql_query(
         "UPDATE jobs SET leased_until = $2, attempts = attempts + 1
           WHERE id = (SELECT id FROM jobs
                        WHERE done_at IS NULL AND run_at <= $1
                          AND (leased_until IS NULL OR leased_until < $1)
+                         AND kind = ANY($3)
                        ORDER BY run_at, id LIMIT 1
                        FOR UPDATE SKIP LOCKED)
           RETURNING id, kind, attempts",
     )
     .bind::<Timestamptz, _>(now)
     .bind::<Timestamptz, _>(until)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(kinds)
     .load(conn)
     .await?;
     Ok(rows.into_iter().next())

@@ -7,6 +7,7 @@
 
 mod harness;
 mod ingest;
+mod stripe;
 
 /// One scenario at a time.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
