@@ -203,6 +203,25 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
             .app_data(accounts::json_config())
             .configure(routes)
             .default_service(web::to(error::not_found))
+            .wrap_fn(|req, srv| {
+                use actix_web::dev::Service;
+                use actix_web::ResponseError;
+                use futures_util::future::{ready, Either, FutureExt};
+                // U+0000 cannot be stored or compared by PostgreSQL: refused in the path or
+                // query string before any handler sees it (it reached queries as a 503).
+                let nul = |s: &str| s.contains('\0') || s.to_ascii_lowercase().contains("%00");
+                if nul(req.path()) || nul(req.query_string()) {
+                    let res = error::ApiError::new(
+                        actix_web::http::StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        "the path and query string must not contain the NUL character (%00)",
+                    )
+                    .error_response();
+                    Either::Left(ready(Ok(req.into_response(res).map_into_right_body())))
+                } else {
+                    Either::Right(srv.call(req).map(|r| r.map(|r| r.map_into_left_body())))
+                }
+            })
     })
     .shutdown_timeout(SHUTDOWN_GRACE_SECS);
     if let Some(w) = workers {

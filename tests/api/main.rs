@@ -8,6 +8,7 @@ mod auth;
 mod billing;
 mod check;
 mod crash;
+mod fuzz;
 mod governance;
 mod ingest;
 mod layering;

@@ -953,3 +953,20 @@ async fn readiness_without_a_database_says_so_without_its_error_text() {
     let res = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(res.status(), 200, "alive all the same");
 }
+
+/// Found by the fuzz test: a NUL character in a query string (or path) reached PostgreSQL and
+/// came back as a 503 "retry shortly"; it is a 400 naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_in_the_query_or_path_is_a_400() {
+    let app = spawn_app().await;
+    let key = app.key("admin,finance", None).await;
+    for path in [
+        "/v1/reports/billing-errors?after=%00",
+        "/v1/plans/te%00am/versions/1",
+        "/v1/movements?account=a%00b",
+    ] {
+        let (status, body) = app.get(&key, path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query", "{path}: {body}");
+    }
+}
