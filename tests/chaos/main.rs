@@ -5,6 +5,16 @@
 //!
 //! The scenarios run one at a time (they measure the machine and restart databases).
 
+// The integration tests' fake Stripe (localstripe, started once per test binary) and the
+// helpers it stands on; the chaos suite uses only part of them.
+#[allow(dead_code)]
+#[path = "../api/fake_stripe.rs"]
+mod fake_stripe;
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+mod collection;
 mod harness;
 mod ingest;
 mod stripe;
