@@ -23,8 +23,10 @@ pub struct Config {
     /// `ACCRUE_CHECK_STALENESS_MS`: how often the check cache reloads every cached account; the
     /// bound on staleness about changes made through other instances.
     pub check_staleness: std::time::Duration,
-    /// `ACCRUE_STRIPE_KEY` (+ `ACCRUE_STRIPE_WEBHOOK_SECRET`, optional `ACCRUE_STRIPE_API_BASE`):
-    /// collect invoices through Stripe. Unset: invoices are issued for manual collection.
+    /// `STRIPE_SECRET_KEY` (+ `STRIPE_WEBHOOK_SECRET`, optional `STRIPE_API_BASE`), the names
+    /// of DESIGN.md (the older `ACCRUE_STRIPE_KEY`, `ACCRUE_STRIPE_WEBHOOK_SECRET`,
+    /// `ACCRUE_STRIPE_API_BASE` are still read, with a deprecation warning): collect invoices
+    /// through Stripe. Unset: invoices are issued for manual collection.
     pub stripe: Option<StripeConfig>,
     /// Test clocks (`ACCRUE_TEST_CLOCKS=true`; off by default: their routes answer 404).
     pub test_clocks: bool,
@@ -69,21 +71,14 @@ impl Config {
             .ok_or_else(|| {
                 format!("ACCRUE_CHECK_STALENESS_MS must be 1 to 600000, got `{stale}`")
             })?;
-        let stripe = match std::env::var("ACCRUE_STRIPE_KEY")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-        {
+        let stripe = match named("STRIPE_SECRET_KEY", "ACCRUE_STRIPE_KEY") {
             None => None,
             Some(secret_key) => {
-                let webhook_secret = std::env::var("ACCRUE_STRIPE_WEBHOOK_SECRET")
-                    .ok()
-                    .filter(|v| !v.trim().is_empty())
-                    .ok_or("ACCRUE_STRIPE_WEBHOOK_SECRET is required with ACCRUE_STRIPE_KEY")?;
+                let webhook_secret = named("STRIPE_WEBHOOK_SECRET", "ACCRUE_STRIPE_WEBHOOK_SECRET")
+                    .ok_or("STRIPE_WEBHOOK_SECRET is required with STRIPE_SECRET_KEY")?;
                 Some(StripeConfig {
                     secret_key,
-                    api_base: std::env::var("ACCRUE_STRIPE_API_BASE")
-                        .ok()
-                        .filter(|v| !v.trim().is_empty()),
+                    api_base: named("STRIPE_API_BASE", "ACCRUE_STRIPE_API_BASE"),
                     webhook_secret,
                 })
             }
@@ -142,4 +137,15 @@ impl Config {
             pool_size,
         })
     }
+}
+
+/// A setting under its documented name `name`, or under its deprecated name `old` (said so on
+/// stderr); empty counts as unset.
+fn named(name: &str, old: &str) -> Option<String> {
+    let read = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
+    read(name).or_else(|| {
+        read(old).inspect(|_| {
+            eprintln!("warning: {old} is deprecated, set {name} instead");
+        })
+    })
 }

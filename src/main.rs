@@ -953,7 +953,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             ctx = ctx.with_payments(payments);
             tracing::info!("invoices are collected through Stripe");
         }
-        None => tracing::info!("no ACCRUE_STRIPE_KEY: invoices are issued for manual collection"),
+        None => tracing::info!("no STRIPE_SECRET_KEY: invoices are issued for manual collection"),
     }
     let listener = std::net::TcpListener::bind(&config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;

@@ -40,6 +40,8 @@ impl JobKind {
 
 /// How long a leased job is someone's before another worker may take it.
 const LEASE_MINUTES: i64 = 15;
+/// How long finished jobs are kept (pruned after each period close).
+const JOB_HISTORY_DAYS: i64 = 7;
 /// Longest wait between retries of a failing job.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
 
@@ -156,7 +158,12 @@ pub async fn run_pending_of(ctx: &Ctx, kinds: &[JobKind]) -> Result<usize, Servi
         let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
         let now = ctx.clock.now();
         match result {
-            Ok(()) => store::jobs::complete(&mut conn, job.id, now).await?,
+            Ok(()) => {
+                store::jobs::complete(&mut conn, job.id, now).await?;
+                if JobKind::parse(&job.kind) == Some(JobKind::ClosePeriods) {
+                    store::jobs::prune(&mut conn, now - Duration::days(JOB_HISTORY_DAYS)).await?;
+                }
+            }
             Err(e) => {
                 let backoff = (1i64 << job.attempts.clamp(0, 12)).min(MAX_BACKOFF_SECONDS);
                 tracing::error!(job = job.id, kind = %job.kind, attempts = job.attempts, error = %e, "job failed; will retry");

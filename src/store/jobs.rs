@@ -93,3 +93,15 @@ pub async fn fail(
     .await?;
     Ok(())
 }
+
+/// Forgets jobs finished before `before` (the table would otherwise grow by a few rows a
+/// minute forever). Returns how many were removed.
+pub async fn prune(
+    conn: &mut AsyncPgConnection,
+    before: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    Ok(diesel::sql_query("DELETE FROM jobs WHERE done_at < $1")
+        .bind::<Timestamptz, _>(before)
+        .execute(conn)
+        .await?)
+}

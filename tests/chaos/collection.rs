@@ -15,9 +15,9 @@ async fn sigkill_at_each_step_of_collection_resumes_without_a_second_charge() {
     let cluster = Cluster::start();
     let api_base = format!("{}/", fake.url);
     let env = [
-        ("ACCRUE_STRIPE_KEY", STRIPE_KEY),
-        ("ACCRUE_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
-        ("ACCRUE_STRIPE_API_BASE", api_base.as_str()),
+        ("STRIPE_SECRET_KEY", STRIPE_KEY),
+        ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("STRIPE_API_BASE", api_base.as_str()),
     ];
     let mut figures = Vec::new();
     for failpoint in [

@@ -86,9 +86,9 @@ async fn stripe_down_or_slow_defers_collection_and_nothing_else() {
     let db = cluster.url("chaos_stripe");
     let key = prepare(&db, "ingest,billing,check,finance");
     let env = [
-        ("ACCRUE_STRIPE_KEY", "sk_test_chaos"),
-        ("ACCRUE_STRIPE_WEBHOOK_SECRET", "whsec_chaos"),
-        ("ACCRUE_STRIPE_API_BASE", stripe.as_str()),
+        ("STRIPE_SECRET_KEY", "sk_test_chaos"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_chaos"),
+        ("STRIPE_API_BASE", stripe.as_str()),
     ];
     let out = std::process::Command::new(release_binary())
         .args(["plans", "publish"])
