@@ -27,18 +27,7 @@ async fn sigkill_at_each_step_of_collection_resumes_without_a_second_charge() {
     ] {
         let db = cluster.url(&format!("chaos_{failpoint}"));
         let key = prepare(&db, "billing,finance");
-        let out = std::process::Command::new(release_binary())
-            .args(["plans", "publish"])
-            .envs(env)
-            .env("DATABASE_URL", &db)
-            .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        publish_plans(&db, &env);
         let mut crashing = env.to_vec();
         crashing.push(("ACCRUE_FAILPOINT", failpoint));
         let mut server = Server::start(&db, &crashing).await;

@@ -207,6 +207,23 @@ pub fn prepare(db_url: &str, scopes: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Publishes the shipped catalogue with the release binary's CLI (`accrue plans publish`),
+/// under the server's environment (with Stripe configured, publish checks every currency).
+pub fn publish_plans(db_url: &str, env: &[(&str, &str)]) {
+    let out = Command::new(release_binary())
+        .args(["plans", "publish"])
+        .envs(env.iter().copied())
+        .env("DATABASE_URL", db_url)
+        .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `accrue serve` (release) as a child process.
 pub struct Server {
     pub child: Child,

@@ -90,18 +90,7 @@ async fn stripe_down_or_slow_defers_collection_and_nothing_else() {
         ("STRIPE_WEBHOOK_SECRET", "whsec_chaos"),
         ("STRIPE_API_BASE", stripe.as_str()),
     ];
-    let out = std::process::Command::new(release_binary())
-        .args(["plans", "publish"])
-        .envs(env)
-        .env("DATABASE_URL", &db)
-        .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish_plans(&db, &env);
     let server = Server::start(&db, &env).await;
     let base = server.base.clone();
     let http = reqwest::Client::new();
