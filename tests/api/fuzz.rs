@@ -189,59 +189,47 @@ async fn arbitrary_bodies_and_queries_never_get_a_server_error() {
     ];
     for case in 0..cases() {
         let body = sample(&bodies, &mut runner);
-        let res = app
-            .http
-            .post(app.url("/v1/events"))
-            .bearer_auth(&key)
-            .header("Content-Type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        assert!(
-            status < 500,
-            "case {case}: POST /v1/events → {status}: {}\nbody: {}",
-            res.text().await.unwrap_or_default(),
-            String::from_utf8_lossy(&body)
-        );
+        let req = app.http.post(app.url("/v1/events"));
+        no_server_error(case, "POST /v1/events", req, &key, body).await;
 
         let q = sample(&queries, &mut runner);
         let path = format!("{}?{q}", gets[case % gets.len()]);
-        let res = app
-            .http
-            .get(app.url(&path))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        assert!(
-            status < 500,
-            "case {case}: GET {path} → {status}: {}",
-            res.text().await.unwrap_or_default()
-        );
+        let req = app.http.get(app.url(&path));
+        no_server_error(case, &format!("GET {path}"), req, &key, Vec::new()).await;
 
         let (method, path) = posts[case % posts.len()];
-        let body = sample(&accounts, &mut runner).to_string();
+        let body = sample(&accounts, &mut runner).to_string().into_bytes();
         let req = match method {
             "PUT" => app.http.put(app.url(path)),
             _ => app.http.post(app.url(path)),
         };
-        let res = req
-            .bearer_auth(&key)
-            .header("Content-Type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        assert!(
-            status < 500,
-            "case {case}: {method} {path} → {status}: {}\nbody: {body}",
-            res.text().await.unwrap_or_default()
-        );
+        no_server_error(case, &format!("{method} {path}"), req, &key, body).await;
     }
+}
+
+/// Sends one fuzzed request (a JSON body unless empty) and asserts it got no 5xx, printing
+/// the case, the answer and the body when it did.
+async fn no_server_error(
+    case: usize,
+    what: &str,
+    req: reqwest::RequestBuilder,
+    key: &str,
+    body: Vec<u8>,
+) {
+    let mut req = req.bearer_auth(key);
+    if !body.is_empty() {
+        req = req
+            .header("Content-Type", "application/json")
+            .body(body.clone());
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    assert!(
+        status < 500,
+        "case {case}: {what} → {status}: {}\nbody: {}",
+        res.text().await.unwrap_or_default(),
+        String::from_utf8_lossy(&body)
+    );
 }
 
 /// Plan files mutated line by line (lines dropped, doubled, values replaced by arbitrary
