@@ -4,7 +4,7 @@
 use crate::domain::money::Currency;
 use crate::domain::period::Period;
 use crate::domain::plan::PlanVersion;
-use crate::domain::rating::{charge_amount, rate_period, LineKind};
+use crate::domain::rating::{charge_amount, minimum_top_up, rate_period, LineKind};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -55,7 +55,8 @@ pub struct InvoiceLine {
     pub event_count: Option<i64>,
     pub first_event_at: Option<DateTime<Utc>>,
     pub last_event_at: Option<DateTime<Utc>>,
-    /// The usage range a usage or late-usage line prices (its lineage).
+    /// The range a line prices: the usage of a usage, late-usage or top-up line (its lineage),
+    /// the time a fee or proration line pays for.
     pub usage_from: Option<DateTime<Utc>>,
     pub usage_to: Option<DateTime<Utc>>,
 }
@@ -113,33 +114,46 @@ pub fn advance_fee_lines(plan: &PlanVersion, seats: u32, period: &Period) -> Vec
             } else {
                 "seats"
             };
-            InvoiceLine::fee(
-                kind,
-                l.quantity,
-                l.amount,
-                format!(
-                    "{} ({} to {})",
-                    l.description,
-                    period.start.format("%Y-%m-%d"),
-                    period.end.format("%Y-%m-%d")
-                ),
-            )
+            InvoiceLine {
+                usage_from: Some(period.start),
+                usage_to: Some(period.end),
+                ..InvoiceLine::fee(
+                    kind,
+                    l.quantity,
+                    l.amount,
+                    format!(
+                        "{} ({} to {})",
+                        l.description,
+                        period.start.format("%Y-%m-%d"),
+                        period.end.format("%Y-%m-%d")
+                    ),
+                )
+            }
         })
         .collect()
 }
 
 /// Lines of a closed period: each charge's usage in arrears (zero usage still shows), then the
-/// minimum top-up of the closed period (base, seats and usage counted together).
+/// minimum top-up of the closed period. What counts toward the minimum is what the period
+/// billed: its usage and `fees`, the recurring fees charged for it (advance fees net of the
+/// credits and charges of changes made during it); `None` counts the plan's full fees for
+/// `seats`.
 pub fn arrears_lines(
     plan: &PlanVersion,
     seats: u32,
     period: &Period,
     usage: &BTreeMap<String, MeterUsage>,
+    fees: Option<Decimal>,
 ) -> Vec<InvoiceLine> {
     let mut lines = Vec::new();
     let quantities: BTreeMap<String, Decimal> =
         usage.iter().map(|(m, u)| (m.clone(), u.quantity)).collect();
-    let rated = rate_period(plan, &quantities, seats);
+    let mut rated = rate_period(plan, &quantities, seats);
+    if let Some(fees) = fees {
+        rated.lines.retain(|l| l.kind == LineKind::Usage);
+        let counted = fees + rated.lines.iter().map(|l| l.amount).sum::<Decimal>();
+        rated.lines.extend(minimum_top_up(plan, counted));
+    }
     for l in &rated.lines {
         match l.kind {
             LineKind::Usage => {
@@ -224,13 +238,14 @@ pub struct BilledArrears {
 /// top-up together) recomputed from `usage` as it stands now, less what was billed, as a
 /// `late_usage` line per meter that moved and a `minimum_top_up` line when the top-up moved.
 /// Late usage first fills the shortfall under the minimum, so a period never costs more than
-/// `max(minimum, actual)`.
+/// `max(minimum, actual)`. `fees` are the period's recurring fees as [`arrears_lines`] counts them.
 pub fn late_period_lines(
     plan: &PlanVersion,
     seats: u32,
     period: &Period,
     usage: &BTreeMap<String, MeterUsage>,
     billed: &BilledArrears,
+    fees: Option<Decimal>,
 ) -> Vec<InvoiceLine> {
     let mut lines: Vec<InvoiceLine> = plan
         .charges
@@ -241,7 +256,7 @@ pub fn late_period_lines(
             late_usage_line(plan, &c.meter, period, &now, bq, ba)
         })
         .collect();
-    let top_up: Decimal = arrears_lines(plan, seats, period, usage)
+    let top_up: Decimal = arrears_lines(plan, seats, period, usage, fees)
         .iter()
         .filter(|l| l.kind == "minimum_top_up")
         .map(|l| l.amount)
@@ -310,12 +325,16 @@ pub fn change_lines(lines: &[crate::domain::proration::ProrationLine]) -> Vec<In
                 crate::domain::proration::ProrationKind::ProrationCharge => "proration_charge",
                 crate::domain::proration::ProrationKind::ScheduledChangeRevoked => return None,
             };
-            Some(InvoiceLine::fee(
-                kind,
-                Decimal::from(l.seats),
-                l.amount,
-                l.description.clone(),
-            ))
+            Some(InvoiceLine {
+                usage_from: l.period.map(|p| p.start),
+                usage_to: l.period.map(|p| p.end),
+                ..InvoiceLine::fee(
+                    kind,
+                    Decimal::from(l.seats),
+                    l.amount,
+                    l.description.clone(),
+                )
+            })
         })
         .collect()
 }
@@ -427,7 +446,7 @@ mod tests {
                 ("a".to_owned(), MeterUsage { quantity: Decimal::from(a), ..Default::default() }),
                 ("b".to_owned(), MeterUsage { quantity: Decimal::new(b as i64, 1), ..Default::default() }),
             ]);
-            let mut lines = arrears_lines(&p, seats, &period(), &usage);
+            let mut lines = arrears_lines(&p, seats, &period(), &usage, None);
             lines.extend(advance_fee_lines(&p, seats, &period()));
             let draft = InvoiceDraft {
                 account: "x".into(), kind: InvoiceKind::Period, period: period(), plan: "p".into(),

@@ -55,6 +55,9 @@ pub struct ProrationLine {
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub description: String,
+    /// The part of time the line pays for or credits (absent on a revoked scheduled change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Period>,
 }
 
 /// Lines for changing from (`old`, `old_seats`) to (`new`, `new_seats`) at `at` inside
@@ -89,6 +92,10 @@ pub fn change_lines(
                 at.to_rfc3339(),
                 period.end.to_rfc3339()
             ),
+            period: Some(Period {
+                start: at,
+                end: period.end,
+            }),
         });
     }
     let charge = prorate(
@@ -111,6 +118,10 @@ pub fn change_lines(
                 at.to_rfc3339(),
                 period.end.to_rfc3339()
             ),
+            period: Some(Period {
+                start: at,
+                end: period.end,
+            }),
         });
     }
     lines
@@ -163,6 +174,7 @@ pub fn immediate_change(
                 next.start.to_rfc3339(),
                 next.end.to_rfc3339()
             ),
+            period: Some(next),
         });
     }
     (lines, Some(next))

@@ -151,20 +151,23 @@ pub fn rate_period(plan: &PlanVersion, usage: &BTreeMap<String, Decimal>, seats:
             ),
         });
     }
-    if let Some(minimum) = plan.minimum {
-        let subtotal: Decimal = lines.iter().map(|l| l.amount).sum();
-        let minimum = cur.round(minimum);
-        if subtotal < minimum {
-            lines.push(Line {
-                kind: LineKind::MinimumTopUp,
-                meter: None,
-                quantity: Decimal::ONE,
-                amount: minimum - subtotal,
-                description: format!("top-up to the {minimum} {cur} period minimum"),
-            });
-        }
-    }
+    let subtotal: Decimal = lines.iter().map(|l| l.amount).sum();
+    lines.extend(minimum_top_up(plan, subtotal));
     Rated::new(cur, lines)
+}
+
+/// The top-up that brings `counted`, what a period billed, to the plan's minimum commitment;
+/// `None` without a minimum or when the period reached it.
+pub fn minimum_top_up(plan: &PlanVersion, counted: Decimal) -> Option<Line> {
+    let cur = plan.currency;
+    let minimum = cur.round(plan.minimum?);
+    (counted < minimum).then(|| Line {
+        kind: LineKind::MinimumTopUp,
+        meter: None,
+        quantity: Decimal::ONE,
+        amount: minimum - counted,
+        description: format!("top-up to the {minimum} {cur} period minimum"),
+    })
 }
 
 #[cfg(test)]

@@ -134,7 +134,14 @@ pub(crate) async fn period_invoice(
         Some(u) => u.clone(),
         None => usage_of(ctx, c, account, &closed).await?,
     };
-    lines.extend(arrears_lines(closed_plan, closed_seats, &closed, &usage));
+    let fees = fees_counted(c, account, closed_plan, &closed).await?;
+    lines.extend(arrears_lines(
+        closed_plan,
+        closed_seats,
+        &closed,
+        &usage,
+        fees,
+    ));
     if let Some((plan, seats, period)) = next {
         lines.extend(advance_fee_lines(plan, seats, &period));
     }
@@ -204,23 +211,40 @@ pub(crate) async fn partial_period_invoice(
     now: DateTime<Utc>,
 ) -> Result<Option<InvoiceDraft>, TxError> {
     let used = Decimal::from(ended.seconds()) / Decimal::from(full.seconds().max(1));
-    let draft = period_invoice(
-        ctx,
-        c,
-        account,
-        ended,
-        &scaled(ctx, plan, used),
+    let plan = scaled(ctx, plan, used);
+    let mut lines = late_lines(ctx, c, account, ended.start, &[]).await?;
+    let usage = usage_of(ctx, c, account, &ended).await?;
+    // The scaled plan's fees are the share of the fees kept once the change credits the rest.
+    lines.extend(arrears_lines(&plan, seats, &ended, &usage, None));
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(InvoiceDraft {
+        account: account.to_owned(),
+        kind: InvoiceKind::Period,
+        period: ended,
+        plan: plan.plan.clone(),
+        plan_version: plan.version,
         seats,
-        None,
-        now,
-        &Prefetched::default(),
-        &[],
-    )
-    .await?;
-    Ok(draft.map(|d| InvoiceDraft {
+        currency: plan.currency,
+        lines,
+        issued_at: now,
         share: Some(used),
-        ..d
     }))
+}
+
+/// The recurring fees that count toward `plan`'s minimum for `period`: those billed for it
+/// ([`store_inv::fees_billed_for_period`]). Read only when the plan has a minimum.
+async fn fees_counted(
+    c: &mut AsyncPgConnection,
+    account: &str,
+    plan: &PlanVersion,
+    period: &Period,
+) -> Result<Option<Decimal>, StoreError> {
+    if plan.minimum.is_none() {
+        return Ok(None);
+    }
+    store_inv::fees_billed_for_period(c, account, period.start, period.end).await
 }
 
 /// Late-usage corrections for invoiced periods before `before` whose usage changed since
@@ -263,9 +287,9 @@ async fn late_lines(
             }
         }
         // A cut-short period is recomputed at the share it was billed at.
-        let plan = match p.period_share {
-            Some(share) => scaled(ctx, plan, share),
-            None => plan.clone(),
+        let (plan, fees) = match p.period_share {
+            Some(share) => (scaled(ctx, plan, share), None),
+            None => (plan.clone(), fees_counted(c, account, plan, &period).await?),
         };
         lines.extend(late_period_lines(
             &plan,
@@ -273,6 +297,7 @@ async fn late_lines(
             &period,
             &usage,
             &billed,
+            fees,
         ));
     }
     Ok(lines)

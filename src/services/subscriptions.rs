@@ -721,6 +721,7 @@ pub async fn quote(
                             p.at.to_rfc3339()
                         )
                     },
+                    period: None,
                 });
             }
             let amount_due_now = lines.iter().map(|l| l.amount).sum();

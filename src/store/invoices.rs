@@ -273,6 +273,7 @@ pub async fn periods_with_late_usage(
               FROM invoice_lines l
               JOIN invoices i ON i.account = l.account AND i.number = l.number
              WHERE l.account = $1 AND l.usage_from IS NOT NULL AND l.usage_from < $2
+               AND (l.meter IS NOT NULL OR l.kind = 'minimum_top_up')
              GROUP BY l.usage_from, l.usage_to)
          SELECT b.s AS start, b.e AS end, p.plan, p.plan_version, p.seats, p.period_share
            FROM billed b
@@ -351,6 +352,37 @@ pub async fn billed_for_period(
     .bind::<Timestamptz, _>(start)
     .load(conn)
     .await?)
+}
+
+#[derive(QueryableByName)]
+struct FeesBilled {
+    #[diesel(sql_type = BigInt)]
+    lines: i64,
+    #[diesel(sql_type = Nullable<Numeric>)]
+    amount: Option<Decimal>,
+}
+
+/// The recurring fees billed for the time in `[start, end)`: advance fees and the credits and
+/// charges of changes whose range lies inside it. `None` when no such line carries its range
+/// (invoices written before lines did).
+pub async fn fees_billed_for_period(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Option<Decimal>, StoreError> {
+    let f: FeesBilled = diesel::sql_query(
+        "SELECT count(*) AS lines, SUM(amount) AS amount
+           FROM invoice_lines
+          WHERE account = $1 AND usage_from >= $2 AND usage_to <= $3
+            AND kind IN ('base_fee', 'seats', 'proration_credit', 'proration_charge')",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Timestamptz, _>(start)
+    .bind::<Timestamptz, _>(end)
+    .get_result(conn)
+    .await?;
+    Ok((f.lines > 0).then(|| f.amount.unwrap_or_default()))
 }
 
 #[derive(Debug, QueryableByName, Serialize)]

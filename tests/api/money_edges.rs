@@ -493,6 +493,7 @@ async fn late_usage_under_a_minimum_recomputes_the_top_up() {
         .iter()
         .flat_map(|i| i["lines"].as_array().unwrap())
         .filter(|l| l["usage_from"] == "2026-11-25T12:00:00Z")
+        .filter(|l| l["kind"] != "base_fee" && l["kind"] != "seats")
         .map(|l| d(l["amount"].as_str().unwrap()))
         .sum();
     // Period 1 in all: base 1,500 (advance) + storage 6,000 = 7,500 ≥ 5,000 → arrears 6,000.
@@ -642,20 +643,88 @@ async fn a_negative_change_becomes_credit_that_the_next_invoice_uses() {
     let (_, acc) = app.get(&key, "/v1/accounts/acme").await;
     assert_eq!(acc["credit_balance"], "300.00");
 
-    // The close: the minimum 5,000 − (1,500 + 300 seats) = 3,200 top-up, and the next
-    // month's 1,800 in advance: 5,000.00, less the 300.00 credit → 4,700.00.
+    // The close: the period billed 2,400 − 1,200 + 900 = 2,100 of fees (B19), so the
+    // minimum's top-up is 5,000 − 2,100 = 2,900; with the next month's 1,800 in advance:
+    // 4,700.00, less the 300.00 credit → 4,400.00.
     clock.to("2026-12-25T12:05:00Z").await;
     let invs = invoices(&app, &key, "acme").await;
     let close = &invs[2];
     let applied = lines_of(std::slice::from_ref(close), "credit_applied");
     assert_eq!(applied.len(), 1);
     assert_eq!(applied[0]["amount"], "-300.00");
-    assert_eq!(close["total"], "4700.00");
+    assert_eq!(close["total"], "4400.00");
     let (_, acc) = app.get(&key, "/v1/accounts/acme").await;
     assert_eq!(acc["credit_balance"], "0.00");
     assert!(invs
         .iter()
         .all(|i| !i["total"].as_str().unwrap().starts_with('-')));
+}
+
+/// B19. The minimum commitment counts the fees a period billed, not the closing plan's full
+/// fees: a seat increase in the middle of the month paid only half a month of the new seats.
+/// Late usage of that period is recomputed on the same basis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minimum_counts_the_fees_a_period_billed_after_a_change() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("admin,ingest,billing,finance", None).await;
+    let clock = Clock::on(&app, &key, &["acme"]).await;
+    // Enterprise, 60 seats: 1,500 + 10 × 30 = 1,800 a month in advance.
+    app.subscribe(&key, "acme", json!({"plan": "enterprise", "seats": 60}))
+        .await;
+    // Half the 30-day period left, 80 seats: credit −1,800 × ½ = −900.00, charge
+    // (1,500 + 30 × 30) × ½ = 1,200.00; 300.00 due.
+    clock.to("2026-12-10T12:00:00Z").await;
+    let (q, _) = change(&app, &key, "acme", json!({"seats": 80})).await;
+    assert_eq!(q["amount_due_now"], "300.00");
+    // 250,000 compute minutes at 0.004 = 1,000.00 of usage.
+    events(&app, &key, vec![json!({"id": "jobs", "account": "acme", "type": "job.completed", "timestamp": "2026-12-10T12:00:00Z", "properties": {"minutes": 250_000}})]).await;
+    clock.to("2026-12-25T12:05:00Z").await;
+    // The period billed 1,800 − 900 + 1,200 = 2,100 of fees and 1,000 of usage: 3,100,
+    // so the top-up is 5,000 − 3,100 = 1,900.00 (counting 80 seats' full 2,400 would give
+    // 1,600.00). The invoice: 1,000 + 1,900 + next month's 2,400 = 5,300.00.
+    let invs = invoices(&app, &key, "acme").await;
+    let close = &invs[2];
+    let top_up = lines_of(std::slice::from_ref(close), "minimum_top_up");
+    assert_eq!(top_up.len(), 1, "{close}");
+    assert_eq!(top_up[0]["amount"], "1900.00");
+    assert_eq!(close["total"], "5300.00");
+
+    // 125,000 minutes arrive late for that period: 500.00 more usage, which fills the
+    // shortfall: the top-up falls by 500.00 and the period still costs exactly 5,000.
+    clock.to("2026-12-26T00:00:00Z").await;
+    events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-12T00:00:00Z", "properties": {"minutes": 125_000}})]).await;
+    clock.to("2027-01-25T12:05:00Z").await;
+    let invs = invoices(&app, &key, "acme").await;
+    let period_one: Decimal = invs
+        .iter()
+        .flat_map(|i| i["lines"].as_array().unwrap())
+        .filter(|l| {
+            let from = l["usage_from"].as_str().unwrap_or_default();
+            ("2026-11-25T12:00:00Z".."2026-12-25T12:00:00Z").contains(&from)
+        })
+        .map(|l| d(l["amount"].as_str().unwrap()))
+        .sum();
+    assert_eq!(period_one, d("5000.00"));
+    let late: Vec<(String, String)> = invs[3]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["usage_from"] == "2026-11-25T12:00:00Z")
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap().to_owned(),
+                l["amount"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        late,
+        vec![
+            pair("late_usage", "500.00"),
+            pair("minimum_top_up", "-500.00")
+        ]
+    );
 }
 
 /// B17. GRR keeps each account's MRR at most at its start: an account that expands and then
