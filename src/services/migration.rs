@@ -11,7 +11,7 @@ use super::{billing, Ctx, ServiceError};
 use crate::catalog::plans::content_hash;
 use crate::domain::period::{period_containing, Period};
 use crate::domain::plan::{PlanRef, PlanVersion};
-use crate::domain::rating::rate_period;
+use crate::domain::rating::{rate_period, LineKind};
 use crate::domain::scope::Scope;
 use crate::store::{self, subscriptions as subs, StoreError};
 use chrono::{DateTime, Duration, Utc};
@@ -149,7 +149,7 @@ pub async fn migrate(
         let replayed = (last.start >= row.created_at - Duration::hours(1)
             && row.status != "trialing")
             .then_some(last);
-        let (current_amount, new_amount) = match replayed {
+        let (current_amount, new_amount, new_usage_mrr) = match replayed {
             Some(p) => {
                 let usage: BTreeMap<String, Decimal> =
                     billing::usage_of(ctx, &mut conn, &row.account, &p)
@@ -161,17 +161,27 @@ pub async fn migrate(
                 let then = store::invoices::seats_of_period(&mut conn, &row.account, p.start)
                     .await?
                     .map_or(seats, |s| s as u32);
+                let rated = rate_period(new, &usage, then);
+                // Usage MRR as the ledger counts it: the period's usage lines, per month, here
+                // at the new version's prices.
+                let usage_lines: Decimal = rated
+                    .lines
+                    .iter()
+                    .filter(|l| l.kind == LineKind::Usage)
+                    .map(|l| l.amount)
+                    .sum();
                 (
                     rate_period(old, &usage, then).total,
-                    rate_period(new, &usage, then).total,
+                    rated.total,
+                    Some(usage_lines / Decimal::from(new.interval.months())),
                 )
             }
-            None => (Decimal::ZERO, Decimal::ZERO),
+            None => (Decimal::ZERO, Decimal::ZERO, None),
         };
         let (mrr_before, usage_mrr) = mrr.get(&row.account).copied().unwrap_or_default();
         let paying = row.status != "trialing";
         let mrr_after = if paying {
-            (new.monthly_recurring(seats) + usage_mrr).normalize()
+            (new.monthly_recurring(seats) + new_usage_mrr.unwrap_or(usage_mrr)).normalize()
         } else {
             Decimal::ZERO
         };

@@ -20,7 +20,10 @@ fn dec(v: &Value) -> Decimal {
 /// Three subscribers on team@1 with a closed period behind them (one used compute), one on
 /// team@2; the clock in their second period.
 async fn cohort() -> (TestApp, String) {
-    let app = spawn_app().await;
+    cohort_on(spawn_app().await).await
+}
+
+async fn cohort_on(app: TestApp) -> (TestApp, String) {
     app.publish_plans().await;
     let key = app.key("ingest,billing,finance", None).await;
     for (account, seats) in [("m1", 3), ("m2", 5), ("m3", 8)] {
@@ -289,4 +292,62 @@ async fn a_dry_run_replays_the_last_period_with_that_periods_seats() {
     assert_eq!(start["account"], "m3");
     assert_eq!(start["kind"], "start");
     assert_eq!(m3.current_version_amount, dec(&start["total"]));
+}
+
+/// B20. The dry run's MRR after prices the last closed period's usage at the new version's
+/// prices: a team@3 whose compute packages cost 10.00 instead of 8.00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_runs_mrr_after_prices_usage_at_the_new_version() {
+    let dir = std::env::temp_dir().join(format!("accrue-b20-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&manifest_dir().join("pricing-plans"), &dir);
+    let v2 = std::fs::read_to_string(dir.join("team/v2.toml")).unwrap();
+    let v3 = v2.replace("package_amount = \"8.00\"", "package_amount = \"10.00\"");
+    assert_ne!(v2, v3);
+    std::fs::write(dir.join("team/v3.toml"), v3).unwrap();
+    let db = TestDb::new().await;
+    let (_, ctx, clock) =
+        start_instance_unserved_with(&db.url, std::time::Duration::from_secs(1), &dir);
+    let base = serve(ctx.clone());
+    let app = TestApp {
+        base,
+        db,
+        ctx,
+        clock,
+        http: reqwest::Client::new(),
+    };
+    let (app, _key) = cohort_on(app).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    let dry = migrate(
+        &app.ctx,
+        &r("team@1"),
+        &r("team@3"),
+        true,
+        When::Now,
+        "test",
+    )
+    .await
+    .unwrap();
+    let m2 = dry.accounts.iter().find(|l| l.account == "m2").unwrap();
+    // m2: 5 seats, 2,500 compute minutes in the closed period. Before: team@1 49 + 2 × 12 = 73
+    // recurring, usage (2,500 − 500 free) = 2 packages × 8 = 16: 89. After on team@3: 59 + 24
+    // = 83 recurring, the same 2 packages at 10 = 20: 103.
+    assert_eq!(m2.mrr_before, "89".parse::<Decimal>().unwrap());
+    assert_eq!(m2.mrr_after, "103".parse::<Decimal>().unwrap());
+    // m1 used nothing: 59 + 0 seats above the 3 included = 59.
+    let m1 = dry.accounts.iter().find(|l| l.account == "m1").unwrap();
+    assert_eq!(m1.mrr_after, "59".parse::<Decimal>().unwrap());
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
 }
