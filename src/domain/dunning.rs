@@ -2,7 +2,9 @@
 //! the retries run out. Pure: collection records failures and asks what is next.
 //!
 //! Retries are scheduled relative to the *first* failure (default 3, 5 and 7 days after it),
-//! so a slow retry does not push the next one back. While past due, access continues for the
+//! and the next one is the first of those days still ahead: a slow retry does not push the
+//! next one back, and an extra attempt (a new payment method tried at once) does not bring it
+//! forward. While past due, access continues for the
 //! grace period; when every retry has failed the final action applies (`suspend`: the account
 //! falls to the plan's fallback; `cancel`).
 
@@ -65,13 +67,16 @@ impl DunningPolicy {
         Ok(self)
     }
 
-    /// The step after `failures` failed attempts (the first collection counts as one),
-    /// the first of which happened at `first_failure`.
-    pub fn next_step(&self, first_failure: DateTime<Utc>, failures: u32) -> NextStep {
-        match self.retry_days.get(failures.saturating_sub(1) as usize) {
-            Some(days) => NextStep::Retry {
-                at: first_failure + Duration::days((*days).into()),
-            },
+    /// The step after an attempt that failed at `now`, the first failure having been at
+    /// `first_failure`: the first retry day still ahead, or the final action when none is.
+    pub fn next_step(&self, first_failure: DateTime<Utc>, now: DateTime<Utc>) -> NextStep {
+        match self
+            .retry_days
+            .iter()
+            .map(|d| first_failure + Duration::days((*d).into()))
+            .find(|at| *at > now)
+        {
+            Some(at) => NextStep::Retry { at },
             None => NextStep::Final {
                 action: self.final_action,
             },
@@ -99,15 +104,29 @@ mod tests {
     fn the_default_schedule_retries_3_5_and_7_days_after_the_first_failure_then_suspends() {
         let p = DunningPolicy::default();
         let at = |d| t0() + Duration::days(d);
-        assert_eq!(p.next_step(t0(), 1), NextStep::Retry { at: at(3) });
-        assert_eq!(p.next_step(t0(), 2), NextStep::Retry { at: at(5) });
-        assert_eq!(p.next_step(t0(), 3), NextStep::Retry { at: at(7) });
+        assert_eq!(p.next_step(t0(), at(0)), NextStep::Retry { at: at(3) });
+        assert_eq!(p.next_step(t0(), at(3)), NextStep::Retry { at: at(5) });
+        assert_eq!(p.next_step(t0(), at(5)), NextStep::Retry { at: at(7) });
         assert_eq!(
-            p.next_step(t0(), 4),
+            p.next_step(t0(), at(7)),
             NextStep::Final {
                 action: FinalAction::Suspend
             }
         );
+    }
+
+    #[test]
+    fn an_extra_attempt_keeps_the_schedule_and_a_late_one_skips_the_missed_retries() {
+        let p = DunningPolicy::default();
+        let at = |h| t0() + Duration::hours(h);
+        // A new card declined a day after the first failure: the next retry is still day 3.
+        assert_eq!(p.next_step(t0(), at(24)), NextStep::Retry { at: at(72) });
+        // A retry run late, on day 6: the next is day 7, not day 5.
+        assert_eq!(p.next_step(t0(), at(144)), NextStep::Retry { at: at(168) });
+        assert!(matches!(
+            p.next_step(t0(), at(30 * 24)),
+            NextStep::Final { .. }
+        ));
     }
 
     #[test]
@@ -138,14 +157,15 @@ mod tests {
         fn retries_move_forward_and_end_in_one_final_action(days in prop::collection::btree_set(1u32..60, 1..6)) {
             let spec = days.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
             let p = DunningPolicy::default().with_retry_days(&spec).unwrap();
-            let mut last = t0();
-            for failures in 1..=days.len() as u32 {
-                match p.next_step(t0(), failures) {
-                    NextStep::Retry { at } => { prop_assert!(at > last); last = at; }
+            // Failing at each retry in turn walks the schedule, then ends in the final action.
+            let mut now = t0();
+            for _ in 0..days.len() {
+                match p.next_step(t0(), now) {
+                    NextStep::Retry { at } => { prop_assert!(at > now); now = at; }
                     NextStep::Final { .. } => prop_assert!(false, "final too early"),
                 }
             }
-            let is_final = matches!(p.next_step(t0(), days.len() as u32 + 1), NextStep::Final { .. });
+            let is_final = matches!(p.next_step(t0(), now), NextStep::Final { .. });
             prop_assert!(is_final);
         }
     }

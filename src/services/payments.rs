@@ -128,7 +128,7 @@ pub async fn collect_due(ctx: &Ctx) -> Result<CollectReport, ServiceError> {
         let mut progressed = false;
         for (account, number) in &due {
             // One invoice that cannot be collected never stops the others.
-            match collect_one(ctx, &p, account, *number).await {
+            match collect_one(ctx, &p, account, *number, When::Due).await {
                 Ok(outcome) => {
                     progressed |= outcome != Outcome::Skipped;
                     tally(&mut report, outcome);
@@ -157,9 +157,37 @@ pub async fn collect_account(ctx: &Ctx, account: &str) -> Result<CollectReport, 
         pay_store::due_by_account(&mut conn, account, now).await?
     };
     for number in due {
-        let outcome = collect_one(ctx, &p, account, number).await?;
+        let outcome = collect_one(ctx, &p, account, number, When::Due).await?;
         tally(&mut report, outcome);
     }
+    Ok(report)
+}
+
+/// Tries the account's failed and exhausted invoices at once, oldest first, after it got a new
+/// payment method, then collects whatever else is due: a payment recovers the account as a
+/// scheduled retry would (a suspended subscription restarts); a decline leaves the dunning
+/// schedule as it was.
+pub async fn retry_with_new_payment_method(
+    ctx: &Ctx,
+    account: &str,
+) -> Result<CollectReport, ServiceError> {
+    let mut report = CollectReport::default();
+    let Some(p) = ctx.payments.clone() else {
+        return Ok(report);
+    };
+    let unpaid = {
+        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+        pay_store::failed_by_account(&mut conn, account).await?
+    };
+    for number in unpaid {
+        let outcome = collect_one(ctx, &p, account, number, When::NewPaymentMethod).await?;
+        tally(&mut report, outcome);
+    }
+    // Then whatever else is due, such as the invoices a recovery just issued.
+    let due = collect_account(ctx, account).await?;
+    report.paid += due.paid;
+    report.failed += due.failed;
+    report.deferred += due.deferred;
     Ok(report)
 }
 
@@ -201,6 +229,7 @@ async fn collect_one(
     p: &Payments,
     account: &str,
     number: i64,
+    when: When,
 ) -> Result<Outcome, ServiceError> {
     let Ok(_turn) = COLLECTING.acquire().await else {
         return Ok(Outcome::Skipped);
@@ -212,7 +241,7 @@ async fn collect_one(
     if !pay_store::try_collection_lock(c, account, number).await? {
         return Ok(claim.release_unclaimed());
     }
-    let outcome = attempt(ctx, p, c, account, number).await?;
+    let outcome = attempt(ctx, p, c, account, number, when).await?;
     pay_store::collection_unlock(c, account, number).await?;
     claim.release_unclaimed();
     Ok(outcome)
@@ -244,6 +273,16 @@ impl Drop for Claim {
     }
 }
 
+/// When an attempt runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum When {
+    /// The invoice's first attempt or a scheduled retry, when it falls due.
+    Due,
+    /// At once, on a failed or exhausted invoice, because the account has a new payment
+    /// method: a failure keeps the dunning schedule as it was.
+    NewPaymentMethod,
+}
+
 /// One collection attempt, under the collection claim: push the invoice (or re-read the one
 /// an earlier attempt pushed), then pay it unless Stripe already shows it paid.
 async fn attempt(
@@ -252,14 +291,20 @@ async fn attempt(
     c: &mut AsyncPgConnection,
     account: &str,
     number: i64,
+    when: When,
 ) -> Result<Outcome, TxError> {
     let now = ctx.now_for(c, account).await?;
     let Some(row) = pay_store::find(c, account, number).await? else {
         return Ok(Outcome::Skipped);
     };
     let attempts_seen = row.attempts;
-    let due = matches!(row.state.as_str(), "pending" | "failed")
-        && row.next_attempt_at.is_some_and(|t| t <= now);
+    let due = match when {
+        When::Due => {
+            matches!(row.state.as_str(), "pending" | "failed")
+                && row.next_attempt_at.is_some_and(|t| t <= now)
+        }
+        When::NewPaymentMethod => matches!(row.state.as_str(), "failed" | "exhausted"),
+    };
     if !due {
         return Ok(Outcome::Skipped);
     }
@@ -651,7 +696,7 @@ async fn record_failure(
     row.last_error = Some(reason.to_owned());
     row.updated_at = now;
     let mut sub = subs::lock_by_account(c, &row.account).await?;
-    match p.policy.next_step(first, row.attempts as u32) {
+    match p.policy.next_step(first, now) {
         NextStep::Retry { at } => {
             row.state = "failed".into();
             row.next_attempt_at = Some(at);
@@ -819,6 +864,8 @@ pub struct PaymentMethodSet {
     pub account: String,
     pub customer: String,
     pub payment_method: String,
+    /// The failed and exhausted invoices tried at once with the new payment method.
+    pub retried: CollectReport,
 }
 
 /// Links the account to its Stripe customer (created when missing) and makes `pm` (created
@@ -867,12 +914,26 @@ pub async fn set_payment_method(
             }
             other => rail_error(other),
         })?;
-    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    pay_store::set_payment_method(&mut conn, account, pm).await?;
+    {
+        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+        pay_store::set_payment_method(&mut conn, account, pm).await?;
+    }
+    // The card is saved whatever the retries do: one that cannot run now is the sweep's.
+    let retried = match retry_with_new_payment_method(ctx, account).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(account, error = %e, "retry with the new payment method failed");
+            CollectReport {
+                errors: 1,
+                ..CollectReport::default()
+            }
+        }
+    };
     Ok(PaymentMethodSet {
         account: account.to_owned(),
         customer,
         payment_method: pm.to_owned(),
+        retried,
     })
 }
 

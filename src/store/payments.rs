@@ -229,6 +229,20 @@ pub async fn count_failed_by_account(
         .await?)
 }
 
+/// The account's invoices whose collection failed (retrying or exhausted), oldest first.
+pub async fn failed_by_account(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(invoice_payments::table
+        .filter(invoice_payments::account.eq(account))
+        .filter(invoice_payments::state.eq_any(["failed", "exhausted"]))
+        .order(invoice_payments::number.asc())
+        .select(invoice_payments::number)
+        .load(conn)
+        .await?)
+}
+
 /// How many of the account's invoices are failing or exhausted in collection.
 pub async fn count_unpaid_by_account(
     conn: &mut AsyncPgConnection,

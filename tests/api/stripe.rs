@@ -343,7 +343,7 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_card_replaced_after_the_first_retry_recovers_on_the_second_retry() {
+async fn a_new_card_is_tried_at_once_and_a_declined_one_keeps_the_retry_schedule() {
     let app = spawn_stripe_app(DunningPolicy::default()).await;
     app.publish_plans().await;
     let key = app.key("ingest,billing,finance,check", None).await;
@@ -355,29 +355,43 @@ async fn a_card_replaced_after_the_first_retry_recovers_on_the_second_retry() {
     tick(&app.ctx, &scheduler).await.unwrap();
     assert_eq!(invoice(&app, &key, 1).await["payment"]["attempts"], 2);
 
-    // The customer updates the card; nothing is charged until the scheduled retry.
-    let pm = fake_stripe().card(GOOD_CARD).await;
-    let (status, body) = app
-        .put(
-            &key,
-            "/v1/accounts/recovers/payment-method",
-            &json!({ "payment_method": pm }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    // Another declining card, a day later: tried at once, declined, and the next retry is
+    // still the one due 5 days after the first failure.
+    app.clock.set(t("2026-11-29T12:00:00Z"));
+    let put_card = |card: &'static str| {
+        let (app, key) = (&app, &key);
+        async move {
+            let pm = fake_stripe().card(card).await;
+            let (status, body) = app
+                .put(
+                    key,
+                    "/v1/accounts/recovers/payment-method",
+                    &json!({ "payment_method": pm }),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+    let set = put_card(DECLINING_CARD).await;
+    assert_eq!(set["retried"]["failed"], 1, "{set}");
+    let inv = invoice(&app, &key, 1).await;
+    assert_eq!(inv["payment"]["attempts"], 3);
+    assert_eq!(inv["payment"]["next_attempt_at"], "2026-11-30T12:30:00Z");
     assert_eq!(
         subscription_status(&app, &key, "recovers").await,
         "past_due"
     );
 
-    app.clock.set(t("2026-11-30T12:31:00Z"));
-    tick(&app.ctx, &scheduler).await.unwrap();
+    // A good card pays the invoice at once, before the scheduled retry.
+    let set = put_card(GOOD_CARD).await;
+    assert_eq!(set["retried"]["paid"], 1, "{set}");
     let inv = invoice(&app, &key, 1).await;
     assert_eq!(inv["status"], "paid");
-    assert_eq!(inv["payment"]["attempts"], 3);
+    assert_eq!(inv["payment"]["attempts"], 4);
     assert_eq!(subscription_status(&app, &key, "recovers").await, "active");
     let s = steps(&app, &key, "recovers").await;
-    assert_eq!(s.last().unwrap(), &("recovered".to_owned(), 3));
+    assert_eq!(s.last().unwrap(), &("recovered".to_owned(), 4));
     let succeeded: Vec<Value> = fake_stripe()
         .charges_of(&customer)
         .await
@@ -386,9 +400,72 @@ async fn a_card_replaced_after_the_first_retry_recovers_on_the_second_retry() {
         .collect();
     assert_eq!(succeeded.len(), 1);
     assert_eq!(succeeded[0]["amount"], 8300);
+    // The retry that was scheduled finds nothing left to do.
+    app.clock.set(t("2026-11-30T12:31:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    assert_eq!(invoice(&app, &key, 1).await["payment"]["attempts"], 4);
     assert_eq!(
         check(&app, &key, "recovers", json!({"feature": "audit_log"})).await["allowed"],
         true
+    );
+}
+
+/// A suspended account whose period has ended restarts when it adds a working card: the
+/// exhausted invoice is paid at once, the period the suspension began in is invoiced in
+/// arrears, and a new period starts at the recovery with its fees, collected at once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_card_restarts_a_suspended_subscription_at_once() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    let customer = customer_on_team(&app, &key, "returns", DECLINING_CARD).await;
+    wait_for_payment_state(&app, &key, 1, "failed").await;
+    run_the_three_retries(&app, &scheduler).await;
+    assert_eq!(
+        invoice(&app, &key, 1).await["payment"]["state"],
+        "exhausted"
+    );
+    assert_eq!(
+        subscription_status(&app, &key, "returns").await,
+        "suspended"
+    );
+
+    app.clock.set(t("2027-01-10T09:20:00Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    let pm = fake_stripe().card(GOOD_CARD).await;
+    let (status, set) = app
+        .put(
+            &key,
+            "/v1/accounts/returns/payment-method",
+            &json!({ "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    // Invoice 1 (83.00), then the arrears of the first period (0.00, nothing to collect) and
+    // the new period's 59 + (5 − 3) × 12 = 83.00.
+    assert_eq!(set["retried"]["paid"], 2, "{set}");
+    assert_eq!(subscription_status(&app, &key, "returns").await, "active");
+    let (_, s) = app.get(&key, "/v1/accounts/returns/subscription").await;
+    assert_eq!(s["current_period"]["start"], "2027-01-10T09:00:00Z");
+    assert_eq!(s["current_period"]["end"], "2027-02-10T09:00:00Z");
+    let mut charged: Vec<i64> = fake_stripe()
+        .charges_of(&customer)
+        .await
+        .iter()
+        .filter(|c| c["status"] == "succeeded")
+        .map(|c| c["amount"].as_i64().unwrap())
+        .collect();
+    charged.sort();
+    assert_eq!(charged, vec![8300, 8300]);
+    let (_, list) = app.get(&key, "/v1/invoices?account=returns").await;
+    assert!(
+        list["invoices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "paid"),
+        "{list}"
     );
 }
 
