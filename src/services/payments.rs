@@ -16,6 +16,7 @@ use crate::payments::{
     from_minor_units, minor_units, PushInvoice, PushLine, Rail, RailError, RemoteInvoice,
     SimulatedRail, StripeConfig, StripeRail,
 };
+use crate::store::locks::SessionLock;
 use crate::store::payments::{self as pay_store, PaymentRow, StepRow};
 use crate::store::subscriptions::change;
 use crate::store::{self, subscriptions as subs, StoreError};
@@ -236,41 +237,13 @@ async fn collect_one(
     };
     let _writing = ctx.checks.write_guard(account);
     let conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let mut claim = Claim(Some(conn));
-    let c = claim.conn();
-    if !pay_store::try_collection_lock(c, account, number).await? {
-        return Ok(claim.release_unclaimed());
-    }
-    let outcome = attempt(ctx, p, c, account, number, when).await?;
-    pay_store::collection_unlock(c, account, number).await?;
-    claim.release_unclaimed();
+    let key = pay_store::collection_lock_key(account, number);
+    let Some(mut claim) = SessionLock::try_take(conn, key).await? else {
+        return Ok(Outcome::Skipped);
+    };
+    let outcome = attempt(ctx, p, claim.conn(), account, number, when).await?;
+    claim.release().await?;
     Ok(outcome)
-}
-
-/// A pooled connection that may hold a collection claim: unless released after the claim was
-/// let go, it is closed on drop (not returned to the pool with the claim still held).
-struct Claim(Option<crate::store::Conn>);
-
-impl Claim {
-    fn conn(&mut self) -> &mut AsyncPgConnection {
-        self.0
-            .as_mut()
-            .expect("a claim holds its connection until dropped")
-    }
-
-    /// Gives the connection back to the pool: it holds no claim.
-    fn release_unclaimed(&mut self) -> Outcome {
-        self.0 = None;
-        Outcome::Skipped
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            drop(::deadpool::managed::Object::take(conn));
-        }
-    }
 }
 
 /// When an attempt runs.

@@ -4,6 +4,7 @@
 //! falling due up to the new time. Enabled by `ACCRUE_TEST_CLOCKS=true`.
 
 use super::{lifecycle, payments, subscriptions, Ctx, ServiceError};
+use crate::store::locks::SessionLock;
 use crate::store::test_clocks::{self as store, TestClockRow};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
@@ -48,8 +49,19 @@ pub async fn get(ctx: &Ctx, id: &str) -> Result<TestClockRow, ServiceError> {
 }
 
 /// Moves clock `id` to `to`, running in time order every trial end, period end and collection
-/// attempt that falls due for its accounts on the way; answers when all of it is done.
+/// attempt that falls due for its accounts on the way; answers when all of it is done. A
+/// clock being advanced (by any instance) refuses another advance with 409 `clock_advancing`.
 pub async fn advance(ctx: &Ctx, id: &str, to: DateTime<Utc>) -> Result<TestClockRow, ServiceError> {
+    get(ctx, id).await?;
+    // One advance at a time per clock, whichever instance runs it (as Stripe refuses to
+    // advance a clock that is advancing): the steps never interleave, so time never goes back.
+    let conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let Some(mut lock) = SessionLock::try_take(conn, format!("test_clock/{id}")).await? else {
+        return Err(ServiceError::Conflict {
+            code: "clock_advancing",
+            message: format!("test clock `{id}` is being advanced; try again when it is ready"),
+        });
+    };
     let clock = get(ctx, id).await?;
     if to < clock.frozen_time {
         return Err(ServiceError::invalid(
@@ -60,16 +72,16 @@ pub async fn advance(ctx: &Ctx, id: &str, to: DateTime<Utc>) -> Result<TestClock
             ),
         ));
     }
-    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let accounts = store::accounts_of(&mut conn, id).await?;
+    let conn = lock.conn();
+    let accounts = store::accounts_of(conn, id).await?;
     let mut at = clock.frozen_time;
     let result = async {
         for _ in 0..MAX_STEPS {
-            let step = match store::next_due(&mut conn, id, at).await? {
+            let step = match store::next_due(conn, id, at).await? {
                 Some(t) if t < to => t,
                 _ => to,
             };
-            store::set(&mut conn, id, step, "advancing").await?;
+            store::set(conn, id, step, "advancing").await?;
             for account in &accounts {
                 run_due(ctx, account).await?;
             }
@@ -87,7 +99,8 @@ pub async fn advance(ctx: &Ctx, id: &str, to: DateTime<Utc>) -> Result<TestClock
         ))
     }
     .await;
-    store::set(&mut conn, id, at, "ready").await?;
+    store::set(lock.conn(), id, at, "ready").await?;
+    lock.release().await?;
     for account in &accounts {
         ctx.checks.invalidate(account);
     }

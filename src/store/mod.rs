@@ -7,6 +7,7 @@ pub mod billing_errors;
 pub mod events;
 pub mod invoices;
 pub mod jobs;
+pub mod locks;
 pub mod outbox;
 pub mod payments;
 pub mod plans;

@@ -100,43 +100,9 @@ pub async fn due_by_account(
         .await?)
 }
 
-/// Claims the collection of one invoice for this connection's session (a session advisory
-/// lock: it ends with `pg_advisory_unlock` or when the connection closes); false when
-/// another worker holds it.
-pub async fn try_collection_lock(
-    conn: &mut AsyncPgConnection,
-    account: &str,
-    number: i64,
-) -> Result<bool, StoreError> {
-    #[derive(QueryableByName)]
-    struct Got {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        got: bool,
-    }
-    let got: Got = diesel::sql_query(
-        "SELECT pg_try_advisory_lock(hashtextextended('collect/' || $1 || '/' || $2::text, 7462002)) AS got",
-    )
-    .bind::<diesel::sql_types::Text, _>(account)
-    .bind::<diesel::sql_types::BigInt, _>(number)
-    .get_result(conn)
-    .await?;
-    Ok(got.got)
-}
-
-/// Lets go of a collection claim taken with [`try_collection_lock`].
-pub async fn collection_unlock(
-    conn: &mut AsyncPgConnection,
-    account: &str,
-    number: i64,
-) -> Result<(), StoreError> {
-    diesel::sql_query(
-        "SELECT pg_advisory_unlock(hashtextextended('collect/' || $1 || '/' || $2::text, 7462002))",
-    )
-    .bind::<diesel::sql_types::Text, _>(account)
-    .bind::<diesel::sql_types::BigInt, _>(number)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// The session lock key of one invoice's collection ([`super::locks::SessionLock`]).
+pub fn collection_lock_key(account: &str, number: i64) -> String {
+    format!("collect/{account}/{number}")
 }
 
 /// One invoice's collection row, without locking it.

@@ -224,7 +224,7 @@ async fn poison_events_are_refused_per_event_and_the_rest_of_the_batch_is_stored
     );
 }
 
-/// H1 (isolation). A request the database refuses (here: an hourly total that would overflow
+/// H1 (isolation), B23. A request the database refuses (here: an hourly total that would overflow
 /// its column) fails alone with a 4xx, never a 503, however it was grouped with other tenants'
 /// requests in the lane's shared commit; every other request is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

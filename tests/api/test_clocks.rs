@@ -281,3 +281,37 @@ async fn dunning_retries_run_as_a_test_clock_passes_their_days() {
         ]
     );
 }
+
+/// A clock being advanced (here: by another instance, whose session lock the test holds)
+/// refuses a second advance with 409 `clock_advancing`, so two advances never interleave their
+/// steps; once the first is done the clock advances again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_being_advanced_refuses_a_second_advance() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = spawn_app().await;
+    app.ctx.enable_test_clocks();
+    let key = app.key("admin", None).await;
+    let clock = new_clock(&app, &key, "2026-11-25T12:00:00Z").await;
+    let mut other = app.db.conn().await;
+    other
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock(hashtextextended('test_clock/{clock}', 7462002))"
+        ))
+        .await
+        .unwrap();
+    let (status, body) = app
+        .post(
+            &key,
+            &format!("/v1/test-clocks/{clock}/advance"),
+            &json!({"frozen_time": "2026-12-01T00:00:00Z"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "clock_advancing");
+    let (_, c) = app.get(&key, &format!("/v1/test-clocks/{clock}")).await;
+    assert_eq!(c["frozen_time"], "2026-11-25T12:00:00Z");
+    drop(other);
+    let c = advance(&app, &key, &clock, "2026-12-01T00:00:00Z").await;
+    assert_eq!(c["status"], "ready");
+}

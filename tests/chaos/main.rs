@@ -14,6 +14,7 @@ mod fake_stripe;
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+mod clocks;
 mod collection;
 mod harness;
 mod ingest;

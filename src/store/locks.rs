@@ -1,0 +1,66 @@
+//! Session advisory locks held by one pooled connection for the length of a piece of work that
+//! calls out between statements (Stripe, a test clock's steps): no transaction stays open, and
+//! the lock ends with the work or, if the process dies, with its connection.
+
+use super::{Conn, StoreError};
+use diesel::sql_types::{Bool, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+/// The advisory lock namespace of accrue's session locks.
+const NAMESPACE: i64 = 7462002;
+
+/// A pooled connection holding the session lock on `key`. [`SessionLock::release`] unlocks it
+/// and gives the connection back; dropped otherwise (an error, a cancelled request), the
+/// connection is closed rather than returned to the pool with the lock still held.
+pub struct SessionLock {
+    conn: Option<Conn>,
+    key: String,
+}
+
+impl SessionLock {
+    /// Takes the lock on `key` with `conn`; `None` when another session holds it.
+    pub async fn try_take(mut conn: Conn, key: String) -> Result<Option<Self>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Got {
+            #[diesel(sql_type = Bool)]
+            got: bool,
+        }
+        let got: Got =
+            diesel::sql_query("SELECT pg_try_advisory_lock(hashtextextended($1, $2)) AS got")
+                .bind::<Text, _>(&key)
+                .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
+                .get_result(&mut conn)
+                .await?;
+        Ok(got.got.then_some(Self {
+            conn: Some(conn),
+            key,
+        }))
+    }
+
+    pub fn conn(&mut self) -> &mut AsyncPgConnection {
+        self.conn
+            .as_mut()
+            .expect("a session lock holds its connection until released or dropped")
+    }
+
+    /// Unlocks and returns the connection to the pool.
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        let key = std::mem::take(&mut self.key);
+        diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended($1, $2))")
+            .bind::<Text, _>(&key)
+            .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
+            .execute(self.conn())
+            .await?;
+        self.conn = None;
+        Ok(())
+    }
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(::deadpool::managed::Object::take(conn));
+        }
+    }
+}
