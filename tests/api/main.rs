@@ -18,6 +18,7 @@ mod model_cards;
 mod money_edges;
 mod plans;
 mod pql;
+mod receiver;
 mod restart;
 mod revenue;
 mod security;

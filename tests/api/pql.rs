@@ -3,7 +3,8 @@
 //! against a hand count.
 
 use crate::helpers::*;
-use crate::revenue::{spawn_dev_app, start_receiver};
+use crate::receiver::start_receiver;
+use crate::revenue::spawn_dev_app;
 use accrue::services::{outbox, pql};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};

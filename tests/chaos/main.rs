@@ -13,11 +13,14 @@ mod fake_stripe;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+#[path = "../api/receiver.rs"]
+mod receiver;
 
 mod clocks;
 mod collection;
 mod harness;
 mod ingest;
+mod outbox;
 mod stripe;
 
 /// One scenario at a time.
