@@ -139,6 +139,19 @@ pub async fn get_subscription(
     Ok(HttpResponse::Ok().json(subs::get_subscription(&ctx, &account).await?))
 }
 
+/// `DELETE /v1/accounts/{account}/subscription/scheduled-change`: undoes the cancellation or
+/// change scheduled for the period end.
+pub async fn revoke_scheduled(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    Ok(HttpResponse::Ok().json(subs::revoke_scheduled(&ctx, &account).await?))
+}
+
 pub async fn changes(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -175,12 +188,21 @@ pub async fn accept(
     let key = req
         .headers()
         .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "missing_idempotency_key",
                 "accepting a quote needs an Idempotency-Key header",
+            )
+        })?
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
             )
         })?;
     Ok(HttpResponse::Ok().json(subs::accept(&ctx, &account, &quote_id, key).await?))

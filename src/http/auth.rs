@@ -1,11 +1,15 @@
-//! Bearer-key authentication and the per-route scope policy. Handlers call [`authorize`] first.
+//! Bearer-key authentication (a middleware, before any body is read) and the per-route scope
+//! policy: handlers call [`authorize`] first.
 
 use super::ApiError;
 use crate::domain::scope::{grants, Scope};
 use crate::services::auth::Principal;
 use crate::services::Ctx;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
-use actix_web::HttpRequest;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpRequest, ResponseError};
 
 /// Authenticates the request and checks that the key holds one of `needed`.
 pub async fn authorize(
@@ -13,6 +17,28 @@ pub async fn authorize(
     ctx: &Ctx,
     needed: &[Scope],
 ) -> Result<Principal, ApiError> {
+    // The middleware authenticated the key before the body was read ([`authenticate_first`]).
+    let known = req.extensions().get::<Principal>().cloned();
+    let principal = match known {
+        Some(p) => p,
+        None => authenticate(req, ctx).await?,
+    };
+    if !grants(&principal.scopes, needed) {
+        let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this key lacks the scope this route needs ({})",
+                names.join(" or ")
+            ),
+        ));
+    }
+    Ok(principal)
+}
+
+/// The key of the request's `Authorization: Bearer` header, if it is one we know.
+async fn authenticate(req: &HttpRequest, ctx: &Ctx) -> Result<Principal, ApiError> {
     let Some(raw) = req.headers().get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthenticated(
             "missing Authorization header; send `Authorization: Bearer <api key>`",
@@ -32,23 +58,34 @@ pub async fn authorize(
         .ok_or_else(|| {
             ApiError::unauthenticated("the Authorization header must be `Bearer <api key>`")
         })?;
-    let principal = ctx
-        .keys
+    ctx.keys
         .authenticate(&ctx.pool, key)
         .await?
-        .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))?;
-    if !grants(&principal.scopes, needed) {
-        let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "this key lacks the scope this route needs ({})",
-                names.join(" or ")
-            ),
-        ));
+        .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))
+}
+
+/// Middleware: every `/v1` route but Stripe's webhook (signed, not keyed) authenticates its
+/// key before anything reads the request's body, so an unauthenticated caller gets 401 at
+/// once and never has a body parsed. The principal is kept for [`authorize`].
+pub async fn authenticate_first(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let keyed = req.path().starts_with("/v1/") && req.path() != "/v1/stripe/webhook";
+    if keyed {
+        if let Some(ctx) = req.app_data::<web::Data<Ctx>>().cloned() {
+            match authenticate(req.request(), &ctx).await {
+                Ok(p) => {
+                    req.extensions_mut().insert(p);
+                }
+                Err(e) => {
+                    let res = e.error_response();
+                    return Ok(req.into_response(res).map_into_right_body());
+                }
+            }
+        }
     }
-    Ok(principal)
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// Refuses account-scoped keys on a route that covers every account (`what` names it).

@@ -61,8 +61,12 @@ impl ResponseError for ApiError {
             error.extend(d.clone());
         }
         let mut res = HttpResponse::build(self.status).json(json!({ "error": error }));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            // Every 503 is transient (the database or Stripe): say when to come back.
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            // Every 503 is transient (the database or Stripe), and a 429 passes as the key's
+            // requests in flight finish: say when to come back.
             res.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,
                 actix_web::http::header::HeaderValue::from_static("1"),
@@ -90,6 +94,9 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Unavailable(message) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            ServiceError::RateLimited(message) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
             }
             ServiceError::Store(e) => {
                 tracing::error!(error = %e, "database failure");

@@ -23,7 +23,7 @@ pub async fn ingest(
     let principal = authorize(&req, &ctx, &[Scope::Ingest]).await?;
     let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
     let raw = parse_body(&body)?;
-    let outcome = ingest::ingest(&ctx, raw, principal.account.as_deref()).await?;
+    let outcome = ingest::ingest_with_key(&ctx, raw, &principal).await?;
     let status = if outcome.accepted + outcome.duplicates == 0 && !outcome.rejected.is_empty() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {

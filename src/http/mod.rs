@@ -67,6 +67,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 vec![("GET", web::get().to(accounts::changes))],
             ))
             .service(resource(
+                "/accounts/{account}/subscription/scheduled-change",
+                vec![("DELETE", web::delete().to(accounts::revoke_scheduled))],
+            ))
+            .service(resource(
                 "/accounts/{account}/subscription/quotes",
                 vec![("POST", web::post().to(accounts::quote))],
             ))
@@ -183,7 +187,9 @@ fn resource(path: &str, routes: Vec<(&'static str, actix_web::Route)>) -> actix_
         .join(", ");
     let mut r = web::resource(path);
     for (_, route) in routes {
-        r = r.route(route);
+        // The key is checked once the route matched (an unknown path is still 404, a wrong
+        // method 405) and before its handler reads the body.
+        r = r.route(route.wrap(actix_web::middleware::from_fn(auth::authenticate_first)));
     }
     r.default_service(web::to(move |req: actix_web::HttpRequest| {
         let allow = allow.clone();

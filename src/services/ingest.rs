@@ -61,11 +61,31 @@ struct Valid {
     readings: Vec<(String, Reading)>,
 }
 
-/// Ingests raw events. `only_account` restricts an account-scoped key to its own account.
+/// Ingests raw events sent with an API key: the key's account binding restricts the events'
+/// accounts, and the key may hold at most [`MAX_KEY_IN_FLIGHT_EVENTS`] of the instance's
+/// events in flight (past it 429: one busy key never takes the whole instance).
+pub async fn ingest_with_key(
+    ctx: &Ctx,
+    raw: Vec<Value>,
+    key: &super::auth::Principal,
+) -> Result<IngestOutcome, ServiceError> {
+    ingest_as(ctx, raw, key.account.as_deref(), Some(key.key_id)).await
+}
+
+/// Ingests raw events (the demo, benchmarks). `only_account` restricts them to one account.
 pub async fn ingest(
     ctx: &Ctx,
     raw: Vec<Value>,
     only_account: Option<&str>,
+) -> Result<IngestOutcome, ServiceError> {
+    ingest_as(ctx, raw, only_account, None).await
+}
+
+async fn ingest_as(
+    ctx: &Ctx,
+    raw: Vec<Value>,
+    only_account: Option<&str>,
+    key: Option<i64>,
 ) -> Result<IngestOutcome, ServiceError> {
     if raw.len() > MAX_BATCH {
         return Err(ServiceError::invalid(
@@ -121,7 +141,7 @@ pub async fn ingest(
         }
     }
     let unique = valid.len();
-    let inserted = store_valid(ctx, valid).await?;
+    let inserted = store_valid(ctx, valid, key).await?;
     outcome.accepted = inserted;
     outcome.duplicates += unique - inserted;
     Ok(outcome)
@@ -153,10 +173,30 @@ fn validate(
 }
 
 /// Stores the valid events through the account's lanes; returns how many were new.
-async fn store_valid(ctx: &Ctx, valid: Vec<Valid>) -> Result<usize, ServiceError> {
+async fn store_valid(
+    ctx: &Ctx,
+    valid: Vec<Valid>,
+    key: Option<i64>,
+) -> Result<usize, ServiceError> {
     if valid.is_empty() {
         return Ok(0);
     }
+    // The key's share first: a key past it is told to slow down (429) while others go on.
+    let mut key_share = match key {
+        Some(id) => {
+            let share = ctx.ingest.share_of(id);
+            match share.try_acquire_many_owned(valid.len() as u32) {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    return Err(ServiceError::RateLimited(format!(
+                        "this key has {MAX_KEY_IN_FLIGHT_EVENTS} events in flight already: \
+                         retry when some are answered"
+                    )))
+                }
+            }
+        }
+        None => None,
+    };
     // Admission: a bounded number of events in flight per instance. Past it the request is
     // refused at once (503, Retry-After) instead of queueing without bound; nothing of it was
     // stored, so the client's retry is safe.
@@ -199,10 +239,12 @@ async fn store_valid(ctx: &Ctx, valid: Vec<Valid>) -> Result<usize, ServiceError
         // The permits travel with the job: they are returned when the lane is done with it,
         // even if the client went away meanwhile.
         let permit = admitted.split(events.len());
+        let key_permit = key_share.as_mut().and_then(|k| k.split(events.len()));
         slot.send(Job {
             events,
             reply,
             _permit: permit,
+            _key_permit: key_permit,
         });
         waits.push(rx);
     }
@@ -233,6 +275,8 @@ struct Job {
     reply: oneshot::Sender<Result<usize, ServiceError>>,
     /// This job's share of the instance's in-flight events.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// And of its key's.
+    _key_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Most events one group commit takes.
@@ -246,6 +290,8 @@ pub struct IngestPipeline {
     lanes: Vec<mpsc::Sender<Job>>,
     /// Permits for events accepted by requests and not yet answered (queued or committing).
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Each API key's permits, [`MAX_KEY_IN_FLIGHT_EVENTS`] each.
+    per_key: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl IngestPipeline {
@@ -253,11 +299,22 @@ impl IngestPipeline {
     pub fn running(&self) -> bool {
         self.lanes.iter().all(|l| !l.is_closed())
     }
+
+    fn share_of(&self, key: i64) -> Arc<tokio::sync::Semaphore> {
+        self.per_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_KEY_IN_FLIGHT_EVENTS)))
+            .clone()
+    }
 }
 
 /// Most events one instance holds in flight (validated, queued or being committed): the bound
 /// on ingestion's memory (events are at most ~33 KiB each, typically a few hundred bytes).
 pub const MAX_IN_FLIGHT_EVENTS: usize = 64_000;
+/// Most events one API key holds in flight on an instance: a quarter of it.
+pub const MAX_KEY_IN_FLIGHT_EVENTS: usize = MAX_IN_FLIGHT_EVENTS / 4;
 /// Most requests queued on one lane.
 const LANE_QUEUE: usize = 256;
 
@@ -286,6 +343,7 @@ impl IngestPipeline {
         Self {
             lanes,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_EVENTS)),
+            per_key: Default::default(),
         }
     }
 }

@@ -683,7 +683,7 @@ async fn close_one_by_one(
 /// sweep stops and its job retries.
 fn is_unavailable(e: &ServiceError) -> bool {
     match e {
-        ServiceError::Unavailable(_) => true,
+        ServiceError::Unavailable(_) | ServiceError::RateLimited(_) => true,
         ServiceError::Store(s) => !matches!(s, StoreError::Query(_)) || s.is_retryable(),
         _ => false,
     }
@@ -699,7 +699,7 @@ async fn record_failure(
         ServiceError::Invalid { code, .. } | ServiceError::Conflict { code, .. } => *code,
         ServiceError::NotFound(_) => "not_found",
         ServiceError::Store(_) => "database_error",
-        ServiceError::Unavailable(_) => "unavailable",
+        ServiceError::Unavailable(_) | ServiceError::RateLimited(_) => "unavailable",
     };
     tracing::error!(account, code, error = %e, "period close failed for this account; the other accounts closed, it is retried by the next sweep");
     store::billing_errors::record(conn, account, code, &e.to_string(), now).await?;

@@ -179,6 +179,10 @@ pub enum ServiceError {
     /// The service is stopping or overloaded (503: safe to retry).
     #[error("{0}")]
     Unavailable(String),
+    /// This key holds more than its share of the instance (429: retry after a moment; other
+    /// keys are still served).
+    #[error("{0}")]
+    RateLimited(String),
 }
 
 impl ServiceError {

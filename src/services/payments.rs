@@ -98,6 +98,8 @@ pub struct CollectReport {
     pub paid: usize,
     pub failed: usize,
     pub deferred: usize,
+    /// Invoices Stripe refused (collection stopped until the payment details change).
+    pub refused: usize,
     /// Invoices whose attempt failed on our side (logged; retried at the next sweep).
     pub errors: usize,
 }
@@ -108,6 +110,8 @@ enum Outcome {
     Failed,
     /// Stripe unreachable or the row was someone else's: tried again later.
     Deferred,
+    /// Stripe refused the invoice: collection stopped, recorded as a dunning step.
+    Refused,
     Skipped,
 }
 
@@ -164,7 +168,7 @@ pub async fn collect_account(ctx: &Ctx, account: &str) -> Result<CollectReport, 
     Ok(report)
 }
 
-/// Tries the account's failed and exhausted invoices at once, oldest first, after it got a new
+/// Tries the account's failed, exhausted and refused invoices at once, oldest first, after it got a new
 /// payment method, then collects whatever else is due: a payment recovers the account as a
 /// scheduled retry would (a suspended subscription restarts); a decline leaves the dunning
 /// schedule as it was.
@@ -189,6 +193,7 @@ pub async fn retry_with_new_payment_method(
     report.paid += due.paid;
     report.failed += due.failed;
     report.deferred += due.deferred;
+    report.refused += due.refused;
     Ok(report)
 }
 
@@ -211,6 +216,7 @@ fn tally(report: &mut CollectReport, outcome: Outcome) {
         Outcome::Paid => report.paid += 1,
         Outcome::Failed => report.failed += 1,
         Outcome::Deferred => report.deferred += 1,
+        Outcome::Refused => report.refused += 1,
         Outcome::Skipped => {}
     }
 }
@@ -276,7 +282,9 @@ async fn attempt(
             matches!(row.state.as_str(), "pending" | "failed")
                 && row.next_attempt_at.is_some_and(|t| t <= now)
         }
-        When::NewPaymentMethod => matches!(row.state.as_str(), "failed" | "exhausted"),
+        When::NewPaymentMethod => {
+            matches!(row.state.as_str(), "failed" | "exhausted" | "refused")
+        }
     };
     if !due {
         return Ok(Outcome::Skipped);
@@ -326,6 +334,8 @@ async fn attempt(
     };
     let answer = match remote {
         Err(PushError::Store(e)) => return Err(e.into()),
+        Err(PushError::Rail(RailError::Refused { message, .. }))
+        | Err(PushError::Rail(RailError::Declined(message))) => Answer::Refused(message),
         Err(PushError::Rail(e)) => Answer::Unavailable(e),
         Ok(remote) if remote.status == "paid" => Answer::Paid(row.attempts, remote),
         Ok(remote) => {
@@ -373,6 +383,31 @@ async fn attempt(
                     record_failure(ctx, p, c, &mut row, &reason, now).await?;
                     Ok(Outcome::Failed)
                 }
+                Answer::Refused(reason) => {
+                    tracing::error!(
+                        account,
+                        invoice = number,
+                        reason,
+                        "Stripe refused the invoice; its collection stops until the account's \
+                         payment details change"
+                    );
+                    row.state = "refused".into();
+                    row.next_attempt_at = None;
+                    row.last_error = Some(format!("Stripe refused the invoice: {reason}"));
+                    row.updated_at = now;
+                    pay_store::save(c, &row).await?;
+                    record_step(
+                        c,
+                        account,
+                        number,
+                        now,
+                        "collection_refused",
+                        row.attempts,
+                        &reason,
+                    )
+                    .await?;
+                    Ok(Outcome::Refused)
+                }
             }
         })
         .await?;
@@ -387,6 +422,9 @@ enum Answer {
     Paid(i32, RemoteInvoice),
     /// Declined or refused at attempt n, for this reason.
     Failed(i32, String),
+    /// Stripe refused the invoice itself (a 4xx on the push or the re-read): retrying cannot
+    /// help, and it is not the customer's payment failing.
+    Refused(String),
 }
 
 enum PushError {

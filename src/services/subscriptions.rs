@@ -492,6 +492,54 @@ pub async fn get_subscription(ctx: &Ctx, account: &str) -> Result<SubscriptionVi
     Ok(result)
 }
 
+/// Undoes the change scheduled for the period end (a cancellation or a decrease): the
+/// subscription renews as it is. Recorded as a `cancellation_revoked` or
+/// `scheduled_change_revoked` change; nothing is charged.
+pub async fn revoke_scheduled(ctx: &Ctx, account: &str) -> Result<SubscriptionView, ServiceError> {
+    let _writing = ctx.checks.write_guard(account);
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let now = ctx.now_for(&mut conn, account).await?;
+    let result = conn
+        .transaction::<SubscriptionView, TxError, _>(async |c| {
+            let mut row = lock_and_catch_up(ctx, c, account, now).await?;
+            if row.status == "canceled" {
+                return Err(conflict(
+                    "subscription_canceled",
+                    "the subscription has ended; nothing is scheduled",
+                ));
+            }
+            let Some(scheduled) = row.scheduled.take() else {
+                return Err(conflict(
+                    "nothing_scheduled",
+                    "no cancellation or change is scheduled for this subscription",
+                ));
+            };
+            let cancel = serde_json::from_value::<Scheduled>(scheduled).is_ok_and(|s| s.cancel);
+            row.revision += 1;
+            row.updated_at = now;
+            subs::save(c, &row).await?;
+            let plan = plan_of(ctx, &row.plan, row.plan_version)?;
+            let kind = if cancel {
+                "cancellation_revoked"
+            } else {
+                "scheduled_change_revoked"
+            };
+            let ch = change(
+                &row,
+                kind,
+                now,
+                None,
+                json!([]),
+                Decimal::ZERO,
+                plan.currency.code(),
+            );
+            subs::insert_change(c, &ch).await?;
+            Ok(view(&row, &plan))
+        })
+        .await?;
+    Ok(result)
+}
+
 pub async fn changes(ctx: &Ctx, account: &str) -> Result<Vec<subs::ChangeRow>, ServiceError> {
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let mut rows = subs::changes_by_account(&mut conn, account).await?;

@@ -195,14 +195,15 @@ pub async fn count_failed_by_account(
         .await?)
 }
 
-/// The account's invoices whose collection failed (retrying or exhausted), oldest first.
+/// The account's invoices whose collection failed (retrying, exhausted, or refused by
+/// Stripe), oldest first.
 pub async fn failed_by_account(
     conn: &mut AsyncPgConnection,
     account: &str,
 ) -> Result<Vec<i64>, StoreError> {
     Ok(invoice_payments::table
         .filter(invoice_payments::account.eq(account))
-        .filter(invoice_payments::state.eq_any(["failed", "exhausted"]))
+        .filter(invoice_payments::state.eq_any(["failed", "exhausted", "refused"]))
         .order(invoice_payments::number.asc())
         .select(invoice_payments::number)
         .load(conn)

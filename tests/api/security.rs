@@ -970,3 +970,184 @@ async fn a_nul_character_in_the_query_or_path_is_a_400() {
         assert_eq!(body["error"]["code"], "invalid_query", "{path}: {body}");
     }
 }
+
+/// L2. The key is checked before the body is read: a caller without a valid key gets 401 at
+/// once, even while its body is still to come (nothing waits on or parses it), and a bad body
+/// with no key is a 401, not a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_request_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "acr_not_a_key",
+            "/v1/accounts/acme/subscription",
+            &json!("{"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let res = app
+        .http
+        .post(app.url("/v1/accounts/acme/subscription"))
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+
+    // Headers promising 100,000 bytes, then only one: the answer comes without the rest.
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/accounts/acme/subscription HTTP/1.1\r\nHost: x\r\n\
+          Authorization: Bearer acr_000000000000000000000000000000000000000000000000\r\n\
+          Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+/// Per-key backpressure: one key holds at most a quarter of the instance's events in flight.
+/// Past it that key is answered 429 with `Retry-After` at once, while another key's events
+/// are still taken; every acknowledged event is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_busy_key_gets_429_while_another_key_is_served() {
+    use diesel_async::{AnsiTransactionManager, SimpleAsyncConnection, TransactionManager};
+    let app = spawn_app().await;
+    let busy = app.key("ingest", None).await;
+    let other = app.key("ingest", None).await;
+    let ev = |id: String, account: &str| {
+        json!({"id": id, "account": account, "type": "api.request",
+               "timestamp": "2026-11-25T12:10:00Z"})
+    };
+    let (status, out) = app
+        .send(&busy, &json!({"events": [ev("seed".into(), "k-busy")]}))
+        .await;
+    assert_eq!(status, 200, "{out}");
+    // The busy key's account is held: its events stay in flight.
+    let mut blocker = app.db.conn().await;
+    AnsiTransactionManager::begin_transaction(&mut blocker)
+        .await
+        .unwrap();
+    blocker
+        .batch_execute("SELECT * FROM usage_rollups WHERE account = 'k-busy' FOR UPDATE")
+        .await
+        .unwrap();
+    // 20 batches of 1,000: the key's share is 16,000.
+    let batches = (0..20).map(|b| {
+        let (app, key) = (&app, &busy);
+        let events: Vec<Value> = (0..1000)
+            .map(|i| ev(format!("b{b}-{i}"), "k-busy"))
+            .collect();
+        async move {
+            let started = std::time::Instant::now();
+            let res = app
+                .http
+                .post(app.url("/v1/events"))
+                .bearer_auth(key)
+                .json(&json!({ "events": events }))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let retry = res.headers().get("retry-after").is_some();
+            (status, retry, started.elapsed())
+        }
+    });
+    let others = async {
+        // Once the busy key is past its share, the other key is still served.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let (status, out) = app
+            .send(&other, &json!({"events": [ev("o1".into(), "k-other")]}))
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        AnsiTransactionManager::rollback_transaction(&mut blocker)
+            .await
+            .unwrap();
+        (status, out)
+    };
+    let (answers, (other_status, other_out)) =
+        tokio::join!(futures_util::future::join_all(batches), others);
+    assert_eq!(other_status, 200, "{other_out}");
+    let limited: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    let acknowledged = answers.iter().filter(|a| a.0 == 200).count();
+    assert_eq!(
+        limited.len() + acknowledged,
+        20,
+        "only 200 or 429: {answers:?}"
+    );
+    assert!(
+        limited.len() >= 4,
+        "past 16,000 events the key waits: {answers:?}"
+    );
+    assert!(limited.iter().all(|a| a.1), "every 429 says Retry-After");
+    assert!(
+        limited
+            .iter()
+            .all(|a| a.2 < std::time::Duration::from_secs(2)),
+        "refused at once"
+    );
+    let stored = app
+        .db
+        .count("(SELECT count(*) FROM events WHERE account = 'k-busy' AND id <> 'seed')")
+        .await;
+    assert_eq!(stored as usize, acknowledged * 1000);
+}
+
+/// L6. An Idempotency-Key that is not visible ASCII is named as invalid (it was reported as
+/// missing); a missing one is still `missing_idempotency_key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_ascii_idempotency_key_is_called_invalid_not_missing() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    app.subscribe(&key, "l6-acme", json!({"plan": "team", "seats": 3}))
+        .await;
+    let (status, q) = app
+        .post(
+            &key,
+            "/v1/accounts/l6-acme/subscription/quotes",
+            &json!({"seats": 4}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{q}");
+    let url = app.url(&format!(
+        "/v1/accounts/l6-acme/subscription/quotes/{}/accept",
+        q["id"].as_str().unwrap()
+    ));
+    let res = app
+        .http
+        .post(&url)
+        .bearer_auth(&key)
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes("clé".as_bytes()).unwrap(),
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_idempotency_key", "{body}");
+    let res = app
+        .http
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "missing_idempotency_key", "{body}");
+}

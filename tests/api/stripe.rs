@@ -1174,3 +1174,71 @@ async fn a_cancellation_scheduled_before_a_suspension_ends_the_subscription_on_r
     // The first month's fees and its (empty) usage; no new period.
     assert_eq!(kinds, vec!["start", "period"]);
 }
+
+/// A push Stripe refuses for good (here: the customer was deleted in Stripe's dashboard) stops
+/// the invoice's collection with a `collection_refused` dunning step (an outbound event, so
+/// operators hear of it) instead of retrying every ten minutes forever; the subscription is
+/// not put past due for it, and later sweeps leave the invoice alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_stripe_refuses_stops_collecting_and_says_why() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    let (status, body) = app
+        .put(&key, "/v1/accounts/gone", &account_body("gone@example.com"))
+        .await;
+    assert!(status < 300, "{body}");
+    let pm = fake_stripe().card(GOOD_CARD).await;
+    let (status, set) = app
+        .put(
+            &key,
+            "/v1/accounts/gone/payment-method",
+            &json!({ "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    let customer = set["customer"].as_str().unwrap();
+    let res = reqwest::Client::new()
+        .delete(format!("{}/v1/customers/{customer}", fake_stripe().url))
+        .basic_auth(STRIPE_KEY, Some(""))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+
+    app.subscribe(&key, "gone", json!({"plan": "team", "seats": 5}))
+        .await;
+    let inv = wait_for_payment_state(&app, &key, 1, "refused").await;
+    assert_eq!(inv["status"], "open");
+    assert_eq!(inv["payment"]["next_attempt_at"], Value::Null);
+    assert!(
+        inv["payment"]["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Stripe refused the invoice"),
+        "{inv}"
+    );
+    assert_eq!(
+        steps(&app, &key, "gone").await,
+        vec![("collection_refused".to_owned(), 0)]
+    );
+    assert_eq!(subscription_status(&app, &key, "gone").await, "active");
+    // An hour of sweeps later: no retry, no other step.
+    for minutes in [10, 30, 60] {
+        app.clock.set(t(NOW) + chrono::Duration::minutes(minutes));
+        tick(&app.ctx, &scheduler).await.unwrap();
+    }
+    let inv = invoice(&app, &key, 1).await;
+    assert_eq!(inv["payment"]["state"], "refused");
+    assert_eq!(steps(&app, &key, "gone").await.len(), 1);
+    let (_, feed) = app.get(&key, "/v1/feed?after=0&limit=1000").await;
+    assert!(
+        feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "dunning.step" && e["data"]["step"] == "collection_refused"),
+        "{feed}"
+    );
+}

@@ -615,3 +615,65 @@ async fn a_cancellation_takes_effect_at_period_end_with_a_last_invoice_and_no_re
         (409, Some("subscription_canceled"))
     );
 }
+
+/// A scheduled cancellation can be undone before it takes effect: the subscription then
+/// renews as it was (the next month's 59 + 2 × 12 = 83.00 in advance), and undoing nothing is
+/// a 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_cancellation_can_be_undone_and_the_subscription_renews() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    app.subscribe(&key, "undo", json!({"plan": "team", "seats": 5}))
+        .await;
+    app.quote_and_accept(&key, "undo", json!({"cancel": true}))
+        .await;
+    let (_, s) = app.get(&key, "/v1/accounts/undo/subscription").await;
+    assert_eq!(s["scheduled_change"]["cancel"], true, "{s}");
+
+    let url = app.url("/v1/accounts/undo/subscription/scheduled-change");
+    let res = app
+        .http
+        .delete(&url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let s: Value = res.json().await.unwrap();
+    assert_eq!(s["scheduled_change"], Value::Null, "{s}");
+    let res = app
+        .http
+        .delete(&url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "nothing_scheduled");
+    let (_, changes) = app
+        .get(&key, "/v1/accounts/undo/subscription/changes")
+        .await;
+    assert!(
+        changes.to_string().contains("cancellation_revoked"),
+        "{changes}"
+    );
+
+    // Past the period end the subscription renews.
+    app.clock.set(t("2026-12-25T12:05:00Z"));
+    accrue::jobs::tick(&app.ctx, &accrue::jobs::Scheduler::new(t(NOW)).unwrap())
+        .await
+        .unwrap();
+    let (_, s) = app.get(&key, "/v1/accounts/undo/subscription").await;
+    assert_eq!(s["status"], "active", "{s}");
+    assert_eq!(s["current_period"]["start"], "2026-12-25T12:00:00Z");
+    let (_, list) = app.get(&key, "/v1/invoices?account=undo").await;
+    let period = list["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "period")
+        .expect("a period invoice");
+    assert_eq!(period["total"], "83.00");
+}
