@@ -151,6 +151,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 ],
             ))
             .service(resource(
+                "/webhook-endpoints/{id}",
+                vec![
+                    ("GET", web::get().to(revenue::get_endpoint)),
+                    ("PATCH", web::patch().to(revenue::update_endpoint)),
+                    ("DELETE", web::delete().to(revenue::delete_endpoint)),
+                ],
+            ))
+            .service(resource(
+                "/webhook-endpoints/{id}/rotate-secret",
+                vec![("POST", web::post().to(revenue::rotate_secret))],
+            ))
+            .service(resource(
                 "/webhook-endpoints/{id}/deliveries",
                 vec![("GET", web::get().to(revenue::deliveries))],
             ))

@@ -98,6 +98,53 @@ pub async fn list_endpoints(
     Ok(HttpResponse::Ok().json(json!({ "endpoints": outbox::endpoints(&ctx).await? })))
 }
 
+/// `GET /v1/webhook-endpoints/{id}`.
+pub async fn get_endpoint(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    unbound(&p, "a webhook endpoint")?;
+    Ok(HttpResponse::Ok().json(outbox::endpoint(&ctx, path.into_inner()).await?))
+}
+
+/// `PATCH /v1/webhook-endpoints/{id}` `{"url"?, "kinds"?, "enabled"?}`.
+pub async fn update_endpoint(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+    body: web::Json<outbox::EndpointUpdate>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    unbound(&p, "a webhook endpoint")?;
+    let ep = outbox::update_endpoint(&ctx, path.into_inner(), body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(ep))
+}
+
+/// `DELETE /v1/webhook-endpoints/{id}`: 204.
+pub async fn delete_endpoint(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    unbound(&p, "a webhook endpoint")?;
+    outbox::delete_endpoint(&ctx, path.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /v1/webhook-endpoints/{id}/rotate-secret`: the new secret, shown once.
+pub async fn rotate_secret(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    unbound(&p, "a webhook endpoint")?;
+    Ok(HttpResponse::Ok().json(outbox::rotate_secret(&ctx, path.into_inner()).await?))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {

@@ -215,27 +215,41 @@ fn check_url(url: &str, policy: WebhookPolicy) -> Result<(String, u16), ServiceE
     Ok((name, port))
 }
 
-pub async fn create_endpoint(
-    ctx: &Ctx,
-    req: EndpointRequest,
-) -> Result<CreatedEndpoint, ServiceError> {
-    if req.url.len() > 2048 {
+fn check_endpoint_url(url: &str, policy: WebhookPolicy) -> Result<(), ServiceError> {
+    if url.len() > 2048 {
         return Err(ServiceError::invalid(
             "invalid_url",
             "url is longer than 2,048 characters",
         ));
     }
-    check_url(&req.url, ctx.webhooks)?;
-    let kinds = req.kinds.unwrap_or_default();
-    if let Some(k) = kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
-        return Err(ServiceError::invalid(
+    check_url(url, policy)?;
+    Ok(())
+}
+
+fn check_kinds(kinds: &[String]) -> Result<(), ServiceError> {
+    match kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
+        Some(k) => Err(ServiceError::invalid(
             "unknown_event_kind",
             format!("unknown event kind `{k}`; kinds are {}", KINDS.join(", ")),
-        ));
+        )),
+        None => Ok(()),
     }
+}
+
+fn new_secret() -> Result<String, ServiceError> {
     let mut raw = [0u8; 24];
     getrandom::fill(&mut raw).map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-    let secret = format!("whsec_{}", hex::encode(raw));
+    Ok(format!("whsec_{}", hex::encode(raw)))
+}
+
+pub async fn create_endpoint(
+    ctx: &Ctx,
+    req: EndpointRequest,
+) -> Result<CreatedEndpoint, ServiceError> {
+    check_endpoint_url(&req.url, ctx.webhooks)?;
+    let kinds = req.kinds.unwrap_or_default();
+    check_kinds(&kinds)?;
+    let secret = new_secret()?;
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     // A new endpoint receives what happens from now on.
     ob_store::sequence(&mut conn).await?;
@@ -244,6 +258,90 @@ pub async fn create_endpoint(
         ob_store::insert_endpoint(&mut conn, &req.url, &kinds, &secret, from, ctx.clock.now())
             .await?;
     Ok(CreatedEndpoint { endpoint, secret })
+}
+
+/// What `PATCH /v1/webhook-endpoints/{id}` changes; absent fields stay as they are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointUpdate {
+    pub url: Option<String>,
+    /// Kinds to deliver; empty: every kind.
+    pub kinds: Option<Vec<String>>,
+    /// false: nothing is sent to it (its pending deliveries wait); true again: it receives
+    /// what happens from then on.
+    pub enabled: Option<bool>,
+}
+
+fn endpoint_not_found(id: i64) -> ServiceError {
+    ServiceError::NotFound(format!("webhook endpoint {id} not found"))
+}
+
+pub async fn endpoint(ctx: &Ctx, id: i64) -> Result<EndpointRow, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    ob_store::endpoint(&mut conn, id)
+        .await?
+        .ok_or_else(|| endpoint_not_found(id))
+}
+
+pub async fn update_endpoint(
+    ctx: &Ctx,
+    id: i64,
+    req: EndpointUpdate,
+) -> Result<EndpointRow, ServiceError> {
+    if let Some(url) = &req.url {
+        check_endpoint_url(url, ctx.webhooks)?;
+    }
+    if let Some(kinds) = &req.kinds {
+        check_kinds(kinds)?;
+    }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let mut ep = ob_store::endpoint(&mut conn, id)
+        .await?
+        .ok_or_else(|| endpoint_not_found(id))?;
+    let was_enabled = ep.disabled_at.is_none();
+    ep.url = req.url.unwrap_or(ep.url);
+    ep.kinds = req.kinds.unwrap_or(ep.kinds);
+    let resume_after = match req.enabled {
+        Some(false) => {
+            ep.disabled_at = ep.disabled_at.or(Some(ctx.clock.now()));
+            None
+        }
+        Some(true) if !was_enabled => {
+            ep.disabled_at = None;
+            ob_store::sequence(&mut conn).await?;
+            Some(ob_store::last_seq(&mut conn).await?)
+        }
+        _ => None,
+    };
+    ob_store::update_endpoint(&mut conn, &ep, resume_after)
+        .await?
+        .ok_or_else(|| endpoint_not_found(id))
+}
+
+/// A new signing secret, in force at once (the old one signs nothing more).
+pub async fn rotate_secret(ctx: &Ctx, id: i64) -> Result<CreatedEndpoint, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let mut ep = ob_store::endpoint(&mut conn, id)
+        .await?
+        .ok_or_else(|| endpoint_not_found(id))?;
+    ep.secret = new_secret()?;
+    let endpoint = ob_store::update_endpoint(&mut conn, &ep, None)
+        .await?
+        .ok_or_else(|| endpoint_not_found(id))?;
+    Ok(CreatedEndpoint {
+        secret: ep.secret,
+        endpoint,
+    })
+}
+
+/// Deletes the endpoint and its deliveries (sent or not).
+pub async fn delete_endpoint(ctx: &Ctx, id: i64) -> Result<(), ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    if ob_store::delete_endpoint(&mut conn, id).await? {
+        Ok(())
+    } else {
+        Err(endpoint_not_found(id))
+    }
 }
 
 pub async fn endpoints(ctx: &Ctx) -> Result<Vec<EndpointRow>, ServiceError> {
@@ -329,12 +427,17 @@ pub async fn dispatch(ctx: &Ctx, http: &reqwest::Client) -> Result<DispatchRepor
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     report.sequenced = ob_store::sequence(&mut conn).await?;
     let endpoints = ob_store::endpoints(&mut conn).await?;
-    for ep in endpoints.iter().filter(|e| e.disabled_at.is_none()) {
-        while ob_store::fan_out(&mut conn, ep.id, now).await? == 1000 {}
+    let enabled: Vec<i64> = endpoints
+        .iter()
+        .filter(|e| e.disabled_at.is_none())
+        .map(|e| e.id)
+        .collect();
+    for id in &enabled {
+        while ob_store::fan_out(&mut conn, *id, now).await? == 1000 {}
     }
     loop {
-        let due = ob_store::claim_due(&mut conn, now, now + Duration::seconds(LEASE_SECONDS), 100)
-            .await?;
+        let lease = now + Duration::seconds(LEASE_SECONDS);
+        let due = ob_store::claim_due(&mut conn, &enabled, now, lease, 100).await?;
         if due.is_empty() {
             return Ok(report);
         }

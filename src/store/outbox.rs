@@ -170,6 +170,51 @@ pub async fn endpoint(
         .optional()?)
 }
 
+/// Saves an endpoint's url, kinds and state; re-enabling moves its cursor to `resume_after`
+/// (events from while it was disabled are not sent). `None` when there is no such endpoint.
+pub async fn update_endpoint(
+    conn: &mut AsyncPgConnection,
+    ep: &EndpointRow,
+    resume_after: Option<i64>,
+) -> Result<Option<EndpointRow>, StoreError> {
+    let mut updated =
+        diesel::update(webhook_endpoints::table.filter(webhook_endpoints::id.eq(ep.id)))
+            .set((
+                webhook_endpoints::url.eq(&ep.url),
+                webhook_endpoints::kinds.eq(&ep.kinds),
+                webhook_endpoints::secret.eq(&ep.secret),
+                webhook_endpoints::disabled_at.eq(ep.disabled_at),
+            ))
+            .returning(EndpointRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+    if let (Some(row), Some(seq)) = (updated.as_mut(), resume_after) {
+        *row = diesel::update(webhook_endpoints::table.filter(webhook_endpoints::id.eq(ep.id)))
+            .set(webhook_endpoints::cursor_seq.eq(seq))
+            .returning(EndpointRow::as_returning())
+            .get_result(conn)
+            .await?;
+    }
+    Ok(updated)
+}
+
+/// Deletes an endpoint and its deliveries; false when there was none.
+pub async fn delete_endpoint(conn: &mut AsyncPgConnection, id: i64) -> Result<bool, StoreError> {
+    conn.transaction::<bool, StoreError, _>(async |c| {
+        diesel::delete(webhook_deliveries::table.filter(webhook_deliveries::endpoint_id.eq(id)))
+            .execute(c)
+            .await?;
+        Ok(
+            diesel::delete(webhook_endpoints::table.filter(webhook_endpoints::id.eq(id)))
+                .execute(c)
+                .await?
+                > 0,
+        )
+    })
+    .await
+}
+
 /// The highest sequenced event (new endpoints start after it).
 pub async fn last_seq(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
     Ok(outbox_sequencer::table
@@ -271,16 +316,19 @@ pub struct DeliveryRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Claims up to `limit` due deliveries by pushing their next attempt to `lease_until`
-/// (another dispatcher skips them meanwhile; a crashed one's claims come due again).
+/// Claims up to `limit` due deliveries to `endpoints` (the enabled ones) by pushing their next
+/// attempt to `lease_until` (another dispatcher skips them meanwhile; a crashed one's claims
+/// come due again).
 pub async fn claim_due(
     conn: &mut AsyncPgConnection,
+    endpoints: &[i64],
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
     conn.transaction::<Vec<DeliveryRow>, StoreError, _>(async |c| {
         let due: Vec<DeliveryRow> = webhook_deliveries::table
+            .filter(webhook_deliveries::endpoint_id.eq_any(endpoints))
             .filter(webhook_deliveries::state.eq("pending"))
             .filter(webhook_deliveries::next_attempt_at.le(now))
             .order(webhook_deliveries::next_attempt_at.asc())

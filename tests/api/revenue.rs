@@ -588,3 +588,140 @@ async fn usage_crossing_50_80_and_100_percent_and_a_refused_request_each_emit_on
         vec![("usage.threshold".to_owned(), "api_calls".to_owned(), 50)]
     );
 }
+
+/// Webhook endpoints are managed as Stripe's are: read one, change its url, kinds or state
+/// (a disabled endpoint is sent nothing, and once enabled again gets what happens from then
+/// on), rotate its secret (the next deliveries are signed with the new one), delete it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_endpoint_is_read_disabled_enabled_rotated_and_deleted() {
+    let app = spawn_dev_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance,admin", None).await;
+    let secret = Arc::new(Mutex::new(String::new()));
+    let (url, received) = start_receiver(secret.clone(), 0).await;
+    let (status, ep) = app
+        .post(
+            &key,
+            "/v1/webhook-endpoints",
+            &json!({"url": url, "kinds": ["revenue.movement"]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    *secret.lock().unwrap() = ep["secret"].as_str().unwrap().to_owned();
+    let id = ep["id"].as_i64().unwrap();
+    let path = format!("/v1/webhook-endpoints/{id}");
+    let (status, got) = app.get(&key, &path).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["url"], url.as_str());
+    assert!(
+        got.get("secret").is_none(),
+        "the secret is shown once: {got}"
+    );
+
+    let http = outbox::client(app.ctx.webhooks);
+    // Subscribes `account` and delivers what is due (several rounds: the receiver fails one
+    // request in five); the accounts whose movement was received, verified, so far.
+    let step = |account: &'static str| {
+        let (app, key, http, received) = (&app, &key, &http, &received);
+        async move {
+            app.subscribe(key, account, json!({"plan": "team", "seats": 3}))
+                .await;
+            for _ in 0..4 {
+                app.clock.advance(chrono::Duration::seconds(90));
+                outbox::dispatch(&app.ctx, http).await.unwrap();
+            }
+            let (_, feed) = app.get(key, "/v1/feed?after=0&limit=1000").await;
+            let r = received.lock().unwrap();
+            let mut got: Vec<String> = feed["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| {
+                    r.accepted
+                        .iter()
+                        .any(|(id, ok)| *ok && e["id"] == id.as_str())
+                })
+                .map(|e| e["account"].as_str().unwrap().to_owned())
+                .collect();
+            got.sort();
+            got.dedup();
+            got
+        }
+    };
+    assert_eq!(step("w1").await, vec!["w1"]);
+    let patch = |body: Value| {
+        let (app, key, path) = (&app, &key, &path);
+        async move {
+            let res = app
+                .http
+                .patch(app.url(path))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, off) = patch(json!({"enabled": false})).await;
+    assert_eq!(status, 200, "{off}");
+    assert!(off["disabled_at"].is_string(), "{off}");
+    assert_eq!(step("w2").await, vec!["w1"], "nothing sent while disabled");
+    let (status, on) = patch(json!({"enabled": true})).await;
+    assert_eq!(status, 200, "{on}");
+    assert_eq!(on["disabled_at"], Value::Null);
+    assert_eq!(
+        step("w3").await,
+        vec!["w1", "w3"],
+        "what happened while disabled is not sent"
+    );
+
+    // A new secret: the old one no longer verifies what comes next, the new one does.
+    let (status, rotated) = app
+        .post(&key, &format!("{path}/rotate-secret"), &json!({}), None)
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, *secret.lock().unwrap());
+    assert_eq!(
+        step("w4").await,
+        vec!["w1", "w3"],
+        "signed with the new secret"
+    );
+    *secret.lock().unwrap() = new_secret;
+    assert_eq!(step("w5").await, vec!["w1", "w3", "w5"]);
+
+    let (status, e) = patch(json!({"kinds": ["nope"]})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("unknown_event_kind"))
+    );
+    let (status, e) = patch(json!({"url": "ftp://example.com/hook"})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("invalid_url"))
+    );
+    let (status, _) = patch(json!({"secret": "mine"})).await;
+    assert_eq!(status, 400, "unknown fields are refused");
+
+    let res = app
+        .http
+        .delete(app.url(&path))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+    let (status, _) = app.get(&key, &path).await;
+    assert_eq!(status, 404);
+    let res = app
+        .http
+        .delete(app.url(&path))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+}
