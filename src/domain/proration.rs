@@ -155,10 +155,13 @@ pub fn immediate_change(
         start,
         end: crate::domain::period::boundary(start, new.interval.months(), 1),
     };
-    // The old period is credited from the new one's start, so no hour is paid twice.
+    // The old period is credited from the new one's start, so no hour is paid twice. The
+    // credit carries no range: it settles the old period (closed at the change), and its
+    // range would fall inside the new one.
     let mut lines: Vec<ProrationLine> = change_lines(period, start, old, old_seats, new, 0)
         .into_iter()
         .filter(|l| l.kind == ProrationKind::ProrationCredit)
+        .map(|l| ProrationLine { period: None, ..l })
         .collect();
     let charge = new.currency.round(new.recurring_amount(new_seats));
     if !charge.is_zero() {

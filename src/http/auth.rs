@@ -71,7 +71,9 @@ pub async fn authenticate_first(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let keyed = req.path().starts_with("/v1/") && req.path() != "/v1/stripe/webhook";
+    // The route's pattern, not the raw path: the router matched a percent-decoded path.
+    let pattern = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+    let keyed = pattern.starts_with("/v1/") && pattern != "/v1/stripe/webhook";
     if keyed {
         if let Some(ctx) = req.app_data::<web::Data<Ctx>>().cloned() {
             match authenticate(req.request(), &ctx).await {

@@ -334,8 +334,14 @@ async fn attempt(
     };
     let answer = match remote {
         Err(PushError::Store(e)) => return Err(e.into()),
-        Err(PushError::Rail(RailError::Refused { message, .. }))
-        | Err(PushError::Rail(RailError::Declined(message))) => Answer::Refused(message),
+        // Final only when retrying cannot help: an amount Stripe cannot take (status 0, our
+        // own check), a request it calls invalid (400) or a customer or invoice it does not
+        // have (404). A 401 or 403 (the key rotated, a permission missing) is the operator's
+        // to fix and must not stop every collection: deferred like an outage.
+        Err(PushError::Rail(RailError::Refused {
+            status: 0 | 400 | 404,
+            message,
+        })) => Answer::Refused(message),
         Err(PushError::Rail(e)) => Answer::Unavailable(e),
         Ok(remote) if remote.status == "paid" => Answer::Paid(row.attempts, remote),
         Ok(remote) => {

@@ -508,13 +508,34 @@ pub async fn revoke_scheduled(ctx: &Ctx, account: &str) -> Result<SubscriptionVi
                     "the subscription has ended; nothing is scheduled",
                 ));
             }
-            let Some(scheduled) = row.scheduled.take() else {
+            let Some(scheduled) = row
+                .scheduled
+                .clone()
+                .and_then(|v| serde_json::from_value::<Scheduled>(v).ok())
+            else {
                 return Err(conflict(
                     "nothing_scheduled",
                     "no cancellation or change is scheduled for this subscription",
                 ));
             };
-            let cancel = serde_json::from_value::<Scheduled>(scheduled).is_ok_and(|s| s.cancel);
+            // A move to another version of the same plan is an operator's migration, not the
+            // customer's change: not theirs to undo.
+            if !scheduled.cancel
+                && scheduled.plan == row.plan
+                && scheduled.version as i32 != row.plan_version
+            {
+                return Err(conflict(
+                    "migration_scheduled",
+                    format!(
+                        "the change scheduled for {} is a migration to {}@{}; it cannot be undone here",
+                        scheduled.at.to_rfc3339(),
+                        scheduled.plan,
+                        scheduled.version
+                    ),
+                ));
+            }
+            row.scheduled = None;
+            let cancel = scheduled.cancel;
             row.revision += 1;
             row.updated_at = now;
             subs::save(c, &row).await?;

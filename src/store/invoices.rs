@@ -312,6 +312,7 @@ pub async fn accounts_with_late_usage(
                  JOIN invoices i ON i.account = l.account AND i.number = l.number
                 WHERE l.account = p.account AND l.usage_from IS NOT NULL
                   AND l.usage_from < p.before
+                  AND (l.meter IS NOT NULL OR l.kind = 'minimum_top_up')
                 GROUP BY l.usage_from, l.usage_to) b
           WHERE EXISTS (SELECT 1 FROM usage_rollups r
                          WHERE r.account = p.account AND r.bucket >= b.s AND r.bucket < b.e
@@ -357,14 +358,14 @@ pub async fn billed_for_period(
 #[derive(QueryableByName)]
 struct FeesBilled {
     #[diesel(sql_type = BigInt)]
-    lines: i64,
+    opening: i64,
     #[diesel(sql_type = Nullable<Numeric>)]
     amount: Option<Decimal>,
 }
 
 /// The recurring fees billed for the time in `[start, end)`: advance fees and the credits and
-/// charges of changes whose range lies inside it. `None` when no such line carries its range
-/// (invoices written before lines did).
+/// charges of changes whose range lies inside it. `None` when the fees that opened the period
+/// carry no range (invoices written before lines did): the caller then counts the plan's.
 pub async fn fees_billed_for_period(
     conn: &mut AsyncPgConnection,
     account: &str,
@@ -372,7 +373,7 @@ pub async fn fees_billed_for_period(
     end: DateTime<Utc>,
 ) -> Result<Option<Decimal>, StoreError> {
     let f: FeesBilled = diesel::sql_query(
-        "SELECT count(*) AS lines, SUM(amount) AS amount
+        "SELECT count(*) FILTER (WHERE usage_from = $2) AS opening, SUM(amount) AS amount
            FROM invoice_lines
           WHERE account = $1 AND usage_from >= $2 AND usage_to <= $3
             AND kind IN ('base_fee', 'seats', 'proration_credit', 'proration_charge')",
@@ -382,7 +383,7 @@ pub async fn fees_billed_for_period(
     .bind::<Timestamptz, _>(end)
     .get_result(conn)
     .await?;
-    Ok((f.lines > 0).then(|| f.amount.unwrap_or_default()))
+    Ok((f.opening > 0).then(|| f.amount.unwrap_or_default()))
 }
 
 #[derive(Debug, QueryableByName, Serialize)]

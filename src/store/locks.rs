@@ -32,7 +32,11 @@ impl SessionLock {
                 .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
                 .get_result(&mut conn)
                 .await?;
-        Ok(got.got.then_some(Self {
+        if !got.got {
+            // Nothing held: the connection goes back to the pool as usual.
+            return Ok(None);
+        }
+        Ok(Some(Self {
             conn: Some(conn),
             key,
         }))

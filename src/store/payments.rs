@@ -180,7 +180,8 @@ pub async fn find_by_account_and_numbers(
         .await?)
 }
 
-/// The account's invoices still being chased (declined, retry pending) other than `except`.
+/// The account's invoices other than `except` whose collection failed and that are still
+/// unpaid (retrying, or out of retries): while any is, the account is not paid up.
 pub async fn count_failed_by_account(
     conn: &mut AsyncPgConnection,
     account: &str,
@@ -189,7 +190,7 @@ pub async fn count_failed_by_account(
     Ok(invoice_payments::table
         .filter(invoice_payments::account.eq(account))
         .filter(invoice_payments::number.ne(except))
-        .filter(invoice_payments::state.eq("failed"))
+        .filter(invoice_payments::state.eq_any(["failed", "exhausted"]))
         .count()
         .get_result(conn)
         .await?)
@@ -217,7 +218,7 @@ pub async fn count_unpaid_by_account(
 ) -> Result<i64, StoreError> {
     Ok(invoice_payments::table
         .filter(invoice_payments::account.eq(account))
-        .filter(invoice_payments::state.eq_any(["failed", "exhausted"]))
+        .filter(invoice_payments::state.eq_any(["failed", "exhausted", "refused"]))
         .count()
         .get_result(conn)
         .await?)

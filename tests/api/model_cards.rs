@@ -105,7 +105,7 @@ impl Model {
             let failing = self
                 .colls
                 .iter()
-                .any(|c| !c.paid && c.first_failure.is_some() && c.next.is_some());
+                .any(|c| !c.paid && c.first_failure.is_some());
             if matches!(self.status, Status::PastDue | Status::Suspended) && !failing {
                 if self.status == Status::Suspended && at >= self.end {
                     self.restart(at);

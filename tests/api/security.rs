@@ -996,6 +996,16 @@ async fn an_unauthenticated_request_is_refused_before_its_body_is_read() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 401);
+    // The same route asked with a percent-encoded path (%76 is `v`) is checked too.
+    let res = app
+        .http
+        .post(app.url("/%761/accounts/acme/subscription"))
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
 
     // Headers promising 100,000 bytes, then only one: the answer comes without the rest.
     let addr = app.base.trim_start_matches("http://").to_owned();
