@@ -87,6 +87,7 @@ async fn run() {
                 seats: Some(seats),
                 trial: false,
             },
+            None,
         )
         .await
         .unwrap();

@@ -185,6 +185,7 @@ pub async fn run(
                         seats: Some(1),
                         trial: false,
                     },
+                    None,
                 )
                 .await?;
                 // Engaged accounts decide to pay after a while.

@@ -333,19 +333,47 @@ pub struct Subscribed {
     pub amount_due_now: Decimal,
 }
 
+/// What subscribing answered: the new subscription, or (the same `Idempotency-Key` again)
+/// the answer first given.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SubscribeOutcome {
+    Created(Box<Subscribed>),
+    Replayed(Value),
+}
+
+/// The idempotency record target of a subscription's creation.
+const SUBSCRIBE_TARGET: &str = "subscription";
+
+/// Subscribes `account`. With an `idempotency_key`, a retry of a request whose answer was
+/// lost gets that answer again instead of `409 subscription_exists`.
 pub async fn subscribe(
     ctx: &Ctx,
     principal: &Principal,
     account: &str,
     req: SubscribeRequest,
-) -> Result<Subscribed, ServiceError> {
+    idempotency_key: Option<&str>,
+) -> Result<SubscribeOutcome, ServiceError> {
     AccountId::parse(account).map_err(|why| ServiceError::invalid("invalid_account", why))?;
     let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let now = ctx.now_for(&mut conn, account).await?;
     let plan = resolve_plan(ctx, &mut conn, &req.plan, req.version).await?;
     let result = conn
-        .transaction::<Subscribed, TxError, _>(async |c| {
+        .transaction::<SubscribeOutcome, TxError, _>(async |c| {
+            if let Some(key) = idempotency_key {
+                if let Some(prev) =
+                    subs::find_idempotency_by_account_and_key(c, account, key).await?
+                {
+                    if prev.target == SUBSCRIBE_TARGET {
+                        return Ok(SubscribeOutcome::Replayed(prev.response));
+                    }
+                    return Err(refuse(
+                        "idempotency_key_reused",
+                        format!("Idempotency-Key `{key}` was already used for {}", prev.target),
+                    ));
+                }
+            }
             check_self_serve(principal, &plan)?;
             let seats = req
                 .seats
@@ -466,11 +494,26 @@ pub async fn subscribe(
                 )
                 .await?;
             }
-            Ok(Subscribed {
+            let answer = Subscribed {
                 subscription: view(&row, &plan),
                 lines,
                 amount_due_now: amount,
-            })
+            };
+            if let Some(key) = idempotency_key {
+                subs::insert_idempotency(
+                    c,
+                    &IdempotencyRow {
+                        account: account.to_owned(),
+                        key: key.to_owned(),
+                        target: SUBSCRIBE_TARGET.to_owned(),
+                        status: 201,
+                        response: serde_json::to_value(&answer).unwrap_or_default(),
+                        created_at: now,
+                    },
+                )
+                .await?;
+            }
+            Ok(SubscribeOutcome::Created(Box::new(answer)))
         })
         .await
         .map_err(ServiceError::from)?;

@@ -677,3 +677,45 @@ async fn a_scheduled_cancellation_can_be_undone_and_the_subscription_renews() {
         .expect("a period invoice");
     assert_eq!(period["total"], "83.00");
 }
+
+/// L6. Subscribing with an Idempotency-Key: a retry after a lost answer gets the first answer
+/// again (201, the same subscription and amount) and nothing is created or charged twice;
+/// without the key a second subscribe is still `409 subscription_exists`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_retried_with_its_idempotency_key_gets_the_first_answer() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    let body = json!({"plan": "team", "seats": 5});
+    let (status, first) = app
+        .post(
+            &key,
+            "/v1/accounts/again/subscription",
+            &body,
+            Some("sub-1"),
+        )
+        .await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["amount_due_now"], "83.00");
+    let (status, replay) = app
+        .post(
+            &key,
+            "/v1/accounts/again/subscription",
+            &body,
+            Some("sub-1"),
+        )
+        .await;
+    assert_eq!(status, 201, "{replay}");
+    assert_eq!(replay, first);
+    let (status, e) = app
+        .post(&key, "/v1/accounts/again/subscription", &body, None)
+        .await;
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["error"]["code"], "subscription_exists");
+    let (_, list) = app.get(&key, "/v1/invoices?account=again").await;
+    assert_eq!(
+        list["invoices"].as_array().unwrap().len(),
+        1,
+        "one start invoice"
+    );
+}
