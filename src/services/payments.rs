@@ -1,11 +1,16 @@
 //! Collection and dunning: issued invoices are pushed to Stripe and paid; a declined payment
 //! moves the subscription to `past_due` and is retried on the policy's schedule; success
-//! returns it to `active`; exhausted retries apply the final action (`suspend`: entitlements
-//! fall to the plan's fallback; `cancel`). Every step is recorded in `dunning_steps`.
+//! returns it to `active` (a suspended one whose period ended restarts); exhausted retries
+//! apply the final action (`suspend`: entitlements fall to the plan's fallback; `cancel`).
+//! An invoice Stripe refuses for good (400, 404) stops as `refused`. A new payment method
+//! tries every failed, exhausted or refused invoice at once. Every step is recorded in
+//! `dunning_steps`.
 //!
-//! One invoice is collected inside one transaction that holds its `invoice_payments` row lock
-//! (other instances skip it); Stripe calls carry idempotency keys, so a crash anywhere in
-//! between is resumed by the next sweep without a second charge.
+//! One invoice is collected under a session advisory lock of its own (other instances skip
+//! it), never inside an open transaction: each Stripe answer is recorded in a short
+//! transaction that re-reads the row. Stripe calls carry idempotency keys and a pushed
+//! invoice is only ever re-read by its id, so a crash anywhere in between is resumed by the
+//! next sweep without a second charge or a second Stripe invoice.
 
 use super::TxError;
 use super::{revenue, Ctx, ServiceError};
