@@ -49,6 +49,7 @@ struct RawMeter {
     filter: BTreeMap<String, FilterValue>,
     description: Option<String>,
     owner: Option<String>,
+    allow_negative: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +165,12 @@ fn validate(m: RawMeter) -> Result<Meter, String> {
         (_, Some(p)) if p.trim().is_empty() => return Err("`property` is empty".into()),
         (_, Some(p)) => Some(p),
     };
+    if m.allow_negative.is_some() && !aggregation.needs_number() {
+        return Err(format!(
+            "`allow_negative` applies to meters that read a number, not to a {} meter",
+            aggregation.as_str()
+        ));
+    }
     let description = required("description", m.description)?;
     let owner = required("owner", m.owner)?;
     let filter = m
@@ -189,6 +196,7 @@ fn validate(m: RawMeter) -> Result<Meter, String> {
         filter,
         description,
         owner,
+        allow_negative: m.allow_negative.unwrap_or(false),
     })
 }
 

@@ -54,6 +54,9 @@ pub struct Meter {
     pub description: String,
     /// Who answers for the instrumentation, so a renamed event never goes unnoticed.
     pub owner: String,
+    /// Whether the property may be negative (corrections, refunds); otherwise an event with a
+    /// negative value is rejected.
+    pub allow_negative: bool,
 }
 
 /// What one event contributes to one meter.
@@ -118,6 +121,16 @@ impl Meter {
                     format!("property `{prop}` for meter `{}` {why}", self.code),
                 )
             })?;
+            if value.is_sign_negative() && !value.is_zero() && !self.allow_negative {
+                return Err(Rejection::new(
+                    "negative_value",
+                    format!(
+                        "property `{prop}` for meter `{}` is {value}: the meter takes no negative \
+                         values (its definition would say allow_negative = true for corrections)",
+                        self.code
+                    ),
+                ));
+            }
             Ok(Some(Reading::Number(value)))
         } else {
             let key = scalar_text(raw).ok_or_else(|| {
@@ -210,7 +223,28 @@ mod tests {
             filter: BTreeMap::from([("region".to_owned(), vec!["eu".to_owned()])]),
             description: String::new(),
             owner: String::new(),
+            allow_negative: false,
         }
+    }
+
+    #[test]
+    fn a_negative_value_is_rejected_unless_the_meter_allows_it() {
+        let ev = event(json!({"region": "eu", "n": "-2.5"}));
+        let strict = meter(Aggregation::Sum, Some("n"));
+        let e = strict.reading(&ev).unwrap_err();
+        assert_eq!(e.code, "negative_value");
+        assert!(e.message.contains("-2.5"), "{}", e.message);
+        let corrections = Meter {
+            allow_negative: true,
+            ..strict.clone()
+        };
+        assert_eq!(
+            corrections.reading(&ev).unwrap(),
+            Some(Reading::Number("-2.5".parse().unwrap()))
+        );
+        // Zero is not negative.
+        let zero = event(json!({"region": "eu", "n": 0}));
+        assert!(strict.reading(&zero).unwrap().is_some());
     }
 
     fn event(props: serde_json::Value) -> Event {

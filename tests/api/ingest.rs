@@ -292,3 +292,34 @@ async fn the_future_limit_follows_the_server_clock() {
     let (status, body) = app.send(&key, &event).await;
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(1)));
 }
+
+/// A negative value is rejected per event (`negative_value`) on a meter that does not allow
+/// it (security L12: a product key could zero its own usage bill); the batch's other events
+/// are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_value_is_rejected_per_event_on_a_meter_that_does_not_allow_it() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let (status, out) = app
+        .send(
+            &key,
+            &json!({"events": [
+                {"id": "neg", "account": "l12", "type": "storage.snapshot", "timestamp": NOW,
+                 "properties": {"gb": -500}},
+                {"id": "pos", "account": "l12", "type": "storage.snapshot", "timestamp": NOW,
+                 "properties": {"gb": 500}},
+                // compute_minutes takes corrections (allow_negative = true).
+                {"id": "fix", "account": "l12", "type": "job.completed", "timestamp": NOW,
+                 "properties": {"minutes": -5}}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["accepted"], 2, "{out}");
+    assert_eq!(out["rejected"][0]["id"], "neg");
+    assert_eq!(out["rejected"][0]["error"]["code"], "negative_value");
+    let stored = app
+        .db
+        .count("(SELECT count(*) FROM events WHERE account = 'l12')")
+        .await;
+    assert_eq!(stored, 2);
+}

@@ -311,7 +311,13 @@ async fn a_clock_being_advanced_refuses_a_second_advance() {
     assert_eq!(body["error"]["code"], "clock_advancing");
     let (_, c) = app.get(&key, &format!("/v1/test-clocks/{clock}")).await;
     assert_eq!(c["frozen_time"], "2026-11-25T12:00:00Z");
-    drop(other);
+    // Let go explicitly (a dropped connection's locks end only once the server notices).
+    other
+        .batch_execute(&format!(
+            "SELECT pg_advisory_unlock(hashtextextended('test_clock/{clock}', 7462002))"
+        ))
+        .await
+        .unwrap();
     let c = advance(&app, &key, &clock, "2026-12-01T00:00:00Z").await;
     assert_eq!(c["status"], "ready");
 }
