@@ -75,6 +75,19 @@ fn amounts(lines: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// (kind, amount) of an invoice's lines whose range starts at `from` (the corrections it
+/// carries for the period starting then).
+fn covering(inv: &Value, from: &str) -> Vec<(String, String)> {
+    let lines: Vec<Value> = inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["usage_from"] == from)
+        .cloned()
+        .collect();
+    amounts(&Value::Array(lines))
+}
+
 fn pair(kind: &str, amount: &str) -> (String, String) {
     (kind.into(), amount.into())
 }
@@ -463,18 +476,7 @@ async fn late_usage_under_a_minimum_recomputes_the_top_up() {
     events(&app, &key, vec![snapshot("s2", "20000")]).await;
     clock.to("2027-01-25T12:05:00Z").await;
     let invs = invoices(&app, &key, "acme").await;
-    let corrections: Vec<(String, String)> = invs[2]["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["usage_from"] == "2026-11-25T12:00:00Z")
-        .map(|l| {
-            (
-                l["kind"].as_str().unwrap().to_owned(),
-                l["amount"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let corrections = covering(&invs[2], "2026-11-25T12:00:00Z");
     assert_eq!(
         corrections,
         vec![
@@ -706,18 +708,7 @@ async fn the_minimum_counts_the_fees_a_period_billed_after_a_change() {
         .map(|l| d(l["amount"].as_str().unwrap()))
         .sum();
     assert_eq!(period_one, d("5000.00"));
-    let late: Vec<(String, String)> = invs[3]["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["usage_from"] == "2026-11-25T12:00:00Z")
-        .map(|l| {
-            (
-                l["kind"].as_str().unwrap().to_owned(),
-                l["amount"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let late = covering(&invs[3], "2026-11-25T12:00:00Z");
     assert_eq!(
         late,
         vec![
