@@ -9,12 +9,13 @@ use crate::services::check::{self, CheckRequest};
 use crate::services::payments;
 use crate::services::subscriptions::{self as subs, QuoteRequest, SubscribeRequest};
 use crate::services::Ctx;
-use crate::store::accounts::Firmographics;
+use crate::store::accounts::{AccountFilter, Firmographics};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-/// `PUT /v1/accounts/{account}`: a field left out keeps its value, `null` clears it.
+/// `PATCH /v1/accounts/{account}` changes the fields given (`null` clears one) and keeps the
+/// others; `PUT` replaces the record, so it needs every firmographic field (`null` to clear).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountBody {
@@ -63,6 +64,8 @@ pub fn json_config() -> web::JsonConfig {
         .error_handler(json_error)
 }
 
+/// `PUT /v1/accounts/{account}`: the whole record. A field left out is refused (422
+/// `missing_field`, naming it) rather than wiped: `PATCH` changes some fields.
 pub async fn put_account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -73,6 +76,50 @@ pub async fn put_account(
     let account = path.into_inner();
     reach(&p, &account)?;
     let b = body.into_inner();
+    let missing: Vec<&str> = [
+        ("name", b.name.is_none()),
+        ("email", b.email.is_none()),
+        ("employees", b.employees.is_none()),
+        ("industry", b.industry.is_none()),
+        ("country", b.country.is_none()),
+        ("crm_owner", b.crm_owner.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(f, absent)| absent.then_some(f))
+    .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            format!(
+                "PUT replaces the whole account: give {} (null to clear), or PATCH the fields to change",
+                missing.join(", ")
+            ),
+        ));
+    }
+    save_account(&ctx, &p, &account, b).await
+}
+
+/// `PATCH /v1/accounts/{account}`: the fields given change, the others keep their values.
+/// Creates the account when it does not exist (201).
+pub async fn patch_account(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+    body: web::Json<AccountBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
+    let account = path.into_inner();
+    reach(&p, &account)?;
+    save_account(&ctx, &p, &account, body.into_inner()).await
+}
+
+async fn save_account(
+    ctx: &Ctx,
+    p: &crate::services::auth::Principal,
+    account: &str,
+    b: AccountBody,
+) -> Result<HttpResponse, ApiError> {
     if let Some(customer) = &b.stripe_customer_id {
         // The link decides whose card pays: accrue manages it, an account's own key never
         // sets it (reviews/security.md C1).
@@ -83,7 +130,7 @@ pub async fn put_account(
                 "stripe_customer_id is managed by accrue: an account-scoped key cannot set it",
             ));
         }
-        payments::verify_customer(&ctx, &account, customer).await?;
+        payments::verify_customer(ctx, account, customer).await?;
     }
     let f = Firmographics {
         name: b.name,
@@ -93,15 +140,62 @@ pub async fn put_account(
         country: b.country,
         crm_owner: b.crm_owner,
     };
-    let saved = subs::put_account(
-        &ctx,
-        &account,
+    let (saved, created) = subs::put_account(
+        ctx,
+        account,
         f,
         b.test_clock.as_deref(),
         b.stripe_customer_id.as_deref(),
     )
     .await?;
-    Ok(HttpResponse::Ok().json(saved))
+    Ok(if created {
+        HttpResponse::Created().json(saved)
+    } else {
+        HttpResponse::Ok().json(saved)
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    crm_owner: Option<String>,
+    country: Option<String>,
+    industry: Option<String>,
+    /// The cursor: `next_cursor` of the previous page (an account id).
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/accounts`: accounts in id order, `{"data", "next_cursor"}`, filtered by
+/// `crm_owner`, `country` and `industry` (exact). An account-scoped key sees its own account.
+pub async fn list_accounts(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be 1 to 1000",
+        ));
+    }
+    let filter = AccountFilter {
+        account: p.account.clone(),
+        crm_owner: q.crm_owner,
+        country: q.country,
+        industry: q.industry,
+        after: q.after,
+        limit,
+    };
+    let rows = subs::list_accounts(&ctx, &filter).await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|a| a.account.clone()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": rows, "next_cursor": next })))
 }
 
 pub async fn get_account(

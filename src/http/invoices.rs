@@ -1,11 +1,12 @@
 //! `GET /v1/invoices`, `GET /v1/invoices/{number}`, `GET /v1/invoices/{number}/lineage`,
-//! `GET /v1/reports/billing-errors`.
+//! settlement without the payment rail (`POST /v1/invoices/{number}/pay`, `/void`,
+//! `/write-off`: finance keys not bound to an account), `GET /v1/reports/billing-errors`.
 //! Invoices are addressed by their gap-free number. An account-scoped key sees its own only.
 
 use super::auth::authorize;
 use super::ApiError;
 use crate::domain::scope::Scope;
-use crate::services::{billing, Ctx};
+use crate::services::{billing, settlements, Ctx};
 use crate::store::invoices::InvoiceFilter;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -145,4 +146,93 @@ pub async fn billing_errors(
         .then(|| rows.last().map(|r| r.account.clone()))
         .flatten();
     Ok(HttpResponse::Ok().json(json!({ "data": rows, "next_cursor": next })))
+}
+
+/// `POST /v1/invoices/{number}/pay`: finance records a payment received outside the rail.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayBody {
+    /// The amount received: the invoice's total, as a decimal string.
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: rust_decimal::Decimal,
+    /// When it was received (default: now); not in the future.
+    #[serde(default, deserialize_with = "super::time::optional")]
+    paid_at: Option<DateTime<Utc>>,
+    /// The bank or cheque reference.
+    reference: Option<String>,
+}
+
+/// `POST /v1/invoices/{number}/void` and `/write-off`: an optional reason (the body may be
+/// empty).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    reason: Option<String>,
+}
+
+fn reason_body(body: &[u8]) -> Result<ReasonBody, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ReasonBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+/// Who settled: the key's name and id, kept with the settlement.
+fn settler(p: &crate::services::auth::Principal) -> String {
+    format!("{} (key {})", p.name, p.key_id)
+}
+
+async fn settle(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    number: i64,
+    how: settlements::Settle,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
+    super::auth::unbound(&p, "settling an invoice")?;
+    let inv = settlements::settle(&ctx, number, how, &settler(&p)).await?;
+    Ok(HttpResponse::Ok().json(inv))
+}
+
+pub async fn pay(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+    body: web::Json<PayBody>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let how = settlements::Settle::Paid {
+        amount: b.amount,
+        paid_at: b.paid_at,
+        reference: b.reference,
+    };
+    settle(req, ctx, path.into_inner(), how).await
+}
+
+pub async fn void(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let b = reason_body(&body)?;
+    let how = settlements::Settle::Void { reason: b.reason };
+    settle(req, ctx, path.into_inner(), how).await
+}
+
+pub async fn write_off(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<i64>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let b = reason_body(&body)?;
+    let how = settlements::Settle::WriteOff { reason: b.reason };
+    settle(req, ctx, path.into_inner(), how).await
 }

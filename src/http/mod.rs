@@ -52,8 +52,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 "/accounts/{account}",
                 vec![
                     ("PUT", web::put().to(accounts::put_account)),
+                    ("PATCH", web::patch().to(accounts::patch_account)),
                     ("GET", web::get().to(accounts::get_account)),
                 ],
+            ))
+            .service(resource(
+                "/accounts",
+                vec![("GET", web::get().to(accounts::list_accounts))],
             ))
             .service(resource(
                 "/accounts/{account}/subscription",
@@ -130,6 +135,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource(
                 "/invoices/{number}",
                 vec![("GET", web::get().to(invoices::get))],
+            ))
+            .service(resource(
+                "/invoices/{number}/pay",
+                vec![("POST", web::post().to(invoices::pay))],
+            ))
+            .service(resource(
+                "/invoices/{number}/void",
+                vec![("POST", web::post().to(invoices::void))],
+            ))
+            .service(resource(
+                "/invoices/{number}/write-off",
+                vec![("POST", web::post().to(invoices::write_off))],
             ))
             .service(resource(
                 "/invoices/{number}/lineage",

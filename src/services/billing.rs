@@ -427,6 +427,8 @@ pub struct Invoice {
     pub lines: Vec<LineRow>,
     /// Its collection through the payment rail (None: manual or nothing to collect).
     pub payment: Option<store::payments::PaymentRow>,
+    /// How finance settled it outside the rail (paid, void with its credit note, written off).
+    pub settlement: Option<store::settlements::SettlementRow>,
 }
 
 /// Amounts at the currency's minor unit and quantities without trailing zeros, as the API and
@@ -453,21 +455,35 @@ pub async fn get_invoice(
     if only_account.is_some_and(|a| a != account) {
         return Err(not_found());
     }
-    let (mut invoice, mut lines) =
-        store_inv::find_by_account_and_number(&mut conn, &account, number)
-            .await?
-            .ok_or_else(not_found)?;
+    // The invoice and its payment are read in one snapshot: collection commits both together,
+    // and two separate reads could show a paid payment on an open invoice.
+    let (found, mut payment, mut settlement) = conn
+        .build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run::<_, StoreError, _>(async |c| {
+            let found = store_inv::find_by_account_and_number(c, &account, number).await?;
+            let payment = store::payments::find_by_account_and_numbers(c, &account, &[number])
+                .await?
+                .pop();
+            let settlement = store::settlements::find(c, &account, number).await?;
+            Ok((found, payment, settlement))
+        })
+        .await?;
+    let (mut invoice, mut lines) = found.ok_or_else(not_found)?;
     present(&mut invoice, &mut lines);
-    let mut payment = store::payments::find_by_account_and_numbers(&mut conn, &account, &[number])
-        .await?
-        .pop();
     if let Some(p) = payment.as_mut() {
         p.amount_paid.rescale(invoice.total.scale());
+    }
+    if let Some(s) = settlement.as_mut() {
+        s.amount.rescale(invoice.total.scale());
+        s.credit_restored.rescale(invoice.total.scale());
     }
     Ok(Invoice {
         invoice,
         lines,
         payment,
+        settlement,
     })
 }
 

@@ -281,6 +281,9 @@ struct Job {
 
 /// Most events one group commit takes.
 const MAX_GROUP_EVENTS: usize = 8_000;
+/// Accounts a lane knows to exist (it created them or saw them stored), so it does not insert
+/// their rows again; past this many it forgets them all and relearns.
+const MAX_KNOWN_ACCOUNTS: usize = 200_000;
 
 /// The group-commit ingest pipeline: a few lanes, each a task that takes every sub-batch queued
 /// while its previous transaction ran and commits them together. One fsync and one rollup
@@ -355,6 +358,7 @@ async fn run_lane(
     checks: Arc<CheckCache>,
     pql: Arc<super::pql::PqlState>,
 ) {
+    let mut known = HashSet::new();
     while let Some(first) = rx.recv().await {
         let mut size = first.events.len();
         let mut jobs = vec![first];
@@ -369,7 +373,9 @@ async fn run_lane(
         }
         // A panic while handling one group (none is known) must not stop the lane: that
         // group's requests are answered 503 (their reply channels close) and the lane goes on.
-        let group = std::panic::AssertUnwindSafe(process_group(jobs, &pool, &clock, &checks, &pql));
+        let group = std::panic::AssertUnwindSafe(process_group(
+            jobs, &pool, &clock, &checks, &pql, &mut known,
+        ));
         if futures_util::FutureExt::catch_unwind(group).await.is_err() {
             tracing::error!("ingest lane: a group panicked; its requests were answered 503");
         }
@@ -383,6 +389,7 @@ async fn process_group(
     clock: &Arc<dyn Clock>,
     checks: &Arc<CheckCache>,
     pql: &Arc<super::pql::PqlState>,
+    known: &mut HashSet<String>,
 ) {
     // Tell the check cache which accounts are being written until their events are applied.
     let accounts: HashSet<&str> = jobs
@@ -396,7 +403,10 @@ async fn process_group(
         accounts: accounts.iter().map(|a| (*a).to_owned()).collect(),
         applied: false,
     };
-    let (answers, new) = commit_isolated(pool, clock.now(), &jobs).await;
+    if known.len() > MAX_KNOWN_ACCOUNTS {
+        known.clear();
+    }
+    let (answers, new) = commit_isolated(pool, clock.now(), &jobs, known).await;
     for v in jobs.iter().flat_map(|j| &j.events) {
         let e = &v.event;
         if !v.readings.is_empty() && new.contains(&(e.account.as_str().to_owned(), e.id.clone())) {
@@ -450,9 +460,10 @@ async fn commit_isolated(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
+    known: &mut HashSet<String>,
 ) -> (Vec<Result<usize, ServiceError>>, HashSet<(String, String)>) {
     let size: usize = jobs.iter().map(|j| j.events.len()).sum();
-    let error = match commit_group(pool, now, jobs).await {
+    let error = match commit_group(pool, now, jobs, known).await {
         Ok((per_job, new)) => return (per_job.into_iter().map(Ok).collect(), new),
         Err(e) => e,
     };
@@ -465,7 +476,7 @@ async fn commit_isolated(
     let mut answers = Vec::with_capacity(jobs.len());
     let mut stored = HashSet::new();
     for job in jobs {
-        match commit_group(pool, now, std::slice::from_ref(job)).await {
+        match commit_group(pool, now, std::slice::from_ref(job), known).await {
             Ok((per_job, new)) => {
                 answers.push(Ok(per_job[0]));
                 stored.extend(new);
@@ -496,10 +507,13 @@ fn job_error(e: &StoreError) -> ServiceError {
 }
 
 /// Commits a group of jobs in one transaction; returns how many events of each job were new.
+/// An account the events name that does not exist yet is created with them (as OpenMeter
+/// creates subjects), so its usage, checks and PQL score work before anyone registers it.
 async fn commit_group(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
+    known: &mut HashSet<String>,
 ) -> Result<(Vec<usize>, HashSet<(String, String)>), StoreError> {
     // The first job holding an (account, id) owns it; later copies are duplicates.
     let mut owner: HashMap<(&str, &str), usize> = HashMap::new();
@@ -520,12 +534,20 @@ async fn commit_group(
             .cmp(&(b.event.account.as_str(), b.event.id.as_str()))
     });
     let events: Vec<&Event> = unique.iter().map(|v| &v.event).collect();
+    // Sorted (the events are), so concurrent writers insert account rows in one order.
+    let mut unknown: Vec<&str> = events
+        .iter()
+        .map(|e| e.account.as_str())
+        .filter(|a| !known.contains(*a))
+        .collect();
+    unknown.dedup();
     let mut attempt = 0;
     let new = loop {
         attempt += 1;
         let mut conn = pool.get().await?;
         let result = conn
             .transaction::<HashSet<(String, String)>, StoreError, _>(async |c| {
+                crate::store::accounts::ensure_many(c, &unknown, now).await?;
                 let new = store_events::insert_new(c, &events, now).await?;
                 let (rollups, types) = deltas(&unique, &new);
                 store_events::add_to_rollups(c, &rollups).await?;
@@ -534,7 +556,10 @@ async fn commit_group(
             })
             .await;
         match result {
-            Ok(new) => break new,
+            Ok(new) => {
+                known.extend(unknown.iter().map(|a| (*a).to_owned()));
+                break new;
+            }
             Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt, error = %e, "retrying ingest transaction");
             }

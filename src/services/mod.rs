@@ -13,6 +13,7 @@ pub mod payments;
 pub mod plans;
 pub mod pql;
 pub mod revenue;
+pub mod settlements;
 pub mod subscriptions;
 pub mod test_clocks;
 pub mod usage;

@@ -1201,7 +1201,25 @@ pub struct ReconciledInvoice {
     #[serde(with = "rust_decimal::serde::str")]
     pub amount_paid: Decimal,
     pub stripe: Option<StripeSide>,
+    /// How finance settled it outside the rail (paid by wire, void, written off).
+    pub settlement: Option<crate::store::settlements::SettlementRow>,
     pub mismatches: Vec<&'static str>,
+}
+
+/// The period's invoices by outcome, in one currency: what was invoiced, paid (through the
+/// rail or recorded by finance), voided (credit notes), written off, and still outstanding.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeriodTotals {
+    #[serde(with = "rust_decimal::serde::str")]
+    pub invoiced: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub paid: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub voided: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub written_off: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub outstanding: Decimal,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1219,6 +1237,8 @@ pub struct Reconciliation {
     pub invoices: Vec<ReconciledInvoice>,
     pub mismatches: Vec<Mismatch>,
     pub matched: usize,
+    /// By currency.
+    pub totals: std::collections::BTreeMap<String, PeriodTotals>,
 }
 
 /// Each invoice issued in the month `period` (YYYY-MM, UTC) beside its Stripe invoice, and
@@ -1242,23 +1262,53 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
         })?;
     let from = first.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
     let to = next.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
-    let rows = {
+    let (rows, settled) = {
         let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-        pay_store::issued_between(&mut conn, from, to).await?
+        conn.build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run::<_, StoreError, _>(async |c| {
+                let rows = pay_store::issued_between(c, from, to).await?;
+                let settled =
+                    crate::store::settlements::of_invoices_issued_between(c, from, to).await?;
+                Ok((rows, settled))
+            })
+            .await?
     };
+    let mut settled: std::collections::HashMap<(String, i64), _> = settled
+        .into_iter()
+        .map(|s| ((s.account.clone(), s.number), s))
+        .collect();
     let mut out = Reconciliation {
         period: period.to_owned(),
         invoices: Vec::with_capacity(rows.len()),
         mismatches: Vec::new(),
         matched: 0,
+        totals: Default::default(),
     };
     for (inv, payment) in rows {
         let currency = Currency::from_code(&inv.currency);
         let exp = currency.map_or(2, |c| c.exponent());
+        let mut settlement = settled.remove(&(inv.account.clone(), inv.number));
         let mut amount_paid = payment.as_ref().map_or(Decimal::ZERO, |p| p.amount_paid);
+        if let Some(s) = settlement.as_mut() {
+            s.amount.rescale(exp);
+            s.credit_restored.rescale(exp);
+            if s.kind == "paid" {
+                amount_paid = s.amount;
+            }
+        }
         amount_paid.rescale(exp);
         let mut total = inv.total;
         total.rescale(exp);
+        let t = out.totals.entry(inv.currency.clone()).or_default();
+        t.invoiced += total;
+        match inv.status.as_str() {
+            "paid" => t.paid += total,
+            "void" => t.voided += total,
+            "uncollectible" => t.written_off += total,
+            _ => t.outstanding += total,
+        }
         let mut rec = ReconciledInvoice {
             number: inv.number,
             account: inv.account.clone(),
@@ -1269,6 +1319,7 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
             collection: inv.collection.clone(),
             amount_paid,
             stripe: None,
+            settlement,
             mismatches: Vec::new(),
         };
         let mut found: Vec<(&'static str, String, String)> = Vec::new();

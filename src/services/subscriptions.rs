@@ -81,7 +81,7 @@ pub async fn put_account(
     f: Firmographics,
     test_clock: Option<&str>,
     customer: Option<&str>,
-) -> Result<Account, ServiceError> {
+) -> Result<(Account, bool), ServiceError> {
     AccountId::parse(account).map_err(|why| ServiceError::invalid("invalid_account", why))?;
     if f.employees.flatten().is_some_and(|e| e < 0) {
         return Err(ServiceError::invalid(
@@ -125,9 +125,9 @@ pub async fn put_account(
             }
         }
     }
-    let saved = conn
-        .transaction::<Account, TxError, _>(async |c| {
-            let mut saved = accounts::upsert(c, account, &f, ctx.clock.now()).await?;
+    let (saved, created) = conn
+        .transaction::<(Account, bool), TxError, _>(async |c| {
+            let (mut saved, created) = accounts::upsert(c, account, &f, ctx.clock.now()).await?;
             if let Some(id) = customer {
                 crate::store::payments::set_customer(c, account, id).await?;
                 saved.stripe_customer_id = Some(id.to_owned());
@@ -136,12 +136,25 @@ pub async fn put_account(
                 crate::store::test_clocks::attach(c, account, id).await?;
                 saved.test_clock = Some(id.to_owned());
             }
-            Ok(saved)
+            Ok((saved, created))
         })
         .await?;
     // Firmographics feed the PQL score and the routing.
     ctx.pql.mark([account]);
-    Ok(presented(saved))
+    Ok((presented(saved), created))
+}
+
+/// One page of accounts in id order (`GET /v1/accounts`).
+pub async fn list_accounts(
+    ctx: &Ctx,
+    filter: &accounts::AccountFilter,
+) -> Result<Vec<Account>, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    Ok(accounts::list(&mut conn, filter)
+        .await?
+        .into_iter()
+        .map(presented)
+        .collect())
 }
 
 pub async fn get_account(ctx: &Ctx, account: &str) -> Result<Account, ServiceError> {

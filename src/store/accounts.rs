@@ -32,7 +32,7 @@ pub struct Account {
     pub test_clock: Option<String>,
 }
 
-/// The firmographics a client may set (`PUT /v1/accounts/{account}`): `None` leaves a field
+/// The firmographics a client may set (`PUT`/`PATCH /v1/accounts/{account}`): `None` leaves a field
 /// as it is, `Some(None)` clears it. The Stripe customer link is not among them: accrue
 /// manages it (`payments::link_customer`).
 #[derive(Debug, Clone, Default, AsChangeset)]
@@ -47,29 +47,30 @@ pub struct Firmographics {
 }
 
 /// Creates the account when needed and sets the firmographics given, leaving the others.
+/// Answers the account and whether this call created it.
 pub async fn upsert(
     conn: &mut AsyncPgConnection,
     account: &str,
     f: &Firmographics,
     now: DateTime<Utc>,
-) -> Result<Account, StoreError> {
-    ensure(conn, account, now).await?;
-    Ok(
-        diesel::update(accounts::table.filter(accounts::account.eq(account)))
-            .set((f.clone(), accounts::updated_at.eq(now)))
-            .returning(Account::as_returning())
-            .get_result(conn)
-            .await?,
-    )
+) -> Result<(Account, bool), StoreError> {
+    let created = ensure(conn, account, now).await?;
+    let saved = diesel::update(accounts::table.filter(accounts::account.eq(account)))
+        .set((f.clone(), accounts::updated_at.eq(now)))
+        .returning(Account::as_returning())
+        .get_result(conn)
+        .await?;
+    Ok((saved, created))
 }
 
 /// Makes sure a bare account row exists (subscribing creates the account when needed).
+/// Answers whether it was created.
 pub async fn ensure(
     conn: &mut AsyncPgConnection,
     account: &str,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    diesel::insert_into(accounts::table)
+) -> Result<bool, StoreError> {
+    let n = diesel::insert_into(accounts::table)
         .values((
             accounts::account.eq(account),
             accounts::created_at.eq(now),
@@ -78,7 +79,70 @@ pub async fn ensure(
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
+    Ok(n == 1)
+}
+
+/// Creates the bare rows of these accounts that do not exist (events create their accounts).
+/// The caller gives them sorted, so concurrent writers take row locks in one order.
+pub async fn ensure_many(
+    conn: &mut AsyncPgConnection,
+    ids: &[&str],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "INSERT INTO accounts (account, created_at, updated_at)
+         SELECT a, $2, $2 FROM UNNEST($1::text[]) AS a
+         ON CONFLICT (account) DO NOTHING",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(ids)
+    .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .execute(conn)
+    .await?;
     Ok(())
+}
+
+/// Filters of the account list (`GET /v1/accounts`); each given one must match exactly.
+#[derive(Debug, Clone, Default)]
+pub struct AccountFilter {
+    /// Only this account (an account-scoped key lists itself).
+    pub account: Option<String>,
+    pub crm_owner: Option<String>,
+    pub country: Option<String>,
+    pub industry: Option<String>,
+    /// The cursor: accounts after this id, in id order.
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// One page of accounts in id order.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    f: &AccountFilter,
+) -> Result<Vec<Account>, StoreError> {
+    let mut q = accounts::table
+        .select(Account::as_select())
+        .order(accounts::account.asc())
+        .limit(f.limit)
+        .into_boxed();
+    if let Some(a) = &f.account {
+        q = q.filter(accounts::account.eq(a.clone()));
+    }
+    if let Some(v) = &f.crm_owner {
+        q = q.filter(accounts::crm_owner.eq(v.clone()));
+    }
+    if let Some(v) = &f.country {
+        q = q.filter(accounts::country.eq(v.clone()));
+    }
+    if let Some(v) = &f.industry {
+        q = q.filter(accounts::industry.eq(v.clone()));
+    }
+    if let Some(after) = &f.after {
+        q = q.filter(accounts::account.gt(after.clone()));
+    }
+    Ok(q.load(conn).await?)
 }
 
 pub async fn find_by_account(
@@ -117,18 +181,34 @@ pub async fn find_by_accounts(
         .await?)
 }
 
-/// The credit balances of these accounts that are not zero.
+/// The credit balances of these accounts that are not zero. Every row asked for is locked
+/// until the caller's transaction ends, so a balance read here and written back with
+/// [`set_credit_balances`] cannot overwrite a concurrent change (a voided invoice's credit).
 pub async fn credit_balances(
     conn: &mut AsyncPgConnection,
     of: &[String],
 ) -> Result<BTreeMap<String, Decimal>, StoreError> {
     let rows: Vec<(String, Decimal)> = accounts::table
         .filter(accounts::account.eq_any(of))
-        .filter(accounts::credit_balance.ne(Decimal::ZERO))
+        .order(accounts::account.asc())
         .select((accounts::account, accounts::credit_balance))
+        .for_update()
         .load(conn)
         .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().filter(|(_, b)| !b.is_zero()).collect())
+}
+
+/// Adds to an account's credit balance (a voided invoice gives back the credit it used).
+pub async fn add_credit(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    amount: Decimal,
+) -> Result<(), StoreError> {
+    diesel::update(accounts::table.filter(accounts::account.eq(account)))
+        .set(accounts::credit_balance.eq(accounts::credit_balance + amount))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Sets these accounts' credit balances (one statement).

@@ -14,6 +14,7 @@ pub mod plans;
 pub mod pql;
 pub mod revenue;
 pub mod schema;
+pub mod settlements;
 pub mod subscriptions;
 pub mod test_clocks;
 pub mod usage;

@@ -254,6 +254,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    invoice_settlements (account, number) {
+        account -> Text,
+        number -> Int8,
+        kind -> Text,
+        amount -> Numeric,
+        settled_at -> Timestamptz,
+        reference -> Nullable<Text>,
+        reason -> Nullable<Text>,
+        settled_by -> Text,
+        credit_restored -> Numeric,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     dunning_steps (account, id) {
         account -> Text,
         id -> Int8,
@@ -387,3 +402,4 @@ diesel::table! {
 
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_lines);
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_payments);
+diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_settlements);

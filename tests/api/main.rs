@@ -4,6 +4,7 @@
 mod fake_stripe;
 mod helpers;
 
+mod accounts;
 mod auth;
 mod billing;
 mod check;
@@ -22,6 +23,7 @@ mod receiver;
 mod restart;
 mod revenue;
 mod security;
+mod settlement;
 mod stripe;
 mod subscriptions;
 mod test_clocks;

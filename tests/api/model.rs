@@ -614,13 +614,13 @@ async fn run_sequence(app: &TestApp, key: &str, seed: u64) {
     let clock = c["id"].as_str().unwrap().to_owned();
     let account = format!("m{seed}");
     let (status, acc) = app
-        .put(
+        .patch(
             key,
             &format!("/v1/accounts/{account}"),
             &json!({ "test_clock": clock }),
         )
         .await;
-    assert_eq!(status, 200, "{acc}");
+    assert_eq!(status, 201, "{acc}");
     let mut run = Run {
         app,
         key,

@@ -404,9 +404,9 @@ async fn run_sequence(app: &TestApp, key: &str, seed: u64) -> (bool, bool, bool)
     let mut body = account_body(&format!("{account}@example.com"));
     body["test_clock"] = c["id"].clone();
     let (status, acc) = app
-        .put(key, &format!("/v1/accounts/{account}"), &body)
+        .patch(key, &format!("/v1/accounts/{account}"), &body)
         .await;
-    assert_eq!(status, 200, "{acc}");
+    assert_eq!(status, 201, "{acc}");
     let mut run = Run {
         app,
         key,

@@ -146,13 +146,13 @@ impl<'a> Clock<'a> {
         let id = c["id"].as_str().unwrap().to_owned();
         for a in accounts {
             let (status, acc) = app
-                .put(
+                .patch(
                     key,
                     &format!("/v1/accounts/{a}"),
                     &json!({ "test_clock": id }),
                 )
                 .await;
-            assert_eq!(status, 200, "{acc}");
+            assert_eq!(status, 201, "{acc}");
         }
         Clock { app, key, id }
     }

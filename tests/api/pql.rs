@@ -68,25 +68,25 @@ async fn every_rubric_signal_is_scored_from_ingested_events_and_firmographics() 
     app.publish_plans().await;
     let key = app.key("ingest,billing,finance,admin", None).await;
     let (s, _) = app
-        .put(
+        .patch(
             &key,
             "/v1/accounts/lead",
             &json!({"email": "ops@acme.io", "employees": 120, "industry": "software"}),
         )
         .await;
-    assert_eq!(s, 200);
+    assert_eq!(s, 201);
     app.subscribe(&key, "lead", json!({"plan": "free", "seats": 1}))
         .await;
     // 5,001 of Free's 10,000 API calls: above half the quota; events on six distinct days.
     send(&app, &key, engaged("lead", 5_001)).await;
     let (s, _) = app
-        .put(
+        .patch(
             &key,
             "/v1/accounts/quiet",
             &json!({"email": "someone@gmail.com", "employees": 3}),
         )
         .await;
-    assert_eq!(s, 200);
+    assert_eq!(s, 201);
     app.subscribe(&key, "quiet", json!({"plan": "free", "seats": 1}))
         .await;
     pql::score_dirty(&app.ctx).await.unwrap();
@@ -145,7 +145,7 @@ async fn every_rubric_signal_is_scored_from_ingested_events_and_firmographics() 
     assert_eq!(hot, vec!["lead"]);
 
     // A CRM owner takes the account; the reason says so.
-    app.put(
+    app.patch(
         &key,
         "/v1/accounts/quiet",
         &json!({"crm_owner": "dana@vendor.test"}),
@@ -192,7 +192,7 @@ async fn a_tier_change_reaches_a_registered_webhook_endpoint_with_its_breakdown(
         .await;
     assert_eq!(status, 201, "{ep}");
     *secret.lock().unwrap() = ep["secret"].as_str().unwrap().to_owned();
-    app.put(&key, "/v1/accounts/rising", &json!({"employees": 10}))
+    app.patch(&key, "/v1/accounts/rising", &json!({"employees": 10}))
         .await;
     send(&app, &key, engaged("rising", 0)).await;
     pql::score_dirty(&app.ctx).await.unwrap();
@@ -235,14 +235,14 @@ async fn the_funnel_counts_a_scripted_cohort_as_counted_by_hand() {
     let key = app.key("ingest,billing,finance,admin", None).await;
     for a in ["a1", "a2", "a3", "a4", "a5", "a6"] {
         let employees = if a == "a1" { 10 } else { 5 };
-        app.put(
+        app.patch(
             &key,
             &format!("/v1/accounts/{a}"),
             &json!({"employees": employees}),
         )
         .await;
     }
-    app.put(
+    app.patch(
         &key,
         "/v1/accounts/a5",
         &json!({"crm_owner": "dana@vendor.test"}),
@@ -444,7 +444,7 @@ async fn concurrent_scorers_emit_each_change_once_and_never_erase_a_conversion()
     let (_, other, _) = start_instance(&app.db.url, std::time::Duration::from_secs(1));
     let accounts: Vec<String> = (0..12).map(|i| format!("m8-{i}")).collect();
     for a in &accounts {
-        app.put(
+        app.patch(
             &key,
             &format!("/v1/accounts/{a}"),
             &json!({"employees": 10}),

@@ -15,13 +15,13 @@ async fn account(app: &TestApp, key: &str, account: &str) -> Value {
 /// An account with a Stripe customer (created by accrue when the card is set) and a card.
 async fn with_card(app: &TestApp, key: &str, account: &str) -> String {
     let (status, body) = app
-        .put(
+        .patch(
             key,
             &format!("/v1/accounts/{account}"),
             &json!({"name": "Victim Ltd", "email": format!("{account}@example.com")}),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     let pm = fake_stripe().card("4242424242424242").await;
     let (status, set) = app
         .put(
@@ -46,7 +46,7 @@ async fn an_account_key_cannot_link_its_account_to_another_stripe_customer() {
     let acme = app.key("ingest,billing", Some("c1-acme")).await;
 
     let (status, body) = app
-        .put(
+        .patch(
             &acme,
             "/v1/accounts/c1-acme",
             &json!({"name": "Acme", "stripe_customer_id": victim}),
@@ -60,9 +60,9 @@ async fn an_account_key_cannot_link_its_account_to_another_stripe_customer() {
 
     // Subscribing anyway: the start invoice goes to a customer accrue creates for acme.
     let (status, body) = app
-        .put(&acme, "/v1/accounts/c1-acme", &json!({"name": "Acme"}))
+        .patch(&acme, "/v1/accounts/c1-acme", &json!({"name": "Acme"}))
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     let pm = fake_stripe().card("4242424242424242").await;
     let (status, set) = app
         .put(
@@ -98,7 +98,7 @@ async fn an_operator_links_only_a_customer_whose_metadata_names_the_account() {
     let victim = with_card(&app, &admin, "c1o-victim").await;
 
     let (status, body) = app
-        .put(
+        .patch(
             &admin,
             "/v1/accounts/c1o-acme",
             &json!({"stripe_customer_id": victim}),
@@ -112,7 +112,7 @@ async fn an_operator_links_only_a_customer_whose_metadata_names_the_account() {
         .contains("stripe_customer_id"));
 
     let (status, body) = app
-        .put(
+        .patch(
             &admin,
             "/v1/accounts/c1o-acme",
             &json!({"stripe_customer_id": "cus_doesnotexist"}),
@@ -134,28 +134,29 @@ async fn an_operator_links_only_a_customer_whose_metadata_names_the_account() {
     assert_eq!(status, 200, "{c}");
     let id = c["id"].as_str().unwrap();
     let (status, body) = app
-        .put(
+        .patch(
             &admin,
             "/v1/accounts/c1o-acme",
             &json!({"stripe_customer_id": id}),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     assert_eq!(
         account(&app, &admin, "c1o-acme").await["stripe_customer_id"],
         id
     );
 }
 
-/// H6. A PUT that leaves fields out (a firmographics sync sending only the name) keeps the
-/// others, the Stripe customer link among them; `null` clears a field.
+/// H6 and newcomer S2-2. A PATCH that leaves fields out (a firmographics sync sending only the
+/// name) keeps the others, the Stripe customer link among them; `null` clears a field. A PUT
+/// that leaves fields out is refused naming them, and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_without_some_fields_keeps_them_and_the_stripe_link() {
+async fn a_patch_keeps_the_fields_it_omits_and_a_partial_put_is_refused() {
     let app = spawn_stripe_app(DunningPolicy::default()).await;
     let admin = app.key("billing,finance", None).await;
     let customer = with_card(&app, &admin, "h6-acme").await;
     let (status, body) = app
-        .put(&admin, "/v1/accounts/h6-acme", &json!({"name": "Acme Inc"}))
+        .patch(&admin, "/v1/accounts/h6-acme", &json!({"name": "Acme Inc"}))
         .await;
     assert_eq!(status, 200, "{body}");
     let a = account(&app, &admin, "h6-acme").await;
@@ -165,13 +166,53 @@ async fn a_put_without_some_fields_keeps_them_and_the_stripe_link() {
     assert!(a["payment_method"].is_string(), "{a}");
 
     let (status, body) = app
-        .put(&admin, "/v1/accounts/h6-acme", &json!({"email": null}))
+        .patch(&admin, "/v1/accounts/h6-acme", &json!({"email": null}))
         .await;
     assert_eq!(status, 200, "{body}");
     let a = account(&app, &admin, "h6-acme").await;
     assert!(a["email"].is_null(), "{a}");
     assert_eq!(a["name"], "Acme Inc");
     assert_eq!(a["stripe_customer_id"], customer.as_str());
+
+    // PUT is the whole record: the fields it lacks are named, nothing is wiped.
+    let (status, body) = app
+        .put(
+            &admin,
+            "/v1/accounts/h6-acme",
+            &json!({"name": "Other", "email": "x@acme.io", "employees": 3}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "missing_field");
+    let msg = body["error"]["message"].as_str().unwrap();
+    for field in ["industry", "country", "crm_owner"] {
+        assert!(msg.contains(field), "{msg}");
+    }
+    assert!(!msg.contains("employees"), "{msg}");
+    let a = account(&app, &admin, "h6-acme").await;
+    assert_eq!(a["name"], "Acme Inc");
+    assert_eq!(a["employees"], Value::Null);
+
+    // A whole record replaces every field (null clears) and keeps the Stripe link.
+    let whole = json!({"name": "Acme AG", "email": "ap@acme.io", "employees": 40,
+        "industry": "software", "country": "DE", "crm_owner": null});
+    let (status, body) = app.put(&admin, "/v1/accounts/h6-acme", &whole).await;
+    assert_eq!(status, 200, "{body}");
+    let a = account(&app, &admin, "h6-acme").await;
+    for field in [
+        "name",
+        "email",
+        "employees",
+        "industry",
+        "country",
+        "crm_owner",
+    ] {
+        assert_eq!(a[field], whole[field], "{field}: {a}");
+    }
+    assert_eq!(a["stripe_customer_id"], customer.as_str());
+    // A PUT that creates answers 201.
+    let (status, body) = app.put(&admin, "/v1/accounts/h6-new", &whole).await;
+    assert_eq!(status, 201, "{body}");
 }
 
 /// H1 (validation). Events PostgreSQL could not store are refused one by one with a stable
@@ -331,13 +372,13 @@ async fn a_retry_after_stripe_forgot_the_keys_pays_the_invoice_already_pushed() 
     app.publish_plans().await;
     let key = app.key("billing,finance", None).await;
     let (status, body) = app
-        .put(
+        .patch(
             &key,
             "/v1/accounts/h4-acme",
             &json!({"name": "Acme", "email": "h4@acme.example"}),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     let pm = fake_stripe().card(DECLINING_CARD).await;
     let (status, set) = app
         .put(
@@ -919,7 +960,7 @@ async fn a_wrong_method_is_405_with_allow_and_the_bearer_scheme_ignores_case() {
         .await
         .unwrap();
     assert_eq!(res.status(), 405);
-    assert_eq!(res.headers()["allow"], "PUT, GET");
+    assert_eq!(res.headers()["allow"], "PUT, PATCH, GET");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed");
     let res = app.http.get(app.url("/v1/events")).send().await.unwrap();

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 /// An account with a customer and a card, subscribed to Team with 5 seats.
 async fn customer_on_team(app: &TestApp, key: &str, account: &str, card: &str) -> String {
     let (status, body) = app
-        .put(
+        .patch(
             key,
             &format!("/v1/accounts/{account}"),
             &account_body(&format!("{account}@example.com")),
@@ -704,7 +704,7 @@ async fn a_crash_between_the_charge_and_its_record_is_resumed_without_a_second_c
     let http = reqwest::Client::new();
     let url = |p: &str| format!("{}{p}", server.base);
     let res = http
-        .put(url("/v1/accounts/crashy"))
+        .patch(url("/v1/accounts/crashy"))
         .bearer_auth(&key)
         .json(&account_body("crashy@example.com"))
         .send()
@@ -902,7 +902,7 @@ async fn isk_invoices_are_charged_in_stripe_hundredths_and_reconcile() {
     app.publish_plans().await;
     let key = app.key("billing,finance", None).await;
     let (status, _) = app
-        .put(
+        .patch(
             &key,
             "/v1/accounts/iceland",
             &account_body("is@example.com"),
@@ -1040,7 +1040,7 @@ async fn a_trial_without_a_payment_method_falls_to_the_fallback_plan_at_its_end(
     let key = app.key("billing,finance,check", None).await;
     for a in ["carded", "cardless"] {
         let (status, body) = app
-            .put(
+            .patch(
                 &key,
                 &format!("/v1/accounts/{a}"),
                 &account_body(&format!("{a}@example.com")),
@@ -1186,7 +1186,7 @@ async fn an_invoice_stripe_refuses_stops_collecting_and_says_why() {
     let key = app.key("ingest,billing,finance,check", None).await;
     let scheduler = Scheduler::new(t(NOW)).unwrap();
     let (status, body) = app
-        .put(&key, "/v1/accounts/gone", &account_body("gone@example.com"))
+        .patch(&key, "/v1/accounts/gone", &account_body("gone@example.com"))
         .await;
     assert!(status < 300, "{body}");
     let pm = fake_stripe().card(GOOD_CARD).await;

@@ -46,13 +46,13 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     // The customer's own key, as the product's UI would hold it.
     let key = app.key("billing,check", Some("acme")).await;
     let (status, acc) = app
-        .put(
+        .patch(
             &key,
             "/v1/accounts/acme",
             &json!({"name": "Acme", "email": "ops@acme.io", "employees": 12}),
         )
         .await;
-    assert_eq!(status, 200, "{acc}");
+    assert_eq!(status, 201, "{acc}");
 
     // Free: no payment, no charge. Periods anchor on the start hour.
     let (status, s) = app
@@ -443,6 +443,9 @@ async fn an_account_scoped_key_gets_404_on_every_route_of_another_account() {
             "POST {path}"
         );
     }
+    let (status, _) = app.patch(&acme, g, &json!({"name": "Hijacked"})).await;
+    assert_eq!(status, 404);
+    // A partial PUT is refused for its missing fields only once the account is in reach.
     let (status, _) = app.put(&acme, g, &json!({"name": "Hijacked"})).await;
     assert_eq!(status, 404);
     // globex's first invoice (its Team advance fees) is out of reach too.

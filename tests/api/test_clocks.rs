@@ -58,21 +58,21 @@ async fn an_account_on_a_test_clock_lives_by_it_through_trial_renewal_and_usage(
     // The server's own clock says 2026-11-25; the clock lives in March 2027.
     let clock = new_clock(&app, &key, "2027-03-01T10:15:00Z").await;
     let (status, acc) = app
-        .put(
+        .patch(
             &key,
             "/v1/accounts/acme",
             &json!({"name": "Acme", "test_clock": clock}),
         )
         .await;
-    assert_eq!(status, 200, "{acc}");
+    assert_eq!(status, 201, "{acc}");
     assert_eq!(acc["test_clock"], clock.as_str());
     // The clock is set at creation only.
     let (status, body) = app
-        .put(&key, "/v1/accounts/other", &json!({"name": "Other"}))
+        .patch(&key, "/v1/accounts/other", &json!({"name": "Other"}))
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     let (status, body) = app
-        .put(&key, "/v1/accounts/other", &json!({"test_clock": clock}))
+        .patch(&key, "/v1/accounts/other", &json!({"test_clock": clock}))
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "test_clock_fixed");
@@ -191,13 +191,13 @@ async fn test_clock_routes_are_not_found_unless_enabled_and_need_an_admin_key() 
         .await;
     assert_eq!(status, 404);
     let (status, body) = app
-        .put(&admin, "/v1/accounts/acme", &json!({"test_clock": "clk_x"}))
+        .patch(&admin, "/v1/accounts/acme", &json!({"test_clock": "clk_x"}))
         .await;
     // admin alone cannot write accounts; a billing key gets the clear refusal.
     assert!(status == 403 || status == 422, "{status} {body}");
     let billing = app.key("billing", None).await;
     let (status, body) = app
-        .put(
+        .patch(
             &billing,
             "/v1/accounts/acme",
             &json!({"test_clock": "clk_x"}),
@@ -231,8 +231,8 @@ async fn dunning_retries_run_as_a_test_clock_passes_their_days() {
     let clock = new_clock(&app, &key, "2027-03-01T10:15:00Z").await;
     let mut body = account_body("d@example.com");
     body["test_clock"] = json!(clock);
-    let (status, acc) = app.put(&key, "/v1/accounts/declines", &body).await;
-    assert_eq!(status, 200, "{acc}");
+    let (status, acc) = app.patch(&key, "/v1/accounts/declines", &body).await;
+    assert_eq!(status, 201, "{acc}");
     let pm = fake_stripe().card(DECLINING_CARD).await;
     let (status, set) = app
         .put(

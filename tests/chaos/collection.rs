@@ -34,7 +34,7 @@ async fn sigkill_at_each_step_of_collection_resumes_without_a_second_charge() {
         let http = reqwest::Client::new();
         let account = format!("kill-{failpoint}");
         let res = http
-            .put(format!("{}/v1/accounts/{account}", server.base))
+            .patch(format!("{}/v1/accounts/{account}", server.base))
             .bearer_auth(&key)
             .json(&json!({"name": "Killed Co", "email": format!("{account}@example.com")}))
             .send()
