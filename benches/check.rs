@@ -64,7 +64,7 @@ async fn run() {
         2,
         Duration::from_secs(3600),
     );
-    plans::publish(&pool, &ctx.plans, "bench", Utc::now())
+    plans::publish(&pool, &ctx.plans(), "bench", Utc::now())
         .await
         .unwrap();
     let admin = Principal {

@@ -41,7 +41,7 @@ async fn run() {
         4,
         Duration::from_secs(3600),
     );
-    plans::publish(&pool, &ctx.plans, "bench", clock.now())
+    plans::publish(&pool, &ctx.plans(), "bench", clock.now())
         .await
         .unwrap();
 

@@ -56,6 +56,18 @@ async fn start_server() -> Server {
     getrandom::fill(&mut rnd).unwrap();
     let db = format!("{pg}/accrue_bench_{}", hex::encode(rnd));
     let bin = env!("CARGO_BIN_EXE_accrue");
+    // Only `migrate` and `serve` create a database.
+    let out = Command::new(bin)
+        .arg("migrate")
+        .env("DATABASE_URL", &db)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run accrue migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(bin)
         .args([
             "keys",

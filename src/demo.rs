@@ -133,7 +133,7 @@ pub async fn run(
     let start = clock.now();
     let days = cfg.months * 30;
     let mut rng = Rng(cfg.seed.max(1));
-    plans::publish(&ctx.pool, &ctx.plans, "demo", start)
+    plans::publish(&ctx.pool, &ctx.plans(), "demo", start)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let operator = Principal {

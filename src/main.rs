@@ -102,18 +102,22 @@ enum Command {
         /// ... or its file.
         #[arg(long)]
         plan_file: Option<PathBuf>,
-        /// Current seats.
-        #[arg(long, default_value_t = 0)]
-        seats: u32,
-        /// The new plan version ...
+        /// Current seats (default: the current plan's minimum).
+        #[arg(long)]
+        seats: Option<u32>,
+        /// The new plan version (default: the current one) ...
         #[arg(long, conflicts_with = "to_plan_file")]
         to_plan: Option<String>,
         /// ... or its file.
         #[arg(long)]
         to_plan_file: Option<PathBuf>,
-        /// New seats (default: the current seats).
+        /// New seats (default: the current seats, at least the new plan's minimum).
         #[arg(long)]
         to_seats: Option<u32>,
+        /// `now` or `period_end` (default: as the API decides: a decrease waits for the period
+        /// end unless the current plan says `immediate_credit`).
+        #[arg(long, value_parser = ["now", "period_end"])]
+        effective: Option<String>,
         /// Start of the current period (RFC 3339).
         #[arg(long)]
         period_start: DateTime<Utc>,
@@ -227,12 +231,13 @@ async fn report_nrr(
     json: bool,
 ) -> anyhow::Result<()> {
     let (from, to) = (instant(from, "--from")?, instant(to, "--to")?);
-    let (meters, plans) = load_catalogue(&config.plans_dir)?;
+    // Reads the database only: no plans folder needed, and no database created.
+    store::require_database(&config.database_url).await?;
     let pool = store::pool(&config.database_url, 1)?;
     let ctx = Ctx::new(
         pool,
-        meters,
-        plans,
+        MeterCatalog::default(),
+        PlanCatalog::default(),
         Arc::new(SystemClock),
         1,
         config.check_staleness,
@@ -295,7 +300,7 @@ async fn plans_migrate(
     let from: PlanRef = from.parse().map_err(anyhow::Error::msg)?;
     let to: PlanRef = to.parse().map_err(anyhow::Error::msg)?;
     let (meters, plans) = load_catalogue(&config.plans_dir)?;
-    store::ensure_database(&config.database_url).await?;
+    store::require_database(&config.database_url).await?;
     store::run_migrations(&config.database_url).await?;
     let pool = store::pool(&config.database_url, 2)?;
     let mut ctx = Ctx::new(
@@ -318,6 +323,8 @@ async fn plans_migrate(
         .map_err(|e| anyhow::anyhow!("connecting the Stripe rail: {e}"))?;
         ctx = ctx.with_payments(payments);
     }
+    // The published versions (from any folder) are the catalogue, as on the servers.
+    ctx.refresh_plans().await?;
     let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     let when = if now { When::Now } else { When::AtRenewal };
     let report = migrate(&ctx, &from, &to, dry_run, when, &format!("cli:{user}"))
@@ -594,10 +601,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             period_start,
             period_end,
             at,
+            effective,
         } => {
             let meters = MeterCatalog::load(&config.plans_dir)?;
             let old = plan_from_args(&config, &meters, plan, plan_file, "current")?;
-            let new = plan_from_args(&config, &meters, to_plan, to_plan_file, "new (--to-plan)")?;
+            let new = if to_plan.is_none() && to_plan_file.is_none() {
+                old.clone()
+            } else {
+                plan_from_args(&config, &meters, to_plan, to_plan_file, "new (--to-plan)")?
+            };
             if old.currency != new.currency {
                 anyhow::bail!(
                     "{} bills in {}, {} in {}: a change cannot switch currency",
@@ -614,21 +626,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if period_start >= period_end || !(period_start <= at && at <= period_end) {
                 anyhow::bail!("--at must lie within --period-start .. --period-end, and the period must not be empty");
             }
-            let to_seats = to_seats.unwrap_or(seats);
-            // The API's rule: within an interval the period is kept; across intervals the
-            // period ends at the change and the new plan's first period is charged whole.
-            let (lines, new_period) = accrue::domain::proration::immediate_change(
-                &period, at, &old, seats, &new, to_seats,
-            );
-            let due: Decimal = lines.iter().map(|l| l.amount).sum();
+            // The API's own decisions (seat limits, downgrade timing, interval changes), with
+            // the plan files (and what they suggest as upgrades) as the catalogue.
+            use accrue::services::subscriptions::{
+                change_terms, check_seats, default_seats, Effective,
+            };
+            let plans = load_catalogue(&config.plans_dir)
+                .map(|(_, p)| p)
+                .unwrap_or_default();
+            let fail = |e: accrue::services::ServiceError| anyhow::anyhow!("{e}");
+            let seats = seats.unwrap_or_else(|| old.seats.as_ref().map_or(0, |s| s.min));
+            check_seats(&plans, &old, seats).map_err(fail)?;
+            let to_seats = to_seats.unwrap_or_else(|| default_seats(seats, &new));
+            check_seats(&plans, &new, to_seats).map_err(fail)?;
+            let requested = effective.map(|e| {
+                if e == "now" {
+                    Effective::Now
+                } else {
+                    Effective::PeriodEnd
+                }
+            });
+            let terms = change_terms(
+                &old, seats, &new, to_seats, requested, false, &period, at, false,
+            )
+            .map_err(fail)?;
+            let due: Decimal = terms.lines.iter().map(|l| l.amount).sum();
+            let effective_at = match terms.effective {
+                Effective::Now => at,
+                Effective::PeriodEnd => period_end,
+            };
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
+                    "kind": terms.kind,
+                    "from": {"plan": old.plan, "version": old.version, "seats": seats},
+                    "to": {"plan": new.plan, "version": new.version, "seats": to_seats},
+                    "effective": terms.effective,
+                    "effective_at": effective_at,
                     "currency": old.currency,
                     "factor": accrue::domain::proration::remaining_factor(&period, at).round_dp(12).to_string(),
-                    "lines": lines,
+                    "lines": terms.lines,
                     "amount_due_now": old.currency.round(due).to_string(),
-                    "new_period": new_period,
+                    "new_period": terms.new_period,
                 }))?
             );
             Ok(())
@@ -647,7 +686,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => {
-            store::ensure_database(&config.database_url).await?;
+            store::require_database(&config.database_url).await?;
             store::run_migrations(&config.database_url).await?;
             let pool = store::pool(&config.database_url, 1)?;
             let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
@@ -770,7 +809,7 @@ async fn plans(config: &Config, command: PlansCommand) -> anyhow::Result<()> {
             if config.stripe.is_some() {
                 refuse_unpresentable(&plans)?;
             }
-            store::ensure_database(&config.database_url).await?;
+            store::require_database(&config.database_url).await?;
             store::run_migrations(&config.database_url).await?;
             let pool = store::pool(&config.database_url, 1)?;
             let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
@@ -891,12 +930,13 @@ async fn export_invoices(config: &Config, month: &str, out: Option<PathBuf>) -> 
         .ok_or_else(|| anyhow::anyhow!("--month `{month}` is out of range"))?;
     let from = first.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
     let to = next.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
-    let (meters, plans) = load_catalogue(&config.plans_dir)?;
+    // Reads the database only: no plans folder needed, and no database created.
+    store::require_database(&config.database_url).await?;
     let pool = store::pool(&config.database_url, 1)?;
     let ctx = Ctx::new(
         pool,
-        meters,
-        plans,
+        MeterCatalog::default(),
+        PlanCatalog::default(),
         Arc::new(SystemClock),
         1,
         config.check_staleness,
@@ -941,7 +981,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     match &config.stripe {
         Some(stripe) => {
-            refuse_unpresentable(&ctx.plans)?;
+            refuse_unpresentable(&ctx.plans())?;
             let payments = accrue::services::payments::Payments::connect(
                 &pool,
                 stripe,

@@ -28,10 +28,12 @@ impl fmt::Display for PlanError {
     }
 }
 
-/// All versions of all plans in a catalogue directory.
+/// All versions of all plans in a catalogue directory, or as a server runs them: the plan
+/// files overlaid with the published versions from the database, which are marked published.
 #[derive(Debug, Clone, Default)]
 pub struct PlanCatalog {
     versions: BTreeMap<(String, u32), PlanVersion>,
+    published: BTreeSet<(String, u32)>,
 }
 
 impl PlanCatalog {
@@ -41,19 +43,53 @@ impl PlanCatalog {
                 .into_iter()
                 .map(|v| ((v.plan.clone(), v.version), v))
                 .collect(),
+            published: BTreeSet::new(),
         }
+    }
+
+    /// These versions (the plan files) overlaid with `published` (the database's published
+    /// definitions, which win where both hold a version).
+    pub fn overlaid(files: &PlanCatalog, published: Vec<PlanVersion>) -> Self {
+        let mut versions = files.versions.clone();
+        let mut marked = BTreeSet::new();
+        for v in published {
+            let key = (v.plan.clone(), v.version);
+            marked.insert(key.clone());
+            versions.insert(key, v);
+        }
+        Self {
+            versions,
+            published: marked,
+        }
+    }
+
+    /// Whether this version is published (always false for a catalogue read from files).
+    pub fn is_published(&self, r: &PlanRef) -> bool {
+        self.published.contains(&(r.plan.clone(), r.version))
+    }
+
+    /// The highest published version of `plan`: what a subscription without a version gets
+    /// and what the check suggests as an upgrade.
+    pub fn latest_published(&self, plan: &str) -> Option<&PlanVersion> {
+        self.published
+            .range((plan.to_owned(), 0)..=(plan.to_owned(), u32::MAX))
+            .next_back()
+            .and_then(|k| self.versions.get(k))
     }
 
     pub fn get(&self, r: &PlanRef) -> Option<&PlanVersion> {
         self.versions.get(&(r.plan.clone(), r.version))
     }
 
-    /// The highest version of `plan`.
+    /// The highest published version of `plan`, or, when none of it is published (a
+    /// catalogue read from files), its highest version.
     pub fn latest(&self, plan: &str) -> Option<&PlanVersion> {
-        self.versions
-            .range((plan.to_owned(), 0)..=(plan.to_owned(), u32::MAX))
-            .next_back()
-            .map(|(_, v)| v)
+        self.latest_published(plan).or_else(|| {
+            self.versions
+                .range((plan.to_owned(), 0)..=(plan.to_owned(), u32::MAX))
+                .next_back()
+                .map(|(_, v)| v)
+        })
     }
 
     pub fn all(&self) -> impl Iterator<Item = &PlanVersion> {

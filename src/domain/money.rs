@@ -92,6 +92,14 @@ impl Serialize for Currency {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(d)?;
+        Currency::from_code(&code)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown currency `{code}`")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

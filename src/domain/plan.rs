@@ -3,13 +3,13 @@
 
 use crate::domain::money::Currency;
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 /// A reference to one version of a plan: `team@2`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PlanRef {
     pub plan: String,
     pub version: u32,
@@ -43,7 +43,7 @@ impl fmt::Display for PlanRef {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Interval {
     Month,
@@ -61,7 +61,7 @@ impl Interval {
 }
 
 /// When a downgrade or seat decrease takes effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DowngradePolicy {
     /// At the end of the current period (the default).
@@ -71,7 +71,7 @@ pub enum DowngradePolicy {
 }
 
 /// Seat pricing: billed in advance per seat beyond `included`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatPrice {
     #[serde(with = "rust_decimal::serde::str")]
     pub unit_amount: Decimal,
@@ -82,9 +82,9 @@ pub struct SeatPrice {
 }
 
 /// One tier of a graduated or volume charge. `up_to` is inclusive; `None` is infinity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tier {
-    #[serde(serialize_with = "ser_up_to")]
+    #[serde(serialize_with = "ser_up_to", deserialize_with = "de_up_to")]
     pub up_to: Option<Decimal>,
     #[serde(with = "rust_decimal::serde::str")]
     pub unit_amount: Decimal,
@@ -99,8 +99,18 @@ fn ser_up_to<S: serde::Serializer>(v: &Option<Decimal>, s: S) -> Result<S::Ok, S
     }
 }
 
+fn de_up_to<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "inf" {
+        return Ok(None);
+    }
+    s.parse::<Decimal>()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("up_to `{s}`: {e}")))
+}
+
 /// How a metered quantity becomes money (billed in arrears).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "model", rename_all = "snake_case")]
 pub enum ChargeModel {
     PerUnit {
@@ -123,14 +133,14 @@ pub enum ChargeModel {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Charge {
     pub meter: String,
     #[serde(flatten)]
     pub model: ChargeModel,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitMode {
     /// Refused beyond the limit.
@@ -139,7 +149,7 @@ pub enum LimitMode {
     Soft,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limit {
     #[serde(with = "rust_decimal::serde::str")]
     pub limit: Decimal,
@@ -147,7 +157,7 @@ pub struct Limit {
 }
 
 /// One published, immutable version of a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanVersion {
     pub plan: String,
     pub version: u32,

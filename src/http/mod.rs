@@ -201,6 +201,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 vec![("GET", web::get().to(plans::list))],
             ))
             .service(resource(
+                "/plans/publish",
+                vec![("POST", web::post().to(plans::publish))],
+            ))
+            .service(resource(
                 "/plans/{plan}/versions/{version}",
                 vec![("GET", web::get().to(plans::version))],
             )),

@@ -1,11 +1,16 @@
-//! `GET /v1/plans` and `GET /v1/plans/{plan}/versions/{n}`: the published catalogue.
+//! `GET /v1/plans` and `GET /v1/plans/{plan}/versions/{n}`: the published catalogue;
+//! `POST /v1/plans/publish` (admin): publish plan versions, live on every instance within
+//! seconds.
 
 use super::auth::authorize;
 use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::{plans, Ctx};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
 use serde_json::json;
+use std::collections::BTreeMap;
 
 /// Any valid key may read the catalogue: prices are what customers see anyway.
 const ANY: &[Scope] = &[
@@ -30,4 +35,37 @@ pub async fn version(
     authorize(&req, &ctx, ANY).await?;
     let (plan, version) = path.into_inner();
     Ok(HttpResponse::Ok().json(plans::get(&ctx.pool, &plan, version).await?))
+}
+
+/// `{"files": {"team/v3.toml": "<the file's text>", ...}}`: plan files as in the plans folder,
+/// each named `<plan>/v<N>.toml`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    files: BTreeMap<String, String>,
+}
+
+/// At most this many files in one publish.
+const MAX_FILES: usize = 200;
+
+pub async fn publish(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    body: web::Json<PublishBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
+    super::auth::unbound(&p, "publishing plans")?;
+    let files = body.into_inner().files;
+    if files.is_empty() || files.len() > MAX_FILES {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_files",
+            format!(
+                "files: give 1 to {MAX_FILES} plan files, each as \"<plan>/v<N>.toml\": \"<text>\""
+            ),
+        ));
+    }
+    let actor = format!("api:{} (key {})", p.name, p.key_id);
+    let results = plans::publish_files(&ctx, &files, &actor).await?;
+    Ok(HttpResponse::Ok().json(json!({ "data": results })))
 }

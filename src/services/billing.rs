@@ -259,8 +259,9 @@ async fn late_lines(
     pending: &[InvoiceDraft],
 ) -> Result<Vec<crate::domain::invoice::InvoiceLine>, TxError> {
     let mut lines = Vec::new();
+    let plans = ctx.plans();
     for p in store_inv::periods_with_late_usage(c, account, before).await? {
-        let Some(plan) = ctx.plans.get(&PlanRef {
+        let Some(plan) = plans.get(&PlanRef {
             plan: p.plan.clone(),
             version: p.plan_version as u32,
         }) else {
@@ -393,8 +394,14 @@ pub async fn issue(
     let mut balances = store::accounts::credit_balances(c, &accounts).await?;
     let before = balances.clone();
     carry_credit(&mut drafts, &mut balances);
-    balances.retain(|a, b| before.get(a).copied().unwrap_or_default() != *b);
-    store::accounts::set_credit_balances(c, &balances).await?;
+    // What changed, applied as increments (the issuing account's subscription lock is held;
+    // a concurrent void can only add credit, and an increment keeps it).
+    let deltas: std::collections::BTreeMap<String, Decimal> = balances
+        .iter()
+        .map(|(a, b)| (a.clone(), *b - before.get(a).copied().unwrap_or_default()))
+        .filter(|(_, d)| !d.is_zero())
+        .collect();
+    store::accounts::add_to_credit_balances(c, &deltas).await?;
     let drafts = &drafts[..];
     let numbers = store_inv::issue(c, drafts, collection).await?;
     if collection != super::MANUAL {
@@ -478,6 +485,11 @@ pub async fn get_invoice(
     if let Some(s) = settlement.as_mut() {
         s.amount.rescale(invoice.total.scale());
         s.credit_restored.rescale(invoice.total.scale());
+        if only_account.is_some() {
+            // The customer's own view: not finance's notes or who wrote them.
+            s.settled_by.clear();
+            s.reason = None;
+        }
     }
     Ok(Invoice {
         invoice,

@@ -542,6 +542,7 @@ async fn read_entries(
 }
 
 fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Option<Snapshot> {
+    let plans = ctx.plans();
     // Suspended, or past due beyond the grace period: the plan's fallback decides.
     let beyond_grace = r.status == "past_due"
         && r.past_due_since.is_some_and(|since| {
@@ -553,11 +554,10 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
             !policy.in_grace(since, now)
         });
     if r.status == "suspended" || beyond_grace {
-        let fallback = ctx
-            .plans
+        let fallback = plans
             .latest(&r.plan)
             .and_then(|p| p.fallback.as_deref())
-            .and_then(|fb| ctx.plans.latest(fb));
+            .and_then(|fb| plans.latest(fb));
         return Some(match fallback {
             Some(fb) => Snapshot {
                 plan: Arc::new(fb.clone()),
@@ -566,7 +566,7 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
                 seats: fb.seats.as_ref().map_or(0, |s| s.min),
             },
             None => Snapshot {
-                plan: Arc::new(ctx.plans.latest(&r.plan)?.clone()),
+                plan: Arc::new(plans.latest(&r.plan)?.clone()),
                 status: "suspended".into(),
                 period: Period {
                     start: r.period_start,
@@ -576,7 +576,7 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
             },
         });
     }
-    ctx.plans
+    plans
         .get(&PlanRef {
             plan: r.plan.clone(),
             version: r.plan_version as u32,
@@ -714,5 +714,6 @@ fn cheapest_upgrade(
     s: &Snapshot,
     allows: impl Fn(&PlanVersion) -> bool,
 ) -> Option<String> {
-    super::subscriptions::cheapest_self_serve(ctx, &s.plan, s.seats, allows).map(|p| p.plan)
+    super::subscriptions::cheapest_self_serve(&ctx.plans(), &s.plan, s.seats, allows)
+        .map(|p| p.plan)
 }

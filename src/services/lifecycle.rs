@@ -30,7 +30,7 @@ pub struct Scheduled {
 
 /// A published plan version by reference, from the running catalogue.
 pub(crate) fn plan_of(ctx: &Ctx, plan: &str, version: i32) -> Result<PlanVersion, TxError> {
-    ctx.plans
+    ctx.plans()
         .get(&PlanRef {
             plan: plan.to_owned(),
             version: version as u32,
@@ -126,10 +126,11 @@ pub(crate) async fn advance(
                     row.revision += 1;
                     row.updated_at = now;
                     row.trial_end = Some(end);
+                    let plans = ctx.plans();
                     let fallback = was
                         .fallback
                         .as_deref()
-                        .and_then(|f| ctx.plans.latest(f))
+                        .and_then(|f| plans.latest(f))
                         .cloned();
                     let Some(fb) = fallback else {
                         row.status = "canceled".into();

@@ -70,9 +70,10 @@ pub struct MigrationReport {
     pub migrated: usize,
 }
 
-fn version_of<'a>(ctx: &'a Ctx, r: &PlanRef) -> Result<&'a PlanVersion, ServiceError> {
-    ctx.plans
+fn version_of(ctx: &Ctx, r: &PlanRef) -> Result<PlanVersion, ServiceError> {
+    ctx.plans()
         .get(r)
+        .cloned()
         .ok_or_else(|| ServiceError::NotFound(format!("plan version {r} is not in the catalogue")))
 }
 
@@ -86,8 +87,7 @@ pub async fn migrate(
     when: When,
     actor: &str,
 ) -> Result<MigrationReport, ServiceError> {
-    let old = version_of(ctx, from)?;
-    let new = version_of(ctx, to)?;
+    let (old, new) = (&version_of(ctx, from)?, &version_of(ctx, to)?);
     if from == to {
         return Err(ServiceError::invalid(
             "no_change",

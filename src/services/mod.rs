@@ -29,8 +29,9 @@ use std::sync::Arc;
 pub struct Ctx {
     pub pool: Pool,
     pub meters: Arc<MeterCatalog>,
-    /// The plan files as validated at start (published versions live in the database).
-    pub plans: Arc<PlanCatalog>,
+    /// The running catalogue: the plan files overlaid with the versions published in the
+    /// database, reloaded within seconds of a publish ([`Ctx::plans`]).
+    pub live_plans: Arc<plans::LivePlans>,
     pub clock: Arc<dyn Clock>,
     pub keys: Arc<auth::KeyCache>,
     pub ingest: Arc<ingest::IngestPipeline>,
@@ -64,7 +65,10 @@ impl Ctx {
         // The shipped rubric; `accrue serve` replaces it with config/revops.toml.
         let revops = crate::domain::pql::RevOps::parse(crate::domain::pql::DEFAULT_CONFIG, &names)
             .unwrap_or_else(|e| {
-                tracing::warn!(errors = ?e, "the shipped RevOps rubric does not fit this meter catalogue: no PQL signals");
+                // Commands that only read the database run without meters: nothing to warn of.
+                if !meters.all().is_empty() {
+                    tracing::warn!(errors = ?e, "the shipped RevOps rubric does not fit this meter catalogue: no PQL signals");
+                }
                 crate::domain::pql::RevOps::without_signals()
             });
         let pql = Arc::new(pql::PqlState::new(revops));
@@ -80,7 +84,7 @@ impl Ctx {
             checks,
             pool,
             meters,
-            plans: Arc::new(plans),
+            live_plans: Arc::new(plans::LivePlans::new(plans)),
             clock,
             keys: Arc::new(auth::KeyCache::default()),
             payments: None,
@@ -88,7 +92,21 @@ impl Ctx {
             test_clocks: Arc::default(),
         };
         tokio::spawn(check::refresh_loop(ctx.clone()));
+        tokio::spawn(plans::refresh_loop(
+            ctx.live_plans.clone(),
+            ctx.pool.clone(),
+        ));
         ctx
+    }
+
+    /// The plan catalogue as this instance last loaded it (a snapshot: hold it for one use).
+    pub fn plans(&self) -> Arc<PlanCatalog> {
+        self.live_plans.current()
+    }
+
+    /// Reloads the plan catalogue now if versions were published since it was loaded.
+    pub async fn refresh_plans(&self) -> Result<(), StoreError> {
+        self.live_plans.refresh(&self.pool).await
     }
 
     /// Turns test clocks on (`ACCRUE_TEST_CLOCKS=true`).

@@ -588,7 +588,7 @@ async fn cancel_mid_period(
 ) -> Result<(), TxError> {
     use crate::domain::period::{anchor_at, Period};
     let Some(plan) = ctx
-        .plans
+        .plans()
         .get(&PlanRef {
             plan: sub.plan.clone(),
             version: sub.plan_version as u32,
@@ -636,7 +636,7 @@ async fn reanchor_after_suspension(
 ) -> Result<(), TxError> {
     use crate::domain::period::{anchor_at, boundary, Period};
     let plan = ctx
-        .plans
+        .plans()
         .get(&PlanRef {
             plan: sub.plan.clone(),
             version: sub.plan_version as u32,
@@ -787,9 +787,10 @@ async fn record_failure(
                     let step_id =
                         record_step(c, &row.account, row.number, now, step, row.attempts, &why)
                             .await?;
+                    let plans = ctx.plans();
                     let plan = match action {
                         FinalAction::Suspend => fallback_of(ctx, &s.plan)
-                            .and_then(|fb| ctx.plans.latest(&fb))
+                            .and_then(|fb| plans.latest(&fb))
                             .map(|fb| (fb.plan_ref(), fb.seats.as_ref().map_or(0, |x| x.min))),
                         FinalAction::Cancel => None,
                     };
@@ -825,7 +826,7 @@ async fn record_change(
     now: DateTime<Utc>,
 ) -> Result<i64, TxError> {
     let currency = ctx
-        .plans
+        .plans()
         .get(&crate::domain::plan::PlanRef {
             plan: s.plan.clone(),
             version: s.plan_version as u32,
@@ -838,7 +839,7 @@ async fn record_change(
 
 /// The plan whose entitlements a suspended (or past grace) subscription of `plan` gets.
 pub fn fallback_of(ctx: &Ctx, plan: &str) -> Option<String> {
-    ctx.plans.latest(plan).and_then(|v| v.fallback.clone())
+    ctx.plans().latest(plan).and_then(|v| v.fallback.clone())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1304,7 +1305,7 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
         let t = out.totals.entry(inv.currency.clone()).or_default();
         t.invoiced += total;
         match inv.status.as_str() {
-            "paid" => t.paid += total,
+            "paid" => t.paid += amount_paid,
             "void" => t.voided += total,
             "uncollectible" => t.written_off += total,
             _ => t.outstanding += total,

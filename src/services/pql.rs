@@ -165,9 +165,10 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
     }
     // The plan: quotas over the current period, and whether it is free.
     let subs = store::subscriptions::find_by_accounts(&mut conn, &accounts).await?;
+    let plans = ctx.plans();
     let mut periods = Vec::new();
     for s in &subs {
-        let Some(plan) = ctx.plans.get(&PlanRef {
+        let Some(plan) = plans.get(&PlanRef {
             plan: s.plan.clone(),
             version: s.plan_version as u32,
         }) else {
@@ -181,7 +182,7 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
     }
     let usage = store::usage::find_by_accounts_and_ranges(&mut conn, &periods).await?;
     for s in &subs {
-        let Some(plan) = ctx.plans.get(&PlanRef {
+        let Some(plan) = plans.get(&PlanRef {
             plan: s.plan.clone(),
             version: s.plan_version as u32,
         }) else {

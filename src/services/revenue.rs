@@ -94,11 +94,12 @@ pub async fn record(
     let mut conversions = Vec::new();
     let mut movements = Vec::new();
     let mut events = Vec::new();
+    let plans = ctx.plans();
     for inp in inputs {
         let plan = inp
             .plan
             .as_ref()
-            .and_then(|(r, seats)| ctx.plans.get(r).map(|p| (p, *seats)));
+            .and_then(|(r, seats)| plans.get(r).map(|p| (p, *seats)));
         let st = state.entry(inp.account.clone()).or_insert_with(|| MrrRow {
             account: inp.account.clone(),
             mrr: Decimal::ZERO,

@@ -4,8 +4,9 @@
 //! invoice's new status are written in one transaction under the invoice's row lock, so two
 //! settlements of one invoice cannot both succeed.
 //!
-//! Invoices collected through Stripe are settled in Stripe (accrue follows its webhooks);
-//! settling them here could let a card be charged for an invoice already paid by wire.
+//! Invoices collected through Stripe are settled in Stripe (a payment there reaches accrue
+//! through its webhook; a void or write-off there is not followed yet): settling them here
+//! could let a card be charged for an invoice already paid by wire.
 
 use super::billing::{self, Invoice};
 use super::{conflict, refuse, Ctx, ServiceError, TxError};
@@ -122,6 +123,16 @@ pub async fn settle(
         let exp = Currency::from_code(&invoice.currency).map_or(2, |c| c.exponent());
         let mut due = total;
         due.rescale(exp);
+        if due < Decimal::ZERO {
+            // Issued before credit balances existed: its credit was never carried forward.
+            return Err(conflict(
+                "negative_total",
+                format!(
+                    "invoice {number} totals {due} {}: a negative invoice cannot be settled; its credit is owed to the account",
+                    invoice.currency
+                ),
+            ));
+        }
         let mut row = SettlementRow {
             account: account.clone(),
             number,
@@ -179,7 +190,6 @@ pub async fn settle(
                     .map(|l| -l.amount)
                     .sum();
                 if used > Decimal::ZERO {
-                    db::accounts::credit_balances(c, std::slice::from_ref(&account)).await?;
                     db::accounts::add_credit(c, &account, used).await?;
                 }
                 row.credit_restored = used;

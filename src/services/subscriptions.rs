@@ -12,7 +12,6 @@ use super::lifecycle::{
     PendingMrr,
 };
 use super::{billing, conflict, refuse, revenue, Ctx, ServiceError, TxError};
-use crate::catalog::plans::content_hash;
 use crate::domain::account::AccountId;
 use crate::domain::invoice::{advance_fee_lines, InvoiceDraft, InvoiceKind, InvoiceLine};
 use crate::domain::period::{anchor_at, period_containing, Period};
@@ -88,6 +87,22 @@ pub async fn put_account(
             "invalid_employees",
             "employees must not be negative",
         ));
+    }
+    for (field, value) in [
+        ("name", &f.name),
+        ("email", &f.email),
+        ("industry", &f.industry),
+        ("country", &f.country),
+        ("crm_owner", &f.crm_owner),
+    ] {
+        if let Some(Some(v)) = value {
+            if v.chars().count() > 500 || v.chars().any(char::is_control) {
+                return Err(ServiceError::invalid(
+                    "invalid_text",
+                    format!("{field}: at most 500 characters, no control characters"),
+                ));
+            }
+        }
     }
     if let Some(Some(email)) = &f.email {
         if !email.contains('@') {
@@ -177,23 +192,42 @@ fn presented(mut a: Account) -> Account {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Plans as subscriptions see them: published in the database and identical to the files.
+// Plans as subscriptions see them: the versions published in the database.
 
-/// The plan version to subscribe to: `version` or the latest published one. It must be
-/// published and the running catalogue must hold the same content.
+/// The plan version to subscribe to: `version` or the latest published one, as published
+/// (the database is the source of truth; a version published moments ago, perhaps through
+/// another instance, is read from its published definition and the live catalogue reloaded).
 pub async fn resolve_plan(
     ctx: &Ctx,
     conn: &mut AsyncPgConnection,
     plan: &str,
     version: Option<u32>,
 ) -> Result<PlanVersion, ServiceError> {
+    // `plan@version` is accepted wherever a plan is named.
+    let (plan, version) = match plan.split_once('@') {
+        Some(_) => {
+            let r: PlanRef = plan
+                .parse()
+                .map_err(|e: String| ServiceError::invalid("invalid_plan", format!("plan: {e}")))?;
+            if version.is_some_and(|v| v != r.version) {
+                return Err(ServiceError::invalid(
+                    "invalid_plan",
+                    format!(
+                        "plan `{plan}` and version {} disagree: give one",
+                        version.unwrap_or_default()
+                    ),
+                ));
+            }
+            (r.plan, Some(r.version))
+        }
+        None => (plan.to_owned(), version),
+    };
+    let plan = plan.as_str();
     let published = match version {
-        Some(v) => store_plans::find_by_plan_and_version(conn, plan, v as i32)
-            .await?
-            .map(|p| (p.version, p.content_hash)),
+        Some(v) => store_plans::find_by_plan_and_version(conn, plan, v as i32).await?,
         None => store_plans::find_latest_by_plan(conn, plan).await?,
     };
-    let Some((v, hash)) = published else {
+    let Some(row) = published else {
         let which = version.map_or(plan.to_owned(), |v| format!("{plan}@{v}"));
         return Err(ServiceError::invalid(
             "unknown_plan",
@@ -202,36 +236,44 @@ pub async fn resolve_plan(
     };
     let r = PlanRef {
         plan: plan.to_owned(),
-        version: v as u32,
+        version: row.version as u32,
     };
-    match ctx.plans.get(&r) {
-        Some(pv) if content_hash(pv) == hash => Ok(pv.clone()),
-        _ => Err(ServiceError::invalid(
-            "plan_not_available",
-            format!("{r} is published but this server's plan files differ; restart it with the published catalogue"),
-        )),
+    let plans = ctx.plans();
+    if plans.is_published(&r) {
+        if let Some(pv) = plans.get(&r) {
+            return Ok(pv.clone());
+        }
     }
+    let pv = serde_json::from_value::<PlanVersion>(row.definition).map_err(|e| {
+        ServiceError::invalid(
+            "plan_not_available",
+            format!("{r} is published in a form this server cannot read ({e}): upgrade it"),
+        )
+    })?;
+    let (live, pool) = (ctx.live_plans.clone(), ctx.pool.clone());
+    tokio::spawn(async move {
+        if let Err(e) = live.refresh(&pool).await {
+            tracing::warn!(error = %e, "plan catalogue refresh failed");
+        }
+    });
+    Ok(pv)
 }
 
 /// The plan to suggest to an account on `current` with `seats` seats: among the latest
 /// versions of the other self-serve plans in the same currency that satisfy `allows`, the
 /// cheapest by monthly-normalized recurring price, preferring the current billing interval (a
-/// monthly customer is pointed to a monthly plan, not asked for a yearly commitment).
+/// monthly customer is pointed to a monthly plan, not asked for a yearly commitment). Latest
+/// means latest published, as subscribing without a version picks.
 pub fn cheapest_self_serve(
-    ctx: &Ctx,
+    plans: &crate::catalog::plans::PlanCatalog,
     current: &PlanVersion,
     seats: u32,
     allows: impl Fn(&PlanVersion) -> bool,
 ) -> Option<PlanVersion> {
-    let codes: Vec<String> = ctx
-        .plans
-        .plan_codes()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let codes: Vec<String> = plans.plan_codes().iter().map(|s| s.to_string()).collect();
     codes
         .iter()
-        .filter_map(|c| ctx.plans.latest(c))
+        .filter_map(|c| plans.latest(c))
         .filter(|p| p.self_serve && p.plan != current.plan && p.currency == current.currency)
         .filter(|p| allows(p))
         .min_by_key(|p| (p.interval != current.interval, p.monthly_recurring(seats)))
@@ -242,12 +284,17 @@ pub fn cheapest_self_serve(
 /// a 32-bit integer; past this it is a typo, not a customer).
 pub const MAX_SEATS: u32 = 1_000_000;
 
-fn check_seats(ctx: &Ctx, plan: &PlanVersion, seats: u32) -> Result<(), TxError> {
+/// Refuses a seat count the plan does not allow, naming the way out (the plan that allows it).
+pub fn check_seats(
+    plans: &crate::catalog::plans::PlanCatalog,
+    plan: &PlanVersion,
+    seats: u32,
+) -> Result<(), ServiceError> {
     if seats > MAX_SEATS {
-        return Err(TxError::Refused(ServiceError::invalid(
+        return Err(ServiceError::invalid(
             "invalid_seats",
             format!("seats: {seats} is more than {MAX_SEATS}"),
-        )));
+        ));
     }
     let Some(s) = &plan.seats else {
         return Ok(());
@@ -259,23 +306,92 @@ fn check_seats(ctx: &Ctx, plan: &PlanVersion, seats: u32) -> Result<(), TxError>
                     .as_ref()
                     .is_some_and(|s| s.max.is_none_or(|m| seats <= m))
             };
-            let hint = match cheapest_self_serve(ctx, plan, seats, allows) {
+            let hint = match cheapest_self_serve(plans, plan, seats, allows) {
                 Some(p) => format!(": upgrade to {}", p.plan),
                 None => ": contact sales".to_owned(),
             };
-            return Err(refuse(
+            return Err(ServiceError::invalid(
                 "seat_limit",
                 format!("seat limit {max} on plan {}{hint}", plan.plan),
             ));
         }
     }
     if seats < s.min {
-        return Err(refuse(
+        return Err(ServiceError::invalid(
             "seat_minimum",
             format!("plan {} needs at least {} seats", plan.plan, s.min),
         ));
     }
     Ok(())
+}
+
+/// The seats a change to `new` keeps when none are given: the current seats, at least the new
+/// plan's minimum.
+pub fn default_seats(old_seats: u32, new: &PlanVersion) -> u32 {
+    old_seats.max(new.seats.as_ref().map_or(0, |s| s.min))
+}
+
+/// What a plan or seat change does, as a quote decides it (and `accrue quote` offline): its
+/// kind, when it takes effect (a decrease waits for the period end unless the current plan
+/// says `immediate_credit`; asking for now otherwise is refused), and, when it takes effect
+/// now, the prorated lines and the new period of an interval change.
+#[derive(Debug, Clone)]
+pub struct ChangeTerms {
+    pub kind: &'static str,
+    pub effective: Effective,
+    pub lines: Vec<ProrationLine>,
+    pub new_period: Option<Period>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn change_terms(
+    old: &PlanVersion,
+    old_seats: u32,
+    new: &PlanVersion,
+    new_seats: u32,
+    requested: Option<Effective>,
+    operator_override: bool,
+    period: &Period,
+    now: DateTime<Utc>,
+    trialing: bool,
+) -> Result<ChangeTerms, ServiceError> {
+    if new.plan == old.plan && new.version == old.version && new_seats == old_seats {
+        return Err(ServiceError::invalid(
+            "no_change",
+            "the quote changes nothing: give another plan, version or seat count",
+        ));
+    }
+    let kind = classify(old, old_seats, new, new_seats);
+    let decrease = matches!(kind, "downgrade" | "seats_removed");
+    let policy_now = !decrease || old.downgrade == DowngradePolicy::ImmediateCredit;
+    let effective = match requested {
+        Some(Effective::Now) if !policy_now && !operator_override => {
+            return Err(ServiceError::invalid(
+                "downgrade_at_period_end",
+                format!(
+                    "on plan {} downgrades and seat decreases take effect at the period end ({})",
+                    old.plan,
+                    period.end.to_rfc3339()
+                ),
+            ))
+        }
+        Some(e) => e,
+        None if policy_now => Effective::Now,
+        None => Effective::PeriodEnd,
+    };
+    let (lines, new_period) = if effective == Effective::PeriodEnd || trialing {
+        (Vec::new(), None)
+    } else {
+        // A new interval ends the period now (`new_period`); acceptance invoices the ended
+        // part's usage in arrears.
+        immediate_change(period, now, old, old_seats, new, new_seats)
+    };
+    Ok(ChangeTerms {
+        kind,
+        effective,
+        lines,
+        new_period,
+    })
 }
 
 fn check_self_serve(principal: &Principal, plan: &PlanVersion) -> Result<(), TxError> {
@@ -391,7 +507,7 @@ pub async fn subscribe(
             let seats = req
                 .seats
                 .unwrap_or_else(|| plan.seats.as_ref().map_or(0, |s| s.min));
-            check_seats(ctx, &plan, seats)?;
+            check_seats(&ctx.plans(), &plan, seats)?;
             accounts::ensure(c, account, now).await?;
             check_currency(c, account, &plan).await?;
             let start = anchor_at(now);
@@ -510,7 +626,8 @@ pub async fn subscribe(
             let answer = Subscribed {
                 subscription: view(&row, &plan),
                 lines,
-                amount_due_now: amount,
+                // At the currency's scale, "0.00" included.
+                amount_due_now: plan.currency.round(amount),
             };
             if let Some(key) = idempotency_key {
                 subs::insert_idempotency(
@@ -727,13 +844,10 @@ pub async fn quote(
             let old = plan_of(ctx, &row.plan, row.plan_version)?;
             let old_seats = row.seats as u32;
             let new = target.clone().unwrap_or_else(|| old.clone());
-            let new_seats = req.seats.unwrap_or_else(|| {
-                let min = new.seats.as_ref().map_or(0, |s| s.min);
-                old_seats.max(min)
-            });
+            let new_seats = req.seats.unwrap_or_else(|| default_seats(old_seats, &new));
             if !req.cancel {
                 check_self_serve(principal, &new)?;
-                check_seats(ctx, &new, new_seats)?;
+                check_seats(&ctx.plans(), &new, new_seats)?;
                 // The account's billing currency (its first paid plan's), else the plan's.
                 let bills_in = accounts::find_by_account(c, account)
                     .await?
@@ -771,31 +885,13 @@ pub async fn quote(
                 new_period = Some(Period { start, end: start + Duration::days(new.trial_days.into()) });
                 ("trial_started", Effective::Now, Vec::new())
             } else {
-                let kind = classify(&old, old_seats, &new, new_seats);
-                let decrease = matches!(kind, "downgrade" | "seats_removed");
-                let policy_now = !decrease || old.downgrade == DowngradePolicy::ImmediateCredit;
-                let effective = match req.effective {
-                    Some(Effective::Now) if !policy_now && !req.operator_override => {
-                        return Err(refuse(
-                            "downgrade_at_period_end",
-                            format!("on plan {} downgrades and seat decreases take effect at the period end ({})", old.plan, row.period_end.to_rfc3339()),
-                        ))
-                    }
-                    Some(e) => e,
-                    None if policy_now => Effective::Now,
-                    None => Effective::PeriodEnd,
-                };
                 let period = Period { start: row.period_start, end: row.period_end };
-                let lines = if effective == Effective::PeriodEnd || trialing {
-                    Vec::new()
-                } else {
-                    // A new interval ends the period now (`new_period`); acceptance invoices
-                    // the ended part's usage in arrears.
-                    let (lines, next) = immediate_change(&period, now, &old, old_seats, &new, new_seats);
-                    new_period = next;
-                    lines
-                };
-                (kind, effective, lines)
+                let terms = change_terms(
+                    &old, old_seats, &new, new_seats, req.effective, req.operator_override,
+                    &period, now, trialing,
+                )?;
+                new_period = terms.new_period;
+                (terms.kind, terms.effective, terms.lines)
             };
             let effective_at = match effective {
                 Effective::Now => now,
@@ -849,7 +945,7 @@ pub async fn quote(
                     period: None,
                 });
             }
-            let amount_due_now = lines.iter().map(|l| l.amount).sum();
+            let amount_due_now = old.currency.round(lines.iter().map(|l| l.amount).sum());
             let q = Quote {
                 id: random_id("q"),
                 account: account.to_owned(),

@@ -181,21 +181,18 @@ pub async fn find_by_accounts(
         .await?)
 }
 
-/// The credit balances of these accounts that are not zero. Every row asked for is locked
-/// until the caller's transaction ends, so a balance read here and written back with
-/// [`set_credit_balances`] cannot overwrite a concurrent change (a voided invoice's credit).
+/// The credit balances of these accounts that are not zero.
 pub async fn credit_balances(
     conn: &mut AsyncPgConnection,
     of: &[String],
 ) -> Result<BTreeMap<String, Decimal>, StoreError> {
     let rows: Vec<(String, Decimal)> = accounts::table
         .filter(accounts::account.eq_any(of))
-        .order(accounts::account.asc())
+        .filter(accounts::credit_balance.ne(Decimal::ZERO))
         .select((accounts::account, accounts::credit_balance))
-        .for_update()
         .load(conn)
         .await?;
-    Ok(rows.into_iter().filter(|(_, b)| !b.is_zero()).collect())
+    Ok(rows.into_iter().collect())
 }
 
 /// Adds to an account's credit balance (a voided invoice gives back the credit it used).
@@ -211,19 +208,22 @@ pub async fn add_credit(
     Ok(())
 }
 
-/// Sets these accounts' credit balances (one statement).
-pub async fn set_credit_balances(
+/// Adds to these accounts' credit balances (one statement).
+pub async fn add_to_credit_balances(
     conn: &mut AsyncPgConnection,
-    balances: &BTreeMap<String, Decimal>,
+    deltas: &BTreeMap<String, Decimal>,
 ) -> Result<(), StoreError> {
-    if balances.is_empty() {
+    if deltas.is_empty() {
         return Ok(());
     }
     let (names, amounts): (Vec<String>, Vec<Decimal>) =
-        balances.iter().map(|(a, b)| (a.clone(), *b)).unzip();
+        deltas.iter().map(|(a, b)| (a.clone(), *b)).unzip();
+    // Increments, not the values read: a concurrent change (a voided invoice giving credit
+    // back) is kept without a locking read, which would also block every insert referencing
+    // the account and is refused across shards on Citus.
     diesel::sql_query(
-        "UPDATE accounts a SET credit_balance = b.balance
-           FROM UNNEST($1::text[], $2::numeric[]) AS b(account, balance)
+        "UPDATE accounts a SET credit_balance = a.credit_balance + b.delta
+           FROM UNNEST($1::text[], $2::numeric[]) AS b(account, delta)
           WHERE a.account = b.account",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(names)

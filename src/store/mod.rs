@@ -138,6 +138,41 @@ pub fn split_database_url(url: &str) -> Result<(String, String), StoreError> {
     Ok((admin, name.to_owned()))
 }
 
+/// Checks that the database named in `url` exists and answers, without creating it: every
+/// command but `serve`, `migrate` and `demo` uses this, so a mistyped `DATABASE_URL` is an
+/// error naming it rather than a new, empty database.
+pub async fn require_database(url: &str) -> Result<(), StoreError> {
+    let e = match AsyncPgConnection::establish(url).await {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let (_, name) = split_database_url(url)?;
+    let shown = redact(url);
+    if e.to_string().contains("does not exist") {
+        return Err(StoreError::Message(format!(
+            "database `{name}` does not exist (DATABASE_URL={shown}): check the name, or create it with `accrue migrate` (or `accrue serve`)"
+        )));
+    }
+    Err(StoreError::Message(format!(
+        "cannot connect to the database at {shown}: {}",
+        e.to_string().trim()
+    )))
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Creates the database named in `url` when it does not exist yet.
 pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
     if AsyncPgConnection::establish(url).await.is_ok() {

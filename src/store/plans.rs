@@ -59,6 +59,11 @@ pub async fn insert_if_absent(
     Ok(n == 1)
 }
 
+/// How many versions are published (they are only ever added).
+pub async fn count(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
+    Ok(plan_versions::table.count().get_result(conn).await?)
+}
+
 pub async fn list_all(conn: &mut AsyncPgConnection) -> Result<Vec<PublishedVersion>, StoreError> {
     Ok(plan_versions::table
         .order((plan_versions::plan, plan_versions::version))
@@ -99,14 +104,15 @@ pub async fn audit_log(conn: &mut AsyncPgConnection) -> Result<Vec<AuditEntry>, 
 }
 
 /// The highest published version of `plan` with its content hash.
+/// The highest published version of `plan`.
 pub async fn find_latest_by_plan(
     conn: &mut AsyncPgConnection,
     plan: &str,
-) -> Result<Option<(i32, String)>, StoreError> {
+) -> Result<Option<PublishedVersion>, StoreError> {
     Ok(plan_versions::table
         .filter(plan_versions::plan.eq(plan))
         .order(plan_versions::version.desc())
-        .select((plan_versions::version, plan_versions::content_hash))
+        .select(PublishedVersion::as_select())
         .first(conn)
         .await
         .optional()?)

@@ -24,6 +24,8 @@ pub struct SettlementRow {
     pub settled_at: DateTime<Utc>,
     pub reference: Option<String>,
     pub reason: Option<String>,
+    /// The key that settled it (left out of an account-scoped key's view).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub settled_by: String,
     /// Credit given back to the account's balance (the credit a voided invoice had used).
     #[serde(with = "rust_decimal::serde::str")]

@@ -90,6 +90,16 @@ async fn the_account_list_pages_by_cursor_filters_exactly_and_keeps_a_scoped_key
     let (status, body) = app.get(&key, "/v1/accounts?owner=dana").await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("owner"));
+    // Text with control characters is refused naming the field (a NUL reached the database
+    // and came back as a 503).
+    let (status, body) = app
+        .patch(&key, "/v1/accounts/acc-a", &json!({"name": "a\u{0}b"}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("name"));
     // A check-only key does not read accounts.
     let widget = app.key("check", None).await;
     let (status, _) = app.get(&widget, "/v1/accounts").await;

@@ -248,9 +248,10 @@ impl TestApp {
 
     /// Publishes the shipped plan catalogue (subscriptions need published versions).
     pub async fn publish_plans(&self) {
-        accrue::services::plans::publish(&self.ctx.pool, &self.ctx.plans, "test", t(NOW))
+        accrue::services::plans::publish(&self.ctx.pool, &self.ctx.plans(), "test", t(NOW))
             .await
             .unwrap();
+        self.ctx.refresh_plans().await.unwrap();
     }
 
     /// Subscribes `account` (body as for `POST .../subscription`), asserting it was created.

@@ -8,6 +8,7 @@ mod accounts;
 mod auth;
 mod billing;
 mod check;
+mod cli;
 mod crash;
 mod fuzz;
 mod governance;

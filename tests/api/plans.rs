@@ -59,7 +59,7 @@ async fn published_plans_are_listed_and_readable_over_the_api() {
     assert_eq!(status, 200);
     assert_eq!(v["definition"]["base_fee"], "59.00");
     assert_eq!(v["definition"]["charges"][0]["model"], "graduated");
-    let expected = content_hash(app.ctx.plans.get(&"team@2".parse().unwrap()).unwrap());
+    let expected = content_hash(app.ctx.plans().get(&"team@2".parse().unwrap()).unwrap());
     assert_eq!(v["content_hash"], expected);
 
     let (status, body) = app.get(&key, "/v1/plans/team/versions/7").await;
@@ -119,7 +119,10 @@ async fn a_changed_published_version_is_refused_all_or_nothing_and_audited() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(!ok, "publishing a changed version must fail");
     assert!(err.contains("team@2 is already published"), "{err}");
-    assert!(err.contains("pricing-plans/team/v3.toml"), "{err}");
+    // It says what differs and which file to write instead (in the folder published).
+    assert!(err.contains(r#"base_fee: "59.00" → "64.00""#), "{err}");
+    assert!(err.contains("team/v3.toml"), "{err}");
+    assert!(!err.contains("pricing-plans/"), "{err}");
     assert_eq!(
         app.db
             .count("(SELECT COUNT(*) FROM plan_versions WHERE plan = 'starter')::int8")
@@ -302,4 +305,198 @@ async fn three_decimal_plans_are_refused_at_publish_when_stripe_collects() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(ok, "{err}");
     assert!(out.contains("kuwait@1"), "{out}");
+}
+
+/// Newcomer S1-3: a version published while servers run is live on every instance within
+/// seconds, through the API or the CLI, with no restart and no files copied; `/v1/plans`,
+/// subscribe and the catalogue the check suggests upgrades from agree. A value written
+/// differently but equal is not a change; a real change is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_published_while_servers_run_is_live_on_every_instance_within_seconds() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    // A second instance on the same database, running since before the publish.
+    let (base_b, ctx_b, _) = start_instance(&app.db.url, std::time::Duration::from_secs(1));
+    let admin = app.key("admin", None).await;
+    let team2 = std::fs::read_to_string(manifest_dir().join("pricing-plans/team/v2.toml")).unwrap();
+    assert!(team2.contains(r#"base_fee = "59.00""#));
+    let team3 = team2.replace(r#"base_fee = "59.00""#, r#"base_fee = "69.00""#);
+
+    let (status, body) = app
+        .post(
+            &admin,
+            "/v1/plans/publish",
+            &serde_json::json!({"files": {"team/v3.toml": team3}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["plan"]["version"], 3, "{body}");
+    assert_eq!(body["data"][0]["status"], "published");
+
+    // Instance B subscribes to the new version at once (it reads the published definition),
+    // and its catalogue holds it within the refresh interval.
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{base_b}/v1/accounts/newco/subscription"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"plan": "team", "seats": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let sub: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(sub["subscription"]["plan_version"], 3, "{sub}");
+    // 3 seats are included: the base fee alone, at the new price.
+    assert_eq!(sub["amount_due_now"], "69.00", "{sub}");
+    let started = std::time::Instant::now();
+    loop {
+        if ctx_b.plans().latest("team").map(|v| v.version) == Some(3) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "instance B never loaded team@3"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ctx_b.plans().latest("team").unwrap().base_fee,
+        rust_decimal::Decimal::new(69_00, 2)
+    );
+
+    // The same value written differently is no change; a different value is refused naming
+    // the field.
+    let same = team3.replace(r#"base_fee = "69.00""#, r#"base_fee = "69.0""#);
+    let (status, body) = app
+        .post(
+            &admin,
+            "/v1/plans/publish",
+            &serde_json::json!({"files": {"team/v3.toml": same}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["status"], "unchanged");
+    let changed = team3.replace(r#"base_fee = "69.00""#, r#"base_fee = "79.00""#);
+    let (status, body) = app
+        .post(
+            &admin,
+            "/v1/plans/publish",
+            &serde_json::json!({"files": {"team/v3.toml": changed}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "version_changed");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("base_fee") && msg.contains("team/v4.toml"),
+        "{msg}"
+    );
+
+    // The CLI publishes from any folder; both instances pick it up without a restart.
+    let dir = std::env::temp_dir().join(format!("accrue-live-{}", app.db.name));
+    copy_catalogue(&dir);
+    let team4 = team2.replace(r#"base_fee = "59.00""#, r#"base_fee = "74.00""#);
+    std::fs::write(dir.join("team/v4.toml"), &team4).unwrap();
+    std::fs::write(dir.join("team/v3.toml"), &team3).unwrap();
+    let (ok, _, err) = accrue(&app.db.url, &["plans", "publish", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(ok, "{err}");
+    let started = std::time::Instant::now();
+    while [&app.ctx, &ctx_b]
+        .iter()
+        .any(|c| c.plans().latest("team").map(|v| v.version) != Some(4))
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "an instance never loaded team@4"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, plans) = app.get(&admin, "/v1/plans").await;
+    assert_eq!(status, 200);
+    let team = plans["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["plan"] == "team")
+        .unwrap()
+        .clone();
+    assert_eq!(team["latest_version"], 4);
+
+    // Refusals name the problem: a bad file name, an invalid file, a non-admin key.
+    let (status, body) = app
+        .post(
+            &admin,
+            "/v1/plans/publish",
+            &serde_json::json!({"files": {"../team/v9.toml": team2}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = app
+        .post(
+            &admin,
+            "/v1/plans/publish",
+            &serde_json::json!({"files": {"team/v9.toml": "name = 3"}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_plan");
+    let billing = app.key("billing", None).await;
+    let (status, _) = app
+        .post(
+            &billing,
+            "/v1/plans/publish",
+            &serde_json::json!({"files": {"team/v9.toml": team2}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+}
+
+/// Newcomer S3-1: `plan@version` is accepted wherever a plan is named (it answered "plan
+/// team@1 is not published"); with a `version` that disagrees it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_named_as_plan_at_version_is_that_version() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    let s = app
+        .subscribe(
+            &key,
+            "pinned",
+            serde_json::json!({"plan": "team@1", "seats": 3}),
+        )
+        .await;
+    assert_eq!(s["subscription"]["plan"], "team");
+    assert_eq!(s["subscription"]["plan_version"], 1);
+    for (body, code) in [
+        (
+            serde_json::json!({"plan": "team@1", "version": 2}),
+            "invalid_plan",
+        ),
+        (serde_json::json!({"plan": "team@x"}), "invalid_plan"),
+        (serde_json::json!({"plan": "team@9"}), "unknown_plan"),
+    ] {
+        let (status, res) = app
+            .post(&key, "/v1/accounts/other/subscription", &body, None)
+            .await;
+        assert_eq!(status, 422, "{body}: {res}");
+        assert_eq!(res["error"]["code"], code, "{body}: {res}");
+    }
+    // A quote names its target the same way.
+    let (status, q) = app
+        .post(
+            &key,
+            "/v1/accounts/pinned/subscription/quotes",
+            &serde_json::json!({"plan": "team@2"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{q}");
+    assert_eq!(q["to"]["version"], 2, "{q}");
 }

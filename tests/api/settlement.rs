@@ -138,6 +138,14 @@ async fn finance_settles_manual_invoices_paid_void_or_written_off_and_reconcilia
         .map(|i| i["number"].as_i64().unwrap())
         .collect();
     assert_eq!(listed, vec![n_beta]);
+    // beta's own key sees the outcome, not finance's note or who wrote it.
+    let beta_key = app.key("billing", Some("beta")).await;
+    let (status, own) = app.get(&beta_key, &format!("/v1/invoices/{n_beta}")).await;
+    assert_eq!(status, 200, "{own}");
+    assert_eq!(own["settlement"]["kind"], "write_off");
+    assert!(own["settlement"]["reason"].is_null(), "{own}");
+    assert!(own["settlement"].get("settled_by").is_none(), "{own}");
+    assert!(lost["settlement"]["settled_by"].is_string(), "{lost}");
 
     // gamma had 20.00 of credit, which its start invoice used; voiding gives it back.
     let credit = Decimal::new(20_00, 2);
@@ -196,4 +204,35 @@ async fn finance_settles_manual_invoices_paid_void_or_written_off_and_reconcilia
         .unwrap();
     assert_eq!(acme["amount_paid"], "83.00");
     assert_eq!(acme["settlement"]["reference"], "wire 4711");
+
+    // An open invoice with a negative total (issued before credit balances existed) is
+    // refused with a conflict, not a database error.
+    app.subscribe(&fin, "delta", json!({"plan": "team", "seats": 5}))
+        .await;
+    let n_delta = only_invoice(&app, &fin, "delta").await;
+    {
+        let mut c = app.db.conn().await;
+        diesel::sql_query(format!(
+            "UPDATE invoices SET total = -5 WHERE number = {n_delta}"
+        ))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+    for (action, body) in [
+        ("pay", json!({"amount": "-5.00"})),
+        ("void", json!({})),
+        ("write-off", json!({})),
+    ] {
+        let (status, res) = app
+            .post(
+                &fin,
+                &format!("/v1/invoices/{n_delta}/{action}"),
+                &body,
+                None,
+            )
+            .await;
+        assert_eq!(status, 409, "{action}: {res}");
+        assert_eq!(res["error"]["code"], "negative_total", "{action}: {res}");
+    }
 }

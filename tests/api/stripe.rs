@@ -684,7 +684,7 @@ async fn a_crash_between_the_charge_and_its_record_is_resumed_without_a_second_c
     let db = TestDb::new().await;
     // Plans and a key written as `accrue plans publish` and `accrue keys create` would.
     let (_, setup, _) = start_instance_unserved(&db.url, std::time::Duration::from_secs(1));
-    accrue::services::plans::publish(&setup.pool, &setup.plans, "test", chrono::Utc::now())
+    accrue::services::plans::publish(&setup.pool, &setup.plans(), "test", chrono::Utc::now())
         .await
         .unwrap();
     let scopes = accrue::domain::scope::Scope::parse_list("billing,finance").unwrap();

@@ -64,7 +64,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
         )
         .await;
     assert_eq!(status, 201, "{s}");
-    assert_eq!(s["amount_due_now"], "0");
+    assert_eq!(s["amount_due_now"], "0.00");
     assert_eq!(
         s["subscription"]["current_period"]["start"],
         "2026-11-25T12:00:00Z"
@@ -85,7 +85,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     assert_eq!(status, 201, "{q}");
     assert_eq!(
         (q["kind"].as_str(), q["amount_due_now"].as_str()),
-        (Some("trial_started"), Some("0"))
+        (Some("trial_started"), Some("0.00"))
     );
     let (status, a) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "k-trial").await;
     assert_eq!(status, 200, "{a}");
@@ -155,7 +155,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     assert_eq!(q["kind"], "downgrade");
     assert_eq!(q["effective"], "period_end");
     assert_eq!(q["effective_at"], "2027-01-09T12:00:00Z");
-    assert_eq!(q["amount_due_now"], "0");
+    assert_eq!(q["amount_due_now"], "0.00");
     let (status, a) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "k-down").await;
     assert_eq!(status, 200, "{a}");
     assert_eq!(a["subscription"]["plan"], "business");
@@ -550,6 +550,86 @@ async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
     // = 2,390.00.
     assert_eq!(amounts(&cli["lines"]), ["-41.96", "2390.00"]);
     assert_eq!(cli["amount_due_now"], "2348.04");
+
+    // Newcomer S1-4: the offline quote decides as the API does.
+    let offline = |extra: &[&str]| {
+        let mut args = vec![
+            "quote",
+            "--plan",
+            "team@2",
+            "--period-start",
+            "2026-11-25T12:00:00Z",
+            "--period-end",
+            "2026-12-25T12:00:00Z",
+            "--at",
+            "2026-12-10T08:15:30Z",
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
+            .args(&args)
+            .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
+            .output()
+            .unwrap()
+    };
+    // A seat decrease on team (downgrade at period end): nothing now, as the API's quote.
+    let (status, q) = quote(&app, &key, "acme", json!({"seats": 4})).await;
+    assert_eq!(status, 201, "{q}");
+    let out = offline(&["--seats", "5", "--to-seats", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in [
+        "kind",
+        "effective",
+        "effective_at",
+        "lines",
+        "amount_due_now",
+    ] {
+        assert_eq!(cli[field], q[field], "{field}: {cli} vs {q}");
+    }
+    assert_eq!(cli["effective"], "period_end");
+    // Asking for it now is refused by both.
+    let (status, q) = quote(&app, &key, "acme", json!({"seats": 4, "effective": "now"})).await;
+    assert_eq!(status, 422, "{q}");
+    let out = offline(&["--seats", "5", "--to-seats", "4", "--effective", "now"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("period end"));
+    // Past the plan's seat limit: refused by both, naming the plan that allows it.
+    let (status, q) = quote(&app, &key, "acme", json!({"seats": 80})).await;
+    assert_eq!(
+        (status, q["error"]["code"].as_str()),
+        (422, Some("seat_limit")),
+        "{q}"
+    );
+    let out = offline(&["--seats", "5", "--to-seats", "80"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(q["error"]["message"].as_str().unwrap()),
+        "{err}"
+    );
+    // Seats default to the plan's minimum, and the new plan keeps them at least its own:
+    // team (min 1) → business (min 5) is priced with 5 seats, not 0.
+    let out = offline(&["--to-plan", "business@1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["to"]["seats"], 5, "{cli}");
+    assert_eq!(cli["from"]["seats"], 1, "{cli}");
+    // --to-seats alone changes seats on the current plan.
+    let out = offline(&["--seats", "5", "--to-seats", "8"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["kind"], "seats_added");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,7 +646,7 @@ async fn a_cancellation_takes_effect_at_period_end_with_a_last_invoice_and_no_re
         (Some("cancel"), Some("period_end"))
     );
     assert_eq!(q["effective_at"], "2026-12-25T12:00:00Z");
-    assert_eq!(q["amount_due_now"], "0");
+    assert_eq!(q["amount_due_now"], "0.00");
     let (status, _) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "cancel-1").await;
     assert_eq!(status, 200);
     // Still active, with access, until the period ends.

@@ -90,7 +90,7 @@ async fn two_processes_on_one_test_clock_bill_each_period_once_and_charge_each_i
     for n in 0..ACCOUNTS {
         let (status, body) = send(
             &http,
-            reqwest::Method::PUT,
+            reqwest::Method::PATCH,
             format!("{}/v1/accounts/c{n}", base(n)),
             &key,
             json!({"name": format!("Chaos {n}"), "email": format!("c{n}@example.com"), "test_clock": clock}),

@@ -194,6 +194,17 @@ impl Drop for Cluster {
 /// Migrates `db_url` (creating the database) and makes a key, with the release binary's CLI.
 pub fn prepare(db_url: &str, scopes: &str) -> String {
     let out = Command::new(release_binary())
+        .arg("migrate")
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(release_binary())
         .args(["keys", "create", "--name", "chaos", "--scopes", scopes])
         .env("DATABASE_URL", db_url)
         .env("RUST_LOG", "error")

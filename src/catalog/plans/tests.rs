@@ -187,3 +187,34 @@ fn content_hashes_ignore_comments_and_change_with_meaning() {
     assert_eq!(content_hash(&a), content_hash(&b));
     assert_ne!(content_hash(&a), content_hash(&c));
 }
+
+/// The database keeps each published version as JSON and the servers run what they read back
+/// from it: every shipped version must come back identical, field by field.
+#[test]
+fn every_shipped_version_reads_back_from_its_published_json_unchanged() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing-plans");
+    let catalog = PlanCatalog::load(&dir, &meters()).unwrap();
+    let mut n = 0;
+    for v in catalog.all() {
+        let json = serde_json::to_value(v).unwrap();
+        let back: PlanVersion = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(&back, v, "{}", v.plan_ref());
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        assert_eq!(content_hash(&back), content_hash(v));
+        n += 1;
+    }
+    assert!(n >= 7, "only {n} versions");
+}
+
+/// A published version and its file are compared by value: a number written another way is
+/// the same version (`"49.00"` and `"49.0"`), another number is not.
+#[test]
+fn versions_are_equal_by_value_not_by_how_numbers_are_written() {
+    let a = parse_plan_file(Path::new("pricing-plans/team/v9.toml"), VALID, &meters()).unwrap();
+    let same = VALID.replace(r#"base_fee = "49.00""#, r#"base_fee = "49.0""#);
+    let b = parse_plan_file(Path::new("pricing-plans/team/v9.toml"), &same, &meters()).unwrap();
+    assert_eq!(a, b);
+    let other = VALID.replace(r#"base_fee = "49.00""#, r#"base_fee = "49.01""#);
+    let c = parse_plan_file(Path::new("pricing-plans/team/v9.toml"), &other, &meters()).unwrap();
+    assert_ne!(a, c);
+}

@@ -1,0 +1,110 @@
+//! The CLI against the real database (newcomer review S2-6, S2-7): commands that only read the
+//! database need no plans folder, and no command but `serve`, `migrate` and `demo` creates a
+//! database (a mistyped `DATABASE_URL` is an error naming it).
+
+use crate::helpers::*;
+use std::process::{Command, Output};
+
+fn accrue_in(dir: &std::path::Path, db_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args(args)
+        .current_dir(dir)
+        .env("DATABASE_URL", db_url)
+        .env_remove("ACCRUE_PLANS_DIR")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_database_url_is_an_error_naming_it_and_creates_nothing() {
+    let app = spawn_app().await;
+    let wrong = format!("{}_nope", app.db.url);
+    let name = format!("{}_nope", app.db.name);
+    let elsewhere = std::env::temp_dir();
+    for args in [
+        vec!["keys", "create", "--name", "x", "--scopes", "check"],
+        vec!["keys", "list"],
+        vec!["export", "invoices", "--month", "2026-11"],
+        vec![
+            "report",
+            "nrr",
+            "--from",
+            "2026-10-01",
+            "--to",
+            "2026-12-01",
+        ],
+    ] {
+        let out = accrue_in(&elsewhere, &wrong, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+        assert!(
+            err.contains(&format!("database `{name}` does not exist")),
+            "{args:?}: {err}"
+        );
+    }
+    let created = app
+        .db
+        .count(&format!(
+            "(SELECT COUNT(*) FROM pg_database WHERE datname = '{name}')::int8"
+        ))
+        .await;
+    assert_eq!(created, 0, "a command created the mistyped database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_only_read_the_database_run_from_any_folder() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    app.subscribe(
+        &key,
+        "acme",
+        serde_json::json!({"plan": "team", "seats": 5}),
+    )
+    .await;
+    // A folder without pricing-plans/ or config/.
+    let elsewhere = std::env::temp_dir();
+    assert!(!elsewhere.join("pricing-plans").exists());
+    let out = accrue_in(
+        &elsewhere,
+        &app.db.url,
+        &["export", "invoices", "--month", "2026-11"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    // The start invoice: 59.00 base and two extra seats at 12.00.
+    assert!(csv.lines().any(|l| l.starts_with("1,acme,start,")), "{csv}");
+    let out = accrue_in(
+        &elsewhere,
+        &app.db.url,
+        &[
+            "report",
+            "nrr",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-12-01",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report.as_array().is_some_and(|w| !w.is_empty()), "{report}");
+    let out = accrue_in(&elsewhere, &app.db.url, &["keys", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("billing"));
+}
