@@ -979,6 +979,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.ingest_lanes,
         config.check_staleness,
     );
+    // The published versions are the catalogue: loaded before any job or request runs.
+    ctx.refresh_plans()
+        .await
+        .context("loading the published plan catalogue")?;
     match &config.stripe {
         Some(stripe) => {
             refuse_unpresentable(&ctx.plans())?;

@@ -554,8 +554,12 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
             !policy.in_grace(since, now)
         });
     if r.status == "suspended" || beyond_grace {
+        // The subscriber's own version names its fallback.
         let fallback = plans
-            .latest(&r.plan)
+            .get(&PlanRef {
+                plan: r.plan.clone(),
+                version: r.plan_version as u32,
+            })
             .and_then(|p| p.fallback.as_deref())
             .and_then(|fb| plans.latest(fb));
         return Some(match fallback {

@@ -772,7 +772,7 @@ async fn record_failure(
                     }
                     subs::save(c, s).await?;
                     record_change(ctx, c, s, step, now).await?;
-                    let why = match (action, fallback_of(ctx, &s.plan)) {
+                    let why = match (action, fallback_of(ctx, &s.plan, s.plan_version)) {
                         (FinalAction::Suspend, Some(fb)) => format!(
                             "every retry failed: entitlements fall to the fallback plan `{fb}`"
                         ),
@@ -789,7 +789,7 @@ async fn record_failure(
                             .await?;
                     let plans = ctx.plans();
                     let plan = match action {
-                        FinalAction::Suspend => fallback_of(ctx, &s.plan)
+                        FinalAction::Suspend => fallback_of(ctx, &s.plan, s.plan_version)
                             .and_then(|fb| plans.latest(&fb))
                             .map(|fb| (fb.plan_ref(), fb.seats.as_ref().map_or(0, |x| x.min))),
                         FinalAction::Cancel => None,
@@ -837,9 +837,16 @@ async fn record_change(
     Ok(subs::insert_change(c, &ch).await?)
 }
 
-/// The plan whose entitlements a suspended (or past grace) subscription of `plan` gets.
-pub fn fallback_of(ctx: &Ctx, plan: &str) -> Option<String> {
-    ctx.plans().latest(plan).and_then(|v| v.fallback.clone())
+/// The plan whose entitlements a suspended (or past grace) subscription of `plan@version`
+/// gets: its own version's fallback (a later version publishing another one does not change
+/// what existing subscribers fall to).
+pub fn fallback_of(ctx: &Ctx, plan: &str, version: i32) -> Option<String> {
+    ctx.plans()
+        .get(&PlanRef {
+            plan: plan.to_owned(),
+            version: version as u32,
+        })
+        .and_then(|v| v.fallback.clone())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -238,25 +238,25 @@ pub async fn resolve_plan(
         plan: plan.to_owned(),
         version: row.version as u32,
     };
-    let plans = ctx.plans();
-    if plans.is_published(&r) {
-        if let Some(pv) = plans.get(&r) {
-            return Ok(pv.clone());
-        }
+    let loaded = |ctx: &Ctx| {
+        let plans = ctx.plans();
+        plans
+            .is_published(&r)
+            .then(|| plans.get(&r).cloned())
+            .flatten()
+    };
+    if let Some(pv) = loaded(ctx) {
+        return Ok(pv);
     }
-    let pv = serde_json::from_value::<PlanVersion>(row.definition).map_err(|e| {
+    // Published moments ago (perhaps through another instance): load it now, so everything
+    // this subscription does next (its MRR, its checks, its invoices) finds it here.
+    ctx.refresh_plans().await?;
+    loaded(ctx).ok_or_else(|| {
         ServiceError::invalid(
             "plan_not_available",
-            format!("{r} is published in a form this server cannot read ({e}): upgrade it"),
+            format!("{r} is published in a form this server cannot read: upgrade it"),
         )
-    })?;
-    let (live, pool) = (ctx.live_plans.clone(), ctx.pool.clone());
-    tokio::spawn(async move {
-        if let Err(e) = live.refresh(&pool).await {
-            tracing::warn!(error = %e, "plan catalogue refresh failed");
-        }
-    });
-    Ok(pv)
+    })
 }
 
 /// The plan to suggest to an account on `current` with `seats` seats: among the latest

@@ -148,7 +148,10 @@ pub async fn require_database(url: &str) -> Result<(), StoreError> {
     };
     let (_, name) = split_database_url(url)?;
     let shown = redact(url);
-    if e.to_string().contains("does not exist") {
+    // Not a wrong role name (`role "x" does not exist`): only the database's own absence.
+    if e.to_string()
+        .contains(&format!("database \"{name}\" does not exist"))
+    {
         return Err(StoreError::Message(format!(
             "database `{name}` does not exist (DATABASE_URL={shown}): check the name, or create it with `accrue migrate` (or `accrue serve`)"
         )));

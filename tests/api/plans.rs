@@ -349,17 +349,25 @@ async fn a_version_published_while_servers_run_is_live_on_every_instance_within_
     assert_eq!(sub["subscription"]["plan_version"], 3, "{sub}");
     // 3 seats are included: the base fee alone, at the new price.
     assert_eq!(sub["amount_due_now"], "69.00", "{sub}");
-    let started = std::time::Instant::now();
-    loop {
-        if ctx_b.plans().latest("team").map(|v| v.version) == Some(3) {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "instance B never loaded team@3"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // B loaded it before answering, so the new subscription's MRR is the new price (it was
+    // recorded as 0 when B priced it from a catalogue without team@3).
+    assert_eq!(ctx_b.plans().latest("team").map(|v| v.version), Some(3));
+    let res = client
+        .get(format!(
+            "{base_b}/v1/movements?from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z&account=newco"
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let moves: serde_json::Value = res.json().await.unwrap();
+    let mrr: Vec<rust_decimal::Decimal> = moves["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mrr_after"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(mrr, vec![rust_decimal::Decimal::new(69_00, 2)], "{moves}");
     assert_eq!(
         ctx_b.plans().latest("team").unwrap().base_fee,
         rust_decimal::Decimal::new(69_00, 2)
