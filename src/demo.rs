@@ -464,7 +464,7 @@ async fn report(
     }
     writeln!(out, "  conversions by attribution: {:?}", f.attribution)?;
     writeln!(out, "\nHot PQL queue (newest first, top 10)")?;
-    for r in pql::queue(ctx, "hot", 10).await? {
+    for r in pql::queue(ctx, "hot", None, 10).await? {
         writeln!(
             out,
             "  {:<12} score {:>3}  zone {:<16} {}",

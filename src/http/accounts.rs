@@ -175,27 +175,17 @@ pub async fn list_accounts(
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
     let q = query.into_inner();
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "limit must be 1 to 1000",
-        ));
-    }
+    let limit = super::list::limit(q.limit, 100, 1000)?;
     let filter = AccountFilter {
         account: p.account.clone(),
         crm_owner: q.crm_owner,
         country: q.country,
         industry: q.industry,
         after: q.after,
-        limit,
+        limit: limit + 1,
     };
     let rows = subs::list_accounts(&ctx, &filter).await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|a| a.account.clone()))
-        .flatten();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": rows, "next_cursor": next })))
+    Ok(super::list::page(rows, limit, |a| a.account.clone()))
 }
 
 pub async fn get_account(
@@ -247,16 +237,27 @@ pub async fn revoke_scheduled(
     Ok(HttpResponse::Ok().json(subs::revoke_scheduled(&ctx, &account).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesQuery {
+    /// The cursor: `next_cursor` of the previous page (a change id).
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/accounts/{account}/subscription/changes`: accepted changes, oldest first.
 pub async fn changes(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
+    query: web::Query<ChangesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
     let account = path.into_inner();
     reach(&p, &account)?;
-    let changes = subs::changes(&ctx, &account).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "changes": changes })))
+    let limit = super::list::limit(query.limit, 100, 1000)?;
+    let rows = subs::changes(&ctx, &account, query.after, limit + 1).await?;
+    Ok(super::list::page(rows, limit, |c| c.id))
 }
 
 pub async fn quote(

@@ -6,14 +6,33 @@ use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::{usage, Ctx};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
+use serde::Deserialize;
 
-pub async fn event_types(req: HttpRequest, ctx: web::Data<Ctx>) -> Result<HttpResponse, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// The cursor: `next_cursor` of the previous page (an event type).
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Event types in name order, `{"data", "next_cursor"}`.
+pub async fn event_types(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let principal = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
     if principal.account.is_some() {
         // A cross-account report does not exist for a key that reaches one account.
         return Err(ApiError::not_found("no route for this key"));
     }
+    let limit = super::list::limit(query.limit, 100, 1000)?;
     let types = usage::event_types(&ctx).await?;
-    Ok(HttpResponse::Ok().json(json!({ "event_types": types })))
+    Ok(super::list::page_of(
+        types,
+        query.after.as_ref(),
+        limit,
+        |t| t.event_type.clone(),
+    ))
 }

@@ -25,7 +25,7 @@ pub struct ListQuery {
     /// ... and before this one.
     #[serde(default, deserialize_with = "super::time::optional")]
     period_to: Option<DateTime<Utc>>,
-    /// The cursor: `next_after` of the previous page.
+    /// The cursor: `next_cursor` of the previous page (an invoice number).
     after: Option<i64>,
     limit: Option<i64>,
 }
@@ -55,27 +55,17 @@ pub async fn list(
             ));
         }
     }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "limit must be 1 to 500",
-        ));
-    }
+    let limit = super::list::limit(q.limit, 50, 500)?;
     let filter = InvoiceFilter {
         account,
         status: q.status,
         period_from: q.period_from,
         period_to: q.period_to,
         after: q.after,
-        limit,
+        limit: limit + 1,
     };
     let invoices = billing::list_invoices(&ctx, &filter).await?;
-    let next_after = (invoices.len() as i64 == limit)
-        .then(|| invoices.last().map(|i| i.number))
-        .flatten();
-    Ok(HttpResponse::Ok().json(json!({ "invoices": invoices, "next_after": next_after })))
+    Ok(super::list::page(invoices, limit, |i| i.number))
 }
 
 pub async fn get(
@@ -102,14 +92,7 @@ pub async fn lineage(
     query: web::Query<LineageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance, Scope::Billing]).await?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "limit must be 1 to 1000",
-        ));
-    }
+    let limit = super::list::limit(query.limit, 100, 1000)?;
     let number = path.into_inner();
     let lines = billing::lineage(&ctx, number, p.account.as_deref(), limit).await?;
     Ok(HttpResponse::Ok().json(json!({ "invoice": number, "lines": lines })))
@@ -133,19 +116,9 @@ pub async fn billing_errors(
     let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
     super::auth::unbound(&p, "the billing errors report")?;
     let q = query.into_inner();
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "limit must be 1 to 500",
-        ));
-    }
-    let rows = billing::billing_errors(&ctx, q.after.as_deref(), limit).await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.account.clone()))
-        .flatten();
-    Ok(HttpResponse::Ok().json(json!({ "data": rows, "next_cursor": next })))
+    let limit = super::list::limit(q.limit, 50, 500)?;
+    let rows = billing::billing_errors(&ctx, q.after.as_deref(), limit + 1).await?;
+    Ok(super::list::page(rows, limit, |r| r.account.clone()))
 }
 
 /// `POST /v1/invoices/{number}/pay`: finance records a payment received outside the rail.

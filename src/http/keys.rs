@@ -5,10 +5,8 @@ use super::auth::{authorize, unbound};
 use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::{auth, Ctx};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,19 +26,9 @@ pub async fn list(
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "the API key list")?;
     let q = query.into_inner();
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "limit must be 1 to 1000",
-        ));
-    }
-    let keys = auth::list_keys(&ctx.pool, q.after, limit).await?;
-    let next = (keys.len() as i64 == limit)
-        .then(|| keys.last().map(|k| k.id))
-        .flatten();
-    Ok(HttpResponse::Ok().json(json!({ "data": keys, "next_cursor": next })))
+    let limit = super::list::limit(q.limit, 100, 1000)?;
+    let keys = auth::list_keys(&ctx.pool, q.after, limit + 1).await?;
+    Ok(super::list::page(keys, limit, |k| k.id))
 }
 
 /// Revokes a key: every instance refuses it within a second. Answers the revoked key.

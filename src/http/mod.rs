@@ -9,6 +9,7 @@ mod governance;
 mod health;
 mod invoices;
 mod keys;
+mod list;
 mod payments;
 mod plans;
 mod pql;

@@ -21,10 +21,29 @@ const ANY: &[Scope] = &[
     Scope::Admin,
 ];
 
-pub async fn list(req: HttpRequest, ctx: web::Data<Ctx>) -> Result<HttpResponse, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// The cursor: `next_cursor` of the previous page (a plan code).
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/plans`: published plans in code order, each with its versions.
+pub async fn list(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&req, &ctx, ANY).await?;
+    let limit = super::list::limit(query.limit, 100, 1000)?;
     let plans = plans::list(&ctx.pool).await?;
-    Ok(HttpResponse::Ok().json(json!({ "plans": plans })))
+    Ok(super::list::page_of(
+        plans,
+        query.after.as_ref(),
+        limit,
+        |p| p.plan.clone(),
+    ))
 }
 
 pub async fn version(

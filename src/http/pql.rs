@@ -8,7 +8,6 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
 
 fn bad_query(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
@@ -31,6 +30,8 @@ pub async fn account(
 #[serde(deny_unknown_fields)]
 pub struct QueueQuery {
     tier: Option<String>,
+    /// The cursor: `next_cursor` of the previous page.
+    after: Option<String>,
     limit: Option<i64>,
 }
 
@@ -43,12 +44,10 @@ pub async fn queue(
     let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
     unbound(&p, "the queue")?;
     let q = query.into_inner();
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(bad_query("limit must be 1 to 1000"));
-    }
+    let limit = super::list::limit(q.limit, 100, 1000)?;
     let tier = q.tier.unwrap_or_else(|| "hot".into());
-    Ok(HttpResponse::Ok().json(json!({ "accounts": pql::queue(&ctx, &tier, limit).await? })))
+    let rows = pql::queue(&ctx, &tier, q.after.as_deref(), limit + 1).await?;
+    Ok(super::list::page(rows, limit, pql::cursor))
 }
 
 #[derive(Deserialize)]

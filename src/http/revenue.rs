@@ -23,6 +23,9 @@ pub struct MovementsQuery {
     #[serde(default, deserialize_with = "super::time::optional")]
     to: Option<DateTime<Utc>>,
     account: Option<String>,
+    /// The cursor: `next_cursor` of the previous page (a movement id).
+    after: Option<i64>,
+    limit: Option<i64>,
 }
 
 pub async fn movements(
@@ -43,8 +46,9 @@ pub async fn movements(
         .from
         .ok_or_else(|| bad_query("from is required (RFC 3339)"))?;
     let to = q.to.ok_or_else(|| bad_query("to is required (RFC 3339)"))?;
-    let rows = revenue::movements(&ctx, from, to, account.as_deref()).await?;
-    Ok(HttpResponse::Ok().json(json!({ "movements": rows })))
+    let limit = super::list::limit(q.limit, 100, 1000)?;
+    let rows = revenue::movements(&ctx, from, to, account.as_deref(), q.after, limit + 1).await?;
+    Ok(super::list::page(rows, limit, |m| m.id))
 }
 
 #[derive(Deserialize)]
@@ -89,13 +93,30 @@ pub async fn create_endpoint(
     Ok(HttpResponse::Created().json(created))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsQuery {
+    /// The cursor: `next_cursor` of the previous page (an endpoint id).
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/webhook-endpoints`: oldest first (endpoints are few: read whole, paged here).
 pub async fn list_endpoints(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    query: web::Query<EndpointsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "the endpoint list")?;
-    Ok(HttpResponse::Ok().json(json!({ "endpoints": outbox::endpoints(&ctx).await? })))
+    let limit = super::list::limit(query.limit, 100, 1000)?;
+    let rows = outbox::endpoints(&ctx).await?;
+    Ok(super::list::page_of(
+        rows,
+        query.after.as_ref(),
+        limit,
+        |e| e.id,
+    ))
 }
 
 /// `GET /v1/webhook-endpoints/{id}`.
@@ -149,6 +170,8 @@ pub async fn rotate_secret(
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     state: Option<String>,
+    /// The cursor: `next_cursor` of the previous page (a feed position).
+    after: Option<i64>,
     limit: Option<i64>,
 }
 
@@ -161,12 +184,16 @@ pub async fn deliveries(
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "a delivery list")?;
     let q = query.into_inner();
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(bad_query("limit must be 1 to 1000"));
-    }
-    let rows = outbox::deliveries(&ctx, path.into_inner(), q.state.as_deref(), limit).await?;
-    Ok(HttpResponse::Ok().json(json!({ "deliveries": rows })))
+    let limit = super::list::limit(q.limit, 100, 1000)?;
+    let rows = outbox::deliveries(
+        &ctx,
+        path.into_inner(),
+        q.state.as_deref(),
+        q.after,
+        limit + 1,
+    )
+    .await?;
+    Ok(super::list::page(rows, limit, |d| d.seq))
 }
 
 #[derive(Deserialize)]
@@ -185,10 +212,7 @@ pub async fn feed(
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
     let q = query.into_inner();
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(bad_query("limit must be 1 to 1000"));
-    }
+    let limit = super::list::limit(q.limit, 100, 1000)?;
     let after = q.after.unwrap_or(0);
     if after < 0 {
         return Err(bad_query("after must not be negative"));

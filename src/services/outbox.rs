@@ -353,6 +353,7 @@ pub async fn deliveries(
     ctx: &Ctx,
     endpoint: i64,
     state: Option<&str>,
+    after: Option<i64>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, ServiceError> {
     if let Some(s) = state {
@@ -369,17 +370,19 @@ pub async fn deliveries(
             "webhook endpoint {endpoint} not found"
         )));
     }
-    Ok(ob_store::deliveries(&mut conn, endpoint, state, limit).await?)
+    Ok(ob_store::deliveries(&mut conn, endpoint, state, after, limit).await?)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The feed
 
+/// A page of the feed. Unlike other lists its cursor is never null: the feed is a stream, and
+/// the position after the last event read is where the next poll starts.
 #[derive(Debug, Clone, Serialize)]
 pub struct Feed {
-    pub events: Vec<Value>,
+    pub data: Vec<Value>,
     /// Pass as `after` to read on.
-    pub next_after: i64,
+    pub next_cursor: i64,
 }
 
 pub async fn feed(
@@ -391,10 +394,10 @@ pub async fn feed(
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     ob_store::sequence(&mut conn).await?;
     let rows = ob_store::feed(&mut conn, after, limit, account).await?;
-    let next_after = rows.last().and_then(|r| r.seq).unwrap_or(after);
+    let next_cursor = rows.last().and_then(|r| r.seq).unwrap_or(after);
     Ok(Feed {
-        events: rows.iter().map(body).collect(),
-        next_after,
+        data: rows.iter().map(body).collect(),
+        next_cursor,
     })
 }
 

@@ -355,15 +355,44 @@ pub async fn account_view(ctx: &Ctx, account: &str) -> Result<PqlRow, ServiceErr
         .ok_or_else(|| ServiceError::NotFound(format!("account `{account}` not found")))
 }
 
-pub async fn queue(ctx: &Ctx, tier: &str, limit: i64) -> Result<Vec<PqlRow>, ServiceError> {
+/// The sales queue of `tier`, newest first: a page after the cursor `after` (see [`cursor`]).
+pub async fn queue(
+    ctx: &Ctx,
+    tier: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<PqlRow>, ServiceError> {
     if Tier::parse(tier).is_none() {
         return Err(ServiceError::invalid(
             "invalid_tier",
             "tier must be hot, warm, watching or none",
         ));
     }
+    let after = match after {
+        None => None,
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+            ServiceError::invalid(
+                "invalid_query",
+                "after: give the `next_cursor` of the previous page",
+            )
+        })?),
+    };
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    Ok(pql_store::queue(&mut conn, tier, limit).await?)
+    Ok(pql_store::queue(&mut conn, tier, after, limit).await?)
+}
+
+/// A queue row's cursor: when it entered the tier (microseconds since 1970) and its account,
+/// as `<micros>:<account>`.
+pub fn cursor(row: &PqlRow) -> String {
+    format!("{}:{}", row.tier_since.timestamp_micros(), row.account)
+}
+
+fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, &str)> {
+    let (micros, account) = c.split_once(':')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        account,
+    ))
 }
 
 #[derive(Debug, Clone, Serialize)]

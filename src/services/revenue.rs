@@ -196,16 +196,19 @@ fn parse_kind(k: &str) -> MovementKind {
     }
 }
 
-/// `GET /v1/movements`: the ledger in [from, to), oldest first.
+/// `GET /v1/movements`: the ledger in [from, to), oldest first, a page after the movement
+/// `after`.
 pub async fn movements(
     ctx: &Ctx,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     account: Option<&str>,
+    after: Option<i64>,
+    limit: i64,
 ) -> Result<Vec<MovementRow>, ServiceError> {
     check_window(from, to)?;
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let mut rows = rev_store::between(&mut conn, from, to, account).await?;
+    let mut rows = rev_store::page_between(&mut conn, from, to, account, after, limit).await?;
     for r in &mut rows {
         r.mrr_before = r.mrr_before.normalize();
         r.mrr_after = r.mrr_after.normalize();

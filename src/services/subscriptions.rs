@@ -734,9 +734,15 @@ pub async fn revoke_scheduled(ctx: &Ctx, account: &str) -> Result<SubscriptionVi
     Ok(result)
 }
 
-pub async fn changes(ctx: &Ctx, account: &str) -> Result<Vec<subs::ChangeRow>, ServiceError> {
+/// The account's accepted changes, oldest first: a page after the change `after`.
+pub async fn changes(
+    ctx: &Ctx,
+    account: &str,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<subs::ChangeRow>, ServiceError> {
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let mut rows = subs::changes_by_account(&mut conn, account).await?;
+    let mut rows = subs::changes_by_account(&mut conn, account, after, limit).await?;
     for r in &mut rows {
         let exp = r
             .currency

@@ -405,10 +405,12 @@ pub async fn deliveries(
     conn: &mut AsyncPgConnection,
     endpoint_id: i64,
     state: Option<&str>,
+    after: Option<i64>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
     let mut q = webhook_deliveries::table
         .filter(webhook_deliveries::endpoint_id.eq(endpoint_id))
+        .filter(webhook_deliveries::seq.gt(after.unwrap_or(0)))
         .into_boxed();
     if let Some(s) = state {
         q = q.filter(webhook_deliveries::state.eq(s.to_owned()));

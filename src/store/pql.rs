@@ -137,19 +137,31 @@ pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Resul
     Ok(())
 }
 
-/// The sales queue: accounts in `tier`, newest first.
+/// The sales queue: accounts in `tier`, newest first (then by account), after the row at
+/// `after` (its `tier_since` and account).
 pub async fn queue(
     conn: &mut AsyncPgConnection,
     tier: &str,
+    after: Option<(DateTime<Utc>, &str)>,
     limit: i64,
 ) -> Result<Vec<PqlRow>, StoreError> {
-    Ok(pql_scores::table
+    let mut q = pql_scores::table
         .filter(pql_scores::tier.eq(tier))
-        .order((pql_scores::tier_since.desc(), pql_scores::account.asc()))
-        .limit(limit)
-        .select(PqlRow::as_select())
-        .load(conn)
-        .await?)
+        .into_boxed();
+    if let Some((since, account)) = after {
+        q = q.filter(
+            pql_scores::tier_since.lt(since).or(pql_scores::tier_since
+                .eq(since)
+                .and(pql_scores::account.gt(account.to_owned()))),
+        );
+    }
+    Ok(
+        q.order((pql_scores::tier_since.desc(), pql_scores::account.asc()))
+            .limit(limit)
+            .select(PqlRow::as_select())
+            .load(conn)
+            .await?,
+    )
 }
 
 /// Every account (the periodic rescoring, as windows slide).

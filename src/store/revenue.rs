@@ -129,6 +129,47 @@ pub async fn between(
     )
 }
 
+/// One page of the ledger in [from, to) in (at, id) order: the movements after the one with id
+/// `after`, at most `limit`.
+pub async fn page_between(
+    conn: &mut AsyncPgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    account: Option<&str>,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<MovementRow>, StoreError> {
+    let mut q = revenue_movements::table
+        .filter(revenue_movements::at.ge(from))
+        .filter(revenue_movements::at.lt(to))
+        .into_boxed();
+    if let Some(a) = account {
+        q = q.filter(revenue_movements::account.eq(a.to_owned()));
+    }
+    if let Some(after) = after {
+        let at: Option<DateTime<Utc>> = revenue_movements::table
+            .filter(revenue_movements::id.eq(after))
+            .select(revenue_movements::at)
+            .first(conn)
+            .await
+            .optional()?;
+        // A cursor that names no movement starts nowhere: the page is empty.
+        let Some(at) = at else { return Ok(Vec::new()) };
+        q = q.filter(
+            revenue_movements::at.gt(at).or(revenue_movements::at
+                .eq(at)
+                .and(revenue_movements::id.gt(after))),
+        );
+    }
+    Ok(
+        q.order((revenue_movements::at.asc(), revenue_movements::id.asc()))
+            .limit(limit)
+            .select(MovementRow::as_select())
+            .load(conn)
+            .await?,
+    )
+}
+
 #[derive(QueryableByName)]
 struct MrrAt {
     #[diesel(sql_type = Text)]

@@ -240,10 +240,14 @@ pub struct ChangeRow {
 pub async fn changes_by_account(
     conn: &mut AsyncPgConnection,
     account: &str,
+    after: Option<i64>,
+    limit: i64,
 ) -> Result<Vec<ChangeRow>, StoreError> {
     Ok(subscription_changes::table
         .filter(subscription_changes::account.eq(account))
+        .filter(subscription_changes::id.gt(after.unwrap_or(0)))
         .order(subscription_changes::id)
+        .limit(limit)
         .select(ChangeRow::as_select())
         .load(conn)
         .await?)

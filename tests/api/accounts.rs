@@ -85,7 +85,7 @@ async fn the_account_list_pages_by_cursor_filters_exactly_and_keeps_a_scoped_key
 
     // Wrong queries name what is wrong.
     let (status, body) = app.get(&key, "/v1/accounts?limit=0").await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("limit"));
     let (status, body) = app.get(&key, "/v1/accounts?owner=dana").await;
     assert_eq!(status, 400, "{body}");

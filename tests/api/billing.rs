@@ -151,19 +151,19 @@ async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() 
 
     // Listing with a cursor.
     let (_, page1) = app.get(&key, "/v1/invoices?account=acme&limit=3").await;
-    let numbers: Vec<i64> = page1["invoices"]
+    let numbers: Vec<i64> = page1["data"]
         .as_array()
         .unwrap()
         .iter()
         .map(|i| i["number"].as_i64().unwrap())
         .collect();
     assert_eq!(numbers, [1, 2, 3]);
-    assert_eq!(page1["next_after"], 3);
+    assert_eq!(page1["next_cursor"], 3);
     let (_, page2) = app
         .get(&key, "/v1/invoices?account=acme&limit=3&after=3")
         .await;
-    assert_eq!(page2["invoices"].as_array().unwrap().len(), 1);
-    assert!(page2["next_after"].is_null());
+    assert_eq!(page2["data"].as_array().unwrap().len(), 1);
+    assert!(page2["next_cursor"].is_null());
     let (_, start) = app.get(&key, "/v1/invoices?kind=start").await;
     assert_eq!(start["error"]["code"], "invalid_query");
 

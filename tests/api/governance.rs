@@ -19,7 +19,7 @@ async fn every_event_type_seen_is_listed_with_its_count_and_whether_a_meter_read
     assert_eq!(status, 200);
     let (status, body) = app.get(&key, "/v1/governance/event-types").await;
     assert_eq!(status, 200);
-    let types = body["event_types"].as_array().unwrap();
+    let types = body["data"].as_array().unwrap();
     let find = |t: &str| types.iter().find(|x| x["event_type"] == t).unwrap().clone();
     assert_eq!(types.len(), 3);
     assert_eq!(find("api.request")["event_count"], 2);

@@ -117,7 +117,7 @@ async fn a_dry_run_replays_the_last_period_and_its_figures_are_what_the_migratio
         let (_, invoices) = app
             .get(&key, &format!("/v1/invoices?account={account}"))
             .await;
-        let list = invoices["invoices"].as_array().unwrap();
+        let list = invoices["data"].as_array().unwrap();
         let start = list.iter().find(|i| i["kind"] == "start").unwrap();
         let period = list.iter().find(|i| i["kind"] == "period").unwrap();
         let (_, period) = app
@@ -163,7 +163,7 @@ async fn a_dry_run_replays_the_last_period_and_its_figures_are_what_the_migratio
                 &format!("/v1/movements?from=2027-01-01T00:00:00Z&to=2027-02-01T00:00:00Z&account={account}"),
             )
             .await;
-        let m = &moves["movements"][0];
+        let m = &moves["data"][0];
         assert_eq!(
             (m["kind"].as_str(), m["cause"].as_str()),
             (Some("expansion"), Some("plan_upgrade"))
@@ -174,7 +174,7 @@ async fn a_dry_run_replays_the_last_period_and_its_figures_are_what_the_migratio
         let (_, inv) = app
             .get(&key, &format!("/v1/invoices?account={account}&limit=10"))
             .await;
-        assert!(inv["invoices"]
+        assert!(inv["data"]
             .as_array()
             .unwrap()
             .iter()
@@ -236,7 +236,7 @@ async fn a_migration_at_renewal_waits_for_each_period_end() {
             "/v1/movements?from=2027-01-25T00:00:00Z&to=2027-02-01T00:00:00Z&account=m1",
         )
         .await;
-    let m = &moves["movements"][0];
+    let m = &moves["data"][0];
     assert_eq!(
         (
             m["cause"].as_str(),

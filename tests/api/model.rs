@@ -760,7 +760,7 @@ async fn check(run: &Run<'_>, m: &Model) {
     let mut total = Decimal::ZERO;
     let mut periods = Vec::new();
     let mut minutes_billed: BTreeMap<String, Decimal> = BTreeMap::new();
-    for i in list["invoices"].as_array().unwrap() {
+    for i in list["data"].as_array().unwrap() {
         let (_, inv) = app.get(key, &format!("/v1/invoices/{}", i["number"])).await;
         let lines: Decimal = inv["lines"]
             .as_array()
@@ -816,11 +816,11 @@ async fn check(run: &Run<'_>, m: &Model) {
         .get(
             key,
             &format!(
-                "/v1/movements?from=2026-01-01T00:00:00Z&to=2031-01-01T00:00:00Z&account={account}"
+                "/v1/movements?from=2026-01-01T00:00:00Z&to=2031-01-01T00:00:00Z&account={account}&limit=1000"
             ),
         )
         .await;
-    let mrr = moves["movements"]
+    let mrr = moves["data"]
         .as_array()
         .unwrap()
         .last()
@@ -834,7 +834,7 @@ async fn check(run: &Run<'_>, m: &Model) {
             m.plan,
             m.seats,
             m.last_usage,
-            moves["movements"]
+            moves["data"]
         ));
     }
 }

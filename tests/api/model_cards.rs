@@ -342,7 +342,7 @@ impl Run<'_> {
                 )
                 .await;
             let mut pending = false;
-            for i in list["invoices"].as_array().unwrap() {
+            for i in list["data"].as_array().unwrap() {
                 let (_, inv) = self
                     .app
                     .get(self.key, &format!("/v1/invoices/{}", i["number"]))
@@ -571,7 +571,7 @@ async fn check(run: &Run<'_>, m: &Model) {
         .await;
     let mut totals = Vec::new();
     let mut paid = Vec::new();
-    for i in list["invoices"].as_array().unwrap() {
+    for i in list["data"].as_array().unwrap() {
         let (_, inv) = app.get(key, &format!("/v1/invoices/{}", i["number"])).await;
         totals.push(dec(&inv["total"]));
         if inv["payment"]["state"] == "paid" {

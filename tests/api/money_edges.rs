@@ -46,7 +46,7 @@ async fn invoices(app: &TestApp, key: &str, account: &str) -> Vec<Value> {
         .await;
     assert_eq!(status, 200, "{list}");
     let mut out = Vec::new();
-    for i in list["invoices"].as_array().unwrap() {
+    for i in list["data"].as_array().unwrap() {
         let (status, inv) = app.get(key, &format!("/v1/invoices/{}", i["number"])).await;
         assert_eq!(status, 200, "{inv}");
         out.push(inv);
@@ -103,12 +103,12 @@ async fn movements(app: &TestApp, key: &str, account: &str) -> Vec<(String, Stri
         .get(
             key,
             &format!(
-                "/v1/movements?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&account={account}"
+                "/v1/movements?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&account={account}&limit=1000"
             ),
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    body["movements"]
+    body["data"]
         .as_array()
         .unwrap()
         .iter()

@@ -41,7 +41,7 @@ async fn published_plans_are_listed_and_readable_over_the_api() {
     let key = app.key("check", None).await;
     let (status, body) = app.get(&key, "/v1/plans").await;
     assert_eq!(status, 200);
-    let plans = body["plans"].as_array().unwrap();
+    let plans = body["data"].as_array().unwrap();
     let codes: Vec<&str> = plans.iter().map(|p| p["plan"].as_str().unwrap()).collect();
     assert_eq!(
         codes,
@@ -361,7 +361,7 @@ async fn a_version_published_while_servers_run_is_live_on_every_instance_within_
         .await
         .unwrap();
     let moves: serde_json::Value = res.json().await.unwrap();
-    let mrr: Vec<rust_decimal::Decimal> = moves["movements"]
+    let mrr: Vec<rust_decimal::Decimal> = moves["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -425,7 +425,7 @@ async fn a_version_published_while_servers_run_is_live_on_every_instance_within_
     }
     let (status, plans) = app.get(&admin, "/v1/plans").await;
     assert_eq!(status, 200);
-    let team = plans["plans"]
+    let team = plans["data"]
         .as_array()
         .unwrap()
         .iter()

@@ -136,7 +136,7 @@ async fn every_rubric_signal_is_scored_from_ingested_events_and_firmographics() 
 
     // The sales queue lists the hot account.
     let (_, q) = app.get(&key, "/v1/pql?tier=hot").await;
-    let hot: Vec<&str> = q["accounts"]
+    let hot: Vec<&str> = q["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -202,7 +202,7 @@ async fn a_tier_change_reaches_a_registered_webhook_endpoint_with_its_breakdown(
         app.clock.advance(chrono::Duration::seconds(60));
     }
     let (_, feed) = app.get(&key, "/v1/feed?after=0&limit=100").await;
-    let change = feed["events"]
+    let change = feed["data"]
         .as_array()
         .unwrap()
         .iter()

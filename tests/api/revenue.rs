@@ -25,12 +25,12 @@ async fn movements_of(
         .get(
             key,
             &format!(
-                "/v1/movements?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&account={account}"
+                "/v1/movements?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&account={account}&limit=1000"
             ),
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    body["movements"]
+    body["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -126,8 +126,8 @@ async fn each_cause_writes_its_movement_with_the_right_kind_and_delta() {
             "/v1/movements?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&account=uses",
         )
         .await;
-    assert_eq!(body["movements"][1]["ref_kind"], "invoice");
-    assert_eq!(body["movements"][0]["ref_kind"], "subscription_change");
+    assert_eq!(body["data"][1]["ref_kind"], "invoice");
+    assert_eq!(body["data"][0]["ref_kind"], "subscription_change");
     let movements = app
         .db
         .count("(SELECT COUNT(*) FROM revenue_movements)::int8")
@@ -353,7 +353,7 @@ async fn every_event_reaches_a_flaky_receiver_despite_a_killed_dispatcher_signed
     }
     let expected: BTreeSet<String> = {
         let (_, feed) = app.get(&key, "/v1/feed?after=0&limit=1000").await;
-        feed["events"]
+        feed["data"]
             .as_array()
             .unwrap()
             .iter()
@@ -396,14 +396,14 @@ async fn every_event_reaches_a_flaky_receiver_despite_a_killed_dispatcher_signed
             &format!("/v1/webhook-endpoints/{endpoint}/deliveries?state=dead"),
         )
         .await;
-    assert_eq!(dead["deliveries"], json!([]));
+    assert_eq!(dead["data"], json!([]));
     let (_, delivered) = app
         .get(
             &key,
             &format!("/v1/webhook-endpoints/{endpoint}/deliveries?state=delivered&limit=1000"),
         )
         .await;
-    assert_eq!(delivered["deliveries"].as_array().unwrap().len(), 24);
+    assert_eq!(delivered["data"].as_array().unwrap().len(), 24);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,8 +430,8 @@ async fn a_receiver_that_never_answers_ends_in_the_dead_letter_state_after_three
                 &format!("/v1/webhook-endpoints/{endpoint}/deliveries?state=dead"),
             )
             .await;
-        if !dead["deliveries"].as_array().unwrap().is_empty() {
-            let d = &dead["deliveries"][0];
+        if !dead["data"].as_array().unwrap().is_empty() {
+            let d = &dead["data"][0];
             assert!(d["last_error"].as_str().unwrap().contains("request failed"));
             let age = app.clock.now() - t(NOW);
             assert!(
@@ -462,9 +462,9 @@ async fn the_feed_pages_through_events_in_order_with_a_cursor() {
             .get(&key, &format!("/v1/feed?after={after}&limit=3"))
             .await;
         assert_eq!(status, 200, "{page}");
-        let events = page["events"].as_array().unwrap().clone();
+        let events = page["data"].as_array().unwrap().clone();
         if events.is_empty() {
-            assert_eq!(page["next_after"].as_i64(), Some(after));
+            assert_eq!(page["next_cursor"].as_i64(), Some(after));
             break;
         }
         for e in &events {
@@ -474,7 +474,7 @@ async fn the_feed_pages_through_events_in_order_with_a_cursor() {
                 e["account"].as_str().unwrap().to_owned(),
             ));
         }
-        after = page["next_after"].as_i64().unwrap();
+        after = page["next_cursor"].as_i64().unwrap();
     }
     let seqs: Vec<i64> = seen.iter().map(|s| s.0).collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
@@ -483,7 +483,7 @@ async fn the_feed_pages_through_events_in_order_with_a_cursor() {
     // An account-bound key reads its own account's events only.
     let own = app.key("finance", Some("f3")).await;
     let (_, mine) = app.get(&own, "/v1/feed?after=0").await;
-    let mine: BTreeMap<String, i64> = mine["events"]
+    let mine: BTreeMap<String, i64> = mine["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -516,7 +516,7 @@ async fn alerts_of(
 ) -> Vec<(String, String, i64)> {
     for _ in 0..100 {
         let (_, feed) = app.get(key, "/v1/feed?after=0&limit=1000").await;
-        let got: Vec<(String, String, i64)> = feed["events"]
+        let got: Vec<(String, String, i64)> = feed["data"]
             .as_array()
             .unwrap()
             .iter()
@@ -633,7 +633,7 @@ async fn a_webhook_endpoint_is_read_disabled_enabled_rotated_and_deleted() {
             }
             let (_, feed) = app.get(key, "/v1/feed?after=0&limit=1000").await;
             let r = received.lock().unwrap();
-            let mut got: Vec<String> = feed["events"]
+            let mut got: Vec<String> = feed["data"]
                 .as_array()
                 .unwrap()
                 .iter()

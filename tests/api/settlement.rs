@@ -20,7 +20,7 @@ async fn only_invoice(app: &TestApp, key: &str, account: &str) -> i64 {
         .get(key, &format!("/v1/invoices?account={account}"))
         .await;
     assert_eq!(status, 200, "{page}");
-    let data = page["invoices"].as_array().unwrap();
+    let data = page["data"].as_array().unwrap();
     assert_eq!(data.len(), 1, "{page}");
     data[0]["number"].as_i64().unwrap()
 }
@@ -131,7 +131,7 @@ async fn finance_settles_manual_invoices_paid_void_or_written_off_and_reconcilia
     assert_eq!(lost["settlement"]["kind"], "write_off");
     assert_eq!(lost["settlement"]["reason"], "customer insolvent");
     let (_, page) = app.get(&fin, "/v1/invoices?status=uncollectible").await;
-    let listed: Vec<i64> = page["invoices"]
+    let listed: Vec<i64> = page["data"]
         .as_array()
         .unwrap()
         .iter()

@@ -275,7 +275,7 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
             "/v1/movements?from=2026-11-01T00:00:00Z&to=2027-01-01T00:00:00Z&account=declines",
         )
         .await;
-    let moves: Vec<(&str, &str, &str, &str)> = moves["movements"]
+    let moves: Vec<(&str, &str, &str, &str)> = moves["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -326,12 +326,7 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
             "/v1/movements?from=2026-11-01T00:00:00Z&to=2027-01-01T00:00:00Z&account=declines",
         )
         .await;
-    let last = moves["movements"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let last = moves["data"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         (
             last["kind"].as_str(),
@@ -460,7 +455,7 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
     assert_eq!(charged, vec![8300, 8300]);
     let (_, list) = app.get(&key, "/v1/invoices?account=returns").await;
     assert!(
-        list["invoices"]
+        list["data"]
             .as_array()
             .unwrap()
             .iter()
@@ -970,7 +965,7 @@ async fn recovery_from_suspension_re_anchors_and_never_bills_the_suspended_month
     app.clock.set(t("2027-02-10T00:00:00Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     let (_, list) = app.get(&key, "/v1/invoices?account=sleeper").await;
-    assert_eq!(list["invoices"].as_array().unwrap().len(), 1);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
     let (status, body) = app
         .post(
             &key,
@@ -994,7 +989,7 @@ async fn recovery_from_suspension_re_anchors_and_never_bills_the_suspended_month
     assert_eq!(s["current_period"]["end"], "2027-03-10T00:00:00Z");
     tick(&app.ctx, &scheduler).await.unwrap();
     let (_, list) = app.get(&key, "/v1/invoices?account=sleeper").await;
-    let kinds: Vec<(String, String, String)> = list["invoices"]
+    let kinds: Vec<(String, String, String)> = list["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -1086,7 +1081,7 @@ async fn a_trial_without_a_payment_method_falls_to_the_fallback_plan_at_its_end(
     );
     assert_eq!(s["current_period"]["start"], "2026-12-09T12:00:00Z");
     let (_, list) = app.get(&key, "/v1/invoices?account=cardless").await;
-    assert!(list["invoices"].as_array().unwrap().is_empty(), "{list}");
+    assert!(list["data"].as_array().unwrap().is_empty(), "{list}");
     assert!(steps(&app, &key, "cardless").await.is_empty());
     assert_eq!(subscription_status(&app, &key, "cardless").await, "active");
     // Free's terms: no audit log.
@@ -1165,7 +1160,7 @@ async fn a_cancellation_scheduled_before_a_suspension_ends_the_subscription_on_r
     })
     .await;
     let (_, list) = app.get(&key, "/v1/invoices?account=leaving").await;
-    let kinds: Vec<&str> = list["invoices"]
+    let kinds: Vec<&str> = list["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -1234,7 +1229,7 @@ async fn an_invoice_stripe_refuses_stops_collecting_and_says_why() {
     assert_eq!(steps(&app, &key, "gone").await.len(), 1);
     let (_, feed) = app.get(&key, "/v1/feed?after=0&limit=1000").await;
     assert!(
-        feed["events"]
+        feed["data"]
             .as_array()
             .unwrap()
             .iter()

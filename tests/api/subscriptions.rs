@@ -101,7 +101,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     let (_, ch) = app
         .get(&key, "/v1/accounts/acme/subscription/changes")
         .await;
-    let conv = ch["changes"]
+    let conv = ch["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -172,7 +172,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     let (_, ch) = app
         .get(&key, "/v1/accounts/acme/subscription/changes")
         .await;
-    let applied = ch["changes"]
+    let applied = ch["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -185,7 +185,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     // Every charge above was invoiced, for exactly the quoted amounts.
     let (status, list) = app.get(&key, "/v1/invoices").await;
     assert_eq!(status, 200, "{list}");
-    let invoices = list["invoices"].as_array().unwrap();
+    let invoices = list["data"].as_array().unwrap();
     let summary: Vec<(&str, &str)> = invoices
         .iter()
         .map(|i| (i["kind"].as_str().unwrap(), i["total"].as_str().unwrap()))
@@ -462,7 +462,7 @@ async fn an_account_scoped_key_gets_404_on_every_route_of_another_account() {
         );
     }
     let (_, own) = app.get(&acme, "/v1/invoices").await;
-    assert_eq!(own["invoices"].as_array().unwrap().len(), 0);
+    assert_eq!(own["data"].as_array().unwrap().len(), 0);
     let (_, s) = app.get(&ops, "/v1/accounts/globex/subscription").await;
     assert_eq!(s["seats"], 1, "nothing changed on globex");
     let (_, a) = app.get(&ops, "/v1/accounts/globex").await;
@@ -678,7 +678,7 @@ async fn a_cancellation_takes_effect_at_period_end_with_a_last_invoice_and_no_re
     );
     // The last period is invoiced (usage in arrears) without advance fees for a next one.
     let (_, list) = app.get(&key, "/v1/invoices?account=acme").await;
-    let last = list["invoices"].as_array().unwrap().last().unwrap().clone();
+    let last = list["data"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         (last["kind"].as_str(), last["total"].as_str()),
         (Some("period"), Some("0.00"))
@@ -752,7 +752,7 @@ async fn a_scheduled_cancellation_can_be_undone_and_the_subscription_renews() {
     assert_eq!(s["status"], "active", "{s}");
     assert_eq!(s["current_period"]["start"], "2026-12-25T12:00:00Z");
     let (_, list) = app.get(&key, "/v1/invoices?account=undo").await;
-    let period = list["invoices"]
+    let period = list["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -797,7 +797,7 @@ async fn a_subscribe_retried_with_its_idempotency_key_gets_the_first_answer() {
     assert_eq!(e["error"]["code"], "subscription_exists");
     let (_, list) = app.get(&key, "/v1/invoices?account=again").await;
     assert_eq!(
-        list["invoices"].as_array().unwrap().len(),
+        list["data"].as_array().unwrap().len(),
         1,
         "one start invoice"
     );

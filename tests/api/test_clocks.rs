@@ -42,7 +42,7 @@ async fn invoices(app: &TestApp, key: &str, account: &str) -> Vec<Value> {
         .await;
     assert_eq!(status, 200, "{list}");
     let mut out = Vec::new();
-    for i in list["invoices"].as_array().unwrap() {
+    for i in list["data"].as_array().unwrap() {
         let (_, inv) = app.get(key, &format!("/v1/invoices/{}", i["number"])).await;
         out.push(inv);
     }

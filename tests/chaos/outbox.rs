@@ -58,7 +58,7 @@ async fn a_dispatcher_killed_mid_delivery_still_delivers_every_event_signed() {
         .json()
         .await
         .unwrap();
-    let expected: BTreeSet<String> = feed["events"]
+    let expected: BTreeSet<String> = feed["data"]
         .as_array()
         .unwrap()
         .iter()
