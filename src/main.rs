@@ -662,7 +662,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "from": {"plan": old.plan, "version": old.version, "seats": seats},
                     "to": {"plan": new.plan, "version": new.version, "seats": to_seats},
                     "effective": terms.effective,
-                    "effective_at": effective_at,
+                    "effective_at": accrue::domain::ts::format(&effective_at),
                     "currency": old.currency,
                     "factor": accrue::domain::proration::remaining_factor(&period, at).round_dp(12).to_string(),
                     "lines": terms.lines,

@@ -127,8 +127,8 @@ pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
             "timestamp_in_future",
             format!(
                 "timestamp {} is more than {MAX_FUTURE_SKEW_SECONDS} s ahead of the server clock ({})",
-                timestamp.to_rfc3339(),
-                now.to_rfc3339()
+                crate::domain::ts::format(&timestamp),
+                crate::domain::ts::format(&now)
             ),
         ));
     }

@@ -53,11 +53,15 @@ pub struct InvoiceLine {
     pub amount: Decimal,
     pub description: String,
     pub event_count: Option<i64>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub first_event_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub last_event_at: Option<DateTime<Utc>>,
     /// The range a line prices: the usage of a usage, late-usage or top-up line (its lineage),
     /// the time a fee or proration line pays for.
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub usage_from: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub usage_to: Option<DateTime<Utc>>,
 }
 

@@ -19,3 +19,4 @@ pub mod proration;
 pub mod rating;
 pub mod revenue;
 pub mod scope;
+pub mod ts;

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 /// One billing period `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Period {
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub start: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub end: DateTime<Utc>,
 }
 

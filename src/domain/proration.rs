@@ -89,8 +89,8 @@ pub fn change_lines(
             description: format!(
                 "Unused time on {} ({old_seats} seats) from {} to {}",
                 old.name,
-                at.to_rfc3339(),
-                period.end.to_rfc3339()
+                crate::domain::ts::date(&at),
+                crate::domain::ts::date(&period.end)
             ),
             period: Some(Period {
                 start: at,
@@ -115,8 +115,8 @@ pub fn change_lines(
             description: format!(
                 "{} ({new_seats} seats) from {} to {}",
                 new.name,
-                at.to_rfc3339(),
-                period.end.to_rfc3339()
+                crate::domain::ts::date(&at),
+                crate::domain::ts::date(&period.end)
             ),
             period: Some(Period {
                 start: at,
@@ -174,8 +174,8 @@ pub fn immediate_change(
             description: format!(
                 "{} ({new_seats} seats) from {} to {}",
                 new.name,
-                next.start.to_rfc3339(),
-                next.end.to_rfc3339()
+                crate::domain::ts::date(&next.start),
+                crate::domain::ts::date(&next.end)
             ),
             period: Some(next),
         });

@@ -45,32 +45,13 @@ fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-fn json_error(err: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_json",
-        format!("invalid request body: {err}"),
-    )
-    .into()
-}
-
-/// JSON bodies of this resource: 64 KiB, errors in the common envelope. The body is JSON
-/// whatever the Content-Type says (`curl -d` sends a form type), like `POST /v1/events`.
-pub fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(64 * 1024)
-        .content_type_required(false)
-        .content_type(|_| true)
-        .error_handler(json_error)
-}
-
 /// `PUT /v1/accounts/{account}`: the whole record. A field left out is refused (422
 /// `missing_field`, naming it) rather than wiped: `PATCH` changes some fields.
 pub async fn put_account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: web::Json<AccountBody>,
+    body: super::body::Body<AccountBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
@@ -106,7 +87,7 @@ pub async fn patch_account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: web::Json<AccountBody>,
+    body: super::body::Body<AccountBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
@@ -203,7 +184,7 @@ pub async fn subscribe(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: web::Json<SubscribeRequest>,
+    body: super::body::Body<SubscribeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
@@ -264,7 +245,7 @@ pub async fn quote(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: web::Json<QuoteRequest>,
+    body: super::body::Body<QuoteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
@@ -314,7 +295,7 @@ pub async fn check(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: web::Json<CheckRequest>,
+    body: super::body::Body<CheckRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Check]).await?;
     let account = path.into_inner();

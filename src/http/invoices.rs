@@ -147,13 +147,7 @@ fn reason_body(body: &[u8]) -> Result<ReasonBody, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ReasonBody::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("invalid request body: {e}"),
-        )
-    })
+    super::body::parse(body)
 }
 
 /// Who settled: the key's name and id, kept with the settlement.
@@ -177,7 +171,7 @@ pub async fn pay(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<i64>,
-    body: web::Json<PayBody>,
+    body: super::body::Body<PayBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let how = settlements::Settle::Paid {

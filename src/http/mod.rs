@@ -3,6 +3,7 @@
 
 mod accounts;
 mod auth;
+mod body;
 mod error;
 mod events;
 mod governance;
@@ -240,7 +241,6 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
             .app_data(data.clone())
             .app_data(web::QueryConfig::default().error_handler(error::query_error))
             .app_data(web::PathConfig::default().error_handler(error::path_error))
-            .app_data(accounts::json_config())
             .configure(routes)
             .default_service(web::to(error::not_found))
             .wrap_fn(|req, srv| {

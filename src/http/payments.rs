@@ -53,7 +53,7 @@ pub async fn put_payment_method(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: web::Json<PaymentMethodBody>,
+    body: super::body::Body<PaymentMethodBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();

@@ -70,7 +70,7 @@ const MAX_FILES: usize = 200;
 pub async fn publish(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    body: web::Json<PublishBody>,
+    body: super::body::Body<PublishBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     super::auth::unbound(&p, "publishing plans")?;

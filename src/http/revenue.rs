@@ -85,7 +85,7 @@ pub async fn nrr(
 pub async fn create_endpoint(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    body: web::Json<EndpointRequest>,
+    body: super::body::Body<EndpointRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "a webhook endpoint")?;
@@ -135,7 +135,7 @@ pub async fn update_endpoint(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<i64>,
-    body: web::Json<outbox::EndpointUpdate>,
+    body: super::body::Body<outbox::EndpointUpdate>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "a webhook endpoint")?;

@@ -15,7 +15,7 @@ fn bounded<E: serde::de::Error>(t: DateTime<Utc>) -> Result<DateTime<Utc>, E> {
     } else {
         Err(E::custom(format!(
             "{} is out of range: timestamps must fall in the years {MIN_YEAR} to {MAX_YEAR}",
-            t.to_rfc3339()
+            crate::domain::ts::format(&t)
         )))
     }
 }

@@ -516,7 +516,9 @@ pub struct LineLineage {
     pub line_no: i32,
     pub meter: String,
     pub event_type: String,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub usage_from: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub usage_to: DateTime<Utc>,
     #[serde(with = "rust_decimal::serde::str")]
     pub quantity: Decimal,
@@ -635,7 +637,7 @@ pub async fn export_csv<W: std::io::Write>(
         "description",
     ])
     .map_err(io)?;
-    let t = |d: Option<DateTime<Utc>>| d.map(|d| d.to_rfc3339()).unwrap_or_default();
+    let t = |d: Option<DateTime<Utc>>| d.map(|d| crate::domain::ts::format(&d)).unwrap_or_default();
     for (i, l) in &rows {
         let (mut i, mut l) = (i.clone(), l.clone());
         present(&mut i, std::slice::from_mut(&mut l));
@@ -643,15 +645,15 @@ pub async fn export_csv<W: std::io::Write>(
             i.number.to_string(),
             i.account.clone(),
             i.kind.clone(),
-            i.period_start.to_rfc3339(),
-            i.period_end.to_rfc3339(),
+            crate::domain::ts::format(&i.period_start),
+            crate::domain::ts::format(&i.period_end),
             i.plan.clone(),
             i.plan_version.to_string(),
             i.currency.clone(),
             i.total.to_string(),
             i.status.clone(),
             i.collection.clone(),
-            i.issued_at.to_rfc3339(),
+            crate::domain::ts::format(&i.issued_at),
             l.line_no.to_string(),
             l.kind.clone(),
             l.meter.clone().unwrap_or_default(),

@@ -298,7 +298,7 @@ pub async fn record_alerts(
                         "limit.hit",
                         serde_json::json!({"account": account, "meter": a.meter,
                             "used": a.used.normalize().to_string(), "limit": a.limit.normalize().to_string(),
-                            "period": {"start": period.start, "end": period.end}}),
+                            "period": {"start": crate::domain::ts::format(&period.start), "end": crate::domain::ts::format(&period.end)}}),
                     )
                 } else {
                     (
@@ -306,7 +306,7 @@ pub async fn record_alerts(
                         serde_json::json!({"account": account, "meter": a.meter,
                             "threshold_percent": a.threshold,
                             "used": a.used.normalize().to_string(), "limit": a.limit.normalize().to_string(),
-                            "period": {"start": period.start, "end": period.end}}),
+                            "period": {"start": crate::domain::ts::format(&period.start), "end": crate::domain::ts::format(&period.end)}}),
                     )
                 };
                 super::outbox::event(account, kind, data, now)

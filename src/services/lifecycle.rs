@@ -25,6 +25,7 @@ pub struct Scheduled {
     pub version: u32,
     pub seats: u32,
     pub cancel: bool,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub at: DateTime<Utc>,
 }
 

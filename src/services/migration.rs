@@ -193,13 +193,13 @@ pub async fn migrate(
             // The customer's own scheduled change wins over a migration at renewal.
             (Some(p), When::AtRenewal) if p.cancel => Some(format!(
                 "a cancellation is scheduled for {}",
-                p.at.to_rfc3339()
+                crate::domain::ts::format(&p.at)
             )),
             (Some(p), When::AtRenewal) if p.plan != from.plan => Some(format!(
                 "a change to {}@{} is scheduled for {}",
                 p.plan,
                 p.version,
-                p.at.to_rfc3339()
+                crate::domain::ts::format(&p.at)
             )),
             _ => None,
         }

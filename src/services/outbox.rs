@@ -43,7 +43,7 @@ pub fn body(e: &EventRow) -> Value {
         "type": e.kind,
         "seq": e.seq,
         "account": e.account,
-        "created_at": e.created_at,
+        "created_at": crate::domain::ts::format(&e.created_at),
         "data": e.payload,
     })
 }

@@ -90,7 +90,7 @@ async fn record_step(
         account,
         "dunning.step",
         json!({"account": account, "invoice": number, "step": step, "attempt": attempt,
-               "reason": reason, "at": at}),
+               "reason": reason, "at": crate::domain::ts::format(&at)}),
         at,
     );
     store::outbox::insert_events(c, &[ev]).await?;
@@ -729,7 +729,11 @@ async fn record_failure(
                 now,
                 "retry_scheduled",
                 row.attempts,
-                &format!("attempt {} at {}", row.attempts + 1, at.to_rfc3339()),
+                &format!(
+                    "attempt {} at {}",
+                    row.attempts + 1,
+                    crate::domain::ts::format(&at)
+                ),
             )
             .await?;
             if let Some(s) = sub.as_mut() {
@@ -993,6 +997,7 @@ fn rail_error(e: RailError) -> ServiceError {
 pub struct DunningView {
     pub account: String,
     pub status: Option<String>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub past_due_since: Option<DateTime<Utc>>,
     pub in_grace: Option<bool>,
     pub payments: Vec<PaymentRow>,

@@ -204,6 +204,7 @@ pub struct PlanSummary {
 pub struct VersionSummary {
     pub version: i32,
     pub content_hash: String,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub published_at: DateTime<Utc>,
 }
 
@@ -242,6 +243,7 @@ pub struct VersionDetail {
     pub plan: String,
     pub version: i32,
     pub content_hash: String,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub published_at: DateTime<Utc>,
     pub published_by: String,
     pub definition: serde_json::Value,

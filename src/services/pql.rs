@@ -266,7 +266,7 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
                     a,
                     "pql.tier_changed",
                     json!({"account": a, "from": prev_tier, "to": scored.tier, "score": scored.score,
-                           "breakdown": scored.breakdown, "at": now}),
+                           "breakdown": scored.breakdown, "at": crate::domain::ts::format(&now)}),
                     now,
                 ));
             }
@@ -275,7 +275,7 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
                     a,
                     "routing.zone_changed",
                     json!({"account": a, "from": prev.zone, "to": routing.zone, "owner": routing.owner,
-                           "reasons": routing.reasons, "at": now}),
+                           "reasons": routing.reasons, "at": crate::domain::ts::format(&now)}),
                     now,
                 ));
             }
@@ -413,7 +413,9 @@ pub struct TierConversion {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Funnel {
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub from: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub to: DateTime<Utc>,
     pub stages: Vec<Stage>,
     pub pql_to_paid_by_tier: Vec<TierConversion>,

@@ -3,6 +3,7 @@
 //! retention report (NRR, GRR) over the ledger.
 
 use super::{outbox, Ctx, ServiceError};
+use crate::domain::money::Currency;
 use crate::domain::plan::PlanRef;
 use crate::domain::revenue::{classify, retention, Movement, MovementKind, Retention};
 use crate::store::revenue::{self as rev_store, MovementRow, MrrRow, NewMovement};
@@ -147,11 +148,11 @@ pub async fn record(
                     "account": inp.account,
                     "kind": kind,
                     "cause": cause,
-                    "mrr_before": before.to_string(),
-                    "mrr_after": after.to_string(),
-                    "delta": (after - before).to_string(),
+                    "mrr_before": at_scale(before, &currency).to_string(),
+                    "mrr_after": at_scale(after, &currency).to_string(),
+                    "delta": (at_scale(after, &currency) - at_scale(before, &currency)).to_string(),
                     "currency": currency,
-                    "at": inp.at,
+                    "at": crate::domain::ts::format(&inp.at),
                     "ref": {"kind": inp.reference.0, "id": inp.reference.1},
                 }),
                 inp.at,
@@ -210,10 +211,19 @@ pub async fn movements(
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let mut rows = rev_store::page_between(&mut conn, from, to, account, after, limit).await?;
     for r in &mut rows {
-        r.mrr_before = r.mrr_before.normalize();
-        r.mrr_after = r.mrr_after.normalize();
+        r.mrr_before = at_scale(r.mrr_before, &r.currency);
+        r.mrr_after = at_scale(r.mrr_after, &r.currency);
     }
     Ok(rows)
+}
+
+/// An MRR as shown: at its currency's scale (the ledger keeps nine decimals, so that a yearly
+/// fee's twelfths add up; what people read is money).
+fn at_scale(mrr: Decimal, currency: &str) -> Decimal {
+    match Currency::from_code(currency) {
+        Some(c) => c.round(mrr),
+        None => mrr.normalize(),
+    }
 }
 
 fn check_window(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), ServiceError> {
@@ -230,7 +240,9 @@ fn check_window(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), ServiceErr
 /// added together).
 #[derive(Debug, Clone, Serialize)]
 pub struct RetentionWindow {
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub from: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub to: DateTime<Utc>,
     pub currency: String,
     #[serde(flatten)]
@@ -300,7 +312,7 @@ pub async fn nrr(
                 &mut r.ending_mrr,
                 &mut r.retained_mrr,
             ] {
-                *v = v.normalize();
+                *v = at_scale(*v, &cur);
             }
             out.push(RetentionWindow {
                 from: a,

@@ -17,6 +17,7 @@ use crate::domain::invoice::{advance_fee_lines, InvoiceDraft, InvoiceKind, Invoi
 use crate::domain::period::{anchor_at, period_containing, Period};
 use crate::domain::plan::{DowngradePolicy, PlanRef, PlanVersion};
 use crate::domain::proration::{immediate_change, ProrationKind, ProrationLine};
+use crate::domain::ts;
 use crate::store::accounts::{self, Account, Firmographics};
 use crate::store::subscriptions::{
     self as subs, change, IdempotencyRow, QuoteRow, SubscriptionRow,
@@ -41,6 +42,7 @@ pub struct SubscriptionView {
     pub seats: i32,
     pub status: String,
     pub current_period: Period,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub trial_end: Option<DateTime<Utc>>,
     pub scheduled_change: Option<Scheduled>,
     pub currency: String,
@@ -371,7 +373,7 @@ pub fn change_terms(
                 format!(
                     "on plan {} downgrades and seat decreases take effect at the period end ({})",
                     old.plan,
-                    period.end.to_rfc3339()
+                    ts::format(&period.end)
                 ),
             ))
         }
@@ -701,7 +703,7 @@ pub async fn revoke_scheduled(ctx: &Ctx, account: &str) -> Result<SubscriptionVi
                     "migration_scheduled",
                     format!(
                         "the change scheduled for {} is a migration to {}@{}; it cannot be undone here",
-                        scheduled.at.to_rfc3339(),
+                        ts::format(&scheduled.at),
                         scheduled.plan,
                         scheduled.version
                     ),
@@ -800,6 +802,7 @@ pub struct Quote {
     pub cancel: bool,
     pub trial: bool,
     pub effective: Effective,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub effective_at: DateTime<Utc>,
     pub lines: Vec<ProrationLine>,
     #[serde(with = "rust_decimal::serde::str")]
@@ -812,6 +815,7 @@ pub struct Quote {
     /// and is revoked by the customer's own change (a `scheduled_change_revoked` line says so).
     #[serde(default)]
     pub scheduled_after: Option<Scheduled>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub expires_at: DateTime<Utc>,
     pub base_revision: i64,
 }
@@ -924,7 +928,7 @@ pub async fn quote(
                 (Some(p), Effective::PeriodEnd) if p.cancel && !req.cancel => {
                     return Err(conflict(
                         "cancellation_scheduled",
-                        format!("the subscription is canceled at {}; a later change cannot follow it", p.at.to_rfc3339()),
+                        format!("the subscription is canceled at {}; a later change cannot follow it", ts::format(&p.at)),
                     ));
                 }
                 (Some(p), Effective::PeriodEnd) => (None, Some(p)),
@@ -938,14 +942,14 @@ pub async fn quote(
                     seats: p.seats,
                     amount: Decimal::ZERO,
                     description: if p.cancel {
-                        format!("Replaces the cancellation scheduled for {}", p.at.to_rfc3339())
+                        format!("Replaces the cancellation scheduled for {}", ts::date(&p.at))
                     } else {
                         format!(
                             "Revokes the change to {}@{} with {} seats scheduled for {}",
                             p.plan,
                             p.version,
                             p.seats,
-                            p.at.to_rfc3339()
+                            ts::date(&p.at)
                         )
                     },
                     period: None,
@@ -1051,7 +1055,7 @@ pub async fn accept(
                     "quote_expired",
                     format!(
                         "quote {quote_id} expired at {}; ask for a new one",
-                        stored.expires_at.to_rfc3339()
+                        ts::format(&stored.expires_at)
                     ),
                 ));
             }

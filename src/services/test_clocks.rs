@@ -68,7 +68,7 @@ pub async fn advance(ctx: &Ctx, id: &str, to: DateTime<Utc>) -> Result<TestClock
             "frozen_time_before_current",
             format!(
                 "frozen_time: a test clock only moves forward; it is at {}",
-                clock.frozen_time.to_rfc3339()
+                crate::domain::ts::format(&clock.frozen_time)
             ),
         ));
     }
@@ -94,7 +94,7 @@ pub async fn advance(ctx: &Ctx, id: &str, to: DateTime<Utc>) -> Result<TestClock
             "too_many_steps",
             format!(
                 "more than {MAX_STEPS} due instants before {}",
-                to.to_rfc3339()
+                crate::domain::ts::format(&to)
             ),
         ))
     }

@@ -16,14 +16,18 @@ pub struct MeterUsage {
     #[serde(with = "rust_decimal::serde::str")]
     pub value: Decimal,
     pub event_count: i64,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub first_event_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub last_event_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageReport {
     pub account: String,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub from: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub to: DateTime<Utc>,
     pub meters: Vec<MeterUsage>,
 }
@@ -41,7 +45,7 @@ pub async fn usage(
                 "range_not_aligned",
                 format!(
                     "`{name}` must be on a whole hour (UTC), got {}",
-                    t.to_rfc3339()
+                    crate::domain::ts::format(&t)
                 ),
             ));
         }
@@ -87,7 +91,9 @@ pub struct EventTypeUsage {
     pub event_type: String,
     pub event_count: i64,
     pub accounts: i64,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub first_seen_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub last_seen_at: DateTime<Utc>,
     /// Whether any meter reads this type; an unmetered type is stored but bills nothing.
     pub metered: bool,

@@ -21,7 +21,9 @@ pub struct Account {
     pub crm_owner: Option<String>,
     pub stripe_customer_id: Option<String>,
     pub currency: Option<String>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub updated_at: DateTime<Utc>,
     /// Credit carried forward from invoices whose credits exceeded their charges.
     #[serde(with = "rust_decimal::serde::str")]

@@ -32,9 +32,13 @@ pub struct KeyInfo {
     pub scopes: Vec<String>,
     pub account: Option<String>,
     pub created_by: String,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub last_used_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

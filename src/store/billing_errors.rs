@@ -13,8 +13,10 @@ pub struct BillingErrorRow {
     #[diesel(sql_type = Text)]
     pub account: String,
     #[diesel(sql_type = Timestamptz)]
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub first_failed_at: DateTime<Utc>,
     #[diesel(sql_type = Timestamptz)]
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub last_failed_at: DateTime<Utc>,
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
@@ -23,6 +25,7 @@ pub struct BillingErrorRow {
     #[diesel(sql_type = Text)]
     pub message: String,
     #[diesel(sql_type = Nullable<Timestamptz>)]
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub resolved_at: Option<DateTime<Utc>>,
 }
 

@@ -17,7 +17,9 @@ pub struct InvoiceRow {
     pub account: String,
     pub number: i64,
     pub kind: String,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub period_start: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub period_end: DateTime<Utc>,
     pub plan: String,
     pub plan_version: i32,
@@ -27,6 +29,7 @@ pub struct InvoiceRow {
     pub total: Decimal,
     pub status: String,
     pub collection: String,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub issued_at: DateTime<Utc>,
     /// The share of the whole period covered when a change cut it short (else absent).
     #[serde(
@@ -52,9 +55,13 @@ pub struct LineRow {
     pub amount: Decimal,
     pub description: String,
     pub event_count: Option<i64>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub first_event_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub last_event_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub usage_from: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub usage_to: Option<DateTime<Utc>>,
 }
 
@@ -389,6 +396,7 @@ pub async fn fees_billed_for_period(
 #[derive(Debug, QueryableByName, Serialize)]
 pub struct LineageRollup {
     #[diesel(sql_type = Timestamptz)]
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub bucket: DateTime<Utc>,
     #[diesel(sql_type = BigInt)]
     pub event_count: i64,
@@ -428,6 +436,7 @@ pub struct LineageEvent {
     #[diesel(sql_type = Text)]
     pub event_type: String,
     #[diesel(sql_type = Timestamptz)]
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub timestamp: DateTime<Utc>,
     #[diesel(sql_type = diesel::sql_types::Jsonb)]
     pub properties: serde_json::Value,

@@ -42,6 +42,7 @@ pub struct EventRow {
     pub event_id: String,
     pub kind: String,
     pub payload: serde_json::Value,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub created_at: DateTime<Utc>,
     pub seq: Option<i64>,
 }
@@ -125,7 +126,9 @@ pub struct EndpointRow {
     pub secret: String,
     #[serde(skip)]
     pub cursor_seq: i64,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
@@ -310,9 +313,12 @@ pub struct DeliveryRow {
     pub event_id: String,
     pub state: String,
     pub attempts: i32,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub created_at: DateTime<Utc>,
 }
 

@@ -20,12 +20,16 @@ pub struct PaymentRow {
     pub stripe_invoice_id: Option<String>,
     pub state: String,
     pub attempts: i32,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub first_failure_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub next_attempt_at: Option<DateTime<Utc>>,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount_paid: Decimal,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub paid_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -251,6 +255,7 @@ pub struct StepRow {
     pub id: i64,
     #[serde(rename = "invoice")]
     pub number: i64,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub at: DateTime<Utc>,
     pub step: String,
     pub attempt: i32,

@@ -20,12 +20,18 @@ pub struct PqlRow {
     pub zone: String,
     pub zone_reasons: serde_json::Value,
     pub owner: Option<String>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub scored_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub tier_since: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub activated_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub first_pql_at: Option<DateTime<Utc>>,
     pub best_tier: Option<String>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub routed_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub converted_at: Option<DateTime<Utc>>,
     pub attribution: Option<String>,
 }

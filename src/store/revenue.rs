@@ -95,6 +95,7 @@ pub async fn insert_movements(
 pub struct MovementRow {
     pub account: String,
     pub id: i64,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub at: DateTime<Utc>,
     pub kind: String,
     pub cause: String,

@@ -21,6 +21,7 @@ pub struct SettlementRow {
     /// Paid: the amount received; void: the credit note's amount; write-off: the amount lost.
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub settled_at: DateTime<Utc>,
     pub reference: Option<String>,
     pub reason: Option<String>,
@@ -30,6 +31,7 @@ pub struct SettlementRow {
     /// Credit given back to the account's balance (the credit a voided invoice had used).
     #[serde(with = "rust_decimal::serde::str")]
     pub credit_restored: Decimal,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub created_at: DateTime<Utc>,
 }
 

@@ -223,6 +223,7 @@ pub async fn insert_change(conn: &mut AsyncPgConnection, c: &NewChange) -> Resul
 pub struct ChangeRow {
     pub id: i64,
     pub kind: String,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub at: DateTime<Utc>,
     pub quote_id: Option<String>,
     pub from_plan: Option<String>,

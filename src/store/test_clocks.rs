@@ -15,10 +15,12 @@ pub struct TestClockRow {
     #[diesel(sql_type = Nullable<Text>)]
     pub name: Option<String>,
     #[diesel(sql_type = Timestamptz)]
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub frozen_time: DateTime<Utc>,
     #[diesel(sql_type = Text)]
     pub status: String,
     #[diesel(sql_type = Timestamptz)]
+    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub created_at: DateTime<Utc>,
 }
 

@@ -48,18 +48,18 @@ async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() 
     // Period 1 [11-25 12:00, 12-25 12:00): 2,000 API calls, storage peaking at 80 GB,
     // 2,600 compute minutes.
     let mut evs: Vec<Value> = (0..2000)
-        .map(|i| json!({"id": format!("a{i}"), "account": "acme", "type": "api.request", "timestamp": "2026-11-25T12:10:00Z"}))
+        .map(|i| json!({"id": format!("a{i}"), "account": "acme", "type": "api.request", "timestamp": "2026-11-25T12:10:00.000Z"}))
         .collect();
     for (i, gb) in ["12", "80", "40"].iter().enumerate() {
         evs.push(json!({"id": format!("s{i}"), "account": "acme", "type": "storage.snapshot", "timestamp": format!("2026-11-25T12:2{i}:00Z"), "properties": {"gb": gb}}));
     }
     for i in 0..26 {
-        evs.push(json!({"id": format!("j{i}"), "account": "acme", "type": "job.completed", "timestamp": "2026-11-25T12:15:00Z", "properties": {"minutes": 100}}));
+        evs.push(json!({"id": format!("j{i}"), "account": "acme", "type": "job.completed", "timestamp": "2026-11-25T12:15:00.000Z", "properties": {"minutes": 100}}));
     }
     events(&app, &key, evs).await;
 
     // Nothing is due before the period ends.
-    app.clock.set(t("2026-12-25T11:59:00Z"));
+    app.clock.set(t("2026-12-25T11:59:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     assert_eq!(
         app.db
@@ -68,7 +68,7 @@ async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() 
         0
     );
 
-    app.clock.set(t("2026-12-25T12:05:00Z"));
+    app.clock.set(t("2026-12-25T12:05:00.000Z"));
     assert_eq!(
         tick(&app.ctx, &scheduler).await.unwrap(),
         1,
@@ -77,7 +77,7 @@ async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() 
     let (status, inv2) = app.get(&key, "/v1/invoices/2").await;
     assert_eq!(status, 200, "{inv2}");
     assert_eq!(inv2["kind"], "period");
-    assert_eq!(inv2["period_start"], "2026-11-25T12:00:00Z");
+    assert_eq!(inv2["period_start"], "2026-11-25T12:00:00.000Z");
     let api = line(&inv2, "usage", Some("api_calls"));
     assert_eq!(
         (
@@ -87,7 +87,7 @@ async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() 
         ),
         (Some("2000"), Some("0.00"), Some(2000))
     );
-    assert_eq!(api["first_event_at"], "2026-11-25T12:10:00Z");
+    assert_eq!(api["first_event_at"], "2026-11-25T12:10:00.000Z");
     // (80 − 50) × 0.25
     assert_eq!(line(&inv2, "usage", Some("storage_gb"))["amount"], "7.50");
     // ceil((2,600 − 500) / 1,000) × 8
@@ -101,22 +101,22 @@ async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() 
     assert_eq!(amount_sum(&inv2).to_string(), "114.50");
 
     // Period 2: a little usage, and a late event for period 1 (1,000 more compute minutes).
-    app.clock.set(t("2027-01-10T00:00:00Z"));
+    app.clock.set(t("2027-01-10T00:00:00.000Z"));
     events(&app, &key, vec![
-        json!({"id": "j-p2", "account": "acme", "type": "job.completed", "timestamp": "2027-01-09T00:00:00Z", "properties": {"minutes": 100}}),
-        json!({"id": "j-late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00Z", "properties": {"minutes": 1000}}),
+        json!({"id": "j-p2", "account": "acme", "type": "job.completed", "timestamp": "2027-01-09T00:00:00.000Z", "properties": {"minutes": 100}}),
+        json!({"id": "j-late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00.000Z", "properties": {"minutes": 1000}}),
     ]).await;
-    app.clock.set(t("2027-01-25T12:01:00Z"));
+    app.clock.set(t("2027-01-25T12:01:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     let (_, inv3) = app.get(&key, "/v1/invoices/3").await;
-    assert_eq!(inv3["period_start"], "2026-12-25T12:00:00Z");
+    assert_eq!(inv3["period_start"], "2026-12-25T12:00:00.000Z");
     let late = line(&inv3, "late_usage", Some("compute_minutes"));
     // Period 1 now has 3,600 minutes: ceil(3,100 / 1,000) × 8 = 32.00, 24.00 billed → 8.00.
     assert_eq!(
         (late["quantity"].as_str(), late["amount"].as_str()),
         (Some("1000"), Some("8.00"))
     );
-    assert_eq!(late["usage_from"], "2026-11-25T12:00:00Z");
+    assert_eq!(late["usage_from"], "2026-11-25T12:00:00.000Z");
     assert_eq!(
         line(&inv3, "usage", Some("compute_minutes"))["amount"],
         "0.00"
@@ -126,11 +126,11 @@ async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() 
     let (_, again) = app.get(&key, "/v1/invoices/2").await;
     assert_eq!(again, inv2);
 
-    app.clock.set(t("2027-02-25T12:00:30Z"));
+    app.clock.set(t("2027-02-25T12:00:30.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     tick(&app.ctx, &scheduler).await.unwrap();
     let (_, inv4) = app.get(&key, "/v1/invoices/4").await;
-    assert_eq!(inv4["period_start"], "2027-01-25T12:00:00Z");
+    assert_eq!(inv4["period_start"], "2027-01-25T12:00:00.000Z");
     assert_eq!(inv4["total"], "83.00", "no late usage is billed twice");
 
     // Gap-free numbers, one period invoice per period, totals = sum of lines, for all invoices.
@@ -237,7 +237,7 @@ async fn two_instances_closing_at_once_issue_exactly_one_invoice_per_account_and
         .await;
     }
     let (_, b_ctx, b_clock) = start_instance(&app.db.url, std::time::Duration::from_secs(3600));
-    let later = t("2027-01-26T00:00:00Z"); // two periods have ended
+    let later = t("2027-01-26T00:00:00.000Z"); // two periods have ended
     app.clock.set(later);
     b_clock.set(later);
     let sa = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();

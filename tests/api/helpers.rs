@@ -161,7 +161,7 @@ pub fn t(s: &str) -> DateTime<Utc> {
 }
 
 /// The instant in-process test servers believe it is, unless a test moves the clock.
-pub const NOW: &str = "2026-11-25T12:30:00Z";
+pub const NOW: &str = "2026-11-25T12:30:00.000Z";
 
 /// An in-process server on its own database with a manual clock.
 pub struct TestApp {

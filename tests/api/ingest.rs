@@ -4,7 +4,7 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 
 fn ev(id: &str, account: &str, ty: &str, props: Value) -> Value {
-    json!({"id": id, "account": account, "type": ty, "timestamp": "2026-11-25T12:00:00Z", "properties": props})
+    json!({"id": id, "account": account, "type": ty, "timestamp": "2026-11-25T12:00:00.000Z", "properties": props})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +60,7 @@ async fn every_rejection_class_is_reported_with_its_index_and_code_and_valid_eve
         ),
         (json!({"id": "a4", "account": "acme"}), "missing_type"),
         (
-            json!({"id": "a5", "account": "acme", "type": "api.request", "timestamp": "2026-11-25T12:35:01Z"}),
+            json!({"id": "a5", "account": "acme", "type": "api.request", "timestamp": "2026-11-25T12:35:01.000Z"}),
             "timestamp_in_future",
         ),
         (
@@ -233,7 +233,7 @@ async fn concurrent_retries_of_one_batch_store_each_event_exactly_once() {
     let events: Vec<Value> = (0..300)
         .map(|i| {
             json!({"id": format!("c{i}"), "account": format!("acct{}", i % 3), "type": "job.completed",
-                   "timestamp": "2026-11-25T10:15:00Z", "properties": {"minutes": "1.5"}})
+                   "timestamp": "2026-11-25T10:15:00.000Z", "properties": {"minutes": "1.5"}})
         })
         .collect();
     let batch = json!({ "events": events });
@@ -273,8 +273,8 @@ async fn concurrent_retries_of_one_batch_store_each_event_exactly_once() {
             &key,
             "acct1",
             "compute_minutes",
-            "2026-11-25T00:00:00Z",
-            "2026-11-26T00:00:00Z",
+            "2026-11-25T00:00:00.000Z",
+            "2026-11-26T00:00:00.000Z",
         )
         .await;
     assert_eq!(v, "150");
@@ -284,7 +284,7 @@ async fn concurrent_retries_of_one_batch_store_each_event_exactly_once() {
 async fn the_future_limit_follows_the_server_clock() {
     let app = spawn_app().await;
     let key = app.key("ingest", None).await;
-    let event = json!({"id": "f", "account": "acme", "type": "api.request", "timestamp": "2026-11-25T13:00:00Z"});
+    let event = json!({"id": "f", "account": "acme", "type": "api.request", "timestamp": "2026-11-25T13:00:00.000Z"});
     let (status, body) = app.send(&key, &event).await;
     assert_eq!(status, 422);
     assert_eq!(body["rejected"][0]["error"]["code"], "timestamp_in_future");

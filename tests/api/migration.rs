@@ -45,11 +45,11 @@ async fn cohort_on(app: TestApp) -> (TestApp, String) {
         .collect();
     let (status, body) = app.send(&key, &json!({ "events": evs })).await;
     assert_eq!(status, 200, "{body}");
-    app.clock.set(t("2026-12-25T12:01:00Z"));
+    app.clock.set(t("2026-12-25T12:01:00.000Z"));
     tick(&app.ctx, &Scheduler::new(t(NOW)).unwrap())
         .await
         .unwrap();
-    app.clock.set(t("2027-01-05T00:00:00Z"));
+    app.clock.set(t("2027-01-05T00:00:00.000Z"));
     (app, key)
 }
 
@@ -224,7 +224,7 @@ async fn a_migration_at_renewal_waits_for_each_period_end() {
     let (_, sub) = app.get(&key, "/v1/accounts/m1/subscription").await;
     assert_eq!(sub["plan_version"], 1, "{sub}");
     assert_eq!(sub["scheduled_change"]["version"], 2, "{sub}");
-    app.clock.set(t("2027-01-25T12:01:00Z"));
+    app.clock.set(t("2027-01-25T12:01:00.000Z"));
     tick(&app.ctx, &Scheduler::new(t(NOW)).unwrap())
         .await
         .unwrap();
@@ -243,7 +243,7 @@ async fn a_migration_at_renewal_waits_for_each_period_end() {
             m["mrr_before"].as_str(),
             m["mrr_after"].as_str()
         ),
-        (Some("plan_upgrade"), Some("49"), Some("59"))
+        (Some("plan_upgrade"), Some("49.00"), Some("59.00"))
     );
     // Versions that do not exist or are the same are refused by name.
     let e = migrate(

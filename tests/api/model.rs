@@ -794,7 +794,7 @@ async fn check(run: &Run<'_>, m: &Model) {
     }
     for c in &m.closed {
         let (minutes, _) = m.usage_known(c.start, c.end, m.billed_upto);
-        let key = c.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let key = c.start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let billed = minutes_billed.get(&key).copied().unwrap_or_default();
         if billed != minutes {
             run.fail(&format!(
@@ -825,8 +825,12 @@ async fn check(run: &Run<'_>, m: &Model) {
         .unwrap()
         .last()
         .map_or(Decimal::ZERO, |mv| dec(&mv["mrr_after"]));
-    // The ledger stores MRR to nine decimals (a yearly plan's twelfth does not end).
-    if (mrr - m.mrr()).abs() > Decimal::new(1, 8) {
+    // The ledger keeps MRR to nine decimals (a yearly plan's twelfth does not end) and shows
+    // it in cents, rounded half away from zero.
+    let cents = m
+        .mrr()
+        .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    if mrr != cents {
         run.fail(&format!(
             "MRR ledger at {mrr}, the model's {} ({:?} {:?} {} seats, last usage {}): {}",
             m.mrr(),

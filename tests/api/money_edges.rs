@@ -191,11 +191,11 @@ async fn a_month_to_year_change_charges_the_new_year_and_invoices_the_ended_usag
     app.subscribe(&key, "beta", json!({"plan": "free"})).await;
     // 2,500 compute minutes in the first half: package of 1,000 after 500 free units,
     // ceil(2,000 / 1,000) = 2 packages × 8.00 = 16.00.
-    clock.to("2026-11-30T01:00:00Z").await;
-    events(&app, &key, vec![json!({"id": "j1", "account": "acme", "type": "job.completed", "timestamp": "2026-11-30T00:00:00Z", "properties": {"minutes": 2500}})]).await;
+    clock.to("2026-11-30T01:00:00.000Z").await;
+    events(&app, &key, vec![json!({"id": "j1", "account": "acme", "type": "job.completed", "timestamp": "2026-11-30T00:00:00.000Z", "properties": {"minutes": 2500}})]).await;
 
     // Period [11-25 12:00, 12-25 12:00) is 30 days; 12-10 12:00 leaves exactly half.
-    clock.to("2026-12-10T12:00:00Z").await;
+    clock.to("2026-12-10T12:00:00.000Z").await;
     let (q, a) = change(
         &app,
         &key,
@@ -213,12 +213,12 @@ async fn a_month_to_year_change_charges_the_new_year_and_invoices_the_ended_usag
         ]
     );
     assert_eq!(q["amount_due_now"], "2348.50");
-    assert_eq!(q["new_period"]["start"], "2026-12-10T12:00:00Z");
-    assert_eq!(q["new_period"]["end"], "2027-12-10T12:00:00Z");
+    assert_eq!(q["new_period"]["start"], "2026-12-10T12:00:00.000Z");
+    assert_eq!(q["new_period"]["end"], "2027-12-10T12:00:00.000Z");
     assert_eq!(a["amount_charged"], "2348.50");
     let s = subscription(&app, &key, "acme").await;
-    assert_eq!(s["current_period"]["start"], "2026-12-10T12:00:00Z");
-    assert_eq!(s["current_period"]["end"], "2027-12-10T12:00:00Z");
+    assert_eq!(s["current_period"]["start"], "2026-12-10T12:00:00.000Z");
+    assert_eq!(s["current_period"]["end"], "2027-12-10T12:00:00.000Z");
 
     let invs = invoices(&app, &key, "acme").await;
     let totals: Vec<(&str, &str)> = invs
@@ -234,8 +234,8 @@ async fn a_month_to_year_change_charges_the_new_year_and_invoices_the_ended_usag
             ("change", "2348.50")
         ]
     );
-    assert_eq!(invs[1]["period_start"], "2026-11-25T12:00:00Z");
-    assert_eq!(invs[1]["period_end"], "2026-12-10T12:00:00Z");
+    assert_eq!(invs[1]["period_start"], "2026-11-25T12:00:00.000Z");
+    assert_eq!(invs[1]["period_end"], "2026-12-10T12:00:00.000Z");
 
     // Free → Business (annual) with 5 seats (all included): nothing to credit, 1,990.00 due.
     let (q, _) = change(
@@ -267,7 +267,10 @@ async fn a_change_accepted_during_a_trial_takes_effect_at_trial_end() {
     )
     .await;
     let (q, _) = change(&app, &key, "acme", json!({"cancel": true})).await;
-    assert_eq!(q["effective_at"], "2026-12-09T12:00:00Z", "the trial's end");
+    assert_eq!(
+        q["effective_at"], "2026-12-09T12:00:00.000Z",
+        "the trial's end"
+    );
 
     app.subscribe(
         &key,
@@ -277,9 +280,9 @@ async fn a_change_accepted_during_a_trial_takes_effect_at_trial_end() {
     .await;
     let (q, _) = change(&app, &key, "beta", json!({"plan": "team", "seats": 5})).await;
     assert_eq!(q["kind"], "downgrade");
-    assert_eq!(q["effective_at"], "2026-12-09T12:00:00Z");
+    assert_eq!(q["effective_at"], "2026-12-09T12:00:00.000Z");
 
-    clock.to("2026-12-09T13:00:00Z").await;
+    clock.to("2026-12-09T13:00:00.000Z").await;
     let s = subscription(&app, &key, "acme").await;
     assert_eq!(s["status"], "canceled");
     assert!(
@@ -362,7 +365,7 @@ async fn a_migration_keeps_scheduled_cancellations_and_seat_decreases() {
     assert_eq!(s["plan_version"], 2);
     assert_eq!(s["scheduled_change"]["cancel"], true);
 
-    app.clock.set(t("2026-12-25T12:05:00Z"));
+    app.clock.set(t("2026-12-25T12:05:00.000Z"));
     tick(&app.ctx, &close_job()).await.unwrap();
     for a in ["acme", "beta"] {
         let s = subscription(&app, &key, a).await;
@@ -436,18 +439,18 @@ async fn late_usage_is_billed_once_when_one_catch_up_closes_several_periods() {
     let clock = Clock::on(&app, &key, &["acme"]).await;
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
-    clock.to("2026-12-25T12:05:00Z").await;
+    clock.to("2026-12-25T12:05:00.000Z").await;
     // 2,500 minutes late for the first period: 2 packages × 8.00 = 16.00 more.
-    clock.to("2026-12-26T00:00:00Z").await;
-    events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-01T00:00:00Z", "properties": {"minutes": 2500}})]).await;
+    clock.to("2026-12-26T00:00:00.000Z").await;
+    events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-01T00:00:00.000Z", "properties": {"minutes": 2500}})]).await;
     // Nothing closes the account until two more periods have ended.
-    clock.to("2027-02-25T13:00:00Z").await;
+    clock.to("2027-02-25T13:00:00.000Z").await;
     let invs = invoices(&app, &key, "acme").await;
     assert_eq!(invs.len(), 4, "start, and three period closes");
     let late = lines_of(&invs, "late_usage");
     assert_eq!(late.len(), 1, "{late:?}");
     assert_eq!(late[0]["amount"], "16.00");
-    assert_eq!(late[0]["usage_from"], "2026-11-25T12:00:00Z");
+    assert_eq!(late[0]["usage_from"], "2026-11-25T12:00:00.000Z");
 }
 
 /// B5. Late usage fills the shortfall under the minimum commitment first: the period costs
@@ -461,10 +464,10 @@ async fn late_usage_under_a_minimum_recomputes_the_top_up() {
     // Enterprise: base 1,500, 50 seats included, minimum 5,000, storage 0.10 per peak GB.
     app.subscribe(&key, "acme", json!({"plan": "enterprise", "seats": 50}))
         .await;
-    let snapshot = |id: &str, gb: &str| json!({"id": id, "account": "acme", "type": "storage.snapshot", "timestamp": "2026-12-01T00:00:00Z", "properties": {"gb": gb}});
-    clock.to("2026-12-01T01:00:00Z").await;
+    let snapshot = |id: &str, gb: &str| json!({"id": id, "account": "acme", "type": "storage.snapshot", "timestamp": "2026-12-01T00:00:00.000Z", "properties": {"gb": gb}});
+    clock.to("2026-12-01T01:00:00.000Z").await;
     events(&app, &key, vec![snapshot("s1", "10000")]).await;
-    clock.to("2026-12-25T12:05:00Z").await;
+    clock.to("2026-12-25T12:05:00.000Z").await;
     // Close of period 1: storage 10,000 × 0.10 = 1,000.00; 1,500 + 1,000 = 2,500 under the
     // minimum → top-up 2,500.00; with period 2's base fee 1,500.00 the invoice is 5,000.00.
     let invs = invoices(&app, &key, "acme").await;
@@ -472,11 +475,11 @@ async fn late_usage_under_a_minimum_recomputes_the_top_up() {
 
     // A late peak of 20,000 GB: storage is worth 2,000.00, 1,000.00 more; the top-up falls
     // to 5,000 − 1,500 − 2,000 = 1,500.00, 1,000.00 less. Period 1 still costs 5,000.00.
-    clock.to("2026-12-26T00:00:00Z").await;
+    clock.to("2026-12-26T00:00:00.000Z").await;
     events(&app, &key, vec![snapshot("s2", "20000")]).await;
-    clock.to("2027-01-25T12:05:00Z").await;
+    clock.to("2027-01-25T12:05:00.000Z").await;
     let invs = invoices(&app, &key, "acme").await;
-    let corrections = covering(&invs[2], "2026-11-25T12:00:00Z");
+    let corrections = covering(&invs[2], "2026-11-25T12:00:00.000Z");
     assert_eq!(
         corrections,
         vec![
@@ -486,15 +489,15 @@ async fn late_usage_under_a_minimum_recomputes_the_top_up() {
     );
 
     // A late peak of 60,000 GB: worth 6,000.00, above the minimum: the top-up goes to 0.
-    clock.to("2027-01-26T00:00:00Z").await;
+    clock.to("2027-01-26T00:00:00.000Z").await;
     events(&app, &key, vec![snapshot("s3", "60000")]).await;
-    clock.to("2027-02-25T12:05:00Z").await;
+    clock.to("2027-02-25T12:05:00.000Z").await;
     let invs = invoices(&app, &key, "acme").await;
     // Everything billed for period 1's arrears: usage and top-up lines that cover it.
     let p1: Decimal = invs
         .iter()
         .flat_map(|i| i["lines"].as_array().unwrap())
-        .filter(|l| l["usage_from"] == "2026-11-25T12:00:00Z")
+        .filter(|l| l["usage_from"] == "2026-11-25T12:00:00.000Z")
         .filter(|l| l["kind"] != "base_fee" && l["kind"] != "seats")
         .map(|l| d(l["amount"].as_str().unwrap()))
         .sum();
@@ -522,12 +525,12 @@ async fn trials_record_mrr_at_conversion_and_are_refused_where_they_do_not_exist
         movements(&app, &key, "acme").await.is_empty(),
         "no MRR while trialing"
     );
-    clock.to("2026-12-09T13:00:00Z").await;
+    clock.to("2026-12-09T13:00:00.000Z").await;
     subscription(&app, &key, "acme").await;
     // Converted: Team 59 + (5 − 3) × 12 = 83 a month.
     assert_eq!(
         movements(&app, &key, "acme").await,
-        vec![("new".to_owned(), "83".to_owned())]
+        vec![("new".to_owned(), "83.00".to_owned())]
     );
 
     // From a paid plan: refused, nothing changed.
@@ -580,7 +583,7 @@ async fn one_failing_account_does_not_stop_the_period_close() {
     .await
     .unwrap();
 
-    app.clock.set(t("2026-12-25T12:05:00Z"));
+    app.clock.set(t("2026-12-25T12:05:00.000Z"));
     tick(&app.ctx, &close_job()).await.unwrap();
     // The others: start invoice and the close (next month's 83.00 in advance).
     for a in ["a-first", "c-last"] {
@@ -598,7 +601,7 @@ async fn one_failing_account_does_not_stop_the_period_close() {
     assert!(data[0]["message"].as_str().unwrap().contains("team@9"));
 
     // Retried by the next sweep: still failing, counted again.
-    app.clock.set(t("2026-12-25T12:06:00Z"));
+    app.clock.set(t("2026-12-25T12:06:00.000Z"));
     tick(&app.ctx, &close_job()).await.unwrap();
     let (_, errs) = app.get(&key, "/v1/reports/billing-errors").await;
     assert_eq!(errs["data"][0]["attempts"], 2);
@@ -606,7 +609,7 @@ async fn one_failing_account_does_not_stop_the_period_close() {
     conn.batch_execute("UPDATE subscriptions SET plan_version = 2 WHERE account = 'b-broken'")
         .await
         .unwrap();
-    app.clock.set(t("2026-12-25T12:07:00Z"));
+    app.clock.set(t("2026-12-25T12:07:00.000Z"));
     tick(&app.ctx, &close_job()).await.unwrap();
     assert_eq!(invoices(&app, &key, "b-broken").await.len(), 2);
     let (_, errs) = app.get(&key, "/v1/reports/billing-errors").await;
@@ -627,7 +630,7 @@ async fn a_negative_change_becomes_credit_that_the_next_invoice_uses() {
         .await;
     // Half the 30-day period left: credit −2,400 × ½ = −1,200.00; 60 seats cost
     // 1,500 + 10 × 30 = 1,800, charged 900.00; −300.00 in all.
-    clock.to("2026-12-10T12:00:00Z").await;
+    clock.to("2026-12-10T12:00:00.000Z").await;
     let (q, _) = change(&app, &key, "acme", json!({"seats": 60})).await;
     assert_eq!(q["amount_due_now"], "-300.00");
     let invs = invoices(&app, &key, "acme").await;
@@ -648,7 +651,7 @@ async fn a_negative_change_becomes_credit_that_the_next_invoice_uses() {
     // The close: the period billed 2,400 − 1,200 + 900 = 2,100 of fees (B19), so the
     // minimum's top-up is 5,000 − 2,100 = 2,900; with the next month's 1,800 in advance:
     // 4,700.00, less the 300.00 credit → 4,400.00.
-    clock.to("2026-12-25T12:05:00Z").await;
+    clock.to("2026-12-25T12:05:00.000Z").await;
     let invs = invoices(&app, &key, "acme").await;
     let close = &invs[2];
     let applied = lines_of(std::slice::from_ref(close), "credit_applied");
@@ -676,12 +679,12 @@ async fn the_minimum_counts_the_fees_a_period_billed_after_a_change() {
         .await;
     // Half the 30-day period left, 80 seats: credit −1,800 × ½ = −900.00, charge
     // (1,500 + 30 × 30) × ½ = 1,200.00; 300.00 due.
-    clock.to("2026-12-10T12:00:00Z").await;
+    clock.to("2026-12-10T12:00:00.000Z").await;
     let (q, _) = change(&app, &key, "acme", json!({"seats": 80})).await;
     assert_eq!(q["amount_due_now"], "300.00");
     // 250,000 compute minutes at 0.004 = 1,000.00 of usage.
-    events(&app, &key, vec![json!({"id": "jobs", "account": "acme", "type": "job.completed", "timestamp": "2026-12-10T12:00:00Z", "properties": {"minutes": 250_000}})]).await;
-    clock.to("2026-12-25T12:05:00Z").await;
+    events(&app, &key, vec![json!({"id": "jobs", "account": "acme", "type": "job.completed", "timestamp": "2026-12-10T12:00:00.000Z", "properties": {"minutes": 250_000}})]).await;
+    clock.to("2026-12-25T12:05:00.000Z").await;
     // The period billed 1,800 − 900 + 1,200 = 2,100 of fees and 1,000 of usage: 3,100,
     // so the top-up is 5,000 − 3,100 = 1,900.00 (counting 80 seats' full 2,400 would give
     // 1,600.00). The invoice: 1,000 + 1,900 + next month's 2,400 = 5,300.00.
@@ -694,21 +697,21 @@ async fn the_minimum_counts_the_fees_a_period_billed_after_a_change() {
 
     // 125,000 minutes arrive late for that period: 500.00 more usage, which fills the
     // shortfall: the top-up falls by 500.00 and the period still costs exactly 5,000.
-    clock.to("2026-12-26T00:00:00Z").await;
-    events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-12T00:00:00Z", "properties": {"minutes": 125_000}})]).await;
-    clock.to("2027-01-25T12:05:00Z").await;
+    clock.to("2026-12-26T00:00:00.000Z").await;
+    events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-12T00:00:00.000Z", "properties": {"minutes": 125_000}})]).await;
+    clock.to("2027-01-25T12:05:00.000Z").await;
     let invs = invoices(&app, &key, "acme").await;
     let period_one: Decimal = invs
         .iter()
         .flat_map(|i| i["lines"].as_array().unwrap())
         .filter(|l| {
             let from = l["usage_from"].as_str().unwrap_or_default();
-            ("2026-11-25T12:00:00Z".."2026-12-25T12:00:00Z").contains(&from)
+            ("2026-11-25T12:00:00.000Z".."2026-12-25T12:00:00.000Z").contains(&from)
         })
         .map(|l| d(l["amount"].as_str().unwrap()))
         .sum();
     assert_eq!(period_one, d("5000.00"));
-    let late = covering(&invs[3], "2026-11-25T12:00:00Z");
+    let late = covering(&invs[3], "2026-11-25T12:00:00.000Z");
     assert_eq!(
         late,
         vec![
@@ -732,10 +735,10 @@ async fn grr_caps_each_accounts_loss_at_its_starting_mrr() {
     app.subscribe(&key, "beta", json!({"plan": "team", "seats": 5}))
         .await;
     // acme: up to Business with 12 seats (199 + 2 × 20 = 239), then canceled at period end.
-    clock.to("2026-12-05T00:00:00Z").await;
+    clock.to("2026-12-05T00:00:00.000Z").await;
     change(&app, &key, "acme", json!({"plan": "business", "seats": 12})).await;
     change(&app, &key, "acme", json!({"cancel": true})).await;
-    clock.to("2026-12-26T00:00:00Z").await;
+    clock.to("2026-12-26T00:00:00.000Z").await;
     let (status, body) = app
         .get(
             &key,
@@ -747,11 +750,11 @@ async fn grr_caps_each_accounts_loss_at_its_starting_mrr() {
     // Start 166; acme +156 then −239; ending 83 (beta). NRR 83 / 166 = 0.5. GRR: acme keeps
     // min(0, 83) = 0, beta 83: 83 / 166 = 0.5 (the uncapped formula gave (166 − 239) / 166
     // = −0.44).
-    assert_eq!(w["starting_mrr"], "166");
-    assert_eq!(w["ending_mrr"], "83");
+    assert_eq!(w["starting_mrr"], "166.00");
+    assert_eq!(w["ending_mrr"], "83.00");
     assert_eq!(d(w["nrr"].as_str().unwrap()), d("0.5"));
     assert_eq!(d(w["grr"].as_str().unwrap()), d("0.5"));
-    assert_eq!(w["retained_mrr"], "83");
+    assert_eq!(w["retained_mrr"], "83.00");
 }
 
 /// B6. Late usage is detected in database time: an instance whose clock runs a minute behind
@@ -763,21 +766,21 @@ async fn late_usage_is_detected_whatever_the_ingesting_instances_clock_says() {
     let key = app.key("ingest,billing,finance", None).await;
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
-    app.clock.set(t("2026-12-25T12:05:00Z"));
+    app.clock.set(t("2026-12-25T12:05:00.000Z"));
     tick(&app.ctx, &close_job()).await.unwrap();
     // Another instance, its clock one minute behind, ingests 2,500 minutes for the closed
     // period: 2 packages × 8.00 = 16.00 late.
     let (base, _ctx, behind) = start_instance(&app.db.url, std::time::Duration::from_secs(1));
-    behind.set(t("2026-12-25T12:04:00Z"));
+    behind.set(t("2026-12-25T12:04:00.000Z"));
     let res = reqwest::Client::new()
         .post(format!("{base}/v1/events"))
         .bearer_auth(&key)
-        .json(&json!({"events": [{"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00Z", "properties": {"minutes": 2500}}]}))
+        .json(&json!({"events": [{"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00.000Z", "properties": {"minutes": 2500}}]}))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    app.clock.set(t("2027-01-25T12:05:00Z"));
+    app.clock.set(t("2027-01-25T12:05:00.000Z"));
     tick(&app.ctx, &close_job()).await.unwrap();
     let invs = invoices(&app, &key, "acme").await;
     let late = lines_of(&invs, "late_usage");
@@ -817,7 +820,7 @@ async fn a_canceled_account_subscribes_again_as_a_reactivation() {
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
     change(&app, &key, "acme", json!({"cancel": true})).await;
-    clock.to("2026-12-26T09:10:00Z").await;
+    clock.to("2026-12-26T09:10:00.000Z").await;
     assert_eq!(subscription(&app, &key, "acme").await["status"], "canceled");
     // Business with 12 seats: 199 + (12 − 10) × 20 = 239.00 for the month from 12-26 09:00.
     let s = app
@@ -827,7 +830,7 @@ async fn a_canceled_account_subscribes_again_as_a_reactivation() {
     assert_eq!(s["subscription"]["status"], "active");
     assert_eq!(
         s["subscription"]["current_period"]["start"],
-        "2026-12-26T09:00:00Z"
+        "2026-12-26T09:00:00.000Z"
     );
     let invs = invoices(&app, &key, "acme").await;
     assert_eq!(invs.last().unwrap()["total"], "239.00");
@@ -835,9 +838,9 @@ async fn a_canceled_account_subscribes_again_as_a_reactivation() {
     assert_eq!(
         mv,
         vec![
-            ("new".to_owned(), "83".to_owned()),
-            ("churn".to_owned(), "0".to_owned()),
-            ("reactivation".to_owned(), "239".to_owned())
+            ("new".to_owned(), "83.00".to_owned()),
+            ("churn".to_owned(), "0.00".to_owned()),
+            ("reactivation".to_owned(), "239.00".to_owned())
         ]
     );
     // Subscribing while subscribed is still a conflict.
@@ -866,7 +869,7 @@ async fn a_second_trial_is_refused_after_subscribing_again() {
     )
     .await;
     change(&app, &key, "acme", json!({"cancel": true})).await;
-    clock.to("2026-12-10T00:00:00Z").await;
+    clock.to("2026-12-10T00:00:00.000Z").await;
     assert_eq!(subscription(&app, &key, "acme").await["status"], "canceled");
     app.subscribe(&key, "acme", json!({"plan": "free"})).await;
     let (status, body) = quote(
@@ -895,10 +898,10 @@ async fn a_year_cut_short_bills_its_storage_peak_for_the_part_that_ran() {
         json!({"plan": "business_annual", "seats": 10}),
     )
     .await;
-    clock.to("2026-11-26T00:00:00Z").await;
+    clock.to("2026-11-26T00:00:00.000Z").await;
     events(&app, &key, vec![json!({"id": "s1", "account": "acme", "type": "storage.snapshot", "properties": {"gb": 2000}})]).await;
     // 30 days in, up to monthly Business (199 a month beats 1,990 / 12): the year ends here.
-    clock.to("2026-12-25T12:00:00Z").await;
+    clock.to("2026-12-25T12:00:00.000Z").await;
     let (q, _) = change(&app, &key, "acme", json!({"plan": "business", "seats": 10})).await;
     // Credit −1,990 × 335 / 365 = −1,826.438… → −1,826.44; Business's month 199.00.
     assert_eq!(
@@ -913,7 +916,7 @@ async fn a_year_cut_short_bills_its_storage_peak_for_the_part_that_ran() {
         .iter()
         .find(|i| i["kind"] == "period")
         .expect("the ended part's invoice");
-    assert_eq!(ended["period_end"], "2026-12-25T12:00:00Z");
+    assert_eq!(ended["period_end"], "2026-12-25T12:00:00.000Z");
     // Storage 2,000 GB at 2.40 for a year, for 30 of 365 days: 4,800 × 30 / 365 = 394.520… →
     // 394.52 (a whole year's 4,800.00 before).
     assert_eq!(ended["total"], "394.52");
@@ -933,18 +936,18 @@ async fn late_usage_after_a_cancellation_is_billed_once() {
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
     change(&app, &key, "acme", json!({"cancel": true})).await;
-    clock.to("2026-12-25T12:05:00Z").await;
+    clock.to("2026-12-25T12:05:00.000Z").await;
     assert_eq!(subscription(&app, &key, "acme").await["status"], "canceled");
     assert_eq!(invoices(&app, &key, "acme").await.len(), 2);
     // 2,500 minutes arrive late for the last period: 2 packages × 8.00 = 16.00.
-    clock.to("2026-12-27T09:30:00Z").await;
-    events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00Z", "properties": {"minutes": 2500}})]).await;
-    clock.to("2026-12-27T09:31:00Z").await;
-    clock.to("2026-12-27T10:05:00Z").await;
+    clock.to("2026-12-27T09:30:00.000Z").await;
+    events(&app, &key, vec![json!({"id": "late", "account": "acme", "type": "job.completed", "timestamp": "2026-12-20T00:00:00.000Z", "properties": {"minutes": 2500}})]).await;
+    clock.to("2026-12-27T09:31:00.000Z").await;
+    clock.to("2026-12-27T10:05:00.000Z").await;
     let invs = invoices(&app, &key, "acme").await;
     assert_eq!(invs.len(), 3, "{invs:?}");
     assert_eq!(invs[2]["total"], "16.00");
     let late = lines_of(&invs, "late_usage");
     assert_eq!(late.len(), 1);
-    assert_eq!(late[0]["usage_from"], "2026-11-25T12:00:00Z");
+    assert_eq!(late[0]["usage_from"], "2026-11-25T12:00:00.000Z");
 }

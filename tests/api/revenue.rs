@@ -65,7 +65,7 @@ async fn each_cause_writes_its_movement_with_the_right_kind_and_delta() {
     app.subscribe(&key, "uses", json!({"plan": "team", "seats": 3}))
         .await;
     let evs: Vec<Value> = (0..15)
-        .map(|i| json!({"id": format!("u{i}"), "account": "uses", "type": "job.completed", "timestamp": "2026-11-25T12:30:00Z", "properties": {"minutes": 100}}))
+        .map(|i| json!({"id": format!("u{i}"), "account": "uses", "type": "job.completed", "timestamp": "2026-11-25T12:30:00.000Z", "properties": {"minutes": 100}}))
         .collect();
     let (status, body) = app.send(&key, &json!({ "events": evs })).await;
     assert_eq!(status, 200, "{body}");
@@ -82,9 +82,9 @@ async fn each_cause_writes_its_movement_with_the_right_kind_and_delta() {
 
     // The trial ends (14 days), then the first period closes, then the second.
     for at in [
-        "2026-12-09T13:00:00Z",
-        "2026-12-25T12:01:00Z",
-        "2027-01-25T12:01:00Z",
+        "2026-12-09T13:00:00.000Z",
+        "2026-12-25T12:01:00.000Z",
+        "2027-01-25T12:01:00.000Z",
     ] {
         app.clock.set(t(at));
         tick(&app.ctx, &scheduler).await.unwrap();
@@ -93,30 +93,30 @@ async fn each_cause_writes_its_movement_with_the_right_kind_and_delta() {
     assert_eq!(
         movements_of(&app, &key, "grows").await,
         vec![
-            mv("new", "plan_upgrade", "0", "59"),
-            mv("expansion", "seats_added", "59", "83"),
-            mv("expansion", "plan_upgrade", "83", "199"),
-            mv("contraction", "plan_downgrade", "199", "59"),
+            mv("new", "plan_upgrade", "0.00", "59.00"),
+            mv("expansion", "seats_added", "59.00", "83.00"),
+            mv("expansion", "plan_upgrade", "83.00", "199.00"),
+            mv("contraction", "plan_downgrade", "199.00", "59.00"),
         ]
     );
     // 1,500 compute minutes: one 8.00 package above the 500 free, then none.
     assert_eq!(
         movements_of(&app, &key, "uses").await,
         vec![
-            mv("new", "plan_upgrade", "0", "59"),
-            mv("expansion", "usage_growth", "59", "67"),
-            mv("contraction", "usage_decline", "67", "59"),
+            mv("new", "plan_upgrade", "0.00", "59.00"),
+            mv("expansion", "usage_growth", "59.00", "67.00"),
+            mv("contraction", "usage_decline", "67.00", "59.00"),
         ]
     );
     assert_eq!(
         movements_of(&app, &key, "tries").await,
-        vec![mv("new", "trial_converted", "0", "59")]
+        vec![mv("new", "trial_converted", "0.00", "59.00")]
     );
     assert_eq!(
         movements_of(&app, &key, "leaves").await,
         vec![
-            mv("new", "plan_upgrade", "0", "59"),
-            mv("churn", "cancellation", "59", "0"),
+            mv("new", "plan_upgrade", "0.00", "59.00"),
+            mv("churn", "cancellation", "59.00", "0.00"),
         ]
     );
     // Each movement points at what caused it, and went to the outbox with it.
@@ -156,7 +156,7 @@ async fn nrr_and_grr_over_a_scripted_cohort_equal_the_hand_computation() {
         .await;
     // December: a upgrades (+140), b drops two seats at renewal (−24), d cancels (−59),
     // e arrives (outside the cohort).
-    app.clock.set(t("2026-12-10T00:00:00Z"));
+    app.clock.set(t("2026-12-10T00:00:00.000Z"));
     quote_and_accept(&app, &key, "a", json!({"plan": "business", "seats": 5})).await;
     quote_and_accept(
         &app,
@@ -168,13 +168,13 @@ async fn nrr_and_grr_over_a_scripted_cohort_equal_the_hand_computation() {
     quote_and_accept(&app, &key, "d", json!({"cancel": true})).await;
     app.subscribe(&key, "e", json!({"plan": "team", "seats": 3}))
         .await;
-    app.clock.set(t("2026-12-25T12:01:00Z"));
+    app.clock.set(t("2026-12-25T12:01:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
 
     // b's fewer seats took effect at the renewal, as a seats_removed contraction.
     assert_eq!(
         movements_of(&app, &key, "b").await.last().unwrap(),
-        &mv("contraction", "seats_removed", "83", "59")
+        &mv("contraction", "seats_removed", "83.00", "59.00")
     );
     let (status, body) = app
         .get(
@@ -194,11 +194,11 @@ async fn nrr_and_grr_over_a_scripted_cohort_equal_the_hand_computation() {
             w["accounts"].as_i64()
         ),
         (
-            Some("400"),
-            Some("140"),
-            Some("24"),
-            Some("59"),
-            Some("457"),
+            Some("400.00"),
+            Some("140.00"),
+            Some("24.00"),
+            Some("59.00"),
+            Some("457.00"),
             Some(4)
         )
     );
@@ -222,7 +222,7 @@ async fn nrr_and_grr_over_a_scripted_cohort_equal_the_hand_computation() {
             ws[1]["nrr"].as_str(),
             ws[1]["accounts"].as_i64()
         ),
-        (Some("516"), Some("1"), Some(4))
+        (Some("516.00"), Some("1"), Some(4))
     );
 
     // `accrue report nrr` prints the same figures.
@@ -703,8 +703,9 @@ async fn a_webhook_endpoint_is_read_disabled_enabled_rotated_and_deleted() {
         (status, e["error"]["code"].as_str()),
         (422, Some("invalid_url"))
     );
-    let (status, _) = patch(json!({"secret": "mine"})).await;
-    assert_eq!(status, 400, "unknown fields are refused");
+    let (status, e) = patch(json!({"secret": "mine"})).await;
+    assert_eq!(status, 422, "unknown fields are refused");
+    assert_eq!(e["error"]["field"], "secret");
 
     let res = app
         .http

@@ -274,7 +274,7 @@ async fn a_request_the_database_refuses_never_fails_another_tenants_request() {
     let key = app.key("ingest", None).await;
     let job = |id: String, account: &str, minutes: &str| -> Value {
         json!({"id": id, "account": account, "type": "job.completed",
-               "timestamp": "2026-11-25T12:10:00Z", "properties": {"minutes": minutes}})
+               "timestamp": "2026-11-25T12:10:00.000Z", "properties": {"minutes": minutes}})
     };
     let (status, out) = app
         .send(
@@ -423,7 +423,7 @@ async fn a_retry_after_stripe_forgot_the_keys_pays_the_invoice_already_pushed() 
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    app.clock.set(t("2026-11-28T12:31:00Z"));
+    app.clock.set(t("2026-11-28T12:31:00.000Z"));
     tick(&app.ctx, &Scheduler::new(t(NOW)).unwrap())
         .await
         .unwrap();
@@ -801,7 +801,7 @@ async fn lineage_returns_the_meters_events_up_to_the_limit_and_is_bounded_in_byt
                "properties": {"minutes": 1, "runner": runner, "blob": blob}})
     };
     // 30 CPU jobs first, then 150 GPU jobs carrying 30 KB each (4.5 MB in all).
-    app.clock.set(t("2026-11-28T00:00:00Z"));
+    app.clock.set(t("2026-11-28T00:00:00.000Z"));
     let cpu: Vec<Value> = (0..30)
         .map(|i| {
             job(
@@ -831,7 +831,7 @@ async fn lineage_returns_the_meters_events_up_to_the_limit_and_is_bounded_in_byt
         assert_eq!(status, 200, "{out}");
         assert_eq!(out["accepted"], 30, "{out}");
     }
-    app.clock.set(t("2026-12-25T12:05:00Z"));
+    app.clock.set(t("2026-12-25T12:05:00.000Z"));
     let close = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
     tick(&app.ctx, &close).await.unwrap();
 
@@ -883,7 +883,7 @@ async fn an_overloaded_lane_refuses_promptly_and_loses_nothing_acknowledged() {
     let key = app.key("ingest", None).await;
     let ev = |id: String| {
         json!({"id": id, "account": "m4-acme", "type": "api.request",
-               "timestamp": "2026-11-25T12:10:00Z"})
+               "timestamp": "2026-11-25T12:10:00.000Z"})
     };
     let (status, out) = app
         .send(&key, &json!({"events": [ev("seed".into())]}))
@@ -1078,7 +1078,7 @@ async fn one_busy_key_gets_429_while_another_key_is_served() {
     let other = app.key("ingest", None).await;
     let ev = |id: String, account: &str| {
         json!({"id": id, "account": account, "type": "api.request",
-               "timestamp": "2026-11-25T12:10:00Z"})
+               "timestamp": "2026-11-25T12:10:00.000Z"})
     };
     let (status, out) = app
         .send(&busy, &json!({"events": [ev("seed".into(), "k-busy")]}))

@@ -49,7 +49,7 @@ async fn finance_settles_manual_invoices_paid_void_or_written_off_and_reconcilia
         .post(
             &fin,
             &path,
-            &json!({"amount": "83.00", "paid_at": "2026-12-01T00:00:00Z"}),
+            &json!({"amount": "83.00", "paid_at": "2026-12-01T00:00:00.000Z"}),
             None,
         )
         .await;
@@ -63,7 +63,7 @@ async fn finance_settles_manual_invoices_paid_void_or_written_off_and_reconcilia
             None,
         )
         .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
@@ -82,7 +82,7 @@ async fn finance_settles_manual_invoices_paid_void_or_written_off_and_reconcilia
 
     // Two payments recorded at once: exactly one wins.
     let body =
-        json!({"amount": "83.0", "paid_at": "2026-11-24T09:00:00Z", "reference": "wire 4711"});
+        json!({"amount": "83.0", "paid_at": "2026-11-24T09:00:00.000Z", "reference": "wire 4711"});
     let (a, b) = tokio::join!(
         app.post(&fin, &path, &body, None),
         app.post(&fin, &path, &body, None)
@@ -99,7 +99,7 @@ async fn finance_settles_manual_invoices_paid_void_or_written_off_and_reconcilia
     );
     assert_eq!(paid["settlement"]["kind"], "paid");
     assert_eq!(paid["settlement"]["reference"], "wire 4711");
-    assert_eq!(paid["settlement"]["settled_at"], "2026-11-24T09:00:00Z");
+    assert_eq!(paid["settlement"]["settled_at"], "2026-11-24T09:00:00.000Z");
     assert_eq!(conflict["error"]["code"], "invoice_not_open");
     // Once paid it can be neither voided nor written off.
     for action in ["void", "write-off"] {

@@ -36,9 +36,9 @@ async fn customer_on_team(app: &TestApp, key: &str, account: &str, card: &str) -
 /// 7 days later), running the jobs at each.
 async fn run_the_three_retries(app: &TestApp, scheduler: &Scheduler) {
     for at in [
-        "2026-11-28T12:31:00Z",
-        "2026-11-30T12:31:00Z",
-        "2026-12-02T12:31:00Z",
+        "2026-11-28T12:31:00.000Z",
+        "2026-11-30T12:31:00.000Z",
+        "2026-12-02T12:31:00.000Z",
     ] {
         app.clock.set(t(at));
         tick(&app.ctx, scheduler).await.unwrap();
@@ -112,9 +112,9 @@ async fn three_months_of_invoices_are_each_charged_once_and_reconcile_with_strip
 
     let mut expected_charges = vec![8300i64];
     let months = [
-        ("2026-12-10T00:00:00Z", "2026-12-25T12:01:00Z", 2),
-        ("2027-01-10T00:00:00Z", "2027-01-25T12:01:00Z", 3),
-        ("2027-02-10T00:00:00Z", "2027-02-25T12:01:00Z", 4),
+        ("2026-12-10T00:00:00.000Z", "2026-12-25T12:01:00.000Z", 2),
+        ("2027-01-10T00:00:00.000Z", "2027-01-25T12:01:00.000Z", 3),
+        ("2027-02-10T00:00:00.000Z", "2027-02-25T12:01:00.000Z", 4),
     ];
     for (i, (usage_at, close_at, number)) in months.into_iter().enumerate() {
         // 1,500 compute minutes: one 8.00 package above the 500 free.
@@ -195,7 +195,10 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
     let inv = wait_for_payment_state(&app, &key, 1, "failed").await;
     assert_eq!(inv["status"], "open");
     assert_eq!(inv["payment"]["attempts"], 1);
-    assert_eq!(inv["payment"]["next_attempt_at"], "2026-11-28T12:30:00Z");
+    assert_eq!(
+        inv["payment"]["next_attempt_at"],
+        "2026-11-28T12:30:00.000Z"
+    );
     assert_eq!(
         subscription_status(&app, &key, "declines").await,
         "past_due"
@@ -208,13 +211,21 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
     );
 
     // Nothing happens before the first retry is due.
-    app.clock.set(t("2026-11-28T12:00:00Z"));
+    app.clock.set(t("2026-11-28T12:00:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     assert_eq!(invoice(&app, &key, 1).await["payment"]["attempts"], 1);
 
     for (at, attempts, next) in [
-        ("2026-11-28T12:31:00Z", 2, Some("2026-11-30T12:30:00Z")),
-        ("2026-11-30T12:31:00Z", 3, Some("2026-12-02T12:30:00Z")),
+        (
+            "2026-11-28T12:31:00.000Z",
+            2,
+            Some("2026-11-30T12:30:00.000Z"),
+        ),
+        (
+            "2026-11-30T12:31:00.000Z",
+            3,
+            Some("2026-12-02T12:30:00.000Z"),
+        ),
     ] {
         app.clock.set(t(at));
         tick(&app.ctx, &scheduler).await.unwrap();
@@ -232,7 +243,7 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
     );
 
     // The last retry (7 days after the first failure) fails: suspended, at once.
-    app.clock.set(t("2026-12-02T12:31:00Z"));
+    app.clock.set(t("2026-12-02T12:31:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     let inv = invoice(&app, &key, 1).await;
     assert_eq!(inv["payment"]["state"], "exhausted");
@@ -291,8 +302,8 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
     assert_eq!(
         moves,
         vec![
-            ("new", "plan_upgrade", "83", "subscription_change"),
-            ("churn", "dunning_suspension", "0", "dunning_step"),
+            ("new", "plan_upgrade", "83.00", "subscription_change"),
+            ("churn", "dunning_suspension", "0.00", "dunning_step"),
         ]
     );
     // Four declined charges, none succeeded; no more attempts are made.
@@ -301,7 +312,7 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
         assert_eq!(charges.len(), 4);
         assert!(charges.iter().all(|c| c["status"] == "failed"));
     }
-    app.clock.set(t("2026-12-20T00:00:00Z"));
+    app.clock.set(t("2026-12-20T00:00:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     assert_eq!(fake_stripe().charges_of(&customer).await.len(), 4);
 
@@ -333,7 +344,7 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
             last["cause"].as_str(),
             last["mrr_after"].as_str()
         ),
-        (Some("reactivation"), Some("recovered"), Some("83"))
+        (Some("reactivation"), Some("recovered"), Some("83.00"))
     );
 }
 
@@ -346,13 +357,13 @@ async fn a_new_card_is_tried_at_once_and_a_declined_one_keeps_the_retry_schedule
     let customer = customer_on_team(&app, &key, "recovers", DECLINING_CARD).await;
     wait_for_payment_state(&app, &key, 1, "failed").await;
 
-    app.clock.set(t("2026-11-28T12:31:00Z"));
+    app.clock.set(t("2026-11-28T12:31:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     assert_eq!(invoice(&app, &key, 1).await["payment"]["attempts"], 2);
 
     // Another declining card, a day later: tried at once, declined, and the next retry is
     // still the one due 5 days after the first failure.
-    app.clock.set(t("2026-11-29T12:00:00Z"));
+    app.clock.set(t("2026-11-29T12:00:00.000Z"));
     let put_card = |card: &'static str| {
         let (app, key) = (&app, &key);
         async move {
@@ -372,7 +383,10 @@ async fn a_new_card_is_tried_at_once_and_a_declined_one_keeps_the_retry_schedule
     assert_eq!(set["retried"]["failed"], 1, "{set}");
     let inv = invoice(&app, &key, 1).await;
     assert_eq!(inv["payment"]["attempts"], 3);
-    assert_eq!(inv["payment"]["next_attempt_at"], "2026-11-30T12:30:00Z");
+    assert_eq!(
+        inv["payment"]["next_attempt_at"],
+        "2026-11-30T12:30:00.000Z"
+    );
     assert_eq!(
         subscription_status(&app, &key, "recovers").await,
         "past_due"
@@ -396,7 +410,7 @@ async fn a_new_card_is_tried_at_once_and_a_declined_one_keeps_the_retry_schedule
     assert_eq!(succeeded.len(), 1);
     assert_eq!(succeeded[0]["amount"], 8300);
     // The retry that was scheduled finds nothing left to do.
-    app.clock.set(t("2026-11-30T12:31:00Z"));
+    app.clock.set(t("2026-11-30T12:31:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     assert_eq!(invoice(&app, &key, 1).await["payment"]["attempts"], 4);
     assert_eq!(
@@ -426,7 +440,7 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
         "suspended"
     );
 
-    app.clock.set(t("2027-01-10T09:20:00Z"));
+    app.clock.set(t("2027-01-10T09:20:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     let pm = fake_stripe().card(GOOD_CARD).await;
     let (status, set) = app
@@ -442,8 +456,8 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
     assert_eq!(set["retried"]["paid"], 2, "{set}");
     assert_eq!(subscription_status(&app, &key, "returns").await, "active");
     let (_, s) = app.get(&key, "/v1/accounts/returns/subscription").await;
-    assert_eq!(s["current_period"]["start"], "2027-01-10T09:00:00Z");
-    assert_eq!(s["current_period"]["end"], "2027-02-10T09:00:00Z");
+    assert_eq!(s["current_period"]["start"], "2027-01-10T09:00:00.000Z");
+    assert_eq!(s["current_period"]["end"], "2027-02-10T09:00:00.000Z");
     let mut charged: Vec<i64> = fake_stripe()
         .charges_of(&customer)
         .await
@@ -788,7 +802,7 @@ async fn two_instances_closing_and_collecting_at_once_charge_each_period_once() 
         wait_for_payment_state(&app, &key, n, "paid").await;
     }
     let (_, b_ctx, b_clock) = start_stripe_instance(&app.db.url, DunningPolicy::default()).await;
-    let later = t("2027-01-26T00:00:00Z"); // two periods have ended
+    let later = t("2027-01-26T00:00:00.000Z"); // two periods have ended
     app.clock.set(later);
     b_clock.set(later);
     let sa = Scheduler::new(t(NOW)).unwrap();
@@ -865,7 +879,10 @@ async fn while_stripe_is_unreachable_collection_waits_without_dunning_and_financ
     let inv = invoice(&app, &key, 1).await;
     assert_eq!(inv["payment"]["state"], "pending");
     assert_eq!(inv["payment"]["attempts"], 0, "not a dunning attempt");
-    assert_eq!(inv["payment"]["next_attempt_at"], "2026-11-25T12:40:00Z");
+    assert_eq!(
+        inv["payment"]["next_attempt_at"],
+        "2026-11-25T12:40:00.000Z"
+    );
     assert!(inv["payment"]["last_error"]
         .as_str()
         .unwrap()
@@ -962,7 +979,7 @@ async fn recovery_from_suspension_re_anchors_and_never_bills_the_suspended_month
         "suspended"
     );
     // Two period ends pass while suspended: nothing is invoiced.
-    app.clock.set(t("2027-02-10T00:00:00Z"));
+    app.clock.set(t("2027-02-10T00:00:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
     let (_, list) = app.get(&key, "/v1/invoices?account=sleeper").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
@@ -985,8 +1002,8 @@ async fn recovery_from_suspension_re_anchors_and_never_bills_the_suspended_month
     })
     .await;
     let (_, s) = app.get(&key, "/v1/accounts/sleeper/subscription").await;
-    assert_eq!(s["current_period"]["start"], "2027-02-10T00:00:00Z");
-    assert_eq!(s["current_period"]["end"], "2027-03-10T00:00:00Z");
+    assert_eq!(s["current_period"]["start"], "2027-02-10T00:00:00.000Z");
+    assert_eq!(s["current_period"]["end"], "2027-03-10T00:00:00.000Z");
     tick(&app.ctx, &scheduler).await.unwrap();
     let (_, list) = app.get(&key, "/v1/invoices?account=sleeper").await;
     let kinds: Vec<(String, String, String)> = list["data"]
@@ -1008,17 +1025,17 @@ async fn recovery_from_suspension_re_anchors_and_never_bills_the_suspended_month
         vec![
             (
                 "start".into(),
-                "2026-11-25T12:00:00Z".into(),
+                "2026-11-25T12:00:00.000Z".into(),
                 "83.00".into()
             ),
             (
                 "period".into(),
-                "2026-11-25T12:00:00Z".into(),
+                "2026-11-25T12:00:00.000Z".into(),
                 "0.00".into()
             ),
             (
                 "start".into(),
-                "2027-02-10T00:00:00Z".into(),
+                "2027-02-10T00:00:00.000Z".into(),
                 "83.00".into()
             ),
         ]
@@ -1057,7 +1074,7 @@ async fn a_trial_without_a_payment_method_falls_to_the_fallback_plan_at_its_end(
             .await;
     }
     // The trial ends 2026-12-09 12:00.
-    app.clock.set(t("2026-12-09T13:00:00Z"));
+    app.clock.set(t("2026-12-09T13:00:00.000Z"));
     tick(&app.ctx, &Scheduler::new(t(NOW)).unwrap())
         .await
         .unwrap();
@@ -1079,7 +1096,7 @@ async fn a_trial_without_a_payment_method_falls_to_the_fallback_plan_at_its_end(
         (s["plan"].as_str(), s["status"].as_str()),
         (Some("free"), Some("active"))
     );
-    assert_eq!(s["current_period"]["start"], "2026-12-09T12:00:00Z");
+    assert_eq!(s["current_period"]["start"], "2026-12-09T12:00:00.000Z");
     let (_, list) = app.get(&key, "/v1/invoices?account=cardless").await;
     assert!(list["data"].as_array().unwrap().is_empty(), "{list}");
     assert!(steps(&app, &key, "cardless").await.is_empty());
@@ -1103,7 +1120,7 @@ async fn a_dunning_cancellation_mid_period_bills_the_usage_so_far() {
     customer_on_team(&app, &key, "quitter", DECLINING_CARD).await;
     wait_for_payment_state(&app, &key, 1, "failed").await;
     // 2,500 compute minutes: 2 packages of 1,000 above the 500 free, 16.00.
-    app.clock.set(t("2026-11-26T00:00:00Z"));
+    app.clock.set(t("2026-11-26T00:00:00.000Z"));
     let (status, body) = app
         .send(
             &key,
@@ -1115,8 +1132,8 @@ async fn a_dunning_cancellation_mid_period_bills_the_usage_so_far() {
     assert_eq!(subscription_status(&app, &key, "quitter").await, "canceled");
     let inv = invoice(&app, &key, 2).await;
     assert_eq!(inv["kind"], "period");
-    assert_eq!(inv["period_start"], "2026-11-25T12:00:00Z");
-    assert_eq!(inv["period_end"], "2026-12-02T12:00:00Z");
+    assert_eq!(inv["period_start"], "2026-11-25T12:00:00.000Z");
+    assert_eq!(inv["period_end"], "2026-12-02T12:00:00.000Z");
     assert_eq!(inv["total"], "16.00");
     // Canceled with invoices unpaid: not subscribed again until they are settled.
     let (status, body) = app
@@ -1148,7 +1165,7 @@ async fn a_cancellation_scheduled_before_a_suspension_ends_the_subscription_on_r
         subscription_status(&app, &key, "leaving").await,
         "suspended"
     );
-    app.clock.set(t("2027-01-10T00:00:00Z"));
+    app.clock.set(t("2027-01-10T00:00:00.000Z"));
     let inv = invoice(&app, &key, 1).await;
     pay_out_of_band(
         &customer,

@@ -67,11 +67,11 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     assert_eq!(s["amount_due_now"], "0.00");
     assert_eq!(
         s["subscription"]["current_period"]["start"],
-        "2026-11-25T12:00:00Z"
+        "2026-11-25T12:00:00.000Z"
     );
     assert_eq!(
         s["subscription"]["current_period"]["end"],
-        "2026-12-25T12:00:00Z"
+        "2026-12-25T12:00:00.000Z"
     );
 
     // Free → trial of Team with 5 seats: nothing charged during the 14-day trial.
@@ -90,14 +90,14 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     let (status, a) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "k-trial").await;
     assert_eq!(status, 200, "{a}");
     assert_eq!(a["subscription"]["status"], "trialing");
-    assert_eq!(a["subscription"]["trial_end"], "2026-12-09T12:00:00Z");
+    assert_eq!(a["subscription"]["trial_end"], "2026-12-09T12:00:00.000Z");
 
     // Trial → paid: at trial end it converts, anchored there; advance fees 59 + (5 − 3) × 12.
-    app.clock.set(t("2026-12-09T13:00:00Z"));
+    app.clock.set(t("2026-12-09T13:00:00.000Z"));
     let (_, s) = app.get(&key, "/v1/accounts/acme/subscription").await;
     assert_eq!(s["status"], "active");
-    assert_eq!(s["current_period"]["start"], "2026-12-09T12:00:00Z");
-    assert_eq!(s["current_period"]["end"], "2027-01-09T12:00:00Z");
+    assert_eq!(s["current_period"]["start"], "2026-12-09T12:00:00.000Z");
+    assert_eq!(s["current_period"]["end"], "2027-01-09T12:00:00.000Z");
     let (_, ch) = app
         .get(&key, "/v1/accounts/acme/subscription/changes")
         .await;
@@ -113,7 +113,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     // Add seats mid-period: 5 → 8 on 2026-12-20T00:00, 20.5 of 31 days left
     // (factor 1,771,200 / 2,678,400). Credit 83 × f = 54.887… → −54.89; charge 119 × f =
     // 78.693… → 78.69; due 23.80.
-    app.clock.set(t("2026-12-20T00:00:00Z"));
+    app.clock.set(t("2026-12-20T00:00:00.000Z"));
     let (status, q) = quote(&app, &key, "acme", json!({"seats": 8})).await;
     assert_eq!(status, 201, "{q}");
     assert_eq!(q["kind"], "seats_added");
@@ -129,7 +129,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
 
     // Upgrade mid-period to Business on 2026-12-25T00:00: 15.5 of 31 days left, factor 0.5.
     // Credit −119 × 0.5 = −59.50; Business with 8 seats (10 included) = 199 × 0.5 = 99.50.
-    app.clock.set(t("2026-12-25T00:00:00Z"));
+    app.clock.set(t("2026-12-25T00:00:00.000Z"));
     let (_, q) = quote(&app, &key, "acme", json!({"plan": "business"})).await;
     assert_eq!(q["kind"], "upgrade");
     assert_eq!(amounts(&q["lines"]), ["-59.50", "99.50"]);
@@ -139,7 +139,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     assert_eq!(a["amount_charged"], "40.00");
 
     // Downgrade back to Team: at period end, nothing charged now; asking for now is refused.
-    app.clock.set(t("2026-12-28T00:00:00Z"));
+    app.clock.set(t("2026-12-28T00:00:00.000Z"));
     let (status, e) = quote(
         &app,
         &key,
@@ -154,7 +154,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     let (_, q) = quote(&app, &key, "acme", json!({"plan": "team"})).await;
     assert_eq!(q["kind"], "downgrade");
     assert_eq!(q["effective"], "period_end");
-    assert_eq!(q["effective_at"], "2027-01-09T12:00:00Z");
+    assert_eq!(q["effective_at"], "2027-01-09T12:00:00.000Z");
     assert_eq!(q["amount_due_now"], "0.00");
     let (status, a) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "k-down").await;
     assert_eq!(status, 200, "{a}");
@@ -162,12 +162,12 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     assert_eq!(a["subscription"]["scheduled_change"]["plan"], "team");
 
     // At the period end the downgrade applies; the new period's advance fees are Team's 119.00.
-    app.clock.set(t("2027-01-10T00:00:00Z"));
+    app.clock.set(t("2027-01-10T00:00:00.000Z"));
     let (_, s) = app.get(&key, "/v1/accounts/acme/subscription").await;
     assert_eq!(s["plan"], "team");
     assert_eq!(s["seats"], 8);
-    assert_eq!(s["current_period"]["start"], "2027-01-09T12:00:00Z");
-    assert_eq!(s["current_period"]["end"], "2027-02-09T12:00:00Z");
+    assert_eq!(s["current_period"]["start"], "2027-01-09T12:00:00.000Z");
+    assert_eq!(s["current_period"]["end"], "2027-02-09T12:00:00.000Z");
     assert!(s["scheduled_change"].is_null());
     let (_, ch) = app
         .get(&key, "/v1/accounts/acme/subscription/changes")
@@ -180,7 +180,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
         .unwrap()
         .clone();
     assert_eq!(applied["amount"], "119.00");
-    assert_eq!(applied["at"], "2027-01-09T12:00:00Z");
+    assert_eq!(applied["at"], "2027-01-09T12:00:00.000Z");
 
     // Every charge above was invoiced, for exactly the quoted amounts.
     let (status, list) = app.get(&key, "/v1/invoices").await;
@@ -476,7 +476,7 @@ async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
     let key = app.key("billing", None).await;
     app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
         .await;
-    app.clock.set(t("2026-12-10T08:15:30Z"));
+    app.clock.set(t("2026-12-10T08:15:30.000Z"));
     let (status, q) = quote(&app, &key, "acme", json!({"plan": "business", "seats": 12})).await;
     assert_eq!(status, 201, "{q}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
@@ -491,11 +491,11 @@ async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
             "--to-seats",
             "12",
             "--period-start",
-            "2026-11-25T12:00:00Z",
+            "2026-11-25T12:00:00.000Z",
             "--period-end",
-            "2026-12-25T12:00:00Z",
+            "2026-12-25T12:00:00.000Z",
             "--at",
-            "2026-12-10T08:15:30Z",
+            "2026-12-10T08:15:30.000Z",
         ])
         .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
         .output()
@@ -533,11 +533,11 @@ async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
             "--to-seats",
             "12",
             "--period-start",
-            "2026-11-25T12:00:00Z",
+            "2026-11-25T12:00:00.000Z",
             "--period-end",
-            "2026-12-25T12:00:00Z",
+            "2026-12-25T12:00:00.000Z",
             "--at",
-            "2026-12-10T08:15:30Z",
+            "2026-12-10T08:15:30.000Z",
         ])
         .env("ACCRUE_PLANS_DIR", manifest_dir().join("pricing-plans"))
         .output()
@@ -558,11 +558,11 @@ async fn the_offline_quote_command_prints_the_same_lines_as_the_api() {
             "--plan",
             "team@2",
             "--period-start",
-            "2026-11-25T12:00:00Z",
+            "2026-11-25T12:00:00.000Z",
             "--period-end",
-            "2026-12-25T12:00:00Z",
+            "2026-12-25T12:00:00.000Z",
             "--at",
-            "2026-12-10T08:15:30Z",
+            "2026-12-10T08:15:30.000Z",
         ];
         args.extend_from_slice(extra);
         std::process::Command::new(env!("CARGO_BIN_EXE_accrue"))
@@ -645,7 +645,7 @@ async fn a_cancellation_takes_effect_at_period_end_with_a_last_invoice_and_no_re
         (q["kind"].as_str(), q["effective"].as_str()),
         (Some("cancel"), Some("period_end"))
     );
-    assert_eq!(q["effective_at"], "2026-12-25T12:00:00Z");
+    assert_eq!(q["effective_at"], "2026-12-25T12:00:00.000Z");
     assert_eq!(q["amount_due_now"], "0.00");
     let (status, _) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "cancel-1").await;
     assert_eq!(status, 200);
@@ -660,7 +660,7 @@ async fn a_cancellation_takes_effect_at_period_end_with_a_last_invoice_and_no_re
         .await
         .1;
     assert_eq!(v["allowed"], true);
-    app.clock.set(t("2026-12-26T00:00:00Z"));
+    app.clock.set(t("2026-12-26T00:00:00.000Z"));
     let (_, s) = app.get(&key, "/v1/accounts/acme/subscription").await;
     assert_eq!(s["status"], "canceled");
     let v = app
@@ -744,13 +744,13 @@ async fn a_scheduled_cancellation_can_be_undone_and_the_subscription_renews() {
     );
 
     // Past the period end the subscription renews.
-    app.clock.set(t("2026-12-25T12:05:00Z"));
+    app.clock.set(t("2026-12-25T12:05:00.000Z"));
     accrue::jobs::tick(&app.ctx, &accrue::jobs::Scheduler::new(t(NOW)).unwrap())
         .await
         .unwrap();
     let (_, s) = app.get(&key, "/v1/accounts/undo/subscription").await;
     assert_eq!(s["status"], "active", "{s}");
-    assert_eq!(s["current_period"]["start"], "2026-12-25T12:00:00Z");
+    assert_eq!(s["current_period"]["start"], "2026-12-25T12:00:00.000Z");
     let (_, list) = app.get(&key, "/v1/invoices?account=undo").await;
     let period = list["data"]
         .as_array()

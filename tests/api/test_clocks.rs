@@ -56,7 +56,7 @@ async fn an_account_on_a_test_clock_lives_by_it_through_trial_renewal_and_usage(
     app.publish_plans().await;
     let key = app.key("admin,ingest,billing,finance", None).await;
     // The server's own clock says 2026-11-25; the clock lives in March 2027.
-    let clock = new_clock(&app, &key, "2027-03-01T10:15:00Z").await;
+    let clock = new_clock(&app, &key, "2027-03-01T10:15:00.000Z").await;
     let (status, acc) = app
         .patch(
             &key,
@@ -85,7 +85,7 @@ async fn an_account_on_a_test_clock_lives_by_it_through_trial_renewal_and_usage(
         )
         .await;
     // Anchored on the clock's hour: the 14-day trial ends 2027-03-15 10:00.
-    assert_eq!(s["subscription"]["trial_end"], "2027-03-15T10:00:00Z");
+    assert_eq!(s["subscription"]["trial_end"], "2027-03-15T10:00:00.000Z");
 
     // An event without a timestamp happens at the clock's time; one a day after the clock is
     // in the future for this account (though not for the server's clock... which is earlier
@@ -118,24 +118,24 @@ async fn an_account_on_a_test_clock_lives_by_it_through_trial_renewal_and_usage(
     let (status, body) = app
         .send(
             &key,
-            &json!({"events": [{"id": "e2", "account": "acme", "type": "api.request", "timestamp": "2027-03-02T10:15:00Z"}]}),
+            &json!({"events": [{"id": "e2", "account": "acme", "type": "api.request", "timestamp": "2027-03-02T10:15:00.000Z"}]}),
         )
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["rejected"][0]["error"]["code"], "timestamp_in_future");
 
     // The server's own sweep, however late it runs, leaves the clock's account alone.
-    app.clock.set(t("2028-01-01T00:00:00Z"));
+    app.clock.set(t("2028-01-01T00:00:00.000Z"));
     tick(&app.ctx, &Scheduler::new(t(NOW)).unwrap())
         .await
         .unwrap();
     assert!(invoices(&app, &key, "acme").await.is_empty());
 
     // Past the trial: converted at 03-15 10:00, its first month 59 + (5 − 3) × 12 = 83.00.
-    let c = advance(&app, &key, &clock, "2027-03-20T00:00:00Z").await;
+    let c = advance(&app, &key, &clock, "2027-03-20T00:00:00.000Z").await;
     assert_eq!(
         (c["frozen_time"].as_str(), c["status"].as_str()),
-        (Some("2027-03-20T00:00:00Z"), Some("ready"))
+        (Some("2027-03-20T00:00:00.000Z"), Some("ready"))
     );
     let invs = invoices(&app, &key, "acme").await;
     assert_eq!(invs.len(), 1);
@@ -143,7 +143,7 @@ async fn an_account_on_a_test_clock_lives_by_it_through_trial_renewal_and_usage(
         (invs[0]["kind"].as_str(), invs[0]["total"].as_str()),
         (Some("start"), Some("83.00"))
     );
-    assert_eq!(invs[0]["issued_at"], "2027-03-15T10:00:00Z");
+    assert_eq!(invs[0]["issued_at"], "2027-03-15T10:00:00.000Z");
 
     // 2,500 compute minutes now (the clock's time): 2 packages × 8.00 = 16.00 at the close.
     let (status, body) = app
@@ -153,23 +153,23 @@ async fn an_account_on_a_test_clock_lives_by_it_through_trial_renewal_and_usage(
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    advance(&app, &key, &clock, "2027-04-20T00:00:00Z").await;
+    advance(&app, &key, &clock, "2027-04-20T00:00:00.000Z").await;
     let invs = invoices(&app, &key, "acme").await;
     assert_eq!(invs.len(), 2);
     let close = &invs[1];
-    assert_eq!(close["period_start"], "2027-03-15T10:00:00Z");
-    assert_eq!(close["issued_at"], "2027-04-15T10:00:00Z");
+    assert_eq!(close["period_start"], "2027-03-15T10:00:00.000Z");
+    assert_eq!(close["issued_at"], "2027-04-15T10:00:00.000Z");
     // 16.00 in arrears + 83.00 in advance.
     assert_eq!(close["total"], "99.00");
     let (_, got) = app.get(&key, &format!("/v1/test-clocks/{clock}")).await;
-    assert_eq!(got["frozen_time"], "2027-04-20T00:00:00Z");
+    assert_eq!(got["frozen_time"], "2027-04-20T00:00:00.000Z");
 
     // A clock only moves forward.
     let (status, body) = app
         .post(
             &key,
             &format!("/v1/test-clocks/{clock}/advance"),
-            &json!({"frozen_time": "2027-04-01T00:00:00Z"}),
+            &json!({"frozen_time": "2027-04-01T00:00:00.000Z"}),
             None,
         )
         .await;
@@ -185,7 +185,7 @@ async fn test_clock_routes_are_not_found_unless_enabled_and_need_an_admin_key() 
         .post(
             &admin,
             "/v1/test-clocks",
-            &json!({"frozen_time": "2027-01-01T00:00:00Z"}),
+            &json!({"frozen_time": "2027-01-01T00:00:00.000Z"}),
             None,
         )
         .await;
@@ -211,7 +211,7 @@ async fn test_clock_routes_are_not_found_unless_enabled_and_need_an_admin_key() 
         .post(
             &billing,
             "/v1/test-clocks",
-            &json!({"frozen_time": "2027-01-01T00:00:00Z"}),
+            &json!({"frozen_time": "2027-01-01T00:00:00.000Z"}),
             None,
         )
         .await;
@@ -228,7 +228,7 @@ async fn dunning_retries_run_as_a_test_clock_passes_their_days() {
     app.ctx.enable_test_clocks();
     app.publish_plans().await;
     let key = app.key("admin,billing,finance", None).await;
-    let clock = new_clock(&app, &key, "2027-03-01T10:15:00Z").await;
+    let clock = new_clock(&app, &key, "2027-03-01T10:15:00.000Z").await;
     let mut body = account_body("d@example.com");
     body["test_clock"] = json!(clock);
     let (status, acc) = app.patch(&key, "/v1/accounts/declines", &body).await;
@@ -249,9 +249,12 @@ async fn dunning_retries_run_as_a_test_clock_passes_their_days() {
         (inv["payment"]["state"] == "failed").then_some(inv)
     })
     .await;
-    assert_eq!(inv["payment"]["next_attempt_at"], "2027-03-04T10:15:00Z");
+    assert_eq!(
+        inv["payment"]["next_attempt_at"],
+        "2027-03-04T10:15:00.000Z"
+    );
 
-    advance(&app, &key, &clock, "2027-03-10T00:00:00Z").await;
+    advance(&app, &key, &clock, "2027-03-10T00:00:00.000Z").await;
     let (_, d) = app.get(&key, "/v1/accounts/declines/dunning").await;
     assert_eq!(d["status"], "suspended", "{d}");
     let steps: Vec<(String, String)> = d["steps"]
@@ -274,10 +277,10 @@ async fn dunning_retries_run_as_a_test_clock_passes_their_days() {
     assert_eq!(
         failed_at,
         vec![
-            "2027-03-01T10:15:00Z",
-            "2027-03-04T10:15:00Z",
-            "2027-03-06T10:15:00Z",
-            "2027-03-08T10:15:00Z"
+            "2027-03-01T10:15:00.000Z",
+            "2027-03-04T10:15:00.000Z",
+            "2027-03-06T10:15:00.000Z",
+            "2027-03-08T10:15:00.000Z"
         ]
     );
 }
@@ -291,7 +294,7 @@ async fn a_clock_being_advanced_refuses_a_second_advance() {
     let app = spawn_app().await;
     app.ctx.enable_test_clocks();
     let key = app.key("admin", None).await;
-    let clock = new_clock(&app, &key, "2026-11-25T12:00:00Z").await;
+    let clock = new_clock(&app, &key, "2026-11-25T12:00:00.000Z").await;
     let mut other = app.db.conn().await;
     other
         .batch_execute(&format!(
@@ -303,14 +306,14 @@ async fn a_clock_being_advanced_refuses_a_second_advance() {
         .post(
             &key,
             &format!("/v1/test-clocks/{clock}/advance"),
-            &json!({"frozen_time": "2026-12-01T00:00:00Z"}),
+            &json!({"frozen_time": "2026-12-01T00:00:00.000Z"}),
             None,
         )
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "clock_advancing");
     let (_, c) = app.get(&key, &format!("/v1/test-clocks/{clock}")).await;
-    assert_eq!(c["frozen_time"], "2026-11-25T12:00:00Z");
+    assert_eq!(c["frozen_time"], "2026-11-25T12:00:00.000Z");
     // Let go explicitly (a dropped connection's locks end only once the server notices).
     other
         .batch_execute(&format!(
@@ -318,6 +321,6 @@ async fn a_clock_being_advanced_refuses_a_second_advance() {
         ))
         .await
         .unwrap();
-    let c = advance(&app, &key, &clock, "2026-12-01T00:00:00Z").await;
+    let c = advance(&app, &key, &clock, "2026-12-01T00:00:00.000Z").await;
     assert_eq!(c["status"], "ready");
 }

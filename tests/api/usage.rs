@@ -7,7 +7,7 @@ use accrue::domain::event::parse_event;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-const DAY: (&str, &str) = ("2026-11-25T00:00:00Z", "2026-11-26T00:00:00Z");
+const DAY: (&str, &str) = ("2026-11-25T00:00:00.000Z", "2026-11-26T00:00:00.000Z");
 
 fn e(id: &str, ty: &str, ts: &str, props: Value) -> Value {
     json!({"id": id, "account": "acme", "type": ty, "timestamp": ts, "properties": props})
@@ -18,85 +18,85 @@ async fn each_aggregation_gives_its_exact_value() {
     let app = spawn_app().await;
     let key = app.key("ingest,check", None).await;
     let events = vec![
-        e("1", "api.request", "2026-11-25T01:00:00Z", json!({})),
-        e("2", "api.request", "2026-11-25T09:59:59Z", json!({})),
-        e("3", "api.request", "2026-11-25T11:00:00Z", json!({})),
+        e("1", "api.request", "2026-11-25T01:00:00.000Z", json!({})),
+        e("2", "api.request", "2026-11-25T09:59:59.000Z", json!({})),
+        e("3", "api.request", "2026-11-25T11:00:00.000Z", json!({})),
         e(
             "4",
             "job.completed",
-            "2026-11-25T02:00:00Z",
+            "2026-11-25T02:00:00.000Z",
             json!({"minutes": "0.1", "runner": "cpu"}),
         ),
         e(
             "5",
             "job.completed",
-            "2026-11-25T03:00:00Z",
+            "2026-11-25T03:00:00.000Z",
             json!({"minutes": 0.2, "runner": "gpu"}),
         ),
         e(
             "6",
             "job.completed",
-            "2026-11-25T03:30:00Z",
+            "2026-11-25T03:30:00.000Z",
             json!({"minutes": "-0.05", "runner": "gpu"}),
         ),
         e(
             "7",
             "storage.snapshot",
-            "2026-11-25T01:00:00Z",
+            "2026-11-25T01:00:00.000Z",
             json!({"gb": "12.5"}),
         ),
         e(
             "8",
             "storage.snapshot",
-            "2026-11-25T05:00:00Z",
+            "2026-11-25T05:00:00.000Z",
             json!({"gb": 40}),
         ),
         e(
             "9",
             "storage.snapshot",
-            "2026-11-25T07:00:00Z",
+            "2026-11-25T07:00:00.000Z",
             json!({"gb": "7.25"}),
         ),
         e(
             "10",
             "user.active",
-            "2026-11-25T01:00:00Z",
+            "2026-11-25T01:00:00.000Z",
             json!({"user_id": "ann"}),
         ),
         e(
             "11",
             "user.active",
-            "2026-11-25T04:00:00Z",
+            "2026-11-25T04:00:00.000Z",
             json!({"user_id": "bob"}),
         ),
         e(
             "12",
             "user.active",
-            "2026-11-25T08:00:00Z",
+            "2026-11-25T08:00:00.000Z",
             json!({"user_id": "ann"}),
         ),
         e(
             "13",
             "user.active",
-            "2026-11-25T08:10:00Z",
+            "2026-11-25T08:10:00.000Z",
             json!({"user_id": 42}),
         ),
         e(
             "14",
             "seats.snapshot",
-            "2026-11-25T06:00:00Z",
+            "2026-11-25T06:00:00.000Z",
             json!({"count": 9}),
         ),
         e(
             "15",
             "seats.snapshot",
-            "2026-11-25T10:00:00Z",
+            "2026-11-25T10:00:00.000Z",
             json!({"count": 7}),
         ),
         e(
             "16",
             "seats.snapshot",
-            "2026-11-25T03:00:00Z",
+            "2026-11-25T03:00:00.000Z",
             json!({"count": 30}),
         ),
     ];
@@ -129,8 +129,14 @@ async fn each_aggregation_gives_its_exact_value() {
     assert_eq!(value("active_users")["value"], "3");
     assert_eq!(value("seats_in_use")["value"], "7");
     assert_eq!(value("api_calls")["event_count"], 3);
-    assert_eq!(value("api_calls")["first_event_at"], "2026-11-25T01:00:00Z");
-    assert_eq!(value("api_calls")["last_event_at"], "2026-11-25T11:00:00Z");
+    assert_eq!(
+        value("api_calls")["first_event_at"],
+        "2026-11-25T01:00:00.000Z"
+    );
+    assert_eq!(
+        value("api_calls")["last_event_at"],
+        "2026-11-25T11:00:00.000Z"
+    );
     assert_eq!(value("projects_created")["value"], "0");
 
     // A narrower range sees only its own hours.
@@ -139,8 +145,8 @@ async fn each_aggregation_gives_its_exact_value() {
             &key,
             "acme",
             "api_calls",
-            "2026-11-25T01:00:00Z",
-            "2026-11-25T10:00:00Z",
+            "2026-11-25T01:00:00.000Z",
+            "2026-11-25T10:00:00.000Z",
         )
         .await;
     assert_eq!(v, "2");
@@ -149,8 +155,8 @@ async fn each_aggregation_gives_its_exact_value() {
             &key,
             "acme",
             "active_users",
-            "2026-11-25T04:00:00Z",
-            "2026-11-25T09:00:00Z",
+            "2026-11-25T04:00:00.000Z",
+            "2026-11-25T09:00:00.000Z",
         )
         .await;
     assert_eq!(v, "3");
@@ -159,8 +165,8 @@ async fn each_aggregation_gives_its_exact_value() {
             &key,
             "acme",
             "seats_in_use",
-            "2026-11-25T00:00:00Z",
-            "2026-11-25T07:00:00Z",
+            "2026-11-25T00:00:00.000Z",
+            "2026-11-25T07:00:00.000Z",
         )
         .await;
     assert_eq!(v, "9");
@@ -173,7 +179,7 @@ async fn late_events_count_in_the_period_they_belong_to() {
     let (status, _) = app
         .send(
             &key,
-            &e("old", "api.request", "2026-09-03T08:00:00Z", json!({})),
+            &e("old", "api.request", "2026-09-03T08:00:00.000Z", json!({})),
         )
         .await;
     assert_eq!(status, 200);
@@ -182,8 +188,8 @@ async fn late_events_count_in_the_period_they_belong_to() {
             &key,
             "acme",
             "api_calls",
-            "2026-09-01T00:00:00Z",
-            "2026-10-01T00:00:00Z",
+            "2026-09-01T00:00:00.000Z",
+            "2026-10-01T00:00:00.000Z",
         )
         .await;
     let nov = app
@@ -191,8 +197,8 @@ async fn late_events_count_in_the_period_they_belong_to() {
             &key,
             "acme",
             "api_calls",
-            "2026-11-01T00:00:00Z",
-            "2026-12-01T00:00:00Z",
+            "2026-11-01T00:00:00.000Z",
+            "2026-12-01T00:00:00.000Z",
         )
         .await;
     assert_eq!((sept.as_str(), nov.as_str()), ("1", "0"));
@@ -266,7 +272,7 @@ proptest! {
             let key = app.key("ingest,check", None).await;
             let types = ["api.request", "job.completed", "storage.snapshot", "user.active"];
             let events: Vec<Value> = raw.iter().enumerate().map(|(i, (s, ty, v, u))| {
-                let ts = (t("2026-11-25T00:00:00Z") + chrono::Duration::seconds(*s as i64)).to_rfc3339();
+                let ts = (t("2026-11-25T00:00:00.000Z") + chrono::Duration::seconds(*s as i64)).to_rfc3339();
                 let v = format!("{}.{:02}", v / 100, v % 100);
                 json!({"id": format!("p{i}"), "account": "acme", "type": types[*ty as usize], "timestamp": ts,
                        "properties": {"minutes": v, "gb": v, "user_id": format!("u{u}")}})

@@ -53,7 +53,7 @@ async fn two_processes_on_one_test_clock_bill_each_period_once_and_charge_each_i
     let http = reqwest::Client::new();
     let started = Instant::now();
 
-    let start: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().unwrap();
+    let start: DateTime<Utc> = "2027-01-01T00:00:00.000Z".parse().unwrap();
     let (status, clock) = send(
         &http,
         reqwest::Method::POST,
