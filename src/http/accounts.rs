@@ -51,7 +51,7 @@ pub async fn put_account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: super::body::Body<AccountBody>,
+    body: super::input::Body<AccountBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
@@ -87,7 +87,7 @@ pub async fn patch_account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: super::body::Body<AccountBody>,
+    body: super::input::Body<AccountBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
@@ -152,7 +152,7 @@ pub struct ListQuery {
 pub async fn list_accounts(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<ListQuery>,
+    query: super::input::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
     let q = query.into_inner();
@@ -184,7 +184,7 @@ pub async fn subscribe(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: super::body::Body<SubscribeRequest>,
+    body: super::input::Body<SubscribeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
@@ -231,7 +231,7 @@ pub async fn changes(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    query: web::Query<ChangesQuery>,
+    query: super::input::Query<ChangesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
     let account = path.into_inner();
@@ -245,7 +245,7 @@ pub async fn quote(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: super::body::Body<QuoteRequest>,
+    body: super::input::Body<QuoteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
@@ -295,7 +295,7 @@ pub async fn check(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: super::body::Body<CheckRequest>,
+    body: super::input::Body<CheckRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Check]).await?;
     let account = path.into_inner();

@@ -20,7 +20,7 @@ pub struct ListQuery {
 pub async fn event_types(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<ListQuery>,
+    query: super::input::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
     if principal.account.is_some() {

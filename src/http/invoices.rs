@@ -35,7 +35,7 @@ const STATUSES: &[&str] = &["open", "paid", "void", "uncollectible"];
 pub async fn list(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<ListQuery>,
+    query: super::input::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance, Scope::Billing]).await?;
     let q = query.into_inner();
@@ -89,7 +89,7 @@ pub async fn lineage(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<i64>,
-    query: web::Query<LineageQuery>,
+    query: super::input::Query<LineageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance, Scope::Billing]).await?;
     let limit = super::list::limit(query.limit, 100, 1000)?;
@@ -111,7 +111,7 @@ pub struct BillingErrorsQuery {
 pub async fn billing_errors(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<BillingErrorsQuery>,
+    query: super::input::Query<BillingErrorsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
     super::auth::unbound(&p, "the billing errors report")?;
@@ -147,7 +147,7 @@ fn reason_body(body: &[u8]) -> Result<ReasonBody, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(ReasonBody::default());
     }
-    super::body::parse(body)
+    super::input::parse(body)
 }
 
 /// Who settled: the key's name and id, kept with the settlement.
@@ -171,7 +171,7 @@ pub async fn pay(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<i64>,
-    body: super::body::Body<PayBody>,
+    body: super::input::Body<PayBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let how = settlements::Settle::Paid {

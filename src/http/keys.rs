@@ -21,7 +21,7 @@ pub struct ListQuery {
 pub async fn list(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<ListQuery>,
+    query: super::input::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "the API key list")?;

@@ -3,11 +3,11 @@
 
 mod accounts;
 mod auth;
-mod body;
 mod error;
 mod events;
 mod governance;
 mod health;
+mod input;
 mod invoices;
 mod keys;
 mod list;
@@ -29,188 +29,186 @@ use std::net::TcpListener;
 /// Seconds a stopping server waits for in-flight requests (ingest batches) to finish.
 const SHUTDOWN_GRACE_SECS: u64 = 30;
 
+/// A path and its methods.
+type Resource = (&'static str, Vec<(&'static str, actix_web::Route)>);
+
 /// The whole route table, top to bottom. Each path is one resource: a method it does not have
 /// answers 405 with `Allow`, an unknown path 404.
+fn table() -> Vec<Resource> {
+    vec![
+        ("/healthz", vec![("GET", web::get().to(health::healthz))]),
+        ("/readyz", vec![("GET", web::get().to(health::readyz))]),
+        ("/v1/events", vec![("POST", web::post().to(events::ingest))]),
+        (
+            "/v1/accounts/{account}/usage",
+            vec![("GET", web::get().to(usage::account_usage))],
+        ),
+        (
+            "/v1/accounts/{account}",
+            vec![
+                ("PUT", web::put().to(accounts::put_account)),
+                ("PATCH", web::patch().to(accounts::patch_account)),
+                ("GET", web::get().to(accounts::get_account)),
+            ],
+        ),
+        (
+            "/v1/accounts",
+            vec![("GET", web::get().to(accounts::list_accounts))],
+        ),
+        (
+            "/v1/accounts/{account}/subscription",
+            vec![
+                ("POST", web::post().to(accounts::subscribe)),
+                ("GET", web::get().to(accounts::get_subscription)),
+            ],
+        ),
+        (
+            "/v1/accounts/{account}/subscription/changes",
+            vec![("GET", web::get().to(accounts::changes))],
+        ),
+        (
+            "/v1/accounts/{account}/subscription/scheduled-change",
+            vec![("DELETE", web::delete().to(accounts::revoke_scheduled))],
+        ),
+        (
+            "/v1/accounts/{account}/subscription/quotes",
+            vec![("POST", web::post().to(accounts::quote))],
+        ),
+        (
+            "/v1/accounts/{account}/subscription/quotes/{quote}/accept",
+            vec![("POST", web::post().to(accounts::accept))],
+        ),
+        (
+            "/v1/accounts/{account}/check",
+            vec![("POST", web::post().to(accounts::check))],
+        ),
+        (
+            "/v1/accounts/{account}/payment-method",
+            vec![("PUT", web::put().to(payments::put_payment_method))],
+        ),
+        (
+            "/v1/accounts/{account}/dunning",
+            vec![("GET", web::get().to(payments::dunning))],
+        ),
+        (
+            "/v1/stripe/webhook",
+            vec![("POST", web::post().to(payments::webhook))],
+        ),
+        (
+            "/v1/reports/reconciliation",
+            vec![("GET", web::get().to(payments::reconciliation))],
+        ),
+        (
+            "/v1/governance/event-types",
+            vec![("GET", web::get().to(governance::event_types))],
+        ),
+        (
+            "/v1/reports/billing-errors",
+            vec![("GET", web::get().to(invoices::billing_errors))],
+        ),
+        ("/v1/keys", vec![("GET", web::get().to(keys::list))]),
+        (
+            "/v1/keys/{id}",
+            vec![("DELETE", web::delete().to(keys::revoke))],
+        ),
+        (
+            "/v1/test-clocks",
+            vec![("POST", web::post().to(test_clocks::create))],
+        ),
+        (
+            "/v1/test-clocks/{id}",
+            vec![("GET", web::get().to(test_clocks::get))],
+        ),
+        (
+            "/v1/test-clocks/{id}/advance",
+            vec![("POST", web::post().to(test_clocks::advance))],
+        ),
+        ("/v1/invoices", vec![("GET", web::get().to(invoices::list))]),
+        (
+            "/v1/invoices/{number}",
+            vec![("GET", web::get().to(invoices::get))],
+        ),
+        (
+            "/v1/invoices/{number}/pay",
+            vec![("POST", web::post().to(invoices::pay))],
+        ),
+        (
+            "/v1/invoices/{number}/void",
+            vec![("POST", web::post().to(invoices::void))],
+        ),
+        (
+            "/v1/invoices/{number}/write-off",
+            vec![("POST", web::post().to(invoices::write_off))],
+        ),
+        (
+            "/v1/invoices/{number}/lineage",
+            vec![("GET", web::get().to(invoices::lineage))],
+        ),
+        (
+            "/v1/movements",
+            vec![("GET", web::get().to(revenue::movements))],
+        ),
+        (
+            "/v1/reports/nrr",
+            vec![("GET", web::get().to(revenue::nrr))],
+        ),
+        (
+            "/v1/webhook-endpoints",
+            vec![
+                ("POST", web::post().to(revenue::create_endpoint)),
+                ("GET", web::get().to(revenue::list_endpoints)),
+            ],
+        ),
+        (
+            "/v1/webhook-endpoints/{id}",
+            vec![
+                ("GET", web::get().to(revenue::get_endpoint)),
+                ("PATCH", web::patch().to(revenue::update_endpoint)),
+                ("DELETE", web::delete().to(revenue::delete_endpoint)),
+            ],
+        ),
+        (
+            "/v1/webhook-endpoints/{id}/rotate-secret",
+            vec![("POST", web::post().to(revenue::rotate_secret))],
+        ),
+        (
+            "/v1/webhook-endpoints/{id}/deliveries",
+            vec![("GET", web::get().to(revenue::deliveries))],
+        ),
+        ("/v1/feed", vec![("GET", web::get().to(revenue::feed))]),
+        (
+            "/v1/accounts/{account}/pql",
+            vec![("GET", web::get().to(pql::account))],
+        ),
+        ("/v1/pql", vec![("GET", web::get().to(pql::queue))]),
+        (
+            "/v1/reports/funnel",
+            vec![("GET", web::get().to(pql::funnel))],
+        ),
+        ("/v1/plans", vec![("GET", web::get().to(plans::list))]),
+        (
+            "/v1/plans/publish",
+            vec![("POST", web::post().to(plans::publish))],
+        ),
+        (
+            "/v1/plans/{plan}/versions/{version}",
+            vec![("GET", web::get().to(plans::version))],
+        ),
+    ]
+}
+
+/// Every path and its methods, as served (the conventions test walks them all).
+pub fn route_table() -> Vec<(&'static str, Vec<&'static str>)> {
+    table()
+        .into_iter()
+        .map(|(path, methods)| (path, methods.iter().map(|(m, _)| *m).collect()))
+        .collect()
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource(
-        "/healthz",
-        vec![("GET", web::get().to(health::healthz))],
-    ));
-    cfg.service(resource(
-        "/readyz",
-        vec![("GET", web::get().to(health::readyz))],
-    ));
-    cfg.service(
-        web::scope("/v1")
-            .service(resource(
-                "/events",
-                vec![("POST", web::post().to(events::ingest))],
-            ))
-            .service(resource(
-                "/accounts/{account}/usage",
-                vec![("GET", web::get().to(usage::account_usage))],
-            ))
-            .service(resource(
-                "/accounts/{account}",
-                vec![
-                    ("PUT", web::put().to(accounts::put_account)),
-                    ("PATCH", web::patch().to(accounts::patch_account)),
-                    ("GET", web::get().to(accounts::get_account)),
-                ],
-            ))
-            .service(resource(
-                "/accounts",
-                vec![("GET", web::get().to(accounts::list_accounts))],
-            ))
-            .service(resource(
-                "/accounts/{account}/subscription",
-                vec![
-                    ("POST", web::post().to(accounts::subscribe)),
-                    ("GET", web::get().to(accounts::get_subscription)),
-                ],
-            ))
-            .service(resource(
-                "/accounts/{account}/subscription/changes",
-                vec![("GET", web::get().to(accounts::changes))],
-            ))
-            .service(resource(
-                "/accounts/{account}/subscription/scheduled-change",
-                vec![("DELETE", web::delete().to(accounts::revoke_scheduled))],
-            ))
-            .service(resource(
-                "/accounts/{account}/subscription/quotes",
-                vec![("POST", web::post().to(accounts::quote))],
-            ))
-            .service(resource(
-                "/accounts/{account}/subscription/quotes/{quote}/accept",
-                vec![("POST", web::post().to(accounts::accept))],
-            ))
-            .service(resource(
-                "/accounts/{account}/check",
-                vec![("POST", web::post().to(accounts::check))],
-            ))
-            .service(resource(
-                "/accounts/{account}/payment-method",
-                vec![("PUT", web::put().to(payments::put_payment_method))],
-            ))
-            .service(resource(
-                "/accounts/{account}/dunning",
-                vec![("GET", web::get().to(payments::dunning))],
-            ))
-            .service(resource(
-                "/stripe/webhook",
-                vec![("POST", web::post().to(payments::webhook))],
-            ))
-            .service(resource(
-                "/reports/reconciliation",
-                vec![("GET", web::get().to(payments::reconciliation))],
-            ))
-            .service(resource(
-                "/governance/event-types",
-                vec![("GET", web::get().to(governance::event_types))],
-            ))
-            .service(resource(
-                "/reports/billing-errors",
-                vec![("GET", web::get().to(invoices::billing_errors))],
-            ))
-            .service(resource("/keys", vec![("GET", web::get().to(keys::list))]))
-            .service(resource(
-                "/keys/{id}",
-                vec![("DELETE", web::delete().to(keys::revoke))],
-            ))
-            .service(resource(
-                "/test-clocks",
-                vec![("POST", web::post().to(test_clocks::create))],
-            ))
-            .service(resource(
-                "/test-clocks/{id}",
-                vec![("GET", web::get().to(test_clocks::get))],
-            ))
-            .service(resource(
-                "/test-clocks/{id}/advance",
-                vec![("POST", web::post().to(test_clocks::advance))],
-            ))
-            .service(resource(
-                "/invoices",
-                vec![("GET", web::get().to(invoices::list))],
-            ))
-            .service(resource(
-                "/invoices/{number}",
-                vec![("GET", web::get().to(invoices::get))],
-            ))
-            .service(resource(
-                "/invoices/{number}/pay",
-                vec![("POST", web::post().to(invoices::pay))],
-            ))
-            .service(resource(
-                "/invoices/{number}/void",
-                vec![("POST", web::post().to(invoices::void))],
-            ))
-            .service(resource(
-                "/invoices/{number}/write-off",
-                vec![("POST", web::post().to(invoices::write_off))],
-            ))
-            .service(resource(
-                "/invoices/{number}/lineage",
-                vec![("GET", web::get().to(invoices::lineage))],
-            ))
-            .service(resource(
-                "/movements",
-                vec![("GET", web::get().to(revenue::movements))],
-            ))
-            .service(resource(
-                "/reports/nrr",
-                vec![("GET", web::get().to(revenue::nrr))],
-            ))
-            .service(resource(
-                "/webhook-endpoints",
-                vec![
-                    ("POST", web::post().to(revenue::create_endpoint)),
-                    ("GET", web::get().to(revenue::list_endpoints)),
-                ],
-            ))
-            .service(resource(
-                "/webhook-endpoints/{id}",
-                vec![
-                    ("GET", web::get().to(revenue::get_endpoint)),
-                    ("PATCH", web::patch().to(revenue::update_endpoint)),
-                    ("DELETE", web::delete().to(revenue::delete_endpoint)),
-                ],
-            ))
-            .service(resource(
-                "/webhook-endpoints/{id}/rotate-secret",
-                vec![("POST", web::post().to(revenue::rotate_secret))],
-            ))
-            .service(resource(
-                "/webhook-endpoints/{id}/deliveries",
-                vec![("GET", web::get().to(revenue::deliveries))],
-            ))
-            .service(resource(
-                "/feed",
-                vec![("GET", web::get().to(revenue::feed))],
-            ))
-            .service(resource(
-                "/accounts/{account}/pql",
-                vec![("GET", web::get().to(pql::account))],
-            ))
-            .service(resource("/pql", vec![("GET", web::get().to(pql::queue))]))
-            .service(resource(
-                "/reports/funnel",
-                vec![("GET", web::get().to(pql::funnel))],
-            ))
-            .service(resource(
-                "/plans",
-                vec![("GET", web::get().to(plans::list))],
-            ))
-            .service(resource(
-                "/plans/publish",
-                vec![("POST", web::post().to(plans::publish))],
-            ))
-            .service(resource(
-                "/plans/{plan}/versions/{version}",
-                vec![("GET", web::get().to(plans::version))],
-            )),
-    );
+    for (path, methods) in table() {
+        cfg.service(resource(path, methods));
+    }
 }
 
 /// One path and its methods; any other method answers 405 naming the allowed ones.
@@ -239,7 +237,6 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .app_data(web::QueryConfig::default().error_handler(error::query_error))
             .app_data(web::PathConfig::default().error_handler(error::path_error))
             .configure(routes)
             .default_service(web::to(error::not_found))

@@ -53,7 +53,7 @@ pub async fn put_payment_method(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: super::body::Body<PaymentMethodBody>,
+    body: super::input::Body<PaymentMethodBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
@@ -84,7 +84,7 @@ pub struct ReconciliationQuery {
 pub async fn reconciliation(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<ReconciliationQuery>,
+    query: super::input::Query<ReconciliationQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
     unbound(&p, "the reconciliation report")?;

@@ -33,7 +33,7 @@ pub struct ListQuery {
 pub async fn list(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<ListQuery>,
+    query: super::input::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &ctx, ANY).await?;
     let limit = super::list::limit(query.limit, 100, 1000)?;
@@ -70,7 +70,7 @@ const MAX_FILES: usize = 200;
 pub async fn publish(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    body: super::body::Body<PublishBody>,
+    body: super::input::Body<PublishBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     super::auth::unbound(&p, "publishing plans")?;

@@ -39,7 +39,7 @@ pub struct QueueQuery {
 pub async fn queue(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<QueueQuery>,
+    query: super::input::Query<QueueQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
     unbound(&p, "the queue")?;
@@ -63,7 +63,7 @@ pub struct FunnelQuery {
 pub async fn funnel(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<FunnelQuery>,
+    query: super::input::Query<FunnelQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
     unbound(&p, "the funnel")?;

@@ -31,7 +31,7 @@ pub struct MovementsQuery {
 pub async fn movements(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<MovementsQuery>,
+    query: super::input::Query<MovementsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
     let q = query.into_inner();
@@ -64,7 +64,7 @@ pub struct NrrQuery {
 pub async fn nrr(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<NrrQuery>,
+    query: super::input::Query<NrrQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
     unbound(&p, "the NRR report")?;
@@ -85,7 +85,7 @@ pub async fn nrr(
 pub async fn create_endpoint(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    body: super::body::Body<EndpointRequest>,
+    body: super::input::Body<EndpointRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "a webhook endpoint")?;
@@ -105,7 +105,7 @@ pub struct EndpointsQuery {
 pub async fn list_endpoints(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<EndpointsQuery>,
+    query: super::input::Query<EndpointsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "the endpoint list")?;
@@ -135,7 +135,7 @@ pub async fn update_endpoint(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<i64>,
-    body: super::body::Body<outbox::EndpointUpdate>,
+    body: super::input::Body<outbox::EndpointUpdate>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "a webhook endpoint")?;
@@ -179,7 +179,7 @@ pub async fn deliveries(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<i64>,
-    query: web::Query<DeliveriesQuery>,
+    query: super::input::Query<DeliveriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "a delivery list")?;
@@ -208,7 +208,7 @@ pub struct FeedQuery {
 pub async fn feed(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    query: web::Query<FeedQuery>,
+    query: super::input::Query<FeedQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
     let q = query.into_inner();

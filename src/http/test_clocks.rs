@@ -36,7 +36,7 @@ async fn admin(req: &HttpRequest, ctx: &Ctx) -> Result<(), ApiError> {
 pub async fn create(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    body: super::body::Body<CreateBody>,
+    body: super::input::Body<CreateBody>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&req, &ctx).await?;
     let b = body.into_inner();
@@ -57,7 +57,7 @@ pub async fn advance(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    body: super::body::Body<AdvanceBody>,
+    body: super::input::Body<AdvanceBody>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&req, &ctx).await?;
     let clock =

@@ -20,14 +20,23 @@ fn bounded<E: serde::de::Error>(t: DateTime<Utc>) -> Result<DateTime<Utc>, E> {
     }
 }
 
+fn read<E: serde::de::Error>(s: &str) -> Result<DateTime<Utc>, E> {
+    let t = DateTime::parse_from_rfc3339(s).map_err(|_| {
+        E::custom(format!(
+            "`{s}` is not an RFC 3339 timestamp; write one like 2026-11-01T00:00:00Z"
+        ))
+    })?;
+    bounded(t.with_timezone(&Utc))
+}
+
 /// An optional timestamp (`#[serde(default, deserialize_with = "time::optional")]`).
 pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-    Option::<DateTime<Utc>>::deserialize(d)?
-        .map(bounded)
+    Option::<String>::deserialize(d)?
+        .map(|s| read(&s))
         .transpose()
 }
 
 /// A required timestamp (`#[serde(deserialize_with = "time::required")]`).
 pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-    bounded(DateTime::<Utc>::deserialize(d)?)
+    read(&String::deserialize(d)?)
 }

@@ -22,7 +22,7 @@ pub async fn account_usage(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<String>,
-    query: web::Query<RangeQuery>,
+    query: super::input::Query<RangeQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authorize(&req, &ctx, &[Scope::Check, Scope::Billing, Scope::Finance]).await?;
     let account = path.into_inner();

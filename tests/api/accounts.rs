@@ -88,7 +88,8 @@ async fn the_account_list_pages_by_cursor_filters_exactly_and_keeps_a_scoped_key
     assert_eq!(status, 422, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("limit"));
     let (status, body) = app.get(&key, "/v1/accounts?owner=dana").await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "owner");
     assert!(body["error"]["message"].as_str().unwrap().contains("owner"));
     // Text with control characters is refused naming the field (a NUL reached the database
     // and came back as a 503).

@@ -283,8 +283,13 @@ async fn nrr_and_grr_over_a_scripted_cohort_equal_the_hand_computation() {
         (status, e["error"]["code"].as_str()),
         (422, Some("invalid_window"))
     );
-    let (status, _) = app.get(&key, "/v1/reports/nrr?from=2027-01-01").await;
-    assert_eq!(status, 400);
+    let (status, e) = app.get(&key, "/v1/reports/nrr?from=2027-01-01").await;
+    assert_eq!(status, 422);
+    assert_eq!(e["error"]["field"], "from");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not an RFC 3339 timestamp"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ async fn ranges_off_the_hour_or_reversed_are_refused() {
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_query"))
+        (422, Some("invalid_query"))
     );
 }
 

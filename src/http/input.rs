@@ -1,9 +1,13 @@
-//! JSON request bodies. [`Body<T>`] reads at most 64 KiB whatever the Content-Type says (`curl
-//! -d` sends a form type) and answers what is wrong in the common envelope, never with a
-//! parser's own text:
+//! Request input: JSON bodies and query strings, read so that a refusal names what is wrong in
+//! the common envelope, never with a parser's own text.
+//!
+//! [`Body<T>`] reads at most 64 KiB whatever the Content-Type says (`curl -d` sends a form type):
 //! - 400 `invalid_json` when the body is not JSON (with its `line` and `column`);
 //! - 422 when it is JSON but not what the route takes, naming the field in the message and in
 //!   `field`: `unknown_field`, `missing_field` or `invalid_field` (wrong type or value).
+//!
+//! [`Query<T>`] answers 422 naming the parameter: `unknown_field`, `missing_field`, or
+//! `invalid_query` for a value that does not read as its type.
 
 use super::ApiError;
 use actix_web::dev::Payload;
@@ -62,6 +66,75 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
             Ok(Body(parse(&buf)?))
         })
     }
+}
+
+/// A query string read as a `T` (which should `deny_unknown_fields`).
+pub struct Query<T>(pub T);
+
+impl<T> Query<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Query<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for Query<T> {
+    type Error = actix_web::Error;
+    type Future = futures_util::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        futures_util::future::ready(
+            parse_query(req.query_string())
+                .map(Query)
+                .map_err(Into::into),
+        )
+    }
+}
+
+/// Reads a query string as a `T`, or names the parameter that is wrong.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let text = e.into_inner().to_string();
+        let named = |prefix: &str| {
+            text.strip_prefix(prefix)
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned)
+        };
+        let (code, field, message) = if let Some(name) = named("unknown field `") {
+            let expected = text
+                .split_once(", expected ")
+                .map(|(_, e)| format!("; expected {e}"))
+                .unwrap_or_default();
+            (
+                "unknown_field",
+                name.clone(),
+                format!("unknown query parameter `{name}`{expected}"),
+            )
+        } else if let Some(name) = named("missing field `") {
+            (
+                "missing_field",
+                name.clone(),
+                format!("missing query parameter `{name}`"),
+            )
+        } else {
+            (
+                "invalid_query",
+                path.clone(),
+                format!("query parameter `{path}`: {text}"),
+            )
+        };
+        let mut details = serde_json::Map::new();
+        details.insert("field".into(), json!(field));
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_details(details)
+    })
 }
 
 /// Reads `bytes` as a `T`, or says what is wrong with them (see the module docs).
@@ -222,5 +295,37 @@ mod tests {
                 .seats,
             Some(2)
         );
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Q {
+        limit: Option<i64>,
+        tier: String,
+    }
+
+    #[test]
+    fn each_kind_of_bad_query_names_the_parameter() {
+        let e = parse_query::<Q>("tier=hot&limt=5").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, "unknown_field"));
+        assert!(
+            e.message.starts_with("unknown query parameter `limt`"),
+            "{}",
+            e.message
+        );
+        let e = parse_query::<Q>("limit=5").unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("missing_field", "missing query parameter `tier`")
+        );
+        let e = parse_query::<Q>("tier=hot&limit=ten").unwrap_err();
+        assert_eq!(e.code, "invalid_query");
+        assert!(
+            e.message.starts_with("query parameter `limit`: "),
+            "{}",
+            e.message
+        );
+        assert_eq!(parse_query::<Q>("tier=hot&limit=5").unwrap().limit, Some(5));
     }
 }
