@@ -459,7 +459,7 @@ async fn report(
         writeln!(
             out,
             "  PQL→paid, {:<5} {:>4} of {:>4}",
-            t.tier, t.paid, t.pqls
+            t.tier, t.paid_accounts, t.pqls
         )?;
     }
     writeln!(out, "  conversions by attribution: {:?}", f.attribution)?;

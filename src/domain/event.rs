@@ -57,6 +57,9 @@ pub fn raw_id(raw: &Value) -> Option<String> {
     raw.get("id").and_then(Value::as_str).map(str::to_owned)
 }
 
+/// The fields of an event; any other is refused.
+const FIELDS: &[&str] = &["id", "account", "type", "timestamp", "properties"];
+
 /// Validates the shape of one raw event. `now` is the receipt time, used as the default
 /// timestamp and as the reference for the future-timestamp rule.
 pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
@@ -83,6 +86,18 @@ pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
         Some(_) => return Err(Rejection::new("invalid_id", "id must be a string")),
         None => return Err(Rejection::new("missing_id", "id is required")),
     };
+    // A misspelt field would otherwise be dropped unseen (`"time"` for `"timestamp"` became
+    // the receipt time).
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(Rejection::new(
+            "unknown_field",
+            format!(
+                "unknown field `{}`; an event has {}",
+                k.chars().take(64).collect::<String>(),
+                FIELDS.join(", ")
+            ),
+        ));
+    }
     let account = match obj.get("account") {
         Some(Value::String(s)) => {
             AccountId::parse(s).map_err(|why| Rejection::new("invalid_account", why))?
@@ -366,6 +381,18 @@ mod tests {
         assert_eq!(
             parse_event(late, now()).unwrap_err().code,
             "timestamp_in_future"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_naming_it() {
+        let typo = json!({"id": "1", "account": "a", "type": "t", "time": "2026-11-25T12:00:00Z"});
+        let e = parse_event(typo, now()).unwrap_err();
+        assert_eq!(e.code, "unknown_field");
+        assert!(
+            e.message.starts_with("unknown field `time`"),
+            "{}",
+            e.message
         );
     }
 

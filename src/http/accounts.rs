@@ -254,14 +254,21 @@ pub async fn quote(
     Ok(HttpResponse::Created().json(q))
 }
 
+/// Accepting takes no fields: the body is empty or `{}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptBody {}
+
 pub async fn accept(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
     path: web::Path<(String, String)>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let (account, quote_id) = path.into_inner();
     reach(&p, &account)?;
+    let AcceptBody {} = super::input::parse_or_default(&body)?;
     let key = idempotency_key(&req)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -37,7 +37,8 @@ fn too_large() -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
         format!(
-            "the body exceeds {MAX_BODY_BYTES} bytes; send at most {MAX_BATCH} events per request"
+            "the body exceeds {} MiB ({MAX_BODY_BYTES} bytes); split the batch",
+            MAX_BODY_BYTES / (1024 * 1024)
         ),
     )
 }
@@ -97,6 +98,18 @@ fn parse_body(body: &[u8]) -> Result<Vec<Value>, ApiError> {
             "the body must be an event object or {\"events\": [...]}",
         ));
     };
+    if obj.contains_key("events") {
+        if let Some(k) = obj.keys().find(|k| k.as_str() != "events") {
+            let mut details = serde_json::Map::new();
+            details.insert("field".into(), json!(k));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_field",
+                format!("unknown field `{k}`: a batch is {{\"events\": [...]}} alone"),
+            )
+            .with_details(details));
+        }
+    }
     match obj.remove("events") {
         Some(Value::Array(events)) if events.is_empty() => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -144,10 +144,7 @@ pub struct ReasonBody {
 }
 
 fn reason_body(body: &[u8]) -> Result<ReasonBody, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(ReasonBody::default());
-    }
-    super::input::parse(body)
+    super::input::parse_or_default(body)
 }
 
 /// Who settled: the key's name and id, kept with the settlement.

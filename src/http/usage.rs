@@ -10,6 +10,7 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RangeQuery {
     #[serde(default, deserialize_with = "super::time::optional")]
     from: Option<DateTime<Utc>>,

@@ -1221,7 +1221,7 @@ pub struct ReconciledInvoice {
 
 /// The period's invoices by outcome, in one currency: what was invoiced, paid (through the
 /// rail or recorded by finance), voided (credit notes), written off, and still outstanding.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PeriodTotals {
     #[serde(with = "rust_decimal::serde::str")]
     pub invoiced: Decimal,
@@ -1233,6 +1233,20 @@ pub struct PeriodTotals {
     pub written_off: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub outstanding: Decimal,
+}
+
+impl PeriodTotals {
+    /// Nothing yet, written at the currency's scale (`0.00`, not `0`).
+    fn zero(exponent: u32) -> Self {
+        let z = Decimal::new(0, exponent);
+        Self {
+            invoiced: z,
+            paid: z,
+            voided: z,
+            written_off: z,
+            outstanding: z,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1314,7 +1328,10 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
         amount_paid.rescale(exp);
         let mut total = inv.total;
         total.rescale(exp);
-        let t = out.totals.entry(inv.currency.clone()).or_default();
+        let t = out
+            .totals
+            .entry(inv.currency.clone())
+            .or_insert_with(|| PeriodTotals::zero(exp));
         t.invoiced += total;
         match inv.status.as_str() {
             "paid" => t.paid += amount_paid,

@@ -407,7 +407,8 @@ pub struct Stage {
 pub struct TierConversion {
     pub tier: &'static str,
     pub pqls: usize,
-    pub paid: usize,
+    /// Of those PQLs, the accounts that paid.
+    pub paid_accounts: usize,
     pub rate: Option<String>,
 }
 
@@ -491,7 +492,7 @@ pub async fn funnel(
             TierConversion {
                 tier,
                 pqls: pqls.len(),
-                paid: converted,
+                paid_accounts: converted,
                 rate: rate(converted, pqls.len()),
             }
         })

@@ -940,7 +940,7 @@ pub async fn quote(
                     plan: p.plan.clone(),
                     plan_version: p.version,
                     seats: p.seats,
-                    amount: Decimal::ZERO,
+                    amount: Decimal::new(0, old.currency.exponent()),
                     description: if p.cancel {
                         format!("Replaces the cancellation scheduled for {}", ts::date(&p.at))
                     } else {

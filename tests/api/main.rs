@@ -9,6 +9,7 @@ mod auth;
 mod billing;
 mod check;
 mod cli;
+mod conventions;
 mod crash;
 mod fuzz;
 mod governance;

@@ -423,7 +423,7 @@ async fn an_immediate_change_keeps_a_cancellation_and_names_a_revoked_decrease()
         .collect();
     assert_eq!(revoked.len(), 1, "{q}");
     assert_eq!(revoked[0]["seats"], 4);
-    assert_eq!(revoked[0]["amount"], "0");
+    assert_eq!(revoked[0]["amount"], "0.00");
     assert!(subscription(&app, &key, "beta").await["scheduled_change"].is_null());
     // The revocation line is not an invoice line.
     let invs = invoices(&app, &key, "beta").await;

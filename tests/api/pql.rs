@@ -354,8 +354,8 @@ async fn the_funnel_counts_a_scripted_cohort_as_counted_by_hand() {
     assert_eq!(
         f["pql_to_paid_by_tier"],
         json!([
-            {"tier": "hot", "pqls": 1, "paid": 1, "rate": "1"},
-            {"tier": "warm", "pqls": 1, "paid": 0, "rate": "0"},
+            {"tier": "hot", "pqls": 1, "paid_accounts": 1, "rate": "1"},
+            {"tier": "warm", "pqls": 1, "paid_accounts": 0, "rate": "0"},
         ])
     );
     assert_eq!(
