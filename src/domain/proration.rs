@@ -50,6 +50,8 @@ pub enum ProrationKind {
 pub struct ProrationLine {
     pub kind: ProrationKind,
     pub plan: String,
+    /// `version` beside `plan`, as everywhere (stored lines written as `plan_version` read too).
+    #[serde(rename = "version", alias = "plan_version")]
     pub plan_version: u32,
     pub seats: u32,
     #[serde(with = "rust_decimal::serde::str")]

@@ -37,6 +37,7 @@ pub const QUOTE_TTL_MINUTES: i64 = 30;
 pub struct SubscriptionView {
     pub account: String,
     pub plan: String,
+    #[serde(rename = "version")]
     pub plan_version: i32,
     pub plan_name: String,
     pub seats: i32,
@@ -999,7 +1000,12 @@ pub struct Accepted {
     pub quote_id: String,
     pub change_id: i64,
     pub lines: Vec<ProrationLine>,
-    #[serde(with = "rust_decimal::serde::str")]
+    /// Named as in the quote (it was `amount_charged`; answers stored then still read).
+    #[serde(
+        rename = "amount_due_now",
+        alias = "amount_charged",
+        with = "rust_decimal::serde::str"
+    )]
     pub amount_charged: Decimal,
     pub subscription: Value,
 }

@@ -22,6 +22,7 @@ pub struct InvoiceRow {
     #[serde(serialize_with = "crate::domain::ts::ms")]
     pub period_end: DateTime<Utc>,
     pub plan: String,
+    #[serde(rename = "version")]
     pub plan_version: i32,
     pub seats: i32,
     pub currency: String,

@@ -218,12 +218,13 @@ pub async fn insert_change(conn: &mut AsyncPgConnection, c: &NewChange) -> Resul
         .await?)
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+/// An accepted change. Shown with `from` and `to` as `{plan, version, seats}` (as a quote
+/// shows them), `null` where a side does not exist (a new subscription has no `from`).
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = subscription_changes)]
 pub struct ChangeRow {
     pub id: i64,
     pub kind: String,
-    #[serde(serialize_with = "crate::domain::ts::ms")]
     pub at: DateTime<Utc>,
     pub quote_id: Option<String>,
     pub from_plan: Option<String>,
@@ -233,9 +234,29 @@ pub struct ChangeRow {
     pub to_version: Option<i32>,
     pub to_seats: Option<i32>,
     pub lines: serde_json::Value,
-    #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub currency: Option<String>,
+}
+
+impl serde::Serialize for ChangeRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let side = |plan: &Option<String>, version: Option<i32>, seats: Option<i32>| {
+            plan.as_ref()
+                .map(|p| serde_json::json!({"plan": p, "version": version, "seats": seats}))
+        };
+        serde_json::json!({
+            "id": self.id,
+            "kind": self.kind,
+            "at": crate::domain::ts::format(&self.at),
+            "quote_id": self.quote_id,
+            "from": side(&self.from_plan, self.from_version, self.from_seats),
+            "to": side(&self.to_plan, self.to_version, self.to_seats),
+            "lines": self.lines,
+            "amount": self.amount.to_string(),
+            "currency": self.currency,
+        })
+        .serialize(s)
+    }
 }
 
 pub async fn changes_by_account(

@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, BTreeSet};
 const AMOUNTS: &[&str] = &[
     "amount",
     "amount_due_now",
-    "amount_charged",
     "amount_paid",
     "total",
     "subtotal",

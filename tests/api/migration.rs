@@ -222,14 +222,14 @@ async fn a_migration_at_renewal_waits_for_each_period_end() {
     assert_eq!(report.migrated, 3);
     // Still on team@1 until the renewal, with the change scheduled.
     let (_, sub) = app.get(&key, "/v1/accounts/m1/subscription").await;
-    assert_eq!(sub["plan_version"], 1, "{sub}");
+    assert_eq!(sub["version"], 1, "{sub}");
     assert_eq!(sub["scheduled_change"]["version"], 2, "{sub}");
     app.clock.set(t("2027-01-25T12:01:00.000Z"));
     tick(&app.ctx, &Scheduler::new(t(NOW)).unwrap())
         .await
         .unwrap();
     let (_, sub) = app.get(&key, "/v1/accounts/m1/subscription").await;
-    assert_eq!(sub["plan_version"], 2, "{sub}");
+    assert_eq!(sub["version"], 2, "{sub}");
     let (_, moves) = app
         .get(
             &key,

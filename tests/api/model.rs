@@ -569,7 +569,7 @@ impl Run<'_> {
         if status != 200 {
             self.fail(&format!("accept: {status} {a}"));
         }
-        if a["amount_charged"] != q["amount_due_now"] {
+        if a["amount_due_now"] != q["amount_due_now"] {
             self.fail(&format!("quote {q} charged {a}"));
         }
         let max = match a["subscription"]["plan"].as_str().unwrap() {

@@ -215,7 +215,7 @@ async fn a_month_to_year_change_charges_the_new_year_and_invoices_the_ended_usag
     assert_eq!(q["amount_due_now"], "2348.50");
     assert_eq!(q["new_period"]["start"], "2026-12-10T12:00:00.000Z");
     assert_eq!(q["new_period"]["end"], "2027-12-10T12:00:00.000Z");
-    assert_eq!(a["amount_charged"], "2348.50");
+    assert_eq!(a["amount_due_now"], "2348.50");
     let s = subscription(&app, &key, "acme").await;
     assert_eq!(s["current_period"]["start"], "2026-12-10T12:00:00.000Z");
     assert_eq!(s["current_period"]["end"], "2027-12-10T12:00:00.000Z");
@@ -362,7 +362,7 @@ async fn a_migration_keeps_scheduled_cancellations_and_seat_decreases() {
     .await
     .unwrap();
     let s = subscription(&app, &key, "beta").await;
-    assert_eq!(s["plan_version"], 2);
+    assert_eq!(s["version"], 2);
     assert_eq!(s["scheduled_change"]["cancel"], true);
 
     app.clock.set(t("2026-12-25T12:05:00.000Z"));
@@ -379,7 +379,7 @@ async fn a_migration_keeps_scheduled_cancellations_and_seat_decreases() {
     }
     let s = subscription(&app, &key, "gamma").await;
     assert_eq!(
-        (s["plan_version"].as_i64(), s["seats"].as_i64()),
+        (s["version"].as_i64(), s["seats"].as_i64()),
         (Some(2), Some(4))
     );
 }

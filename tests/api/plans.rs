@@ -346,7 +346,7 @@ async fn a_version_published_while_servers_run_is_live_on_every_instance_within_
         .unwrap();
     assert_eq!(res.status().as_u16(), 201);
     let sub: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(sub["subscription"]["plan_version"], 3, "{sub}");
+    assert_eq!(sub["subscription"]["version"], 3, "{sub}");
     // 3 seats are included: the base fee alone, at the new price.
     assert_eq!(sub["amount_due_now"], "69.00", "{sub}");
     // B loaded it before answering, so the new subscription's MRR is the new price (it was
@@ -481,7 +481,7 @@ async fn a_plan_named_as_plan_at_version_is_that_version() {
         )
         .await;
     assert_eq!(s["subscription"]["plan"], "team");
-    assert_eq!(s["subscription"]["plan_version"], 1);
+    assert_eq!(s["subscription"]["version"], 1);
     for (body, code) in [
         (
             serde_json::json!({"plan": "team@1", "version": 2}),

@@ -124,7 +124,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     assert_eq!(status, 200, "{a}");
     // Acceptance charges exactly the quote.
     assert_eq!(a["lines"], q["lines"]);
-    assert_eq!(a["amount_charged"], q["amount_due_now"]);
+    assert_eq!(a["amount_due_now"], q["amount_due_now"]);
     assert_eq!(a["subscription"]["seats"], 8);
 
     // Upgrade mid-period to Business on 2026-12-25T00:00: 15.5 of 31 days left, factor 0.5.
@@ -136,7 +136,7 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     assert_eq!(q["amount_due_now"], "40.00");
     let (status, a) = accept(&app, &key, "acme", q["id"].as_str().unwrap(), "k-up").await;
     assert_eq!(status, 200, "{a}");
-    assert_eq!(a["amount_charged"], "40.00");
+    assert_eq!(a["amount_due_now"], "40.00");
 
     // Downgrade back to Team: at period end, nothing charged now; asking for now is refused.
     app.clock.set(t("2026-12-28T00:00:00.000Z"));
@@ -181,6 +181,12 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
         .clone();
     assert_eq!(applied["amount"], "119.00");
     assert_eq!(applied["at"], "2027-01-09T12:00:00.000Z");
+    // Sides as a quote shows them.
+    assert_eq!(
+        applied["to"],
+        json!({"plan": "team", "version": 2, "seats": 8})
+    );
+    assert_eq!(applied["from"]["plan"], "business");
 
     // Every charge above was invoiced, for exactly the quoted amounts.
     let (status, list) = app.get(&key, "/v1/invoices").await;
