@@ -216,8 +216,21 @@ async fn demo(
     };
     let mut out = std::io::stdout();
     accrue::demo::run(&ctx, &clock, &cfg, &mut out).await?;
+    // A key to explore it with, so the next command works as printed.
+    let key = accrue::services::auth::create_key(
+        &ctx.pool,
+        "demo",
+        &[accrue::domain::scope::Scope::Admin],
+        None,
+        "demo",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
-        "\ndone in {:.1} s; explore it: DATABASE_URL={url} accrue serve",
+        "\ndone in {:.1} s. Explore the company it made:\n  \
+         DATABASE_URL={url} accrue serve &\n  \
+         export KEY={key}    # an admin key of the demo database\n  \
+         curl -s \"localhost:8080/v1/pql?tier=hot\" -H \"Authorization: Bearer $KEY\"",
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -254,6 +254,19 @@ pub async fn quote(
     Ok(HttpResponse::Created().json(q))
 }
 
+/// `GET /v1/accounts/{account}/subscription/quotes/{quote}`: a quote and whether it is still
+/// open.
+pub async fn get_quote(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
+    let (account, quote_id) = path.into_inner();
+    reach(&p, &account)?;
+    Ok(HttpResponse::Ok().json(subs::get_quote(&ctx, &account, &quote_id).await?))
+}
+
 /// Accepting takes no fields: the body is empty or `{}`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -75,6 +75,10 @@ fn table() -> Vec<Resource> {
             vec![("POST", web::post().to(accounts::quote))],
         ),
         (
+            "/v1/accounts/{account}/subscription/quotes/{quote}",
+            vec![("GET", web::get().to(accounts::get_quote))],
+        ),
+        (
             "/v1/accounts/{account}/subscription/quotes/{quote}/accept",
             vec![("POST", web::post().to(accounts::accept))],
         ),
@@ -189,6 +193,10 @@ fn table() -> Vec<Resource> {
         (
             "/v1/plans/publish",
             vec![("POST", web::post().to(plans::publish))],
+        ),
+        (
+            "/v1/plans/{plan}",
+            vec![("GET", web::get().to(plans::plan))],
         ),
         (
             "/v1/plans/{plan}/versions/{version}",

@@ -1,4 +1,5 @@
-//! `GET /v1/plans` and `GET /v1/plans/{plan}/versions/{n}`: the published catalogue;
+//! `GET /v1/plans`, `GET /v1/plans/{plan}` and `GET /v1/plans/{plan}/versions/{n|latest}`: the
+//! published catalogue;
 //! `POST /v1/plans/publish` (admin): publish plan versions, live on every instance within
 //! seconds.
 
@@ -46,13 +47,45 @@ pub async fn list(
     ))
 }
 
+/// `GET /v1/plans/{plan}`: one plan as listed (name, latest version, every version).
+pub async fn plan(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &ctx, ANY).await?;
+    let code = path.into_inner();
+    let found = plans::list(&ctx.pool)
+        .await?
+        .into_iter()
+        .find(|p| p.plan == code)
+        .ok_or_else(|| ApiError::not_found(format!("plan `{code}` is not published")))?;
+    Ok(HttpResponse::Ok().json(found))
+}
+
+/// `GET /v1/plans/{plan}/versions/{version}`: a published definition; `latest` for the newest.
 pub async fn version(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
-    path: web::Path<(String, i32)>,
+    path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &ctx, ANY).await?;
     let (plan, version) = path.into_inner();
+    let version = match version.as_str() {
+        "latest" => plans::list(&ctx.pool)
+            .await?
+            .into_iter()
+            .find(|p| p.plan == plan)
+            .map(|p| p.latest_version)
+            .ok_or_else(|| ApiError::not_found(format!("plan `{plan}` is not published")))?,
+        v => v.parse::<i32>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                format!("version must be a number or `latest`, got `{v}`"),
+            )
+        })?,
+    };
     Ok(HttpResponse::Ok().json(plans::get(&ctx.pool, &plan, version).await?))
 }
 

@@ -821,6 +821,30 @@ pub struct Quote {
     pub base_revision: i64,
 }
 
+/// `GET .../subscription/quotes/{id}`: the quote as it was given, with its `status` (`open`,
+/// `accepted` or `expired`) and `accepted_at`.
+pub async fn get_quote(ctx: &Ctx, account: &str, quote_id: &str) -> Result<Value, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let now = ctx.now_for(&mut conn, account).await?;
+    let stored = subs::find_quote_by_account_and_id(&mut conn, account, quote_id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("quote {quote_id} not found")))?;
+    let status = match stored.accepted_at {
+        Some(_) => "accepted",
+        None if now > stored.expires_at => "expired",
+        None => "open",
+    };
+    let mut body = stored.body;
+    if let Value::Object(m) = &mut body {
+        m.insert("status".into(), json!(status));
+        m.insert(
+            "accepted_at".into(),
+            json!(stored.accepted_at.map(|t| ts::format(&t))),
+        );
+    }
+    Ok(body)
+}
+
 fn random_id(prefix: &str) -> String {
     let mut b = [0u8; 12];
     let _ = getrandom::fill(&mut b);

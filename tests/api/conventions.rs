@@ -420,10 +420,16 @@ async fn every_route_answers_in_the_one_convention() {
         call("GET", "/v1/feed", "/v1/feed?after=0"),
         call("GET", "/v1/pql", "/v1/pql?tier=none"),
         call("GET", "/v1/plans", "/v1/plans"),
+        call("GET", "/v1/plans/{plan}", "/v1/plans/team"),
         call(
             "GET",
             "/v1/plans/{plan}/versions/{version}",
             "/v1/plans/team/versions/2",
+        ),
+        call(
+            "GET",
+            "/v1/accounts/{account}/subscription/quotes/{quote}",
+            format!("/v1/accounts/gamma/subscription/quotes/{quote}"),
         ),
         call("POST", "/v1/plans/publish", "/v1/plans/publish")
             .body(json!({"files": {"walk/v1.toml": WALK_PLAN}})),

@@ -72,6 +72,19 @@ async fn published_plans_are_listed_and_readable_over_the_api() {
         (status, body["error"]["code"].as_str()),
         (400, Some("invalid_path"))
     );
+    // The newest version by name, and one plan on its own.
+    let (status, latest) = app.get(&key, "/v1/plans/team/versions/latest").await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(
+        (latest["plan"].as_str(), latest["version"].as_i64()),
+        (Some("team"), Some(2))
+    );
+    let (status, team) = app.get(&key, "/v1/plans/team").await;
+    assert_eq!(status, 200, "{team}");
+    assert_eq!(team["latest_version"], 2);
+    assert_eq!(team["versions"].as_array().unwrap().len(), 2);
+    let (status, _) = app.get(&key, "/v1/plans/nope").await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -406,6 +406,25 @@ async fn the_demo_runs_a_small_company_through_the_billing_cycle_and_reports_it(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // It ends with what to run next, and a key of the demo database to run it with.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("DATABASE_URL={} accrue serve", db.url)),
+        "{stderr}"
+    );
+    let key = stderr
+        .split("export KEY=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no key printed: {stderr}"));
+    assert!(key.starts_with("acr_"), "{stderr}");
+    assert_eq!(
+        db.count(
+            "(SELECT COUNT(*) FROM api_keys WHERE name = 'demo' AND 'admin' = ANY(scopes))::int8"
+        )
+        .await,
+        1
+    );
     let report = String::from_utf8(out.stdout).unwrap();
     for section in [
         "Invoices issued",

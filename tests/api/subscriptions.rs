@@ -263,6 +263,47 @@ async fn acceptance_is_idempotent_per_key_and_refuses_stale_quotes() {
     );
     let (_, s) = app.get(&key, "/v1/accounts/acme/subscription").await;
     assert_eq!(s["seats"], 6);
+    // A quote can be read back, with where it stands.
+    let status_of = |q: &Value| {
+        let path = format!(
+            "/v1/accounts/acme/subscription/quotes/{}",
+            q["id"].as_str().unwrap()
+        );
+        let app = &app;
+        let key = key.clone();
+        async move {
+            let (status, got) = app.get(&key, &path).await;
+            assert_eq!(status, 200, "{got}");
+            got
+        }
+    };
+    let got = status_of(&q1).await;
+    assert_eq!(
+        (got["status"].as_str(), got["amount_due_now"].clone()),
+        (Some("accepted"), q1["amount_due_now"].clone())
+    );
+    assert!(got["accepted_at"].is_string());
+    assert_eq!(status_of(&q3).await["status"], "expired");
+    let (_, q4) = quote(&app, &key, "acme", json!({"seats": 8})).await;
+    let got = status_of(&q4).await;
+    assert_eq!(got["status"], "open");
+    assert!(got["accepted_at"].is_null());
+    assert_eq!(got["lines"], q4["lines"]);
+    let (status, _) = app
+        .get(&key, "/v1/accounts/acme/subscription/quotes/q_nope")
+        .await;
+    assert_eq!(status, 404);
+    let other = app.key("billing", Some("beta")).await;
+    let (status, _) = app
+        .get(
+            &other,
+            &format!(
+                "/v1/accounts/acme/subscription/quotes/{}",
+                q4["id"].as_str().unwrap()
+            ),
+        )
+        .await;
+    assert_eq!(status, 404, "another account's key does not see it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
