@@ -172,6 +172,7 @@ pub async fn list_accounts(
 pub async fn get_account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
@@ -197,6 +198,7 @@ pub async fn subscribe(
 pub async fn get_subscription(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
@@ -259,6 +261,7 @@ pub async fn quote(
 pub async fn get_quote(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;

@@ -117,12 +117,12 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-pub fn path_error(err: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_path",
-        format!("invalid path: {err}"),
-    )
+/// A path whose id does not read as one (`/v1/invoices/abc`): nothing can be there, 404.
+pub fn path_error(_: actix_web::error::PathError, req: &HttpRequest) -> actix_web::Error {
+    ApiError::not_found(format!(
+        "nothing at {}: an id in this path is not of the form it takes",
+        req.path()
+    ))
     .into()
 }
 

@@ -76,24 +76,11 @@ async fn read_limited(
 
 /// The raw events of a body: a single event object or `{"events": [...]}`.
 fn parse_body(body: &[u8]) -> Result<Vec<Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        let mut details = serde_json::Map::new();
-        details.insert("line".into(), json!(e.line()));
-        details.insert("column".into(), json!(e.column()));
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!(
-                "the body is not valid JSON at line {}, column {}: {e}",
-                e.line(),
-                e.column()
-            ),
-        )
-        .with_details(details)
-    })?;
+    // Not JSON: 400 with the position. JSON of the wrong shape: 422 below.
+    let value: Value = super::input::parse(body)?;
     let Value::Object(mut obj) = value else {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
             "the body must be an event object or {\"events\": [...]}",
         ));
@@ -126,7 +113,7 @@ fn parse_body(body: &[u8]) -> Result<Vec<Value>, ApiError> {
         )),
         Some(Value::Array(events)) => Ok(events),
         Some(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
             "`events` must be an array of event objects",
         )),

@@ -68,6 +68,35 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
     }
 }
 
+/// A query parameter the route needs, not given: 422 `missing_field` naming it.
+pub fn missing_param(field: &str, what: &str) -> ApiError {
+    let mut details = serde_json::Map::new();
+    details.insert("field".into(), json!(field));
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "missing_field",
+        format!("missing query parameter `{field}` ({what})"),
+    )
+    .with_details(details)
+}
+
+/// A query parameter whose value reads but is not acceptable: 422 `invalid_query` naming it.
+pub fn invalid_param(field: &str, message: impl Into<String>) -> ApiError {
+    let mut details = serde_json::Map::new();
+    details.insert("field".into(), json!(field));
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_query",
+        format!("query parameter `{field}`: {}", message.into()),
+    )
+    .with_details(details)
+}
+
+/// The query of a route that takes none: any parameter is refused, named.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
 /// A query string read as a `T` (which should `deny_unknown_fields`).
 pub struct Query<T>(pub T);
 

@@ -8,7 +8,6 @@ use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::{billing, settlements, Ctx};
 use crate::store::invoices::InvoiceFilter;
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -48,10 +47,9 @@ pub async fn list(
     };
     if let Some(s) = &q.status {
         if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                format!("status must be one of {}", STATUSES.join(", ")),
+            return Err(super::input::invalid_param(
+                "status",
+                format!("must be one of {}", STATUSES.join(", ")),
             ));
         }
     }
@@ -71,6 +69,7 @@ pub async fn list(
 pub async fn get(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance, Scope::Billing]).await?;

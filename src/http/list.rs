@@ -4,21 +4,19 @@
 //! so the last page is known without an extra, empty request.
 
 use super::ApiError;
-use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde::Serialize;
 use serde_json::json;
 
-/// The page size: `limit` if given (1 to `max`), else `default`. Out of range is a 422 naming
-/// the parameter (a limit that does not parse is the query's 400).
+/// The page size: `limit` if given (1 to `max`), else `default`. Out of range (or not a
+/// number, refused by the query reader) is a 422 naming the parameter.
 pub fn limit(given: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     match given {
         None => Ok(default),
         Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_query",
-            format!("limit must be 1 to {max}, got {n}"),
+        Some(n) => Err(super::input::invalid_param(
+            "limit",
+            format!("must be 1 to {max}, got {n}"),
         )),
     }
 }

@@ -66,6 +66,7 @@ pub async fn put_payment_method(
 pub async fn dunning(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Billing, Scope::Finance]).await?;
@@ -88,12 +89,9 @@ pub async fn reconciliation(
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Finance]).await?;
     unbound(&p, "the reconciliation report")?;
-    let period = query.into_inner().period.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "period is required (YYYY-MM)",
-        )
-    })?;
+    let period = query
+        .into_inner()
+        .period
+        .ok_or_else(|| super::input::missing_param("period", "a month, YYYY-MM"))?;
     Ok(HttpResponse::Ok().json(payments::reconciliation(&ctx, &period).await?))
 }

@@ -51,6 +51,7 @@ pub async fn list(
 pub async fn plan(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &ctx, ANY).await?;
@@ -67,6 +68,7 @@ pub async fn plan(
 pub async fn version(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &ctx, ANY).await?;
@@ -79,11 +81,9 @@ pub async fn version(
             .map(|p| p.latest_version)
             .ok_or_else(|| ApiError::not_found(format!("plan `{plan}` is not published")))?,
         v => v.parse::<i32>().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_path",
-                format!("version must be a number or `latest`, got `{v}`"),
-            )
+            ApiError::not_found(format!(
+                "plan {plan} has no version `{v}`: a version is a number or `latest`"
+            ))
         })?,
     };
     Ok(HttpResponse::Ok().json(plans::get(&ctx.pool, &plan, version).await?))

@@ -4,20 +4,16 @@ use super::auth::{authorize, reach, unbound};
 use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::{pql, Ctx};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-
-fn bad_query(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
-}
 
 /// `GET /v1/accounts/{account}/pql`: score, tier, each signal with its value and points, the
 /// zone with its reasons, the owner, and the funnel milestones.
 pub async fn account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance, Scope::Billing]).await?;
@@ -70,7 +66,8 @@ pub async fn funnel(
     let q = query.into_inner();
     let from = q
         .from
-        .ok_or_else(|| bad_query("from is required (RFC 3339)"))?;
-    let to = q.to.ok_or_else(|| bad_query("to is required (RFC 3339)"))?;
+        .ok_or_else(|| super::input::missing_param("from", "an RFC 3339 timestamp"))?;
+    let to =
+        q.to.ok_or_else(|| super::input::missing_param("to", "an RFC 3339 timestamp"))?;
     Ok(HttpResponse::Ok().json(pql::funnel(&ctx, from, to).await?))
 }

@@ -5,15 +5,10 @@ use super::ApiError;
 use crate::domain::scope::Scope;
 use crate::services::outbox::{self, EndpointRequest};
 use crate::services::{revenue, Ctx};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
-
-fn bad_query(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,8 +39,9 @@ pub async fn movements(
     };
     let from = q
         .from
-        .ok_or_else(|| bad_query("from is required (RFC 3339)"))?;
-    let to = q.to.ok_or_else(|| bad_query("to is required (RFC 3339)"))?;
+        .ok_or_else(|| super::input::missing_param("from", "an RFC 3339 timestamp"))?;
+    let to =
+        q.to.ok_or_else(|| super::input::missing_param("to", "an RFC 3339 timestamp"))?;
     let limit = super::list::limit(q.limit, 100, 1000)?;
     let rows = revenue::movements(&ctx, from, to, account.as_deref(), q.after, limit + 1).await?;
     Ok(super::list::page(rows, limit, |m| m.id))
@@ -71,12 +67,18 @@ pub async fn nrr(
     let q = query.into_inner();
     let from = q
         .from
-        .ok_or_else(|| bad_query("from is required (RFC 3339)"))?;
-    let to = q.to.ok_or_else(|| bad_query("to is required (RFC 3339)"))?;
+        .ok_or_else(|| super::input::missing_param("from", "an RFC 3339 timestamp"))?;
+    let to =
+        q.to.ok_or_else(|| super::input::missing_param("to", "an RFC 3339 timestamp"))?;
     let by_month = match q.by.as_deref() {
         None => false,
         Some("month") => true,
-        Some(other) => return Err(bad_query(format!("by must be `month`, got `{other}`"))),
+        Some(other) => {
+            return Err(super::input::invalid_param(
+                "by",
+                format!("must be `month`, got `{other}`"),
+            ))
+        }
     };
     let windows = revenue::nrr(&ctx, from, to, by_month).await?;
     Ok(HttpResponse::Ok().json(json!({ "windows": windows })))
@@ -123,6 +125,7 @@ pub async fn list_endpoints(
 pub async fn get_endpoint(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
@@ -215,7 +218,7 @@ pub async fn feed(
     let limit = super::list::limit(q.limit, 100, 1000)?;
     let after = q.after.unwrap_or(0);
     if after < 0 {
-        return Err(bad_query("after must not be negative"));
+        return Err(super::input::invalid_param("after", "must not be negative"));
     }
     let feed = outbox::feed(&ctx, after, limit, p.account.as_deref()).await?;
     Ok(HttpResponse::Ok().json(feed))

@@ -47,6 +47,7 @@ pub async fn create(
 pub async fn get(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    _no_query: super::input::Query<super::input::NoQuery>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&req, &ctx).await?;

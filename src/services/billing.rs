@@ -620,7 +620,7 @@ pub async fn export_csv<W: std::io::Write>(
         "period_start",
         "period_end",
         "plan",
-        "plan_version",
+        "version",
         "currency",
         "invoice_total",
         "status",

@@ -410,7 +410,22 @@ fn parse_ask(ctx: &Ctx, req: CheckRequest) -> Result<Ask, ServiceError> {
             }
             Ok(Ask::Meter(m, q))
         }
-        (None, Some(f)) if !f.trim().is_empty() => Ok(Ask::Feature(f)),
+        (None, Some(f)) if !f.trim().is_empty() => {
+            if req.quantity.is_some() {
+                return Err(ServiceError::invalid(
+                    "invalid_check",
+                    "`quantity` goes with `meter`; a feature is on or off",
+                ));
+            }
+            // A misspelt feature would otherwise be a silent `feature_not_in_plan`.
+            if !ctx.plans().all().any(|p| p.features.contains_key(&f)) {
+                return Err(ServiceError::invalid(
+                    "unknown_feature",
+                    format!("unknown feature `{f}`: no plan in the catalogue has it"),
+                ));
+            }
+            Ok(Ask::Feature(f))
+        }
         _ => Err(ServiceError::invalid(
             "invalid_check",
             "give exactly one of `meter` (with an optional `quantity`) or `feature`",

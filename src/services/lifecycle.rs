@@ -362,7 +362,8 @@ impl Effects {
         ));
     }
 
-    pub async fn flush(self, ctx: &Ctx, c: &mut AsyncPgConnection) -> Result<(), TxError> {
+    /// Writes everything gathered; answers the numbers of the invoices it issued, in order.
+    pub async fn flush(self, ctx: &Ctx, c: &mut AsyncPgConnection) -> Result<Vec<i64>, TxError> {
         let ids = subs::insert_changes(c, &self.changes).await?;
         let numbers = billing::issue(ctx, c, &self.drafts).await?;
         let inputs: Vec<revenue::MrrInput> = self
@@ -390,7 +391,7 @@ impl Effects {
             })
             .collect();
         revenue::record(ctx, c, &inputs).await?;
-        Ok(())
+        Ok(numbers)
     }
 }
 

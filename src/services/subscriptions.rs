@@ -459,6 +459,8 @@ pub struct SubscribeRequest {
 #[derive(Debug, Clone, Serialize)]
 pub struct Subscribed {
     pub subscription: SubscriptionView,
+    /// The number of the invoice issued for the advance fees (none during a trial).
+    pub invoices: Vec<i64>,
     /// Advance fees charged now (nothing during a trial or on a free plan).
     pub lines: Vec<InvoiceLine>,
     #[serde(with = "rust_decimal::serde::str")]
@@ -584,6 +586,7 @@ pub async fn subscribe(
                 }
                 None => {}
             }
+            let mut invoices = Vec::new();
             let lines = if trial {
                 Vec::new()
             } else {
@@ -594,7 +597,7 @@ pub async fn subscribe(
                     billing::start_invoice(account, &plan, seats, period, now)
                         .into_iter()
                         .collect();
-                billing::issue(ctx, c, &drafts).await?;
+                invoices = billing::issue(ctx, c, &drafts).await?;
             }
             let amount: Decimal = lines.iter().map(|l| l.amount).sum();
             let kind = if trial { "trial_started" } else { "subscribed" };
@@ -628,6 +631,7 @@ pub async fn subscribe(
             }
             let answer = Subscribed {
                 subscription: view(&row, &plan),
+                invoices,
                 lines,
                 // At the currency's scale, "0.00" included.
                 amount_due_now: plan.currency.round(amount),
@@ -862,8 +866,21 @@ pub async fn quote(
     let now = ctx.now_for(&mut conn, account).await?;
     let target = match &req.plan {
         Some(p) => Some(resolve_plan(ctx, &mut conn, p, req.version).await?),
+        None if req.version.is_some() => {
+            return Err(ServiceError::invalid(
+                "invalid_field",
+                "`version` goes with `plan`: give both, or `plan` as `team@2`",
+            ))
+        }
         None => None,
     };
+    if req.cancel && req.effective == Some(Effective::Now) {
+        return Err(ServiceError::invalid(
+            "cancel_at_period_end",
+            "a cancellation takes effect at the period end (the subscription runs until then); \
+             `effective: \"now\"` is not available for it",
+        ));
+    }
     let q = conn
         .transaction::<Quote, TxError, _>(async |c| {
             let row = lock_and_catch_up(ctx, c, account, now).await?;
@@ -1023,6 +1040,10 @@ pub async fn quote(
 pub struct Accepted {
     pub quote_id: String,
     pub change_id: i64,
+    /// The numbers of the invoices the acceptance issued (the change's; an interval change
+    /// also closes the ended period).
+    #[serde(default)]
+    pub invoices: Vec<i64>,
     pub lines: Vec<ProrationLine>,
     /// Named as in the quote (it was `amount_charged`; answers stored then still read).
     #[serde(
@@ -1219,11 +1240,12 @@ pub async fn accept(
                     share: None,
                 });
             }
-            fx.flush(ctx, c).await?;
+            let invoices = fx.flush(ctx, c).await?;
             subs::mark_quote_accepted(c, account, &q.id, now).await?;
             let answer = Accepted {
                 quote_id: q.id.clone(),
                 change_id,
+                invoices,
                 lines: q.lines.clone(),
                 amount_charged: q.amount_due_now,
                 subscription: serde_json::to_value(view(

@@ -213,7 +213,9 @@ async fn three_months_moved_by_the_clock_issue_exact_invoices_with_late_usage() 
     );
     let csv = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
-    assert!(rows[0].starts_with("invoice,account,kind,period_start"));
+    assert!(rows[0].starts_with("invoice,account,kind,period_start,period_end,plan,version,"));
+    // Instants as everywhere: RFC 3339 UTC with milliseconds.
+    assert!(rows[1].contains(",2026-11-25T12:00:00.000Z,"), "{csv}");
     assert_eq!(rows.len(), 1 + 2 + 5, "{csv}");
     assert!(
         rows.iter()

@@ -70,7 +70,7 @@ async fn published_plans_are_listed_and_readable_over_the_api() {
     let (status, body) = app.get(&key, "/v1/plans/team/versions/two").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_path"))
+        (404, Some("not_found"))
     );
     // The newest version by name, and one plan on its own.
     let (status, latest) = app.get(&key, "/v1/plans/team/versions/latest").await;

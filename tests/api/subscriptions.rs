@@ -126,6 +126,14 @@ async fn the_self_serve_story_free_trial_paid_seats_upgrade_downgrade_to_the_cen
     assert_eq!(a["lines"], q["lines"]);
     assert_eq!(a["amount_due_now"], q["amount_due_now"]);
     assert_eq!(a["subscription"]["seats"], 8);
+    // It names the invoice it issued, which bills exactly that.
+    let issued = a["invoices"].as_array().unwrap();
+    assert_eq!(issued.len(), 1, "{a}");
+    let (_, inv) = app.get(&key, &format!("/v1/invoices/{}", issued[0])).await;
+    assert_eq!(
+        (inv["kind"].as_str(), inv["total"].as_str()),
+        (Some("change"), Some("23.80"))
+    );
 
     // Upgrade mid-period to Business on 2026-12-25T00:00: 15.5 of 31 days left, factor 0.5.
     // Credit −119 × 0.5 = −59.50; Business with 8 seats (10 included) = 199 × 0.5 = 99.50.
@@ -216,8 +224,18 @@ async fn acceptance_is_idempotent_per_key_and_refuses_stale_quotes() {
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("billing", None).await;
-    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 4}))
+    let s = app
+        .subscribe(&key, "acme", json!({"plan": "team", "seats": 4}))
         .await;
+    // Subscribing names the invoice of its advance fees: 59 + (4 − 3) × 12.
+    let (_, inv) = app
+        .get(&key, &format!("/v1/invoices/{}", s["invoices"][0]))
+        .await;
+    assert_eq!(
+        (inv["kind"].as_str(), inv["total"].as_str()),
+        (Some("start"), Some("71.00")),
+        "{s}"
+    );
     let (_, q1) = quote(&app, &key, "acme", json!({"seats": 6})).await;
     let (_, q2) = quote(&app, &key, "acme", json!({"seats": 7})).await;
     let id1 = q1["id"].as_str().unwrap();

@@ -154,7 +154,10 @@ async fn two_processes_on_one_test_clock_bill_each_period_once_and_charge_each_i
                 .json()
                 .await
                 .unwrap();
-            if c["status"] == "ready" && c["frozen_time"] == json!(to) {
+            let at = c["frozen_time"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if c["status"] == "ready" && at.is_some_and(|t| t == to) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -5,8 +5,10 @@ fails or an answer's shape differs from the one the README shows.
 The section lies between `<!-- first-hour -->` and `<!-- /first-hour -->`. Its ```sh blocks run
 in order in one bash (`set -euo pipefail`, so a failing command or an undefined variable stops
 it). A ```json block right after an ```sh block is what that block prints: one JSON value per
-line, compared with what it printed by shape (the same keys, the same JSON types, the same list
-lengths), not by value (ids and times differ from run to run).
+line, compared with what it printed: the same keys, JSON types and list lengths, and the same
+values, except ids (`clk_…`, `q_…`) and timestamps, which differ from run to run and are only
+checked for their form (RFC 3339 UTC with milliseconds). Every `curl` fails its step on an
+HTTP error answer (`--fail-with-body`: the answer is still printed).
 
 Two things are the runner's own: the server listens on a free port (`localhost:8080` in the
 commands becomes it) and the database is a fresh one (the `export DATABASE_URL=` line is
@@ -60,6 +62,38 @@ def values(text):
         vals.append(v)
 
 
+ID = re.compile(r"^[a-z]{1,5}_[0-9a-f]{8,}$")
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def compare(want, got, path, diffs):
+    """What differs between a shown value and a printed one (see the module docs)."""
+    if shape(want) != shape(got) and not isinstance(want, (dict, list)):
+        diffs.append(f"{path or '.'}: {json.dumps(got)} is not like {json.dumps(want)}")
+    elif isinstance(want, dict):
+        if set(want) != set(got if isinstance(got, dict) else {}):
+            diffs.append(f"{path or '.'}: keys {sorted(got) if isinstance(got, dict) else got} "
+                         f"instead of {sorted(want)}")
+            return
+        for k in want:
+            compare(want[k], got[k], f"{path}.{k}", diffs)
+    elif isinstance(want, list):
+        if not isinstance(got, list) or len(want) != len(got):
+            diffs.append(f"{path or '.'}: {len(got) if isinstance(got, list) else got} items "
+                         f"instead of {len(want)}")
+            return
+        for i, (w, g) in enumerate(zip(want, got)):
+            compare(w, g, f"{path}[{i}]", diffs)
+    elif isinstance(want, str) and TIMESTAMP.match(want):
+        if not TIMESTAMP.match(got):
+            diffs.append(f"{path}: {got!r} is not an RFC 3339 UTC timestamp with milliseconds")
+    elif isinstance(want, str) and ID.match(want):
+        if not (isinstance(got, str) and got.split("_")[0] == want.split("_")[0]):
+            diffs.append(f"{path}: {got!r} is not an id like {want!r}")
+    elif want != got:
+        diffs.append(f"{path}: {json.dumps(got)} instead of {json.dumps(want)}")
+
+
 def shape(v):
     if isinstance(v, dict):
         return {k: shape(x) for k, x in v.items()}
@@ -92,6 +126,9 @@ def main():
     script = [
         "set -euo pipefail",
         "trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null || true' EXIT",
+        # An HTTP error answer fails the step (a command that already says -f keeps its -f).
+        'curl() { case " $* " in *" -f "*|*" -sf "*|*" -fs "*) command curl "$@";; '
+        '*) command curl --fail-with-body "$@";; esac; }',
         f"export ACCRUE_BIND=127.0.0.1:{port}",
     ]
     for n, (sh, _) in enumerate(steps):
@@ -103,15 +140,22 @@ def main():
     open(path, "w").write("\n".join(script) + "\n")
     log_path = os.path.join(work, "stderr.log")
     with open(log_path, "w") as log:
-        run = subprocess.run(["bash", path], cwd=ROOT, stdout=log, stderr=log, timeout=1800)
+        proc = subprocess.Popen(["bash", path], cwd=ROOT, stdout=log, stderr=log,
+                                start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            returncode = "timeout (900 s)"
     subprocess.run(["psql", f"{pg}/postgres", "-qc", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'],
                    capture_output=True)
     problems = []
     log = open(log_path).read()
-    if run.returncode != 0:
+    if returncode != 0:
         done = re.findall(r"=== README step (\d+)", log)
         n = int(done[-1]) if done else 1
-        problems.append(f"step {n} failed (exit {run.returncode}):\n{steps[n - 1][0]}")
+        problems.append(f"step {n} failed (exit {returncode}):\n{steps[n - 1][0]}")
     for n, (sh, shown) in enumerate(steps):
         out_path = os.path.join(work, f"{n}.out")
         if shown is None or not os.path.exists(out_path):
@@ -126,16 +170,18 @@ def main():
             problems.append(f"step {n + 1}: printed {len(got)} JSON values, the README shows {len(want)}:\n{got_text}")
             continue
         for w, g in zip(want, got):
-            if shape(w) != shape(g):
+            diffs = []
+            compare(w, g, "", diffs)
+            if diffs:
                 problems.append(
-                    f"step {n + 1}: the answer differs in shape from the README's\n"
+                    f"step {n + 1}: the answer differs from the README's ({'; '.join(diffs)})\n"
                     f"  README: {json.dumps(w)}\n  got:    {json.dumps(g)}")
     if problems:
         print("\n\n".join(problems))
         print(f"\n--- stderr of the run (also in {log_path}) ---\n{log[-6000:]}")
         sys.exit(1)
     print(f"README first hour: {len(steps)} steps ran, "
-          f"{sum(1 for _, s in steps if s)} answers have the shapes shown")
+          f"{sum(1 for _, s in steps if s)} answers are as shown")
 
 
 if __name__ == "__main__":
