@@ -1,5 +1,5 @@
 //! `POST /v1/events`: one event or `{"events": [...]}`. Answers only after the accepted events
-//! are committed.
+//! are committed. `GET /v1/events?account=`: what was stored for an account.
 
 use super::auth::authorize;
 use super::ApiError;
@@ -119,4 +119,50 @@ fn parse_body(body: &[u8]) -> Result<Vec<Value>, ApiError> {
         )),
         None => Ok(vec![Value::Object(obj)]),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Required for a key not bound to an account.
+    account: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    /// The cursor: `next_cursor` of the previous page (an event id).
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/events?account=acme&type=&after=&limit=`: an account's stored events in id order
+/// (ingest or admin keys; a bound key reads its own account).
+pub async fn list(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    query: super::input::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Ingest, Scope::Admin]).await?;
+    let q = query.into_inner();
+    let account = match (&p.account, q.account) {
+        (_, Some(asked)) => {
+            super::auth::reach(&p, &asked)?;
+            asked
+        }
+        (Some(own), None) => own.clone(),
+        (None, None) => {
+            return Err(super::input::missing_param(
+                "account",
+                "the account whose events to list",
+            ))
+        }
+    };
+    let limit = super::list::limit(q.limit, 100, 1000)?;
+    let rows = crate::services::usage::events(
+        &ctx,
+        &account,
+        q.event_type.as_deref(),
+        q.after.as_deref(),
+        limit + 1,
+    )
+    .await?;
+    Ok(super::list::page(rows, limit, |e| e.id.clone()))
 }

@@ -38,7 +38,13 @@ fn table() -> Vec<Resource> {
     vec![
         ("/healthz", vec![("GET", web::get().to(health::healthz))]),
         ("/readyz", vec![("GET", web::get().to(health::readyz))]),
-        ("/v1/events", vec![("POST", web::post().to(events::ingest))]),
+        (
+            "/v1/events",
+            vec![
+                ("POST", web::post().to(events::ingest)),
+                ("GET", web::get().to(events::list)),
+            ],
+        ),
         (
             "/v1/accounts/{account}/usage",
             vec![("GET", web::get().to(usage::account_usage))],

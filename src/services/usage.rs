@@ -123,3 +123,16 @@ pub async fn event_types(ctx: &Ctx) -> Result<Vec<EventTypeUsage>, ServiceError>
         })
         .collect())
 }
+
+/// `GET /v1/events`: what was stored for `account` (a debugging view: did my event arrive, as
+/// what?), in id order.
+pub async fn events(
+    ctx: &Ctx,
+    account: &str,
+    event_type: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<store::events::StoredEvent>, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    Ok(store::events::list(&mut conn, account, event_type, after, limit).await?)
+}

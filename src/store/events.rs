@@ -204,3 +204,49 @@ pub async fn add_to_type_counts(
     .await?;
     Ok(())
 }
+
+/// An event as stored, as `GET /v1/events` shows it.
+#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+pub struct StoredEvent {
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    #[diesel(sql_type = Text)]
+    pub account: String,
+    #[diesel(sql_type = Text)]
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[diesel(sql_type = Timestamptz)]
+    #[serde(rename = "timestamp", serialize_with = "crate::domain::ts::ms")]
+    pub ts: DateTime<Utc>,
+    #[diesel(sql_type = Jsonb)]
+    pub properties: serde_json::Value,
+    #[diesel(sql_type = Timestamptz)]
+    #[serde(serialize_with = "crate::domain::ts::ms")]
+    pub received_at: DateTime<Utc>,
+}
+
+/// One account's events in id order (the primary key's: no sort), after the id `after`,
+/// optionally of one type; at most `limit`.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    event_type: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT id, account, event_type, ts, properties, received_at
+           FROM events
+          WHERE account = $1
+            AND ($2::text IS NULL OR id > $2)
+            AND ($3::text IS NULL OR event_type = $3)
+          ORDER BY id
+          LIMIT $4",
+    )
+    .bind::<Text, _>(account)
+    .bind::<Nullable<Text>, _>(after)
+    .bind::<Nullable<Text>, _>(event_type)
+    .bind::<Int8, _>(limit)
+    .load(conn)
+    .await?)
+}

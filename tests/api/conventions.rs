@@ -348,6 +348,7 @@ async fn every_route_answers_in_the_one_convention() {
         call("POST", "/v1/events", "/v1/events").body(json!({"events": [
             {"id": "ev-walk", "account": "acme", "type": "api.request", "timestamp": "2026-12-26T11:00:00Z"}
         ]})),
+        call("GET", "/v1/events", "/v1/events?account=acme"),
         call("GET", "/v1/accounts", "/v1/accounts"),
         call("GET", "/v1/accounts/{account}", "/v1/accounts/acme"),
         call("PATCH", "/v1/accounts/{account}", "/v1/accounts/acme")

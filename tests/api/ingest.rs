@@ -323,3 +323,57 @@ async fn a_negative_value_is_rejected_per_event_on_a_meter_that_does_not_allow_i
         .await;
     assert_eq!(stored, 2);
 }
+
+/// `GET /v1/events`: what was stored for an account, as stored (a rejected event is not
+/// there), in id order, filtered by type, and only for keys that reach the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_events_can_be_read_back_per_account() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let (status, ack) = app
+        .send(
+            &key,
+            &json!({"events": [
+                {"id": "b-2", "account": "acme", "type": "api.request", "timestamp": "2026-11-25T12:01:02.345678+01:00"},
+                {"id": "a-1", "account": "acme", "type": "storage.snapshot", "properties": {"gb": "12.50"}},
+                {"id": "c-3", "account": "acme", "type": "storage.snapshot", "properties": {}},
+                {"id": "z-9", "account": "beta", "type": "api.request"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["accepted"], 3, "c-3 lacks its gb: {ack}");
+    let (status, page) = app.get(&key, "/v1/events?account=acme").await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a-1", "b-2"], "{page}");
+    assert_eq!(page["data"][0]["properties"]["gb"], "12.50");
+    assert_eq!(page["data"][0]["type"], "storage.snapshot");
+    // Stored in UTC, shown with milliseconds.
+    assert_eq!(page["data"][1]["timestamp"], "2026-11-25T11:01:02.345Z");
+    let (_, only) = app
+        .get(&key, "/v1/events?account=acme&type=api.request")
+        .await;
+    assert_eq!(only["data"].as_array().unwrap().len(), 1, "{only}");
+    let (_, next) = app.get(&key, "/v1/events?account=acme&limit=1").await;
+    assert_eq!(next["next_cursor"], "a-1");
+    // An unbound key names the account; a bound one sees only its own.
+    let (status, e) = app.get(&key, "/v1/events").await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (422, Some("account"))
+    );
+    let bound = app.key("ingest", Some("beta")).await;
+    let (status, own) = app.get(&bound, "/v1/events").await;
+    assert_eq!((status, own["data"][0]["id"].as_str()), (200, Some("z-9")));
+    let (status, _) = app.get(&bound, "/v1/events?account=acme").await;
+    assert_eq!(status, 404);
+    let checker = app.key("check", None).await;
+    let (status, _) = app.get(&checker, "/v1/events?account=acme").await;
+    assert_eq!(status, 403);
+}
