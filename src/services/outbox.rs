@@ -471,6 +471,13 @@ pub async fn dispatch(ctx: &Ctx, http: &reqwest::Client) -> Result<DispatchRepor
                     report.delivered += 1;
                 }
                 Err(e) => {
+                    tracing::warn!(
+                        endpoint = d.endpoint_id,
+                        seq = d.seq,
+                        attempt = tries,
+                        error = %e,
+                        "webhook delivery failed"
+                    );
                     let next = now + backoff(d.attempts);
                     let give_up = next > d.created_at + Duration::hours(GIVE_UP_AFTER_HOURS);
                     let next = (!give_up).then_some(next);

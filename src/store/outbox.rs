@@ -375,6 +375,8 @@ pub async fn mark_delivered(
         webhook_deliveries::state.eq("delivered"),
         webhook_deliveries::attempts.eq(attempts),
         webhook_deliveries::delivered_at.eq(now),
+        // Nothing is due any more (it read as a retry still to come).
+        webhook_deliveries::next_attempt_at.eq(now),
         webhook_deliveries::last_error.eq(None::<String>),
     ))
     .execute(conn)

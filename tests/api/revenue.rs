@@ -409,6 +409,13 @@ async fn every_event_reaches_a_flaky_receiver_despite_a_killed_dispatcher_signed
         )
         .await;
     assert_eq!(delivered["data"].as_array().unwrap().len(), 24);
+    // A delivered row has nothing left to attempt: no retry time after its delivery.
+    for d in delivered["data"].as_array().unwrap() {
+        assert!(
+            d["next_attempt_at"].as_str() <= d["delivered_at"].as_str(),
+            "{d}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
