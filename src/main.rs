@@ -1012,12 +1012,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => tracing::info!("no STRIPE_SECRET_KEY: invoices are issued for manual collection"),
     }
-    let listener = std::net::TcpListener::bind(&config.bind)
-        .with_context(|| format!("cannot listen on {}", config.bind))?;
-    tracing::info!(bind = %config.bind, migrations = ran, meters = ctx.meters.all().len(), "accrue serving");
+    // Everything that can be wrong in the configuration is found before the server says it
+    // serves.
     let revops = accrue::services::pql::load_config(&config.revops_file, &ctx.meters)
         .map_err(anyhow::Error::msg)?;
     ctx.pql.set_config(revops);
+    let listener = std::net::TcpListener::bind(&config.bind).with_context(|| {
+        format!(
+            "cannot listen on {} (ACCRUE_BIND is host:port, like 127.0.0.1:8080)",
+            config.bind
+        )
+    })?;
+    tracing::info!(bind = %config.bind, migrations_applied = ran, meters = ctx.meters.all().len(), "accrue serving");
     ctx.webhooks = accrue::services::outbox::WebhookPolicy {
         allow_private: config.webhooks_allow_private,
     };

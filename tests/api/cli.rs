@@ -108,3 +108,24 @@ async fn commands_that_only_read_the_database_run_from_any_folder() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("billing"));
 }
+
+/// A bind address without a port is refused saying what it takes (newcomer S4: it said only
+/// "invalid socket address"), and only after the whole configuration was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_names_the_form_of_a_wrong_bind_address() {
+    let db = TestDb::new().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .arg("serve")
+        .current_dir(manifest_dir())
+        .env("DATABASE_URL", &db.url)
+        .env("ACCRUE_BIND", "localhost")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot listen on localhost (ACCRUE_BIND is host:port"),
+        "{err}"
+    );
+}
