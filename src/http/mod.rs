@@ -256,6 +256,26 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
             .default_service(web::to(error::not_found))
             .wrap_fn(|req, srv| {
                 use actix_web::dev::Service;
+                use futures_util::future::FutureExt;
+                // Refusals and failures show in the log with what was asked (successes do
+                // not: the hot paths stay quiet). Overload answers (429, 503) are expected
+                // under load and logged at debug.
+                srv.call(req).map(|res| {
+                    if let Ok(r) = &res {
+                        let (status, rq) = (r.status().as_u16(), r.request());
+                        let (method, path) = (rq.method().as_str(), rq.path());
+                        match status {
+                            429 | 503 => tracing::debug!(method, path, status, "request deferred"),
+                            500.. => tracing::error!(method, path, status, "request failed"),
+                            400.. => tracing::info!(method, path, status, "request refused"),
+                            _ => {}
+                        }
+                    }
+                    res
+                })
+            })
+            .wrap_fn(|req, srv| {
+                use actix_web::dev::Service;
                 use actix_web::ResponseError;
                 use futures_util::future::{ready, Either, FutureExt};
                 // U+0000 cannot be stored or compared by PostgreSQL: refused in the path or

@@ -129,3 +129,69 @@ async fn serve_names_the_form_of_a_wrong_bind_address() {
         "{err}"
     );
 }
+
+/// A refused request shows in the server's log with its method, path and status (newcomer S4:
+/// 4xx and 5xx answers were invisible there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_are_logged_with_what_was_asked() {
+    let db = TestDb::new().await;
+    let port = free_port();
+    let log_path = std::env::temp_dir().join(format!("accrue-log-{port}.txt"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .arg("serve")
+        .current_dir(manifest_dir())
+        .env("DATABASE_URL", &db.url)
+        .env("ACCRUE_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..400 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            ready = r.status().is_success();
+            if ready {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(ready, "the server did not start");
+    let nowhere = http.get(format!("{base}/v1/nowhere")).send().await.unwrap();
+    assert_eq!(nowhere.status(), 404);
+    let anonymous = http
+        .get(format!("{base}/v1/invoices"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("/v1/nowhere") && l.contains("404") && l.contains("GET")),
+        "{text}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("/v1/invoices") && l.contains("401")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/readyz"),
+        "successes are not logged: {text}"
+    );
+}

@@ -37,6 +37,7 @@ const AMOUNTS: &[&str] = &[
     "voided",
     "written_off",
     "outstanding",
+    "credit_restored",
     "current_version_amount",
     "new_version_amount",
 ];
@@ -591,6 +592,7 @@ async fn every_route_answers_in_the_one_convention() {
                 let all = body["data"].as_array().unwrap().clone();
                 let mut paged = Vec::new();
                 let mut after: Option<Value> = None;
+                let mut ended = false;
                 for _ in 0..all.len() + 2 {
                     let mut p = with_query(&c.path, "limit=1");
                     if let Some(a) = &after {
@@ -601,9 +603,13 @@ async fn every_route_answers_in_the_one_convention() {
                     assert_eq!(s, 200, "{p}: {page}");
                     paged.extend(page["data"].as_array().unwrap().iter().cloned());
                     if page["next_cursor"].is_null() {
+                        ended = true;
                         break;
                     }
                     after = Some(page["next_cursor"].clone());
+                }
+                if !ended {
+                    problems.push(format!("{}: next_cursor never became null", c.path));
                 }
                 if paged != all {
                     problems.push(format!(
