@@ -919,17 +919,21 @@ fn price(
         }
         let q = Decimal::from_str_exact(q.trim())
             .map_err(|_| anyhow::anyhow!("--usage `{u}`: `{q}` is not a decimal number"))?;
-        quantities.insert(meter.to_owned(), q);
-    }
-    let seats = seats.unwrap_or_else(|| version.seats.as_ref().map_or(0, |s| s.min));
-    if let Some(max) = version.seats.as_ref().and_then(|s| s.max) {
-        if seats > max {
-            anyhow::bail!(
-                "--seats {seats}: plan {} allows at most {max} seats",
-                version.plan_ref()
-            );
+        if q.is_sign_negative()
+            && !q.is_zero()
+            && !meters.get(meter).is_some_and(|m| m.allow_negative)
+        {
+            anyhow::bail!("--usage `{u}`: meter `{meter}` takes no negative values");
+        }
+        if quantities.insert(meter.to_owned(), q).is_some() {
+            anyhow::bail!("--usage: meter `{meter}` is given twice; give each meter once");
         }
     }
+    // The API's seat rules: the plan's minimum by default, its bounds enforced (never clamped).
+    let seats = seats.unwrap_or_else(|| version.seats.as_ref().map_or(0, |s| s.min));
+    let (_, plans) = load_catalogue(&config.plans_dir)?;
+    accrue::services::subscriptions::check_seats(&plans, &version, seats)
+        .map_err(|e| anyhow::anyhow!("--seats {seats}: {e}"))?;
     let rated = rate_period(&version, &quantities, seats);
     println!("{}", serde_json::to_string_pretty(&rated)?);
     Ok(())

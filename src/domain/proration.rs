@@ -89,8 +89,9 @@ pub fn change_lines(
             seats: old_seats,
             amount: credit,
             description: format!(
-                "Unused time on {} ({old_seats} seats) from {} to {}",
+                "Unused time on {} ({}) from {} to {}",
                 old.name,
+                crate::domain::rating::seats_text(old_seats),
                 crate::domain::ts::date(&at),
                 crate::domain::ts::date(&period.end)
             ),
@@ -115,8 +116,9 @@ pub fn change_lines(
             seats: new_seats,
             amount: charge,
             description: format!(
-                "{} ({new_seats} seats) from {} to {}",
+                "{} ({}) from {} to {}",
                 new.name,
+                crate::domain::rating::seats_text(new_seats),
                 crate::domain::ts::date(&at),
                 crate::domain::ts::date(&period.end)
             ),
@@ -174,8 +176,9 @@ pub fn immediate_change(
             seats: new_seats,
             amount: charge,
             description: format!(
-                "{} ({new_seats} seats) from {} to {}",
+                "{} ({}) from {} to {}",
                 new.name,
+                crate::domain::rating::seats_text(new_seats),
                 crate::domain::ts::date(&next.start),
                 crate::domain::ts::date(&next.end)
             ),

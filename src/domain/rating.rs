@@ -108,6 +108,15 @@ fn model_name(model: &ChargeModel) -> &'static str {
     }
 }
 
+/// `1 seat`, `5 seats`: how customer-facing text counts seats.
+pub fn seats_text(n: u32) -> String {
+    if n == 1 {
+        "1 seat".to_owned()
+    } else {
+        format!("{n} seats")
+    }
+}
+
 /// Rates one full period: base fee and seats (in advance), each metered charge (in arrears) for
 /// the usage given (a missing meter is zero usage), and a minimum-commitment top-up when the
 /// period falls short of the plan's minimum.
@@ -131,8 +140,10 @@ pub fn rate_period(plan: &PlanVersion, usage: &BTreeMap<String, Decimal>, seats:
             quantity: Decimal::from(billed),
             amount: cur.round(plan.seat_amount(seats)),
             description: format!(
-                "{billed} seats ({} included) at {} {cur} per seat",
-                s.included, s.unit_amount
+                "{} ({} included) at {} {cur} per seat",
+                seats_text(billed),
+                s.included,
+                s.unit_amount
             ),
         });
     }

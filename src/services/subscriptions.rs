@@ -309,9 +309,11 @@ pub fn check_seats(
                     .as_ref()
                     .is_some_and(|s| s.max.is_none_or(|m| seats <= m))
             };
+            // The way out in either direction: fewer seats here, or a plan that takes them
+            // (a downgrade to a small plan is told to reduce seats, not to "upgrade").
             let hint = match cheapest_self_serve(plans, plan, seats, allows) {
-                Some(p) => format!(": upgrade to {}", p.plan),
-                None => ": contact sales".to_owned(),
+                Some(p) => format!(": ask for {max} or fewer, or choose {} for {seats}", p.plan),
+                None => format!(": ask for {max} or fewer, or contact sales for {seats}"),
             };
             return Err(ServiceError::invalid(
                 "seat_limit",

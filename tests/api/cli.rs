@@ -195,3 +195,42 @@ async fn refused_requests_are_logged_with_what_was_asked() {
         "successes are not logged: {text}"
     );
 }
+
+/// `accrue price` applies the API's rules (newcomer S3-4): seats below the plan's minimum are
+/// refused, not silently priced at the minimum; a meter given twice or a negative quantity for
+/// a meter that takes none is refused; one seat reads "1 seat".
+#[test]
+fn price_refuses_what_the_api_refuses() {
+    let db = "postgres://127.0.0.1:1/unused";
+    let dir = manifest_dir();
+    let refused = |args: &[&str]| {
+        let mut all = vec!["price"];
+        all.extend_from_slice(args);
+        let out = accrue_in(&dir, db, &all);
+        assert!(!out.status.success(), "{args:?} was priced");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&["--plan", "enterprise@1", "--seats", "10"]);
+    assert!(err.contains("needs at least"), "{err}");
+    let err = refused(&[
+        "--plan",
+        "team@2",
+        "--usage",
+        "api_calls=10",
+        "--usage",
+        "api_calls=20",
+    ]);
+    assert!(err.contains("given twice"), "{err}");
+    let err = refused(&["--plan", "team@2", "--usage", "storage_gb=-5"]);
+    assert!(err.contains("no negative values"), "{err}");
+    let err = refused(&["--plan", "team@2", "--seats", "51"]);
+    assert!(err.contains("seat limit 50 on plan team"), "{err}");
+    let out = accrue_in(&dir, db, &["price", "--plan", "team@2", "--seats", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let priced = String::from_utf8_lossy(&out.stdout);
+    assert!(priced.contains("\"1 seat (3 included)"), "{priced}");
+}

@@ -223,7 +223,7 @@ async fn price_prints_the_rated_lines_as_json() {
     assert_eq!(v["total"], "133.86");
     let (ok, _, err) = accrue(&db.url, &["price", "--plan", "team@2", "--seats", "51"]);
     assert!(!ok);
-    assert!(err.contains("at most 50 seats"), "{err}");
+    assert!(err.contains("seat limit 50 on plan team"), "{err}");
     let file = manifest_dir().join("pricing-plans/team/v1.toml");
     let (ok, out, _) = accrue(
         &db.url,

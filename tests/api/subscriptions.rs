@@ -421,7 +421,7 @@ async fn seat_limits_and_sales_only_plans_are_refused_with_the_way_out() {
     );
     assert_eq!(
         e["error"]["message"],
-        "seat limit 50 on plan team: upgrade to business"
+        "seat limit 50 on plan team: ask for 50 or fewer, or choose business for 51"
     );
     let (status, e) = quote(
         &app,
