@@ -108,26 +108,14 @@ pub struct MovementRow {
     pub ref_id: i64,
 }
 
-/// Movements in [from, to), oldest first, optionally of one account.
+/// Movements in [from, to), oldest first, optionally of one account (all of them: reports).
 pub async fn between(
     conn: &mut AsyncPgConnection,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     account: Option<&str>,
 ) -> Result<Vec<MovementRow>, StoreError> {
-    let mut q = revenue_movements::table
-        .filter(revenue_movements::at.ge(from))
-        .filter(revenue_movements::at.lt(to))
-        .into_boxed();
-    if let Some(a) = account {
-        q = q.filter(revenue_movements::account.eq(a.to_owned()));
-    }
-    Ok(
-        q.order((revenue_movements::at.asc(), revenue_movements::id.asc()))
-            .select(MovementRow::as_select())
-            .load(conn)
-            .await?,
-    )
+    page_between(conn, from, to, account, None, i64::MAX).await
 }
 
 /// One page of the ledger in [from, to) in (at, id) order: the movements after the one with id

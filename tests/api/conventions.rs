@@ -875,17 +875,6 @@ async fn every_refusal_names_what_is_wrong() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn the_checks_of_the_walk_tell_good_from_bad() {
     assert!(is_ms_timestamp("2026-11-30T02:04:45.435Z"));

@@ -146,17 +146,6 @@ fn query() -> impl Strategy<Value = String> {
     })
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn sample<S: Strategy>(s: &S, runner: &mut TestRunner) -> S::Value {
     s.new_tree(runner).unwrap().current()
 }
