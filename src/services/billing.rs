@@ -38,20 +38,8 @@ pub async fn usage_of(
     Ok(found
         .into_iter()
         .filter_map(|(meter, agg)| {
-            let m = ctx.meters.get(&meter)?;
-            let quantity = match m.aggregation {
-                Aggregation::UniqueCount => Decimal::from(agg.unique),
-                other => agg.state.value(other),
-            };
-            Some((
-                meter,
-                MeterUsage {
-                    quantity,
-                    event_count: agg.state.event_count,
-                    first_event_at: agg.state.first_at,
-                    last_event_at: agg.state.last_at,
-                },
-            ))
+            let aggregation = ctx.meters.get(&meter)?.aggregation;
+            Some((meter, meter_usage(&agg, aggregation)))
         })
         .collect())
 }
@@ -97,12 +85,12 @@ impl Prefetched {
     }
 }
 
-fn meter_usage(st: &crate::domain::aggregate::AggregateState, agg: Aggregation) -> MeterUsage {
+fn meter_usage(agg: &store::usage::RangeAggregate, aggregation: Aggregation) -> MeterUsage {
     MeterUsage {
-        quantity: st.value(agg),
-        event_count: st.event_count,
-        first_event_at: st.first_at,
-        last_event_at: st.last_at,
+        quantity: agg.value(aggregation),
+        event_count: agg.state.event_count,
+        first_event_at: agg.state.first_at,
+        last_event_at: agg.state.last_at,
     }
 }
 

@@ -15,6 +15,12 @@
 //! reading, and installs its entry only if no write of that account overlapped its reads (it
 //! retries otherwise; if writes keep overlapping it answers once from its read and installs
 //! nothing).
+//!
+//! Unique-count meters need their distinct keys, not only a count, so that a key ingested here
+//! is counted once. An entry keeps its keys, and a reload of an account whose period has not
+//! changed reads only the keys written since the previous read (less a grace for transactions
+//! that wrote before that read and committed after it), so an account with millions of
+//! distinct users costs its new keys per round, not all of them.
 
 use super::{Ctx, ServiceError};
 use crate::domain::aggregate::AggregateState;
@@ -25,8 +31,8 @@ use crate::store::{self, subscriptions as subs, StoreError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -39,7 +45,13 @@ pub struct Entry {
     /// (meter, threshold) alerts this entry already reported (the database de-duplicates
     /// across entries and instances).
     alerted: Mutex<std::collections::HashSet<(String, i16)>>,
+    /// Database time from which the next reload of the same period reads distinct keys.
+    keys_since: Option<DateTime<Utc>>,
 }
+
+/// How long before a read an ingest transaction may have written a distinct key and still
+/// commit after the read (the same grace as an invoice's `usage_mark`).
+const KEY_WRITE_GRACE: chrono::Duration = chrono::Duration::seconds(30);
 
 #[derive(Clone)]
 struct Snapshot {
@@ -55,6 +67,8 @@ pub struct CheckCache {
     meters: Arc<crate::catalog::meters::MeterCatalog>,
     staleness: Duration,
     sync: Mutex<WriteTracking>,
+    /// Distinct keys read from the database by reloads, in total (their cost).
+    keys_read: AtomicU64,
 }
 
 /// Which accounts lanes are writing, and how many writes touched accounts being reloaded.
@@ -73,7 +87,13 @@ impl CheckCache {
             meters,
             staleness,
             sync: Mutex::new(WriteTracking::default()),
+            keys_read: AtomicU64::new(0),
         }
+    }
+
+    /// How many distinct keys reloads have read from the database since the start.
+    pub fn keys_read(&self) -> u64 {
+        self.keys_read.load(Ordering::Relaxed)
     }
 
     /// A lane is about to commit events of these accounts.
@@ -516,6 +536,7 @@ fn empty_entry() -> Entry {
         snapshot: None,
         usage: Mutex::new(HashMap::new()),
         alerted: Mutex::default(),
+        keys_since: None,
     }
 }
 
@@ -539,7 +560,54 @@ async fn read_entries(
         .iter()
         .map(|(a, s)| (a.clone(), s.period.start, s.period.end))
         .collect();
-    let mut usage = store::usage::find_by_accounts_and_ranges(&mut conn, &ranges).await?;
+    // Keys are read from this time on next round (taken before the keys are read).
+    let read_at = store::usage::database_now(&mut conn).await?;
+    let mut usage = store::usage::rollups_by_accounts_and_ranges(&mut conn, &ranges).await?;
+    // An entry of the same period keeps its keys and reads only those written since.
+    let mut kept: HashMap<String, HashMap<String, BTreeSet<String>>> = HashMap::new();
+    let mut key_ranges = Vec::with_capacity(snapshots.len());
+    for (a, s) in &snapshots {
+        let previous = ctx.checks.lookup(a).filter(|e| {
+            e.snapshot
+                .as_ref()
+                .is_some_and(|p| p.period == s.period && e.keys_since.is_some())
+        });
+        let since = previous.as_ref().and_then(|e| e.keys_since);
+        if let Some(e) = previous {
+            let usage = e.usage.lock().unwrap_or_else(|e| e.into_inner());
+            let keys = usage
+                .iter()
+                .filter(|(_, st)| !st.keys.is_empty())
+                .map(|(m, st)| (m.clone(), st.keys.clone()))
+                .collect();
+            kept.insert(a.clone(), keys);
+        }
+        key_ranges.push((a.clone(), s.period.start, s.period.end, since));
+    }
+    let keys = store::usage::unique_keys_written_since(&mut conn, &key_ranges).await?;
+    ctx.checks
+        .keys_read
+        .fetch_add(keys.len() as u64, Ordering::Relaxed);
+    for (a, meters) in kept {
+        for (m, k) in meters {
+            usage
+                .entry(a.clone())
+                .or_default()
+                .entry(m)
+                .or_default()
+                .keys
+                .extend(k);
+        }
+    }
+    for k in keys {
+        usage
+            .entry(k.account)
+            .or_default()
+            .entry(k.meter)
+            .or_default()
+            .keys
+            .insert(k.key);
+    }
     Ok(snapshots
         .into_iter()
         .map(|(a, s)| {
@@ -550,6 +618,7 @@ async fn read_entries(
                 snapshot: Some(s),
                 usage: Mutex::new(u),
                 alerted: Mutex::default(),
+                keys_since: Some(read_at - KEY_WRITE_GRACE),
             };
             (a, entry)
         })

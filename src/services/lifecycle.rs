@@ -447,6 +447,16 @@ pub(crate) fn plan_ref(row: &SubscriptionRow) -> (PlanRef, u32) {
     )
 }
 
+/// Whether [`advance`] would move the subscription at `now`: its trial or its period has
+/// ended (the condition `store::subscriptions::due_accounts` selects by).
+pub(crate) fn is_due(row: &SubscriptionRow, now: DateTime<Utc>) -> bool {
+    match row.status.as_str() {
+        "trialing" => row.trial_end.is_some_and(|e| now >= e),
+        "active" | "past_due" => now >= row.period_end,
+        _ => false,
+    }
+}
+
 /// Locks the account's subscription and catches it up with `now`, issuing the invoices of the
 /// periods that closed meanwhile.
 pub(crate) async fn lock_and_catch_up(

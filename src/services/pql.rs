@@ -95,12 +95,12 @@ pub async fn score_accounts(ctx: &Ctx, accounts: &[String]) -> Result<usize, Ser
     Ok(changed)
 }
 
-fn value_of(ctx: &Ctx, meter: &str, st: &crate::domain::aggregate::AggregateState) -> Decimal {
-    let agg = ctx
+fn value_of(ctx: &Ctx, meter: &str, agg: &store::usage::RangeAggregate) -> Decimal {
+    let aggregation = ctx
         .meters
         .get(meter)
         .map_or(Aggregation::Count, |m| m.aggregation);
-    st.value(agg)
+    agg.value(aggregation)
 }
 
 async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceError> {

@@ -8,8 +8,8 @@
 use super::auth::Principal;
 pub use super::lifecycle::Scheduled;
 use super::lifecycle::{
-    catch_up, classify, lock_and_catch_up, lock_existing, plan_of, plan_ref, Effects, MrrRef,
-    PendingMrr,
+    catch_up, classify, is_due, lock_and_catch_up, lock_existing, plan_of, plan_ref, Effects,
+    MrrRef, PendingMrr,
 };
 use super::{billing, conflict, refuse, revenue, Ctx, ServiceError, TxError};
 use crate::domain::account::AccountId;
@@ -660,11 +660,22 @@ pub async fn subscribe(
     Ok(result)
 }
 
+/// The subscription as of the account's time. A read takes no lock and writes nothing, unless
+/// the subscription is due (its period or trial ended and the close has not run yet): then it
+/// does that close, as the period-close job would, and shows its result.
 pub async fn get_subscription(ctx: &Ctx, account: &str) -> Result<SubscriptionView, ServiceError> {
-    // Catching up may change the plan (scheduled change) or the period.
-    let _writing = ctx.checks.write_guard(account);
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let now = ctx.now_for(&mut conn, account).await?;
+    let row = subs::find_by_account(&mut conn, account)
+        .await?
+        .ok_or_else(|| {
+            ServiceError::NotFound(format!("account `{account}` has no subscription"))
+        })?;
+    if !is_due(&row, now) {
+        return Ok(view(&row, &plan_of(ctx, &row.plan, row.plan_version)?));
+    }
+    // Catching up may change the plan (scheduled change) or the period.
+    let _writing = ctx.checks.write_guard(account);
     let result = conn
         .transaction::<SubscriptionView, TxError, _>(async |c| {
             let row = lock_and_catch_up(ctx, c, account, now).await?;

@@ -64,10 +64,7 @@ pub async fn usage(
         .iter()
         .map(|m| {
             let agg = found.get(&m.code).cloned().unwrap_or_default();
-            let value = match m.aggregation {
-                Aggregation::UniqueCount => Decimal::from(agg.unique),
-                other => agg.state.value(other),
-            };
+            let value = agg.value(m.aggregation);
             MeterUsage {
                 meter: m.code.clone(),
                 aggregation: m.aggregation,

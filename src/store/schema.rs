@@ -53,6 +53,7 @@ diesel::table! {
         meter -> Text,
         bucket -> Timestamptz,
         key -> Text,
+        written_at -> Timestamptz,
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::StoreError;
 use crate::domain::aggregate::{AggregateState, Latest};
+use crate::domain::meter::Aggregation;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{BigInt, Nullable, Numeric, Text, Timestamptz};
 use diesel::QueryableByName;
@@ -48,6 +49,16 @@ pub struct RangeAggregate {
     pub state: AggregateState,
     /// Distinct keys in the range (unique_count meters).
     pub unique: i64,
+}
+
+impl RangeAggregate {
+    /// The meter's value under `aggregation` (the distinct count for unique_count meters).
+    pub fn value(&self, aggregation: Aggregation) -> Decimal {
+        match aggregation {
+            Aggregation::UniqueCount => Decimal::from(self.unique),
+            other => self.state.value(other),
+        }
+    }
 }
 
 pub async fn find_by_account_and_range(
@@ -131,14 +142,6 @@ pub async fn event_types(conn: &mut AsyncPgConnection) -> Result<Vec<EventTypeRo
 }
 
 #[derive(QueryableByName)]
-struct KeyRow {
-    #[diesel(sql_type = Text)]
-    meter: String,
-    #[diesel(sql_type = Text)]
-    key: String,
-}
-
-#[derive(QueryableByName)]
 struct BulkRangeRow {
     #[diesel(sql_type = Text)]
     account: String,
@@ -147,22 +150,86 @@ struct BulkRangeRow {
 }
 
 #[derive(QueryableByName)]
-struct BulkKeyRow {
+struct BulkUniqueRow {
     #[diesel(sql_type = Text)]
     account: String,
-    #[diesel(embed)]
-    key: KeyRow,
+    #[diesel(sql_type = Text)]
+    meter: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
-/// Per account, per meter: the aggregate over each account's own range, in one query (the check
-/// cache refreshes all its accounts this way). `ranges` are (account, from, to).
+/// One distinct key of a unique_count meter.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct UniqueKey {
+    #[diesel(sql_type = Text)]
+    pub account: String,
+    #[diesel(sql_type = Text)]
+    pub meter: String,
+    #[diesel(sql_type = Text)]
+    pub key: String,
+}
+
+/// Per account, per meter: the aggregate and distinct count over each account's own range, in
+/// two queries (billing's period close and PQL scoring read many accounts this way). `ranges`
+/// are (account, from, to).
 pub async fn find_by_accounts_and_ranges(
     conn: &mut AsyncPgConnection,
     ranges: &[(String, DateTime<Utc>, DateTime<Utc>)],
+) -> Result<BTreeMap<String, BTreeMap<String, RangeAggregate>>, StoreError> {
+    let states = rollups_by_accounts_and_ranges(conn, ranges).await?;
+    let mut out: BTreeMap<String, BTreeMap<String, RangeAggregate>> = states
+        .into_iter()
+        .map(|(account, meters)| {
+            let meters = meters
+                .into_iter()
+                .map(|(m, state)| (m, RangeAggregate { state, unique: 0 }))
+                .collect();
+            (account, meters)
+        })
+        .collect();
+    let (accounts, froms, tos) = columns(ranges);
+    let uniques: Vec<BulkUniqueRow> = diesel::sql_query(
+        "SELECT k.account, k.meter, COUNT(DISTINCT k.key)::int8 AS n
+           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
+           CROSS JOIN LATERAL (
+               SELECT * FROM usage_unique_keys x
+                WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
+               OFFSET 0) k
+          GROUP BY k.account, k.meter",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
+    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
+    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
+    .load(conn)
+    .await?;
+    for u in uniques {
+        out.entry(u.account)
+            .or_default()
+            .entry(u.meter)
+            .or_default()
+            .unique = u.n;
+    }
+    Ok(out)
+}
+
+fn columns(
+    ranges: &[(String, DateTime<Utc>, DateTime<Utc>)],
+) -> (Vec<&str>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) {
+    (
+        ranges.iter().map(|r| r.0.as_str()).collect(),
+        ranges.iter().map(|r| r.1).collect(),
+        ranges.iter().map(|r| r.2).collect(),
+    )
+}
+
+/// Per account, per meter: the rollup aggregate over each account's own range (without
+/// distinct keys), in one query. `ranges` are (account, from, to).
+pub async fn rollups_by_accounts_and_ranges(
+    conn: &mut AsyncPgConnection,
+    ranges: &[(String, DateTime<Utc>, DateTime<Utc>)],
 ) -> Result<BTreeMap<String, BTreeMap<String, AggregateState>>, StoreError> {
-    let accounts: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();
-    let froms: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.1).collect();
-    let tos: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.2).collect();
+    let (accounts, froms, tos) = columns(ranges);
     let rows: Vec<BulkRangeRow> = diesel::sql_query(
         r#"SELECT r.account, r.meter,
                   SUM(r.event_count)::int8 AS event_count,
@@ -190,34 +257,58 @@ pub async fn find_by_accounts_and_ranges(
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
     .load(conn)
     .await?;
-    let keys: Vec<BulkKeyRow> = diesel::sql_query(
-        "SELECT DISTINCT k.account, k.meter, k.key
-           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
-           CROSS JOIN LATERAL (
-               SELECT * FROM usage_unique_keys x
-                WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
-               OFFSET 0) k",
-    )
-    .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
-    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
-    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
-    .load(conn)
-    .await?;
     let mut out: BTreeMap<String, BTreeMap<String, AggregateState>> = BTreeMap::new();
     for r in rows {
         out.entry(r.account)
             .or_default()
             .insert(r.range.meter.clone(), state_of(r.range));
     }
-    for k in keys {
-        out.entry(k.account)
-            .or_default()
-            .entry(k.key.meter)
-            .or_default()
-            .keys
-            .insert(k.key.key);
-    }
     Ok(out)
+}
+
+/// An account's range `[from, to)`, with the time from which its distinct keys are wanted.
+pub type KeyRange = (String, DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>);
+
+/// The distinct keys in each account's range (account, from, to, since) written at or after
+/// `since` (all of them when `since` is `None`).
+pub async fn unique_keys_written_since(
+    conn: &mut AsyncPgConnection,
+    ranges: &[KeyRange],
+) -> Result<Vec<UniqueKey>, StoreError> {
+    let accounts: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();
+    let froms: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.1).collect();
+    let tos: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.2).collect();
+    let sinces: Vec<Option<DateTime<Utc>>> = ranges.iter().map(|r| r.3).collect();
+    Ok(diesel::sql_query(
+        "SELECT DISTINCT k.account, k.meter, k.key
+           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
+                AS p(account, s, e, since)
+           CROSS JOIN LATERAL (
+               SELECT * FROM usage_unique_keys x
+                WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
+                  AND (p.since IS NULL OR x.written_at >= p.since)
+               OFFSET 0) k",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
+    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
+    .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
+    .bind::<diesel::sql_types::Array<Nullable<Timestamptz>>, _>(&sinces)
+    .load(conn)
+    .await?)
+}
+
+#[derive(QueryableByName)]
+struct NowRow {
+    #[diesel(sql_type = Timestamptz)]
+    now: DateTime<Utc>,
+}
+
+/// The database's clock (the start of this statement).
+pub async fn database_now(conn: &mut AsyncPgConnection) -> Result<DateTime<Utc>, StoreError> {
+    let r: NowRow = diesel::sql_query("SELECT statement_timestamp() AS now")
+        .get_result(conn)
+        .await?;
+    Ok(r.now)
 }
 
 fn state_of(r: RangeRow) -> AggregateState {

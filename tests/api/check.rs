@@ -276,3 +276,72 @@ async fn json_bodies_are_read_whatever_the_content_type_says() {
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["error"]["code"], "invalid_json");
 }
+
+/// Security review M7: a refresh round read every distinct key of every cached account's period
+/// (an account with millions of users cost gigabytes a second). A round now reads only the keys
+/// written since the previous one, and still counts each key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_round_reads_only_the_distinct_keys_written_since_the_last() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 3}))
+        .await;
+    let users = |prefix: &str, ids: std::ops::Range<u32>| {
+        json!({"events": ids.map(|u| json!({
+            "id": format!("{prefix}-{u}"), "account": "acme", "type": "user.active",
+            "properties": {"user_id": format!("user-{u}")}
+        })).collect::<Vec<_>>()})
+    };
+    app.send(&key, &users("first", 0..200)).await;
+    let (b_base, b_ctx, _) = start_instance(&app.db.url, std::time::Duration::from_secs(3600));
+    let b_used = || {
+        let (http, url, key) = (
+            app.http.clone(),
+            format!("{b_base}/v1/accounts/acme/check"),
+            key.clone(),
+        );
+        async move {
+            let v: Value = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"meter": "active_users"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["used"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(b_used().await, "200");
+    assert_eq!(
+        b_ctx.checks.keys_read(),
+        200,
+        "the first load reads them all"
+    );
+    // A minute passes: the keys are older than the rounds' grace for late commits.
+    let mut c = app.db.conn().await;
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "UPDATE usage_unique_keys SET written_at = written_at - interval '1 minute'",
+        ),
+        &mut c,
+    )
+    .await
+    .unwrap();
+    accrue::services::check::refresh_all(&b_ctx).await.unwrap();
+    accrue::services::check::refresh_all(&b_ctx).await.unwrap();
+    assert_eq!(b_ctx.checks.keys_read(), 200, "no new key, none read");
+    assert_eq!(b_used().await, "200");
+    // Through A: three new users and two already counted (under new event ids).
+    app.send(&key, &users("second", 198..203)).await;
+    accrue::services::check::refresh_all(&b_ctx).await.unwrap();
+    assert_eq!(b_used().await, "203", "each user counted once");
+    let read = b_ctx.checks.keys_read() - 200;
+    assert!(
+        (3..=5).contains(&read),
+        "the round read the new keys only, not the period's 203: {read}"
+    );
+}

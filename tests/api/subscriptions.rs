@@ -867,3 +867,56 @@ async fn a_subscribe_retried_with_its_idempotency_key_gets_the_first_answer() {
         "one start invoice"
     );
 }
+
+/// Security review L7: a read of the subscription (finance) took the row lock and could wait on
+/// a change in progress. A read of a subscription with nothing due takes no lock and writes
+/// nothing; one whose period ended still shows the closed period's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_subscription_takes_no_lock_unless_its_period_is_due() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,finance", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 3}))
+        .await;
+    let (_, before) = app.get(&key, "/v1/accounts/acme/subscription").await;
+    // Another transaction holds the subscription's row lock (a change in progress).
+    let mut holder = app.db.conn().await;
+    diesel_async::RunQueryDsl::execute(diesel::sql_query("BEGIN"), &mut holder)
+        .await
+        .unwrap();
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query("SELECT 1 FROM subscriptions WHERE account = 'acme' FOR UPDATE"),
+        &mut holder,
+    )
+    .await
+    .unwrap();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        app.get(&key, "/v1/accounts/acme/subscription"),
+    )
+    .await
+    .expect("the read waited for the row lock");
+    assert_eq!(read.0, 200, "{}", read.1);
+    assert_eq!(read.1, before, "the read shows the same subscription");
+    diesel_async::RunQueryDsl::execute(diesel::sql_query("ROLLBACK"), &mut holder)
+        .await
+        .unwrap();
+    let revision = "(SELECT revision FROM subscriptions WHERE account = 'acme')";
+    let invoices = "(SELECT COUNT(*) FROM invoices WHERE account = 'acme')";
+    let (r0, i0) = (app.db.count(revision).await, app.db.count(invoices).await);
+    app.get(&key, "/v1/accounts/acme/subscription").await;
+    assert_eq!(
+        (app.db.count(revision).await, app.db.count(invoices).await),
+        (r0, i0),
+        "a read of a subscription with nothing due writes nothing"
+    );
+    // A month on, the period is due: the read shows it closed, its invoice issued.
+    app.clock.advance(chrono::Duration::days(32));
+    let (status, after) = app.get(&key, "/v1/accounts/acme/subscription").await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(
+        after["current_period"]["start"],
+        before["current_period"]["end"]
+    );
+    assert_eq!(app.db.count(invoices).await, i0 + 1);
+}

@@ -1,0 +1,2 @@
+DROP INDEX usage_unique_keys_written;
+ALTER TABLE usage_unique_keys DROP COLUMN written_at;
