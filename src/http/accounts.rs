@@ -190,7 +190,7 @@ pub async fn subscribe(
     let p = authorize(&req, &ctx, &[Scope::Billing]).await?;
     let account = path.into_inner();
     reach(&p, &account)?;
-    let key = idempotency_key(&req)?;
+    let key = super::input::idempotency_key(&req)?;
     let s = subs::subscribe(&ctx, &p, &account, body.into_inner(), key).await?;
     Ok(HttpResponse::Created().json(s))
 }
@@ -285,7 +285,7 @@ pub async fn accept(
     let (account, quote_id) = path.into_inner();
     reach(&p, &account)?;
     let AcceptBody {} = super::input::parse_or_default(&body)?;
-    let key = idempotency_key(&req)?.ok_or_else(|| {
+    let key = super::input::idempotency_key(&req)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "missing_idempotency_key",
@@ -293,25 +293,6 @@ pub async fn accept(
         )
     })?;
     Ok(HttpResponse::Ok().json(subs::accept(&ctx, &account, &quote_id, key).await?))
-}
-
-/// The request's `Idempotency-Key`, if it sent one; 400 when it is not 1 to 255 visible
-/// ASCII characters.
-fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
-    let Some(raw) = req.headers().get("idempotency-key") else {
-        return Ok(None);
-    };
-    raw.to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_idempotency_key",
-                "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
-            )
-        })
 }
 
 pub async fn check(

@@ -267,6 +267,25 @@ fn refusal(e: serde_json::Error, path: &str) -> ApiError {
     }
 }
 
+/// The request's `Idempotency-Key`, if it sent one; 400 when it is not 1 to 255 visible
+/// ASCII characters.
+pub fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let Some(raw) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

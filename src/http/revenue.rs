@@ -91,7 +91,8 @@ pub async fn create_endpoint(
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "a webhook endpoint")?;
-    let created = outbox::create_endpoint(&ctx, body.into_inner()).await?;
+    let key = super::input::idempotency_key(&req)?;
+    let created = outbox::create_endpoint(&ctx, body.into_inner(), key).await?;
     Ok(HttpResponse::Created().json(created))
 }
 

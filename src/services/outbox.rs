@@ -242,22 +242,69 @@ fn new_secret() -> Result<String, ServiceError> {
     Ok(format!("whsec_{}", hex::encode(raw)))
 }
 
+/// Creates an endpoint. With an `idempotency_key`, a retry of the same request answers the
+/// endpoint the first one created (with its secret); the key used for another url or other
+/// kinds is refused (409 `idempotency_key_reused`).
 pub async fn create_endpoint(
     ctx: &Ctx,
     req: EndpointRequest,
+    idempotency_key: Option<&str>,
 ) -> Result<CreatedEndpoint, ServiceError> {
     check_endpoint_url(&req.url, ctx.webhooks)?;
     let kinds = req.kinds.unwrap_or_default();
     check_kinds(&kinds)?;
-    let secret = new_secret()?;
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let replay = |found: EndpointRow| {
+        if found.url != req.url || found.kinds != kinds {
+            return Err(ServiceError::Conflict {
+                code: "idempotency_key_reused",
+                message: format!(
+                    "Idempotency-Key `{}` was already used for webhook endpoint {} (another \
+                     url or other kinds)",
+                    idempotency_key.unwrap_or_default(),
+                    found.id
+                ),
+            });
+        }
+        let secret = found.secret.clone();
+        Ok(CreatedEndpoint {
+            endpoint: found,
+            secret,
+        })
+    };
+    if let Some(key) = idempotency_key {
+        if let Some(found) = ob_store::endpoint_by_idempotency_key(&mut conn, key).await? {
+            return replay(found);
+        }
+    }
+    let secret = new_secret()?;
     // A new endpoint receives what happens from now on.
     ob_store::sequence(&mut conn).await?;
     let from = ob_store::last_seq(&mut conn).await?;
-    let endpoint =
-        ob_store::insert_endpoint(&mut conn, &req.url, &kinds, &secret, from, ctx.clock.now())
-            .await?;
-    Ok(CreatedEndpoint { endpoint, secret })
+    let now = ctx.clock.now();
+    match ob_store::insert_endpoint(
+        &mut conn,
+        &req.url,
+        &kinds,
+        &secret,
+        from,
+        now,
+        idempotency_key,
+    )
+    .await?
+    {
+        Some(endpoint) => Ok(CreatedEndpoint { endpoint, secret }),
+        // A concurrent retry with the same key created it first.
+        None => {
+            let key = idempotency_key.unwrap_or_default();
+            let found = ob_store::endpoint_by_idempotency_key(&mut conn, key)
+                .await?
+                .ok_or_else(|| {
+                    ServiceError::Unavailable("the endpoint being created is not readable".into())
+                })?;
+            replay(found)
+        }
+    }
 }
 
 /// What `PATCH /v1/webhook-endpoints/{id}` changes; absent fields stay as they are.

@@ -130,8 +130,12 @@ pub struct EndpointRow {
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub disabled_at: Option<DateTime<Utc>>,
+    /// The Idempotency-Key of the POST that created it.
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
 }
 
+/// A new endpoint. `None` when `idempotency_key` is already another endpoint's.
 pub async fn insert_endpoint(
     conn: &mut AsyncPgConnection,
     url: &str,
@@ -139,7 +143,8 @@ pub async fn insert_endpoint(
     secret: &str,
     cursor_seq: i64,
     now: DateTime<Utc>,
-) -> Result<EndpointRow, StoreError> {
+    idempotency_key: Option<&str>,
+) -> Result<Option<EndpointRow>, StoreError> {
     Ok(diesel::insert_into(webhook_endpoints::table)
         .values((
             webhook_endpoints::url.eq(url),
@@ -147,10 +152,26 @@ pub async fn insert_endpoint(
             webhook_endpoints::secret.eq(secret),
             webhook_endpoints::cursor_seq.eq(cursor_seq),
             webhook_endpoints::created_at.eq(now),
+            webhook_endpoints::idempotency_key.eq(idempotency_key),
         ))
+        .on_conflict_do_nothing()
         .returning(EndpointRow::as_returning())
         .get_result(conn)
-        .await?)
+        .await
+        .optional()?)
+}
+
+/// The endpoint a POST with this Idempotency-Key created.
+pub async fn endpoint_by_idempotency_key(
+    conn: &mut AsyncPgConnection,
+    key: &str,
+) -> Result<Option<EndpointRow>, StoreError> {
+    Ok(webhook_endpoints::table
+        .filter(webhook_endpoints::idempotency_key.eq(key))
+        .select(EndpointRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
 }
 
 pub async fn endpoints(conn: &mut AsyncPgConnection) -> Result<Vec<EndpointRow>, StoreError> {

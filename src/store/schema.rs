@@ -353,6 +353,7 @@ diesel::table! {
         cursor_seq -> Int8,
         created_at -> Timestamptz,
         disabled_at -> Nullable<Timestamptz>,
+        idempotency_key -> Nullable<Text>,
     }
 }
 

@@ -675,8 +675,10 @@ async fn fan_out_never_skips_events_sequenced_concurrently() {
         "s",
         0,
         t(NOW),
+        None,
     )
     .await
+    .unwrap()
     .unwrap();
     for w in 0..2 {
         accrue::store::accounts::ensure(&mut conn, &format!("m2-{w}"), t(NOW))
@@ -1202,4 +1204,47 @@ async fn a_non_ascii_idempotency_key_is_called_invalid_not_missing() {
         .unwrap();
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "missing_idempotency_key", "{body}");
+}
+
+/// L6. A POST of a webhook endpoint retried after a lost answer created a second endpoint, with
+/// its own secret and duplicate deliveries. With the same Idempotency-Key it answers the first
+/// endpoint and its secret; the key used for another url is refused; without a key each POST
+/// creates one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_webhook_endpoint_post_creates_one_endpoint() {
+    let app = spawn_app().await;
+    let key = app.key("admin", None).await;
+    let body = json!({"url": "https://8.8.4.4/hook", "kinds": ["revenue.movement"]});
+    let (status, first) = app
+        .post(&key, "/v1/webhook-endpoints", &body, Some("ep-1"))
+        .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = app
+        .post(&key, "/v1/webhook-endpoints", &body, Some("ep-1"))
+        .await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(
+        again, first,
+        "the retry answers the first endpoint and its secret"
+    );
+    let other = json!({"url": "https://8.8.4.4/other"});
+    let (status, e) = app
+        .post(&key, "/v1/webhook-endpoints", &other, Some("ep-1"))
+        .await;
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["error"]["code"], "idempotency_key_reused");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&first["id"].to_string()),
+        "{e}"
+    );
+    let (_, list) = app.get(&key, "/v1/webhook-endpoints").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    // Without a key, a POST is a new endpoint.
+    let (status, _) = app.post(&key, "/v1/webhook-endpoints", &body, None).await;
+    assert_eq!(status, 201);
+    let (_, list) = app.get(&key, "/v1/webhook-endpoints").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2, "{list}");
 }
