@@ -2,7 +2,8 @@
 //! moves the subscription to `past_due` and is retried on the policy's schedule; success
 //! returns it to `active` (a suspended one whose period ended restarts); exhausted retries
 //! apply the final action (`suspend`: entitlements fall to the plan's fallback; `cancel`).
-//! An invoice Stripe refuses for good (400, 404) stops as `refused`. A new payment method
+//! An invoice Stripe refuses for good (400, 404) stops as `refused`, unless its payment had
+//! already failed: then the refusal is that retry failing. A new payment method
 //! tries every failed, exhausted or refused invoice at once. Every step is recorded in
 //! `dunning_steps`.
 //!
@@ -391,6 +392,16 @@ async fn attempt(
                 }
                 Answer::Failed(attempt, reason) => {
                     row.attempts = attempt;
+                    record_failure(ctx, p, c, &mut row, &reason, now).await?;
+                    Ok(Outcome::Failed)
+                }
+                // An invoice whose payment already failed stays on the dunning schedule: a
+                // refusal counts as that attempt failing (retried on the retry days, the final
+                // action when they run out), or a past-due account would keep its access
+                // forever.
+                Answer::Refused(reason) if row.first_failure_at.is_some() => {
+                    row.attempts += 1;
+                    let reason = format!("Stripe refused the invoice: {reason}");
                     record_failure(ctx, p, c, &mut row, &reason, now).await?;
                     Ok(Outcome::Failed)
                 }

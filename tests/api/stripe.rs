@@ -1254,3 +1254,56 @@ async fn an_invoice_stripe_refuses_stops_collecting_and_says_why() {
         "{feed}"
     );
 }
+
+/// An invoice whose payment already failed, and that Stripe then no longer has (the operator
+/// switched Stripe accounts; the re-read answers 404), stayed `refused` with the subscription
+/// past due for ever: access never stopped. A refusal after a failure counts as that retry
+/// failing, so the dunning schedule runs to its final action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_a_failed_payment_keeps_the_dunning_schedule_to_suspension() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    customer_on_team(&app, &key, "vanish", DECLINING_CARD).await;
+    let inv = wait_for_payment_state(&app, &key, 1, "failed").await;
+    assert_eq!(subscription_status(&app, &key, "vanish").await, "past_due");
+    let stripe_id = inv["payment"]["stripe_invoice_id"].as_str().unwrap();
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{}/_accrue/forget/invoice/{stripe_id}",
+            fake_stripe().url
+        ))
+        .basic_auth(STRIPE_KEY, Some(""))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+
+    // The first retry: Stripe answers 404 for the invoice. Still past due, retried on day 5.
+    app.clock.set(t("2026-11-28T12:31:00.000Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    let inv = invoice(&app, &key, 1).await;
+    assert_eq!(inv["payment"]["state"], "failed", "{inv}");
+    assert_eq!(inv["payment"]["attempts"], 2);
+    assert_eq!(
+        inv["payment"]["next_attempt_at"],
+        "2026-11-30T12:30:00.000Z"
+    );
+    assert!(
+        inv["payment"]["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Stripe refused the invoice"),
+        "{inv}"
+    );
+    assert_eq!(subscription_status(&app, &key, "vanish").await, "past_due");
+    // Past the last retry day: the final action applies.
+    for at in ["2026-11-30T12:31:00.000Z", "2026-12-02T12:31:00.000Z"] {
+        app.clock.set(t(at));
+        tick(&app.ctx, &scheduler).await.unwrap();
+    }
+    let inv = invoice(&app, &key, 1).await;
+    assert_eq!(inv["payment"]["state"], "exhausted", "{inv}");
+    assert_eq!(subscription_status(&app, &key, "vanish").await, "suspended");
+}

@@ -31,6 +31,7 @@ import sys
 from aiohttp import web
 
 from localstripe import resources, server
+from localstripe.resources import store
 from localstripe.errors import UserError
 from localstripe.resources import (Customer, Event, Invoice, InvoiceItem,
                                    InvoiceLineItem, PaymentIntent,
@@ -209,6 +210,16 @@ async def _advance(request):
     return web.json_response({'prefix': prefix, 'offset': _offsets[prefix]})
 
 
+async def _forget(request):
+    """Drops an object, as if Stripe no longer had it (the operator switched Stripe accounts,
+    or an invoice was removed): reads of it answer 404 from then on."""
+    key = request.match_info['object'] + ':' + request.match_info['id']
+    if key not in store:
+        return web.json_response({'error': {'message': 'no such object'}}, status=404)
+    del store[key]
+    return web.json_response({'forgotten': key})
+
+
 @web.middleware
 async def idempotency_middleware(request, handler):
     key = request.headers.get('Idempotency-Key')
@@ -255,6 +266,7 @@ def main():
     app.middlewares.append(idempotency_middleware)
     app.middlewares.append(declined_payment_middleware)
     app.router.add_route('POST', '/_accrue/advance', _advance)
+    app.router.add_route('POST', '/_accrue/forget/{object}/{id}', _forget)
     app.router.add_route('POST', '/v1/invoices/{id}/finalize',
                          server.api_extra(_finalize_invoice,
                                           '/v1/invoices/{id}/finalize'))
