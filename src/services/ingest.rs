@@ -111,7 +111,8 @@ async fn ingest_as(
         Default::default()
     };
     let mut outcome = IngestOutcome::default();
-    let mut seen = HashSet::with_capacity(raw.len());
+    // (account, id) → the first copy's place in `valid` and its index in the request.
+    let mut seen: HashMap<(String, String), (usize, usize)> = HashMap::with_capacity(raw.len());
     let mut valid = Vec::with_capacity(raw.len());
     for (index, r) in raw.into_iter().enumerate() {
         let id = raw_id(&r);
@@ -123,11 +124,18 @@ async fn ingest_as(
             .unwrap_or(now);
         match validate(ctx, r, now, only_account) {
             Ok(v) => {
-                if seen.insert((v.event.account.as_str().to_owned(), v.event.id.clone())) {
-                    valid.push(v);
-                } else {
-                    // The same id twice in one batch: the first copy counts.
-                    outcome.duplicates += 1;
+                let key = (v.event.account.as_str().to_owned(), v.event.id.clone());
+                match seen.entry(key) {
+                    Entry::Vacant(slot) => {
+                        slot.insert((valid.len(), index));
+                        valid.push(v);
+                    }
+                    // The same id twice in one batch: the first copy counts; a second copy
+                    // that says something else is refused (a reused id, not a retry).
+                    Entry::Occupied(first) if same_content(&valid[first.get().0], &v) => {
+                        outcome.duplicates += 1;
+                    }
+                    Entry::Occupied(_) => outcome.rejected.push(id_reused(index, v.event.id)),
                 }
             }
             Err(rej) => outcome.rejected.push(RejectedEvent {
@@ -141,10 +149,49 @@ async fn ingest_as(
         }
     }
     let unique = valid.len();
-    let inserted = store_valid(ctx, valid, key).await?;
+    let (inserted, not_new) = store_valid(ctx, valid, key).await?;
     outcome.accepted = inserted;
     outcome.duplicates += unique - inserted;
+    // Events already stored: a copy that differs from the stored one reuses its id.
+    if !not_new.is_empty() {
+        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+        let sent: Vec<&Event> = not_new.iter().map(|v| &v.event).collect();
+        let differing = store_events::differing_from_stored(&mut conn, &sent).await?;
+        let mut reused: Vec<RejectedEvent> = differing
+            .into_iter()
+            .filter_map(|(account, id)| {
+                let (_, index) = *seen.get(&(account, id.clone()))?;
+                Some(id_reused(index, id))
+            })
+            .collect();
+        outcome.duplicates -= reused.len();
+        outcome.rejected.append(&mut reused);
+        outcome.rejected.sort_by_key(|r| r.index);
+    }
     Ok(outcome)
+}
+
+/// Whether two copies of an event say the same thing (type and properties; a timestamp left
+/// out defaults to the time it arrived, so it is not compared).
+fn same_content(a: &Valid, b: &Valid) -> bool {
+    a.event.event_type == b.event.event_type && a.event.properties == b.event.properties
+}
+
+/// An event whose id is already taken by another event (of the same account) with another type
+/// or other properties: not counted, and said so (security review L6: it was counted as a
+/// duplicate, silently).
+fn id_reused(index: usize, id: String) -> RejectedEvent {
+    RejectedEvent {
+        index,
+        error: ErrorBody {
+            code: "id_reused",
+            message: format!(
+                "an event with id `{id}` is already stored with another type or other \
+                 properties; this one was not counted (a new event needs a new id)"
+            ),
+        },
+        id: Some(id),
+    }
 }
 
 fn validate(
@@ -173,13 +220,15 @@ fn validate(
 }
 
 /// Stores the valid events through the account's lanes; returns how many were new.
+/// Queues the events on their lanes; answers how many were new, and the events that were
+/// already stored.
 async fn store_valid(
     ctx: &Ctx,
     valid: Vec<Valid>,
     key: Option<i64>,
-) -> Result<usize, ServiceError> {
+) -> Result<(usize, Vec<Valid>), ServiceError> {
     if valid.is_empty() {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
     // The key's share first: a key past it is told to slow down (429) while others go on.
     let mut key_share = match key {
@@ -249,12 +298,15 @@ async fn store_valid(
         waits.push(rx);
     }
     let mut inserted = 0;
+    let mut not_new = Vec::new();
     for rx in waits {
-        inserted += rx
+        let (n, mut old) = rx
             .await
             .map_err(|_| ServiceError::Unavailable("the ingest pipeline stopped".into()))??;
+        inserted += n;
+        not_new.append(&mut old);
     }
-    Ok(inserted)
+    Ok((inserted, not_new))
 }
 
 /// Which lane owns an account: a stable hash, so one account's rows are only ever written by
@@ -272,7 +324,8 @@ fn lane_of(account: &str, lanes: usize) -> usize {
 /// A sub-batch waiting for its lane's next commit.
 struct Job {
     events: Vec<Valid>,
-    reply: oneshot::Sender<Result<usize, ServiceError>>,
+    /// How many of the events were new, and those that were already stored.
+    reply: oneshot::Sender<Result<(usize, Vec<Valid>), ServiceError>>,
     /// This job's share of the instance's in-flight events.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// And of its key's.
@@ -428,6 +481,16 @@ async fn process_group(
         }
     }
     for (job, answer) in jobs.into_iter().zip(answers) {
+        let answer = answer.map(|n| {
+            let old = job
+                .events
+                .into_iter()
+                .filter(|v| {
+                    !new.contains(&(v.event.account.as_str().to_owned(), v.event.id.clone()))
+                })
+                .collect();
+            (n, old)
+        });
         let _ = job.reply.send(answer);
     }
 }

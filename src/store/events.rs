@@ -57,6 +57,34 @@ pub async fn insert_new(
     Ok(rows.into_iter().map(|r| (r.account, r.id)).collect())
 }
 
+/// Of events already stored, the (account, id) of those whose stored copy has another type or
+/// other properties (compared as `jsonb`, so key order and number spelling do not matter).
+pub async fn differing_from_stored(
+    conn: &mut AsyncPgConnection,
+    events: &[&Event],
+) -> Result<Vec<(String, String)>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let accounts: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let props: Vec<&serde_json::Value> = events.iter().map(|e| &e.properties).collect();
+    let rows: Vec<InsertedKey> = diesel::sql_query(
+        "SELECT u.a AS account, u.i AS id
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS u(a, i, t, p)
+           JOIN events e ON e.account = u.a AND e.id = u.i
+          WHERE e.event_type <> u.t OR e.properties <> u.p",
+    )
+    .bind::<Array<Text>, _>(accounts)
+    .bind::<Array<Text>, _>(ids)
+    .bind::<Array<Text>, _>(types)
+    .bind::<Array<Jsonb>, _>(props)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.account, r.id)).collect())
+}
+
 /// Adds pre-aggregated deltas to the hourly rollups (one row per key; the map keeps keys sorted).
 /// The rows' `updated_at` is the database's clock at the write (`clock_timestamp()`), never an
 /// application clock: late-usage detection compares it with the database time a close read

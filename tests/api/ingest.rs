@@ -29,6 +29,82 @@ async fn a_single_event_is_accepted_once_and_reported_duplicate_ever_after() {
     assert_eq!(app.db.count("(SELECT COUNT(*) FROM events)::int8").await, 1);
 }
 
+/// Security review L6: an event sent again under a stored id but saying something else (another
+/// type or other properties) was counted as a duplicate, silently: the client's reused id hid
+/// a lost event. It is refused as `id_reused`, in a later batch or the same one; a true resend
+/// (properties in another order, a number spelled otherwise) is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_reused_for_another_event_is_refused_not_counted_as_a_duplicate() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    let first = ev(
+        "r-1",
+        "acme",
+        "storage.snapshot",
+        json!({"gb": 10, "region": "eu"}),
+    );
+    let (_, body) = app.send(&key, &first).await;
+    assert_eq!(body["accepted"], 1, "{body}");
+    let resend = ev(
+        "r-1",
+        "acme",
+        "storage.snapshot",
+        json!({"region": "eu", "gb": 10.0}),
+    );
+    let (_, body) = app.send(&key, &resend).await;
+    assert_eq!(
+        body,
+        json!({"accepted": 0, "duplicates": 1, "rejected": []})
+    );
+    let batch = json!({"events": [
+        ev("r-2", "acme", "api.request", json!({})),
+        ev("r-1", "acme", "storage.snapshot", json!({"gb": 12, "region": "eu"})),
+        ev("r-1", "acme", "api.request", json!({"gb": 10, "region": "eu"})),
+        ev("r-1", "globex", "api.request", json!({})),
+        ev("r-2", "acme", "api.request", json!({"path": "/other"})),
+        ev("r-2", "acme", "api.request", json!({})),
+    ]});
+    let (status, body) = app.send(&key, &batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 2, "r-2 and globex's r-1: {body}");
+    assert_eq!(
+        body["duplicates"], 1,
+        "the second r-2 like the first: {body}"
+    );
+    let refused: Vec<(u64, &str, &str)> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["id"].as_str().unwrap(),
+                r["error"]["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            (1, "r-1", "id_reused"),
+            (2, "r-1", "id_reused"),
+            (4, "r-2", "id_reused")
+        ],
+        "{body}"
+    );
+    assert!(body["rejected"][0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("a new event needs a new id"));
+    // The stored events are the first copies.
+    assert_eq!(
+        app.db
+            .count("(SELECT (properties->>'gb')::int8 FROM events WHERE id = 'r-1' AND account = 'acme')")
+            .await,
+        10
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_id_in_two_accounts_is_two_events() {
     let app = spawn_app().await;
