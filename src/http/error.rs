@@ -85,8 +85,20 @@ impl ResponseError for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
-            ServiceError::Invalid { code, message } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            ServiceError::Invalid {
+                code,
+                message,
+                field,
+            } => {
+                let e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message);
+                match field {
+                    Some(f) => {
+                        let mut d = serde_json::Map::new();
+                        d.insert("field".into(), json!(f));
+                        e.with_details(d)
+                    }
+                    None => e,
+                }
             }
             ServiceError::NotFound(message) => ApiError::not_found(message),
             ServiceError::Conflict { code, message } => {

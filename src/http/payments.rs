@@ -35,7 +35,7 @@ pub async fn webhook(
     })?;
     match payments::webhook(&ctx, payload, signature).await {
         Ok(answer) => Ok(HttpResponse::Ok().json(answer)),
-        Err(ServiceError::Invalid { code, message }) => {
+        Err(ServiceError::Invalid { code, message, .. }) => {
             Err(ApiError::new(StatusCode::BAD_REQUEST, code, message))
         }
         Err(e) => Err(e.into()),

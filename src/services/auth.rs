@@ -90,8 +90,9 @@ pub async fn create_key_expiring(
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<String, ServiceError> {
     if name.trim().is_empty() {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_name",
+            "name",
             "key name must not be empty",
         ));
     }

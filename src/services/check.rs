@@ -411,20 +411,26 @@ fn parse_ask(ctx: &Ctx, req: CheckRequest) -> Result<Ask, ServiceError> {
     match (req.meter, req.feature) {
         (Some(m), None) => {
             if ctx.meters.get(&m).is_none() {
-                return Err(ServiceError::invalid(
+                return Err(ServiceError::invalid_field(
                     "unknown_meter",
+                    "meter",
                     format!("unknown meter `{m}`"),
                 ));
             }
             let q = match req.quantity {
                 None => Decimal::ONE,
                 Some(v) => crate::domain::meter::parse_number(&v).map_err(|why| {
-                    ServiceError::invalid("invalid_quantity", format!("quantity {why}"))
+                    ServiceError::invalid_field(
+                        "invalid_quantity",
+                        "quantity",
+                        format!("quantity {why}"),
+                    )
                 })?,
             };
             if q.is_sign_negative() {
-                return Err(ServiceError::invalid(
+                return Err(ServiceError::invalid_field(
                     "invalid_quantity",
+                    "quantity",
                     "quantity must not be negative",
                 ));
             }
@@ -439,8 +445,9 @@ fn parse_ask(ctx: &Ctx, req: CheckRequest) -> Result<Ask, ServiceError> {
             }
             // A misspelt feature would otherwise be a silent `feature_not_in_plan`.
             if !ctx.plans().all().any(|p| p.features.contains_key(&f)) {
-                return Err(ServiceError::invalid(
+                return Err(ServiceError::invalid_field(
                     "unknown_feature",
+                    "feature",
                     format!("unknown feature `{f}`: no plan in the catalogue has it"),
                 ));
             }

@@ -185,7 +185,12 @@ pub const MANUAL: &str = "manual";
 pub enum ServiceError {
     /// The request is well-formed but a value in it breaks a rule (422).
     #[error("{message}")]
-    Invalid { code: &'static str, message: String },
+    Invalid {
+        code: &'static str,
+        message: String,
+        /// The request field at fault, when one is (`error.field` in the answer).
+        field: Option<String>,
+    },
     /// The request conflicts with the current state (409): retry after re-reading.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -209,6 +214,20 @@ impl ServiceError {
         ServiceError::Invalid {
             code,
             message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A 422 naming the request field at fault.
+    pub fn invalid_field(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ServiceError::Invalid {
+            code,
+            message: message.into(),
+            field: Some(field.into()),
         }
     }
 }
@@ -248,6 +267,15 @@ impl From<TxError> for ServiceError {
 
 pub(crate) fn refuse(code: &'static str, message: impl Into<String>) -> TxError {
     TxError::Refused(ServiceError::invalid(code, message))
+}
+
+/// A refusal naming the request field at fault.
+pub(crate) fn refuse_field(
+    code: &'static str,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> TxError {
+    TxError::Refused(ServiceError::invalid_field(code, field, message))
 }
 
 pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> TxError {

@@ -182,7 +182,7 @@ fn vet(
 /// The host and port of an http(s) URL, refusing other schemes and, unless allowed, private
 /// targets written literally.
 fn check_url(url: &str, policy: WebhookPolicy) -> Result<(String, u16), ServiceError> {
-    let invalid = |m: String| ServiceError::invalid("invalid_url", m);
+    let invalid = |m: String| ServiceError::invalid_field("invalid_url", "url", m);
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| invalid(format!("`{url}` is not an absolute http(s) URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -217,8 +217,9 @@ fn check_url(url: &str, policy: WebhookPolicy) -> Result<(String, u16), ServiceE
 
 fn check_endpoint_url(url: &str, policy: WebhookPolicy) -> Result<(), ServiceError> {
     if url.len() > 2048 {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_url",
+            "url",
             "url is longer than 2,048 characters",
         ));
     }
@@ -228,8 +229,9 @@ fn check_endpoint_url(url: &str, policy: WebhookPolicy) -> Result<(), ServiceErr
 
 fn check_kinds(kinds: &[String]) -> Result<(), ServiceError> {
     match kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
-        Some(k) => Err(ServiceError::invalid(
+        Some(k) => Err(ServiceError::invalid_field(
             "unknown_event_kind",
+            "kinds",
             format!("unknown event kind `{k}`; kinds are {}", KINDS.join(", ")),
         )),
         None => Ok(()),

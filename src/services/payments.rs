@@ -922,8 +922,9 @@ pub async fn set_payment_method(
 ) -> Result<PaymentMethodSet, ServiceError> {
     let p = ctx.payments.as_ref().ok_or_else(not_configured)?;
     if !pm.starts_with("pm_") || pm.len() > 255 {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_payment_method",
+            "payment_method",
             "payment_method must be a Stripe payment method id (pm_...)",
         ));
     }
@@ -952,8 +953,9 @@ pub async fn set_payment_method(
         .await
         .map_err(|e| match e {
             RailError::Refused { message, .. } | RailError::Declined(message) => {
-                ServiceError::invalid(
+                ServiceError::invalid_field(
                     "invalid_payment_method",
+                    "payment_method",
                     format!("Stripe refused payment method `{pm}`: {message}"),
                 )
             }
@@ -1285,16 +1287,18 @@ pub struct Reconciliation {
 pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, ServiceError> {
     let first =
         chrono::NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").map_err(|_| {
-            ServiceError::invalid(
+            ServiceError::invalid_field(
                 "invalid_period",
+                "period",
                 format!("period `{period}`: expected YYYY-MM"),
             )
         })?;
     let next = first
         .checked_add_months(chrono::Months::new(1))
         .ok_or_else(|| {
-            ServiceError::invalid(
+            ServiceError::invalid_field(
                 "invalid_period",
+                "period",
                 format!("period `{period}` is out of range"),
             )
         })?;

@@ -363,8 +363,9 @@ pub async fn queue(
     limit: i64,
 ) -> Result<Vec<PqlRow>, ServiceError> {
     if Tier::parse(tier).is_none() {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_tier",
+            "tier",
             "tier must be hot, warm, watching or none",
         ));
     }
@@ -441,8 +442,9 @@ pub async fn funnel(
     to: DateTime<Utc>,
 ) -> Result<Funnel, ServiceError> {
     if from >= to {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_window",
+            "from",
             "`from` must be before `to`",
         ));
     }

@@ -228,8 +228,9 @@ fn at_scale(mrr: Decimal, currency: &str) -> Decimal {
 
 fn check_window(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), ServiceError> {
     if from >= to {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_window",
+            "from",
             "`from` must be before `to`",
         ));
     }

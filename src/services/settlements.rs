@@ -9,7 +9,7 @@
 //! could let a card be charged for an invoice already paid by wire.
 
 use super::billing::{self, Invoice};
-use super::{conflict, refuse, Ctx, ServiceError, TxError};
+use super::{conflict, refuse_field, Ctx, ServiceError, TxError};
 use crate::domain::money::Currency;
 use crate::store::settlements::{self as store, SettlementRow};
 use crate::store::{self as db, StoreError};
@@ -58,8 +58,9 @@ fn checked_text(field: &str, v: Option<String>) -> Result<Option<String>, Servic
     match v {
         Some(s) if s.trim().is_empty() => Ok(None),
         Some(s) if s.chars().count() > MAX_TEXT || s.chars().any(char::is_control) => {
-            Err(ServiceError::invalid(
+            Err(ServiceError::invalid_field(
                 "invalid_text",
+                field,
                 format!("{field}: at most {MAX_TEXT} characters, no control characters"),
             ))
         }
@@ -152,8 +153,9 @@ pub async fn settle(
                 reference,
             } => {
                 if amount.normalize() != due.normalize() {
-                    return Err(refuse(
+                    return Err(refuse_field(
                         "amount_mismatch",
+                        "amount",
                         format!(
                             "amount: {amount} is not the invoice's total {due} {}: record the whole payment",
                             invoice.currency
@@ -162,8 +164,9 @@ pub async fn settle(
                 }
                 if let Some(at) = paid_at {
                     if *at > now {
-                        return Err(refuse(
+                        return Err(refuse_field(
                             "paid_at_in_future",
+                            "paid_at",
                             format!(
                                 "paid_at: {} is in the future",
                                 at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -11,7 +11,7 @@ use super::lifecycle::{
     catch_up, classify, is_due, lock_and_catch_up, lock_existing, plan_of, plan_ref, Effects,
     MrrRef, PendingMrr,
 };
-use super::{billing, conflict, refuse, revenue, Ctx, ServiceError, TxError};
+use super::{billing, conflict, refuse, refuse_field, revenue, Ctx, ServiceError, TxError};
 use crate::domain::account::AccountId;
 use crate::domain::invoice::{advance_fee_lines, InvoiceDraft, InvoiceKind, InvoiceLine};
 use crate::domain::period::{anchor_at, period_containing, Period};
@@ -86,8 +86,9 @@ pub async fn put_account(
 ) -> Result<(Account, bool), ServiceError> {
     AccountId::parse(account).map_err(|why| ServiceError::invalid("invalid_account", why))?;
     if f.employees.flatten().is_some_and(|e| e < 0) {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_employees",
+            "employees",
             "employees must not be negative",
         ));
     }
@@ -100,8 +101,9 @@ pub async fn put_account(
     ] {
         if let Some(Some(v)) = value {
             if v.chars().count() > 500 || v.chars().any(char::is_control) {
-                return Err(ServiceError::invalid(
+                return Err(ServiceError::invalid_field(
                     "invalid_text",
+                    field,
                     format!("{field}: at most 500 characters, no control characters"),
                 ));
             }
@@ -109,8 +111,9 @@ pub async fn put_account(
     }
     if let Some(Some(email)) = &f.email {
         if !email.contains('@') {
-            return Err(ServiceError::invalid(
+            return Err(ServiceError::invalid_field(
                 "invalid_email",
+                "email",
                 format!("`{email}` is not an email address"),
             ));
         }
@@ -127,8 +130,9 @@ pub async fn put_account(
             .await?
             .is_none()
         {
-            return Err(ServiceError::invalid(
+            return Err(ServiceError::invalid_field(
                 "unknown_test_clock",
+                "test_clock",
                 format!("test_clock: no test clock `{id}`"),
             ));
         }
@@ -209,12 +213,13 @@ pub async fn resolve_plan(
     // `plan@version` is accepted wherever a plan is named.
     let (plan, version) = match plan.split_once('@') {
         Some(_) => {
-            let r: PlanRef = plan
-                .parse()
-                .map_err(|e: String| ServiceError::invalid("invalid_plan", format!("plan: {e}")))?;
+            let r: PlanRef = plan.parse().map_err(|e: String| {
+                ServiceError::invalid_field("invalid_plan", "plan", format!("plan: {e}"))
+            })?;
             if version.is_some_and(|v| v != r.version) {
-                return Err(ServiceError::invalid(
+                return Err(ServiceError::invalid_field(
                     "invalid_plan",
+                    "plan",
                     format!(
                         "plan `{plan}` and version {} disagree: give one",
                         version.unwrap_or_default()
@@ -232,8 +237,9 @@ pub async fn resolve_plan(
     };
     let Some(row) = published else {
         let which = version.map_or(plan.to_owned(), |v| format!("{plan}@{v}"));
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "unknown_plan",
+            "plan",
             format!("plan {which} is not published"),
         ));
     };
@@ -255,8 +261,9 @@ pub async fn resolve_plan(
     // this subscription does next (its MRR, its checks, its invoices) finds it here.
     ctx.refresh_plans().await?;
     loaded(ctx).ok_or_else(|| {
-        ServiceError::invalid(
+        ServiceError::invalid_field(
             "plan_not_available",
+            "plan",
             format!("{r} is published in a form this server cannot read: upgrade it"),
         )
     })
@@ -294,8 +301,9 @@ pub fn check_seats(
     seats: u32,
 ) -> Result<(), ServiceError> {
     if seats > MAX_SEATS {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_seats",
+            "seats",
             format!("seats: {seats} is more than {MAX_SEATS}"),
         ));
     }
@@ -315,15 +323,17 @@ pub fn check_seats(
                 Some(p) => format!(": ask for {max} or fewer, or choose {} for {seats}", p.plan),
                 None => format!(": ask for {max} or fewer, or contact sales for {seats}"),
             };
-            return Err(ServiceError::invalid(
+            return Err(ServiceError::invalid_field(
                 "seat_limit",
+                "seats",
                 format!("seat limit {max} on plan {}{hint}", plan.plan),
             ));
         }
     }
     if seats < s.min {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "seat_minimum",
+            "seats",
             format!("plan {} needs at least {} seats", plan.plan, s.min),
         ));
     }
@@ -371,8 +381,9 @@ pub fn change_terms(
     let policy_now = !decrease || old.downgrade == DowngradePolicy::ImmediateCredit;
     let effective = match requested {
         Some(Effective::Now) if !policy_now && !operator_override => {
-            return Err(ServiceError::invalid(
+            return Err(ServiceError::invalid_field(
                 "downgrade_at_period_end",
+                "effective",
                 format!(
                     "on plan {} downgrades and seat decreases take effect at the period end ({})",
                     old.plan,
@@ -401,8 +412,9 @@ pub fn change_terms(
 
 fn check_self_serve(principal: &Principal, plan: &PlanVersion) -> Result<(), TxError> {
     if !plan.self_serve && principal.account.is_some() {
-        return Err(refuse(
+        return Err(refuse_field(
             "plan_not_self_serve",
+            "plan",
             format!(
                 "plan {} is sold by our sales team: contact sales to move to it",
                 plan.plan
@@ -519,8 +531,9 @@ pub async fn subscribe(
             check_currency(c, account, &plan).await?;
             let start = anchor_at(now);
             if req.trial && plan.trial_days == 0 {
-                return Err(refuse(
+                return Err(refuse_field(
                     "no_trial",
+                    "trial",
                     format!("plan {} has no trial", plan.plan),
                 ));
             }
@@ -555,7 +568,7 @@ pub async fn subscribe(
                 // A canceled account subscribes again: a new subscription in the same row.
                 Some(old) if old.status == "canceled" => {
                     if trial && old.trial_end.is_some() {
-                        return Err(refuse("trial_used", "this account has already had a trial"));
+                        return Err(refuse_field("trial_used","trial", "this account has already had a trial"));
                     }
                     if crate::store::payments::count_unpaid_by_account(c, account).await? > 0 {
                         return Err(conflict(
@@ -888,8 +901,9 @@ pub async fn quote(
         None => None,
     };
     if req.cancel && req.effective == Some(Effective::Now) {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "cancel_at_period_end",
+            "effective",
             "a cancellation takes effect at the period end (the subscription runs until then); \
              `effective: \"now\"` is not available for it",
         ));
@@ -935,14 +949,15 @@ pub async fn quote(
                 ("cancel", Effective::PeriodEnd, Vec::new())
             } else if req.trial {
                 if new.trial_days == 0 {
-                    return Err(refuse("no_trial", format!("plan {} has no trial", new.plan)));
+                    return Err(refuse_field("no_trial","trial", format!("plan {} has no trial", new.plan)));
                 }
                 if trialing || row.trial_end.is_some() {
-                    return Err(refuse("trial_used", "this account has already had a trial"));
+                    return Err(refuse_field("trial_used","trial", "this account has already had a trial"));
                 }
                 if is_paid(&old) {
-                    return Err(refuse(
+                    return Err(refuse_field(
                         "trial_not_available",
+                        "trial",
                         format!("trials start from a free plan; the account pays for {} now: change plans with a quote instead", old.plan),
                     ));
                 }

@@ -26,8 +26,9 @@ pub async fn create(
         return Err(disabled());
     }
     if name.is_some_and(|n| n.len() > 200) {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_name",
+            "name",
             "name: at most 200 characters",
         ));
     }
@@ -64,8 +65,9 @@ pub async fn advance(ctx: &Ctx, id: &str, to: DateTime<Utc>) -> Result<TestClock
     };
     let clock = get(ctx, id).await?;
     if to < clock.frozen_time {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "frozen_time_before_current",
+            "frozen_time",
             format!(
                 "frozen_time: a test clock only moves forward; it is at {}",
                 crate::domain::ts::format(&clock.frozen_time)

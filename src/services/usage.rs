@@ -41,8 +41,9 @@ pub async fn usage(
 ) -> Result<UsageReport, ServiceError> {
     for (name, t) in [("from", from), ("to", to)] {
         if !is_bucket_boundary(t) {
-            return Err(ServiceError::invalid(
+            return Err(ServiceError::invalid_field(
                 "range_not_aligned",
+                name,
                 format!(
                     "`{name}` must be on a whole hour (UTC), got {}",
                     crate::domain::ts::format(&t)
@@ -51,8 +52,9 @@ pub async fn usage(
         }
     }
     if from >= to {
-        return Err(ServiceError::invalid(
+        return Err(ServiceError::invalid_field(
             "invalid_range",
+            "from",
             "`from` must be before `to`",
         ));
     }

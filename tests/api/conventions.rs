@@ -830,14 +830,72 @@ async fn every_refusal_names_what_is_wrong() {
             .await,
             422,
             "cancel_at_period_end",
-            None,
+            Some("effective"),
         ),
         (
             "a feature no plan has",
             post("/v1/accounts/acme/check", json!({"feature": "ssso"})).await,
             422,
             "unknown_feature",
-            None,
+            Some("feature"),
+        ),
+        (
+            "a meter no catalogue has",
+            post("/v1/accounts/acme/check", json!({"meter": "api_cals"})).await,
+            422,
+            "unknown_meter",
+            Some("meter"),
+        ),
+        (
+            "a plan that does not exist",
+            post(
+                "/v1/accounts/acme/subscription/quotes",
+                json!({"plan": "teem"}),
+            )
+            .await,
+            422,
+            "unknown_plan",
+            Some("plan"),
+        ),
+        (
+            "more seats than the plan takes",
+            post(
+                "/v1/accounts/acme/subscription/quotes",
+                json!({"seats": 100000}),
+            )
+            .await,
+            422,
+            "seat_limit",
+            Some("seats"),
+        ),
+        (
+            "a PQL tier that does not exist",
+            get("/v1/pql?tier=scorching").await,
+            422,
+            "invalid_tier",
+            Some("tier"),
+        ),
+        (
+            "a window that ends before it starts",
+            get("/v1/reports/funnel?from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z").await,
+            422,
+            "invalid_window",
+            Some("from"),
+        ),
+        (
+            "a webhook URL that is not one",
+            post("/v1/webhook-endpoints", json!({"url": "ftp://x"})).await,
+            422,
+            "invalid_url",
+            Some("url"),
+        ),
+        (
+            "an account email without @",
+            app.patch(&key, "/v1/accounts/acme", &json!({"email": "nobody"}))
+                .await,
+            422,
+            "invalid_email",
+            Some("email"),
         ),
         (
             "a quantity for a feature",

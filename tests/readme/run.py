@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""Runs the README's "Your first hour" as written, as a newcomer would, and fails when a command
-fails or an answer's shape differs from the one the README shows.
+"""Runs the README's commands as written, top to bottom, as a newcomer would, and fails when a
+command fails or an answer's shape differs from the one the README shows.
 
-The section lies between `<!-- first-hour -->` and `<!-- /first-hour -->`. Its ```sh blocks run
-in order in one bash (`set -euo pipefail`, so a failing command or an undefined variable stops
-it). A ```json block right after an ```sh block is what that block prints: one JSON value per
+Every ```sh block runs, in order, in one bash (`set -euo pipefail`, so a failing command or an
+undefined variable stops it), from "Your first hour" (between `<!-- first-hour -->` and
+`<!-- /first-hour -->`, which starts the server the later sections use) to the end. A block
+right after a `<!-- readme-test: skip: <reason> -->` line is not run (the reason says why:
+it needs Stripe, it is the test command itself, it takes minutes). It fails when a block
+before the first hour's end is missing, so the walk cannot silently shrink. A ```json block right after an ```sh block is what that block prints: one JSON value per
 line, compared with what it printed: the same keys, JSON types and list lengths, and the same
 values, except ids (`clk_…`, `q_…`) and timestamps, which differ from run to run and are only
 checked for their form (RFC 3339 UTC with milliseconds). Every `curl` fails its step on an
 HTTP error answer (`--fail-with-body`: the answer is still printed).
 
-Two things are the runner's own: the server listens on a free port (`localhost:8080` in the
-commands becomes it) and the database is a fresh one (the `export DATABASE_URL=` line is
-replaced), dropped at the end.
+Three things are the runner's own: the server listens on a free port (`localhost:8080` in the
+commands becomes it), the database is a fresh one (the `export DATABASE_URL=` line is
+replaced), dropped at the end, and files the commands write into the checkout (an export's
+CSV) are removed at the end.
 
 Usage: tests/readme/run.py [README.md]   (PostgreSQL from ACCRUE_TEST_PG or 127.0.0.1:5432)
 """
@@ -27,19 +31,26 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+SKIP = re.compile(r"<!-- readme-test: skip: [^>]+ -->\s*$")
+
+
 def section(text):
+    """The README from "Your first hour" on, and how many of its sh blocks belong to that hour."""
     m = re.search(r"<!-- first-hour -->(.*?)<!-- /first-hour -->", text, re.S)
     if not m:
         sys.exit("README: no <!-- first-hour --> ... <!-- /first-hour --> section")
-    return m.group(1)
+    first = len(blocks(m.group(1)))
+    return text[m.start():], first
 
 
 def blocks(text):
-    """[(sh text, shown json text or None)] in order."""
+    """[(sh text, shown json text or None)] in order, without those marked to skip."""
     fences = list(re.finditer(r"^```(\w*)\n(.*?)^```\s*$", text, re.S | re.M))
     out = []
     for i, f in enumerate(fences):
         if f.group(1) != "sh":
+            continue
+        if SKIP.search(text[:f.start()].rstrip("\n") + "\n"):
             continue
         shown = None
         if i + 1 < len(fences) and fences[i + 1].group(1) == "json":
@@ -116,9 +127,11 @@ def free_port():
 
 def main():
     readme = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "README.md")
-    steps = blocks(section(open(readme).read()))
-    if not steps:
+    text, first_hour = section(open(readme).read())
+    steps = blocks(text)
+    if first_hour == 0:
         sys.exit("README: the first-hour section has no ```sh blocks")
+    before = set(os.listdir(ROOT))
     pg = os.environ.get("ACCRUE_TEST_PG", "postgres://postgres@127.0.0.1:5432")
     db = f"accrue_readme_{os.getpid()}"
     port = free_port()
@@ -136,7 +149,7 @@ def main():
         sh = re.sub(r"^export DATABASE_URL=\S+$", f"export DATABASE_URL={pg}/{db}", sh, flags=re.M)
         script.append(f"echo '=== README step {n + 1}' >&2")
         script.append(f"{{\n{sh}\n}} > {work}/{n}.out")
-    path = os.path.join(work, "first-hour.sh")
+    path = os.path.join(work, "readme.sh")
     open(path, "w").write("\n".join(script) + "\n")
     log_path = os.path.join(work, "stderr.log")
     with open(log_path, "w") as log:
@@ -150,6 +163,9 @@ def main():
             returncode = "timeout (900 s)"
     subprocess.run(["psql", f"{pg}/postgres", "-qc", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'],
                    capture_output=True)
+    for name in set(os.listdir(ROOT)) - before:
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.remove(os.path.join(ROOT, name))
     problems = []
     log = open(log_path).read()
     if returncode != 0:
@@ -180,7 +196,7 @@ def main():
         print("\n\n".join(problems))
         print(f"\n--- stderr of the run (also in {log_path}) ---\n{log[-6000:]}")
         sys.exit(1)
-    print(f"README first hour: {len(steps)} steps ran, "
+    print(f"README: {len(steps)} steps ran ({first_hour} of the first hour), "
           f"{sum(1 for _, s in steps if s)} answers are as shown")
 
 
