@@ -38,6 +38,8 @@ pub struct Config {
     pub webhooks_allow_private: bool,
     /// `ACCRUE_REVOPS_FILE`: the PQL rubric, tiers, segments and routing rules.
     pub revops_file: PathBuf,
+    /// `ACCRUE_SEGMENT_FILE`: how Segment track calls become events (optional file).
+    pub segment_file: PathBuf,
 }
 
 impl Config {
@@ -122,6 +124,7 @@ impl Config {
         Ok(Self {
             test_clocks,
             revops_file: PathBuf::from(var("ACCRUE_REVOPS_FILE", "config/revops.toml")),
+            segment_file: PathBuf::from(var("ACCRUE_SEGMENT_FILE", "config/segment.toml")),
             webhooks_allow_private,
             stripe,
             dunning: DunningPolicy {

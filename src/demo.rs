@@ -111,16 +111,15 @@ fn company(rng: &mut Rng, i: usize, days: u32) -> Sim {
     }
 }
 
-fn progress(done: u32, total: u32, what: &str) {
-    let width = 40;
-    let filled = (done as usize * width) / total.max(1) as usize;
-    eprint!(
-        "\r[{}{}] {:>3}% {what:<40}",
-        "#".repeat(filled),
-        ".".repeat(width - filled),
-        done * 100 / total.max(1)
-    );
-    let _ = std::io::stderr().flush();
+/// The demo's progress bar on stderr (drawn only when stderr is a terminal).
+fn progress_bar(days: u32) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(days.into());
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("[{bar:40}] {percent:>3}% {msg} ({elapsed})")
+    {
+        bar.set_style(style.progress_chars("#>."));
+    }
+    bar
 }
 
 /// Runs the simulation on `ctx` (a fresh database) and prints the report to `out`.
@@ -132,6 +131,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let start = clock.now();
     let days = cfg.months * 30;
+    let bar = progress_bar(days);
     let mut rng = Rng(cfg.seed.max(1));
     plans::publish(&ctx.pool, &ctx.plans(), "demo", start)
         .await
@@ -326,16 +326,13 @@ pub async fn run(
         }
         crate::jobs::tick(ctx, &scheduler).await?;
         pql::score_dirty(ctx).await?;
-        progress(
-            day + 1,
-            days,
-            &format!("day {} of {days}, {events_sent} events", day + 1),
-        );
+        bar.set_position((day + 1).into());
+        bar.set_message(format!("day {} of {days}, {events_sent} events", day + 1));
     }
     // Everything marked as windows slid: a last full rescore.
     let all: Vec<String> = sims.iter().map(|s| s.id.clone()).collect();
     pql::score_accounts(ctx, &all).await?;
-    eprintln!();
+    bar.finish_and_clear();
     report(ctx, start, clock.now(), cfg, events_sent, out).await
 }
 

@@ -13,6 +13,7 @@
 //!   `tests/api/layering.rs` keeps the services free of cycles.
 //! - [`http`]: the only module that imports actix-web: route table, auth, handlers, error mapping.
 //! - [`jobs`]: the cron scheduler and its job queue (period close, collection).
+//! - [`telemetry`]: the instance's Prometheus recorder (`GET /metrics`).
 //! - `main.rs`: the CLI (`serve`, `migrate`, `keys`, `plans`, `price`, `quote`, `report`,
 //!   `export`, `demo`, `revops`).
 //!
@@ -27,3 +28,4 @@ pub mod jobs;
 pub mod payments;
 pub mod services;
 pub mod store;
+pub mod telemetry;

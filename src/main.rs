@@ -33,6 +33,11 @@ struct Cli {
 enum Command {
     /// Create the database if missing, run migrations, and serve the HTTP API.
     Serve,
+    /// Print the shell completion script (`accrue completions bash > /etc/bash_completion.d/accrue`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Run pending database migrations and exit.
     Migrate,
     /// Manage API keys.
@@ -532,6 +537,12 @@ impl Clock for SystemClock {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration, database or runtime.
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "accrue", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     // The demo draws a progress bar: only warnings unless RUST_LOG asks for more.
     let default_level = match cli.command {
         Command::Demo { .. } => "warn",
@@ -566,6 +577,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
+        Command::Completions { .. } => Ok(()),
         Command::Plans { command } => plans(&config, command).await,
         Command::Export {
             command: ExportCommand::Invoices { month, out },
@@ -939,6 +951,17 @@ fn price(
     Ok(())
 }
 
+/// The Segment mapping of `path`; the default (groupId, names as sent) when there is no file.
+fn segment_mapping(
+    path: &std::path::Path,
+) -> anyhow::Result<accrue::domain::event_shapes::SegmentMapping> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("{}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 async fn export_invoices(config: &Config, month: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
     let first = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
         .map_err(|_| anyhow::anyhow!("--month `{month}`: expected YYYY-MM"))?;
@@ -1021,6 +1044,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let revops = accrue::services::pql::load_config(&config.revops_file, &ctx.meters)
         .map_err(anyhow::Error::msg)?;
     ctx.pql.set_config(revops);
+    ctx = ctx.with_segment(segment_mapping(&config.segment_file)?);
     let listener = std::net::TcpListener::bind(&config.bind).with_context(|| {
         format!(
             "cannot listen on {} (ACCRUE_BIND is host:port, like 127.0.0.1:8080)",

@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod clock;
 pub mod dunning;
 pub mod event;
+pub mod event_shapes;
 pub mod invoice;
 pub mod meter;
 pub mod money;

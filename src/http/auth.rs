@@ -37,7 +37,9 @@ pub async fn authorize(
     Ok(principal)
 }
 
-/// The key of the request's `Authorization: Bearer` header, if it is one we know.
+/// The key of the request's `Authorization` header, if it is one we know: `Bearer <key>`, or
+/// HTTP Basic with the key as the user name and no password (as Stripe takes its keys, and as
+/// Segment's webhook destination sends its shared secret).
 async fn authenticate(req: &HttpRequest, ctx: &Ctx) -> Result<Principal, ApiError> {
     let Some(raw) = req.headers().get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthenticated(
@@ -47,21 +49,39 @@ async fn authenticate(req: &HttpRequest, ctx: &Ctx) -> Result<Principal, ApiErro
     let key = raw
         .to_str()
         .ok()
+        .and_then(|v| v.split_once(' '))
         // The scheme is case-insensitive (RFC 9110 §11.1).
-        .and_then(|v| {
-            v.split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, k)| k)
+        .and_then(|(scheme, value)| {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                Some(value.trim().to_owned())
+            } else if scheme.eq_ignore_ascii_case("basic") {
+                basic_user(value.trim())
+            } else {
+                None
+            }
         })
-        .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| {
-            ApiError::unauthenticated("the Authorization header must be `Bearer <api key>`")
+            ApiError::unauthenticated(
+                "the Authorization header must be `Bearer <api key>` (or Basic with the key as \
+                 the user name)",
+            )
         })?;
     ctx.keys
-        .authenticate(&ctx.pool, key)
+        .authenticate(&ctx.pool, &key)
         .await?
         .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))
+}
+
+/// The user name of HTTP Basic credentials (`base64(user:password)`).
+fn basic_user(credentials: &str) -> Option<String> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, _) = text.split_once(':').unwrap_or((&text, ""));
+    Some(user.trim().to_owned())
 }
 
 /// Middleware: every `/v1` route but Stripe's webhook (signed, not keyed) authenticates its

@@ -1,8 +1,12 @@
-//! `POST /v1/events`: one event or `{"events": [...]}`. Answers only after the accepted events
-//! are committed. `GET /v1/events?account=`: what was stored for an account.
+//! `POST /v1/events`: one event or `{"events": [...]}`; or CloudEvents 1.0 in structured mode
+//! (`Content-Type: application/cloudevents+json`, one; `application/cloudevents-batch+json`,
+//! an array). Answers only after the accepted events are committed. `POST
+//! /v1/integrations/segment`: Segment track calls (its webhook destination). `GET
+//! /v1/events?account=`: what was stored for an account.
 
 use super::auth::authorize;
 use super::ApiError;
+use crate::domain::event_shapes;
 use crate::domain::scope::Scope;
 use crate::services::ingest::{self, MAX_BATCH};
 use crate::services::Ctx;
@@ -22,14 +26,120 @@ pub async fn ingest(
 ) -> Result<HttpResponse, ApiError> {
     let principal = authorize(&req, &ctx, &[Scope::Ingest]).await?;
     let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
-    let raw = parse_body(&body)?;
-    let outcome = ingest::ingest_with_key(&ctx, raw, &principal).await?;
+    let outcome = match content_kind(&req) {
+        Kind::CloudEvent => {
+            let one = super::input::parse(&body)?;
+            let items = vec![event_shapes::from_cloudevent(one)];
+            ingest::ingest_mapped_with_key(&ctx, items, &principal).await?
+        }
+        Kind::CloudEventBatch => {
+            let items = cloudevent_batch(&body)?
+                .into_iter()
+                .map(event_shapes::from_cloudevent)
+                .collect();
+            ingest::ingest_mapped_with_key(&ctx, items, &principal).await?
+        }
+        Kind::Accrue => {
+            let raw = parse_body(&body)?;
+            ingest::ingest_with_key(&ctx, raw, &principal).await?
+        }
+    };
+    Ok(answer(outcome))
+}
+
+/// 422 when every event was refused, 200 when anything was stored or known.
+fn answer(outcome: ingest::IngestOutcome) -> HttpResponse {
     let status = if outcome.accepted + outcome.duplicates == 0 && !outcome.rejected.is_empty() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::OK
     };
-    Ok(HttpResponse::build(status).json(outcome))
+    HttpResponse::build(status).json(outcome)
+}
+
+enum Kind {
+    Accrue,
+    CloudEvent,
+    CloudEventBatch,
+}
+
+/// Which shape the body is in, by its media type (any other type: accrue's own).
+fn content_kind(req: &HttpRequest) -> Kind {
+    let essence = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match essence.as_str() {
+        "application/cloudevents+json" => Kind::CloudEvent,
+        "application/cloudevents-batch+json" => Kind::CloudEventBatch,
+        _ => Kind::Accrue,
+    }
+}
+
+/// A CloudEvents batch: a JSON array of 1 to [`MAX_BATCH`] events.
+fn cloudevent_batch(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    match super::input::parse(body)? {
+        Value::Array(events) if events.is_empty() => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_batch",
+            "the batch is empty",
+        )),
+        Value::Array(events) if events.len() > MAX_BATCH => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "a batch holds at most {MAX_BATCH} events, this one has {}",
+                events.len()
+            ),
+        )),
+        Value::Array(events) => Ok(events),
+        _ => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "application/cloudevents-batch+json is a JSON array of CloudEvents",
+        )),
+    }
+}
+
+/// The answer to a Segment call: the ingest outcome, and whether the call was ignored (not a
+/// track: identify, page, group… carry no usage).
+#[derive(serde::Serialize)]
+struct SegmentAnswer {
+    #[serde(flatten)]
+    outcome: ingest::IngestOutcome,
+    ignored: bool,
+}
+
+/// `POST /v1/integrations/segment`: one Segment call as its webhook destination sends it,
+/// authenticated with an ingest key (HTTP Basic with the key as the user name, as Segment
+/// sends it, or Bearer).
+pub async fn segment(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let principal = authorize(&req, &ctx, &[Scope::Ingest]).await?;
+    let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
+    let call = super::input::parse(&body)?;
+    let mapped = match event_shapes::from_segment(call, &ctx.segment) {
+        Ok(None) => {
+            return Ok(HttpResponse::Ok().json(SegmentAnswer {
+                outcome: ingest::IngestOutcome::default(),
+                ignored: true,
+            }))
+        }
+        Ok(Some(event)) => Ok(event),
+        Err(refused) => Err(refused),
+    };
+    let outcome = ingest::ingest_mapped_with_key(&ctx, vec![mapped], &principal).await?;
+    let status = answer(outcome.clone()).status();
+    Ok(HttpResponse::build(status).json(SegmentAnswer {
+        outcome,
+        ignored: false,
+    }))
 }
 
 fn too_large() -> ApiError {

@@ -1,6 +1,7 @@
 //! Liveness (`/healthz`: the process answers) and readiness (`/readyz`: the database answers
 //! and every ingest lane runs). Neither needs a key, so neither says more than ready or not:
-//! the reason goes to the log.
+//! the reason goes to the log. Prometheus metrics (`/metrics`) need no key either: they hold
+//! this instance's aggregate counts, never an account, a key or an id.
 
 use super::ApiError;
 use crate::services::Ctx;
@@ -30,4 +31,10 @@ pub async fn readyz(ctx: web::Data<Ctx>) -> Result<HttpResponse, ApiError> {
         ));
     }
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+}
+
+pub async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::services::telemetry::render(&ctx).await)
 }

@@ -38,12 +38,17 @@ fn table() -> Vec<Resource> {
     vec![
         ("/healthz", vec![("GET", web::get().to(health::healthz))]),
         ("/readyz", vec![("GET", web::get().to(health::readyz))]),
+        ("/metrics", vec![("GET", web::get().to(health::metrics))]),
         (
             "/v1/events",
             vec![
                 ("POST", web::post().to(events::ingest)),
                 ("GET", web::get().to(events::list)),
             ],
+        ),
+        (
+            "/v1/integrations/segment",
+            vec![("POST", web::post().to(events::segment))],
         ),
         (
             "/v1/accounts/{account}/usage",
@@ -259,11 +264,31 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
                 use futures_util::future::FutureExt;
                 // Refusals and failures show in the log with what was asked (successes do
                 // not: the hot paths stay quiet). Overload answers (429, 503) are expected
-                // under load and logged at debug.
-                srv.call(req).map(|res| {
+                // under load and logged at debug. Every answer is counted and timed by route
+                // (the route's pattern, never the path: ids stay out of the labels).
+                let started = std::time::Instant::now();
+                let metrics = req.app_data::<web::Data<Ctx>>().map(|c| c.metrics.clone());
+                srv.call(req).map(move |res| {
                     if let Ok(r) = &res {
                         let (status, rq) = (r.status().as_u16(), r.request());
                         let (method, path) = (rq.method().as_str(), rq.path());
+                        if let Some(m) = &metrics {
+                            let route = rq.match_pattern().unwrap_or_else(|| "unmatched".into());
+                            let labels = [
+                                ("method", method.to_owned()),
+                                ("route", route),
+                                ("status", status.to_string()),
+                            ];
+                            m.record(|| {
+                                metrics::counter!("accrue_http_requests_total", &labels)
+                                    .increment(1);
+                                metrics::histogram!(
+                                    "accrue_http_request_duration_seconds",
+                                    &labels
+                                )
+                                .record(started.elapsed().as_secs_f64());
+                            });
+                        }
                         match status {
                             429 | 503 => tracing::debug!(method, path, status, "request deferred"),
                             500.. => tracing::error!(method, path, status, "request failed"),

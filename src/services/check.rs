@@ -69,6 +69,8 @@ pub struct CheckCache {
     sync: Mutex<WriteTracking>,
     /// Distinct keys read from the database by reloads, in total (their cost).
     keys_read: AtomicU64,
+    /// When the last refresh round ended (the cache's creation before the first).
+    refreshed: Mutex<std::time::Instant>,
 }
 
 /// Which accounts lanes are writing, and how many writes touched accounts being reloaded.
@@ -88,7 +90,18 @@ impl CheckCache {
             staleness,
             sync: Mutex::new(WriteTracking::default()),
             keys_read: AtomicU64::new(0),
+            refreshed: Mutex::new(std::time::Instant::now()),
         }
+    }
+
+    /// Seconds since the last refresh round ended: how stale entries can be about other
+    /// instances' writes.
+    pub fn staleness_seconds(&self) -> f64 {
+        self.refreshed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            .as_secs_f64()
     }
 
     /// How many distinct keys reloads have read from the database since the start.
@@ -467,7 +480,11 @@ pub async fn check(
     req: CheckRequest,
 ) -> Result<CheckAnswer, ServiceError> {
     let ask = parse_ask(ctx, req)?;
-    let entry = match ctx.checks.lookup(account) {
+    let cached = ctx.checks.lookup(account);
+    let hit = if cached.is_some() { "hit" } else { "miss" };
+    ctx.metrics
+        .record(|| metrics::counter!("accrue_check_lookups_total", "result" => hit).increment(1));
+    let entry = match cached {
         Some(e) => e,
         None => load(ctx, account).await?,
     };
@@ -534,6 +551,10 @@ pub async fn refresh_all(ctx: &Ctx) -> Result<(), ServiceError> {
             ctx.checks.end_reload(a, m, &entry);
         }
     }
+    *ctx.checks
+        .refreshed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
     Ok(())
 }
 

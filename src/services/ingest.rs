@@ -17,6 +17,7 @@ use super::{Ctx, ServiceError};
 use crate::domain::aggregate::{bucket_of, AggregateState};
 use crate::domain::clock::Clock;
 use crate::domain::event::{parse_event, raw_id, Event, Rejection};
+use crate::domain::event_shapes::Mapped;
 use crate::domain::meter::Reading;
 use crate::store::events::{self as store_events, RollupKey, TypeCount};
 use crate::store::{Pool, StoreError};
@@ -69,7 +70,18 @@ pub async fn ingest_with_key(
     raw: Vec<Value>,
     key: &super::auth::Principal,
 ) -> Result<IngestOutcome, ServiceError> {
-    ingest_as(ctx, raw, key.account.as_deref(), Some(key.key_id)).await
+    let items = raw.into_iter().map(Ok).collect();
+    ingest_as(ctx, items, key.account.as_deref(), Some(key.key_id)).await
+}
+
+/// As [`ingest_with_key`], for events mapped from another shape (CloudEvents, Segment): those
+/// that could not be mapped are reported at their index with why.
+pub async fn ingest_mapped_with_key(
+    ctx: &Ctx,
+    items: Vec<Mapped>,
+    key: &super::auth::Principal,
+) -> Result<IngestOutcome, ServiceError> {
+    ingest_as(ctx, items, key.account.as_deref(), Some(key.key_id)).await
 }
 
 /// Ingests raw events (the demo, benchmarks). `only_account` restricts them to one account.
@@ -78,12 +90,12 @@ pub async fn ingest(
     raw: Vec<Value>,
     only_account: Option<&str>,
 ) -> Result<IngestOutcome, ServiceError> {
-    ingest_as(ctx, raw, only_account, None).await
+    ingest_as(ctx, raw.into_iter().map(Ok).collect(), only_account, None).await
 }
 
 async fn ingest_as(
     ctx: &Ctx,
-    raw: Vec<Value>,
+    raw: Vec<Mapped>,
     only_account: Option<&str>,
     key: Option<i64>,
 ) -> Result<IngestOutcome, ServiceError> {
@@ -101,6 +113,7 @@ async fn ingest_as(
     let clocked = if ctx.test_clocks_on() {
         let mut accounts: Vec<String> = raw
             .iter()
+            .filter_map(|r| r.as_ref().ok())
             .filter_map(|r| r.get("account").and_then(Value::as_str).map(str::to_owned))
             .collect();
         accounts.sort();
@@ -115,6 +128,20 @@ async fn ingest_as(
     let mut seen: HashMap<(String, String), (usize, usize)> = HashMap::with_capacity(raw.len());
     let mut valid = Vec::with_capacity(raw.len());
     for (index, r) in raw.into_iter().enumerate() {
+        let r = match r {
+            Ok(r) => r,
+            Err((id, rej)) => {
+                outcome.rejected.push(RejectedEvent {
+                    index,
+                    id,
+                    error: ErrorBody {
+                        code: rej.code,
+                        message: rej.message,
+                    },
+                });
+                continue;
+            }
+        };
         let id = raw_id(&r);
         let now = r
             .get("account")
@@ -168,6 +195,13 @@ async fn ingest_as(
         outcome.rejected.append(&mut reused);
         outcome.rejected.sort_by_key(|r| r.index);
     }
+    ctx.metrics.record(|| {
+        metrics::counter!("accrue_events_accepted_total").increment(outcome.accepted as u64);
+        metrics::counter!("accrue_events_duplicate_total").increment(outcome.duplicates as u64);
+        for r in &outcome.rejected {
+            metrics::counter!("accrue_events_rejected_total", "code" => r.error.code).increment(1);
+        }
+    });
     Ok(outcome)
 }
 
@@ -381,6 +415,7 @@ impl IngestPipeline {
         clock: Arc<dyn Clock>,
         checks: Arc<CheckCache>,
         pql: Arc<super::pql::PqlState>,
+        metrics: Arc<crate::telemetry::Metrics>,
         lanes: usize,
     ) -> Self {
         let lanes = (0..lanes.max(1))
@@ -392,6 +427,7 @@ impl IngestPipeline {
                     clock.clone(),
                     checks.clone(),
                     pql.clone(),
+                    metrics.clone(),
                 ));
                 tx
             })
@@ -402,6 +438,19 @@ impl IngestPipeline {
             per_key: Default::default(),
         }
     }
+
+    /// Sub-batches waiting on each lane.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.lanes
+            .iter()
+            .map(|l| l.max_capacity() - l.capacity())
+            .collect()
+    }
+
+    /// Events accepted by requests and not yet answered.
+    pub fn in_flight_events(&self) -> usize {
+        MAX_IN_FLIGHT_EVENTS.saturating_sub(self.in_flight.available_permits())
+    }
 }
 
 async fn run_lane(
@@ -410,6 +459,7 @@ async fn run_lane(
     clock: Arc<dyn Clock>,
     checks: Arc<CheckCache>,
     pql: Arc<super::pql::PqlState>,
+    metrics: Arc<crate::telemetry::Metrics>,
 ) {
     let mut known = HashSet::new();
     while let Some(first) = rx.recv().await {
@@ -424,6 +474,7 @@ async fn run_lane(
                 Err(_) => break,
             }
         }
+        metrics.record(|| metrics::histogram!("accrue_ingest_group_events").record(size as f64));
         // A panic while handling one group (none is known) must not stop the lane: that
         // group's requests are answered 503 (their reply channels close) and the lane goes on.
         let group = std::panic::AssertUnwindSafe(process_group(

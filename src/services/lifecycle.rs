@@ -540,6 +540,19 @@ const DUE_PAGE: i64 = 5000;
 /// its row lock (taken with SKIP LOCKED, so several instances share the work) and its invoices
 /// are issued in the same transaction. Idempotent: an account already caught up is not due.
 pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
+    let started = std::time::Instant::now();
+    let report = close_due(ctx).await?;
+    ctx.metrics.record(|| {
+        metrics::histogram!("accrue_period_close_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("accrue_period_close_accounts_total", "outcome" => "closed")
+            .increment(report.accounts as u64);
+        metrics::counter!("accrue_invoices_issued_total").increment(report.invoices as u64);
+    });
+    Ok(report)
+}
+
+async fn close_due(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
     let now = ctx.clock.now();
     let mut report = CloseReport::default();
     let mut after = String::new();
@@ -675,7 +688,7 @@ async fn close_one_by_one(
     e: ServiceError,
 ) -> Result<(usize, usize), ServiceError> {
     if let [one] = due {
-        record_failure(conn, &one.0, &e, now).await?;
+        record_failure(ctx, conn, &one.0, &e, now).await?;
         return Ok((0, 0));
     }
     let mut total = (0, 0);
@@ -686,7 +699,7 @@ async fn close_one_by_one(
                 total.1 += i;
             }
             Err(e) if is_unavailable(&e) => return Err(e),
-            Err(e) => record_failure(conn, &one.0, &e, now).await?,
+            Err(e) => record_failure(ctx, conn, &one.0, &e, now).await?,
         }
     }
     Ok(total)
@@ -703,11 +716,15 @@ fn is_unavailable(e: &ServiceError) -> bool {
 }
 
 async fn record_failure(
+    ctx: &Ctx,
     conn: &mut AsyncPgConnection,
     account: &str,
     e: &ServiceError,
     now: DateTime<Utc>,
 ) -> Result<(), ServiceError> {
+    ctx.metrics.record(|| {
+        metrics::counter!("accrue_period_close_accounts_total", "outcome" => "failed").increment(1)
+    });
     let code = match e {
         ServiceError::Invalid { code, .. } | ServiceError::Conflict { code, .. } => *code,
         ServiceError::NotFound(_) => "not_found",

@@ -15,6 +15,7 @@ pub mod pql;
 pub mod revenue;
 pub mod settlements;
 pub mod subscriptions;
+pub mod telemetry;
 pub mod test_clocks;
 pub mod usage;
 
@@ -42,6 +43,10 @@ pub struct Ctx {
     pub webhooks: outbox::WebhookPolicy,
     /// The RevOps configuration and the accounts to rescore.
     pub pql: Arc<pql::PqlState>,
+    /// This instance's Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<crate::telemetry::Metrics>,
+    /// How Segment track calls become events (`POST /v1/integrations/segment`).
+    pub segment: Arc<crate::domain::event_shapes::SegmentMapping>,
     /// Test clocks are enabled (`ACCRUE_TEST_CLOCKS=true`): accounts created on one live by its
     /// frozen time. Off, every account lives by `clock` and no lookup is made. Shared with the
     /// background tasks started before it is set.
@@ -72,15 +77,19 @@ impl Ctx {
                 crate::domain::pql::RevOps::without_signals()
             });
         let pql = Arc::new(pql::PqlState::new(revops));
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
         let ctx = Self {
             ingest: Arc::new(ingest::IngestPipeline::start(
                 pool.clone(),
                 clock.clone(),
                 checks.clone(),
                 pql.clone(),
+                metrics.clone(),
                 ingest_lanes,
             )),
             pql,
+            metrics,
+            segment: Arc::default(),
             checks,
             pool,
             meters,
@@ -170,8 +179,15 @@ impl Ctx {
         }
     }
 
+    /// Maps Segment calls with `mapping` from now on.
+    pub fn with_segment(mut self, mapping: crate::domain::event_shapes::SegmentMapping) -> Self {
+        self.segment = Arc::new(mapping);
+        self
+    }
+
     /// Collects invoices through `payments` from now on.
-    pub fn with_payments(mut self, payments: payments::Payments) -> Self {
+    pub fn with_payments(mut self, mut payments: payments::Payments) -> Self {
+        payments.metrics = self.metrics.clone();
         self.payments = Some(Arc::new(payments));
         self
     }

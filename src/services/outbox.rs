@@ -518,6 +518,7 @@ pub async fn dispatch(ctx: &Ctx, http: &reqwest::Client) -> Result<DispatchRepor
                 Ok(()) => {
                     ob_store::mark_delivered(&mut conn, d.endpoint_id, d.seq, tries, now).await?;
                     report.delivered += 1;
+                    delivery_outcome(ctx, "delivered");
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -534,13 +535,21 @@ pub async fn dispatch(ctx: &Ctx, http: &reqwest::Client) -> Result<DispatchRepor
                         .await?;
                     if give_up {
                         report.dead += 1;
+                        delivery_outcome(ctx, "dead");
                     } else {
                         report.failed += 1;
+                        delivery_outcome(ctx, "failed");
                     }
                 }
             }
         }
     }
+}
+
+fn delivery_outcome(ctx: &Ctx, outcome: &'static str) {
+    ctx.metrics.record(|| {
+        metrics::counter!("accrue_webhook_deliveries_total", "outcome" => outcome).increment(1)
+    });
 }
 
 async fn deliver(

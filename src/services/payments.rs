@@ -35,8 +35,10 @@ use serde_json::json;
 /// The payment rail and the dunning policy; absent when no Stripe key is configured.
 #[derive(Debug, Clone)]
 pub struct Payments {
-    pub rail: Rail,
+    rail: Rail,
     pub policy: DunningPolicy,
+    /// Where Stripe calls are counted (the instance's metrics once `Ctx::with_payments` takes it).
+    pub(crate) metrics: std::sync::Arc<crate::telemetry::Metrics>,
 }
 
 impl Payments {
@@ -56,6 +58,7 @@ impl Payments {
         Ok(Self {
             rail: Rail::Stripe(Box::new(StripeRail::new(config, &id)?)),
             policy,
+            metrics: Default::default(),
         })
     }
 
@@ -64,7 +67,74 @@ impl Payments {
         Self {
             rail: Rail::Simulated(std::sync::Arc::new(SimulatedRail::default())),
             policy,
+            metrics: Default::default(),
         }
+    }
+
+    /// Counts a call to the rail by operation and outcome, and hands its result on.
+    fn counted<T>(&self, op: &'static str, r: Result<T, RailError>) -> Result<T, RailError> {
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(RailError::Declined(_)) => "declined",
+            Err(RailError::Refused { .. }) => "refused",
+            Err(RailError::Unavailable(_)) => "unavailable",
+        };
+        self.metrics.record(|| {
+            metrics::counter!("accrue_stripe_calls_total", "op" => op, "outcome" => outcome)
+                .increment(1)
+        });
+        r
+    }
+
+    pub fn installation(&self) -> &str {
+        self.rail.installation()
+    }
+
+    pub fn webhook_secret(&self) -> Option<&str> {
+        self.rail.webhook_secret()
+    }
+
+    pub async fn create_customer(
+        &self,
+        account: &str,
+        email: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<String, RailError> {
+        let r = self.rail.create_customer(account, email, name).await;
+        self.counted("create_customer", r)
+    }
+
+    pub async fn set_payment_method(&self, customer: &str, pm: &str) -> Result<(), RailError> {
+        let r = self.rail.set_payment_method(customer, pm).await;
+        self.counted("set_payment_method", r)
+    }
+
+    pub async fn push(&self, inv: &PushInvoice<'_>) -> Result<RemoteInvoice, RailError> {
+        let r = self.rail.push(inv).await;
+        self.counted("push", r)
+    }
+
+    pub async fn pay(
+        &self,
+        id: &str,
+        number: i64,
+        attempt: i32,
+    ) -> Result<RemoteInvoice, RailError> {
+        let r = self.rail.pay(id, number, attempt).await;
+        self.counted("pay", r)
+    }
+
+    pub async fn retrieve(&self, id: &str) -> Result<RemoteInvoice, RailError> {
+        let r = self.rail.retrieve(id).await;
+        self.counted("retrieve", r)
+    }
+
+    pub async fn customer_metadata(
+        &self,
+        id: &str,
+    ) -> Result<Option<std::collections::HashMap<String, String>>, RailError> {
+        let r = self.rail.customer_metadata(id).await;
+        self.counted("customer_metadata", r)
     }
 }
 
@@ -311,7 +381,7 @@ async fn attempt(
     // Stripe forgets idempotency keys after 24 hours: once pushed, an invoice is only ever
     // re-read by its id, so a retry days later can never create a second Stripe invoice.
     let remote = match &row.stripe_invoice_id {
-        Some(id) => p.rail.retrieve(id).await.map_err(PushError::Rail),
+        Some(id) => p.retrieve(id).await.map_err(PushError::Rail),
         None => {
             async {
                 let customer = customer_for(p, c, account).await?;
@@ -330,7 +400,7 @@ async fn attempt(
                         })
                         .collect(),
                 };
-                let remote = p.rail.push(&push).await?;
+                let remote = p.push(&push).await?;
                 pay_store::set_stripe_invoice(c, account, number, &remote.id).await?;
                 failpoint("after_stripe_push");
                 Ok(remote)
@@ -352,7 +422,7 @@ async fn attempt(
         Ok(remote) if remote.status == "paid" => Answer::Paid(row.attempts, remote),
         Ok(remote) => {
             let attempt = row.attempts + 1;
-            match p.rail.pay(&remote.id, number, attempt).await {
+            match p.pay(&remote.id, number, attempt).await {
                 Ok(paid) if paid.status == "paid" => {
                     failpoint("after_stripe_pay");
                     Answer::Paid(attempt, paid)
@@ -477,7 +547,6 @@ async fn customer_for(
     }
     let acc = store::accounts::find_by_account(c, account).await?;
     let id = p
-        .rail
         .create_customer(
             account,
             acc.as_ref().and_then(|a| a.email.as_deref()),
@@ -880,7 +949,6 @@ pub async fn verify_customer(ctx: &Ctx, account: &str, customer: &str) -> Result
         ));
     }
     let metadata = p
-        .rail
         .customer_metadata(customer)
         .await
         .map_err(rail_error)?
@@ -892,7 +960,7 @@ pub async fn verify_customer(ctx: &Ctx, account: &str, customer: &str) -> Result
         })?;
     let owner = metadata.get("accrue_account").map(String::as_str);
     let installation = metadata.get("accrue_installation").map(String::as_str);
-    if owner != Some(account) || installation.is_some_and(|i| i != p.rail.installation()) {
+    if owner != Some(account) || installation.is_some_and(|i| i != p.installation()) {
         return Err(ServiceError::invalid(
             "customer_mismatch",
             format!(
@@ -939,7 +1007,6 @@ pub async fn set_payment_method(
         Some(c) => c,
         None => {
             let id = p
-                .rail
                 .create_customer(account, acc.email.as_deref(), acc.name.as_deref())
                 .await
                 .map_err(rail_error)?;
@@ -948,8 +1015,7 @@ pub async fn set_payment_method(
             id
         }
     };
-    p.rail
-        .set_payment_method(&customer, pm)
+    p.set_payment_method(&customer, pm)
         .await
         .map_err(|e| match e {
             RailError::Refused { message, .. } | RailError::Declined(message) => {
@@ -1082,7 +1148,7 @@ pub async fn webhook(
     let event = stripe_webhook::Webhook::construct_event(
         payload,
         signature,
-        p.rail.webhook_secret().ok_or_else(not_configured)?,
+        p.webhook_secret().ok_or_else(not_configured)?,
     )
     .map_err(|e| match e {
         stripe_webhook::WebhookError::BadTimestamp(t) => ServiceError::invalid(
@@ -1113,7 +1179,7 @@ pub async fn webhook(
     }
     // Re-read the object: the event body may be stale or out of order.
     let remote = match (&object_id, event_type.starts_with("invoice.")) {
-        (Some(id), true) => match p.rail.retrieve(id).await {
+        (Some(id), true) => match p.retrieve(id).await {
             Ok(r) => Some(r),
             // No such invoice in this Stripe account: not ours.
             Err(RailError::Refused { status: 404, .. }) => None,
@@ -1128,8 +1194,7 @@ pub async fn webhook(
         _ => None,
     };
     let ours = remote.as_ref().and_then(|r| {
-        if r.metadata.get("accrue_installation").map(String::as_str) != Some(p.rail.installation())
-        {
+        if r.metadata.get("accrue_installation").map(String::as_str) != Some(p.installation()) {
             return None;
         }
         let account = r.metadata.get("accrue_account")?.clone();
@@ -1373,7 +1438,7 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
             &ctx.payments,
             payment.as_ref().and_then(|p| p.stripe_invoice_id.clone()),
         ) {
-            (Some(p), Some(id)) => match p.rail.retrieve(&id).await {
+            (Some(p), Some(id)) => match p.retrieve(&id).await {
                 Ok(r) => Some(r),
                 Err(RailError::Unavailable(m)) => return Err(ServiceError::Unavailable(m)),
                 Err(_) => None,

@@ -478,3 +478,17 @@ pub async fn record_alerts(
         .get_results(conn)
         .await?)
 }
+
+/// Outbound deliveries waiting, and when the oldest of them was created (the `/metrics` page).
+pub async fn pending_deliveries(
+    conn: &mut AsyncPgConnection,
+) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+    Ok(webhook_deliveries::table
+        .filter(webhook_deliveries::state.eq("pending"))
+        .select((
+            diesel::dsl::count_star(),
+            diesel::dsl::min(webhook_deliveries::created_at),
+        ))
+        .first(conn)
+        .await?)
+}

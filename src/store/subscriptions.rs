@@ -417,3 +417,14 @@ pub async fn recently_canceled(
         .load(conn)
         .await?)
 }
+
+/// How many subscriptions are in each status (the `/metrics` page).
+pub async fn count_by_status(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(subscriptions::table
+        .group_by(subscriptions::status)
+        .select((subscriptions::status, diesel::dsl::count_star()))
+        .load(conn)
+        .await?)
+}

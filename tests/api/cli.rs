@@ -234,3 +234,37 @@ fn price_refuses_what_the_api_refuses() {
     let priced = String::from_utf8_lossy(&out.stdout);
     assert!(priced.contains("\"1 seat (3 included)"), "{priced}");
 }
+
+/// `accrue completions <shell>` prints a completion script naming the subcommands, without a
+/// database or any configuration (a broken DATABASE_URL does not matter).
+#[test]
+fn completions_are_printed_for_each_shell_without_configuration() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef accrue"),
+        ("fish", "complete -c accrue"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_accrue"))
+            .args(["completions", shell])
+            .env("DATABASE_URL", "not a url")
+            .env("ACCRUE_DB_POOL", "zero")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}: {script}");
+        for sub in ["serve", "keys", "plans", "export", "completions"] {
+            assert!(script.contains(sub), "{shell} lacks {sub}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_accrue"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
+}
