@@ -431,15 +431,43 @@ fn plan_from_args(
 
 #[derive(Subcommand)]
 enum ExportCommand {
-    /// Invoices and their lines as CSV (one row per line), for periods starting in a month.
+    /// Usage events, in receipt order (those received a minute or more ago).
+    Events(Incremental),
+    /// Invoices in number order; or, with --month, their lines as CSV for a month's periods.
     Invoices {
-        /// The month, e.g. `2026-11` (invoices whose period starts in it).
-        #[arg(long)]
-        month: String,
-        /// Write to this file instead of stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
+        /// The month, e.g. `2026-11` (invoices whose period starts in it, one row per line).
+        #[arg(long, conflicts_with_all = ["since", "format"])]
+        month: Option<String>,
+        #[command(flatten)]
+        incremental: Incremental,
     },
+    /// Invoice lines in (invoice number, line) order.
+    Lines(Incremental),
+    /// MRR movements in the order they were committed.
+    Movements(Incremental),
+    /// PQL tier and routing-zone changes in the order they were committed.
+    Pql(Incremental),
+}
+
+/// An incremental export: everything after a cursor, and the cursor to resume from.
+#[derive(clap::Args)]
+struct Incremental {
+    /// Resume after this cursor (the `next cursor` the previous export printed); none: from
+    /// the beginning.
+    #[arg(long)]
+    since: Option<String>,
+    /// csv (a header row, nested values as JSON) or jsonl (one JSON object per line).
+    #[arg(long, default_value = "csv")]
+    format: ExportFormat,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Jsonl,
 }
 
 #[derive(Subcommand)]
@@ -579,9 +607,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Completions { .. } => Ok(()),
         Command::Plans { command } => plans(&config, command).await,
-        Command::Export {
-            command: ExportCommand::Invoices { month, out },
-        } => export_invoices(&config, &month, out).await,
+        Command::Export { command } => {
+            use accrue::services::exports::Entity;
+            let (entity, inc) = match command {
+                ExportCommand::Invoices {
+                    month: Some(month),
+                    incremental,
+                } => return export_invoices(&config, &month, incremental.out).await,
+                ExportCommand::Invoices { incremental, .. } => (Entity::Invoices, incremental),
+                ExportCommand::Events(i) => (Entity::Events, i),
+                ExportCommand::Lines(i) => (Entity::Lines, i),
+                ExportCommand::Movements(i) => (Entity::Movements, i),
+                ExportCommand::Pql(i) => (Entity::Pql, i),
+            };
+            export_incremental(&config, entity, inc).await
+        }
         Command::Demo {
             accounts,
             months,
@@ -959,6 +999,92 @@ fn segment_mapping(
         Ok(text) => toml::from_str(&text).with_context(|| format!("{}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes every row of `entity` after the cursor, page by page, then says on stderr where to
+/// resume (`next cursor: …`).
+async fn export_incremental(
+    config: &Config,
+    entity: accrue::services::exports::Entity,
+    inc: Incremental,
+) -> anyhow::Result<()> {
+    // Reads the database only: no plans folder needed, and no database created.
+    store::require_database(&config.database_url).await?;
+    let pool = store::pool(&config.database_url, 1)?;
+    let ctx = Ctx::new(
+        pool,
+        MeterCatalog::default(),
+        PlanCatalog::default(),
+        Arc::new(SystemClock),
+        1,
+        config.check_staleness,
+    );
+    use std::io::Write;
+    let sink: Box<dyn Write> = match &inc.out {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let out = std::io::BufWriter::new(sink);
+    let since = inc.since.clone().unwrap_or_default();
+    let columns = entity.columns();
+    let (rows, cursor) = match inc.format {
+        ExportFormat::Jsonl => {
+            let mut out = out;
+            let done = drain(&ctx, entity, since, |row| {
+                serde_json::to_writer(&mut out, row)?;
+                out.write_all(b"\n")?;
+                Ok(())
+            })
+            .await?;
+            out.flush()?;
+            done
+        }
+        ExportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(columns)?;
+            let done = drain(&ctx, entity, since, |row| {
+                w.write_record(columns.iter().map(|c| match &row[*c] {
+                    serde_json::Value::Null => String::new(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                }))?;
+                Ok(())
+            })
+            .await?;
+            w.flush()?;
+            done
+        }
+    };
+    eprintln!("exported {rows} {}; next cursor: {cursor}", entity.name());
+    Ok(())
+}
+
+/// Reads every page of `entity` after `cursor`, handing each row to `emit`; returns how many
+/// rows and the cursor to resume from.
+async fn drain(
+    ctx: &Ctx,
+    entity: accrue::services::exports::Entity,
+    mut cursor: String,
+    mut emit: impl FnMut(&serde_json::Value) -> anyhow::Result<()>,
+) -> anyhow::Result<(usize, String)> {
+    let mut rows = 0;
+    loop {
+        let page = accrue::services::exports::page(ctx, entity, Some(&cursor), 1000)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for row in &page.data {
+            emit(row)?;
+        }
+        rows += page.data.len();
+        let done = page.data.is_empty();
+        cursor = page.next_cursor;
+        if done {
+            return Ok((rows, cursor));
+        }
     }
 }
 

@@ -192,6 +192,10 @@ fn table() -> Vec<Resource> {
         ),
         ("/v1/feed", vec![("GET", web::get().to(revenue::feed))]),
         (
+            "/v1/exports/{entity}",
+            vec![("GET", web::get().to(revenue::export))],
+        ),
+        (
             "/v1/accounts/{account}/pql",
             vec![("GET", web::get().to(pql::account))],
         ),

@@ -224,3 +224,35 @@ pub async fn feed(
     let feed = outbox::feed(&ctx, after, limit, p.account.as_deref()).await?;
     Ok(HttpResponse::Ok().json(feed))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// The cursor: `next_cursor` of the previous page (absent or empty: the beginning).
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/exports/{entity}?after=<cursor>&limit=`: events, invoices, lines, movements or pql
+/// for warehouses and reverse-ETL, page by page; `next_cursor` is always given (store it and
+/// resume from it: an incremental sync never misses or repeats a row). Finance or admin keys
+/// not bound to an account.
+pub async fn export(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    path: web::Path<String>,
+    query: super::input::Query<ExportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &ctx, &[Scope::Admin, Scope::Finance]).await?;
+    unbound(&p, "an export")?;
+    let name = path.into_inner();
+    let entity = crate::services::exports::Entity::parse(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no export `{name}`; there are events, invoices, lines, movements and pql"
+        ))
+    })?;
+    let q = query.into_inner();
+    let limit = super::list::limit(q.limit, 1000, 10_000)?;
+    let page = crate::services::exports::page(&ctx, entity, q.after.as_deref(), limit).await?;
+    Ok(HttpResponse::Ok().json(page))
+}

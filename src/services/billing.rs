@@ -428,7 +428,7 @@ pub struct Invoice {
 
 /// Amounts at the currency's minor unit and quantities without trailing zeros, as the API and
 /// the export show them (the columns keep 9 decimal places).
-fn present(inv: &mut InvoiceRow, lines: &mut [LineRow]) {
+pub(crate) fn present(inv: &mut InvoiceRow, lines: &mut [LineRow]) {
     let exp = crate::domain::money::Currency::from_code(&inv.currency).map_or(2, |c| c.exponent());
     inv.total.rescale(exp);
     for l in lines {

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod billing;
 pub mod check;
+pub mod exports;
 pub mod ingest;
 pub mod lifecycle;
 pub mod migration;

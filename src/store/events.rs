@@ -278,3 +278,37 @@ pub async fn list(
     .load(conn)
     .await?)
 }
+
+/// Events received before `before`, in (received_at, account, id) order after the position
+/// `after` (the export's cursor), across accounts; at most `limit`.
+pub async fn received_after(
+    conn: &mut AsyncPgConnection,
+    after: Option<(DateTime<Utc>, &str, &str)>,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let (at, account, id) = match after {
+        Some((at, account, id)) => (Some(at), Some(account), Some(id)),
+        None => (None, None, None),
+    };
+    Ok(diesel::sql_query(
+        "SELECT id, account, event_type, ts, properties, received_at
+           FROM events
+          WHERE received_at < now() - make_interval(secs => $5)
+            AND ($1::timestamptz IS NULL OR received_at >= $1)
+            AND ($1::timestamptz IS NULL
+                 OR (received_at, account COLLATE \"C\", id COLLATE \"C\") > ($1, $2, $3))
+          ORDER BY received_at, account COLLATE \"C\", id COLLATE \"C\"
+          LIMIT $4",
+    )
+    .bind::<Nullable<Timestamptz>, _>(at)
+    .bind::<Nullable<Text>, _>(account)
+    .bind::<Nullable<Text>, _>(id)
+    .bind::<Int8, _>(limit)
+    .bind::<diesel::sql_types::Double, _>(EXPORT_SETTLE_SECONDS)
+    .load(conn)
+    .await?)
+}
+
+/// How old (in database time) an event must be before exports show it: ingest transactions
+/// that took their receipt time earlier may still be committing (the same grace as late usage).
+pub const EXPORT_SETTLE_SECONDS: f64 = 60.0;

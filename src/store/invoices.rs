@@ -525,3 +525,55 @@ pub async fn seats_of_period(
         .await
         .optional()?)
 }
+
+/// Invoices numbered after `after`, in number order across accounts (the export; numbers are
+/// taken from one counter row locked until the issuing transaction commits, so they commit in
+/// number order and a reader past a number never misses a smaller one).
+pub async fn numbered_after(
+    conn: &mut AsyncPgConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<InvoiceRow>, StoreError> {
+    Ok(invoices::table
+        .inner_join(
+            invoice_numbers::table.on(invoice_numbers::account
+                .eq(invoices::account)
+                .and(invoice_numbers::number.eq(invoices::number))),
+        )
+        .filter(invoice_numbers::number.gt(after))
+        .order(invoice_numbers::number)
+        .limit(limit)
+        .select(InvoiceRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// Lines after (number, line_no) `after`, in that order across accounts (the export).
+pub async fn lines_after(
+    conn: &mut AsyncPgConnection,
+    after: (i64, i32),
+    limit: i64,
+) -> Result<Vec<(InvoiceRow, LineRow)>, StoreError> {
+    Ok(invoices::table
+        .inner_join(
+            invoice_numbers::table.on(invoice_numbers::account
+                .eq(invoices::account)
+                .and(invoice_numbers::number.eq(invoices::number))),
+        )
+        .inner_join(
+            invoice_lines::table.on(invoice_lines::account
+                .eq(invoices::account)
+                .and(invoice_lines::number.eq(invoices::number))),
+        )
+        .filter(invoice_numbers::number.ge(after.0))
+        .filter(
+            invoices::number.gt(after.0).or(invoices::number
+                .eq(after.0)
+                .and(invoice_lines::line_no.gt(after.1))),
+        )
+        .order((invoices::number, invoice_lines::line_no))
+        .limit(limit)
+        .select((InvoiceRow::as_select(), LineRow::as_select()))
+        .load(conn)
+        .await?)
+}

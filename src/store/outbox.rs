@@ -492,3 +492,20 @@ pub async fn pending_deliveries(
         .first(conn)
         .await?)
 }
+
+/// Sequenced events of `kinds` after `after`, in order (the movements and PQL exports).
+pub async fn of_kinds_after(
+    conn: &mut AsyncPgConnection,
+    kinds: &[&str],
+    after: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>, StoreError> {
+    Ok(outbox::table
+        .filter(outbox::seq.gt(after))
+        .filter(outbox::kind.eq_any(kinds))
+        .order(outbox::seq.asc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)
+        .await?)
+}

@@ -402,6 +402,6 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_lines);
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_payments);
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_settlements);
+diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_numbers, invoice_lines);

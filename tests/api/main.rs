@@ -11,6 +11,7 @@ mod check;
 mod cli;
 mod conventions;
 mod crash;
+mod exports;
 mod fuzz;
 mod governance;
 mod ingest;
