@@ -7,7 +7,8 @@
 //!    random accounts, meters and features, all answered from the cache;
 //! 3. over HTTP on loopback: starts the release `accrue serve` on the same database and runs
 //!    `wrk` (Debian package `wrk`) for 10 s with `CHECK_WRK_CONNECTIONS` (default 16)
-//!    connections against random accounts.
+//!    connections against random accounts, then /healthz the same way as the reference, and
+//!    prints the ratio (checks per second over /healthz requests per second).
 
 mod support;
 use support::env_usize;
@@ -245,12 +246,38 @@ end
         .arg(&base)
         .output()
         .unwrap();
+    let checks = String::from_utf8_lossy(&out.stdout).into_owned();
     println!(
-        "http check (wrk -t2 -c{} -d10s, random accounts, refresh every {} ms):\n{}",
+        "http check (wrk -t2 -c{} -d10s, random accounts, refresh every {} ms):\n{checks}",
         env_usize("CHECK_WRK_CONNECTIONS", 16),
         env_usize("ACCRUE_CHECK_STALENESS_MS", 1000),
-        String::from_utf8_lossy(&out.stdout)
     );
+    // The reference in the same run: the same server answering /healthz (routing, the
+    // middleware, metrics and JSON, no key, no cache). Machines swing ±30 % between runs; the
+    // ratio does not.
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{}", env_usize("CHECK_WRK_CONNECTIONS", 16)),
+            "-d10s",
+            "--latency",
+        ])
+        .arg(format!("{base}/healthz"))
+        .output()
+        .unwrap();
+    let health = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("reference, GET /healthz (same wrk settings):\n{health}");
+    if let (Some(c), Some(h)) = (requests_per_sec(&checks), requests_per_sec(&health)) {
+        println!("checks/s ÷ /healthz req/s = {:.2} ({c:.0} / {h:.0})", c / h);
+    }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// wrk's "Requests/sec:" figure.
+fn requests_per_sec(report: &str) -> Option<f64> {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
 }

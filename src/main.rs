@@ -1009,7 +1009,8 @@ async fn export_incremental(
     entity: accrue::services::exports::Entity,
     inc: Incremental,
 ) -> anyhow::Result<()> {
-    // Reads the database only: no plans folder needed, and no database created.
+    // Needs only the database (no plans folder) and never creates one; the movements and pql
+    // exports first give committed outbound events their feed position, as the feed does.
     store::require_database(&config.database_url).await?;
     let pool = store::pool(&config.database_url, 1)?;
     let ctx = Ctx::new(

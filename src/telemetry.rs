@@ -28,6 +28,21 @@ const GROUP_BUCKETS: &[f64] = &[
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The gauges read from the database and when (read at most every [`DB_GAUGES_TTL`], so
+    /// scrapes, which need no key, never cost the database more than that).
+    pub db_gauges: std::sync::Mutex<Option<(std::time::Instant, DbGauges)>>,
+}
+
+/// How long gauges read from the database are shown before they are read again.
+pub const DB_GAUGES_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Gauges of the installation's state, read from the database.
+#[derive(Debug, Clone, Default)]
+pub struct DbGauges {
+    /// (status, subscriptions in it).
+    pub subscriptions: Vec<(String, i64)>,
+    pub pending_deliveries: i64,
+    pub oldest_pending: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -58,7 +73,11 @@ impl Metrics {
             Err(_) => PrometheusBuilder::new().build_recorder(),
         };
         let handle = recorder.handle();
-        let m = Self { recorder, handle };
+        let m = Self {
+            recorder,
+            handle,
+            db_gauges: std::sync::Mutex::new(None),
+        };
         m.record(describe);
         m
     }

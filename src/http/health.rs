@@ -1,7 +1,8 @@
 //! Liveness (`/healthz`: the process answers) and readiness (`/readyz`: the database answers
 //! and every ingest lane runs). Neither needs a key, so neither says more than ready or not:
 //! the reason goes to the log. Prometheus metrics (`/metrics`) need no key either: they hold
-//! this instance's aggregate counts, never an account, a key or an id.
+//! this instance's counts and the installation's subscriptions by status and webhook backlog
+//! (read at most every 15 s), never an account, a key or an id; serve them to the scraper only.
 
 use super::ApiError;
 use crate::services::Ctx;

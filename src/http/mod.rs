@@ -278,6 +278,12 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
                         let (method, path) = (rq.method().as_str(), rq.path());
                         if let Some(m) = &metrics {
                             let route = rq.match_pattern().unwrap_or_else(|| "unmatched".into());
+                            // A fixed set: any other token a client sends is `other`.
+                            let method = match method {
+                                "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD"
+                                | "OPTIONS" => method,
+                                _ => "other",
+                            };
                             let labels = [
                                 ("method", method.to_owned()),
                                 ("route", route),

@@ -91,8 +91,9 @@ pub async fn create_endpoint(
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &ctx, &[Scope::Admin]).await?;
     unbound(&p, "a webhook endpoint")?;
-    let key = super::input::idempotency_key(&req)?;
-    let created = outbox::create_endpoint(&ctx, body.into_inner(), key).await?;
+    // Scoped to the key that sends it: another key's Idempotency-Key never finds its endpoint.
+    let key = super::input::idempotency_key(&req)?.map(|k| format!("{}:{k}", p.key_id));
+    let created = outbox::create_endpoint(&ctx, body.into_inner(), key.as_deref()).await?;
     Ok(HttpResponse::Created().json(created))
 }
 

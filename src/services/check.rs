@@ -18,9 +18,10 @@
 //!
 //! Unique-count meters need their distinct keys, not only a count, so that a key ingested here
 //! is counted once. An entry keeps its keys, and a reload of an account whose period has not
-//! changed reads only the keys written since the previous read (less a grace for transactions
-//! that wrote before that read and committed after it), so an account with millions of
-//! distinct users costs its new keys per round, not all of them.
+//! changed reads from the database only the keys written since the previous read (less a grace
+//! for transactions that wrote before that read and committed after it), so an account with
+//! millions of distinct users costs the database its new keys per round, not all of them (the
+//! kept keys are still copied into the new entry in memory).
 
 use super::{Ctx, ServiceError};
 use crate::domain::aggregate::AggregateState;

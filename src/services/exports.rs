@@ -6,9 +6,9 @@
 //! - invoices and lines: by invoice number (numbers come from one counter row locked until the
 //!   issuing transaction commits: they commit in number order);
 //! - movements and PQL changes: by the outbound feed's `seq`, given in commit order;
-//! - events: by (received_at, account, id), showing only events received a minute or more ago
-//!   in database time (ingest transactions that took their receipt time earlier may still be
-//!   committing).
+//! - events: by (stored_at, account, id), where stored_at is the database's time at the storing
+//!   transaction's start, showing only events stored ten minutes or more ago (longer than any
+//!   ingest transaction can run, so none can still commit behind a cursor).
 //!
 //! The cursor is opaque (a string); an empty one starts from the beginning. `next_cursor` is
 //! always given: the position after the last row of the page (or the one asked from when the
@@ -243,19 +243,20 @@ pub async fn page(
             } else {
                 Some(decode_event_cursor(cursor).ok_or_else(|| bad_cursor(entity, cursor))?)
             };
-            let rows = store::events::received_after(
+            let rows = store::events::stored_after(
                 &mut conn,
                 after.as_ref().map(|(t, a, i)| (*t, a.as_str(), i.as_str())),
                 limit,
             )
             .await?;
             let next = match rows.last() {
-                Some(r) => encode_event_cursor(r.received_at, &r.account, &r.id),
+                Some(r) => encode_event_cursor(r.stored_at, &r.event.account, &r.event.id),
                 None => cursor.to_owned(),
             };
             Ok(Page {
                 data: rows
                     .iter()
+                    .map(|r| &r.event)
                     .map(|r| {
                         json!({
                             "account": r.account, "id": r.id, "type": r.event_type,

@@ -514,8 +514,10 @@ enum Answer {
     Paid(i32, RemoteInvoice),
     /// Declined or refused at attempt n, for this reason.
     Failed(i32, String),
-    /// Stripe refused the invoice itself (a 4xx on the push or the re-read): retrying cannot
-    /// help, and it is not the customer's payment failing.
+    /// Stripe refused the invoice itself (a 400 or 404 on the push or the re-read): retrying
+    /// cannot help. A first collection stops as `refused` (not the customer's payment
+    /// failing); a retry of an invoice whose payment already failed counts as that retry
+    /// failing (dunning goes on). 401/403 are never this: they defer, like an outage.
     Refused(String),
 }
 

@@ -279,25 +279,35 @@ pub async fn list(
     .await?)
 }
 
-/// Events received before `before`, in (received_at, account, id) order after the position
-/// `after` (the export's cursor), across accounts; at most `limit`.
-pub async fn received_after(
+/// An event with its place in the export order.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ExportedEvent {
+    #[diesel(embed)]
+    pub event: StoredEvent,
+    #[diesel(sql_type = Timestamptz)]
+    pub stored_at: DateTime<Utc>,
+}
+
+/// Events in (stored_at, account, id) order after the position `after` (the export's
+/// cursor), across accounts, among those stored [`EXPORT_SETTLE_SECONDS`] or more ago in
+/// database time; at most `limit`.
+pub async fn stored_after(
     conn: &mut AsyncPgConnection,
     after: Option<(DateTime<Utc>, &str, &str)>,
     limit: i64,
-) -> Result<Vec<StoredEvent>, StoreError> {
+) -> Result<Vec<ExportedEvent>, StoreError> {
     let (at, account, id) = match after {
         Some((at, account, id)) => (Some(at), Some(account), Some(id)),
         None => (None, None, None),
     };
     Ok(diesel::sql_query(
-        "SELECT id, account, event_type, ts, properties, received_at
+        "SELECT id, account, event_type, ts, properties, received_at, stored_at
            FROM events
-          WHERE received_at < now() - make_interval(secs => $5)
-            AND ($1::timestamptz IS NULL OR received_at >= $1)
+          WHERE stored_at < now() - make_interval(secs => $5)
+            AND ($1::timestamptz IS NULL OR stored_at >= $1)
             AND ($1::timestamptz IS NULL
-                 OR (received_at, account COLLATE \"C\", id COLLATE \"C\") > ($1, $2, $3))
-          ORDER BY received_at, account COLLATE \"C\", id COLLATE \"C\"
+                 OR (stored_at, account COLLATE \"C\", id COLLATE \"C\") > ($1, $2, $3))
+          ORDER BY stored_at, account COLLATE \"C\", id COLLATE \"C\"
           LIMIT $4",
     )
     .bind::<Nullable<Timestamptz>, _>(at)
@@ -309,6 +319,7 @@ pub async fn received_after(
     .await?)
 }
 
-/// How old (in database time) an event must be before exports show it: ingest transactions
-/// that took their receipt time earlier may still be committing (the same grace as late usage).
-pub const EXPORT_SETTLE_SECONDS: f64 = 60.0;
+/// How old (database time) an event's storing transaction must be before exports show it:
+/// longer than any ingest transaction can run (five statements, each bounded by the
+/// statement timeout), so no event commits behind an export's cursor.
+pub const EXPORT_SETTLE_SECONDS: f64 = 600.0;

@@ -27,6 +27,7 @@ diesel::table! {
         ts -> Timestamptz,
         properties -> Jsonb,
         received_at -> Timestamptz,
+        stored_at -> Timestamptz,
     }
 }
 

@@ -174,6 +174,27 @@ async fn metrics_need_no_key_and_answer_only_get() {
     let res = app.http.post(app.url("/metrics")).send().await.unwrap();
     assert_eq!(res.status(), 405);
     assert_eq!(res.headers()["allow"], "GET");
+    // A method token of the client's choosing is counted as `other`, never as a label of its
+    // own (labels stay a bounded set).
+    for m in ["FOO1", "FOO2"] {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        let res = app
+            .http
+            .request(method, app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_client_error(), "{m}: {}", res.status());
+    }
     let page = scrape(&app).await;
     assert!(page.contains_key("accrue_db_pool_max"), "{page:?}");
+    assert!(page.keys().all(|k| !k.contains("FOO")), "{page:?}");
+    assert_eq!(
+        value(
+            &page,
+            "accrue_http_requests_total",
+            &["method=\"other\"", "route=\"/healthz\""]
+        ),
+        2.0
+    );
 }

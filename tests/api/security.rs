@@ -1247,4 +1247,12 @@ async fn a_retried_webhook_endpoint_post_creates_one_endpoint() {
     assert_eq!(status, 201);
     let (_, list) = app.get(&key, "/v1/webhook-endpoints").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 2, "{list}");
+    // Another key's same Idempotency-Key is its own: it never gets the first endpoint's secret.
+    let other_admin = app.key("admin", None).await;
+    let (status, theirs) = app
+        .post(&other_admin, "/v1/webhook-endpoints", &body, Some("ep-1"))
+        .await;
+    assert_eq!(status, 201, "{theirs}");
+    assert_ne!(theirs["id"], first["id"]);
+    assert_ne!(theirs["secret"], first["secret"]);
 }
