@@ -249,17 +249,7 @@ async fn report_nrr(
     json: bool,
 ) -> anyhow::Result<()> {
     let (from, to) = (instant(from, "--from")?, instant(to, "--to")?);
-    // Reads the database only: no plans folder needed, and no database created.
-    store::require_database(&config.database_url).await?;
-    let pool = store::pool(&config.database_url, 1)?;
-    let ctx = Ctx::new(
-        pool,
-        MeterCatalog::default(),
-        PlanCatalog::default(),
-        Arc::new(SystemClock),
-        1,
-        config.check_staleness,
-    );
+    let ctx = database_ctx(config).await?;
     let windows = accrue::services::revenue::nrr(&ctx, from, to, by_month)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -1009,18 +999,9 @@ async fn export_incremental(
     entity: accrue::services::exports::Entity,
     inc: Incremental,
 ) -> anyhow::Result<()> {
-    // Needs only the database (no plans folder) and never creates one; the movements and pql
-    // exports first give committed outbound events their feed position, as the feed does.
-    store::require_database(&config.database_url).await?;
-    let pool = store::pool(&config.database_url, 1)?;
-    let ctx = Ctx::new(
-        pool,
-        MeterCatalog::default(),
-        PlanCatalog::default(),
-        Arc::new(SystemClock),
-        1,
-        config.check_staleness,
-    );
+    // The movements and pql exports first give committed outbound events their feed position,
+    // as the feed does.
+    let ctx = database_ctx(config).await?;
     use std::io::Write;
     let sink: Box<dyn Write> = match &inc.out {
         Some(path) => Box::new(
@@ -1064,6 +1045,21 @@ async fn export_incremental(
     Ok(())
 }
 
+/// The context of a command that needs only the database (no plans folder) and never creates
+/// one: a mistyped `DATABASE_URL` is an error naming it.
+async fn database_ctx(config: &Config) -> anyhow::Result<Ctx> {
+    store::require_database(&config.database_url).await?;
+    let pool = store::pool(&config.database_url, 1)?;
+    Ok(Ctx::new(
+        pool,
+        MeterCatalog::default(),
+        PlanCatalog::default(),
+        Arc::new(SystemClock),
+        1,
+        config.check_staleness,
+    ))
+}
+
 /// Reads every page of `entity` after `cursor`, handing each row to `emit`; returns how many
 /// rows and the cursor to resume from.
 async fn drain(
@@ -1097,17 +1093,7 @@ async fn export_invoices(config: &Config, month: &str, out: Option<PathBuf>) -> 
         .ok_or_else(|| anyhow::anyhow!("--month `{month}` is out of range"))?;
     let from = first.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
     let to = next.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
-    // Reads the database only: no plans folder needed, and no database created.
-    store::require_database(&config.database_url).await?;
-    let pool = store::pool(&config.database_url, 1)?;
-    let ctx = Ctx::new(
-        pool,
-        MeterCatalog::default(),
-        PlanCatalog::default(),
-        Arc::new(SystemClock),
-        1,
-        config.check_staleness,
-    );
+    let ctx = database_ctx(config).await?;
     let rows = match out {
         Some(path) => {
             let file = std::fs::File::create(&path)
