@@ -6,6 +6,7 @@ COPY src ./src
 COPY migrations ./migrations
 COPY config ./config
 COPY benches ./benches
+COPY assets ./assets
 RUN cargo build --release --locked --bin accrue
 
 FROM debian:bookworm-slim

@@ -38,6 +38,8 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Print the OpenAPI 3.1 document the server answers at `/openapi.json` (no database needed).
+    Openapi,
     /// Run pending database migrations and exit.
     Migrate,
     /// Manage API keys.
@@ -556,6 +558,10 @@ impl Clock for SystemClock {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Needs no configuration, database or runtime.
+    if let Command::Openapi = cli.command {
+        println!("{}", accrue::http::openapi_document());
+        return std::process::ExitCode::SUCCESS;
+    }
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
         clap_complete::generate(shell, &mut Cli::command(), "accrue", &mut std::io::stdout());
@@ -595,7 +601,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Openapi => Ok(()),
         Command::Plans { command } => plans(&config, command).await,
         Command::Export { command } => {
             use accrue::services::exports::Entity;

@@ -151,9 +151,40 @@ pub fn from_segment(
         )
         .map(Some);
     }
-    match call.get("type").and_then(Value::as_str) {
-        Some("track") => {}
-        _ => return Ok(None),
+    // Fields of the call's own spec are checked on every call, track or not: a call Segment
+    // could not have sent is refused rather than ignored.
+    for (field, kind, ok) in [
+        (
+            "messageId",
+            "a string",
+            Value::is_string as fn(&Value) -> bool,
+        ),
+        ("event", "a string", Value::is_string),
+        ("timestamp", "a string", Value::is_string),
+        ("context", "an object", Value::is_object),
+        ("properties", "an object", Value::is_object),
+    ] {
+        if let Some(v) = call.get(field).filter(|v| !v.is_null() && !ok(v)) {
+            let _ = v;
+            return refuse(
+                None,
+                "invalid_event",
+                format!("{field} must be {kind} when given"),
+            )
+            .map(Some);
+        }
+    }
+    match call.get("type") {
+        Some(Value::String(t)) if t == "track" => {}
+        Some(Value::String(_)) => return Ok(None),
+        _ => {
+            return refuse(
+                None,
+                "invalid_event",
+                "type is required: a string (track, identify, page, group…)",
+            )
+            .map(Some)
+        }
     }
     let raw_id = call
         .get("messageId")

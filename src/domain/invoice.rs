@@ -42,7 +42,7 @@ pub struct MeterUsage {
     pub last_event_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InvoiceLine {
     /// base_fee, seats, usage, late_usage, minimum_top_up, proration_credit, proration_charge
     pub kind: String,

@@ -9,7 +9,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A reference to one version of a plan: `team@2`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct PlanRef {
     pub plan: String,
     pub version: u32,

@@ -34,7 +34,7 @@ pub fn prorate(
     currency.round(price * Decimal::from(secs) / Decimal::from(total))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProrationKind {
     /// The unused part of the old price, credited.
@@ -46,7 +46,7 @@ pub enum ProrationKind {
     ScheduledChangeRevoked,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProrationLine {
     pub kind: ProrationKind,
     pub plan: String,

@@ -44,7 +44,7 @@ pub fn mrr(plan: &PlanVersion, seats: u32, last_period_usage: Decimal) -> Decima
 }
 
 /// NRR and GRR of a cohort over a window, with the movements behind them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Retention {
     #[serde(with = "rust_decimal::serde::str")]
     pub starting_mrr: Decimal,

@@ -9,14 +9,14 @@ use crate::services::check::{self, CheckRequest};
 use crate::services::payments;
 use crate::services::subscriptions::{self as subs, QuoteRequest, SubscribeRequest};
 use crate::services::Ctx;
-use crate::store::accounts::{AccountFilter, Firmographics};
+use crate::store::accounts::{Account, AccountFilter, Firmographics};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 /// `PATCH /v1/accounts/{account}` changes the fields given (`null` clears one) and keeps the
 /// others; `PUT` replaces the record, so it needs every firmographic field (`null` to clear).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountBody {
     #[serde(default, deserialize_with = "given")]
@@ -47,6 +47,15 @@ fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 
 /// `PUT /v1/accounts/{account}`: the whole record. A field left out is refused (422
 /// `missing_field`, naming it) rather than wiped: `PATCH` changes some fields.
+#[utoipa::path(put, path = "/v1/accounts/{account}", tag = "accounts",
+    params(("account" = String, Path, description = "The account id")),
+    request_body = AccountBody,
+    responses(
+        (status = 200, description = "Replaced", body = Account),
+        (status = 201, description = "Created", body = Account),
+        (status = 409, description = "`stripe_customer_id` given while Stripe is not configured", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["billing"])))]
 pub async fn put_account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -83,6 +92,15 @@ pub async fn put_account(
 
 /// `PATCH /v1/accounts/{account}`: the fields given change, the others keep their values.
 /// Creates the account when it does not exist (201).
+#[utoipa::path(patch, path = "/v1/accounts/{account}", tag = "accounts",
+    params(("account" = String, Path, description = "The account id")),
+    request_body = AccountBody,
+    responses(
+        (status = 200, description = "Changed", body = Account),
+        (status = 201, description = "Created", body = Account),
+        (status = 409, description = "`stripe_customer_id` given while Stripe is not configured", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["billing"])))]
 pub async fn patch_account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -136,19 +154,28 @@ async fn save_account(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only accounts with this CRM owner.
     crm_owner: Option<String>,
+    /// Only accounts in this country.
     country: Option<String>,
+    /// Only accounts in this industry.
     industry: Option<String>,
     /// The cursor: `next_cursor` of the previous page (an account id).
     after: Option<String>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /v1/accounts`: accounts in id order, `{"data", "next_cursor"}`, filtered by
 /// `crm_owner`, `country` and `industry` (exact). An account-scoped key sees its own account.
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", params(ListQuery),
+    responses((status = 200, description = "A page of accounts, in id order", body = super::list::Page<Account>)),
+    security(("bearer" = ["billing", "finance"])))]
 pub async fn list_accounts(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -169,6 +196,11 @@ pub async fn list_accounts(
     Ok(super::list::page(rows, limit, |a| a.account.clone()))
 }
 
+/// An account: firmographics, Stripe link, credit balance.
+#[utoipa::path(get, path = "/v1/accounts/{account}", tag = "accounts",
+    params(("account" = String, Path, description = "The account id")),
+    responses((status = 200, description = "The account", body = Account)),
+    security(("bearer" = ["billing", "finance"])))]
 pub async fn get_account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -181,6 +213,19 @@ pub async fn get_account(
     Ok(HttpResponse::Ok().json(subs::get_account(&ctx, &account).await?))
 }
 
+/// Subscribes the account to a plan (self-serve, or a trial where the plan has one). With an
+/// `Idempotency-Key`, a retry gets the first answer again.
+#[utoipa::path(post, path = "/v1/accounts/{account}/subscription", tag = "subscriptions",
+    params(
+        ("account" = String, Path, description = "The account id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe (at most 255 bytes)"),
+    ),
+    request_body = SubscribeRequest,
+    responses(
+        (status = 201, description = "Subscribed; the advance fees invoiced", body = crate::services::subscriptions::Subscribed),
+        (status = 409, description = "Already subscribed, or the key was used for another request", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["billing"])))]
 pub async fn subscribe(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -195,6 +240,11 @@ pub async fn subscribe(
     Ok(HttpResponse::Created().json(s))
 }
 
+/// The account's subscription: plan, seats, status, current period, scheduled change.
+#[utoipa::path(get, path = "/v1/accounts/{account}/subscription", tag = "subscriptions",
+    params(("account" = String, Path, description = "The account id")),
+    responses((status = 200, description = "The subscription", body = crate::services::subscriptions::SubscriptionView)),
+    security(("bearer" = ["billing", "finance"])))]
 pub async fn get_subscription(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -209,6 +259,13 @@ pub async fn get_subscription(
 
 /// `DELETE /v1/accounts/{account}/subscription/scheduled-change`: undoes the cancellation or
 /// change scheduled for the period end.
+#[utoipa::path(delete, path = "/v1/accounts/{account}/subscription/scheduled-change", tag = "subscriptions",
+    params(("account" = String, Path, description = "The account id")),
+    responses(
+        (status = 200, description = "The subscription, with nothing scheduled", body = crate::services::subscriptions::SubscriptionView),
+        (status = 409, description = "Nothing is scheduled", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["billing"])))]
 pub async fn revoke_scheduled(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -220,15 +277,60 @@ pub async fn revoke_scheduled(
     Ok(HttpResponse::Ok().json(subs::revoke_scheduled(&ctx, &account).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ChangesQuery {
     /// The cursor: `next_cursor` of the previous page (a change id).
     after: Option<i64>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
+/// One side of an accepted change (`null` where it does not exist: a new subscription has no
+/// `from`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents `store::subscriptions::ChangeRow`'s JSON
+pub struct ChangeSide {
+    plan: String,
+    version: Option<i32>,
+    seats: Option<i32>,
+}
+
+/// A line of a change.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum ChangeLine {
+    Fee(crate::domain::invoice::InvoiceLine),
+    Proration(crate::domain::proration::ProrationLine),
+}
+
+/// An accepted change, as `ChangeRow` serializes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Change {
+    id: i64,
+    /// subscribed, upgrade, downgrade, seats_added, seats_removed, lateral, cancel…
+    kind: String,
+    at: chrono::DateTime<chrono::Utc>,
+    quote_id: Option<String>,
+    from: Option<ChangeSide>,
+    to: Option<ChangeSide>,
+    /// The lines charged or credited: a new subscription's advance fees, a change's
+    /// prorations.
+    lines: Vec<ChangeLine>,
+    #[schema(value_type = String, example = "83.00")]
+    amount: String,
+    currency: Option<String>,
+}
+
 /// `GET /v1/accounts/{account}/subscription/changes`: accepted changes, oldest first.
+#[utoipa::path(get, path = "/v1/accounts/{account}/subscription/changes", tag = "subscriptions",
+    params(("account" = String, Path, description = "The account id"), ChangesQuery),
+    responses((status = 200, description = "Accepted changes, oldest first", body = super::list::Page<Change>)),
+    security(("bearer" = ["billing", "finance"])))]
 pub async fn changes(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -243,6 +345,16 @@ pub async fn changes(
     Ok(super::list::page(rows, limit, |c| c.id))
 }
 
+/// Quotes a change (plan, version, seats, cancel, trial): exactly what accepting it will do and
+/// charge, valid for a while.
+#[utoipa::path(post, path = "/v1/accounts/{account}/subscription/quotes", tag = "subscriptions",
+    params(("account" = String, Path, description = "The account id")),
+    request_body = QuoteRequest,
+    responses(
+        (status = 201, description = "The quote", body = crate::services::subscriptions::Quote),
+        (status = 409, description = "The subscription does not allow this change now", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["billing"])))]
 pub async fn quote(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -258,6 +370,13 @@ pub async fn quote(
 
 /// `GET /v1/accounts/{account}/subscription/quotes/{quote}`: a quote and whether it is still
 /// open.
+#[utoipa::path(get, path = "/v1/accounts/{account}/subscription/quotes/{quote}", tag = "subscriptions",
+    params(
+        ("account" = String, Path, description = "The account id"),
+        ("quote" = String, Path, description = "The quote id"),
+    ),
+    responses((status = 200, description = "The quote and its status", body = QuoteStatus)),
+    security(("bearer" = ["billing", "finance"])))]
 pub async fn get_quote(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -270,11 +389,37 @@ pub async fn get_quote(
     Ok(HttpResponse::Ok().json(subs::get_quote(&ctx, &account, &quote_id).await?))
 }
 
+/// A stored quote and where it stands.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the JSON `subscriptions::get_quote` builds
+pub struct QuoteStatus {
+    #[serde(flatten)]
+    quote: crate::services::subscriptions::Quote,
+    /// open, accepted or expired.
+    #[schema(example = "open")]
+    status: String,
+    accepted_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Accepting takes no fields: the body is empty or `{}`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptBody {}
 
+/// Accepts a quote: executes exactly it (charging `amount_due_now`), once. The
+/// `Idempotency-Key` makes a retry return the first answer.
+#[utoipa::path(post, path = "/v1/accounts/{account}/subscription/quotes/{quote}/accept", tag = "subscriptions",
+    params(
+        ("account" = String, Path, description = "The account id"),
+        ("quote" = String, Path, description = "The quote id"),
+        ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "Required: makes a retry safe"),
+    ),
+    request_body(content = Option<AcceptBody>, description = "Empty or `{}`"),
+    responses(
+        (status = 200, description = "Accepted: the change, its lines and invoices", body = crate::services::subscriptions::Accepted),
+        (status = 409, description = "The quote expired, was accepted with another key, or the subscription changed since", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["billing"])))]
 pub async fn accept(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -295,6 +440,13 @@ pub async fn accept(
     Ok(HttpResponse::Ok().json(subs::accept(&ctx, &account, &quote_id, key).await?))
 }
 
+/// May this account do this now? Answers from memory (bounded-stale across instances):
+/// allowed or not, why, and usage against the limit.
+#[utoipa::path(post, path = "/v1/accounts/{account}/check", tag = "accounts",
+    params(("account" = String, Path, description = "The account id")),
+    request_body = CheckRequest,
+    responses((status = 200, description = "The answer", body = crate::services::check::CheckAnswer)),
+    security(("bearer" = ["check"])))]
 pub async fn check(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

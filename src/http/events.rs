@@ -19,6 +19,127 @@ use serde_json::{json, Value};
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// One usage event (the document's shape; the handler validates the raw JSON per event,
+/// `domain::event::parse_event`). `(account, id)` is the dedup key: a replay is counted once.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // documentation of the JSON the handler reads
+pub struct EventIn {
+    /// Unique per account (at most 256 bytes); a replay with the same content is a duplicate,
+    /// with other content `id_reused`.
+    #[schema(min_length = 1, max_length = 256, example = "evt_0001")]
+    id: String,
+    /// The account (created when it does not exist yet).
+    #[schema(min_length = 1, example = "acme")]
+    account: String,
+    /// The event type the meters count (at most 128 bytes).
+    #[schema(min_length = 1, max_length = 128, example = "api_call")]
+    r#type: String,
+    /// When it happened; the receipt time when absent. At most 5 minutes ahead of the server.
+    timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the meters read (`{"tokens": 1200}`); at most 1,000 values and 32 KiB.
+    #[schema(value_type = Option<Object>)]
+    properties: Option<Value>,
+}
+
+/// A batch: 1 to 1,000 events, each validated alone (refusals come back in `rejected` with
+/// their index; the others are stored).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct EventBatch {
+    /// Events as in `EventIn`.
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
+    events: Vec<Value>,
+}
+
+/// A 422 of `POST /v1/events`: every event refused, or a body that is neither shape.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum Refused {
+    Outcome(ingest::IngestOutcome),
+    Error(super::openapi::ErrorBody),
+}
+
+/// A 422 of `POST /v1/integrations/segment`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum SegmentRefused {
+    Answer(SegmentAnswer),
+    Error(super::openapi::ErrorBody),
+}
+
+/// `POST /v1/events` takes one event or a batch.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum EventsBody {
+    One(EventIn),
+    Batch(EventBatch),
+}
+
+/// A CloudEvents 1.0 event in structured mode. Extension attributes are allowed and ignored.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CloudEvent {
+    #[schema(example = "1.0")]
+    specversion: String,
+    /// With `source`, the dedup key: the same id from two sources is two events.
+    #[schema(min_length = 1)]
+    id: String,
+    #[schema(min_length = 1, example = "https://api.example.com/billing")]
+    source: String,
+    /// The event type.
+    #[schema(min_length = 1, example = "api_call")]
+    r#type: String,
+    /// The account.
+    #[schema(example = "acme")]
+    subject: String,
+    time: Option<chrono::DateTime<chrono::Utc>>,
+    /// JSON only (`application/json` or `+json`).
+    datacontenttype: Option<String>,
+    /// The properties (a JSON object).
+    #[schema(value_type = Option<Object>)]
+    data: Option<Value>,
+}
+
+/// A Segment call as its webhook destination sends it. A `track` call becomes an event:
+/// `messageId` the id, `context.groupId` the account (or the configured path), `event` the
+/// type (through the configured mapping), `properties` the properties. Other calls (identify,
+/// page, group…) are answered with `ignored: true`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SegmentCall {
+    /// track (others are ignored).
+    #[schema(example = "track")]
+    r#type: String,
+    #[schema(example = "ajs-next-1f2e")]
+    #[serde(rename = "messageId")]
+    message_id: Option<String>,
+    #[schema(example = "API Call")]
+    event: Option<String>,
+    timestamp: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    properties: Option<Value>,
+}
+
+/// Ingests usage events, durably: the answer comes once the accepted events are committed.
+/// Events are validated one by one: a batch stores the valid ones and lists the refused with
+/// their index and code (422 when every event was refused).
+#[utoipa::path(post, path = "/v1/events", operation_id = "ingest_events", tag = "events",
+    request_body(content(
+        (EventsBody = "application/json"),
+        (CloudEvent = "application/cloudevents+json"),
+        (Vec<CloudEvent> = "application/cloudevents-batch+json"),
+    )),
+    responses(
+        (status = 200, description = "Stored, known (duplicates) or refused per event", body = ingest::IngestOutcome),
+        (status = 422, description = "Every event was refused (the outcome), or the body is not an event or a batch (an error)", body = Refused),
+    ),
+    security(("bearer" = ["ingest"])))]
 pub async fn ingest(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -106,8 +227,8 @@ fn cloudevent_batch(body: &[u8]) -> Result<Vec<Value>, ApiError> {
 
 /// The answer to a Segment call: the ingest outcome, and whether the call was ignored (not a
 /// track: identify, page, group… carry no usage).
-#[derive(serde::Serialize)]
-struct SegmentAnswer {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SegmentAnswer {
     #[serde(flatten)]
     outcome: ingest::IngestOutcome,
     ignored: bool,
@@ -116,6 +237,13 @@ struct SegmentAnswer {
 /// `POST /v1/integrations/segment`: one Segment call as its webhook destination sends it,
 /// authenticated with an ingest key (HTTP Basic with the key as the user name, as Segment
 /// sends it, or Bearer).
+#[utoipa::path(post, path = "/v1/integrations/segment", tag = "events",
+    request_body = SegmentCall,
+    responses(
+        (status = 200, description = "Stored, a duplicate, or ignored (not a track call)", body = SegmentAnswer),
+        (status = 422, description = "The call was refused (the answer), or the body is not JSON (an error)", body = SegmentRefused),
+    ),
+    security(("basic" = ["ingest"]), ("bearer" = ["ingest"])))]
 pub async fn segment(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -231,20 +359,28 @@ fn parse_body(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Required for a key not bound to an account.
+    /// The account; required for a key not bound to an account.
     account: Option<String>,
+    /// Only events of this type.
     #[serde(rename = "type")]
     event_type: Option<String>,
     /// The cursor: `next_cursor` of the previous page (an event id).
     after: Option<String>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /v1/events?account=acme&type=&after=&limit=`: an account's stored events in id order
 /// (ingest or admin keys; a bound key reads its own account).
+#[utoipa::path(get, path = "/v1/events", operation_id = "list_events", tag = "events", params(ListQuery),
+    responses((status = 200, description = "A page of stored events, in id order",
+        body = super::list::Page<crate::store::events::StoredEvent>)),
+    security(("bearer" = ["ingest", "admin"])))]
 pub async fn list(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

@@ -8,15 +8,21 @@ use crate::services::{usage, Ctx};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// The cursor: `next_cursor` of the previous page (an event type).
     after: Option<String>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// Event types in name order, `{"data", "next_cursor"}`.
+#[utoipa::path(get, path = "/v1/governance/event-types", tag = "operations", params(ListQuery),
+    responses((status = 200, description = "Every event type seen: whether a meter counts it, volumes", body = super::list::Page<crate::services::usage::EventTypeUsage>)),
+    security(("bearer" = ["admin", "finance"])))]
 pub async fn event_types(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

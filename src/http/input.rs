@@ -275,7 +275,7 @@ pub fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
     };
     raw.to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
         .map(Some)
         .ok_or_else(|| {
             ApiError::new(

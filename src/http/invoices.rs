@@ -13,10 +13,14 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this account's invoices.
     account: Option<String>,
+    /// Only invoices in this status.
+    #[param(value_type = Option<InvoiceStatus>)]
     status: Option<String>,
     /// Invoices whose period starts at or after this instant.
     #[serde(default, deserialize_with = "super::time::optional")]
@@ -26,11 +30,26 @@ pub struct ListQuery {
     period_to: Option<DateTime<Utc>>,
     /// The cursor: `next_cursor` of the previous page (an invoice number).
     after: Option<i64>,
+    /// Page size, 1 to 500 (50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+}
+
+/// An invoice's status.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)] // the values of `STATUSES`, for the document
+pub enum InvoiceStatus {
+    open,
+    paid,
+    void,
+    uncollectible,
 }
 
 const STATUSES: &[&str] = &["open", "paid", "void", "uncollectible"];
 
+#[utoipa::path(get, path = "/v1/invoices", operation_id = "list_invoices", tag = "invoices", params(ListQuery),
+    responses((status = 200, description = "Invoices, newest number last", body = super::list::Page<crate::store::invoices::InvoiceRow>)),
+    security(("bearer" = ["finance", "billing"])))]
 pub async fn list(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -66,6 +85,10 @@ pub async fn list(
     Ok(super::list::page(invoices, limit, |i| i.number))
 }
 
+#[utoipa::path(get, path = "/v1/invoices/{number}", operation_id = "get_invoice", tag = "invoices",
+    params(("number" = i64, Path, description = "The invoice number")),
+    responses((status = 200, description = "The invoice with its lines, payment and settlement", body = crate::services::billing::Invoice)),
+    security(("bearer" = ["finance", "billing"])))]
 pub async fn get(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -77,13 +100,28 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(inv))
 }
 
-#[derive(Deserialize)]
+/// An invoice's lineage.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the JSON `lineage` builds
+pub struct Lineage {
+    invoice: i64,
+    lines: Vec<billing::LineLineage>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LineageQuery {
     /// Most events listed per usage line (default 100, at most 1,000).
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/invoices/{number}/lineage", operation_id = "invoice_lineage", tag = "invoices",
+    params(("number" = i64, Path, description = "The invoice number"), LineageQuery),
+    responses((status = 200, description = "Each usage line down to its hourly rollups and events", body = Lineage)),
+    security(("bearer" = ["finance", "billing"])))]
 pub async fn lineage(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -97,16 +135,22 @@ pub async fn lineage(
     Ok(HttpResponse::Ok().json(json!({ "invoice": number, "lines": lines })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct BillingErrorsQuery {
     /// The cursor: `next_cursor` of the previous page (an account).
     after: Option<String>,
+    /// Page size, 1 to 500 (50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
 /// `GET /v1/reports/billing-errors`: accounts whose period close failed and has not succeeded
 /// since (finance keys not bound to an account).
+#[utoipa::path(get, path = "/v1/reports/billing-errors", tag = "invoices", params(BillingErrorsQuery),
+    responses((status = 200, description = "Accounts whose period close failed, retried later", body = super::list::Page<crate::store::billing_errors::BillingErrorRow>)),
+    security(("bearer" = ["finance"])))]
 pub async fn billing_errors(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -121,11 +165,12 @@ pub async fn billing_errors(
 }
 
 /// `POST /v1/invoices/{number}/pay`: finance records a payment received outside the rail.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayBody {
     /// The amount received: the invoice's total, as a decimal string.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(example = "83.00")]
     amount: rust_decimal::Decimal,
     /// When it was received (default: now); not in the future.
     #[serde(default, deserialize_with = "super::time::optional")]
@@ -136,7 +181,7 @@ pub struct PayBody {
 
 /// `POST /v1/invoices/{number}/void` and `/write-off`: an optional reason (the body may be
 /// empty).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     reason: Option<String>,
@@ -163,6 +208,14 @@ async fn settle(
     Ok(HttpResponse::Ok().json(inv))
 }
 
+#[utoipa::path(post, path = "/v1/invoices/{number}/pay", operation_id = "pay_invoice", tag = "invoices",
+    params(("number" = i64, Path, description = "The invoice number")),
+    request_body = PayBody,
+    responses(
+        (status = 200, description = "Records a payment received outside the rail (amount, date, reference); the invoice as it stands", body = crate::services::billing::Invoice),
+        (status = 409, description = "The invoice is not open, or Stripe is collecting it", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["finance"])))]
 pub async fn pay(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -178,6 +231,14 @@ pub async fn pay(
     settle(req, ctx, path.into_inner(), how).await
 }
 
+#[utoipa::path(post, path = "/v1/invoices/{number}/void", operation_id = "void_invoice", tag = "invoices",
+    params(("number" = i64, Path, description = "The invoice number")),
+    request_body = Option<ReasonBody>,
+    responses(
+        (status = 200, description = "Voids the invoice, with a credit note; the invoice as it stands", body = crate::services::billing::Invoice),
+        (status = 409, description = "The invoice is not open, or Stripe is collecting it", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["finance"])))]
 pub async fn void(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -189,6 +250,14 @@ pub async fn void(
     settle(req, ctx, path.into_inner(), how).await
 }
 
+#[utoipa::path(post, path = "/v1/invoices/{number}/write-off", operation_id = "write_off_invoice", tag = "invoices",
+    params(("number" = i64, Path, description = "The invoice number")),
+    request_body = Option<ReasonBody>,
+    responses(
+        (status = 200, description = "Writes the invoice off as uncollectible; the invoice as it stands", body = crate::services::billing::Invoice),
+        (status = 409, description = "The invoice is not open, or Stripe is collecting it", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["finance"])))]
 pub async fn write_off(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

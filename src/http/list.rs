@@ -8,6 +8,15 @@ use actix_web::HttpResponse;
 use serde::Serialize;
 use serde_json::json;
 
+/// A page of a list, as the document shows it (built by [`page`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation of the JSON `page` builds
+pub struct Page<T: utoipa::ToSchema> {
+    data: Vec<T>,
+    /// The value to pass as `after` for the next page; `null` on the last page.
+    next_cursor: Option<serde_json::Value>,
+}
+
 /// The page size: `limit` if given (1 to `max`), else `default`. Out of range (or not a
 /// number, refused by the query reader) is a 422 naming the parameter.
 pub fn limit(given: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {

@@ -11,6 +11,7 @@ mod input;
 mod invoices;
 mod keys;
 mod list;
+mod openapi;
 mod payments;
 mod plans;
 mod pql;
@@ -20,6 +21,7 @@ mod time;
 mod usage;
 
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 
 use crate::services::Ctx;
 use actix_web::dev::Server;
@@ -39,6 +41,15 @@ fn table() -> Vec<Resource> {
         ("/healthz", vec![("GET", web::get().to(health::healthz))]),
         ("/readyz", vec![("GET", web::get().to(health::readyz))]),
         ("/metrics", vec![("GET", web::get().to(health::metrics))]),
+        (
+            "/openapi.json",
+            vec![("GET", web::get().to(openapi::openapi_json))],
+        ),
+        ("/docs", vec![("GET", web::get().to(openapi::docs))]),
+        (
+            "/docs/redoc.standalone.js",
+            vec![("GET", web::get().to(openapi::redoc_js))],
+        ),
         (
             "/v1/events",
             vec![

@@ -10,6 +10,16 @@ use serde::Deserialize;
 
 /// `POST /v1/stripe/webhook`: authenticated by the `Stripe-Signature` header over the raw body
 /// (not by an API key). A refused signature answers 400 so Stripe shows the failure.
+/// Stripe's events (signed with `STRIPE_WEBHOOK_SECRET`, not keyed): payments succeeded or
+/// failed, payment methods attached. Refusals answer 400, as Stripe expects.
+#[utoipa::path(post, path = "/v1/stripe/webhook", tag = "payments",
+    params(("Stripe-Signature" = String, Header, description = "Stripe's signature of the body")),
+    request_body(content = serde_json::Value, description = "A Stripe event"),
+    responses(
+        (status = 200, description = "Handled (or already handled)", body = crate::services::payments::WebhookAnswer),
+        (status = 400, description = "Bad signature or not a Stripe event", body = super::openapi::ErrorBody),
+        (status = 409, description = "Stripe is not configured on this server", body = super::openapi::ErrorBody),
+    ))]
 pub async fn webhook(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -42,13 +52,24 @@ pub async fn webhook(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentMethodBody {
+    /// A Stripe payment method id (`pm_…`), attached to the account's customer.
+    #[schema(example = "pm_card_visa")]
     payment_method: String,
 }
 
 /// `PUT /v1/accounts/{account}/payment-method`: the card the account's invoices are charged to.
+/// Sets the account's default payment method; a past-due account is retried with it at once.
+#[utoipa::path(put, path = "/v1/accounts/{account}/payment-method", tag = "payments",
+    params(("account" = String, Path, description = "The account id")),
+    request_body = PaymentMethodBody,
+    responses(
+        (status = 200, description = "Set", body = crate::services::payments::PaymentMethodSet),
+        (status = 409, description = "Stripe is not configured, or the account has no customer", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["billing"])))]
 pub async fn put_payment_method(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -63,6 +84,11 @@ pub async fn put_payment_method(
 }
 
 /// `GET /v1/accounts/{account}/dunning`: collection state and every dunning step.
+/// Where the account's collection stands: past due, retries, suspension.
+#[utoipa::path(get, path = "/v1/accounts/{account}/dunning", tag = "payments",
+    params(("account" = String, Path, description = "The account id")),
+    responses((status = 200, description = "The dunning state", body = crate::services::payments::DunningView)),
+    security(("bearer" = ["billing", "finance"])))]
 pub async fn dunning(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -75,13 +101,20 @@ pub async fn dunning(
     Ok(HttpResponse::Ok().json(payments::dunning(&ctx, &account).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReconciliationQuery {
+    /// The month, `YYYY-MM` (required).
+    #[param(required = true, example = "2026-11")]
     period: Option<String>,
 }
 
 /// `GET /v1/reports/reconciliation?period=YYYY-MM` (finance keys not bound to an account).
+/// Invoiced against collected for a month, and every mismatch.
+#[utoipa::path(get, path = "/v1/reports/reconciliation", tag = "payments", params(ReconciliationQuery),
+    responses((status = 200, description = "The month's reconciliation", body = crate::services::payments::Reconciliation)),
+    security(("bearer" = ["finance"])))]
 pub async fn reconciliation(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

@@ -22,15 +22,21 @@ const ANY: &[Scope] = &[
     Scope::Admin,
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// The cursor: `next_cursor` of the previous page (a plan code).
     after: Option<String>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /v1/plans`: published plans in code order, each with its versions.
+#[utoipa::path(get, path = "/v1/plans", operation_id = "list_plans", tag = "plans", params(ListQuery),
+    responses((status = 200, description = "Published plans, by code", body = super::list::Page<crate::services::plans::PlanSummary>)),
+    security(("bearer" = ["ingest", "check", "billing", "finance", "admin"])))]
 pub async fn list(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -48,6 +54,10 @@ pub async fn list(
 }
 
 /// `GET /v1/plans/{plan}`: one plan as listed (name, latest version, every version).
+#[utoipa::path(get, path = "/v1/plans/{plan}", operation_id = "get_plan", tag = "plans",
+    params(("plan" = String, Path, description = "The plan code")),
+    responses((status = 200, description = "The plan and its versions", body = crate::services::plans::PlanSummary)),
+    security(("bearer" = ["ingest", "check", "billing", "finance", "admin"])))]
 pub async fn plan(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -65,6 +75,11 @@ pub async fn plan(
 }
 
 /// `GET /v1/plans/{plan}/versions/{version}`: a published definition; `latest` for the newest.
+#[utoipa::path(get, path = "/v1/plans/{plan}/versions/{version}", operation_id = "get_plan_version", tag = "plans",
+    params(("plan" = String, Path, description = "The plan code"),
+        ("version" = String, Path, description = "A version number, or `latest`")),
+    responses((status = 200, description = "The version: prices, meters, features, limits", body = crate::services::plans::VersionDetail)),
+    security(("bearer" = ["ingest", "check", "billing", "finance", "admin"])))]
 pub async fn version(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -91,7 +106,14 @@ pub async fn version(
 
 /// `{"files": {"team/v3.toml": "<the file's text>", ...}}`: plan files as in the plans folder,
 /// each named `<plan>/v<N>.toml`.
-#[derive(Deserialize)]
+/// What publishing answered, per file.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the JSON `publish` builds
+pub struct Published {
+    data: Vec<plans::PublishResult>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishBody {
     files: BTreeMap<String, String>,
@@ -100,6 +122,12 @@ pub struct PublishBody {
 /// At most this many files in one publish.
 const MAX_FILES: usize = 200;
 
+#[utoipa::path(post, path = "/v1/plans/publish", operation_id = "publish_plans", tag = "plans", request_body = PublishBody,
+    responses(
+        (status = 200, description = "Each file: published, unchanged, or why not; live on every instance within seconds", body = Published),
+        (status = 409, description = "A published version would change", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["admin"])))]
 pub async fn publish(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

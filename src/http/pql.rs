@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 /// `GET /v1/accounts/{account}/pql`: score, tier, each signal with its value and points, the
 /// zone with its reasons, the owner, and the funnel milestones.
+#[utoipa::path(get, path = "/v1/accounts/{account}/pql", operation_id = "get_account_pql", tag = "pql",
+    params(("account" = String, Path, description = "The account id")),
+    responses((status = 200, description = "The account's score, tier, zone and breakdown", body = crate::store::pql::PqlRow)),
+    security(("bearer" = ["admin", "finance", "billing"])))]
 pub async fn account(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -22,16 +26,34 @@ pub async fn account(
     Ok(HttpResponse::Ok().json(pql::account_view(&ctx, &account).await?))
 }
 
-#[derive(Deserialize)]
+/// A PQL tier.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)] // the tiers `domain::pql::Tier` parses
+pub enum PqlTier {
+    hot,
+    warm,
+    watching,
+    none,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct QueueQuery {
+    /// The tier (default `hot`).
+    #[param(value_type = Option<PqlTier>)]
     tier: Option<String>,
     /// The cursor: `next_cursor` of the previous page.
     after: Option<String>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /v1/pql?tier=hot`: the queue sales works from, newest first.
+#[utoipa::path(get, path = "/v1/pql", operation_id = "pql_queue", tag = "pql", params(QueueQuery),
+    responses((status = 200, description = "The queue sales works from: accounts of the tier", body = super::list::Page<crate::store::pql::PqlRow>)),
+    security(("bearer" = ["admin", "finance"])))]
 pub async fn queue(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -46,16 +68,24 @@ pub async fn queue(
     Ok(super::list::page(rows, limit, pql::cursor))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FunnelQuery {
+    /// Start (RFC 3339), required.
     #[serde(default, deserialize_with = "super::time::optional")]
+    #[param(required = true)]
     from: Option<DateTime<Utc>>,
+    /// End (RFC 3339, exclusive), required.
     #[serde(default, deserialize_with = "super::time::optional")]
+    #[param(required = true)]
     to: Option<DateTime<Utc>>,
 }
 
 /// `GET /v1/reports/funnel?from=&to=`.
+#[utoipa::path(get, path = "/v1/reports/funnel", operation_id = "pql_funnel", tag = "pql", params(FunnelQuery),
+    responses((status = 200, description = "Sign-ups, PQLs and conversions over the range", body = crate::services::pql::Funnel)),
+    security(("bearer" = ["admin", "finance"])))]
 pub async fn funnel(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

@@ -10,19 +10,30 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MovementsQuery {
+    /// Start (RFC 3339), required.
     #[serde(default, deserialize_with = "super::time::optional")]
+    #[param(required = true)]
     from: Option<DateTime<Utc>>,
+    /// End (RFC 3339, exclusive), required.
     #[serde(default, deserialize_with = "super::time::optional")]
+    #[param(required = true)]
     to: Option<DateTime<Utc>>,
+    /// Only this account's movements.
     account: Option<String>,
     /// The cursor: `next_cursor` of the previous page (a movement id).
     after: Option<i64>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/movements", tag = "revenue", params(MovementsQuery),
+    responses((status = 200, description = "MRR movements (new, expansion, contraction, churn, reactivation) in the range", body = super::list::Page<crate::store::revenue::MovementRow>)),
+    security(("bearer" = ["finance"])))]
 pub async fn movements(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -47,16 +58,60 @@ pub async fn movements(
     Ok(super::list::page(rows, limit, |m| m.id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct NrrQuery {
+    /// Start (RFC 3339), required.
     #[serde(default, deserialize_with = "super::time::optional")]
+    #[param(required = true)]
     from: Option<DateTime<Utc>>,
+    /// End (RFC 3339, exclusive), required.
     #[serde(default, deserialize_with = "super::time::optional")]
+    #[param(required = true)]
     to: Option<DateTime<Utc>>,
+    /// `month`: one window per calendar month.
+    #[param(value_type = Option<NrrBy>)]
     by: Option<String>,
 }
 
+/// How NRR windows are cut.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)] // the one value `nrr` takes
+pub enum NrrBy {
+    month,
+}
+
+/// NRR and GRR per window.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the JSON `nrr` builds
+pub struct NrrReport {
+    windows: Vec<revenue::RetentionWindow>,
+}
+
+/// What an export reads.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)] // the names `exports::Entity::parse` takes
+pub enum ExportEntity {
+    events,
+    invoices,
+    lines,
+    movements,
+    pql,
+}
+
+/// A delivery state.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_camel_case_types)] // the states `outbox::deliveries` takes
+pub enum DeliveryState {
+    pending,
+    delivered,
+    dead,
+}
+
+#[utoipa::path(get, path = "/v1/reports/nrr", tag = "revenue", params(NrrQuery),
+    responses((status = 200, description = "NRR and GRR (each account's loss capped at its starting MRR)", body = NrrReport)),
+    security(("bearer" = ["finance"])))]
 pub async fn nrr(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -84,6 +139,11 @@ pub async fn nrr(
     Ok(HttpResponse::Ok().json(json!({ "windows": windows })))
 }
 
+#[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "revenue",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe")),
+    request_body = outbox::EndpointRequest,
+    responses((status = 201, description = "The endpoint and its signing secret (shown once)", body = outbox::CreatedEndpoint)),
+    security(("bearer" = ["admin"])))]
 pub async fn create_endpoint(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -97,15 +157,21 @@ pub async fn create_endpoint(
     Ok(HttpResponse::Created().json(created))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EndpointsQuery {
     /// The cursor: `next_cursor` of the previous page (an endpoint id).
     after: Option<i64>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /v1/webhook-endpoints`: oldest first (endpoints are few: read whole, paged here).
+#[utoipa::path(get, path = "/v1/webhook-endpoints", tag = "revenue", params(EndpointsQuery),
+    responses((status = 200, description = "Endpoints, by id", body = super::list::Page<crate::store::outbox::EndpointRow>)),
+    security(("bearer" = ["admin"])))]
 pub async fn list_endpoints(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -124,6 +190,10 @@ pub async fn list_endpoints(
 }
 
 /// `GET /v1/webhook-endpoints/{id}`.
+#[utoipa::path(get, path = "/v1/webhook-endpoints/{id}", tag = "revenue",
+    params(("id" = i64, Path, description = "The endpoint id")),
+    responses((status = 200, description = "The endpoint", body = crate::store::outbox::EndpointRow)),
+    security(("bearer" = ["admin"])))]
 pub async fn get_endpoint(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -136,6 +206,11 @@ pub async fn get_endpoint(
 }
 
 /// `PATCH /v1/webhook-endpoints/{id}` `{"url"?, "kinds"?, "enabled"?}`.
+#[utoipa::path(patch, path = "/v1/webhook-endpoints/{id}", tag = "revenue",
+    params(("id" = i64, Path, description = "The endpoint id")),
+    request_body = outbox::EndpointUpdate,
+    responses((status = 200, description = "The endpoint, changed", body = crate::store::outbox::EndpointRow)),
+    security(("bearer" = ["admin"])))]
 pub async fn update_endpoint(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -149,6 +224,10 @@ pub async fn update_endpoint(
 }
 
 /// `DELETE /v1/webhook-endpoints/{id}`: 204.
+#[utoipa::path(delete, path = "/v1/webhook-endpoints/{id}", tag = "revenue",
+    params(("id" = i64, Path, description = "The endpoint id")),
+    responses((status = 204, description = "Deleted; nothing more is delivered to it")),
+    security(("bearer" = ["admin"])))]
 pub async fn delete_endpoint(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -161,6 +240,10 @@ pub async fn delete_endpoint(
 }
 
 /// `POST /v1/webhook-endpoints/{id}/rotate-secret`: the new secret, shown once.
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "revenue",
+    params(("id" = i64, Path, description = "The endpoint id")),
+    responses((status = 200, description = "The endpoint and its new secret (shown once)", body = outbox::CreatedEndpoint)),
+    security(("bearer" = ["admin"])))]
 pub async fn rotate_secret(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -171,15 +254,24 @@ pub async fn rotate_secret(
     Ok(HttpResponse::Ok().json(outbox::rotate_secret(&ctx, path.into_inner()).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
+    /// Only deliveries in this state.
+    #[param(value_type = Option<DeliveryState>)]
     state: Option<String>,
     /// The cursor: `next_cursor` of the previous page (a feed position).
     after: Option<i64>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/webhook-endpoints/{id}/deliveries", tag = "revenue",
+    params(("id" = i64, Path, description = "The endpoint id"), DeliveriesQuery),
+    responses((status = 200, description = "Deliveries to the endpoint (dead letters: state=dead)", body = super::list::Page<crate::store::outbox::DeliveryRow>)),
+    security(("bearer" = ["admin"])))]
 pub async fn deliveries(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -201,15 +293,23 @@ pub async fn deliveries(
     Ok(super::list::page(rows, limit, |d| d.seq))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FeedQuery {
+    /// The feed position to read after (0: the beginning).
+    #[param(minimum = 0)]
     after: Option<i64>,
+    /// Page size, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /v1/feed?after=<cursor>&limit=`: the outbound events in order, for pull consumers.
 /// An account-bound key reads its own account's events only.
+#[utoipa::path(get, path = "/v1/feed", tag = "revenue", params(FeedQuery),
+    responses((status = 200, description = "Outbox events after a position, in order, never skipping one", body = outbox::Feed)),
+    security(("bearer" = ["admin", "finance"])))]
 pub async fn feed(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -226,11 +326,14 @@ pub async fn feed(
     Ok(HttpResponse::Ok().json(feed))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// The cursor: `next_cursor` of the previous page (absent or empty: the beginning).
     after: Option<String>,
+    /// Page size, 1 to 10,000 (1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
 }
 
@@ -238,6 +341,10 @@ pub struct ExportQuery {
 /// for warehouses and reverse-ETL, page by page; `next_cursor` is always given (store it and
 /// resume from it: an incremental sync never misses or repeats a row). Finance or admin keys
 /// not bound to an account.
+#[utoipa::path(get, path = "/v1/exports/{entity}", operation_id = "export_page", tag = "revenue",
+    params(("entity" = ExportEntity, Path, description = "What to export"), ExportQuery),
+    responses((status = 200, description = "Rows after the cursor; resume from `next_cursor`", body = crate::services::exports::Page)),
+    security(("bearer" = ["admin", "finance"])))]
 pub async fn export(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

@@ -10,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     #[serde(deserialize_with = "super::time::required")]
@@ -18,7 +18,7 @@ pub struct CreateBody {
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdvanceBody {
     #[serde(deserialize_with = "super::time::required")]
@@ -33,6 +33,9 @@ async fn admin(req: &HttpRequest, ctx: &Ctx) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(post, path = "/v1/test-clocks", operation_id = "create_test_clock", tag = "operations", request_body = CreateBody,
+    responses((status = 201, description = "The clock (404 unless the server runs with ACCRUE_TEST_CLOCKS=true)", body = crate::store::test_clocks::TestClockRow)),
+    security(("bearer" = ["admin"])))]
 pub async fn create(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -44,6 +47,10 @@ pub async fn create(
     Ok(HttpResponse::build(StatusCode::CREATED).json(clock))
 }
 
+#[utoipa::path(get, path = "/v1/test-clocks/{id}", operation_id = "get_test_clock", tag = "operations",
+    params(("id" = String, Path, description = "The clock id")),
+    responses((status = 200, description = "The clock", body = crate::store::test_clocks::TestClockRow)),
+    security(("bearer" = ["admin"])))]
 pub async fn get(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -54,6 +61,14 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(test_clocks::get(&ctx, &path.into_inner()).await?))
 }
 
+#[utoipa::path(post, path = "/v1/test-clocks/{id}/advance", operation_id = "advance_test_clock", tag = "operations",
+    params(("id" = String, Path, description = "The clock id")),
+    request_body = AdvanceBody,
+    responses(
+        (status = 200, description = "The clock, advanced; what fell due in between ran", body = crate::store::test_clocks::TestClockRow),
+        (status = 409, description = "The clock is being advanced already", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = ["admin"])))]
 pub async fn advance(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

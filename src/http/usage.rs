@@ -9,16 +9,23 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::Deserialize;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RangeQuery {
     #[serde(default, deserialize_with = "super::time::optional")]
+    /// Start (RFC 3339); the start of the current UTC month when absent.
     from: Option<DateTime<Utc>>,
+    /// End (RFC 3339, exclusive); the end of the current hour when absent.
     #[serde(default, deserialize_with = "super::time::optional")]
     to: Option<DateTime<Utc>>,
 }
 
 /// Defaults: from the start of the current UTC month to the end of the current hour.
+#[utoipa::path(get, path = "/v1/accounts/{account}/usage", tag = "accounts",
+    params(("account" = String, Path, description = "The account id"), RangeQuery),
+    responses((status = 200, description = "Usage per meter against the plan's limits", body = crate::services::usage::UsageReport)),
+    security(("bearer" = ["check", "billing", "finance"])))]
 pub async fn account_usage(
     req: HttpRequest,
     ctx: web::Data<Ctx>,

@@ -415,7 +415,7 @@ pub async fn billing_errors(
     Ok(store::billing_errors::open(&mut conn, after, limit).await?)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Invoice {
     #[serde(flatten)]
     pub invoice: InvoiceRow,
@@ -499,7 +499,7 @@ pub async fn list_invoices(
     Ok(rows)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LineLineage {
     pub line_no: i32,
     pub meter: String,

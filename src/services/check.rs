@@ -382,7 +382,7 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     pub meter: Option<String>,
@@ -391,7 +391,7 @@ pub struct CheckRequest {
     pub quantity: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     WithinLimit,
@@ -402,7 +402,7 @@ pub enum Reason {
     NoSubscription,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CheckAnswer {
     pub allowed: bool,
     pub reason: Reason,

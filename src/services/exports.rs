@@ -109,7 +109,8 @@ impl Entity {
 }
 
 /// One page of an export.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ExportPage)]
 pub struct Page {
     pub data: Vec<Value>,
     pub next_cursor: String,

@@ -34,14 +34,15 @@ pub const MAX_BATCH: usize = 1000;
 /// How many times a batch is retried after a deadlock or serialization failure.
 const MAX_ATTEMPTS: usize = 5;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RejectedEvent {
     pub index: usize,
     pub id: Option<String>,
     pub error: ErrorBody,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = EventRejection)]
 pub struct ErrorBody {
     pub code: &'static str,
     pub message: String,
@@ -49,7 +50,7 @@ pub struct ErrorBody {
 
 /// The per-batch answer: how many were stored now, how many were already stored, and why the
 /// others were refused.
-#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq, utoipa::ToSchema)]
 pub struct IngestOutcome {
     pub accepted: usize,
     pub duplicates: usize,

@@ -58,7 +58,7 @@ pub fn signature(secret: &str, t: i64, payload: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Endpoints
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointRequest {
     pub url: String,
@@ -66,7 +66,7 @@ pub struct EndpointRequest {
     pub kinds: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CreatedEndpoint {
     #[serde(flatten)]
     pub endpoint: EndpointRow,
@@ -310,7 +310,7 @@ pub async fn create_endpoint(
 }
 
 /// What `PATCH /v1/webhook-endpoints/{id}` changes; absent fields stay as they are.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointUpdate {
     pub url: Option<String>,
@@ -427,7 +427,7 @@ pub async fn deliveries(
 
 /// A page of the feed. Unlike other lists its cursor is never null: the feed is a stream, and
 /// the position after the last event read is where the next poll starts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Feed {
     pub data: Vec<Value>,
     /// Pass as `after` to read on.

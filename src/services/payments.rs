@@ -169,7 +169,7 @@ async fn record_step(
 }
 
 /// What one collection sweep did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CollectReport {
     pub paid: usize,
     pub failed: usize,
@@ -974,7 +974,7 @@ pub async fn verify_customer(ctx: &Ctx, account: &str, customer: &str) -> Result
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PaymentMethodSet {
     pub account: String,
     pub customer: String,
@@ -1074,7 +1074,7 @@ fn rail_error(e: RailError) -> ServiceError {
 // ---------------------------------------------------------------------------------------------
 // Dunning state
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DunningView {
     pub account: String,
     pub status: Option<String>,
@@ -1131,7 +1131,7 @@ pub async fn dunning(ctx: &Ctx, account: &str) -> Result<DunningView, ServiceErr
 // ---------------------------------------------------------------------------------------------
 // Webhooks
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct WebhookAnswer {
     pub received: bool,
     pub duplicate: bool,
@@ -1270,7 +1270,7 @@ pub async fn webhook(
 // ---------------------------------------------------------------------------------------------
 // Reconciliation
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StripeSide {
     pub id: String,
     #[serde(with = "rust_decimal::serde::str")]
@@ -1281,7 +1281,7 @@ pub struct StripeSide {
     pub amount_paid: Decimal,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReconciledInvoice {
     pub number: i64,
     pub account: String,
@@ -1301,7 +1301,7 @@ pub struct ReconciledInvoice {
 
 /// The period's invoices by outcome, in one currency: what was invoiced, paid (through the
 /// rail or recorded by finance), voided (credit notes), written off, and still outstanding.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PeriodTotals {
     #[serde(with = "rust_decimal::serde::str")]
     pub invoiced: Decimal,
@@ -1329,7 +1329,7 @@ impl PeriodTotals {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Mismatch {
     pub number: i64,
     pub account: String,
@@ -1338,7 +1338,7 @@ pub struct Mismatch {
     pub stripe: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Reconciliation {
     pub period: String,
     pub invoices: Vec<ReconciledInvoice>,

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PublishStatus {
     /// Stored now.
@@ -21,7 +21,7 @@ pub enum PublishStatus {
     Unchanged,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PublishResult {
     pub plan: PlanRef,
     pub status: PublishStatus,
@@ -191,7 +191,7 @@ impl From<StoreError> for TxError {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PlanSummary {
     pub plan: String,
     pub name: String,
@@ -200,7 +200,7 @@ pub struct PlanSummary {
     pub versions: Vec<VersionSummary>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VersionSummary {
     pub version: i32,
     pub content_hash: String,
@@ -238,7 +238,7 @@ pub async fn list(pool: &Pool) -> Result<Vec<PlanSummary>, ServiceError> {
     Ok(out)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VersionDetail {
     pub plan: String,
     pub version: i32,

@@ -396,7 +396,7 @@ fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, &str)> {
     ))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Stage {
     pub stage: &'static str,
     pub accounts: usize,
@@ -404,7 +404,7 @@ pub struct Stage {
     pub rate: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TierConversion {
     pub tier: &'static str,
     pub pqls: usize,
@@ -413,7 +413,7 @@ pub struct TierConversion {
     pub rate: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Funnel {
     #[serde(serialize_with = "crate::domain::ts::ms")]
     pub from: DateTime<Utc>,

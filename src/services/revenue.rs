@@ -239,7 +239,7 @@ fn check_window(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), ServiceErr
 
 /// One window of the retention report, per currency (MRR in different currencies is never
 /// added together).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RetentionWindow {
     #[serde(serialize_with = "crate::domain::ts::ms")]
     pub from: DateTime<Utc>,

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 pub const QUOTE_TTL_MINUTES: i64 = 30;
 
 /// The subscription as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView {
     pub account: String,
     pub plan: String,
@@ -460,7 +460,7 @@ async fn check_currency(
 // ---------------------------------------------------------------------------------------------
 // Subscribing
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscribeRequest {
     pub plan: String,
@@ -470,7 +470,7 @@ pub struct SubscribeRequest {
     pub trial: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Subscribed {
     pub subscription: SubscriptionView,
     /// The number of the invoice issued for the advance fees (none during a trial).
@@ -790,14 +790,14 @@ pub async fn changes(
 // ---------------------------------------------------------------------------------------------
 // Quotes
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Effective {
     Now,
     PeriodEnd,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuoteRequest {
     pub plan: Option<String>,
@@ -814,7 +814,7 @@ pub struct QuoteRequest {
     pub operator_override: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Side {
     pub plan: String,
     pub version: u32,
@@ -822,7 +822,7 @@ pub struct Side {
 }
 
 /// A quote: exactly what acceptance will do and charge.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quote {
     pub id: String,
     pub account: String,
@@ -1064,7 +1064,7 @@ pub async fn quote(
 }
 
 /// What acceptance answers (and what a retry with the same key gets again).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub quote_id: String,
     pub change_id: i64,

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MeterUsage {
     pub meter: String,
     pub aggregation: Aggregation,
@@ -22,7 +22,7 @@ pub struct MeterUsage {
     pub last_event_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageReport {
     pub account: String,
     #[serde(serialize_with = "crate::domain::ts::ms")]
@@ -85,7 +85,7 @@ pub async fn usage(
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventTypeUsage {
     pub event_type: String,
     pub event_count: i64,

@@ -22,7 +22,7 @@ pub struct ApiKey {
 }
 
 /// A key as operators see it (`accrue keys list`, `GET /v1/keys`): never the secret or hash.
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = api_keys)]
 pub struct KeyInfo {
     pub id: i64,

@@ -234,7 +234,7 @@ pub async fn add_to_type_counts(
 }
 
 /// An event as stored, as `GET /v1/events` shows it.
-#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+#[derive(Debug, Clone, QueryableByName, serde::Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     #[diesel(sql_type = Text)]
     pub id: String,

@@ -11,7 +11,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = invoices)]
 pub struct InvoiceRow {
     pub account: String,
@@ -40,7 +40,7 @@ pub struct InvoiceRow {
     pub period_share: Option<Decimal>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = invoice_lines)]
 pub struct LineRow {
     #[serde(skip)]
@@ -394,7 +394,7 @@ pub async fn fees_billed_for_period(
     Ok((f.opening > 0).then(|| f.amount.unwrap_or_default()))
 }
 
-#[derive(Debug, QueryableByName, Serialize)]
+#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
 pub struct LineageRollup {
     #[diesel(sql_type = Timestamptz)]
     #[serde(serialize_with = "crate::domain::ts::ms")]
@@ -430,7 +430,7 @@ pub async fn rollups_for_line(
     .await?)
 }
 
-#[derive(Debug, QueryableByName, Serialize)]
+#[derive(Debug, QueryableByName, Serialize, utoipa::ToSchema)]
 pub struct LineageEvent {
     #[diesel(sql_type = Text)]
     pub id: String,

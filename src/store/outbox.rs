@@ -116,7 +116,7 @@ pub async fn events_by_seqs(
         .await?)
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = webhook_endpoints)]
 pub struct EndpointRow {
     pub id: i64,
@@ -325,7 +325,7 @@ pub async fn fan_out(
     .await
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = webhook_deliveries)]
 pub struct DeliveryRow {
     pub endpoint_id: i64,

@@ -11,7 +11,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, Serialize)]
+#[derive(
+    Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, Serialize, utoipa::ToSchema,
+)]
 #[diesel(table_name = invoice_payments)]
 #[diesel(treat_none_as_null = true)]
 pub struct PaymentRow {
@@ -246,7 +248,7 @@ pub async fn set_invoice_status(
     Ok(())
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = dunning_steps)]
 pub struct StepRow {
     #[serde(skip)]

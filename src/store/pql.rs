@@ -9,7 +9,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use std::collections::HashMap;
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, Serialize)]
+#[derive(
+    Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, Serialize, utoipa::ToSchema,
+)]
 #[diesel(table_name = pql_scores)]
 #[diesel(treat_none_as_null = true)]
 pub struct PqlRow {

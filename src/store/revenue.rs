@@ -90,7 +90,7 @@ pub async fn insert_movements(
     Ok(ids)
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = revenue_movements)]
 pub struct MovementRow {
     pub account: String,

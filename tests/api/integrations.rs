@@ -203,3 +203,46 @@ async fn segment_track_calls_count_once_and_other_calls_are_ignored() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+/// A call Segment could not have sent (no `type`, or a field of the wrong type) is refused,
+/// track or not, rather than ignored as if it were an identify call (schemathesis found
+/// `{"type": {}}` answered 200 `ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_calls_of_the_wrong_shape_are_refused_not_ignored() {
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    for bad in [
+        json!({"type": {}, "messageId": "m-1"}),
+        json!({"messageId": "m-1", "event": "API Call"}),
+        json!({"type": "identify", "messageId": 5}),
+        json!({"type": "page", "context": "acme"}),
+        json!({"type": "track", "messageId": "m-1", "properties": [1]}),
+    ] {
+        let res = app
+            .http
+            .post(app.url("/v1/integrations/segment"))
+            .basic_auth(&key, None::<&str>)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert_eq!(
+            body["rejected"][0]["error"]["code"], "invalid_event",
+            "{bad}: {body}"
+        );
+        assert_eq!(body["accepted"], 0);
+    }
+    // Null is "not given".
+    let res = app
+        .http
+        .post(app.url("/v1/integrations/segment"))
+        .bearer_auth(&key)
+        .json(&json!({"type": "identify", "messageId": null, "context": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

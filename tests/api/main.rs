@@ -22,6 +22,7 @@ mod migration;
 mod model;
 mod model_cards;
 mod money_edges;
+mod openapi;
 mod plans;
 mod pql;
 mod receiver;
