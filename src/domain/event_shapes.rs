@@ -9,7 +9,8 @@
 //! - Segment: a `track` call's `messageId` is the id (`segment:<messageId>`), `context.groupId`
 //!   the account (else a configured path in the call, e.g. `properties.workspace_id`), `event`
 //!   the event type (through a configured table, else as sent), `properties` the properties.
-//!   Other calls (identify, page, group…) carry no usage and are ignored.
+//!   Other calls (identify, page, group…) carry no usage and are ignored; a call Segment could
+//!   not have sent (no string `type`, a field of the spec with another type) is refused.
 
 use super::event::{Rejection, MAX_ID_LEN};
 use serde_json::{Map, Value};

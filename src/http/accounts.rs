@@ -37,6 +37,30 @@ pub struct AccountBody {
     test_clock: Option<String>,
 }
 
+/// The body of `PUT`: every firmographic field, `null` to clear one (the document's view of
+/// [`AccountBody`] as `put_account` requires it).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AccountReplace {
+    #[schema(required = true, example = "Acme")]
+    name: Option<String>,
+    #[schema(required = true, example = "billing@acme.test")]
+    email: Option<String>,
+    #[schema(required = true, example = 40)]
+    employees: Option<i32>,
+    #[schema(required = true, example = "software")]
+    industry: Option<String>,
+    #[schema(required = true, example = "DE")]
+    country: Option<String>,
+    #[schema(required = true, example = "dana")]
+    crm_owner: Option<String>,
+    /// Links an existing Stripe customer (unbound keys only; verified through its metadata).
+    stripe_customer_id: Option<String>,
+    /// A test clock to live by (`ACCRUE_TEST_CLOCKS=true`), when the account is created.
+    test_clock: Option<String>,
+}
+
 /// A field that is present: `Some(value)`, `Some(None)` for `null` (absent fields take the
 /// `default`, `None`).
 fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
@@ -49,7 +73,7 @@ fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 /// `missing_field`, naming it) rather than wiped: `PATCH` changes some fields.
 #[utoipa::path(put, path = "/v1/accounts/{account}", tag = "accounts",
     params(("account" = String, Path, description = "The account id")),
-    request_body = AccountBody,
+    request_body = AccountReplace,
     responses(
         (status = 200, description = "Replaced", body = Account),
         (status = 201, description = "Created", body = Account),

@@ -48,8 +48,9 @@ pub struct EventIn {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct EventBatch {
-    /// Events as in `EventIn`.
-    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
+    /// Events as in `EventIn`. Each is validated alone: one that is not an event is refused
+    /// in `rejected` (with its index), and the others are stored.
+    #[schema(min_items = 1, max_items = 1000)]
     events: Vec<Value>,
 }
 
@@ -62,28 +63,30 @@ pub enum Refused {
     Error(super::openapi::ErrorBody),
 }
 
-/// A 422 of `POST /v1/integrations/segment`.
-#[derive(serde::Serialize, utoipa::ToSchema)]
+/// `POST /v1/events` takes one event or a batch (as they are, untagged).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-#[allow(dead_code)]
-pub enum SegmentRefused {
-    Answer(SegmentAnswer),
-    Error(super::openapi::ErrorBody),
-}
-
-/// `POST /v1/events` takes one event or a batch.
-#[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub enum EventsBody {
     One(EventIn),
     Batch(EventBatch),
 }
 
-/// A CloudEvents 1.0 event in structured mode. Extension attributes are allowed and ignored.
+/// The CloudEvents versions taken.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum SpecVersion {
+    #[schema(rename = "1.0")]
+    V1,
+}
+
+/// A CloudEvents 1.0 event in structured mode. Extension attributes are allowed and ignored
+/// (but `data_base64` is refused: `data` must be a JSON object).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct CloudEvent {
-    #[schema(example = "1.0")]
+    /// Only 1.0.
+    #[schema(value_type = SpecVersion)]
     specversion: String,
     /// With `source`, the dedup key: the same id from two sources is two events.
     #[schema(min_length = 1)]
@@ -97,7 +100,7 @@ pub struct CloudEvent {
     #[schema(example = "acme")]
     subject: String,
     time: Option<chrono::DateTime<chrono::Utc>>,
-    /// JSON only (`application/json` or `+json`).
+    /// JSON only (`application/json` or a `+json` type); another is refused.
     datacontenttype: Option<String>,
     /// The properties (a JSON object).
     #[schema(value_type = Option<Object>)]
@@ -107,7 +110,8 @@ pub struct CloudEvent {
 /// A Segment call as its webhook destination sends it. A `track` call becomes an event:
 /// `messageId` the id, `context.groupId` the account (or the configured path), `event` the
 /// type (through the configured mapping), `properties` the properties. Other calls (identify,
-/// page, group…) are answered with `ignored: true`.
+/// page, group…) are answered with `ignored: true`; a call without a string `type`, or with one
+/// of these fields of another type, is refused on every call.
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct SegmentCall {
@@ -241,7 +245,7 @@ pub struct SegmentAnswer {
     request_body = SegmentCall,
     responses(
         (status = 200, description = "Stored, a duplicate, or ignored (not a track call)", body = SegmentAnswer),
-        (status = 422, description = "The call was refused (the answer), or the body is not JSON (an error)", body = SegmentRefused),
+        (status = 422, description = "The call was refused", body = SegmentAnswer),
     ),
     security(("basic" = ["ingest"]), ("bearer" = ["ingest"])))]
 pub async fn segment(

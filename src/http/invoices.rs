@@ -112,8 +112,7 @@ pub struct Lineage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct LineageQuery {
-    /// Most events listed per usage line (default 100, at most 1,000).
-    /// Page size, 1 to 1,000 (100).
+    /// Most events listed per usage line, 1 to 1,000 (100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }

@@ -14,6 +14,7 @@ use serde_json::json;
 pub struct Page<T: utoipa::ToSchema> {
     data: Vec<T>,
     /// The value to pass as `after` for the next page; `null` on the last page.
+    #[schema(required = true)]
     next_cursor: Option<serde_json::Value>,
 }
 

@@ -45,9 +45,10 @@ struct ErrorDetail {
     info(
         title = "accrue",
         description = "Usage metering and hybrid billing for product-led SaaS. Every `/v1` route \
-            needs an API key (`Authorization: Bearer <key>`) holding one of the scopes the \
-            operation lists; a key bound to an account reaches only that account (others answer \
-            404). Amounts are decimal strings at the currency's scale, quantities decimal \
+            but Stripe's webhook needs an API key (`Authorization: Bearer <key>`, or HTTP Basic \
+            with the key as the user name) holding one of the scopes the operation lists (an \
+            `admin` key holds them all); a key bound to an account reaches only that account \
+            (others answer 404). Amounts are decimal strings at the currency's scale, quantities decimal \
             strings, timestamps RFC 3339 UTC with milliseconds; lists answer `{\"data\", \
             \"next_cursor\"}` and take `limit` and `after`. No path, query or header may hold \
             the NUL character (400).",
@@ -133,8 +134,8 @@ impl Modify for Conventions {
                 Http::builder()
                     .scheme(HttpAuthScheme::Basic)
                     .description(Some(
-                        "The API key as the user name, no password (as Segment's webhook \
-                         destination and Stripe's clients send it).",
+                        "The API key as the user name, no password, taken on every keyed \
+                         route (Segment's webhook destination sends its shared secret so).",
                     ))
                     .build(),
             ),

@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// `POST /v1/stripe/webhook`: authenticated by the `Stripe-Signature` header over the raw body
 /// (not by an API key). A refused signature answers 400 so Stripe shows the failure.
 /// Stripe's events (signed with `STRIPE_WEBHOOK_SECRET`, not keyed): payments succeeded or
-/// failed, payment methods attached. Refusals answer 400, as Stripe expects.
+/// failed, payment methods attached. A bad signature or event answers 400, as Stripe expects.
 #[utoipa::path(post, path = "/v1/stripe/webhook", tag = "payments",
     params(("Stripe-Signature" = String, Header, description = "Stripe's signature of the body")),
     request_body(content = serde_json::Value, description = "A Stripe event"),
@@ -19,6 +19,7 @@ use serde::Deserialize;
         (status = 200, description = "Handled (or already handled)", body = crate::services::payments::WebhookAnswer),
         (status = 400, description = "Bad signature or not a Stripe event", body = super::openapi::ErrorBody),
         (status = 409, description = "Stripe is not configured on this server", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than accepted"),
     ))]
 pub async fn webhook(
     req: HttpRequest,

@@ -104,8 +104,6 @@ pub async fn version(
     Ok(HttpResponse::Ok().json(plans::get(&ctx.pool, &plan, version).await?))
 }
 
-/// `{"files": {"team/v3.toml": "<the file's text>", ...}}`: plan files as in the plans folder,
-/// each named `<plan>/v<N>.toml`.
 /// What publishing answered, per file.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // documents the JSON `publish` builds
@@ -113,6 +111,8 @@ pub struct Published {
     data: Vec<plans::PublishResult>,
 }
 
+/// `{"files": {"team/v3.toml": "<the file's text>", ...}}`: plan files as in the plans folder,
+/// each named `<plan>/v<N>.toml`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishBody {
@@ -124,8 +124,7 @@ const MAX_FILES: usize = 200;
 
 #[utoipa::path(post, path = "/v1/plans/publish", operation_id = "publish_plans", tag = "plans", request_body = PublishBody,
     responses(
-        (status = 200, description = "Each file: published, unchanged, or why not; live on every instance within seconds", body = Published),
-        (status = 409, description = "A published version would change", body = super::openapi::ErrorBody),
+        (status = 200, description = "Each file published or unchanged (all or nothing); live on every instance within seconds", body = Published),
     ),
     security(("bearer" = ["admin"])))]
 pub async fn publish(

@@ -142,7 +142,10 @@ pub async fn nrr(
 #[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "revenue",
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe")),
     request_body = outbox::EndpointRequest,
-    responses((status = 201, description = "The endpoint and its signing secret (shown once)", body = outbox::CreatedEndpoint)),
+    responses(
+        (status = 201, description = "The endpoint and its signing secret (shown once)", body = outbox::CreatedEndpoint),
+        (status = 409, description = "The Idempotency-Key was used for another endpoint", body = super::openapi::ErrorBody),
+    ),
     security(("bearer" = ["admin"])))]
 pub async fn create_endpoint(
     req: HttpRequest,

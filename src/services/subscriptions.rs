@@ -1080,6 +1080,8 @@ pub struct Accepted {
         with = "rust_decimal::serde::str"
     )]
     pub amount_charged: Decimal,
+    /// The subscription after the change.
+    #[schema(value_type = SubscriptionView)]
     pub subscription: Value,
 }
 

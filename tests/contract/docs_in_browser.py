@@ -5,7 +5,9 @@ the page's Content-Security-Policy lets it load nothing from elsewhere, and ever
 
 Usage: docs_in_browser.py BASE_URL (a running server)."""
 import json
+import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -26,11 +28,18 @@ operations = {
     for method, op in item.items()
     if method in ("get", "post", "put", "patch", "delete")
 }
-dom = subprocess.run(
-    [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
-     "--dump-dom", f"{base}/docs"],
-    capture_output=True, text=True, timeout=120, check=True,
-).stdout
+# Its own session, so a timeout kills the renderer and zygote children too.
+proc = subprocess.Popen(
+    [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+     "--virtual-time-budget=30000", "--dump-dom", f"{base}/docs"],
+    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+)
+try:
+    dom, _ = proc.communicate(timeout=120)
+except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    sys.exit("chromium did not render /docs within 120 s")
+assert proc.returncode == 0, f"chromium exited {proc.returncode}"
 rendered = set(re.findall(r'data-section-id="operation/([^"]+)"', dom))
 missing = sorted(operations - rendered)
 assert not missing, f"operations not rendered: {missing}"
