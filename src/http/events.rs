@@ -130,14 +130,15 @@ pub struct SegmentCall {
     properties: Option<Value>,
 }
 
-/// Ingests usage events, durably: the answer comes once the accepted events are committed.
+/// Ingests usage events, durably (a CloudEvents batch is a JSON array of 1 to 1,000
+/// `CloudEvent`s, each validated alone): the answer comes once the accepted events are committed.
 /// Events are validated one by one: a batch stores the valid ones and lists the refused with
 /// their index and code (422 when every event was refused).
 #[utoipa::path(post, path = "/v1/events", operation_id = "ingest_events", tag = "events",
     request_body(content(
         (EventsBody = "application/json"),
         (CloudEvent = "application/cloudevents+json"),
-        (Vec<CloudEvent> = "application/cloudevents-batch+json"),
+        (Vec<serde_json::Value> = "application/cloudevents-batch+json"),
     )),
     responses(
         (status = 200, description = "Stored, known (duplicates) or refused per event", body = ingest::IngestOutcome),
