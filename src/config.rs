@@ -40,6 +40,9 @@ pub struct Config {
     pub revops_file: PathBuf,
     /// `ACCRUE_SEGMENT_FILE`: how Segment track calls become events (optional file).
     pub segment_file: PathBuf,
+    /// `ACCRUE_PUBLIC_URL` (`https://billing.example.com`): where customers' browsers reach
+    /// the portal. Unset: portal links use the address the API request came to.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -121,7 +124,24 @@ impl Config {
                 ))
             }
         };
+        let public_url = match std::env::var("ACCRUE_PUBLIC_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            None => None,
+            Some(u) => {
+                let ok = url::Url::parse(&u)
+                    .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some());
+                if !ok {
+                    return Err(format!(
+                        "ACCRUE_PUBLIC_URL must be an absolute http(s) URL like https://billing.example.com, got `{u}`"
+                    ));
+                }
+                Some(u.trim_end_matches('/').to_owned())
+            }
+        };
         Ok(Self {
+            public_url,
             test_clocks,
             revops_file: PathBuf::from(var("ACCRUE_REVOPS_FILE", "config/revops.toml")),
             segment_file: PathBuf::from(var("ACCRUE_SEGMENT_FILE", "config/segment.toml")),

@@ -11,13 +11,15 @@
 //! - [`services`]: use cases, usually one transaction each. Among them the `lifecycle` alone
 //!   moves a subscription through time and calls billing, which never calls back; a test in
 //!   `tests/api/layering.rs` keeps the services free of cycles.
-//! - [`http`]: the only module that imports actix-web: route table, auth, handlers, error mapping.
+//! - [`http`]: the API over actix-web: route table, auth, handlers, error mapping.
+//! - [`web`]: the pages (customer portal, finance console) over actix-web and maud, calling the
+//!   same services as the API; only `http` and `web` import actix-web.
 //! - [`jobs`]: the cron scheduler and its job queue (period close, collection).
 //! - [`telemetry`]: the instance's Prometheus recorder (`GET /metrics`).
 //! - `main.rs`: the CLI (`serve`, `migrate`, `keys`, `plans`, `price`, `quote`, `report`,
 //!   `export`, `demo`, `revops`).
 //!
-//! Dependence runs one way: `http`/`jobs` → `services` → `store`/`catalog`/`payments` → `domain`.
+//! Dependence runs one way: `http`/`web`/`jobs` → `services` → `store`/`catalog`/`payments` → `domain`.
 
 pub mod catalog;
 pub mod config;
@@ -29,3 +31,4 @@ pub mod payments;
 pub mod services;
 pub mod store;
 pub mod telemetry;
+pub mod web;

@@ -1174,6 +1174,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ctx.webhooks = accrue::services::outbox::WebhookPolicy {
         allow_private: config.webhooks_allow_private,
     };
+    ctx.public_url = config.public_url.as_deref().map(std::sync::Arc::from);
     if config.test_clocks {
         ctx.enable_test_clocks();
         tracing::warn!("ACCRUE_TEST_CLOCKS=true: test clocks are on (for testing, not production)");

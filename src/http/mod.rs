@@ -1,5 +1,6 @@
-//! The only module that imports actix-web: the route table, authentication, one file per
-//! resource, and the mapping of service errors to statuses and stable codes.
+//! The API over actix-web: the route table, authentication, one file per resource, and the
+//! mapping of service errors to statuses and stable codes. The server built here also serves
+//! the pages of `crate::web`.
 
 mod accounts;
 mod auth;
@@ -14,6 +15,7 @@ mod list;
 mod openapi;
 mod payments;
 mod plans;
+mod portal_sessions;
 mod pql;
 mod revenue;
 mod test_clocks;
@@ -111,6 +113,14 @@ fn table() -> Vec<Resource> {
         (
             "/v1/accounts/{account}/payment-method",
             vec![("PUT", web::put().to(payments::put_payment_method))],
+        ),
+        (
+            "/v1/accounts/{account}/upcoming-invoice",
+            vec![("GET", web::get().to(portal_sessions::upcoming))],
+        ),
+        (
+            "/v1/portal-sessions",
+            vec![("POST", web::post().to(portal_sessions::create))],
         ),
         (
             "/v1/accounts/{account}/dunning",
@@ -273,6 +283,7 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
             .app_data(data.clone())
             .app_data(web::PathConfig::default().error_handler(error::path_error))
             .configure(routes)
+            .configure(crate::web::routes)
             .default_service(web::to(error::not_found))
             .wrap_fn(|req, srv| {
                 use actix_web::dev::Service;

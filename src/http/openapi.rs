@@ -9,7 +9,7 @@
 //! schemathesis against a live server (`tests/contract/run.sh`).
 
 use super::{accounts, events, governance, health, invoices, keys, payments, plans, pql};
-use super::{revenue, test_clocks, usage};
+use super::{portal_sessions, revenue, test_clocks, usage};
 use actix_web::HttpResponse;
 use std::sync::OnceLock;
 use utoipa::openapi::path::{HttpMethod, Operation};
@@ -67,6 +67,7 @@ struct ErrorDetail {
         governance::event_types,
         invoices::list, invoices::get, invoices::pay, invoices::void, invoices::write_off,
         invoices::lineage, invoices::billing_errors,
+        portal_sessions::create, portal_sessions::upcoming,
         keys::list, keys::revoke,
         test_clocks::create, test_clocks::get, test_clocks::advance,
         revenue::movements, revenue::nrr, revenue::create_endpoint, revenue::list_endpoints,
@@ -92,6 +93,7 @@ struct ErrorDetail {
         (name = "invoices", description = "Invoices, their lineage and their settlement"),
         (name = "payments", description = "Stripe collection and dunning"),
         (name = "revenue", description = "Movements, NRR, the feed, webhooks and exports"),
+        (name = "portal", description = "Links into the customer portal accrue serves"),
         (name = "pql", description = "Product-qualified leads"),
         (name = "plans", description = "The live plan catalogue"),
         (name = "operations", description = "Keys, health, metrics, test clocks, governance"),

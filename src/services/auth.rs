@@ -228,6 +228,34 @@ impl KeyCache {
         Ok(Some(principal.clone()))
     }
 
+    /// The principal of the live key `key_id` (a console session signed in with it): None
+    /// once the key is revoked or expired, within the same second as for bearer requests.
+    pub async fn live_by_id(
+        &self,
+        pool: &Pool,
+        key_id: i64,
+    ) -> Result<Option<Principal>, ServiceError> {
+        let fresh = |cache: &Self| {
+            cache
+                .current()
+                .checked_at
+                .is_some_and(|t| t.elapsed() < REFRESH)
+        };
+        if !fresh(self) {
+            let _one = self.refresh.lock().await;
+            if !fresh(self) {
+                self.reload(pool).await?;
+            }
+        }
+        let now = Utc::now();
+        Ok(self
+            .current()
+            .keys
+            .values()
+            .find(|(p, expires_at)| p.key_id == key_id && !expires_at.is_some_and(|e| e <= now))
+            .map(|(p, _)| p.clone()))
+    }
+
     /// How many times authentication has asked the database so far.
     pub fn database_checks(&self) -> u64 {
         self.checks.load(std::sync::atomic::Ordering::Relaxed)

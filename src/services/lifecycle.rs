@@ -765,3 +765,71 @@ async fn close_accounts(
     .await
     .map_err(ServiceError::from)
 }
+
+/// The invoice the current period (or trial) ends with, as it stands now.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UpcomingInvoice {
+    pub account: String,
+    /// `period`, or `start` when a trial converts (the first period's advance fees).
+    pub kind: String,
+    /// When it will be issued: the end of the current period or trial.
+    #[serde(serialize_with = "crate::domain::ts::ms")]
+    pub issued_at: DateTime<Utc>,
+    /// The period it bills: the ending one's usage in arrears (with the next one's advance
+    /// fees), or for `start` the first paid period's advance fees.
+    pub period: Period,
+    pub plan: String,
+    pub version: u32,
+    pub seats: u32,
+    pub currency: String,
+    pub lines: Vec<crate::domain::invoice::InvoiceLine>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+}
+
+/// The invoice `account`'s subscription will be issued at the end of its current period (or
+/// trial) if no more usage arrives: the very catch-up that will run then ([`advance`]), run
+/// now on a copy of the subscription in a read-only transaction, its drafts read and nothing
+/// written. None when nothing will be invoiced (a free plan, a cancellation with no usage
+/// due, a canceled or suspended subscription).
+pub async fn upcoming_invoice(
+    ctx: &Ctx,
+    account: &str,
+) -> Result<Option<UpcomingInvoice>, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let row = subs::find_by_account(&mut conn, account)
+        .await?
+        .ok_or_else(|| {
+            ServiceError::NotFound(format!("account `{account}` has no subscription"))
+        })?;
+    let ends = match row.status.as_str() {
+        "trialing" => row.trial_end,
+        "active" | "past_due" => Some(row.period_end),
+        _ => None,
+    };
+    let Some(at) = ends else {
+        return Ok(None);
+    };
+    let drafts = conn
+        .build_transaction()
+        .read_only()
+        .run::<_, TxError, _>(async |c| {
+            let mut copy = row.clone();
+            let mut fx = Effects::default();
+            advance(ctx, c, &mut copy, at, &mut fx, &Prefetched::default()).await?;
+            Ok(fx.drafts)
+        })
+        .await?;
+    Ok(drafts.into_iter().next().map(|d| UpcomingInvoice {
+        account: d.account.clone(),
+        kind: d.kind.as_str().to_owned(),
+        issued_at: at,
+        period: d.period,
+        total: d.total(),
+        plan: d.plan,
+        version: d.plan_version,
+        seats: d.seats,
+        currency: d.currency.code().to_owned(),
+        lines: d.lines,
+    }))
+}

@@ -19,6 +19,7 @@ pub mod subscriptions;
 pub mod telemetry;
 pub mod test_clocks;
 pub mod usage;
+pub mod web_sessions;
 
 use crate::catalog::meters::MeterCatalog;
 use crate::catalog::plans::PlanCatalog;
@@ -48,6 +49,9 @@ pub struct Ctx {
     pub metrics: Arc<crate::telemetry::Metrics>,
     /// How Segment track calls become events (`POST /v1/integrations/segment`).
     pub segment: Arc<crate::domain::event_shapes::SegmentMapping>,
+    /// Where browsers reach this installation (`ACCRUE_PUBLIC_URL`), for the portal links it
+    /// hands out; None: the address the API request came to.
+    pub public_url: Option<Arc<str>>,
     /// Test clocks are enabled (`ACCRUE_TEST_CLOCKS=true`): accounts created on one live by its
     /// frozen time. Off, every account lives by `clock` and no lookup is made. Shared with the
     /// background tasks started before it is set.
@@ -91,6 +95,7 @@ impl Ctx {
             pql,
             metrics,
             segment: Arc::default(),
+            public_url: None,
             checks,
             pool,
             meters,

@@ -1081,6 +1081,16 @@ pub struct DunningView {
     #[serde(serialize_with = "crate::domain::ts::ms_opt")]
     pub past_due_since: Option<DateTime<Utc>>,
     pub in_grace: Option<bool>,
+    /// While past due: when access stops being granted on grace (the grace period's end).
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
+    pub grace_ends_at: Option<DateTime<Utc>>,
+    /// While past due: what happens if the last retry fails (`suspend` or `cancel`), and when
+    /// that retry is due.
+    pub final_action: Option<crate::domain::dunning::FinalAction>,
+    #[serde(serialize_with = "crate::domain::ts::ms_opt")]
+    pub final_action_at: Option<DateTime<Utc>>,
+    /// Whether a payment method is on file for collection.
+    pub payment_method_on_file: bool,
     pub payments: Vec<PaymentRow>,
     pub steps: Vec<StepRow>,
 }
@@ -1115,14 +1125,23 @@ pub async fn dunning(ctx: &Ctx, account: &str) -> Result<DunningView, ServiceErr
         .as_ref()
         .map(|p| p.policy.clone())
         .unwrap_or_default();
+    let past_due = sub
+        .as_ref()
+        .and_then(|s| s.past_due_since.filter(|_| s.status == "past_due"));
+    let payment_method_on_file = pay_store::has_payment_method(&mut conn, account).await?;
     Ok(DunningView {
         account: account.to_owned(),
         status: sub.as_ref().map(|s| s.status.clone()),
         past_due_since: sub.as_ref().and_then(|s| s.past_due_since),
-        in_grace: sub
-            .as_ref()
-            .and_then(|s| s.past_due_since.filter(|_| s.status == "past_due"))
-            .map(|since| policy.in_grace(since, now)),
+        in_grace: past_due.map(|since| policy.in_grace(since, now)),
+        grace_ends_at: past_due
+            .map(|since| since + chrono::Duration::days(policy.grace_days.into())),
+        final_action: past_due.map(|_| policy.final_action),
+        final_action_at: past_due.and_then(|since| {
+            let last = policy.retry_days.last()?;
+            Some(since + chrono::Duration::days((*last).into()))
+        }),
+        payment_method_on_file,
         payments,
         steps,
     })

@@ -326,6 +326,93 @@ pub async fn nrr(
     Ok(out)
 }
 
+/// How MRR moved in one calendar month, per currency: MRR at its start, the sum of each kind
+/// of movement inside it, and MRR at its end (start plus the movements). Unlike the retention
+/// cohort, new and reactivated accounts count here.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waterfall {
+    #[serde(serialize_with = "crate::domain::ts::ms")]
+    pub from: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::ts::ms")]
+    pub to: DateTime<Utc>,
+    pub currency: String,
+    pub starting_mrr: Decimal,
+    pub new: Decimal,
+    pub expansion: Decimal,
+    pub contraction: Decimal,
+    pub churn: Decimal,
+    pub reactivation: Decimal,
+    pub ending_mrr: Decimal,
+}
+
+/// The MRR waterfall of each calendar month (UTC) in [from, to), per currency.
+pub async fn waterfall(
+    ctx: &Ctx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Waterfall>, ServiceError> {
+    check_window(from, to)?;
+    let windows = month_windows(from, to);
+    if windows.len() > MAX_NRR_WINDOWS {
+        return Err(ServiceError::invalid(
+            "range_too_large",
+            format!("at most {MAX_NRR_WINDOWS} months per request"),
+        ));
+    }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let mut out = Vec::new();
+    for (a, b) in windows {
+        let starting = rev_store::mrr_before(&mut conn, a).await?;
+        let moves = rev_store::between(&mut conn, a, b, None).await?;
+        let mut currencies: Vec<String> = starting
+            .iter()
+            .map(|s| s.2.clone())
+            .chain(moves.iter().map(|m| m.currency.clone()))
+            .collect();
+        currencies.sort_unstable();
+        currencies.dedup();
+        for cur in currencies {
+            let mut w = Waterfall {
+                from: a,
+                to: b,
+                currency: cur.clone(),
+                starting_mrr: starting.iter().filter(|s| s.2 == cur).map(|s| s.1).sum(),
+                new: Decimal::ZERO,
+                expansion: Decimal::ZERO,
+                contraction: Decimal::ZERO,
+                churn: Decimal::ZERO,
+                reactivation: Decimal::ZERO,
+                ending_mrr: Decimal::ZERO,
+            };
+            for m in moves.iter().filter(|m| m.currency == cur) {
+                let delta = m.mrr_after - m.mrr_before;
+                match parse_kind(&m.kind) {
+                    MovementKind::New => w.new += delta,
+                    MovementKind::Expansion => w.expansion += delta,
+                    MovementKind::Contraction => w.contraction += delta,
+                    MovementKind::Churn => w.churn += delta,
+                    MovementKind::Reactivation => w.reactivation += delta,
+                }
+            }
+            w.ending_mrr =
+                w.starting_mrr + w.new + w.expansion + w.contraction + w.churn + w.reactivation;
+            for v in [
+                &mut w.starting_mrr,
+                &mut w.new,
+                &mut w.expansion,
+                &mut w.contraction,
+                &mut w.churn,
+                &mut w.reactivation,
+                &mut w.ending_mrr,
+            ] {
+                *v = at_scale(*v, &cur);
+            }
+            out.push(w);
+        }
+    }
+    Ok(out)
+}
+
 fn month_windows(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     use chrono::{Datelike, Months, NaiveDate};
     let mut out = Vec::new();

@@ -18,6 +18,7 @@ pub mod settlements;
 pub mod subscriptions;
 pub mod test_clocks;
 pub mod usage;
+pub mod web_sessions;
 
 use diesel::connection::SimpleConnection;
 use diesel::Connection;

@@ -403,6 +403,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    web_sessions (token_hash) {
+        token_hash -> Text,
+        kind -> Text,
+        account -> Nullable<Text>,
+        key_id -> Nullable<Int8>,
+        csrf -> Text,
+        return_url -> Nullable<Text>,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_payments);
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_settlements);
 diesel::allow_tables_to_appear_in_same_query!(invoices, invoice_numbers, invoice_lines);

@@ -386,6 +386,13 @@ async fn every_route_answers_in_the_one_convention() {
         call("POST", "/v1/accounts/{account}/check", "/v1/accounts/acme/check")
             .body(json!({"meter": "api_calls", "quantity": 1})),
         call("GET", "/v1/accounts/{account}/dunning", "/v1/accounts/acme/dunning"),
+        call(
+            "GET",
+            "/v1/accounts/{account}/upcoming-invoice",
+            "/v1/accounts/acme/upcoming-invoice",
+        ),
+        call("POST", "/v1/portal-sessions", "/v1/portal-sessions")
+            .body(json!({"account": "acme", "return_url": "https://app.example.com/billing"})),
         // No Stripe here: refused (409 stripe_not_configured), in the error envelope.
         call(
             "PUT",

@@ -24,6 +24,7 @@ mod model_cards;
 mod money_edges;
 mod openapi;
 mod plans;
+mod portal;
 mod pql;
 mod receiver;
 mod restart;

@@ -42,6 +42,7 @@ curl -fs --max-time 10 -X POST "$BASE/v1/accounts/acme/subscription" -H "Authori
 curl -fs --max-time 10 -X POST "$BASE/v1/events" -H "Authorization: Bearer $KEY" \
   -d '{"id":"e1","account":"acme","type":"api.request","properties":{}}' >/dev/null
 status=0
+REPORT="$PWD/target/contract-report"
 "$VENV/bin/python" tests/contract/requests_valid.py "$BASE" || { echo "== the request schemas refuse good requests" >&2; exit 1; }
 # DELETE /v1/keys/{id} is left out: it would revoke the run's own key (key 1) and leave every
 # later request a 401 (tests/api/security.rs covers revocation).
@@ -49,7 +50,7 @@ status=0
   -H "Authorization: Bearer $KEY" --checks all --workers 2 --request-timeout 30 \
   --seed "${ACCRUE_CONTRACT_SEED:-20261203}" \
   --exclude-path "/v1/keys/{id}" \
-  --report junit --report-dir "$PWD/target/contract-report") || status=$?
+  --report junit --report-dir "$REPORT") || status=$?
 if [ "$status" != 0 ]; then
   echo "== schemathesis failed (report: target/contract-report); the server's log:" >&2
   tail -n 50 "$WORK/server.log" >&2
