@@ -499,6 +499,20 @@ pub async fn list_invoices(
     Ok(rows)
 }
 
+/// The newest `limit` invoices of `account`, newest first (the portal's list).
+pub async fn recent_invoices(
+    ctx: &Ctx,
+    account: &str,
+    limit: i64,
+) -> Result<Vec<InvoiceRow>, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let mut rows = store_inv::latest_by_account(&mut conn, account, limit).await?;
+    for r in &mut rows {
+        present(r, &mut []);
+    }
+    Ok(rows)
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LineLineage {
     pub line_no: i32,

@@ -790,7 +790,7 @@ pub struct UpcomingInvoice {
 /// The invoice `account`'s subscription will be issued at the end of its current period (or
 /// trial) if no more usage arrives: the very catch-up that will run then ([`advance`]), run
 /// now on a copy of the subscription in a read-only transaction, its drafts read and nothing
-/// written. None when nothing will be invoiced (a free plan, a cancellation with no usage
+/// written, with the account's credit balance carried into it as issuing does. None when nothing will be invoiced (a free plan, a cancellation with no usage
 /// due, a canceled or suspended subscription).
 pub async fn upcoming_invoice(
     ctx: &Ctx,
@@ -817,7 +817,11 @@ pub async fn upcoming_invoice(
             let mut copy = row.clone();
             let mut fx = Effects::default();
             advance(ctx, c, &mut copy, at, &mut fx, &Prefetched::default()).await?;
-            Ok(fx.drafts)
+            // Issuing carries the account's credit balance into the invoice: so does this.
+            let mut balances = store::accounts::credit_balances(c, &[account.to_owned()]).await?;
+            let mut drafts = fx.drafts;
+            crate::domain::invoice::carry_credit(&mut drafts, &mut balances);
+            Ok(drafts)
         })
         .await?;
     Ok(drafts.into_iter().next().map(|d| UpcomingInvoice {

@@ -38,10 +38,14 @@ pub struct ConsoleSession {
     pub principal: Principal,
 }
 
-fn random_token(prefix: &str) -> String {
+/// A token of 256 random bits; refused (503) rather than weak when the system has no
+/// randomness to give.
+fn random_token(prefix: &str) -> Result<String, ServiceError> {
     let mut b = [0u8; 32];
-    let _ = getrandom::fill(&mut b);
-    format!("{prefix}_{}", hex::encode(b))
+    getrandom::fill(&mut b).map_err(|e| {
+        ServiceError::Unavailable(format!("no randomness for a session token: {e}"))
+    })?;
+    Ok(format!("{prefix}_{}", hex::encode(b)))
 }
 
 /// A new link to `account`'s portal. The account must exist; `return_url`, when given, must be
@@ -72,13 +76,13 @@ pub async fn create_portal_link(
         )));
     }
     let now = ctx.clock.now();
-    let token = random_token("pls");
+    let token = random_token("pls")?;
     let link = WebSession {
         token_hash: hash_key(&token),
         kind: "portal_link".into(),
         account: Some(account.to_owned()),
         key_id: None,
-        csrf: random_token("csrf"),
+        csrf: random_token("csrf")?,
         return_url: return_url.map(str::to_owned),
         expires_at: now + LINK_TTL,
         used_at: None,
@@ -99,13 +103,13 @@ pub async fn open_portal_link(ctx: &Ctx, token: &str) -> Result<Option<Started>,
     let Some(link) = store::open_link(&mut conn, &hash_key(token), now).await? else {
         return Ok(None);
     };
-    let token = random_token("ps");
+    let token = random_token("ps")?;
     let session = WebSession {
         token_hash: hash_key(&token),
         kind: "portal".into(),
         account: link.account,
         key_id: None,
-        csrf: random_token("csrf"),
+        csrf: random_token("csrf")?,
         return_url: link.return_url,
         expires_at: now + PORTAL_TTL,
         used_at: None,
@@ -143,13 +147,13 @@ pub async fn console_sign_in(
         return Ok(Err(SignInRefused::NotFinance));
     }
     let now = ctx.clock.now();
-    let token = random_token("cs");
+    let token = random_token("cs")?;
     let session = WebSession {
         token_hash: hash_key(&token),
         kind: "console".into(),
         account: None,
         key_id: Some(principal.key_id),
-        csrf: random_token("csrf"),
+        csrf: random_token("csrf")?,
         return_url: None,
         expires_at: now + CONSOLE_TTL,
         used_at: None,

@@ -232,6 +232,21 @@ pub async fn list(
     Ok(q.order(invoices::number).limit(f.limit).load(conn).await?)
 }
 
+/// The newest `limit` invoices of `account`, newest first.
+pub async fn latest_by_account(
+    conn: &mut AsyncPgConnection,
+    account: &str,
+    limit: i64,
+) -> Result<Vec<InvoiceRow>, StoreError> {
+    Ok(invoices::table
+        .filter(invoices::account.eq(account))
+        .order(invoices::number.desc())
+        .limit(limit)
+        .select(InvoiceRow::as_select())
+        .load(conn)
+        .await?)
+}
+
 /// All lines of the invoices whose period starts in `[from, to)` (for the CSV export).
 pub async fn lines_of_period(
     conn: &mut AsyncPgConnection,

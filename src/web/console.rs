@@ -20,12 +20,13 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/console/sign-in", web::get().to(sign_in_form))
-        .route("/console/sign-in", web::post().to(sign_in))
-        .route("/console/sign-out", web::post().to(sign_out))
-        .route("/console", web::get().to(overview))
-        .route("/console/invoices", web::get().to(invoices))
-        .route("/console/invoices/{number}", web::get().to(invoice));
+    // Inside the `/console` scope (`web::routes`).
+    cfg.route("/sign-in", web::get().to(sign_in_form))
+        .route("/sign-in", web::post().to(sign_in))
+        .route("/sign-out", web::post().to(sign_out))
+        .route("", web::get().to(overview))
+        .route("/invoices", web::get().to(invoices))
+        .route("/invoices/{number}", web::get().to(invoice));
 }
 
 const NAV: &[(&str, &str)] = &[("/console", "Revenue"), ("/console/invoices", "Invoices")];
@@ -92,14 +93,26 @@ fn sign_in_page(status: StatusCode, nonce: &str, error: Option<&str>) -> HttpRes
     res
 }
 
-fn nonce() -> String {
+/// The sign-in form's nonce; None when the system has no randomness to give.
+fn nonce() -> Option<String> {
     let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
-    hex::encode(b)
+    getrandom::fill(&mut b).ok()?;
+    Some(hex::encode(b))
+}
+
+/// The sign-in page with a fresh nonce (503 when none can be made).
+fn sign_in_again(status: StatusCode, error: Option<&str>) -> HttpResponse {
+    match nonce() {
+        Some(n) => sign_in_page(status, &n, error),
+        None => service_error(
+            Area::Console,
+            ServiceError::Unavailable("no randomness for the sign-in form".into()),
+        ),
+    }
 }
 
 async fn sign_in_form() -> HttpResponse {
-    sign_in_page(StatusCode::OK, &nonce(), None)
+    sign_in_again(StatusCode::OK, None)
 }
 
 #[derive(Deserialize)]
@@ -126,14 +139,12 @@ async fn sign_in(
             let _ = res.add_cookie(&session_cookie(&req, &ctx, Area::Console, &started));
             res
         }
-        Ok(Err(SignInRefused::UnknownKey)) => sign_in_page(
+        Ok(Err(SignInRefused::UnknownKey)) => sign_in_again(
             StatusCode::UNAUTHORIZED,
-            &nonce(),
             Some("That key is not known, or it was revoked or has expired."),
         ),
-        Ok(Err(SignInRefused::NotFinance)) => sign_in_page(
+        Ok(Err(SignInRefused::NotFinance)) => sign_in_again(
             StatusCode::FORBIDDEN,
-            &nonce(),
             Some("That key cannot open the console: it needs the finance or admin scope and must not be bound to one account."),
         ),
         Err(e) => service_error(Area::Console, e),

@@ -29,11 +29,45 @@ const CSS: &str = include_str!("../../assets/web/app.css");
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The pages' routes (the API's are in `http`).
+/// The pages' routes (the API's are in `http`). Each area is a scope whose refusals are pages
+/// too: a form or query string that does not parse, an unknown path.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/assets/app.css", web::get().to(stylesheet));
-    portal::routes(cfg);
-    console::routes(cfg);
+    for area in [Area::Portal, Area::Console] {
+        let scope = web::scope(area.path())
+            .app_data(
+                web::FormConfig::default()
+                    .error_handler(move |e, _| bad_input(area, &e.to_string())),
+            )
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(move |e, _| bad_input(area, &e.to_string())),
+            )
+            .configure(match area {
+                Area::Portal => portal::routes,
+                Area::Console => console::routes,
+            })
+            .default_service(web::to(move || async move {
+                message_page(
+                    area,
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "There is no page at this address.",
+                )
+            }));
+        cfg.service(scope);
+    }
+}
+
+/// A form or query string that does not parse, answered as a page (400) that names the fault.
+fn bad_input(area: Area, what: &str) -> actix_web::Error {
+    let page = message_page(
+        area,
+        StatusCode::BAD_REQUEST,
+        "That request could not be read",
+        &format!("{what}. Go back, reload the page and try again."),
+    );
+    actix_web::error::InternalError::from_response(what.to_owned(), page).into()
 }
 
 async fn stylesheet() -> HttpResponse {

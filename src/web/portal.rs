@@ -14,7 +14,6 @@ use crate::domain::scope::Scope;
 use crate::services::auth::Principal;
 use crate::services::subscriptions::{self as subs, Effective, Quote, QuoteRequest};
 use crate::services::{billing, lifecycle, payments, usage, web_sessions, Ctx, ServiceError};
-use crate::store::invoices::InvoiceFilter;
 use crate::store::web_sessions::WebSession;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -23,14 +22,15 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/portal/open/{token}", web::get().to(open))
-        .route("/portal", web::get().to(home))
-        .route("/portal/quotes", web::post().to(create_quote))
-        .route("/portal/quotes/{id}", web::get().to(show_quote))
-        .route("/portal/quotes/{id}/confirm", web::post().to(confirm))
-        .route("/portal/scheduled-change/revoke", web::post().to(keep))
-        .route("/portal/invoices/{number}", web::get().to(invoice))
-        .route("/portal/sign-out", web::post().to(sign_out));
+    // Inside the `/portal` scope (`web::routes`).
+    cfg.route("/open/{token}", web::get().to(open))
+        .route("", web::get().to(home))
+        .route("/quotes", web::post().to(create_quote))
+        .route("/quotes/{id}", web::get().to(show_quote))
+        .route("/quotes/{id}/confirm", web::post().to(confirm))
+        .route("/scheduled-change/revoke", web::post().to(keep))
+        .route("/invoices/{number}", web::get().to(invoice))
+        .route("/sign-out", web::post().to(sign_out));
 }
 
 /// The account a portal session acts as: an account-scoped billing key of that account
@@ -145,20 +145,7 @@ async fn overview(
         Err(e) => return Err(e),
     };
     let dunning = payments::dunning(ctx, account).await?;
-    let mut invoices = billing::list_invoices(
-        ctx,
-        &InvoiceFilter {
-            account: Some(account.to_owned()),
-            status: None,
-            period_from: None,
-            period_to: None,
-            after: None,
-            limit: 1000,
-        },
-    )
-    .await?;
-    invoices.reverse();
-    invoices.truncate(12);
+    let invoices = billing::recent_invoices(ctx, account, 12).await?;
     let name = acct.name.clone().unwrap_or_else(|| account.to_owned());
     let notice = match q.done.as_deref() {
         Some("changed") => Some("Your subscription has changed."),
@@ -183,14 +170,26 @@ async fn overview(
         .cloned();
     let period = &sub.current_period;
     let used = usage::usage(ctx, account, period.start, period.end).await;
-    let upcoming = lifecycle::upcoming_invoice(ctx, account).await?;
+    // A refusal here (a plan no longer in the catalogue) leaves the rest of the page.
+    let upcoming = lifecycle::upcoming_invoice(ctx, account).await;
+    let upcoming_failed = upcoming.as_ref().err().map(|e| e.to_string());
+    let upcoming = upcoming.ok().flatten();
     let open_sub = matches!(sub.status.as_str(), "active" | "trialing" | "past_due");
     let cancel_scheduled = sub.scheduled_change.as_ref().is_some_and(|c| c.cancel);
+    // The latest version of each self-serve plan, except the customer's own plan, shown at
+    // the version they are on (a grandfathered price is theirs; moving them off it is an
+    // operator's migration, not a button).
     let mut choices: Vec<PlanVersion> = catalogue
         .plan_codes()
         .into_iter()
-        .filter_map(|code| catalogue.latest(code).cloned())
-        .filter(|p| p.self_serve && p.currency.code() == sub.currency)
+        .filter_map(|code| {
+            if code == sub.plan {
+                plan.clone()
+            } else {
+                catalogue.latest(code).cloned()
+            }
+        })
+        .filter(|p| (p.self_serve || p.plan == sub.plan) && p.currency.code() == sub.currency)
         .collect();
     choices.sort_by_key(|p| p.monthly_recurring(p.seats.as_ref().map_or(0, |s| s.min)));
     Ok(html! {
@@ -255,11 +254,15 @@ async fn overview(
                     @let to = catalogue.get(&PlanRef { plan: c.plan.clone(), version: c.version }).map_or(c.plan.clone(), |p| p.name.clone());
                     strong { "On " (date(&c.at)) " your plan changes to " (to) " with " (c.seats) " seats." }
                 }
-                form.no-print method="post" action="/portal/scheduled-change/revoke" {
-                    input type="hidden" name="csrf" value=(s.csrf);
-                    div.actions {
-                        button.secondary type="submit" {
-                            @if c.cancel { "Keep my subscription" } @else { "Keep my current plan" }
+                // A move to another version of the same plan is an operator's migration, which
+                // the customer cannot withdraw.
+                @if c.cancel || c.plan != sub.plan {
+                    form.no-print method="post" action="/portal/scheduled-change/revoke" {
+                        input type="hidden" name="csrf" value=(s.csrf);
+                        div.actions {
+                            button.secondary type="submit" {
+                                @if c.cancel { "Keep my subscription" } @else { "Keep my current plan" }
+                            }
                         }
                     }
                 }
@@ -290,7 +293,11 @@ async fn overview(
                         }
                     }
                 }
-                None => p.muted { "Nothing will be invoiced at the end of this period." }
+                None => @if let Some(e) = &upcoming_failed {
+                    p.muted { "The upcoming invoice cannot be shown right now: " (e) }
+                } @else {
+                    p.muted { "Nothing will be invoiced at the end of this period." }
+                }
             }
         }
         @if open_sub && !cancel_scheduled && sub.status != "suspended" {
@@ -371,7 +378,7 @@ fn past_due_banner(d: &payments::DunningView, status: &str) -> Markup {
         @if status == "suspended" {
             div.banner.bad role="alert" {
                 strong { "Your subscription is suspended because a payment failed." }
-                "Pay the overdue invoice below to restore your plan."
+                "Your plan comes back once the overdue invoice is paid: update your card in the app and it is charged at once."
             }
         } @else if status == "past_due" {
             div.banner.bad role="alert" {
@@ -579,6 +586,17 @@ async fn create_quote(
     if !web_sessions::csrf_matches(&s, &f.csrf) {
         return csrf_refused(Area::Portal);
     }
+    let nul = [&f.plan, &f.seats, &f.cancel]
+        .into_iter()
+        .flatten()
+        .any(|v| v.contains('\0'));
+    if nul {
+        return refused(
+            &s,
+            "That change cannot be made",
+            "The form held a character that is not allowed (NUL).",
+        );
+    }
     let seats = match f.seats.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(n) => match n.parse::<u32>() {
@@ -657,6 +675,10 @@ async fn show_quote(
             )
         }
     };
+    let credit = subs::get_account(&ctx, &account)
+        .await
+        .ok()
+        .map(|a| a.credit_balance);
     let catalogue = ctx.plans();
     let name_of = |plan: &str, version: u32| {
         catalogue
@@ -708,6 +730,15 @@ async fn show_quote(
             @if q.amount_due_now.is_sign_negative() && !q.amount_due_now.is_zero() {
                 p.muted { "A negative amount is a credit: it is taken off your next invoices." }
             }
+            @if let Some(credit) = credit.filter(|c| *c > Decimal::ZERO && q.amount_due_now > Decimal::ZERO) {
+                p.muted { "Your account has " (money(credit, &q.currency)) " of credit: it is taken off this invoice first." }
+            }
+            @if let (Some(p), false) = (&q.new_period, q.trial) {
+                div.banner.warn {
+                    strong { "This change starts a new billing period on " (date(&p.start)) "." }
+                    "The usage of your current period so far is invoiced at once too (it is on the upcoming invoice of the billing page now)."
+                }
+            }
             @match status.as_str() {
                 "open" => {
                     p.muted { "This quote holds until " (datetime(&q.expires_at)) "." }
@@ -755,7 +786,9 @@ async fn confirm(
     }
     let id = path.into_inner();
     match subs::accept(&ctx, &account, &id, &format!("portal:{id}")).await {
-        Ok(done) => match done.invoices.first() {
+        // The change's own invoice is issued last (a change of interval first closes the
+        // period so far with an invoice of its usage).
+        Ok(done) => match done.invoices.last() {
             Some(n) => see_other(&format!("/portal?done=changed&invoice={n}")),
             None => see_other("/portal?done=changed"),
         },

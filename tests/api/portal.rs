@@ -518,3 +518,127 @@ async fn the_console_opens_to_finance_keys_only_and_closes_with_the_key() {
         (303, "/console/sign-in")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upcoming_invoice_takes_the_credit_balance_as_the_close_does() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance", None).await;
+    let scheduler = Scheduler::with(t(NOW), &[(JobKind::ClosePeriods, "0 * * * * *")]).unwrap();
+    app.subscribe(
+        &key,
+        "acme",
+        json!({"plan": "business_annual", "seats": 10}),
+    )
+    .await;
+    // A month into the year, to monthly Business: most of the year's fee comes back as credit.
+    app.clock.set(t("2026-12-25T12:00:00.000Z"));
+    app.quote_and_accept(&key, "acme", json!({"plan": "business"}))
+        .await;
+    let (_, acct) = app.get(&key, "/v1/accounts/acme").await;
+    let credit = dec(&acct["credit_balance"]);
+    assert!(credit > Decimal::from(199), "credit {credit}");
+
+    let (status, up) = app.get(&key, "/v1/accounts/acme/upcoming-invoice").await;
+    assert_eq!(status, 200, "{up}");
+    let lines = up["lines"].as_array().unwrap();
+    let applied = lines
+        .iter()
+        .find(|l| l["kind"] == "credit_applied")
+        .expect("a credit line");
+    // Independent model: Business monthly, 10 seats included: 199 due, all of it from credit.
+    assert_eq!(dec(&applied["amount"]), Decimal::from(-199));
+    assert_eq!(dec(&up["total"]), Decimal::ZERO);
+
+    app.clock.set(t("2027-01-25T12:05:00.000Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    let (_, list) = app.get(&key, "/v1/invoices?account=acme").await;
+    let closed = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|i| i["kind"] == "period")
+        .unwrap();
+    let (_, inv) = app
+        .get(&key, &format!("/v1/invoices/{}", closed["number"]))
+        .await;
+    assert_eq!(inv["lines"].as_array().unwrap().len(), lines.len());
+    assert_eq!(dec(&inv["total"]), dec(&up["total"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_answer_bad_input_and_other_accounts_quotes_with_pages_that_show_nothing() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    account(&app, &key, "acme", "Acme Inc").await;
+    account(&app, &key, "globex", "Globex").await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    app.subscribe(&key, "globex", json!({"plan": "team", "seats": 5}))
+        .await;
+    let (status, theirs) = app
+        .post(
+            &key,
+            "/v1/accounts/globex/subscription/quotes",
+            &json!({"seats": 9}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{theirs}");
+    let theirs = theirs["id"].as_str().unwrap();
+    let session = open(&link(&app, &key, "acme").await).await;
+    let (_, html) = page(&app.base, "/portal", &session).await;
+    let csrf = hidden(&html, "csrf");
+
+    let (status, html) = page(&app.base, &format!("/portal/quotes/{theirs}"), &session).await;
+    assert_eq!(status, 404);
+    assert!(!html.contains("globex") && !html.contains("Globex"));
+    let res = post_form(
+        &app.base,
+        &format!("/portal/quotes/{theirs}/confirm"),
+        &session,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    let (_, sub) = app.get(&key, "/v1/accounts/globex/subscription").await;
+    assert_eq!(sub["seats"], 5, "globex's quote was not accepted");
+
+    // Bad input gets a page that names it, with the pages' headers, never a plain-text error.
+    for res in [
+        post_form(&app.base, "/portal/quotes", &session, &[("seats", "9")]).await,
+        browser()
+            .get(app.url("/portal?invoice=x"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap(),
+        browser()
+            .get(app.url("/portal/nowhere"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap(),
+        post_form(
+            &app.base,
+            "/portal/quotes",
+            &session,
+            &[("csrf", &csrf), ("plan", "team\0")],
+        )
+        .await,
+        post_form(
+            &app.base,
+            "/portal/quotes",
+            &session,
+            &[("csrf", &csrf), ("seats", "99999999999")],
+        )
+        .await,
+    ] {
+        let status = res.status().as_u16();
+        assert!([400, 404, 422].contains(&status), "{status}");
+        assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+        assert!(res.headers().contains_key("content-security-policy"));
+    }
+}
