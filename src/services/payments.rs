@@ -1147,6 +1147,62 @@ pub async fn dunning(ctx: &Ctx, account: &str) -> Result<DunningView, ServiceErr
     })
 }
 
+/// One account of the dunning queue: where it stands and what happens next.
+#[derive(Debug, Clone, Serialize)]
+pub struct DunningEntry {
+    pub account: String,
+    /// `past_due` or `suspended`.
+    pub status: String,
+    pub past_due_since: Option<DateTime<Utc>>,
+    /// Its unpaid invoices, by number.
+    pub unpaid: Vec<i64>,
+    pub attempts: i32,
+    /// The next collection attempt, when one is scheduled.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub grace_ends_at: Option<DateTime<Utc>>,
+    /// When the final action applies if the last retry fails (past due only).
+    pub final_action_at: Option<DateTime<Utc>>,
+    pub final_action: crate::domain::dunning::FinalAction,
+}
+
+/// The dunning queue: every past-due or suspended subscription, longest overdue first, with
+/// its unpaid invoices and next retry.
+pub async fn dunning_queue(ctx: &Ctx, limit: i64) -> Result<Vec<DunningEntry>, ServiceError> {
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+    let subs_due = subs::in_dunning(&mut conn, limit).await?;
+    let accounts: Vec<String> = subs_due.iter().map(|s| s.account.clone()).collect();
+    let unpaid = pay_store::unpaid_by_accounts(&mut conn, &accounts).await?;
+    let policy = ctx
+        .payments
+        .as_ref()
+        .map(|p| p.policy.clone())
+        .unwrap_or_default();
+    Ok(subs_due
+        .into_iter()
+        .map(|s| {
+            let mine: Vec<&PaymentRow> = unpaid.iter().filter(|p| p.account == s.account).collect();
+            let past_due = s.past_due_since.filter(|_| s.status == "past_due");
+            DunningEntry {
+                unpaid: mine.iter().map(|p| p.number).collect(),
+                attempts: mine.iter().map(|p| p.attempts).max().unwrap_or(0),
+                next_attempt_at: mine.iter().filter_map(|p| p.next_attempt_at).min(),
+                last_error: mine.iter().rev().find_map(|p| p.last_error.clone()),
+                grace_ends_at: past_due
+                    .map(|since| since + chrono::Duration::days(policy.grace_days.into())),
+                final_action_at: past_due.and_then(|since| {
+                    let last = policy.retry_days.last()?;
+                    Some(since + chrono::Duration::days((*last).into()))
+                }),
+                final_action: policy.final_action,
+                past_due_since: s.past_due_since,
+                status: s.status,
+                account: s.account,
+            }
+        })
+        .collect())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Webhooks
 

@@ -217,6 +217,20 @@ pub async fn failed_by_account(
         .await?)
 }
 
+/// The collections of `accounts` not paid yet (pending, retrying, exhausted or refused).
+pub async fn unpaid_by_accounts(
+    conn: &mut AsyncPgConnection,
+    accounts: &[String],
+) -> Result<Vec<PaymentRow>, StoreError> {
+    Ok(invoice_payments::table
+        .filter(invoice_payments::account.eq_any(accounts))
+        .filter(invoice_payments::paid_at.is_null())
+        .order((invoice_payments::account, invoice_payments::number))
+        .select(PaymentRow::as_select())
+        .load(conn)
+        .await?)
+}
+
 /// How many of the account's invoices are failing or exhausted in collection.
 pub async fn count_unpaid_by_account(
     conn: &mut AsyncPgConnection,

@@ -41,6 +41,24 @@ pub async fn find_by_account(
         .optional()?)
 }
 
+/// Subscriptions past due or suspended (the dunning queue), longest overdue first. A report
+/// across accounts (the console's), not a hot path.
+pub async fn in_dunning(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> Result<Vec<SubscriptionRow>, StoreError> {
+    Ok(subscriptions::table
+        .filter(subscriptions::status.eq_any(["past_due", "suspended"]))
+        .order((
+            subscriptions::past_due_since.asc().nulls_last(),
+            subscriptions::account,
+        ))
+        .limit(limit)
+        .select(SubscriptionRow::as_select())
+        .load(conn)
+        .await?)
+}
+
 /// The subscriptions of several accounts (the check cache's periodic refresh).
 pub async fn find_by_accounts(
     conn: &mut AsyncPgConnection,

@@ -26,10 +26,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/sign-out", web::post().to(sign_out))
         .route("", web::get().to(overview))
         .route("/invoices", web::get().to(invoices))
-        .route("/invoices/{number}", web::get().to(invoice));
+        .route("/invoices/{number}", web::get().to(invoice))
+        .route("/reconciliation", web::get().to(operations::reconciliation))
+        .route("/dunning", web::get().to(operations::dunning))
+        .route("/pql", web::get().to(operations::pql))
+        .route("/governance", web::get().to(operations::governance))
+        .route("/plans", web::get().to(operations::plans))
+        .route("/plans/{plan}", web::get().to(operations::plan))
+        .route("/webhooks", web::get().to(operations::webhooks));
 }
 
-const NAV: &[(&str, &str)] = &[("/console", "Revenue"), ("/console/invoices", "Invoices")];
+const NAV: &[(&str, &str)] = &[
+    ("/console", "Revenue"),
+    ("/console/invoices", "Invoices"),
+    ("/console/reconciliation", "Reconciliation"),
+    ("/console/dunning", "Dunning"),
+    ("/console/pql", "PQL"),
+    ("/console/governance", "Governance"),
+    ("/console/plans", "Plans"),
+    ("/console/webhooks", "Webhooks"),
+];
 
 /// The cookie that ties the sign-in form to the browser that loaded it (there is no session
 /// yet to carry a form token).
@@ -164,6 +180,8 @@ async fn sign_out(
     super::sign_out(&req, &ctx, Area::Console, &form.csrf).await
 }
 
+mod operations;
+
 // ---------------------------------------------------------------------------------------------
 // Tables: one model for the page and its CSV
 
@@ -241,7 +259,9 @@ struct Table {
 }
 
 impl Table {
-    fn html(&self, csv_href: &str) -> Markup {
+    /// The table with its "Download CSV" link (`?format=csv&table=<name>` on this page).
+    fn html(&self, req: &HttpRequest) -> Markup {
+        let csv_href = csv_href(req, &self.name);
         let numeric: Vec<bool> = self
             .rows
             .first()
@@ -250,7 +270,7 @@ impl Table {
         html! {
             div.toolbar {
                 h2 { (self.caption) }
-                a.button.secondary href=(csv_href) download={ (self.name) ".csv" } { "Download CSV" }
+                a.button.secondary href=(csv_href) download={ (self.name) ".csv" } aria-label={ "Download CSV: " (self.caption) } { "Download CSV" }
             }
             @if self.rows.is_empty() {
                 p.muted { "Nothing to show." }
@@ -326,14 +346,40 @@ fn wants_csv(req: &HttpRequest) -> bool {
         .any(|(k, v)| k == "format" && v == "csv")
 }
 
-/// The page's own address with `format=csv` added.
-fn csv_href(req: &HttpRequest) -> String {
-    let q = req.query_string();
-    if q.is_empty() {
-        format!("{}?format=csv", req.path())
-    } else {
-        format!("{}?{q}&format=csv", req.path())
+/// The CSV of the table the query names (`table=`; the first when none is named), when the
+/// page was asked for one.
+fn csv_of(req: &HttpRequest, tables: &[&Table]) -> Option<HttpResponse> {
+    if !wants_csv(req) {
+        return None;
     }
+    let named = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "table")
+        .map(|(_, v)| v.into_owned());
+    let t = match named {
+        Some(n) => tables.iter().find(|t| t.name == n).copied(),
+        None => tables.first().copied(),
+    };
+    Some(match t {
+        Some(t) => t.csv(),
+        None => super::message_page(
+            Area::Console,
+            StatusCode::NOT_FOUND,
+            "No such table",
+            "This page has no table of that name.",
+        ),
+    })
+}
+
+/// The page's own address asking for the table `name` as CSV.
+fn csv_href(req: &HttpRequest, name: &str) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        if k != "format" && k != "table" {
+            q.append_pair(&k, &v);
+        }
+    }
+    q.append_pair("format", "csv").append_pair("table", name);
+    format!("{}?{}", req.path(), q.finish())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,8 +503,8 @@ async fn overview(
             })
             .collect(),
     };
-    if wants_csv(&req) {
-        return table.csv();
+    if let Some(csv) = csv_of(&req, &[&table]) {
+        return csv;
     }
     let latest = months.last().copied();
     // The waterfall shows the last month in which MRR moved (the current one may not yet).
@@ -544,7 +590,7 @@ async fn overview(
         } @else {
             p.muted { "No revenue in this range yet." }
         }
-        section.card { (table.html(&csv_href(&req))) }
+        section.card { (table.html(&req)) }
     };
     page(&s, "Revenue", "/console", body)
 }
@@ -670,8 +716,8 @@ async fn invoices(
             })
             .collect(),
     };
-    if csv {
-        return table.csv();
+    if let Some(csv) = csv_of(&req, &[&table]) {
+        return csv;
     }
     let statuses = ["open", "paid", "void", "uncollectible"];
     let next = rows.last().filter(|_| more).map(|last| {
@@ -716,7 +762,7 @@ async fn invoices(
             }
             button type="submit" { "Filter" }
         }
-        section.card { (table.html(&csv_href(&req))) }
+        section.card { (table.html(&req)) }
         @if let Some(n) = next {
             a.button.secondary href=(n) { "Next page" }
         }
@@ -774,8 +820,59 @@ async fn invoice(req: HttpRequest, ctx: web::Data<Ctx>, path: web::Path<String>)
             })
             .collect(),
     };
-    if wants_csv(&req) {
-        return lines.csv();
+    let rollups = Table {
+        name: format!("invoice-{number}-rollups"),
+        caption: "Hourly rollups".into(),
+        head: vec!["Line", "Meter", "Hour", "Events", "Sum", "Max"],
+        rows: lineage
+            .iter()
+            .flat_map(|l| {
+                l.rollups.iter().map(|r| {
+                    vec![
+                        Cell::text(l.line_no.to_string()),
+                        Cell::text(l.meter.clone()),
+                        Cell::text(crate::domain::ts::format(&r.bucket)),
+                        Cell::number(Decimal::from(r.event_count)),
+                        Cell::number(r.value_sum),
+                        Cell::text(
+                            r.value_max
+                                .map(|m| m.normalize().to_string())
+                                .unwrap_or_default(),
+                        ),
+                    ]
+                })
+            })
+            .collect(),
+    };
+    let events = Table {
+        name: format!("invoice-{number}-events"),
+        caption: "Events".into(),
+        head: vec![
+            "Line",
+            "Meter",
+            "Event id",
+            "Type",
+            "Timestamp",
+            "Properties",
+        ],
+        rows: lineage
+            .iter()
+            .flat_map(|l| {
+                l.events.iter().map(|e| {
+                    vec![
+                        Cell::text(l.line_no.to_string()),
+                        Cell::text(l.meter.clone()),
+                        Cell::text(e.id.clone()),
+                        Cell::text(e.event_type.clone()),
+                        Cell::text(crate::domain::ts::format(&e.timestamp)),
+                        Cell::text(e.properties.to_string()),
+                    ]
+                })
+            })
+            .collect(),
+    };
+    if let Some(csv) = csv_of(&req, &[&lines, &rollups, &events]) {
+        return csv;
     }
     let title = format!("Invoice #{number}");
     let body = html! {
@@ -804,10 +901,14 @@ async fn invoice(req: HttpRequest, ctx: web::Data<Ctx>, path: web::Path<String>)
                 }
             }
         }
-        section.card { (lines.html(&csv_href(&req))) }
+        section.card { (lines.html(&req)) }
         section.card aria-labelledby="lineage-h" {
             h2 #lineage-h { "Lineage" }
             p.muted { "Each usage line, down to the hourly rollups and the events it priced (at most 50 events per line here; the API gives up to 1,000)." }
+            div.actions {
+                a.button.secondary href=(csv_href(&req, &rollups.name)) { "Download rollups CSV" }
+                a.button.secondary href=(csv_href(&req, &events.name)) { "Download events CSV" }
+            }
             @if lineage.is_empty() {
                 p.muted { "This invoice has no usage lines." }
             }

@@ -84,7 +84,9 @@ pub fn label(code: &str) -> String {
         .filter(|w| !w.is_empty())
         .enumerate()
         .map(|(i, w)| match w {
-            "api" | "gb" | "sso" | "mrr" | "nrr" | "grr" | "pql" | "crm" => w.to_uppercase(),
+            "api" | "gb" | "sso" | "mrr" | "nrr" | "grr" | "pql" | "crm" | "icp" => {
+                w.to_uppercase()
+            }
             _ if i == 0 => {
                 let mut c = w.chars();
                 c.next()

@@ -387,6 +387,25 @@ def demo(base, admin):
                 check(e["id"] in text, f"event {e['id']} of line {line['line_no']} is not on the lineage page")
         axe(page, "the console's invoice lineage")
         page.screenshot(path=f"{SHOTS}/console-lineage.png", full_page=False)
+        with page.expect_download() as d:
+            page.get_by_role("link", name="Download events CSV").click()
+        rows = list(csv.DictReader(io.StringIO(open(d.value.path(), encoding="utf-8").read())))
+        check(sorted(r["Event id"] for r in rows) == sorted(e["id"] for l in lin["lines"] for e in l["events"]),
+              "the lineage events CSV differs from the API's lineage")
+
+        # The PQL queue is the API's, in its order; every other page passes axe.
+        page.goto(base + "/console/pql")
+        _, hot = api(base, admin, "GET", "/v1/pql?tier=hot&limit=500", expect=200)
+        shown = [c.inner_text() for c in page.locator("table tbody tr td:first-child").all()]
+        check(shown == [r["account"] for r in hot["data"]], f"the PQL page lists {shown[:5]}…, the API {hot['data'][:2]}…")
+        check(len(shown) > 0, "the demo has no hot PQLs to show")
+        axe(page, "the console's PQL queue")
+        page.screenshot(path=f"{SHOTS}/console-pql.png", full_page=False)
+        for path in ("/console/reconciliation", "/console/dunning", "/console/governance",
+                     "/console/plans", "/console/plans/team", "/console/webhooks"):
+            r = page.goto(base + path)
+            check(r.status == 200, f"{path} answered {r.status}")
+            axe(page, f"the console's {path}")
         ctx.close()
 
         # The portal of a paying demo account, on a laptop and on a phone.
