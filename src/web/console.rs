@@ -556,7 +556,9 @@ async fn overview(
         @if let Some(w) = latest {
             div.grid {
                 div.card.stat {
-                    div.label { "MRR at the end of " (month(&w.from)) }
+                    div.label {
+                        @if w.to > ctx.clock.now() { "MRR now" } @else { "MRR at the end of " (month(&w.from)) }
+                    }
                     div.value #mrr-latest { (money(w.ending_mrr, &currency)) }
                     div.sub { "from " span #mrr-start { (money(w.starting_mrr, &currency)) } " at its start" }
                 }

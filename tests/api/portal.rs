@@ -642,3 +642,50 @@ async fn the_pages_answer_bad_input_and_other_accounts_quotes_with_pages_that_sh
         assert!(res.headers().contains_key("content-security-policy"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_interval_in_the_portal_says_the_period_restarts_and_links_the_change_invoice()
+{
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    account(&app, &key, "acme", "Acme Inc").await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    app.clock.set(t("2026-12-10T12:00:00.000Z"));
+    let session = open(&link(&app, &key, "acme").await).await;
+    let (_, html) = page(&app.base, "/portal", &session).await;
+    let csrf = hidden(&html, "csrf");
+    let res = post_form(
+        &app.base,
+        "/portal/quotes",
+        &session,
+        &[("csrf", &csrf), ("plan", "business_annual@1")],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    let quote_page = res.headers()["location"].to_str().unwrap().to_owned();
+    let (_, html) = page(&app.base, &quote_page, &session).await;
+    assert!(
+        html.contains("This change starts a new billing period on Dec 10, 2026."),
+        "{html}"
+    );
+    // Independent model: a year of Business (annual) less the unused half of Team's month
+    // (59 + 2 extra seats × 12) / 2.
+    let expected = Decimal::from(1990) - Decimal::from_str("41.50").unwrap();
+    assert!(html.contains("$1,948.50"), "{html}");
+    let res = post_form(
+        &app.base,
+        &format!("{quote_page}/confirm"),
+        &session,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    let to = res.headers()["location"].to_str().unwrap().to_owned();
+    let number = to.split("invoice=").nth(1).expect("an invoice");
+    let (_, inv) = app.get(&key, &format!("/v1/invoices/{number}")).await;
+    assert_eq!(
+        (inv["kind"].as_str(), dec(&inv["total"])),
+        (Some("change"), expected)
+    );
+}

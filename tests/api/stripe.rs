@@ -203,6 +203,70 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
         subscription_status(&app, &key, "declines").await,
         "past_due"
     );
+    // What happens next, as the API, the console's queue and the customer's portal say it:
+    // retry 3 days after the first failure, grace and the last retry 7 days after it.
+    let (_, view) = app.get(&key, "/v1/accounts/declines/dunning").await;
+    assert_eq!(view["grace_ends_at"], "2026-12-02T12:30:00.000Z", "{view}");
+    assert_eq!(view["final_action_at"], "2026-12-02T12:30:00.000Z");
+    assert_eq!(view["final_action"], "suspend");
+    let queue = accrue::services::payments::dunning_queue(&app.ctx, 100)
+        .await
+        .unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(
+        (
+            queue[0].account.as_str(),
+            queue[0].status.as_str(),
+            queue[0].unpaid.clone()
+        ),
+        ("declines", "past_due", vec![1])
+    );
+    assert_eq!(
+        queue[0].next_attempt_at,
+        Some(t("2026-11-28T12:30:00.000Z"))
+    );
+    let (status, link) = app
+        .post(
+            &key,
+            "/v1/portal-sessions",
+            &json!({"account": "declines"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{link}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let opened = http
+        .get(link["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let cookie = opened.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = http
+        .get(app.url("/portal"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for said in [
+        "A payment failed.",
+        "We will try your card again on Nov 28, 2026 12:30 UTC.",
+        "Everything keeps working until Dec 2, 2026.",
+        "If the last retry on Dec 2, 2026 fails, the subscription is suspended",
+    ] {
+        assert!(html.contains(said), "the portal does not say {said:?}");
+    }
     // Within the grace period access continues on Team's terms.
     let audit = json!({"feature": "audit_log"});
     assert_eq!(
@@ -251,6 +315,13 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
     assert_eq!(
         subscription_status(&app, &key, "declines").await,
         "suspended"
+    );
+    let queue = accrue::services::payments::dunning_queue(&app.ctx, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (queue[0].status.as_str(), queue[0].next_attempt_at),
+        ("suspended", None)
     );
     let denied = check(&app, &key, "declines", audit).await;
     assert_eq!(denied["allowed"], false, "{denied}");
