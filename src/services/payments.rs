@@ -1161,9 +1161,9 @@ pub struct DunningEntry {
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub grace_ends_at: Option<DateTime<Utc>>,
-    /// When the final action applies if the last retry fails (past due only).
+    /// When the final action applies if the last retry fails, and which (past due only).
     pub final_action_at: Option<DateTime<Utc>>,
-    pub final_action: crate::domain::dunning::FinalAction,
+    pub final_action: Option<crate::domain::dunning::FinalAction>,
 }
 
 /// The dunning queue: every past-due or suspended subscription, longest overdue first, with
@@ -1194,7 +1194,7 @@ pub async fn dunning_queue(ctx: &Ctx, limit: i64) -> Result<Vec<DunningEntry>, S
                     let last = policy.retry_days.last()?;
                     Some(since + chrono::Duration::days((*last).into()))
                 }),
-                final_action: policy.final_action,
+                final_action: past_due.map(|_| policy.final_action),
                 past_due_since: s.past_due_since,
                 status: s.status,
                 account: s.account,

@@ -261,6 +261,15 @@ struct Table {
 impl Table {
     /// The table with its "Download CSV" link (`?format=csv&table=<name>` on this page).
     fn html(&self, req: &HttpRequest) -> Markup {
+        self.render(req, false)
+    }
+
+    /// As [`Table::html`], for a table inside a section that has its own heading.
+    fn html_nested(&self, req: &HttpRequest) -> Markup {
+        self.render(req, true)
+    }
+
+    fn render(&self, req: &HttpRequest, nested: bool) -> Markup {
         let csv_href = csv_href(req, &self.name);
         let numeric: Vec<bool> = self
             .rows
@@ -269,7 +278,7 @@ impl Table {
             .unwrap_or_default();
         html! {
             div.toolbar {
-                h2 { (self.caption) }
+                @if nested { h3 { (self.caption) } } @else { h2 { (self.caption) } }
                 a.button.secondary href=(csv_href) download={ (self.name) ".csv" } aria-label={ "Download CSV: " (self.caption) } { "Download CSV" }
             }
             @if self.rows.is_empty() {
@@ -319,7 +328,8 @@ impl Table {
                     let risky = c
                         .csv
                         .starts_with(['=', '+', '-', '@', '\t', '\r'].as_slice());
-                    if !c.numeric && risky {
+                    let number = c.csv.parse::<Decimal>().is_ok();
+                    if !c.numeric && risky && !number {
                         format!("'{}", c.csv)
                     } else {
                         c.csv.clone()
@@ -785,9 +795,11 @@ async fn invoice(req: HttpRequest, ctx: web::Data<Ctx>, path: web::Path<String>)
             ServiceError::NotFound("invoice not found".into()),
         );
     };
+    // The page lists 50 events a line; a CSV carries as many as the API gives (1,000).
+    let per_line = if wants_csv(&req) { 1000 } else { 50 };
     let (inv, lineage) = match (
         billing::get_invoice(&ctx, number, None).await,
-        billing::lineage(&ctx, number, None, 50).await,
+        billing::lineage(&ctx, number, None, per_line).await,
     ) {
         (Ok(i), Ok(l)) => (i, l),
         (Err(e), _) | (_, Err(e)) => return service_error(Area::Console, e),
@@ -860,7 +872,7 @@ async fn invoice(req: HttpRequest, ctx: web::Data<Ctx>, path: web::Path<String>)
         rows: lineage
             .iter()
             .flat_map(|l| {
-                l.events.iter().map(|e| {
+                let listed = l.events.iter().map(|e| {
                     vec![
                         Cell::text(l.line_no.to_string()),
                         Cell::text(l.meter.clone()),
@@ -869,7 +881,23 @@ async fn invoice(req: HttpRequest, ctx: web::Data<Ctx>, path: web::Path<String>)
                         Cell::text(crate::domain::ts::format(&e.timestamp)),
                         Cell::text(e.properties.to_string()),
                     ]
-                })
+                });
+                // A line with more events than listed says so in a row of its own.
+                let shown = l.events.len() as i64;
+                let more = (l.events_truncated || l.event_count.unwrap_or(0) > shown).then(|| {
+                    vec![
+                        Cell::text(l.line_no.to_string()),
+                        Cell::text(l.meter.clone()),
+                        Cell::text(format!(
+                            "(more: {shown} of {} events listed; GET /v1/invoices/{number}/lineage pages them)",
+                            l.event_count.unwrap_or(0)
+                        )),
+                        Cell::text(""),
+                        Cell::text(""),
+                        Cell::text(""),
+                    ]
+                });
+                listed.chain(more)
             })
             .collect(),
     };

@@ -225,6 +225,17 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
         queue[0].next_attempt_at,
         Some(t("2026-11-28T12:30:00.000Z"))
     );
+    assert_eq!(
+        (queue[0].grace_ends_at, queue[0].final_action_at),
+        (
+            Some(t("2026-12-02T12:30:00.000Z")),
+            Some(t("2026-12-02T12:30:00.000Z"))
+        )
+    );
+    assert_eq!(
+        queue[0].final_action,
+        Some(accrue::domain::dunning::FinalAction::Suspend)
+    );
     let (status, link) = app
         .post(
             &key,
@@ -319,9 +330,14 @@ async fn a_declined_card_is_retried_3_5_and_7_days_later_then_suspended_to_the_f
     let queue = accrue::services::payments::dunning_queue(&app.ctx, 100)
         .await
         .unwrap();
+    assert_eq!(queue.len(), 1);
     assert_eq!(
-        (queue[0].status.as_str(), queue[0].next_attempt_at),
-        ("suspended", None)
+        (
+            queue[0].status.as_str(),
+            queue[0].next_attempt_at,
+            queue[0].final_action
+        ),
+        ("suspended", None, None)
     );
     let denied = check(&app, &key, "declines", audit).await;
     assert_eq!(denied["allowed"], false, "{denied}");

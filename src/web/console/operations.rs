@@ -9,7 +9,7 @@ use super::{
 use crate::catalog::diff::diff;
 use crate::domain::plan::PlanRef;
 use crate::services::{migration, outbox, payments, plans, pql, usage, Ctx};
-use crate::web::format::{date, datetime, label, money};
+use crate::web::format::{date, label, money};
 use crate::web::{service_error, Area};
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::html;
@@ -133,6 +133,9 @@ pub(super) struct CsvQuery {
     _table: Option<String>,
 }
 
+/// Most accounts the dunning page lists (longest overdue first).
+const DUNNING_ROWS: i64 = 1000;
+
 /// `GET /console/dunning`: accounts past due or suspended, what is unpaid and what is next.
 pub(super) async fn dunning(
     req: HttpRequest,
@@ -143,20 +146,24 @@ pub(super) async fn dunning(
         Ok(s) => s,
         Err(res) => return res,
     };
-    let queue = match payments::dunning_queue(&ctx, 1000).await {
+    let queue = match payments::dunning_queue(&ctx, DUNNING_ROWS).await {
         Ok(q) => q,
         Err(e) => return service_error(Area::Console, e),
     };
     let table = Table {
         name: "dunning".into(),
-        caption: format!("{} accounts in dunning", queue.len()),
+        caption: if queue.len() as i64 == DUNNING_ROWS {
+            format!("The first {DUNNING_ROWS} accounts in dunning")
+        } else {
+            format!("{} accounts in dunning", queue.len())
+        },
         head: vec![
             "Account",
             "Status",
             "Past due since",
             "Unpaid invoices",
             "Attempts",
-            "Next retry",
+            "Next attempt",
             "Grace ends",
             "Final action",
             "Final action at",
@@ -179,7 +186,11 @@ pub(super) async fn dunning(
                     Cell::text(d.attempts.to_string()),
                     opt_time(d.next_attempt_at),
                     opt_time(d.grace_ends_at),
-                    Cell::text(format!("{:?}", d.final_action).to_lowercase()),
+                    Cell::text(
+                        d.final_action
+                            .map(|a| format!("{a:?}").to_lowercase())
+                            .unwrap_or_default(),
+                    ),
                     opt_time(d.final_action_at),
                     Cell::text(d.last_error.clone().unwrap_or_default()),
                 ]
@@ -252,7 +263,11 @@ pub(super) async fn pql(
     };
     let table = Table {
         name: format!("pql-{tier}"),
-        caption: format!("{} {} accounts", rows.len(), tier),
+        caption: if rows.len() == 500 {
+            format!("The first 500 {tier} accounts")
+        } else {
+            format!("{} {} accounts", rows.len(), tier)
+        },
         head: vec![
             "Account",
             "Score",
@@ -399,7 +414,11 @@ pub(super) async fn plans(
                         Cell::text(if p.self_serve { "yes" } else { "no" }),
                         Cell::text(v.version.to_string()),
                         Cell::time(&v.published_at),
-                        Cell::text(v.content_hash.chars().take(12).collect::<String>()),
+                        // The page shows the hash's start; the CSV holds all of it.
+                        Cell {
+                            text: v.content_hash.chars().take(12).collect::<String>(),
+                            ..Cell::text(v.content_hash.clone())
+                        },
                     ]
                 })
             })
@@ -479,8 +498,17 @@ pub(super) async fn plan(
             })
             .collect(),
     };
-    let to = q.to.unwrap_or(latest.version);
-    let from = q.from.unwrap_or_else(|| to.saturating_sub(1).max(1));
+    // Versions not published fall back to the defaults: the latest, and the one before it.
+    let listed = |v: u32| versions.iter().any(|p| p.version == v);
+    let to = q.to.filter(|v| listed(*v)).unwrap_or(latest.version);
+    let from = q.from.filter(|v| listed(*v)).unwrap_or_else(|| {
+        versions
+            .iter()
+            .rev()
+            .map(|p| p.version)
+            .find(|v| *v < to)
+            .unwrap_or(to)
+    });
     let dry = if from != to {
         Some(
             migration::migrate(
@@ -581,7 +609,7 @@ pub(super) async fn plan(
                     (money(r.total_mrr_before, &r.currency)) " to " (money(r.total_mrr_after, &r.currency))
                     ". Nothing changes until an operator runs " code { "accrue plans migrate" } "."
                 }
-                (impact.html(&req))
+                (impact.html_nested(&req))
             }
         }
     };
@@ -655,7 +683,7 @@ pub(super) async fn webhooks(
                     Cell::text(d.event_id.clone()),
                     Cell::text(d.attempts.to_string()),
                     Cell::text(d.last_error.clone().unwrap_or_default()),
-                    Cell::text(datetime(&d.created_at)),
+                    Cell::time(&d.created_at),
                 ]
             })
             .collect(),
