@@ -5,16 +5,18 @@
 
 use super::format::{date, datetime, label, money, month, quantity};
 use super::{
-    charts, csrf_refused, frame, respond, see_other, service_error, session_cookie, session_token,
-    Area, Frame,
+    answer_with, app_ctx, charts, csrf_refused, frame, respond, see_other, service_error,
+    session_cookie, session_token, Area, Frame,
 };
 use crate::services::web_sessions::{self, ConsoleSession, SignInRefused};
 use crate::services::{billing, revenue, Ctx, ServiceError};
 use crate::store::invoices::InvoiceFilter;
 use actix_web::cookie::{Cookie, SameSite};
+use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+use futures_util::future::LocalBoxFuture;
 use maud::{html, Markup};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -60,6 +62,26 @@ fn page(s: &ConsoleSession, title: &str, current: &str, body: Markup) -> HttpRes
         csrf: Some(&s.session.csrf),
     };
     respond(StatusCode::OK, frame(&f, body))
+}
+
+/// A console handler's session, taken as its argument: the request's signed-in session, or
+/// the request is answered with the way to the sign-in page and the handler does not run.
+pub(super) struct Console(pub(super) ConsoleSession);
+
+impl FromRequest for Console {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let ctx = app_ctx(&req);
+            signed_in(&req, &ctx)
+                .await
+                .map(Console)
+                .map_err(answer_with)
+        })
+    }
 }
 
 /// The console session of the request, or the way to the sign-in page.
@@ -422,12 +444,9 @@ fn at_midnight(d: NaiveDate) -> DateTime<Utc> {
 async fn overview(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Console(s): Console,
     q: web::Query<RevenueQuery>,
 ) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
     let this_month = first_of_month(ctx.clock.now());
     let last = match q.to.as_deref() {
         None => this_month,
@@ -651,12 +670,9 @@ const PAGE: i64 = 100;
 async fn invoices(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Console(s): Console,
     q: web::Query<InvoicesQuery>,
 ) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
     let q = q.into_inner();
     let empty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let (account, status) = (empty(q.account), empty(q.status));
@@ -784,11 +800,12 @@ async fn invoices(
 
 /// `GET /console/invoices/{number}`: an invoice, its lines, its payment or settlement, and
 /// each usage line down to its hourly rollups and events.
-async fn invoice(req: HttpRequest, ctx: web::Data<Ctx>, path: web::Path<String>) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
+async fn invoice(
+    req: HttpRequest,
+    ctx: web::Data<Ctx>,
+    Console(s): Console,
+    path: web::Path<String>,
+) -> HttpResponse {
     let Ok(number) = path.into_inner().parse::<i64>() else {
         return service_error(
             Area::Console,

@@ -301,3 +301,16 @@ async fn sign_out(req: &HttpRequest, ctx: &Ctx, area: Area, csrf: &str) -> HttpR
     let _ = res.add_cookie(&cleared_cookie(area));
     res
 }
+
+/// The app's context, for extractors (`crate::http::server` registers it).
+fn app_ctx(req: &HttpRequest) -> web::Data<Ctx> {
+    req.app_data::<web::Data<Ctx>>()
+        .cloned()
+        .expect("the server registers its Ctx as app data")
+}
+
+/// An extractor's refusal that answers with `page` as it is (the sign-in redirect, the
+/// "session ended" page): the handler never runs.
+fn answer_with(page: HttpResponse) -> actix_web::Error {
+    actix_web::error::InternalError::from_response("answered with a page", page).into()
+}

@@ -6,8 +6,8 @@
 
 use super::format::{date, datetime, label, money, quantity};
 use super::{
-    csrf_refused, frame, message_page, respond, see_other, service_error, session_cookie,
-    session_token, Area, Frame,
+    answer_with, app_ctx, csrf_refused, frame, message_page, respond, see_other, service_error,
+    session_cookie, session_token, Area, Frame,
 };
 use crate::domain::plan::{ChargeModel, LimitMode, PlanRef, PlanVersion};
 use crate::domain::scope::Scope;
@@ -15,8 +15,10 @@ use crate::services::auth::Principal;
 use crate::services::subscriptions::{self as subs, Effective, Quote, QuoteRequest};
 use crate::services::{billing, lifecycle, payments, usage, web_sessions, Ctx, ServiceError};
 use crate::store::web_sessions::WebSession;
+use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use futures_util::future::LocalBoxFuture;
 use maud::{html, Markup};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -51,6 +53,27 @@ fn ended() -> HttpResponse {
         "Your session has ended",
         "Billing portal sessions end after an hour, or when you sign out. Open the portal again from the app.",
     )
+}
+
+/// A portal handler's session and its account, taken as its argument: the session of the
+/// request's cookie, or the request is answered with the "session ended" page and the handler
+/// does not run.
+struct Portal(WebSession, String);
+
+impl FromRequest for Portal {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let ctx = app_ctx(&req);
+            signed_in(&req, &ctx)
+                .await
+                .map(|(s, account)| Portal(s, account))
+                .map_err(answer_with)
+        })
+    }
 }
 
 /// The session of the request's cookie, or the page to answer instead.
@@ -121,11 +144,11 @@ struct HomeQuery {
 }
 
 /// `GET /portal`: everything about the account's billing on one page.
-async fn home(req: HttpRequest, ctx: web::Data<Ctx>, q: web::Query<HomeQuery>) -> HttpResponse {
-    let (s, account) = match signed_in(&req, &ctx).await {
-        Ok(x) => x,
-        Err(res) => return res,
-    };
+async fn home(
+    ctx: web::Data<Ctx>,
+    Portal(s, account): Portal,
+    q: web::Query<HomeQuery>,
+) -> HttpResponse {
     match overview(&ctx, &s, &account, &q).await {
         Ok(body) => page(&s, "Billing", "/portal", body),
         Err(e) => service_error(Area::Portal, e),
@@ -574,14 +597,10 @@ struct QuoteForm {
 /// `POST /portal/quotes`: a quote for the chosen plan, seat count or cancellation; the
 /// browser goes on to see it.
 async fn create_quote(
-    req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Portal(s, account): Portal,
     form: web::Form<QuoteForm>,
 ) -> HttpResponse {
-    let (s, account) = match signed_in(&req, &ctx).await {
-        Ok(x) => x,
-        Err(res) => return res,
-    };
     let f = form.into_inner();
     if !web_sessions::csrf_matches(&s, &f.csrf) {
         return csrf_refused(Area::Portal);
@@ -648,14 +667,10 @@ fn refused(s: &WebSession, title: &str, message: &str) -> HttpResponse {
 
 /// `GET /portal/quotes/{id}`: the quote's lines and the amount due now, with "Confirm".
 async fn show_quote(
-    req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Portal(s, account): Portal,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let (s, account) = match signed_in(&req, &ctx).await {
-        Ok(x) => x,
-        Err(res) => return res,
-    };
     let id = path.into_inner();
     let stored = match subs::get_quote(&ctx, &account, &id).await {
         Ok(v) => v,
@@ -772,15 +787,11 @@ struct CsrfForm {
 /// `POST /portal/quotes/{id}/confirm`: accepts exactly that quote (a second click is the same
 /// acceptance, not a second change).
 async fn confirm(
-    req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Portal(s, account): Portal,
     path: web::Path<String>,
     form: web::Form<CsrfForm>,
 ) -> HttpResponse {
-    let (s, account) = match signed_in(&req, &ctx).await {
-        Ok(x) => x,
-        Err(res) => return res,
-    };
     if !web_sessions::csrf_matches(&s, &form.csrf) {
         return csrf_refused(Area::Portal);
     }
@@ -802,11 +813,11 @@ async fn confirm(
 
 /// `POST /portal/scheduled-change/revoke`: keeps the subscription as it is (withdraws a
 /// scheduled cancellation or downgrade).
-async fn keep(req: HttpRequest, ctx: web::Data<Ctx>, form: web::Form<CsrfForm>) -> HttpResponse {
-    let (s, account) = match signed_in(&req, &ctx).await {
-        Ok(x) => x,
-        Err(res) => return res,
-    };
+async fn keep(
+    ctx: web::Data<Ctx>,
+    Portal(s, account): Portal,
+    form: web::Form<CsrfForm>,
+) -> HttpResponse {
     if !web_sessions::csrf_matches(&s, &form.csrf) {
         return csrf_refused(Area::Portal);
     }
@@ -828,15 +839,11 @@ struct InvoiceQuery {
 /// `GET /portal/invoices/{number}`: one of the account's invoices with its lines
 /// (`?print=1`: the printable view, without the portal around it).
 async fn invoice(
-    req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Portal(s, account): Portal,
     path: web::Path<String>,
     q: web::Query<InvoiceQuery>,
 ) -> HttpResponse {
-    let (s, account) = match signed_in(&req, &ctx).await {
-        Ok(x) => x,
-        Err(res) => return res,
-    };
     let Ok(number) = path.into_inner().parse::<i64>() else {
         return service_error(
             Area::Portal,

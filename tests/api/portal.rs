@@ -72,6 +72,24 @@ async fn link(app: &TestApp, key: &str, account: &str) -> String {
     body["url"].as_str().unwrap().to_owned()
 }
 
+/// Acme Inc on Team with 5 seats (the clock moved to `now` if given) and its portal open:
+/// the app, a billing key, the session cookie and the session's form token.
+async fn acme_in_the_portal(now: Option<&str>) -> (TestApp, String, String, String) {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing", None).await;
+    account(&app, &key, "acme", "Acme Inc").await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
+        .await;
+    if let Some(now) = now {
+        app.clock.set(t(now));
+    }
+    let session = open(&link(&app, &key, "acme").await).await;
+    let (_, html) = page(&app.base, "/portal", &session).await;
+    let csrf = hidden(&html, "csrf");
+    (app, key, session, csrf)
+}
+
 /// Opens a portal link; returns the session cookie (`name=value`).
 async fn open(url: &str) -> String {
     let res = browser().get(url).send().await.unwrap();
@@ -246,17 +264,9 @@ async fn an_account_scoped_key_opens_the_portal_of_its_own_account_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_confirmed_in_the_portal_is_the_quote_it_showed_and_needs_the_form_token() {
-    let app = spawn_app().await;
-    app.publish_plans().await;
-    let key = app.key("billing", None).await;
-    account(&app, &key, "acme", "Acme Inc").await;
-    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
-        .await;
     // Halfway through the period [11-25 12:00, 12-25 12:00).
-    app.clock.set(t("2026-12-10T12:00:00.000Z"));
-    let session = open(&link(&app, &key, "acme").await).await;
+    let (app, key, session, csrf) = acme_in_the_portal(Some("2026-12-10T12:00:00.000Z")).await;
     let (_, html) = page(&app.base, "/portal", &session).await;
-    let csrf = hidden(&html, "csrf");
     assert!(html.contains("Choose Business"), "no plan button");
 
     // Without the session's token nothing is quoted.
@@ -569,13 +579,8 @@ async fn the_upcoming_invoice_takes_the_credit_balance_as_the_close_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pages_answer_bad_input_and_other_accounts_quotes_with_pages_that_show_nothing() {
-    let app = spawn_app().await;
-    app.publish_plans().await;
-    let key = app.key("billing", None).await;
-    account(&app, &key, "acme", "Acme Inc").await;
+    let (app, key, session, csrf) = acme_in_the_portal(None).await;
     account(&app, &key, "globex", "Globex").await;
-    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
-        .await;
     app.subscribe(&key, "globex", json!({"plan": "team", "seats": 5}))
         .await;
     let (status, theirs) = app
@@ -588,9 +593,6 @@ async fn the_pages_answer_bad_input_and_other_accounts_quotes_with_pages_that_sh
         .await;
     assert_eq!(status, 201, "{theirs}");
     let theirs = theirs["id"].as_str().unwrap();
-    let session = open(&link(&app, &key, "acme").await).await;
-    let (_, html) = page(&app.base, "/portal", &session).await;
-    let csrf = hidden(&html, "csrf");
 
     let (status, html) = page(&app.base, &format!("/portal/quotes/{theirs}"), &session).await;
     assert_eq!(status, 404);
@@ -646,16 +648,7 @@ async fn the_pages_answer_bad_input_and_other_accounts_quotes_with_pages_that_sh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_interval_in_the_portal_says_the_period_restarts_and_links_the_change_invoice()
 {
-    let app = spawn_app().await;
-    app.publish_plans().await;
-    let key = app.key("billing", None).await;
-    account(&app, &key, "acme", "Acme Inc").await;
-    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 5}))
-        .await;
-    app.clock.set(t("2026-12-10T12:00:00.000Z"));
-    let session = open(&link(&app, &key, "acme").await).await;
-    let (_, html) = page(&app.base, "/portal", &session).await;
-    let csrf = hidden(&html, "csrf");
+    let (app, key, session, csrf) = acme_in_the_portal(Some("2026-12-10T12:00:00.000Z")).await;
     let res = post_form(
         &app.base,
         "/portal/quotes",

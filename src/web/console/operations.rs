@@ -4,7 +4,7 @@
 //! (the same the API gives) and downloads as CSV.
 
 use super::{
-    bad_param, csv_of, first_of_month, page, parse_month, signed_in, urlencode, Cell, Table,
+    bad_param, csv_of, first_of_month, page, parse_month, urlencode, Cell, Console, Table,
 };
 use crate::catalog::diff::diff;
 use crate::domain::plan::PlanRef;
@@ -40,12 +40,9 @@ pub(super) struct PeriodQuery {
 pub(super) async fn reconciliation(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Console(s): Console,
     q: web::Query<PeriodQuery>,
 ) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
     let period = match q.period.as_deref().filter(|p| !p.is_empty()) {
         None => first_of_month(ctx.clock.now()).format("%Y-%m").to_string(),
         Some(p) if parse_month(p).is_some() => p.to_owned(),
@@ -140,12 +137,9 @@ const DUNNING_ROWS: i64 = 1000;
 pub(super) async fn dunning(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Console(s): Console,
     _q: web::Query<CsvQuery>,
 ) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
     let queue = match payments::dunning_queue(&ctx, DUNNING_ROWS).await {
         Ok(q) => q,
         Err(e) => return service_error(Area::Console, e),
@@ -222,12 +216,9 @@ pub(super) struct PqlQuery {
 pub(super) async fn pql(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Console(s): Console,
     q: web::Query<PqlQuery>,
 ) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
     let tier = q.tier.clone().unwrap_or_else(|| "hot".into());
     let rows = match pql::queue(&ctx, &tier, None, 500).await {
         Ok(r) => r,
@@ -324,12 +315,9 @@ pub(super) async fn pql(
 pub(super) async fn governance(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Console(s): Console,
     _q: web::Query<CsvQuery>,
 ) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
     let types = match usage::event_types(&ctx).await {
         Ok(t) => t,
         Err(e) => return service_error(Area::Console, e),
@@ -380,12 +368,9 @@ pub(super) async fn governance(
 pub(super) async fn plans(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Console(s): Console,
     _q: web::Query<CsvQuery>,
 ) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
     let list = match plans::list(&ctx.pool).await {
         Ok(l) => l,
         Err(e) => return service_error(Area::Console, e),
@@ -452,13 +437,10 @@ pub(super) struct PlanQuery {
 pub(super) async fn plan(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Console(s): Console,
     path: web::Path<String>,
     q: web::Query<PlanQuery>,
 ) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
     let code = path.into_inner();
     let catalogue = ctx.plans();
     let mut versions: Vec<_> = catalogue
@@ -620,12 +602,9 @@ pub(super) async fn plan(
 pub(super) async fn webhooks(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
+    Console(s): Console,
     _q: web::Query<CsvQuery>,
 ) -> HttpResponse {
-    let s = match signed_in(&req, &ctx).await {
-        Ok(s) => s,
-        Err(res) => return res,
-    };
     let endpoints = match outbox::endpoints(&ctx).await {
         Ok(e) => e,
         Err(e) => return service_error(Area::Console, e),
