@@ -691,6 +691,7 @@ async fn commit_group(
         let mut conn = pool.get().await?;
         let result = conn
             .transaction::<HashSet<(String, String)>, StoreError, _>(async |c| {
+                store_events::one_connection_per_node(c).await?;
                 crate::store::accounts::ensure_many(c, &unknown, now).await?;
                 let new = store_events::insert_new(c, &events, now).await?;
                 let (rollups, types) = deltas(&unique, &new);

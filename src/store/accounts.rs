@@ -94,6 +94,28 @@ pub async fn ensure_many(
     if ids.is_empty() {
         return Ok(());
     }
+    if super::citus::active() {
+        // Multi-row VALUES, which Citus routes shard by shard (see `store::events`).
+        for chunk in ids.chunks(20_000) {
+            let at = chunk.len() + 1;
+            let rows: Vec<String> = (1..=chunk.len())
+                .map(|i| format!("(${i}, ${at}, ${at})"))
+                .collect();
+            let sql = format!(
+                "INSERT INTO accounts (account, created_at, updated_at) VALUES {}
+                 ON CONFLICT (account) DO NOTHING",
+                rows.join(", ")
+            );
+            let mut q = diesel::sql_query(sql).into_boxed::<diesel::pg::Pg>();
+            for id in chunk {
+                q = q.bind::<diesel::sql_types::Text, _>(*id);
+            }
+            q.bind::<diesel::sql_types::Timestamptz, _>(now)
+                .execute(conn)
+                .await?;
+        }
+        return Ok(());
+    }
     diesel::sql_query(
         "INSERT INTO accounts (account, created_at, updated_at)
          SELECT a, $2, $2 FROM UNNEST($1::text[]) AS a
@@ -188,6 +210,10 @@ pub async fn credit_balances(
     conn: &mut AsyncPgConnection,
     of: &[String],
 ) -> Result<BTreeMap<String, Decimal>, StoreError> {
+    // No accounts, no question (on Citus an empty list would ask every shard).
+    if of.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     let rows: Vec<(String, Decimal)> = accounts::table
         .filter(accounts::account.eq_any(of))
         .filter(accounts::credit_balance.ne(Decimal::ZERO))

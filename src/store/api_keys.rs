@@ -110,8 +110,21 @@ pub async fn find(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<KeyInf
         .optional()?)
 }
 
+/// The database's clock now, for a key's change stamp: read first and bound, because Citus
+/// refuses a volatile function (`clock_timestamp()`) in an UPDATE of a reference table.
+async fn database_time(conn: &mut AsyncPgConnection) -> Result<DateTime<Utc>, StoreError> {
+    Ok(
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+            "clock_timestamp()",
+        ))
+        .get_result(conn)
+        .await?,
+    )
+}
+
 /// Revokes a key now (a no-op on a key already revoked); returns it.
 pub async fn revoke(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<KeyInfo>, StoreError> {
+    let changed = database_time(conn).await?;
     diesel::update(
         api_keys::table
             .filter(api_keys::id.eq(id))
@@ -119,9 +132,7 @@ pub async fn revoke(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<KeyI
     )
     .set((
         api_keys::revoked_at.eq(diesel::dsl::now),
-        api_keys::changed_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
-            "clock_timestamp()",
-        )),
+        api_keys::changed_at.eq(changed),
     ))
     .execute(conn)
     .await?;
@@ -135,6 +146,7 @@ pub async fn expire_at(
     id: i64,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let changed = database_time(conn).await?;
     diesel::update(api_keys::table.filter(api_keys::id.eq(id)))
         .set((
             api_keys::expires_at.eq(diesel::dsl::sql::<
@@ -142,9 +154,7 @@ pub async fn expire_at(
             >("LEAST(expires_at, ")
             .bind::<diesel::sql_types::Timestamptz, _>(at)
             .sql(")")),
-            api_keys::changed_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
-                "clock_timestamp()",
-            )),
+            api_keys::changed_at.eq(changed),
         ))
         .execute(conn)
         .await?;

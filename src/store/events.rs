@@ -6,9 +6,10 @@ use super::StoreError;
 use crate::domain::aggregate::AggregateState;
 use crate::domain::event::Event;
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::sql_types::{Array, Int8, Jsonb, Nullable, Numeric, Text, Timestamptz};
 use diesel::QueryableByName;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
 
@@ -23,6 +24,34 @@ struct InsertedKey {
     id: String,
 }
 
+/// The most bind parameters one statement takes (PostgreSQL's limit is 65,535).
+const MAX_BINDS: usize = 60_000;
+
+/// How many rows of `columns` bound values fit in one statement.
+fn rows_per_statement(columns: usize) -> usize {
+    MAX_BINDS / columns
+}
+
+/// `rows` rows of a multi-row VALUES list, each with a bound placeholder of each of `types`
+/// (numbered from $1, row by row) and then `tail` (SQL, such as `, clock_timestamp()`).
+/// On Citus a multi-row INSERT ... VALUES goes shard by shard, where INSERT ... SELECT FROM
+/// UNNEST is planned through the coordinator (measured: 250 events, 31 ms against 386 ms).
+fn values_list(rows: usize, types: &[&str], tail: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(rows * (types.len() * 16 + tail.len() + 3));
+    let mut n = 0;
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for (i, t) in types.iter().enumerate() {
+            n += 1;
+            let _ = write!(out, "{}${n}::{t}", if i == 0 { "" } else { ", " });
+        }
+        out.push_str(tail);
+        out.push(')');
+    }
+    out
+}
+
 /// Inserts events that are not stored yet; returns the (account, id) of those inserted.
 /// Conflicts with stored events (earlier batches, concurrent retries) are skipped, not errors.
 pub async fn insert_new(
@@ -32,6 +61,40 @@ pub async fn insert_new(
 ) -> Result<HashSet<(String, String)>, StoreError> {
     if events.is_empty() {
         return Ok(HashSet::new());
+    }
+    if super::citus::active() {
+        let mut out = HashSet::new();
+        for chunk in events.chunks(rows_per_statement(6)) {
+            let sql = format!(
+                "INSERT INTO events (account, id, event_type, ts, properties, received_at)
+                 VALUES {} ON CONFLICT (account, id) DO NOTHING RETURNING account, id",
+                values_list(
+                    chunk.len(),
+                    &[
+                        "text",
+                        "text",
+                        "text",
+                        "timestamptz",
+                        "jsonb",
+                        "timestamptz"
+                    ],
+                    ""
+                )
+            );
+            let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+            for e in chunk {
+                q = q
+                    .bind::<Text, _>(e.account.as_str())
+                    .bind::<Text, _>(e.id.as_str())
+                    .bind::<Text, _>(e.event_type.as_str())
+                    .bind::<Timestamptz, _>(e.timestamp)
+                    .bind::<Jsonb, _>(&e.properties)
+                    .bind::<Timestamptz, _>(received_at);
+            }
+            let rows: Vec<InsertedKey> = q.load(conn).await?;
+            out.extend(rows.into_iter().map(|r| (r.account, r.id)));
+        }
+        return Ok(out);
     }
     let accounts: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
@@ -85,6 +148,28 @@ pub async fn differing_from_stored(
     Ok(rows.into_iter().map(|r| (r.account, r.id)).collect())
 }
 
+/// How a rollup delta adds to the stored row. Event ids compare bytewise (COLLATE "C") to match
+/// the domain's tie-break for `latest`.
+const ROLLUP_CONFLICT: &str = r#"ON CONFLICT (account, meter, bucket) DO UPDATE SET
+           updated_at = EXCLUDED.updated_at,
+           event_count = r.event_count + EXCLUDED.event_count,
+           value_sum = r.value_sum + EXCLUDED.value_sum,
+           value_max = GREATEST(r.value_max, EXCLUDED.value_max),
+           latest_at = CASE WHEN EXCLUDED.latest_at IS NOT NULL AND (r.latest_at IS NULL OR
+                 (EXCLUDED.latest_at, EXCLUDED.latest_event_id COLLATE "C")
+                   > (r.latest_at, r.latest_event_id COLLATE "C"))
+               THEN EXCLUDED.latest_at ELSE r.latest_at END,
+           latest_event_id = CASE WHEN EXCLUDED.latest_at IS NOT NULL AND (r.latest_at IS NULL OR
+                 (EXCLUDED.latest_at, EXCLUDED.latest_event_id COLLATE "C")
+                   > (r.latest_at, r.latest_event_id COLLATE "C"))
+               THEN EXCLUDED.latest_event_id ELSE r.latest_event_id END,
+           latest_value = CASE WHEN EXCLUDED.latest_at IS NOT NULL AND (r.latest_at IS NULL OR
+                 (EXCLUDED.latest_at, EXCLUDED.latest_event_id COLLATE "C")
+                   > (r.latest_at, r.latest_event_id COLLATE "C"))
+               THEN EXCLUDED.latest_value ELSE r.latest_value END,
+           first_event_at = LEAST(r.first_event_at, EXCLUDED.first_event_at),
+           last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at)"#;
+
 /// Adds pre-aggregated deltas to the hourly rollups (one row per key; the map keeps keys sorted).
 /// The rows' `updated_at` is the database's clock at the write (`clock_timestamp()`), never an
 /// application clock: late-usage detection compares it with the database time a close read
@@ -95,6 +180,51 @@ pub async fn add_to_rollups(
 ) -> Result<(), StoreError> {
     if deltas.is_empty() {
         return Ok(());
+    }
+    if super::citus::active() {
+        let rows: Vec<_> = deltas.iter().collect();
+        for chunk in rows.chunks(rows_per_statement(11)) {
+            let sql = format!(
+                "INSERT INTO usage_rollups AS r (account, meter, bucket, event_count, value_sum,
+                        value_max, latest_at, latest_event_id, latest_value, first_event_at,
+                        last_event_at, updated_at)
+                 VALUES {} {ROLLUP_CONFLICT}",
+                values_list(
+                    chunk.len(),
+                    &[
+                        "text",
+                        "text",
+                        "timestamptz",
+                        "int8",
+                        "numeric",
+                        "numeric",
+                        "timestamptz",
+                        "text",
+                        "numeric",
+                        "timestamptz",
+                        "timestamptz",
+                    ],
+                    ", clock_timestamp()",
+                )
+            );
+            let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+            for ((account, meter, bucket), st) in chunk {
+                q = q
+                    .bind::<Text, _>(account.as_str())
+                    .bind::<Text, _>(meter.as_str())
+                    .bind::<Timestamptz, _>(*bucket)
+                    .bind::<Int8, _>(st.event_count)
+                    .bind::<Numeric, _>(st.sum)
+                    .bind::<Nullable<Numeric>, _>(st.max)
+                    .bind::<Nullable<Timestamptz>, _>(st.latest.as_ref().map(|l| l.at))
+                    .bind::<Nullable<Text>, _>(st.latest.as_ref().map(|l| l.event_id.as_str()))
+                    .bind::<Nullable<Numeric>, _>(st.latest.as_ref().map(|l| l.value))
+                    .bind::<Timestamptz, _>(st.first_at.unwrap_or(*bucket))
+                    .bind::<Timestamptz, _>(st.last_at.unwrap_or(*bucket));
+            }
+            q.execute(conn).await?;
+        }
+        return add_unique_keys(conn, deltas).await;
     }
     let n = deltas.len();
     let mut accounts = Vec::with_capacity(n);
@@ -122,33 +252,15 @@ pub async fn add_to_rollups(
         lasts.push(st.last_at.unwrap_or(*bucket));
     }
     // Event ids compare bytewise (COLLATE "C") to match the domain's tie-break for `latest`.
-    diesel::sql_query(
+    diesel::sql_query(format!(
         r#"INSERT INTO usage_rollups AS r (account, meter, bucket, event_count, value_sum,
                 value_max, latest_at, latest_event_id, latest_value, first_event_at, last_event_at,
                 updated_at)
          SELECT u.*, clock_timestamp() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[],
                 $5::numeric[], $6::numeric[], $7::timestamptz[], $8::text[], $9::numeric[],
                 $10::timestamptz[], $11::timestamptz[]) AS u
-         ON CONFLICT (account, meter, bucket) DO UPDATE SET
-           updated_at = EXCLUDED.updated_at,
-           event_count = r.event_count + EXCLUDED.event_count,
-           value_sum = r.value_sum + EXCLUDED.value_sum,
-           value_max = GREATEST(r.value_max, EXCLUDED.value_max),
-           latest_at = CASE WHEN EXCLUDED.latest_at IS NOT NULL AND (r.latest_at IS NULL OR
-                 (EXCLUDED.latest_at, EXCLUDED.latest_event_id COLLATE "C")
-                   > (r.latest_at, r.latest_event_id COLLATE "C"))
-               THEN EXCLUDED.latest_at ELSE r.latest_at END,
-           latest_event_id = CASE WHEN EXCLUDED.latest_at IS NOT NULL AND (r.latest_at IS NULL OR
-                 (EXCLUDED.latest_at, EXCLUDED.latest_event_id COLLATE "C")
-                   > (r.latest_at, r.latest_event_id COLLATE "C"))
-               THEN EXCLUDED.latest_event_id ELSE r.latest_event_id END,
-           latest_value = CASE WHEN EXCLUDED.latest_at IS NOT NULL AND (r.latest_at IS NULL OR
-                 (EXCLUDED.latest_at, EXCLUDED.latest_event_id COLLATE "C")
-                   > (r.latest_at, r.latest_event_id COLLATE "C"))
-               THEN EXCLUDED.latest_value ELSE r.latest_value END,
-           first_event_at = LEAST(r.first_event_at, EXCLUDED.first_event_at),
-           last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at)"#,
-    )
+         {ROLLUP_CONFLICT}"#
+    ))
     .bind::<Array<Text>, _>(accounts)
     .bind::<Array<Text>, _>(meters)
     .bind::<Array<Timestamptz>, _>(buckets)
@@ -163,34 +275,63 @@ pub async fn add_to_rollups(
     .execute(conn)
     .await?;
 
-    // Distinct keys of unique_count meters.
-    let mut ua = Vec::new();
-    let mut um = Vec::new();
-    let mut ub = Vec::new();
-    let mut uk = Vec::new();
-    for ((account, meter, bucket), st) in deltas {
-        for key in &st.keys {
-            ua.push(account.as_str());
-            um.push(meter.as_str());
-            ub.push(*bucket);
-            uk.push(key.as_str());
+    add_unique_keys(conn, deltas).await
+}
+
+/// The distinct keys of unique_count meters in `deltas` (kept once per account, meter and hour).
+async fn add_unique_keys(
+    conn: &mut AsyncPgConnection,
+    deltas: &BTreeMap<RollupKey, AggregateState>,
+) -> Result<(), StoreError> {
+    let keys: Vec<(&str, &str, DateTime<Utc>, &str)> = deltas
+        .iter()
+        .flat_map(|((account, meter, bucket), st)| {
+            st.keys
+                .iter()
+                .map(move |k| (account.as_str(), meter.as_str(), *bucket, k.as_str()))
+        })
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    if super::citus::active() {
+        for chunk in keys.chunks(rows_per_statement(4)) {
+            let sql = format!(
+                "INSERT INTO usage_unique_keys (account, meter, bucket, key) VALUES {}
+                 ON CONFLICT DO NOTHING",
+                values_list(chunk.len(), &["text", "text", "timestamptz", "text"], "")
+            );
+            let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+            for (account, meter, bucket, key) in chunk {
+                q = q
+                    .bind::<Text, _>(*account)
+                    .bind::<Text, _>(*meter)
+                    .bind::<Timestamptz, _>(*bucket)
+                    .bind::<Text, _>(*key);
+            }
+            q.execute(conn).await?;
         }
+        return Ok(());
     }
-    if !ua.is_empty() {
-        diesel::sql_query(
-            "INSERT INTO usage_unique_keys (account, meter, bucket, key)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[])
-             ON CONFLICT DO NOTHING",
-        )
-        .bind::<Array<Text>, _>(ua)
-        .bind::<Array<Text>, _>(um)
-        .bind::<Array<Timestamptz>, _>(ub)
-        .bind::<Array<Text>, _>(uk)
-        .execute(conn)
-        .await?;
-    }
+    diesel::sql_query(
+        "INSERT INTO usage_unique_keys (account, meter, bucket, key)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(keys.iter().map(|k| k.3).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
     Ok(())
 }
+
+/// How a type count adds to the stored row.
+const TYPE_COUNT_CONFLICT: &str = "ON CONFLICT (account, event_type) DO UPDATE SET
+           event_count = c.event_count + EXCLUDED.event_count,
+           first_seen_at = LEAST(c.first_seen_at, EXCLUDED.first_seen_at),
+           last_seen_at = GREATEST(c.last_seen_at, EXCLUDED.last_seen_at)";
 
 /// Per (account, event type): how many new events, and their time span.
 #[derive(Debug, Clone)]
@@ -208,21 +349,44 @@ pub async fn add_to_type_counts(
     if counts.is_empty() {
         return Ok(());
     }
+    if super::citus::active() {
+        let rows: Vec<_> = counts.iter().collect();
+        for chunk in rows.chunks(rows_per_statement(5)) {
+            let sql = format!(
+                "INSERT INTO event_type_counts AS c (account, event_type, event_count,
+                        first_seen_at, last_seen_at)
+                 VALUES {} {TYPE_COUNT_CONFLICT}",
+                values_list(
+                    chunk.len(),
+                    &["text", "text", "int8", "timestamptz", "timestamptz"],
+                    ""
+                )
+            );
+            let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+            for ((account, event_type), c) in chunk {
+                q = q
+                    .bind::<Text, _>(account.as_str())
+                    .bind::<Text, _>(event_type.as_str())
+                    .bind::<Int8, _>(c.count)
+                    .bind::<Timestamptz, _>(c.first_at)
+                    .bind::<Timestamptz, _>(c.last_at);
+            }
+            q.execute(conn).await?;
+        }
+        return Ok(());
+    }
     let accounts: Vec<&str> = counts.keys().map(|(a, _)| a.as_str()).collect();
     let types: Vec<&str> = counts.keys().map(|(_, t)| t.as_str()).collect();
     let n: Vec<i64> = counts.values().map(|c| c.count).collect();
     let firsts: Vec<DateTime<Utc>> = counts.values().map(|c| c.first_at).collect();
     let lasts: Vec<DateTime<Utc>> = counts.values().map(|c| c.last_at).collect();
-    diesel::sql_query(
+    diesel::sql_query(format!(
         "INSERT INTO event_type_counts AS c (account, event_type, event_count, first_seen_at,
                 last_seen_at)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[],
                 $5::timestamptz[])
-         ON CONFLICT (account, event_type) DO UPDATE SET
-           event_count = c.event_count + EXCLUDED.event_count,
-           first_seen_at = LEAST(c.first_seen_at, EXCLUDED.first_seen_at),
-           last_seen_at = GREATEST(c.last_seen_at, EXCLUDED.last_seen_at)",
-    )
+         {TYPE_COUNT_CONFLICT}"
+    ))
     .bind::<Array<Text>, _>(accounts)
     .bind::<Array<Text>, _>(types)
     .bind::<Array<Int8>, _>(n)
@@ -317,6 +481,15 @@ pub async fn stored_after(
     .bind::<diesel::sql_types::Double, _>(EXPORT_SETTLE_SECONDS)
     .load(conn)
     .await?)
+}
+
+/// On Citus, makes the rest of the transaction reach each worker over one connection: a
+/// group's few statements touch many shards, and opening a connection per shard for each of
+/// them costs more than the writes. Plain PostgreSQL keeps the setting unread.
+pub async fn one_connection_per_node(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+    conn.batch_execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+        .await?;
+    Ok(())
 }
 
 /// How old (database time) an event's storing transaction must be before exports show it:

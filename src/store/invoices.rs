@@ -325,7 +325,22 @@ pub async fn accounts_with_late_usage(
     accounts: &[String],
     befores: &[DateTime<Utc>],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    let rows: Vec<AccountRow> = diesel::sql_query(
+    let rows: Vec<AccountRow> = diesel::sql_query(if super::citus::active() {
+        "SELECT DISTINCT b.account
+           FROM (SELECT l.account, l.usage_from AS s, l.usage_to AS e, MAX(i.usage_mark) AS at
+                   FROM invoice_lines l
+                   JOIN invoices i ON i.account = l.account AND i.number = l.number
+                   JOIN UNNEST($1::text[], $2::timestamptz[]) AS p(account, before)
+                     ON p.account = l.account AND l.usage_from < p.before
+                  -- `account = ANY`: index lookups of these accounts, never a scan of all
+                  -- invoice lines; on Citus, only their shards.
+                  WHERE l.account = ANY($1) AND l.usage_from IS NOT NULL
+                    AND (l.meter IS NOT NULL OR l.kind = 'minimum_top_up')
+                  GROUP BY l.account, l.usage_from, l.usage_to) b
+          WHERE EXISTS (SELECT 1 FROM usage_rollups r
+                         WHERE r.account = b.account AND r.bucket >= b.s AND r.bucket < b.e
+                           AND r.updated_at > b.at)"
+    } else {
         "SELECT DISTINCT p.account
            FROM UNNEST($1::text[], $2::timestamptz[]) AS p(account, before)
            -- LATERAL: index lookups per account, never a scan of all invoice lines.
@@ -339,8 +354,8 @@ pub async fn accounts_with_late_usage(
                 GROUP BY l.usage_from, l.usage_to) b
           WHERE EXISTS (SELECT 1 FROM usage_rollups r
                          WHERE r.account = p.account AND r.bucket >= b.s AND r.bucket < b.e
-                           AND r.updated_at > b.at)",
-    )
+                           AND r.updated_at > b.at)"
+    })
     .bind::<diesel::sql_types::Array<Text>, _>(accounts)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(befores)
     .load(conn)

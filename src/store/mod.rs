@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod billing_errors;
+pub mod citus;
 pub mod events;
 pub mod invoices;
 pub mod jobs;
@@ -235,7 +236,8 @@ pub fn with_database_name(url: &str, name: &str) -> Result<String, StoreError> {
     Ok(out)
 }
 
-/// Runs the embedded migrations that have not run yet; returns how many ran.
+/// Runs the embedded migrations that have not run yet, then, on Citus, places the tables not
+/// placed yet ([`citus::place_tables`]); returns how many migrations ran.
 pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -245,7 +247,12 @@ pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
         let ran = conn
             .run_pending_migrations(MIGRATIONS)
             .map(|v| v.len())
-            .map_err(|e| StoreError::Migration(e.to_string()));
+            .map_err(|e| StoreError::Migration(e.to_string()))
+            .and_then(|ran| {
+                citus::place_tables(&mut conn)
+                    .map(|_| ran)
+                    .map_err(|e| StoreError::Migration(format!("placing the tables on Citus: {e}")))
+            });
         SimpleConnection::batch_execute(&mut conn, "SELECT pg_advisory_unlock(7462001)")?;
         ran
     })
@@ -279,6 +286,15 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
             ))
             .await
             .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            let on_citus: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+            ))
+            .get_result(&mut conn)
+            .await
+            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            if on_citus {
+                citus::learnt_active();
+            }
             Ok(conn)
         })
     });

@@ -7,7 +7,7 @@ use super::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Insertable)]
@@ -47,44 +47,63 @@ pub struct EventRow {
     pub seq: Option<i64>,
 }
 
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
 /// Gives committed, unsequenced events their place in the feed, in the order the sequencer
 /// sees them (one sequencer at a time: the counter row is locked). An event committed after a
 /// round gets a later number, so a reader's cursor never passes over it. Returns how many.
 pub async fn sequence(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
-    conn.transaction::<i64, StoreError, _>(async |c| {
-        let next: i64 = outbox_sequencer::table
-            .select(outbox_sequencer::next_seq)
-            .for_update()
-            .first(c)
-            .await?;
-        let done: Count = diesel::sql_query(
-            "WITH todo AS (
-                SELECT account, id, row_number() OVER (ORDER BY id) AS rn
-                  FROM outbox WHERE seq IS NULL ORDER BY id LIMIT 10000),
-             upd AS (
-                UPDATE outbox o SET seq = $1 + todo.rn - 1
-                  FROM todo WHERE o.account = todo.account AND o.id = todo.id
-                RETURNING 1)
-             SELECT COUNT(*) AS n FROM upd",
-        )
-        .bind::<BigInt, _>(next)
-        .get_result(c)
-        .await?;
-        if done.n > 0 {
-            diesel::update(outbox_sequencer::table)
-                .set(outbox_sequencer::next_seq.eq(next + done.n))
-                .execute(c)
+    let round = conn
+        .transaction::<i64, StoreError, _>(async |c| {
+            let next: i64 = outbox_sequencer::table
+                .select(outbox_sequencer::next_seq)
+                .for_update()
+                .first(c)
                 .await?;
-        }
-        Ok(done.n)
-    })
-    .await
+            // `o.seq IS NULL` again in the UPDATE: on Citus the coordinator commits a round
+            // before its workers do, so the next round can find that round's rows still
+            // unnumbered, wait for them, and would renumber them. It skips them instead, and a
+            // round that numbered fewer rows than it chose rolls back (its numbers would leave
+            // a gap that readers wait at forever); the next round numbers the rest.
+            let done: Numbered = diesel::sql_query(
+                "WITH todo AS (
+                    SELECT account, id, row_number() OVER (ORDER BY id) AS rn
+                      FROM outbox WHERE seq IS NULL ORDER BY id LIMIT 10000),
+                 upd AS (
+                    UPDATE outbox o SET seq = $1 + todo.rn - 1
+                      FROM todo
+                     WHERE o.account = todo.account AND o.id = todo.id AND o.seq IS NULL
+                    RETURNING 1)
+                 SELECT (SELECT COUNT(*) FROM upd) AS n, (SELECT COUNT(*) FROM todo) AS chosen",
+            )
+            .bind::<BigInt, _>(next)
+            .get_result(c)
+            .await?;
+            if done.n != done.chosen {
+                return Err(StoreError::Message(OVERTAKEN.into()));
+            }
+            if done.n > 0 {
+                diesel::update(outbox_sequencer::table)
+                    .set(outbox_sequencer::next_seq.eq(next + done.n))
+                    .execute(c)
+                    .await?;
+            }
+            Ok(done.n)
+        })
+        .await;
+    match round {
+        Err(StoreError::Message(m)) if m == OVERTAKEN => Ok(0),
+        other => other,
+    }
+}
+
+/// A sequencing round that found rows another round had numbered meanwhile.
+const OVERTAKEN: &str = "sequencing overtook a round not yet committed on every shard";
+
+#[derive(QueryableByName)]
+struct Numbered {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = BigInt)]
+    chosen: i64,
 }
 
 /// Sequenced events after `after`, in order.
@@ -98,11 +117,33 @@ pub async fn feed(
     if let Some(a) = account {
         q = q.filter(outbox::account.eq(a.to_owned()));
     }
-    Ok(q.order(outbox::seq.asc())
+    let rows: Vec<EventRow> = q
+        .order(outbox::seq.asc())
         .limit(limit)
         .select(EventRow::as_select())
         .load(conn)
-        .await?)
+        .await?;
+    // The whole feed is dense; one account's part of it is not.
+    Ok(match account {
+        None => dense_prefix(after, rows, |r| r.seq),
+        Some(_) => rows,
+    })
+}
+
+/// The rows whose sequence numbers follow `after` without a gap. Sequencing numbers events
+/// densely (a round takes the next n), so a gap is a round not visible yet: on Citus a read of
+/// every shard has no single snapshot, and a round's commit reaches the shards one after
+/// another. A reader that stops before the gap reads on from there next time; one that passed
+/// it would never see the missing events.
+fn dense_prefix<T>(after: i64, rows: Vec<T>, seq: impl Fn(&T) -> Option<i64>) -> Vec<T> {
+    let mut expected = after + 1;
+    rows.into_iter()
+        .take_while(|r| {
+            let next = seq(r) == Some(expected);
+            expected += 1;
+            next
+        })
+        .collect()
 }
 
 pub async fn events_by_seqs(
@@ -257,6 +298,11 @@ pub async fn fan_out(
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     conn.transaction::<usize, StoreError, _>(async |c| {
+        // On Citus the outbox is read from every shard and then the endpoint (a coordinator
+        // table with a foreign key to it) is written: Citus allows that in one transaction
+        // only over one connection per node. (Plain PostgreSQL keeps the setting unread.)
+        c.batch_execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+            .await?;
         let Some(ep) = webhook_endpoints::table
             .filter(webhook_endpoints::id.eq(endpoint_id))
             .filter(webhook_endpoints::disabled_at.is_null())
@@ -272,8 +318,9 @@ pub async fn fan_out(
         // One statement, so one snapshot: the events read and the cursor's new place agree.
         // (Reading the kinds' events and then the latest seq in a second statement let a
         // sequencing round committed in between move the cursor past events never read.)
-        // Sequencing rounds commit one at a time and in order, so a snapshot that holds seq n
-        // holds every seq before it.
+        // Sequencing rounds commit one at a time and in order, so on one PostgreSQL a snapshot
+        // that holds seq n holds every seq before it; on Citus it may not, so the cursor stops
+        // at the first gap ([`dense_prefix`]).
         let seen: Vec<(i64, String, String, String)> = outbox::table
             .filter(outbox::seq.gt(ep.cursor_seq))
             .order(outbox::seq.asc())
@@ -286,6 +333,7 @@ pub async fn fan_out(
             ))
             .load(c)
             .await?;
+        let seen = dense_prefix(ep.cursor_seq, seen, |e| Some(e.0));
         // The cursor passes every sequenced event seen, delivered or filtered out.
         let upto = seen.last().map(|e| e.0);
         let events: Vec<(i64, String, String)> = seen
@@ -508,4 +556,22 @@ pub async fn of_kinds_after(
         .select(EventRow::as_select())
         .load(conn)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dense_prefix;
+
+    #[test]
+    fn a_reader_stops_at_the_first_gap_in_the_sequence() {
+        let seqs = |v: Vec<i64>| dense_prefix(10, v, |s| Some(*s));
+        assert_eq!(seqs(vec![11, 12, 13]), vec![11, 12, 13]);
+        assert_eq!(seqs(vec![11, 12, 14, 15]), vec![11, 12]);
+        assert_eq!(seqs(vec![12, 13]), Vec::<i64>::new());
+        assert_eq!(seqs(vec![]), Vec::<i64>::new());
+        assert_eq!(
+            dense_prefix(0, vec![Some(1), None, Some(3)], |s| *s),
+            vec![Some(1)]
+        );
+    }
 }

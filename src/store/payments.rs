@@ -17,6 +17,8 @@ use serde::Serialize;
 #[diesel(table_name = invoice_payments)]
 #[diesel(treat_none_as_null = true)]
 pub struct PaymentRow {
+    /// The key: never in an UPDATE's SET (Citus refuses a SET of the distribution column).
+    #[diesel(skip_update)]
     pub account: String,
     pub number: i64,
     pub stripe_invoice_id: Option<String>,

@@ -15,6 +15,8 @@ use std::collections::HashMap;
 #[diesel(table_name = pql_scores)]
 #[diesel(treat_none_as_null = true)]
 pub struct PqlRow {
+    /// The key: never in an UPDATE's SET (Citus refuses a SET of the distribution column).
+    #[diesel(skip_update)]
     pub account: String,
     pub score: i32,
     pub tier: String,
@@ -196,7 +198,14 @@ pub async fn active_days(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<HashMap<String, u32>, StoreError> {
-    let rows: Vec<DaysRow> = diesel::sql_query(
+    let rows: Vec<DaysRow> = diesel::sql_query(if super::citus::active() {
+        "SELECT r.account, COUNT(DISTINCT date_trunc('day', r.bucket))::int8 AS days
+           FROM usage_rollups r
+          WHERE r.account = ANY($1) AND r.bucket >= $2 AND r.bucket < $3
+            AND r.event_count > 0
+          GROUP BY r.account"
+    } else {
+        // One PostgreSQL: a LATERAL index range scan per account (see store::usage).
         "SELECT p.account, COUNT(DISTINCT date_trunc('day', r.bucket))::int8 AS days
            FROM UNNEST($1::text[]) AS p(account)
            CROSS JOIN LATERAL (
@@ -204,8 +213,8 @@ pub async fn active_days(
                 WHERE x.account = p.account AND x.bucket >= $2 AND x.bucket < $3
                   AND x.event_count > 0
                OFFSET 0) r
-          GROUP BY p.account",
-    )
+          GROUP BY p.account"
+    })
     .bind::<Array<Text>, _>(accounts)
     .bind::<Timestamptz, _>(from)
     .bind::<Timestamptz, _>(to)

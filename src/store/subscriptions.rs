@@ -12,6 +12,8 @@ use rust_decimal::Decimal;
 #[diesel(table_name = subscriptions)]
 #[diesel(treat_none_as_null = true)]
 pub struct SubscriptionRow {
+    /// The key: never in an UPDATE's SET (Citus refuses a SET of the distribution column).
+    #[diesel(skip_update)]
     pub account: String,
     pub plan: String,
     pub plan_version: i32,

@@ -189,15 +189,25 @@ pub async fn find_by_accounts_and_ranges(
         })
         .collect();
     let (accounts, froms, tos) = columns(ranges);
-    let uniques: Vec<BulkUniqueRow> = diesel::sql_query(
+    let uniques: Vec<BulkUniqueRow> = diesel::sql_query(if super::citus::active() {
+        "SELECT k.account, k.meter, COUNT(DISTINCT k.key)::int8 AS n
+           FROM usage_unique_keys k
+           JOIN UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
+             ON k.account = p.account AND k.bucket >= p.s AND k.bucket < p.e
+          WHERE k.account = ANY($1)
+          GROUP BY k.account, k.meter"
+    } else {
+        // One PostgreSQL: LATERAL with OFFSET 0 (so the planner cannot flatten it into a
+        // hash join over whole tables): one index range scan per account. Citus cannot push
+        // that down.
         "SELECT k.account, k.meter, COUNT(DISTINCT k.key)::int8 AS n
            FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
            CROSS JOIN LATERAL (
                SELECT * FROM usage_unique_keys x
                 WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
                OFFSET 0) k
-          GROUP BY k.account, k.meter",
-    )
+          GROUP BY k.account, k.meter"
+    })
     .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
@@ -230,7 +240,30 @@ pub async fn rollups_by_accounts_and_ranges(
     ranges: &[(String, DateTime<Utc>, DateTime<Utc>)],
 ) -> Result<BTreeMap<String, BTreeMap<String, AggregateState>>, StoreError> {
     let (accounts, froms, tos) = columns(ranges);
-    let rows: Vec<BulkRangeRow> = diesel::sql_query(
+    let rows: Vec<BulkRangeRow> = diesel::sql_query(if super::citus::active() {
+        r#"SELECT r.account, r.meter,
+                  SUM(r.event_count)::int8 AS event_count,
+                  SUM(r.value_sum) AS value_sum,
+                  MAX(r.value_max) AS value_max,
+                  (ARRAY_AGG(r.latest_at ORDER BY r.latest_at DESC NULLS LAST,
+                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_at,
+                  (ARRAY_AGG(r.latest_event_id ORDER BY r.latest_at DESC NULLS LAST,
+                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_event_id,
+                  (ARRAY_AGG(r.latest_value ORDER BY r.latest_at DESC NULLS LAST,
+                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_value,
+                  MIN(r.first_event_at) AS first_event_at,
+                  MAX(r.last_event_at) AS last_event_at
+             FROM usage_rollups r
+             JOIN UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
+               ON r.account = p.account AND r.bucket >= p.s AND r.bucket < p.e
+            -- `account = ANY`: index lookups of these accounts only, never a scan of the
+            -- whole table; on Citus, only the shards that hold them.
+            WHERE r.account = ANY($1)
+            GROUP BY r.account, r.meter"#
+    } else {
+        // One PostgreSQL: LATERAL with OFFSET 0 (so the planner cannot flatten it into a
+        // hash join over whole tables): one index range scan per account. Citus cannot push
+        // that down.
         r#"SELECT r.account, r.meter,
                   SUM(r.event_count)::int8 AS event_count,
                   SUM(r.value_sum) AS value_sum,
@@ -250,8 +283,8 @@ pub async fn rollups_by_accounts_and_ranges(
                  SELECT * FROM usage_rollups x
                   WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
                  OFFSET 0) r
-            GROUP BY r.account, r.meter"#,
-    )
+            GROUP BY r.account, r.meter"#
+    })
     .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
@@ -279,7 +312,18 @@ pub async fn unique_keys_written_since(
     let froms: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.1).collect();
     let tos: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.2).collect();
     let sinces: Vec<Option<DateTime<Utc>>> = ranges.iter().map(|r| r.3).collect();
-    Ok(diesel::sql_query(
+    Ok(diesel::sql_query(if super::citus::active() {
+        "SELECT DISTINCT k.account, k.meter, k.key
+           FROM usage_unique_keys k
+           JOIN UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
+                AS p(account, s, e, since)
+             ON k.account = p.account AND k.bucket >= p.s AND k.bucket < p.e
+                AND (p.since IS NULL OR k.written_at >= p.since)
+          WHERE k.account = ANY($1)"
+    } else {
+        // One PostgreSQL: LATERAL with OFFSET 0 (so the planner cannot flatten it into a
+        // hash join over whole tables): one index range scan per account. Citus cannot push
+        // that down.
         "SELECT DISTINCT k.account, k.meter, k.key
            FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
                 AS p(account, s, e, since)
@@ -287,8 +331,8 @@ pub async fn unique_keys_written_since(
                SELECT * FROM usage_unique_keys x
                 WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
                   AND (p.since IS NULL OR x.written_at >= p.since)
-               OFFSET 0) k",
-    )
+               OFFSET 0) k"
+    })
     .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)

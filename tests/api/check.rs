@@ -322,15 +322,12 @@ async fn a_refresh_round_reads_only_the_distinct_keys_written_since_the_last() {
         "the first load reads them all"
     );
     // A minute passes: the keys are older than the rounds' grace for late commits.
-    let mut c = app.db.conn().await;
-    diesel_async::RunQueryDsl::execute(
-        diesel::sql_query(
-            "UPDATE usage_unique_keys SET written_at = written_at - interval '1 minute'",
-        ),
-        &mut c,
-    )
-    .await
-    .unwrap();
+    app.db
+        .update_all(
+            "usage_unique_keys",
+            "SET written_at = written_at - interval '1 minute'",
+        )
+        .await;
     accrue::services::check::refresh_all(&b_ctx).await.unwrap();
     accrue::services::check::refresh_all(&b_ctx).await.unwrap();
     assert_eq!(b_ctx.checks.keys_read(), 200, "no new key, none read");

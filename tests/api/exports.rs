@@ -40,16 +40,13 @@ async fn read(
 /// events only then (no ingest transaction still running can commit behind a cursor). Each
 /// batch is moved once, so batches keep their order.
 async fn settle(app: &TestApp) {
-    let mut c = app.db.conn().await;
-    diesel_async::RunQueryDsl::execute(
-        diesel::sql_query(
-            "UPDATE events SET stored_at = stored_at - interval '20 minutes'
+    app.db
+        .update_all(
+            "events",
+            "SET stored_at = stored_at - interval '20 minutes'
               WHERE stored_at > now() - interval '10 minutes'",
-        ),
-        &mut c,
-    )
-    .await
-    .unwrap();
+        )
+        .await;
 }
 
 fn events(prefix: &str, n: usize) -> Value {

@@ -26,7 +26,9 @@ pub fn manifest_dir() -> PathBuf {
 
 /// Name of the template database: a hash of the migrations, so a new migration builds a new one.
 fn template_name() -> String {
+    // The migrations, and how they place tables on Citus.
     let mut files: Vec<PathBuf> = walk(&manifest_dir().join("migrations"));
+    files.push(manifest_dir().join("src/store/citus.rs"));
     files.sort();
     let mut h = Sha256::new();
     for f in files {
@@ -49,10 +51,54 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-async fn admin() -> AsyncPgConnection {
-    AsyncPgConnection::establish(&format!("{}/postgres", pg_base()))
+/// With `ACCRUE_TEST_CITUS_WORKERS=host:port,...` set, `ACCRUE_TEST_PG` is a Citus coordinator
+/// and these are its workers: every test database is made on all of them, with the `citus`
+/// extension, and the migrations place the tables ([`accrue::store::citus`]).
+pub fn citus_workers() -> Vec<String> {
+    std::env::var("ACCRUE_TEST_CITUS_WORKERS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|w| w.trim().to_owned())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Whether the tests run on a Citus cluster.
+pub fn on_citus() -> bool {
+    !citus_workers().is_empty()
+}
+
+/// The servers a test database lives on: the one of `ACCRUE_TEST_PG`, then the Citus workers.
+fn nodes() -> Vec<String> {
+    let base = pg_base();
+    let login = base.rsplit_once('@').map(|(l, _)| l.to_owned());
+    let mut out = vec![base.clone()];
+    for w in citus_workers() {
+        match &login {
+            Some(l) => out.push(format!("{l}@{w}")),
+            None => out.push(format!("postgres://{w}")),
+        }
+    }
+    out
+}
+
+async fn admin_of(node: &str) -> AsyncPgConnection {
+    AsyncPgConnection::establish(&format!("{node}/postgres"))
         .await
         .expect("connect to the test PostgreSQL (is it running? see README)")
+}
+
+async fn admin() -> AsyncPgConnection {
+    admin_of(&pg_base()).await
+}
+
+async fn exists(conn: &mut AsyncPgConnection, condition: &str) -> bool {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "EXISTS (SELECT 1 FROM pg_database WHERE {condition})"
+    )))
+    .get_result(conn)
+    .await
+    .unwrap()
 }
 
 async fn ensure_template(tpl: &str) {
@@ -61,13 +107,9 @@ async fn ensure_template(tpl: &str) {
     conn.batch_execute("SELECT pg_advisory_lock(7462002)")
         .await
         .unwrap();
-    let exists: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "EXISTS (SELECT 1 FROM pg_database WHERE datname = '{tpl}')"
-    )))
-    .get_result(&mut conn)
-    .await
-    .unwrap();
-    if !exists {
+    if on_citus() {
+        ensure_citus_template(&mut conn, tpl).await;
+    } else if !exists(&mut conn, &format!("datname = '{tpl}'")).await {
         let building = format!("{tpl}_build");
         conn.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
             .await
@@ -87,6 +129,82 @@ async fn ensure_template(tpl: &str) {
         .unwrap();
 }
 
+/// The template on a Citus cluster: a database of that name on every node, the extension in
+/// each, the workers registered, migrated (so placed), then closed to connections, which marks
+/// it finished. Citus's maintenance daemon holds a connection to each database with the
+/// extension, so the template is closed rather than renamed, and its sessions ended.
+async fn ensure_citus_template(coordinator: &mut AsyncPgConnection, tpl: &str) {
+    if exists(
+        coordinator,
+        &format!("datname = '{tpl}' AND NOT datallowconn"),
+    )
+    .await
+    {
+        return;
+    }
+    for node in nodes() {
+        let mut admin = admin_of(&node).await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {tpl} WITH (FORCE)"),
+            format!("CREATE DATABASE {tpl}"),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
+        let mut db = AsyncPgConnection::establish(&format!("{node}/{tpl}"))
+            .await
+            .unwrap();
+        db.batch_execute("CREATE EXTENSION citus").await.unwrap();
+    }
+    let host_port = |node: &str| -> (String, u16) {
+        let hp = node.rsplit_once('@').map(|(_, h)| h).unwrap_or(node);
+        let hp = hp.trim_start_matches("postgres://");
+        let (h, p) = hp.rsplit_once(':').unwrap_or((hp, "5432"));
+        (h.to_owned(), p.parse().unwrap())
+    };
+    let all = nodes();
+    let mut db = AsyncPgConnection::establish(&format!("{}/{tpl}", all[0]))
+        .await
+        .unwrap();
+    let (h, p) = host_port(&all[0]);
+    // Few shards keep the tests' tables small; placement is the same with 32.
+    db.batch_execute(&format!(
+        "ALTER DATABASE {tpl} SET citus.shard_count = 4; \
+         SELECT citus_set_coordinator_host('{h}', {p})"
+    ))
+    .await
+    .unwrap();
+    for w in &all[1..] {
+        let (h, p) = host_port(w);
+        db.batch_execute(&format!("SELECT citus_add_node('{h}', {p})"))
+            .await
+            .unwrap();
+    }
+    drop(db);
+    store::run_migrations(&format!("{}/{tpl}", all[0]))
+        .await
+        .unwrap();
+    // Workers first: the coordinator's closed template is the sign that all are finished.
+    for node in all.iter().rev() {
+        let mut admin = admin_of(node).await;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {tpl} WITH ALLOW_CONNECTIONS false"
+            ))
+            .await
+            .unwrap();
+        end_sessions(&mut admin, tpl).await;
+    }
+}
+
+async fn end_sessions(admin: &mut AsyncPgConnection, db: &str) {
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ))
+        .await
+        .unwrap();
+}
+
 use diesel_async::RunQueryDsl;
 
 /// A freshly migrated database, dropped when the value is dropped.
@@ -102,20 +220,26 @@ impl TestDb {
         let mut rnd = [0u8; 8];
         getrandom::fill(&mut rnd).unwrap();
         let name = format!("t_{}", hex::encode(rnd));
-        let mut conn = admin().await;
-        let mut attempts = 0;
-        loop {
-            match conn
-                .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {tpl}"))
-                .await
-            {
-                Ok(()) => break,
-                // Another test cloning the template at the same instant.
-                Err(e) if attempts < 20 && e.to_string().contains("being accessed") => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        for node in nodes() {
+            let mut conn = admin_of(&node).await;
+            let mut attempts = 0;
+            loop {
+                match conn
+                    .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {tpl}"))
+                    .await
+                {
+                    Ok(()) => break,
+                    // Another test cloning the template at the same instant (or, on Citus, a
+                    // maintenance daemon that found the template).
+                    Err(e) if attempts < 40 && e.to_string().contains("being accessed") => {
+                        attempts += 1;
+                        if on_citus() {
+                            end_sessions(&mut conn, &tpl).await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("create test database: {e}"),
                 }
-                Err(e) => panic!("create test database: {e}"),
             }
         }
         let url = format!("{}/{name}", pg_base());
@@ -124,6 +248,28 @@ impl TestDb {
 
     pub async fn conn(&self) -> AsyncPgConnection {
         AsyncPgConnection::establish(&self.url).await.unwrap()
+    }
+
+    /// Runs `UPDATE <table> <rest>` (tests moving stored times back). On Citus it runs on each
+    /// shard: Citus refuses a multi-shard UPDATE whose SET calls a STABLE function of a column
+    /// (`stored_at - interval '20 minutes'`).
+    pub async fn update_all(&self, table: &str, rest: &str) {
+        let mut c = self.conn().await;
+        if on_citus() {
+            let failed: i64 =
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+                    "(SELECT count(*) FROM run_command_on_shards('{table}', \
+                      $cmd$UPDATE %s {rest}$cmd$) WHERE NOT success)"
+                )))
+                .get_result(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(failed, 0, "UPDATE {table} {rest} failed on a shard");
+        } else {
+            c.batch_execute(&format!("UPDATE {table} {rest}"))
+                .await
+                .unwrap();
+        }
     }
 
     /// Runs a scalar `bigint` query.
@@ -146,10 +292,12 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let mut conn = admin().await;
-                let _ = conn
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
+                for node in nodes() {
+                    let mut conn = admin_of(&node).await;
+                    let _ = conn
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
             });
         })
         .join();
@@ -173,7 +321,11 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    let db = TestDb::new().await;
+    spawn_app_on(TestDb::new().await)
+}
+
+/// An in-process server on a database the caller prepared.
+pub fn spawn_app_on(db: TestDb) -> TestApp {
     let (base, ctx, clock) = start_instance(&db.url, Duration::from_secs(1));
     TestApp {
         base,

@@ -8,6 +8,7 @@ mod accounts;
 mod auth;
 mod billing;
 mod check;
+mod citus;
 mod cli;
 mod conventions;
 mod crash;
