@@ -2,7 +2,8 @@
 //!
 //! On a fresh database on the local PostgreSQL (`ACCRUE_TEST_PG`), subscribes `CHECK_ACCOUNTS`
 //! accounts (default 2,000) to free/team/business, ingests some usage for each, then:
-//! 1. memory per cached account: resident memory before and after loading every account;
+//! 1. memory per cached account: the heap bytes live after loading every account less before
+//!    (counted by the allocator), and resident memory before and after;
 //! 2. in-process check latency (p50/p99/max) over `CHECK_CALLS` calls (default 300,000) on
 //!    random accounts, meters and features, all answered from the cache;
 //! 3. over HTTP on loopback: starts the release `accrue serve` on the same database and runs
@@ -30,6 +31,37 @@ impl Clock for Now {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
+}
+
+/// The system allocator, counting the bytes live: the cache's own size, apart from what the
+/// allocator keeps of transient buffers (which resident memory also counts).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new as i64 - layout.size() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_bytes() -> i64 {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn rss_bytes() -> u64 {
@@ -110,6 +142,7 @@ async fn run() {
     );
 
     let before = rss_bytes();
+    let live_before = live_bytes();
     for i in 0..n {
         check(
             &ctx,
@@ -124,6 +157,13 @@ async fn run() {
         .unwrap();
     }
     let after = rss_bytes();
+    let live = live_bytes() - live_before;
+    println!(
+        "check cache: heap held after loading {} accounts: +{} KiB = {} bytes per cached account (allocations live, counted by the allocator)",
+        ctx.checks.len(),
+        live / 1024,
+        live / n as i64
+    );
     println!(
         "check cache: {} accounts loaded, resident memory +{} KiB = {} bytes per cached account (3 meters with usage, 5 distinct users each)",
         ctx.checks.len(),

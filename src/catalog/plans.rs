@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use toml::{Table, Value};
 
 /// One problem in one plan file.
@@ -30,9 +31,11 @@ impl fmt::Display for PlanError {
 
 /// All versions of all plans in a catalogue directory, or as a server runs them: the plan
 /// files overlaid with the published versions from the database, which are marked published.
+/// Versions are held shared: a catalogue reloaded after a publish, and every check-cache entry
+/// on a version, point at one copy of it.
 #[derive(Debug, Clone, Default)]
 pub struct PlanCatalog {
-    versions: BTreeMap<(String, u32), PlanVersion>,
+    versions: BTreeMap<(String, u32), Arc<PlanVersion>>,
     published: BTreeSet<(String, u32)>,
 }
 
@@ -41,7 +44,7 @@ impl PlanCatalog {
         Self {
             versions: list
                 .into_iter()
-                .map(|v| ((v.plan.clone(), v.version), v))
+                .map(|v| ((v.plan.clone(), v.version), Arc::new(v)))
                 .collect(),
             published: BTreeSet::new(),
         }
@@ -55,7 +58,7 @@ impl PlanCatalog {
         for v in published {
             let key = (v.plan.clone(), v.version);
             marked.insert(key.clone());
-            versions.insert(key, v);
+            versions.insert(key, Arc::new(v));
         }
         Self {
             versions,
@@ -71,6 +74,10 @@ impl PlanCatalog {
     /// The highest published version of `plan`: what a subscription without a version gets
     /// and what the check suggests as an upgrade.
     pub fn latest_published(&self, plan: &str) -> Option<&PlanVersion> {
+        self.latest_published_shared(plan).map(|v| &**v)
+    }
+
+    fn latest_published_shared(&self, plan: &str) -> Option<&Arc<PlanVersion>> {
         self.published
             .range((plan.to_owned(), 0)..=(plan.to_owned(), u32::MAX))
             .next_back()
@@ -78,13 +85,23 @@ impl PlanCatalog {
     }
 
     pub fn get(&self, r: &PlanRef) -> Option<&PlanVersion> {
+        self.get_shared(r).map(|v| &**v)
+    }
+
+    /// [`Self::get`], as a handle on the catalogue's own copy.
+    pub fn get_shared(&self, r: &PlanRef) -> Option<&Arc<PlanVersion>> {
         self.versions.get(&(r.plan.clone(), r.version))
     }
 
     /// The highest published version of `plan`, or, when none of it is published (a
     /// catalogue read from files), its highest version.
     pub fn latest(&self, plan: &str) -> Option<&PlanVersion> {
-        self.latest_published(plan).or_else(|| {
+        self.latest_shared(plan).map(|v| &**v)
+    }
+
+    /// [`Self::latest`], as a handle on the catalogue's own copy.
+    pub fn latest_shared(&self, plan: &str) -> Option<&Arc<PlanVersion>> {
+        self.latest_published_shared(plan).or_else(|| {
             self.versions
                 .range((plan.to_owned(), 0)..=(plan.to_owned(), u32::MAX))
                 .next_back()
@@ -93,7 +110,7 @@ impl PlanCatalog {
     }
 
     pub fn all(&self) -> impl Iterator<Item = &PlanVersion> {
-        self.versions.values()
+        self.versions.values().map(|v| &**v)
     }
 
     pub fn plan_codes(&self) -> BTreeSet<&str> {

@@ -23,8 +23,9 @@
 //! millions of distinct users costs the database its new keys per round, not all of them (the
 //! kept keys are still copied into the new entry in memory).
 
+mod usage;
+
 use super::{Ctx, ServiceError};
-use crate::domain::aggregate::AggregateState;
 use crate::domain::meter::{Aggregation, Reading};
 use crate::domain::period::{period_containing, Period};
 use crate::domain::plan::{LimitMode, PlanRef, PlanVersion};
@@ -32,17 +33,18 @@ use crate::store::{self, subscriptions as subs, StoreError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use usage::Usage;
 
 /// What the cache holds for one account.
 pub struct Entry {
     /// Checked since the last refresh round (idle entries are dropped).
     used: AtomicBool,
     snapshot: Option<Snapshot>,
-    usage: Mutex<HashMap<String, AggregateState>>,
+    usage: Mutex<Usage>,
     /// (meter, threshold) alerts this entry already reported (the database de-duplicates
     /// across entries and instances).
     alerted: Mutex<std::collections::HashSet<(String, i16)>>,
@@ -204,11 +206,7 @@ impl CheckCache {
             if limit.limit <= Decimal::ZERO {
                 continue;
             }
-            let agg = self
-                .meters
-                .get(meter)
-                .map_or(Aggregation::Count, |m| m.aggregation);
-            let used = usage.get(meter).map_or(Decimal::ZERO, |st| st.value(agg));
+            let used = usage.value(meter);
             for threshold in [50i16, 80, 100] {
                 if used * Decimal::from(100) >= limit.limit * Decimal::from(threshold)
                     && alerted.insert((meter.clone(), threshold))
@@ -281,11 +279,15 @@ impl CheckCache {
         }
         let mut usage = entry.usage.lock().unwrap_or_else(|e| e.into_inner());
         for (meter, reading) in readings {
-            usage
-                .entry(meter.clone())
-                .or_default()
-                .add(at, event_id, reading);
+            usage.add(meter, self.aggregation(meter), at, event_id, reading);
         }
+    }
+
+    /// A meter's aggregation (count for a meter the catalogue no longer has).
+    fn aggregation(&self, meter: &str) -> Aggregation {
+        self.meters
+            .get(meter)
+            .map_or(Aggregation::Count, |m| m.aggregation)
     }
 
     pub fn len(&self) -> usize {
@@ -563,7 +565,7 @@ fn empty_entry() -> Entry {
     Entry {
         used: AtomicBool::new(false),
         snapshot: None,
-        usage: Mutex::new(HashMap::new()),
+        usage: Mutex::default(),
         alerted: Mutex::default(),
         keys_since: None,
     }
@@ -591,9 +593,9 @@ async fn read_entries(
         .collect();
     // Keys are read from this time on next round (taken before the keys are read).
     let read_at = store::usage::database_now(&mut conn).await?;
-    let mut usage = store::usage::rollups_by_accounts_and_ranges(&mut conn, &ranges).await?;
+    let usage = store::usage::rollups_by_accounts_and_ranges(&mut conn, &ranges).await?;
     // An entry of the same period keeps its keys and reads only those written since.
-    let mut kept: HashMap<String, HashMap<String, BTreeSet<String>>> = HashMap::new();
+    let mut kept: HashMap<String, Vec<(String, usage::Digests)>> = HashMap::new();
     let mut key_ranges = Vec::with_capacity(snapshots.len());
     for (a, s) in &snapshots {
         let previous = ctx.checks.lookup(a).filter(|e| {
@@ -603,12 +605,7 @@ async fn read_entries(
         });
         let since = previous.as_ref().and_then(|e| e.keys_since);
         if let Some(e) = previous {
-            let usage = e.usage.lock().unwrap_or_else(|e| e.into_inner());
-            let keys = usage
-                .iter()
-                .filter(|(_, st)| !st.keys.is_empty())
-                .map(|(m, st)| (m.clone(), st.keys.clone()))
-                .collect();
+            let keys = e.usage.lock().unwrap_or_else(|e| e.into_inner()).digests();
             kept.insert(a.clone(), keys);
         }
         key_ranges.push((a.clone(), s.period.start, s.period.end, since));
@@ -617,35 +614,29 @@ async fn read_entries(
     ctx.checks
         .keys_read
         .fetch_add(keys.len() as u64, Ordering::Relaxed);
+    let mut usage: HashMap<String, Usage> = usage
+        .into_iter()
+        .map(|(a, states)| (a, Usage::of_states(states, |m| ctx.checks.aggregation(m))))
+        .collect();
     for (a, meters) in kept {
-        for (m, k) in meters {
-            usage
-                .entry(a.clone())
-                .or_default()
-                .entry(m)
-                .or_default()
-                .keys
-                .extend(k);
+        let u = usage.entry(a).or_default();
+        for (m, digests) in meters {
+            u.add_digests(&m, digests);
         }
     }
     for k in keys {
         usage
             .entry(k.account)
             .or_default()
-            .entry(k.meter)
-            .or_default()
-            .keys
-            .insert(k.key);
+            .add_digests(&k.meter, [usage::digest(&k.key)]);
     }
     Ok(snapshots
         .into_iter()
         .map(|(a, s)| {
-            let u: HashMap<String, AggregateState> =
-                usage.remove(&a).unwrap_or_default().into_iter().collect();
             let entry = Entry {
                 used: AtomicBool::new(false),
                 snapshot: Some(s),
-                usage: Mutex::new(u),
+                usage: Mutex::new(usage.remove(&a).unwrap_or_default()),
                 alerted: Mutex::default(),
                 keys_since: Some(read_at - KEY_WRITE_GRACE),
             };
@@ -674,16 +665,16 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
                 version: r.plan_version as u32,
             })
             .and_then(|p| p.fallback.as_deref())
-            .and_then(|fb| plans.latest(fb));
+            .and_then(|fb| plans.latest_shared(fb));
         return Some(match fallback {
             Some(fb) => Snapshot {
-                plan: Arc::new(fb.clone()),
+                plan: fb.clone(),
                 status: "fallback".into(),
                 period: period_containing(r.anchor, fb.interval.months(), now),
                 seats: fb.seats.as_ref().map_or(0, |s| s.min),
             },
             None => Snapshot {
-                plan: Arc::new(plans.latest(&r.plan)?.clone()),
+                plan: plans.latest_shared(&r.plan)?.clone(),
                 status: "suspended".into(),
                 period: Period {
                     start: r.period_start,
@@ -694,7 +685,7 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
         });
     }
     plans
-        .get(&PlanRef {
+        .get_shared(&PlanRef {
             plan: r.plan.clone(),
             version: r.plan_version as u32,
         })
@@ -709,7 +700,7 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
                 }
             };
             Snapshot {
-                plan: Arc::new(p.clone()),
+                plan: p.clone(),
                 status: r.status.clone(),
                 period,
                 seats: r.seats as u32,
@@ -781,14 +772,11 @@ fn answer(ctx: &Ctx, entry: &Entry, ask: &Ask) -> CheckAnswer {
             }
         }
         Ask::Meter(m, q) => {
-            let used = {
-                let usage = entry.usage.lock().unwrap_or_else(|e| e.into_inner());
-                let agg = ctx
-                    .meters
-                    .get(m)
-                    .map_or(Aggregation::Count, |x| x.aggregation);
-                usage.get(m).map_or(Decimal::ZERO, |st| st.value(agg))
-            };
+            let used = entry
+                .usage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .value(m);
             let Some(limit) = s.plan.limits.get(m) else {
                 return CheckAnswer {
                     allowed: true,
