@@ -148,7 +148,9 @@ pub async fn run(
     let scheduler = crate::jobs::Scheduler::new(start).map_err(anyhow::Error::msg)?;
     let mut events_sent = 0usize;
     let mut event_no = 0u64;
+    let mut took = Took::default();
     for day in 0..days {
+        let mut lap = std::time::Instant::now();
         let today = start + Duration::days(day.into());
         clock.set(today + Duration::hours(9));
         let mut batch: Vec<Value> = Vec::new();
@@ -236,10 +238,12 @@ pub async fn run(
                 batch.push(ev("job.completed", json!({"minutes": 20 + rng.below(200)})));
             }
         }
+        took.simulating += took_since(&mut lap);
         for chunk in batch.chunks(1000) {
             ingest::ingest(ctx, chunk.to_vec(), None).await?;
         }
         events_sent += batch.len();
+        took.ingesting += took_since(&mut lap);
         // Decisions of the day: upgrades, seat growth, a few departures.
         for s in sims.iter_mut() {
             if s.replaces_card_on == Some(day) {
@@ -324,16 +328,69 @@ pub async fn run(
                 }
             }
         }
+        took.deciding += took_since(&mut lap);
         crate::jobs::tick(ctx, &scheduler).await?;
+        took.billing += took_since(&mut lap);
         pql::score_dirty(ctx).await?;
+        took.scoring += took_since(&mut lap);
         bar.set_position((day + 1).into());
         bar.set_message(format!("day {} of {days}, {events_sent} events", day + 1));
     }
     // Everything marked as windows slid: a last full rescore.
     let all: Vec<String> = sims.iter().map(|s| s.id.clone()).collect();
+    let mut lap = std::time::Instant::now();
     pql::score_accounts(ctx, &all).await?;
+    took.scoring += took_since(&mut lap);
     bar.finish_and_clear();
-    report(ctx, start, clock.now(), cfg, events_sent, out).await
+    report(ctx, start, clock.now(), cfg, events_sent, out).await?;
+    took.reporting += took_since(&mut lap);
+    // On stderr: the report on stdout is the same for the same seed, the times are not.
+    eprintln!("{took}");
+    Ok(())
+}
+
+/// Where the demo's time went, by phase.
+#[derive(Default)]
+struct Took {
+    /// Sign-ups (accounts and their free subscriptions) and making up the day's events.
+    simulating: std::time::Duration,
+    /// The day's events through the ingest path.
+    ingesting: std::time::Duration,
+    /// Upgrades, seat changes, cancellations and card changes.
+    deciding: std::time::Duration,
+    /// The scheduler's jobs: period closes, payments and dunning, the outbox.
+    billing: std::time::Duration,
+    /// PQL scoring.
+    scoring: std::time::Duration,
+    reporting: std::time::Duration,
+}
+
+/// The time since `lap`, which restarts.
+fn took_since(lap: &mut std::time::Instant) -> std::time::Duration {
+    let now = std::time::Instant::now();
+    let d = now - *lap;
+    *lap = now;
+    d
+}
+
+impl std::fmt::Display for Took {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            ("sign-ups and simulation", self.simulating),
+            ("ingestion", self.ingesting),
+            ("plan changes", self.deciding),
+            ("billing jobs", self.billing),
+            ("PQL scoring", self.scoring),
+            ("report", self.reporting),
+        ];
+        let total: std::time::Duration = parts.iter().map(|p| p.1).sum();
+        write!(f, "accrue demo took {:.1} s:", total.as_secs_f64())?;
+        for (i, (name, d)) in parts.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            write!(f, "{sep}{name} {:.1} s", d.as_secs_f64())?;
+        }
+        Ok(())
+    }
 }
 
 async fn report(

@@ -199,9 +199,13 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
             i.quota.insert(meter.clone(), (used, limit.limit));
         }
     }
-    // The activation milestone, over the account's whole history (events may be backfilled).
+    // The activation milestone, over the account's whole history (events may be backfilled),
+    // for the accounts that have not reached it yet: once reached it stays (`activated_at`
+    // is kept below), so their history is not read again at every scoring.
+    let activated = pql_store::activated(&mut conn, &accounts).await?;
     let since: Vec<_> = accounts
         .iter()
+        .filter(|a| !activated.contains(*a))
         .map(|a| (a.clone(), firmo[a].created_at - Duration::days(3650), until))
         .collect();
     let lifetime = store::usage::find_by_accounts_and_ranges(&mut conn, &since).await?;

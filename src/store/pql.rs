@@ -74,6 +74,21 @@ pub async fn find_by_accounts(
         .await?)
 }
 
+/// Which of `accounts` have reached their activation milestone (it is never unset).
+pub async fn activated(
+    conn: &mut AsyncPgConnection,
+    accounts: &[String],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    Ok(pql_scores::table
+        .filter(pql_scores::account.eq_any(accounts))
+        .filter(pql_scores::activated_at.is_not_null())
+        .select(pql_scores::account)
+        .load::<String>(conn)
+        .await?
+        .into_iter()
+        .collect())
+}
+
 pub async fn find_by_account(
     conn: &mut AsyncPgConnection,
     account: &str,

@@ -177,6 +177,9 @@ pub async fn find_by_accounts_and_ranges(
     conn: &mut AsyncPgConnection,
     ranges: &[(String, DateTime<Utc>, DateTime<Utc>)],
 ) -> Result<BTreeMap<String, BTreeMap<String, RangeAggregate>>, StoreError> {
+    if ranges.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     let states = rollups_by_accounts_and_ranges(conn, ranges).await?;
     let mut out: BTreeMap<String, BTreeMap<String, RangeAggregate>> = states
         .into_iter()
