@@ -720,7 +720,20 @@ async fn fan_out_never_skips_events_sequenced_concurrently() {
             }
         })
     };
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // At least 4 s, and until the race has had enough events to show (a round is slower on
+    // Citus, and on a loaded machine: 66 events in 4 s were seen there).
+    let started = std::time::Instant::now();
+    let secs = |n| std::time::Duration::from_secs(n);
+    while started.elapsed() < secs(4)
+        || (started.elapsed() < secs(60)
+            && app
+                .db
+                .count("(SELECT count(*) FROM outbox WHERE kind = 'wanted')")
+                .await
+                <= 150)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
