@@ -17,11 +17,14 @@
 //! nothing).
 //!
 //! Unique-count meters need their distinct keys, not only a count, so that a key ingested here
-//! is counted once. An entry keeps its keys, and a reload of an account whose period has not
+//! is counted once. An entry keeps its keys (as 16-byte digests, [`usage`]), and a reload of an account whose period has not
 //! changed reads from the database only the keys written since the previous read (less a grace
 //! for transactions that wrote before that read and committed after it), so an account with
 //! millions of distinct users costs the database its new keys per round, not all of them (the
-//! kept keys are still copied into the new entry in memory).
+//! kept digests are still copied into the new entry in memory).
+//!
+//! An entry is small (under 1 KB for an account with a few meters): it shares its plan
+//! version with the catalogue and keeps per meter only what the meter's aggregation reads.
 
 mod usage;
 
@@ -621,14 +624,15 @@ async fn read_entries(
     for (a, meters) in kept {
         let u = usage.entry(a).or_default();
         for (m, digests) in meters {
-            u.add_digests(&m, digests);
+            u.add_digests(&m, ctx.checks.aggregation(&m), digests);
         }
     }
     for k in keys {
-        usage
-            .entry(k.account)
-            .or_default()
-            .add_digests(&k.meter, [usage::digest(&k.key)]);
+        usage.entry(k.account).or_default().add_digests(
+            &k.meter,
+            ctx.checks.aggregation(&k.meter),
+            [usage::digest(&k.key)],
+        );
     }
     Ok(snapshots
         .into_iter()
@@ -820,5 +824,5 @@ fn cheapest_upgrade(
     allows: impl Fn(&PlanVersion) -> bool,
 ) -> Option<String> {
     super::subscriptions::cheapest_self_serve(&ctx.plans(), &s.plan, s.seats, allows)
-        .map(|p| p.plan)
+        .map(|p| p.plan.clone())
 }

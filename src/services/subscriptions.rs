@@ -274,20 +274,19 @@ pub async fn resolve_plan(
 /// cheapest by monthly-normalized recurring price, preferring the current billing interval (a
 /// monthly customer is pointed to a monthly plan, not asked for a yearly commitment). Latest
 /// means latest published, as subscribing without a version picks.
-pub fn cheapest_self_serve(
-    plans: &crate::catalog::plans::PlanCatalog,
+pub fn cheapest_self_serve<'a>(
+    plans: &'a crate::catalog::plans::PlanCatalog,
     current: &PlanVersion,
     seats: u32,
     allows: impl Fn(&PlanVersion) -> bool,
-) -> Option<PlanVersion> {
-    let codes: Vec<String> = plans.plan_codes().iter().map(|s| s.to_string()).collect();
-    codes
-        .iter()
+) -> Option<&'a PlanVersion> {
+    plans
+        .plan_codes()
+        .into_iter()
         .filter_map(|c| plans.latest(c))
         .filter(|p| p.self_serve && p.plan != current.plan && p.currency == current.currency)
         .filter(|p| allows(p))
         .min_by_key(|p| (p.interval != current.interval, p.monthly_recurring(seats)))
-        .cloned()
 }
 
 /// Most seats any subscription may hold, whatever its plan says (the seat count is stored as

@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// The usage of every meter with readings in the period, in no order (a plan has a few).
 #[derive(Default)]
@@ -38,27 +37,10 @@ pub struct LatestReading {
     value: Decimal,
 }
 
-/// Distinct keys as digests; a digest is already uniformly spread, so the set hashes it by
-/// taking its low bits instead of hashing it again.
-pub type Digests = HashSet<u128, BuildHasherDefault<DigestHasher>>;
-
-#[derive(Default)]
-pub struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u128 digests are hashed (through write_u128); fold anything else anyway.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
-}
+/// Distinct keys as digests. The set hashes them with the standard library's randomly keyed
+/// hasher, not by their own bits: a client that chose its keys could otherwise find many whose
+/// digests share the bits that pick a bucket and slow every insert of the account.
+pub type Digests = HashSet<u128>;
 
 /// A distinct key's digest: the first 16 bytes of its SHA-256.
 pub fn digest(key: &str) -> u128 {
@@ -174,9 +156,18 @@ impl Usage {
             .add(at, event_id, reading);
     }
 
-    /// Adds distinct keys (their digests) to a unique-count meter.
-    pub fn add_digests(&mut self, meter: &str, digests: impl IntoIterator<Item = u128>) {
-        if let Tally::Unique(keys) = self.tally_mut(meter, Aggregation::UniqueCount) {
+    /// Adds distinct keys (their digests) to `meter` when its aggregation counts them; a meter
+    /// of another aggregation is left as it is.
+    pub fn add_digests(
+        &mut self,
+        meter: &str,
+        aggregation: Aggregation,
+        digests: impl IntoIterator<Item = u128>,
+    ) {
+        if aggregation != Aggregation::UniqueCount {
+            return;
+        }
+        if let Tally::Unique(keys) = self.tally_mut(meter, aggregation) {
             keys.extend(digests);
         }
     }
@@ -207,6 +198,9 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    /// (seconds into the test's hour, event id, reading).
+    type Readings = Vec<(i64, &'static str, Reading)>;
+
     fn at(s: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_790_000_000 + s, 0).unwrap()
     }
@@ -216,7 +210,6 @@ mod tests {
     #[test]
     fn a_tally_reads_what_the_full_aggregate_reads() {
         let d = |s: &str| Reading::Number(s.parse().unwrap());
-        type Readings = Vec<(i64, &'static str, Reading)>;
         let cases: Vec<(Aggregation, Readings)> = vec![
             (
                 Aggregation::Count,
@@ -267,6 +260,73 @@ mod tests {
         }
     }
 
+    /// Each value worked out by hand: readings of other shapes add nothing, a maximum of
+    /// negative readings is negative, and the latest of two at the same time is the greater
+    /// event id's.
+    #[test]
+    fn each_tally_reads_the_value_worked_out_by_hand() {
+        let n = |s: &str| Reading::Number(s.parse().unwrap());
+        let key = |s: &str| Reading::Key(s.into());
+        let cases: Vec<(Aggregation, Readings, &str)> = vec![
+            (
+                Aggregation::Count,
+                vec![
+                    (1, "a", Reading::One),
+                    (2, "b", Reading::One),
+                    (3, "c", Reading::One),
+                ],
+                "3",
+            ),
+            (
+                Aggregation::Sum,
+                vec![
+                    (1, "a", n("1.5")),
+                    (2, "b", n("-0.25")),
+                    (3, "c", Reading::One),
+                    (4, "d", n("2")),
+                ],
+                "3.25",
+            ),
+            (
+                Aggregation::Max,
+                vec![
+                    (1, "a", n("-3")),
+                    (2, "b", n("-7.1")),
+                    (3, "c", key("k")),
+                    (4, "d", n("-2")),
+                ],
+                "-2",
+            ),
+            (
+                Aggregation::Latest,
+                vec![
+                    (5, "b", n("4")),
+                    (5, "c", n("9")),
+                    (1, "z", n("1")),
+                    (6, "a", Reading::One),
+                ],
+                "9",
+            ),
+            (
+                Aggregation::UniqueCount,
+                vec![
+                    (1, "a", key("u1")),
+                    (2, "b", key("u2")),
+                    (3, "c", key("u1")),
+                    (4, "d", n("5")),
+                ],
+                "2",
+            ),
+        ];
+        for (agg, readings, want) in cases {
+            let mut usage = Usage::default();
+            for (s, id, r) in &readings {
+                usage.add("m", agg, at(*s), id, r);
+            }
+            assert_eq!(usage.value("m").to_string(), want, "{agg:?}");
+        }
+    }
+
     #[test]
     fn distinct_keys_count_once_whatever_their_length_and_an_unread_meter_is_zero() {
         let mut usage = Usage::default();
@@ -291,9 +351,16 @@ mod tests {
         let kept = usage.digests();
         let mut again = Usage::default();
         for (m, d) in kept {
-            again.add_digests(&m, d);
+            again.add_digests(&m, Aggregation::UniqueCount, d);
         }
-        again.add_digests("users", [digest("b@example.com"), digest("a@example.com")]);
+        again.add_digests(
+            "users",
+            Aggregation::UniqueCount,
+            [digest("b@example.com"), digest("a@example.com")],
+        );
+        // Keys offered to a meter that does not count them change nothing.
+        again.add_digests("api_calls", Aggregation::Count, [digest("x")]);
+        assert_eq!(again.value("api_calls"), Decimal::ZERO);
         assert_eq!(again.value("users"), Decimal::from(4));
     }
 }
