@@ -59,10 +59,31 @@ pub struct Entry {
 /// commit after the read (the same grace as an invoice's `usage_mark`).
 const KEY_WRITE_GRACE: chrono::Duration = chrono::Duration::seconds(30);
 
+/// A subscription's status as far as the check is concerned: suspended and canceled refuse,
+/// every other status (active, trialing, past due within its grace, on the fallback plan)
+/// answers from the plan.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Answering,
+    Suspended,
+    Canceled,
+}
+
+impl Standing {
+    fn of(status: &str) -> Self {
+        match status {
+            "suspended" => Standing::Suspended,
+            "canceled" => Standing::Canceled,
+            _ => Standing::Answering,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Snapshot {
     plan: Arc<PlanVersion>,
-    status: String,
+    /// What the check needs of the subscription's status (the rest answer alike).
+    standing: Standing,
     period: Period,
     seats: u32,
 }
@@ -673,13 +694,13 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
         return Some(match fallback {
             Some(fb) => Snapshot {
                 plan: fb.clone(),
-                status: "fallback".into(),
+                standing: Standing::Answering,
                 period: period_containing(r.anchor, fb.interval.months(), now),
                 seats: fb.seats.as_ref().map_or(0, |s| s.min),
             },
             None => Snapshot {
                 plan: plans.latest_shared(&r.plan)?.clone(),
-                status: "suspended".into(),
+                standing: Standing::Suspended,
                 period: Period {
                     start: r.period_start,
                     end: r.period_end,
@@ -705,7 +726,7 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
             };
             Snapshot {
                 plan: p.clone(),
-                status: r.status.clone(),
+                standing: Standing::of(&r.status),
                 period,
                 seats: r.seats as u32,
             }
@@ -750,10 +771,10 @@ fn answer(ctx: &Ctx, entry: &Entry, ask: &Ask) -> CheckAnswer {
     let Some(s) = &entry.snapshot else {
         return deny(Reason::NoSubscription);
     };
-    match s.status.as_str() {
-        "suspended" => return deny(Reason::Suspended),
-        "canceled" => return deny(Reason::NoSubscription),
-        _ => {}
+    match s.standing {
+        Standing::Suspended => return deny(Reason::Suspended),
+        Standing::Canceled => return deny(Reason::NoSubscription),
+        Standing::Answering => {}
     }
     match ask {
         Ask::Feature(f) => {
