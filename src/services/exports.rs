@@ -12,7 +12,10 @@
 //!
 //! The cursor is opaque (a string); an empty one starts from the beginning. `next_cursor` is
 //! always given: the position after the last row of the page (or the one asked from when the
-//! page is empty), to store and resume from.
+//! page is empty; for movements and PQL changes, the feed position looked through, which may
+//! pass events of other kinds), to store and resume from. The feed positions are read only
+//! as far as they are visible without a gap (on Citus a sequencing round reaches the shards
+//! one after another), so a position never passes an event not yet visible.
 
 use super::{Ctx, ServiceError};
 use crate::store::{self, StoreError};
@@ -212,8 +215,8 @@ pub async fn page(
                 Entity::Movements => &["revenue.movement"],
                 _ => &["pql.tier_changed", "routing.zone_changed"],
             };
-            let rows = store::outbox::of_kinds_after(&mut conn, kinds, after, limit).await?;
-            let next = rows.last().and_then(|r| r.seq).unwrap_or(after);
+            let (rows, next) =
+                store::outbox::of_kinds_after(&mut conn, kinds, after, limit).await?;
             let data = rows
                 .iter()
                 .map(|r| match entity {

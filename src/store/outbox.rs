@@ -58,6 +58,21 @@ pub async fn sequence(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
                 .for_update()
                 .first(c)
                 .await?;
+            // The previous round must be visible on every shard before this one numbers
+            // anything. On Citus the coordinator commits a round (releasing the counter) before
+            // its workers do; numbering on meanwhile would let a reader of one shard see this
+            // round's events there before the previous round's, and pass them. Rounds number
+            // at most `ROUND` events, so the last `ROUND` numbers hold the whole previous round.
+            // (One PostgreSQL commits a round at once: there this always holds.)
+            let lo = (next - ROUND).max(1);
+            let visible: i64 = outbox::table
+                .filter(outbox::seq.ge(lo))
+                .count()
+                .get_result(c)
+                .await?;
+            if visible != next - lo {
+                return Err(StoreError::Message(OVERTAKEN.into()));
+            }
             // `o.seq IS NULL` again in the UPDATE: on Citus the coordinator commits a round
             // before its workers do, so the next round can find that round's rows still
             // unnumbered, wait for them, and would renumber them. It skips them instead, and a
@@ -66,7 +81,7 @@ pub async fn sequence(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
             let done: Numbered = diesel::sql_query(
                 "WITH todo AS (
                     SELECT account, id, row_number() OVER (ORDER BY id) AS rn
-                      FROM outbox WHERE seq IS NULL ORDER BY id LIMIT 10000),
+                      FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $2),
                  upd AS (
                     UPDATE outbox o SET seq = $1 + todo.rn - 1
                       FROM todo
@@ -75,6 +90,7 @@ pub async fn sequence(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
                  SELECT (SELECT COUNT(*) FROM upd) AS n, (SELECT COUNT(*) FROM todo) AS chosen",
             )
             .bind::<BigInt, _>(next)
+            .bind::<BigInt, _>(ROUND)
             .get_result(c)
             .await?;
             if done.n != done.chosen {
@@ -95,8 +111,12 @@ pub async fn sequence(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
     }
 }
 
-/// A sequencing round that found rows another round had numbered meanwhile.
+/// A sequencing round that found the previous round not yet visible everywhere, or rows
+/// another round had numbered meanwhile: it numbers nothing, and a later round goes on.
 const OVERTAKEN: &str = "sequencing overtook a round not yet committed on every shard";
+
+/// The most events one sequencing round numbers.
+const ROUND: i64 = 10_000;
 
 #[derive(QueryableByName)]
 struct Numbered {
@@ -541,21 +561,57 @@ pub async fn pending_deliveries(
         .await?)
 }
 
-/// Sequenced events of `kinds` after `after`, in order (the movements and PQL exports).
+/// Sequenced events of `kinds` after `after`, in order (the movements and PQL exports), at
+/// most `limit`, and the position to read on from: the last event returned when `limit` were
+/// found, else the end of what was looked through (events of other kinds included).
+///
+/// Never past a gap in the sequence: a read of only some kinds cannot see a gap among the
+/// others, so the numbers visible without one are found first ([`dense_prefix`]), and the
+/// kinds are read up to there. An event seen in the first read is seen by the second.
 pub async fn of_kinds_after(
     conn: &mut AsyncPgConnection,
     kinds: &[&str],
     after: i64,
     limit: i64,
-) -> Result<Vec<EventRow>, StoreError> {
-    Ok(outbox::table
-        .filter(outbox::seq.gt(after))
-        .filter(outbox::kind.eq_any(kinds))
-        .order(outbox::seq.asc())
-        .limit(limit)
-        .select(EventRow::as_select())
-        .load(conn)
-        .await?)
+) -> Result<(Vec<EventRow>, i64), StoreError> {
+    const SCAN: i64 = 5_000;
+    let mut rows: Vec<EventRow> = Vec::new();
+    let mut from = after;
+    loop {
+        let seqs: Vec<i64> = outbox::table
+            .filter(outbox::seq.gt(from))
+            .order(outbox::seq.asc())
+            .limit(SCAN)
+            .select(outbox::seq.assume_not_null())
+            .load(conn)
+            .await?;
+        let read = seqs.len();
+        let dense = dense_prefix(from, seqs, |s| Some(*s));
+        let Some(&upto) = dense.last() else {
+            return Ok((rows, from));
+        };
+        let wanted = limit - rows.len() as i64;
+        let found: Vec<EventRow> = outbox::table
+            .filter(outbox::seq.gt(from))
+            .filter(outbox::seq.le(upto))
+            .filter(outbox::kind.eq_any(kinds))
+            .order(outbox::seq.asc())
+            .limit(wanted)
+            .select(EventRow::as_select())
+            .load(conn)
+            .await?;
+        let filled = found.len() as i64 == wanted;
+        rows.extend(found);
+        if filled {
+            let last = rows.last().and_then(|r| r.seq).unwrap_or(upto);
+            return Ok((rows, last));
+        }
+        from = upto;
+        // A gap, or the end of the sequence: nothing after it is readable yet.
+        if dense.len() < read || read < SCAN as usize {
+            return Ok((rows, from));
+        }
+    }
 }
 
 #[cfg(test)]

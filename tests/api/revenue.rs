@@ -738,3 +738,135 @@ async fn a_webhook_endpoint_is_read_disabled_enabled_rotated_and_deleted() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 404);
 }
+
+/// Puts the outbox in the state a sequencing round leaves on Citus between its commit on the
+/// coordinator and its commit on a worker: the counter has moved past `seq`, and the event
+/// numbered `seq` is written but not visible (its transaction on `hold` is still open).
+async fn round_not_yet_visible(app: &TestApp, hold: &mut diesel_async::AsyncPgConnection) -> i64 {
+    use diesel_async::SimpleAsyncConnection;
+    let seq = app
+        .db
+        .count("(SELECT next_seq FROM outbox_sequencer)")
+        .await;
+    hold.batch_execute(&format!(
+        "BEGIN;
+         INSERT INTO outbox (account, event_id, kind, payload, created_at, seq)
+         VALUES ('gap-a', 'late', 'revenue.movement', '{{}}', now(), {seq})"
+    ))
+    .await
+    .unwrap();
+    app.db
+        .update_all("outbox_sequencer", "SET next_seq = next_seq + 1")
+        .await;
+    seq
+}
+
+/// The event ids of a feed page (`id`) or an export page (`event_id`).
+fn event_ids(page: &Value) -> Vec<&str> {
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.get("event_id").unwrap_or(&e["id"]).as_str().unwrap())
+        .collect()
+}
+
+/// An account's own feed reads one shard, which may show a sequencing round there before the
+/// previous round is visible there: the sequencer numbers nothing until the previous round is
+/// visible everywhere, so the account's cursor never passes the late event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_feed_never_passes_a_round_not_yet_visible_everywhere() {
+    use accrue::store::outbox as ob;
+    let app = spawn_app().await;
+    let mut conn = app.db.conn().await;
+    accrue::store::accounts::ensure(&mut conn, "gap-a", t(NOW))
+        .await
+        .unwrap();
+    let key = app.key("finance", Some("gap-a")).await;
+    let after = ob::last_seq(&mut conn).await.unwrap();
+    let mut hold = app.db.conn().await;
+    let late = round_not_yet_visible(&app, &mut hold).await;
+    ob::insert_events(
+        &mut conn,
+        &[ob::NewEvent {
+            account: "gap-a".into(),
+            event_id: "next".into(),
+            kind: "revenue.movement".into(),
+            payload: json!({}),
+            created_at: t(NOW),
+        }],
+    )
+    .await
+    .unwrap();
+    let (status, page) = app
+        .get(&key, &format!("/v1/feed?after={after}&limit=100"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(event_ids(&page), Vec::<&str>::new(), "{page}");
+    let cursor = page["next_cursor"].as_i64().unwrap();
+    assert_eq!(cursor, after, "the cursor must not pass seq {late}");
+    {
+        use diesel_async::SimpleAsyncConnection;
+        hold.batch_execute("COMMIT").await.unwrap();
+    }
+    let (_, page) = app
+        .get(&key, &format!("/v1/feed?after={cursor}&limit=100"))
+        .await;
+    assert_eq!(event_ids(&page), vec!["late", "next"], "{page}");
+    assert_eq!(page["data"][0]["seq"], json!(late), "{page}");
+}
+
+/// The movements export reads one kind of a feed in which a round may be visible on one shard
+/// and not yet on another: it reads only as far as the numbers are visible without a gap, and
+/// its cursor never passes the late movement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_movements_export_never_passes_an_event_not_yet_visible() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = spawn_app().await;
+    let mut conn = app.db.conn().await;
+    accrue::store::accounts::ensure(&mut conn, "gap-a", t(NOW))
+        .await
+        .unwrap();
+    let key = app.key("finance", None).await;
+    let after = accrue::store::outbox::last_seq(&mut conn).await.unwrap();
+    let mut hold = app.db.conn().await;
+    let late = round_not_yet_visible(&app, &mut hold).await;
+    // The next round, visible already on its own shard, with one movement after an event of
+    // another kind.
+    conn.batch_execute(&format!(
+        "INSERT INTO outbox (account, event_id, kind, payload, created_at, seq)
+         VALUES ('gap-a', 'other', 'invoice.issued', '{{}}', now(), {}),
+                ('gap-a', 'next', 'revenue.movement', '{{}}', now(), {})",
+        late + 1,
+        late + 2
+    ))
+    .await
+    .unwrap();
+    conn.batch_execute("UPDATE outbox_sequencer SET next_seq = next_seq + 2")
+        .await
+        .unwrap();
+    let (status, page) = app
+        .get(&key, &format!("/v1/exports/movements?after={after}"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(event_ids(&page), Vec::<&str>::new(), "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    assert_eq!(
+        cursor,
+        after.to_string(),
+        "the cursor must not pass seq {late}"
+    );
+    hold.batch_execute("COMMIT").await.unwrap();
+    let (_, page) = app
+        .get(&key, &format!("/v1/exports/movements?after={cursor}"))
+        .await;
+    assert_eq!(event_ids(&page), vec!["late", "next"], "{page}");
+    // The cursor stands at the end of what was looked through.
+    assert_eq!(page["next_cursor"], json!((late + 2).to_string()), "{page}");
+    // Read on from there: nothing new, and the cursor stays.
+    let (_, page) = app
+        .get(&key, &format!("/v1/exports/movements?after={}", late + 2))
+        .await;
+    assert_eq!(event_ids(&page), Vec::<&str>::new(), "{page}");
+    assert_eq!(page["next_cursor"], json!((late + 2).to_string()), "{page}");
+}
