@@ -747,8 +747,10 @@ async fn close_accounts(
         let pre = Prefetched::load(ctx, c, due).await?;
         let mut fx = Effects::default();
         let mut moved = Vec::new();
+        let names: Vec<&str> = due.iter().map(|d| d.0.as_str()).collect();
+        let mut locked = subs::lock_many_skip_locked(c, &names).await?;
         for (account, _, _) in due {
-            let Some(mut row) = subs::lock_by_account_skip_locked(c, account).await? else {
+            let Some(mut row) = locked.remove(account) else {
                 continue; // another instance holds it: it is closing it
             };
             if advance(ctx, c, &mut row, now, &mut fx, &pre).await? {

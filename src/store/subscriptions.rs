@@ -339,6 +339,36 @@ pub async fn lock_by_account_skip_locked(
         .optional()?)
 }
 
+/// Locks the subscriptions of `accounts` that no other transaction holds, in account order
+/// (the order every batch takes them in, so batches cannot deadlock), and returns them by
+/// account. One statement on one PostgreSQL; on Citus, which takes row locks in a single
+/// shard's statement only, one per account.
+pub async fn lock_many_skip_locked(
+    conn: &mut AsyncPgConnection,
+    accounts: &[&str],
+) -> Result<std::collections::HashMap<String, SubscriptionRow>, StoreError> {
+    let mut sorted = accounts.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let rows: Vec<SubscriptionRow> = if super::citus::active() {
+        let mut rows = Vec::with_capacity(sorted.len());
+        for a in sorted {
+            rows.extend(lock_by_account_skip_locked(conn, a).await?);
+        }
+        rows
+    } else {
+        subscriptions::table
+            .filter(subscriptions::account.eq_any(&sorted))
+            .order(subscriptions::account.asc())
+            .select(SubscriptionRow::as_select())
+            .for_update()
+            .skip_locked()
+            .load(conn)
+            .await?
+    };
+    Ok(rows.into_iter().map(|r| (r.account.clone(), r)).collect())
+}
+
 /// Inserts several history rows in one statement.
 /// Inserts changes; returns (account, kind, at, id) of each, to be matched by value (not by
 /// position: a bulk insert returns its rows in no promised order).
