@@ -364,7 +364,10 @@ impl Effects {
 
     /// Writes everything gathered; answers the numbers of the invoices it issued, in order.
     pub async fn flush(self, ctx: &Ctx, c: &mut AsyncPgConnection) -> Result<Vec<i64>, TxError> {
+        // A bulk write: its foreign-key checks may reuse generic plans.
+        store::generic_plans(c).await?;
         let ids = subs::insert_changes(c, &self.changes).await?;
+        store::custom_plans(c).await?;
         let numbers = billing::issue(ctx, c, &self.drafts).await?;
         let inputs: Vec<revenue::MrrInput> = self
             .revenue
@@ -533,6 +536,8 @@ pub struct CloseReport {
 
 /// Accounts moved per transaction by the sweep.
 const CLOSE_BATCH: usize = 200;
+/// Batches closed at once by one sweep, each on its own connection.
+const CLOSE_WORKERS: usize = 2;
 /// Due accounts read per query (several transactions' worth: the query sorts what is due).
 const DUE_PAGE: i64 = 5000;
 
@@ -556,23 +561,26 @@ async fn close_due(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
     let now = ctx.clock.now();
     let mut report = CloseReport::default();
     let mut after = String::new();
-    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     loop {
-        let mut page = subs::due_accounts(&mut conn, now, &after, DUE_PAGE).await?;
-        let Some(last) = page.last() else {
-            break;
+        // The page's connection goes back to the pool before its batches take theirs.
+        let page = {
+            let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+            let mut page = subs::due_accounts(&mut conn, now, &after, DUE_PAGE).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.0.clone();
+            // Accounts on a test clock are closed when their clock is advanced.
+            let accounts: Vec<String> = page.iter().map(|d| d.0.clone()).collect();
+            let clocked = ctx.clock_times(&mut conn, &accounts).await?;
+            page.retain(|d| !clocked.contains_key(&d.0));
+            page
         };
-        after = last.0.clone();
-        // Accounts on a test clock are closed when their clock is advanced.
-        let accounts: Vec<String> = page.iter().map(|d| d.0.clone()).collect();
-        let clocked = ctx.clock_times(&mut conn, &accounts).await?;
-        page.retain(|d| !clocked.contains_key(&d.0));
-        for due in page.chunks(CLOSE_BATCH) {
-            let (moved, issued) = close_batch(ctx, &mut conn, now, due).await?;
-            report.accounts += moved;
-            report.invoices += issued;
-        }
+        let (moved, issued) = close_batches(ctx, now, &page).await?;
+        report.accounts += moved;
+        report.invoices += issued;
     }
+    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     report.invoices += bill_late_after_cancellation(ctx, &mut conn, now).await?;
     Ok(report)
 }
@@ -659,6 +667,50 @@ pub(crate) async fn late_invoice_after_cancellation(
 /// batch fails, each of its accounts is retried in a transaction of its own, so one account
 /// that cannot close (a plan missing from the catalogue, a value out of range) never holds
 /// back the others: it is recorded in `billing_errors`, logged, and retried by the next sweep.
+/// Closes `page` in batches, [`CLOSE_WORKERS`] at a time, each on its own connection (one
+/// batch's rating overlaps another's writes; the invoice counter's row lock orders their
+/// numbering). After a failure no further batch starts; those running finish, never dropped
+/// inside their transaction, and the first failure is returned.
+async fn close_batches(
+    ctx: &Ctx,
+    now: DateTime<Utc>,
+    page: &[(String, DateTime<Utc>, DateTime<Utc>)],
+) -> Result<(usize, usize), ServiceError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    // Owned arguments: a future borrowing the page trips the spawned job's `Send` bound.
+    async fn one(
+        ctx: Ctx,
+        now: DateTime<Utc>,
+        due: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Result<(usize, usize), ServiceError> {
+        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+        close_batch(&ctx, &mut conn, now, &due).await
+    }
+    let mut batches = page.chunks(CLOSE_BATCH);
+    let mut running = FuturesUnordered::new();
+    let (mut total, mut first_error) = ((0, 0), None);
+    loop {
+        while first_error.is_none() && running.len() < CLOSE_WORKERS {
+            let Some(due) = batches.next() else { break };
+            running.push(one(ctx.clone(), now, due.to_vec()));
+        }
+        match running.next().await {
+            None => break,
+            Some(Ok((m, i))) => {
+                total.0 += m;
+                total.1 += i;
+            }
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
 async fn close_batch(
     ctx: &Ctx,
     conn: &mut AsyncPgConnection,

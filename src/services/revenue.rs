@@ -170,10 +170,15 @@ pub async fn record(
     // The plan moved: quotas and the free-plan signals with it.
     ctx.pql.mark(touched.iter().map(String::as_str));
     let rows: Vec<MrrRow> = touched.iter().filter_map(|a| state.remove(a)).collect();
+    // Bulk writes: their foreign-key checks may reuse generic plans (`store::generic_plans`).
+    crate::store::generic_plans(c).await?;
     rev_store::upsert_many(c, &rows).await?;
     rev_store::insert_movements(c, &movements).await?;
+    crate::store::custom_plans(c).await?;
     super::pql::on_conversions(c, &conversions).await?;
+    crate::store::generic_plans(c).await?;
     crate::store::outbox::insert_events(c, &events).await?;
+    crate::store::custom_plans(c).await?;
     Ok(movements.len())
 }
 

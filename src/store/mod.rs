@@ -260,6 +260,26 @@ pub async fn run_migrations(url: &str) -> Result<usize, StoreError> {
     .map_err(|e| StoreError::Migration(e.to_string()))?
 }
 
+/// The session's plan-cache mode (set on every pooled connection, see [`pool`]).
+const CUSTOM_PLANS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
+
+/// Lets PostgreSQL reuse generic plans until [`custom_plans`], in the current transaction.
+/// For bulk writes only: a foreign-key check is a cached plan inside PostgreSQL, which
+/// `force_custom_plan` replans for every row it checks (measured: 45 µs a check instead of
+/// 10 µs; writing a close batch's 1,000 invoice lines spent 45 of its 55 ms there). Reads stay
+/// outside, planned afresh. Outside a transaction it changes nothing.
+pub async fn generic_plans(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+    conn.batch_execute("SET LOCAL plan_cache_mode = auto")
+        .await?;
+    Ok(())
+}
+
+/// Back to planning every execution afresh (the session's mode), after [`generic_plans`].
+pub async fn custom_plans(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+    conn.batch_execute(CUSTOM_PLANS).await?;
+    Ok(())
+}
+
 /// Builds the connection pool. Each connection turns JIT compilation off: accrue's statements
 /// are short, and PostgreSQL's cost estimates for the batch reads (which run per-account index
 /// lookups) can pass the JIT threshold and spend 30 ms compiling a 1 ms query. It also plans

@@ -288,6 +288,77 @@ async fn two_instances_closing_at_once_issue_exactly_one_invoice_per_account_and
     assert_eq!(app.db.count("(SELECT COUNT(*) FROM jobs)::int8").await, 1);
 }
 
+/// One sweep closes more accounts than two batches hold, two batches at once: every account
+/// gets exactly one period invoice carrying its own usage (account `sNNN` sent NNN + 1 compute
+/// minutes), every total is the sum of its lines, and the numbers have no gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sweep_over_several_concurrent_batches_bills_each_account_its_own_usage() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing", None).await;
+    let n = 450; // three batches of at most 200
+    let mut evs = Vec::new();
+    for i in 0..n {
+        let account = format!("s{i:03}");
+        app.subscribe(&key, &account, json!({"plan": "team", "seats": 2}))
+            .await;
+        evs.push(json!({"id": format!("j{i}"), "account": account, "type": "job.completed", "timestamp": "2026-11-25T12:20:00.000Z", "properties": {"minutes": i + 1}}));
+    }
+    events(&app, &key, evs).await;
+    app.clock.set(t("2026-12-25T12:05:00.000Z"));
+    let report = accrue::services::lifecycle::close_due_periods(&app.ctx)
+        .await
+        .unwrap();
+    assert_eq!((report.accounts, report.invoices), (n, n));
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(DISTINCT account) FROM invoices WHERE kind = 'period')::int8")
+            .await,
+        n as i64
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(*) FROM invoices WHERE kind = 'period')::int8")
+            .await,
+        n as i64
+    );
+    // Each account's compute line holds the minutes that account sent, no other's.
+    assert_eq!(
+        app.db
+            .count(
+                "(SELECT COUNT(*) FROM invoices i JOIN invoice_lines l \
+                   ON l.account = i.account AND l.number = i.number \
+                  WHERE i.kind = 'period' AND l.kind = 'usage' AND l.meter = 'compute_minutes' \
+                    AND l.quantity = substr(i.account, 2)::int + 1)::int8"
+            )
+            .await,
+        n as i64
+    );
+    assert_eq!(
+        app.db
+            .count(
+                "(SELECT COUNT(*) FROM invoices i WHERE i.total <> \
+                  (SELECT COALESCE(SUM(l.amount), 0) FROM invoice_lines l \
+                    WHERE l.account = i.account AND l.number = i.number))::int8"
+            )
+            .await,
+        0
+    );
+    // n start invoices, then n period invoices: numbers 1..=2n.
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(DISTINCT number) FROM invoices WHERE number BETWEEN 1 AND 900)::int8")
+            .await,
+        2 * n as i64
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT MAX(number) FROM invoices)::int8")
+            .await,
+        2 * n as i64
+    );
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 5, ..proptest::prelude::ProptestConfig::default() })]
 
