@@ -326,6 +326,43 @@ impl RevOps {
         w.extend(self.zone_raises.iter().map(|z| z.window_days));
         w
     }
+
+    /// The meters read over the last `window_days`: those of the meter signals and zone
+    /// raises with that window.
+    pub fn meters_over(&self, window_days: u32) -> Vec<String> {
+        let mut m: BTreeSet<&str> = self
+            .signals
+            .iter()
+            .filter_map(|s| match &s.rule {
+                Rule::Meter {
+                    meter,
+                    window_days: w,
+                    ..
+                } if *w == window_days => Some(meter.as_str()),
+                _ => None,
+            })
+            .collect();
+        m.extend(
+            self.zone_raises
+                .iter()
+                .filter(|z| z.window_days == window_days)
+                .map(|z| z.meter.as_str()),
+        );
+        m.into_iter().map(str::to_owned).collect()
+    }
+
+    /// The meters whose use of the plan's quota over the current period is a signal.
+    pub fn quota_meters(&self) -> Vec<String> {
+        let m: BTreeSet<&str> = self
+            .signals
+            .iter()
+            .filter_map(|s| match &s.rule {
+                Rule::QuotaFraction { meter, .. } => Some(meter.as_str()),
+                _ => None,
+            })
+            .collect();
+        m.into_iter().map(str::to_owned).collect()
+    }
 }
 
 /// What the service knows about an account when scoring it.

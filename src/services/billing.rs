@@ -61,7 +61,8 @@ impl Prefetched {
         c: &mut AsyncPgConnection,
         due: &[(String, DateTime<Utc>, DateTime<Utc>)],
     ) -> Result<Self, StoreError> {
-        let found = store::usage::find_by_accounts_and_ranges(c, due).await?;
+        let every_meter = store::usage::MeterSelection::new(ctx.meters.all(), None);
+        let found = store::usage::find_by_accounts_and_ranges(c, due, &every_meter).await?;
         let mut usage = std::collections::HashMap::new();
         for (account, start, _) in due {
             let meters = found

@@ -617,7 +617,9 @@ async fn read_entries(
         .collect();
     // Keys are read from this time on next round (taken before the keys are read).
     let read_at = store::usage::database_now(&mut conn).await?;
-    let usage = store::usage::rollups_by_accounts_and_ranges(&mut conn, &ranges).await?;
+    let every_meter = store::usage::MeterSelection::new(ctx.meters.all(), None);
+    let usage =
+        store::usage::rollups_by_accounts_and_ranges(&mut conn, &ranges, &every_meter).await?;
     // An entry of the same period keeps its keys and reads only those written since.
     let mut kept: HashMap<String, Vec<(String, usage::Digests)>> = HashMap::new();
     let mut key_ranges = Vec::with_capacity(snapshots.len());

@@ -9,6 +9,7 @@ use crate::domain::meter::Aggregation;
 use crate::domain::plan::PlanRef;
 use crate::domain::pql::{route, score, Inputs, RevOps, Rule, Tier};
 use crate::store::pql::{self as pql_store, PqlRow};
+use crate::store::usage::MeterSelection;
 use crate::store::{self, StoreError};
 use chrono::{DateTime, Duration, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -140,10 +141,18 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
         })
         .collect();
     // Meters over each window.
+    // Each read asks only for the meters its signals use (a window's, the quotas', the
+    // activation's): the distinct-key and latest-reading sorts of the others cost as much.
+    let selection = |only: Vec<String>| MeterSelection::new(ctx.meters.all(), Some(only));
     for w in cfg.windows() {
         let from = now - Duration::days(w.into());
         let ranges: Vec<_> = accounts.iter().map(|a| (a.clone(), from, until)).collect();
-        let found = store::usage::find_by_accounts_and_ranges(&mut conn, &ranges).await?;
+        let found = store::usage::find_by_accounts_and_ranges(
+            &mut conn,
+            &ranges,
+            &selection(cfg.meters_over(w)),
+        )
+        .await?;
         for (account, meters) in found {
             if let Some(i) = inputs.get_mut(&account) {
                 for (meter, st) in meters {
@@ -180,7 +189,13 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
             periods.push((s.account.clone(), s.period_start, s.period_end));
         }
     }
-    let usage = store::usage::find_by_accounts_and_ranges(&mut conn, &periods).await?;
+    let quota_meters = cfg.quota_meters();
+    let usage = store::usage::find_by_accounts_and_ranges(
+        &mut conn,
+        &periods,
+        &selection(quota_meters.clone()),
+    )
+    .await?;
     for s in &subs {
         let Some(plan) = plans.get(&PlanRef {
             plan: s.plan.clone(),
@@ -191,7 +206,7 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
         let Some(i) = inputs.get_mut(&s.account) else {
             continue;
         };
-        for (meter, limit) in &plan.limits {
+        for (meter, limit) in plan.limits.iter().filter(|(m, _)| quota_meters.contains(m)) {
             let used = usage
                 .get(&s.account)
                 .and_then(|m| m.get(meter))
@@ -208,7 +223,12 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
         .filter(|a| !activated.contains(*a))
         .map(|a| (a.clone(), firmo[a].created_at - Duration::days(3650), until))
         .collect();
-    let lifetime = store::usage::find_by_accounts_and_ranges(&mut conn, &since).await?;
+    let lifetime = store::usage::find_by_accounts_and_ranges(
+        &mut conn,
+        &since,
+        &selection(vec![cfg.activation.meter.clone()]),
+    )
+    .await?;
     // The previous rows are read, and the new ones written, under a per-account lock that
     // conversions take too: a conversion recorded meanwhile is never overwritten, and two
     // instances scoring one account emit its tier change once (the second sees the first's).

@@ -394,9 +394,12 @@ pub async fn accounts_with_late_usage(
                   AND l.usage_from < p.before
                   AND (l.meter IS NOT NULL OR l.kind = 'minimum_top_up')
                 GROUP BY l.usage_from, l.usage_to) b
+          -- OFFSET 0 keeps the EXISTS a lookup per period in the account's index range: as
+          -- a semi join, the planner hashed the whole rollups table at every call.
           WHERE EXISTS (SELECT 1 FROM usage_rollups r
                          WHERE r.account = p.account AND r.bucket >= b.s AND r.bucket < b.e
-                           AND r.updated_at > b.at)"
+                           AND r.updated_at > b.at
+                         OFFSET 0)"
     })
     .bind::<diesel::sql_types::Array<Text>, _>(accounts)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(befores)

@@ -61,6 +61,40 @@ impl RangeAggregate {
     }
 }
 
+/// What a bulk read of usage computes: which meters, and which of them need their latest
+/// reading or their distinct keys. Those two cost a sort per account and meter (the sums,
+/// counts and extremes do not), so a read asks for them only where a meter's aggregation
+/// uses them; the other meters come back with no latest reading and no distinct count.
+#[derive(Debug, Clone, Default)]
+pub struct MeterSelection {
+    /// Only these meters; `None` reads every meter.
+    pub only: Option<Vec<String>>,
+    /// Meters valued by their latest reading.
+    pub latest: Vec<String>,
+    /// Meters counting distinct keys.
+    pub unique: Vec<String>,
+}
+
+impl MeterSelection {
+    /// `only` these meters (every meter when `None`), with the latest reading and distinct
+    /// keys of those whose aggregation in `meters` uses them.
+    pub fn new(meters: &[crate::domain::meter::Meter], only: Option<Vec<String>>) -> Self {
+        let wanted = |code: &str| only.as_ref().is_none_or(|o| o.iter().any(|m| m == code));
+        let with = |aggregation: Aggregation| {
+            meters
+                .iter()
+                .filter(|m| m.aggregation == aggregation && wanted(&m.code))
+                .map(|m| m.code.clone())
+                .collect()
+        };
+        MeterSelection {
+            latest: with(Aggregation::Latest),
+            unique: with(Aggregation::UniqueCount),
+            only,
+        }
+    }
+}
+
 pub async fn find_by_account_and_range(
     conn: &mut AsyncPgConnection,
     account: &str,
@@ -176,11 +210,12 @@ pub struct UniqueKey {
 pub async fn find_by_accounts_and_ranges(
     conn: &mut AsyncPgConnection,
     ranges: &[(String, DateTime<Utc>, DateTime<Utc>)],
+    meters: &MeterSelection,
 ) -> Result<BTreeMap<String, BTreeMap<String, RangeAggregate>>, StoreError> {
-    if ranges.is_empty() {
+    if ranges.is_empty() || meters.only.as_ref().is_some_and(|o| o.is_empty()) {
         return Ok(BTreeMap::new());
     }
-    let states = rollups_by_accounts_and_ranges(conn, ranges).await?;
+    let states = rollups_by_accounts_and_ranges(conn, ranges, meters).await?;
     let mut out: BTreeMap<String, BTreeMap<String, RangeAggregate>> = states
         .into_iter()
         .map(|(account, meters)| {
@@ -191,13 +226,16 @@ pub async fn find_by_accounts_and_ranges(
             (account, meters)
         })
         .collect();
+    if meters.unique.is_empty() {
+        return Ok(out);
+    }
     let (accounts, froms, tos) = columns(ranges);
     let uniques: Vec<BulkUniqueRow> = diesel::sql_query(if super::citus::active() {
         "SELECT k.account, k.meter, COUNT(DISTINCT k.key)::int8 AS n
            FROM usage_unique_keys k
            JOIN UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
              ON k.account = p.account AND k.bucket >= p.s AND k.bucket < p.e
-          WHERE k.account = ANY($1)
+          WHERE k.account = ANY($1) AND k.meter = ANY($4)
           GROUP BY k.account, k.meter"
     } else {
         // One PostgreSQL: LATERAL with OFFSET 0 (so the planner cannot flatten it into a
@@ -207,13 +245,15 @@ pub async fn find_by_accounts_and_ranges(
            FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
            CROSS JOIN LATERAL (
                SELECT * FROM usage_unique_keys x
-                WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
+                WHERE x.account = p.account AND x.meter = ANY($4)
+                  AND x.bucket >= p.s AND x.bucket < p.e
                OFFSET 0) k
           GROUP BY k.account, k.meter"
     })
     .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
+    .bind::<diesel::sql_types::Array<Text>, _>(&meters.unique)
     .load(conn)
     .await?;
     for u in uniques {
@@ -237,10 +277,12 @@ fn columns(
 }
 
 /// Per account, per meter: the rollup aggregate over each account's own range (without
-/// distinct keys), in one query. `ranges` are (account, from, to).
+/// distinct keys), in one query, of the `meters` selected (the latest reading only of those
+/// selected for it). `ranges` are (account, from, to).
 pub async fn rollups_by_accounts_and_ranges(
     conn: &mut AsyncPgConnection,
     ranges: &[(String, DateTime<Utc>, DateTime<Utc>)],
+    meters: &MeterSelection,
 ) -> Result<BTreeMap<String, BTreeMap<String, AggregateState>>, StoreError> {
     let (accounts, froms, tos) = columns(ranges);
     let rows: Vec<BulkRangeRow> = diesel::sql_query(if super::citus::active() {
@@ -249,11 +291,14 @@ pub async fn rollups_by_accounts_and_ranges(
                   SUM(r.value_sum) AS value_sum,
                   MAX(r.value_max) AS value_max,
                   (ARRAY_AGG(r.latest_at ORDER BY r.latest_at DESC NULLS LAST,
-                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_at,
+                        r.latest_event_id COLLATE "C" DESC)
+                        FILTER (WHERE r.meter = ANY($5)))[1] AS latest_at,
                   (ARRAY_AGG(r.latest_event_id ORDER BY r.latest_at DESC NULLS LAST,
-                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_event_id,
+                        r.latest_event_id COLLATE "C" DESC)
+                        FILTER (WHERE r.meter = ANY($5)))[1] AS latest_event_id,
                   (ARRAY_AGG(r.latest_value ORDER BY r.latest_at DESC NULLS LAST,
-                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_value,
+                        r.latest_event_id COLLATE "C" DESC)
+                        FILTER (WHERE r.meter = ANY($5)))[1] AS latest_value,
                   MIN(r.first_event_at) AS first_event_at,
                   MAX(r.last_event_at) AS last_event_at
              FROM usage_rollups r
@@ -261,7 +306,7 @@ pub async fn rollups_by_accounts_and_ranges(
                ON r.account = p.account AND r.bucket >= p.s AND r.bucket < p.e
             -- `account = ANY`: index lookups of these accounts only, never a scan of the
             -- whole table; on Citus, only the shards that hold them.
-            WHERE r.account = ANY($1)
+            WHERE r.account = ANY($1) AND ($4::text[] IS NULL OR r.meter = ANY($4))
             GROUP BY r.account, r.meter"#
     } else {
         // One PostgreSQL: LATERAL with OFFSET 0 (so the planner cannot flatten it into a
@@ -272,11 +317,14 @@ pub async fn rollups_by_accounts_and_ranges(
                   SUM(r.value_sum) AS value_sum,
                   MAX(r.value_max) AS value_max,
                   (ARRAY_AGG(r.latest_at ORDER BY r.latest_at DESC NULLS LAST,
-                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_at,
+                        r.latest_event_id COLLATE "C" DESC)
+                        FILTER (WHERE r.meter = ANY($5)))[1] AS latest_at,
                   (ARRAY_AGG(r.latest_event_id ORDER BY r.latest_at DESC NULLS LAST,
-                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_event_id,
+                        r.latest_event_id COLLATE "C" DESC)
+                        FILTER (WHERE r.meter = ANY($5)))[1] AS latest_event_id,
                   (ARRAY_AGG(r.latest_value ORDER BY r.latest_at DESC NULLS LAST,
-                        r.latest_event_id COLLATE "C" DESC))[1] AS latest_value,
+                        r.latest_event_id COLLATE "C" DESC)
+                        FILTER (WHERE r.meter = ANY($5)))[1] AS latest_value,
                   MIN(r.first_event_at) AS first_event_at,
                   MAX(r.last_event_at) AS last_event_at
              FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
@@ -284,13 +332,16 @@ pub async fn rollups_by_accounts_and_ranges(
              -- the whole table): one index range scan per account.
              CROSS JOIN LATERAL (
                  SELECT * FROM usage_rollups x
-                  WHERE x.account = p.account AND x.bucket >= p.s AND x.bucket < p.e
+                  WHERE x.account = p.account AND ($4::text[] IS NULL OR x.meter = ANY($4))
+                    AND x.bucket >= p.s AND x.bucket < p.e
                  OFFSET 0) r
             GROUP BY r.account, r.meter"#
     })
     .bind::<diesel::sql_types::Array<Text>, _>(&accounts)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&froms)
     .bind::<diesel::sql_types::Array<Timestamptz>, _>(&tos)
+    .bind::<Nullable<diesel::sql_types::Array<Text>>, _>(&meters.only)
+    .bind::<diesel::sql_types::Array<Text>, _>(&meters.latest)
     .load(conn)
     .await?;
     let mut out: BTreeMap<String, BTreeMap<String, AggregateState>> = BTreeMap::new();

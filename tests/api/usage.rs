@@ -172,6 +172,110 @@ async fn each_aggregation_gives_its_exact_value() {
     assert_eq!(v, "9");
 }
 
+/// The reads that billing, PQL scoring and the check cache make for many accounts at once:
+/// every meter's value per account as counted here by hand, and a read narrowed to a few
+/// meters returns those only, with the latest reading and distinct keys exact where the
+/// meter's aggregation uses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bulk_read_gives_each_account_its_exact_values_and_only_the_meters_asked() {
+    use accrue::store::usage::{find_by_accounts_and_ranges, MeterSelection};
+    let app = spawn_app().await;
+    let key = app.key("ingest,check", None).await;
+    let ev = |id: &str, account: &str, ty: &str, hour: u32, props: Value| {
+        json!({"id": id, "account": account, "type": ty,
+               "timestamp": format!("2026-11-25T{hour:02}:30:00.000Z"), "properties": props})
+    };
+    let events = vec![
+        ev("a1", "acme", "seats.snapshot", 1, json!({"count": 5})),
+        ev("a2", "acme", "seats.snapshot", 8, json!({"count": 7})),
+        ev("a3", "acme", "seats.snapshot", 3, json!({"count": 9})),
+        ev("a4", "acme", "user.active", 1, json!({"user_id": "ann"})),
+        ev("a5", "acme", "user.active", 2, json!({"user_id": "bob"})),
+        ev("a6", "acme", "user.active", 9, json!({"user_id": "ann"})),
+        ev("a7", "acme", "api.request", 1, json!({})),
+        ev("a8", "acme", "api.request", 4, json!({})),
+        ev("a9", "acme", "api.request", 4, json!({})),
+        ev("b1", "beta", "seats.snapshot", 4, json!({"count": 11})),
+        ev("b2", "beta", "seats.snapshot", 2, json!({"count": 4})),
+        ev("b3", "beta", "user.active", 3, json!({"user_id": "cy"})),
+        ev("b4", "beta", "api.request", 1, json!({})),
+        // Outside beta's range below: never counted.
+        ev("b5", "beta", "api.request", 8, json!({})),
+        ev("b6", "beta", "seats.snapshot", 10, json!({"count": 99})),
+    ];
+    let (status, body) = app.send(&key, &json!({ "events": events })).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (200, Some(15)),
+        "{body}"
+    );
+    let at = |h: u32| t(&format!("2026-11-25T{h:02}:00:00.000Z"));
+    let ranges = vec![
+        ("acme".to_owned(), at(0), at(12)),
+        ("beta".to_owned(), at(0), at(6)),
+    ];
+    let meters = app.ctx.meters.all();
+    let mut conn = app.ctx.pool.get().await.unwrap();
+    let value = |found: &std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, accrue::store::usage::RangeAggregate>,
+    >,
+                 account: &str,
+                 meter: &str| {
+        let aggregation = app.ctx.meters.get(meter).unwrap().aggregation;
+        found
+            .get(account)
+            .and_then(|m| m.get(meter))
+            .map(|a| a.value(aggregation).to_string())
+    };
+
+    let every = find_by_accounts_and_ranges(&mut conn, &ranges, &MeterSelection::new(meters, None))
+        .await
+        .unwrap();
+    for (account, meter, want) in [
+        ("acme", "seats_in_use", "7"),
+        ("acme", "active_users", "2"),
+        ("acme", "api_calls", "3"),
+        ("beta", "seats_in_use", "11"),
+        ("beta", "active_users", "1"),
+        ("beta", "api_calls", "1"),
+    ] {
+        assert_eq!(
+            value(&every, account, meter).as_deref(),
+            Some(want),
+            "{account} {meter}"
+        );
+    }
+
+    let only: Vec<String> = vec!["seats_in_use".into(), "active_users".into()];
+    let narrowed = find_by_accounts_and_ranges(
+        &mut conn,
+        &ranges,
+        &MeterSelection::new(meters, Some(only.clone())),
+    )
+    .await
+    .unwrap();
+    for account in ["acme", "beta"] {
+        let got: Vec<&String> = narrowed[account].keys().collect();
+        assert_eq!(got, vec!["active_users", "seats_in_use"], "{account}");
+        for meter in &only {
+            assert_eq!(
+                value(&narrowed, account, meter),
+                value(&every, account, meter)
+            );
+        }
+    }
+    // A selection of meters none of which has usage reads nothing.
+    let none = find_by_accounts_and_ranges(
+        &mut conn,
+        &ranges,
+        &MeterSelection::new(meters, Some(vec!["gpu_minutes".into()])),
+    )
+    .await
+    .unwrap();
+    assert!(none.is_empty(), "{:?}", none.keys().collect::<Vec<_>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_events_count_in_the_period_they_belong_to() {
     let app = spawn_app().await;
