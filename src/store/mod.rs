@@ -25,7 +25,9 @@ use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
@@ -293,6 +295,10 @@ pub async fn custom_plans(conn: &mut AsyncPgConnection) -> Result<(), StoreError
 /// [`LOCK_TIMEOUT`], and a transaction left idle after [`IDLE_IN_TRANSACTION_TIMEOUT`].
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
     let mut config = ManagerConfig::default();
+    // A connection handed out again is not probed with `SELECT 1` (a round trip at every
+    // checkout): one whose socket closed (the server restarted or ended its session) is known
+    // closed without asking and dropped, as is one left in a transaction.
+    config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(|url| {
         Box::pin(async move {
             let mut conn = AsyncPgConnection::establish(url).await?;
