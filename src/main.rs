@@ -1186,7 +1186,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(accrue::jobs::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::outbox::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::pql::run_forever(ctx.clone()));
-    http::server(ctx, listener, None)?.await?;
+    http::server(ctx.clone(), listener, None)?.await?;
+    let grace = std::time::Duration::from_secs(http::SHUTDOWN_GRACE_SECS);
+    match ctx.ingest.drain(grace).await {
+        0 => {}
+        left => tracing::error!(events = left, "stopping with events not yet committed"),
+    }
     tracing::info!("accrue stopped");
     Ok(())
 }

@@ -31,7 +31,7 @@ use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
 
 /// Seconds a stopping server waits for in-flight requests (ingest batches) to finish.
-const SHUTDOWN_GRACE_SECS: u64 = 30;
+pub const SHUTDOWN_GRACE_SECS: u64 = 30;
 
 /// A path and its methods.
 type Resource = (&'static str, Vec<(&'static str, actix_web::Route)>);

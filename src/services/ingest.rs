@@ -452,6 +452,24 @@ impl IngestPipeline {
     pub fn in_flight_events(&self) -> usize {
         MAX_IN_FLIGHT_EVENTS.saturating_sub(self.in_flight.available_permits())
     }
+
+    /// At shutdown, once no request is served any more: waits (at most `within`) until the
+    /// lanes have committed every event they were given, and takes no more. A request whose
+    /// events went to several lanes may have lost its answer with its connection, but each of
+    /// its parts is committed: without the wait, the process could exit between one lane's
+    /// commit and another's and leave the batch stored in part. Returns the events still
+    /// uncommitted when the wait ended (0: all).
+    pub async fn drain(&self, within: std::time::Duration) -> usize {
+        let all = MAX_IN_FLIGHT_EVENTS as u32;
+        match tokio::time::timeout(within, self.in_flight.acquire_many(all)).await {
+            Ok(Ok(permits)) => {
+                // Held: any request still arriving is refused (503) instead of queued.
+                permits.forget();
+                0
+            }
+            _ => self.in_flight_events(),
+        }
+    }
 }
 
 async fn run_lane(

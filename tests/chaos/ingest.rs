@@ -404,3 +404,67 @@ async fn twice_the_capacity_offered_is_refused_cleanly_with_bounded_memory() {
         acked.len()
     );
 }
+
+/// Scenario 8. A batch over many accounts is split across the ingest lanes. One lane is held by
+/// a row lock while the others commit their parts; the client gives up waiting (its connection
+/// closes, so no request is in flight any more) and the process gets SIGTERM. It must not exit
+/// before the held lane commits the rest once the lock goes: the batch ends stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_lane_is_held_still_commits_every_part_of_a_split_batch() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let _one = crate::SERIAL.lock().await;
+    let cluster = Cluster::start();
+    let db = cluster.url("chaos_split");
+    let key = prepare(&db, "ingest");
+    let mut server = Server::start(&db, &[]).await;
+    const N: usize = 16;
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
+    let events = |prefix: &str| {
+        let evs: Vec<Value> = (0..N)
+            .map(|i| {
+                json!({"id": format!("{prefix}-{i}"), "account": format!("split-{i}"),
+                            "type": "api.request", "timestamp": at})
+            })
+            .collect();
+        json!({ "events": evs })
+    };
+    let http = reqwest::Client::new();
+    let post = |body: Value, timeout: Duration| {
+        http.post(format!("{}/v1/events", server.base))
+            .bearer_auth(&key)
+            .timeout(timeout)
+            .json(&body)
+            .send()
+    };
+    // Every account's rollup row of that hour exists.
+    let seeded = post(events("seed"), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(seeded.status(), 200);
+    // One account's row held: the lane that owns it waits on the lock.
+    let mut holder = AsyncPgConnection::establish(&db).await.unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT * FROM usage_rollups WHERE account = 'split-0' FOR UPDATE")
+        .await
+        .unwrap();
+    let sent = post(events("s"), Duration::from_millis(1500)).await;
+    assert!(sent.is_err(), "the batch waits on the held lane: {sent:?}");
+    let stored = || {
+        count(
+            &db,
+            "(SELECT count(*) FROM events WHERE id LIKE 's-%')::int8",
+        )
+    };
+    let before = stored().await;
+    assert!(
+        before > 0 && before < N as i64,
+        "the other lanes committed their parts, the held one not yet: {before} of {N}"
+    );
+    server.terminate();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert!(
+        server.wait_exit(Duration::from_secs(40)).await,
+        "the process stopped within its 30 s grace"
+    );
+    assert_eq!(stored().await, N as i64, "the split batch is stored whole");
+    assert_counted_once(&db).await;
+}
