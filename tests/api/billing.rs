@@ -296,7 +296,7 @@ async fn one_sweep_over_several_concurrent_batches_bills_each_account_its_own_us
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("ingest,billing", None).await;
-    let n = 450; // three batches of at most 200
+    let n = 1100; // three batches of at most 500
     let mut evs = Vec::new();
     for i in 0..n {
         let account = format!("s{i:03}");
@@ -347,7 +347,10 @@ async fn one_sweep_over_several_concurrent_batches_bills_each_account_its_own_us
     // n start invoices, then n period invoices: numbers 1..=2n.
     assert_eq!(
         app.db
-            .count("(SELECT COUNT(DISTINCT number) FROM invoices WHERE number BETWEEN 1 AND 900)::int8")
+            .count(&format!(
+                "(SELECT COUNT(DISTINCT number) FROM invoices WHERE number BETWEEN 1 AND {})::int8",
+                2 * n
+            ))
             .await,
         2 * n as i64
     );
