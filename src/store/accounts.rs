@@ -116,7 +116,7 @@ pub async fn ensure_many(
         }
         return Ok(());
     }
-    diesel::sql_query(
+    super::prepared::prepared(
         "INSERT INTO accounts (account, created_at, updated_at)
          SELECT a, $2, $2 FROM UNNEST($1::text[]) AS a
          ON CONFLICT (account) DO NOTHING",
@@ -249,7 +249,7 @@ pub async fn add_to_credit_balances(
     // Increments, not the values read: a concurrent change (a voided invoice giving credit
     // back) is kept without a locking read, which would also block every insert referencing
     // the account and is refused across shards on Citus.
-    diesel::sql_query(
+    super::prepared::prepared(
         "UPDATE accounts a SET credit_balance = a.credit_balance + b.delta
            FROM UNNEST($1::text[], $2::numeric[]) AS b(account, delta)
           WHERE a.account = b.account",

@@ -168,7 +168,7 @@ pub async fn touch(
 ) -> Result<(), StoreError> {
     let ids: Vec<i64> = used.iter().map(|(id, _)| *id).collect();
     let times: Vec<DateTime<Utc>> = used.iter().map(|(_, t)| *t).collect();
-    diesel::sql_query(
+    super::prepared::prepared(
         "UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.t)
            FROM unnest($1::int8[], $2::timestamptz[]) AS u(id, t) WHERE k.id = u.id",
     )

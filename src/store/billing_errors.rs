@@ -37,7 +37,7 @@ pub async fn record(
     message: &str,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    diesel::sql_query(
+    super::prepared::prepared(
         "INSERT INTO billing_errors (account, first_failed_at, last_failed_at, attempts, code, message)
          VALUES ($1, $2, $2, 1, $3, $4)
          ON CONFLICT (account) DO UPDATE
@@ -65,7 +65,7 @@ pub async fn resolve(
     accounts: &[String],
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    diesel::sql_query(
+    super::prepared::prepared(
         "UPDATE billing_errors SET resolved_at = $2
           WHERE account = ANY($1) AND resolved_at IS NULL",
     )
@@ -82,7 +82,7 @@ pub async fn open(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<BillingErrorRow>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT account, first_failed_at, last_failed_at, attempts, code, message, resolved_at
            FROM billing_errors
           WHERE resolved_at IS NULL AND ($1::text IS NULL OR account > $1)

@@ -101,7 +101,7 @@ pub async fn insert_new(
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let ts: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
     let props: Vec<&serde_json::Value> = events.iter().map(|e| &e.properties).collect();
-    let rows: Vec<InsertedKey> = diesel::sql_query(
+    let rows: Vec<InsertedKey> = super::prepared::prepared(
         "INSERT INTO events (account, id, event_type, ts, properties, received_at)
          SELECT a, i, t, s, p, $6
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[])
@@ -133,7 +133,7 @@ pub async fn differing_from_stored(
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let props: Vec<&serde_json::Value> = events.iter().map(|e| &e.properties).collect();
-    let rows: Vec<InsertedKey> = diesel::sql_query(
+    let rows: Vec<InsertedKey> = super::prepared::prepared(
         "SELECT u.a AS account, u.i AS id
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS u(a, i, t, p)
            JOIN events e ON e.account = u.a AND e.id = u.i
@@ -169,6 +169,19 @@ const ROLLUP_CONFLICT: &str = r#"ON CONFLICT (account, meter, bucket) DO UPDATE 
                THEN EXCLUDED.latest_value ELSE r.latest_value END,
            first_event_at = LEAST(r.first_event_at, EXCLUDED.first_event_at),
            last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at)"#;
+
+/// The single-node rollup upsert: one statement over bound arrays.
+static ROLLUP_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        r#"INSERT INTO usage_rollups AS r (account, meter, bucket, event_count, value_sum,
+                value_max, latest_at, latest_event_id, latest_value, first_event_at, last_event_at,
+                updated_at)
+         SELECT u.*, clock_timestamp() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[],
+                $5::numeric[], $6::numeric[], $7::timestamptz[], $8::text[], $9::numeric[],
+                $10::timestamptz[], $11::timestamptz[]) AS u
+         {ROLLUP_CONFLICT}"#
+    )
+});
 
 /// Adds pre-aggregated deltas to the hourly rollups (one row per key; the map keeps keys sorted).
 /// The rows' `updated_at` is the database's clock at the write (`clock_timestamp()`), never an
@@ -252,28 +265,20 @@ pub async fn add_to_rollups(
         lasts.push(st.last_at.unwrap_or(*bucket));
     }
     // Event ids compare bytewise (COLLATE "C") to match the domain's tie-break for `latest`.
-    diesel::sql_query(format!(
-        r#"INSERT INTO usage_rollups AS r (account, meter, bucket, event_count, value_sum,
-                value_max, latest_at, latest_event_id, latest_value, first_event_at, last_event_at,
-                updated_at)
-         SELECT u.*, clock_timestamp() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[],
-                $5::numeric[], $6::numeric[], $7::timestamptz[], $8::text[], $9::numeric[],
-                $10::timestamptz[], $11::timestamptz[]) AS u
-         {ROLLUP_CONFLICT}"#
-    ))
-    .bind::<Array<Text>, _>(accounts)
-    .bind::<Array<Text>, _>(meters)
-    .bind::<Array<Timestamptz>, _>(buckets)
-    .bind::<Array<Int8>, _>(counts)
-    .bind::<Array<Numeric>, _>(sums)
-    .bind::<Array<Nullable<Numeric>>, _>(maxes)
-    .bind::<Array<Nullable<Timestamptz>>, _>(latest_at)
-    .bind::<Array<Nullable<Text>>, _>(latest_id)
-    .bind::<Array<Nullable<Numeric>>, _>(latest_value)
-    .bind::<Array<Timestamptz>, _>(firsts)
-    .bind::<Array<Timestamptz>, _>(lasts)
-    .execute(conn)
-    .await?;
+    super::prepared::prepared(ROLLUP_UPSERT.as_str())
+        .bind::<Array<Text>, _>(accounts)
+        .bind::<Array<Text>, _>(meters)
+        .bind::<Array<Timestamptz>, _>(buckets)
+        .bind::<Array<Int8>, _>(counts)
+        .bind::<Array<Numeric>, _>(sums)
+        .bind::<Array<Nullable<Numeric>>, _>(maxes)
+        .bind::<Array<Nullable<Timestamptz>>, _>(latest_at)
+        .bind::<Array<Nullable<Text>>, _>(latest_id)
+        .bind::<Array<Nullable<Numeric>>, _>(latest_value)
+        .bind::<Array<Timestamptz>, _>(firsts)
+        .bind::<Array<Timestamptz>, _>(lasts)
+        .execute(conn)
+        .await?;
 
     add_unique_keys(conn, deltas).await
 }
@@ -313,7 +318,7 @@ async fn add_unique_keys(
         }
         return Ok(());
     }
-    diesel::sql_query(
+    super::prepared::prepared(
         "INSERT INTO usage_unique_keys (account, meter, bucket, key)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[])
          ON CONFLICT DO NOTHING",
@@ -340,6 +345,17 @@ pub struct TypeCount {
     pub first_at: DateTime<Utc>,
     pub last_at: DateTime<Utc>,
 }
+
+/// The single-node type-count upsert: one statement over bound arrays.
+static TYPE_COUNT_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO event_type_counts AS c (account, event_type, event_count, first_seen_at,
+                last_seen_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[],
+                $5::timestamptz[])
+         {TYPE_COUNT_CONFLICT}"
+    )
+});
 
 /// Adds new events to the per-type governance counters.
 pub async fn add_to_type_counts(
@@ -380,20 +396,14 @@ pub async fn add_to_type_counts(
     let n: Vec<i64> = counts.values().map(|c| c.count).collect();
     let firsts: Vec<DateTime<Utc>> = counts.values().map(|c| c.first_at).collect();
     let lasts: Vec<DateTime<Utc>> = counts.values().map(|c| c.last_at).collect();
-    diesel::sql_query(format!(
-        "INSERT INTO event_type_counts AS c (account, event_type, event_count, first_seen_at,
-                last_seen_at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[],
-                $5::timestamptz[])
-         {TYPE_COUNT_CONFLICT}"
-    ))
-    .bind::<Array<Text>, _>(accounts)
-    .bind::<Array<Text>, _>(types)
-    .bind::<Array<Int8>, _>(n)
-    .bind::<Array<Timestamptz>, _>(firsts)
-    .bind::<Array<Timestamptz>, _>(lasts)
-    .execute(conn)
-    .await?;
+    super::prepared::prepared(TYPE_COUNT_UPSERT.as_str())
+        .bind::<Array<Text>, _>(accounts)
+        .bind::<Array<Text>, _>(types)
+        .bind::<Array<Int8>, _>(n)
+        .bind::<Array<Timestamptz>, _>(firsts)
+        .bind::<Array<Timestamptz>, _>(lasts)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -426,7 +436,7 @@ pub async fn list(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT id, account, event_type, ts, properties, received_at
            FROM events
           WHERE account = $1
@@ -464,7 +474,7 @@ pub async fn stored_after(
         Some((at, account, id)) => (Some(at), Some(account), Some(id)),
         None => (None, None, None),
     };
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT id, account, event_type, ts, properties, received_at, stored_at
            FROM events
           WHERE stored_at < now() - make_interval(secs => $5)

@@ -83,7 +83,7 @@ pub async fn issue(
         return Ok(Vec::new());
     }
     let n = drafts.len() as i64;
-    let first: First = diesel::sql_query(
+    let first: First = super::prepared::prepared(
         "UPDATE invoice_counter SET next_number = next_number + $1
           WHERE singleton RETURNING next_number - $1 AS first",
     )
@@ -177,7 +177,7 @@ async fn insert_lines(conn: &mut AsyncPgConnection, lines: &[LineRow]) -> Result
     }
     let col = |f: fn(&LineRow) -> String| lines.iter().map(f).collect::<Vec<_>>();
     let opt_ts = |f: fn(&LineRow) -> Option<DateTime<Utc>>| lines.iter().map(f).collect::<Vec<_>>();
-    diesel::sql_query(
+    super::prepared::prepared(
         "INSERT INTO invoice_lines (account, number, line_no, kind, meter, quantity, amount,
                 description, event_count, first_event_at, last_event_at, usage_from, usage_to)
          SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int4[], $4::text[], $5::text[],
@@ -332,7 +332,7 @@ pub async fn periods_with_late_usage(
     account: &str,
     before: DateTime<Utc>,
 ) -> Result<Vec<LatePeriod>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "WITH billed AS (
             SELECT l.usage_from AS s, l.usage_to AS e, MAX(i.usage_mark) AS at
               FROM invoice_lines l
@@ -367,7 +367,7 @@ pub async fn accounts_with_late_usage(
     accounts: &[String],
     befores: &[DateTime<Utc>],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    let rows: Vec<AccountRow> = diesel::sql_query(if super::citus::active() {
+    let rows: Vec<AccountRow> = super::prepared::prepared(if super::citus::active() {
         "SELECT DISTINCT b.account
            FROM (SELECT l.account, l.usage_from AS s, l.usage_to AS e, MAX(i.usage_mark) AS at
                    FROM invoice_lines l
@@ -425,7 +425,7 @@ pub async fn billed_for_period(
     account: &str,
     start: DateTime<Utc>,
 ) -> Result<Vec<Billed>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT COALESCE(meter, '') AS meter, SUM(quantity) AS quantity, SUM(amount) AS amount
            FROM invoice_lines
           WHERE account = $1 AND usage_from = $2
@@ -455,7 +455,7 @@ pub async fn fees_billed_for_period(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<Option<Decimal>, StoreError> {
-    let f: FeesBilled = diesel::sql_query(
+    let f: FeesBilled = super::prepared::prepared(
         "SELECT count(*) FILTER (WHERE usage_from = $2) AS opening, SUM(amount) AS amount
            FROM invoice_lines
           WHERE account = $1 AND usage_from >= $2 AND usage_to <= $3
@@ -492,7 +492,7 @@ pub async fn rollups_for_line(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<LineageRollup>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT bucket, event_count, value_sum, value_max FROM usage_rollups
           WHERE account = $1 AND meter = $2 AND bucket >= $3 AND bucket < $4
           ORDER BY bucket",
@@ -536,7 +536,7 @@ pub async fn events_for_line(
     known_at: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<LineageEvent>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT id, event_type, ts AS timestamp,
                 CASE WHEN pg_column_size(properties) <= $8 THEN properties
                      ELSE jsonb_build_object('_omitted', 'properties too large to show') END
@@ -576,7 +576,7 @@ pub struct MonthTotal {
 /// Invoices issued per month (UTC) and currency, with their totals (a report over every
 /// account).
 pub async fn monthly_totals(conn: &mut AsyncPgConnection) -> Result<Vec<MonthTotal>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT to_char(date_trunc('month', issued_at AT TIME ZONE 'UTC'), 'YYYY-MM') AS month,
                 currency, COUNT(*)::int8 AS invoices, SUM(total) AS total
            FROM invoices GROUP BY 1, 2 ORDER BY 1, 2",

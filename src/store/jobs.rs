@@ -14,7 +14,7 @@ pub async fn enqueue(
     run_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let n = diesel::sql_query(
+    let n = super::prepared::prepared(
         "INSERT INTO jobs (kind, due_key, run_at, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (kind, due_key) DO NOTHING",
     )
@@ -45,7 +45,7 @@ pub async fn lease(
     until: DateTime<Utc>,
     kinds: &[&str],
 ) -> Result<Option<Leased>, StoreError> {
-    let rows: Vec<Leased> = diesel::sql_query(
+    let rows: Vec<Leased> = super::prepared::prepared(
         "UPDATE jobs SET leased_until = $2, attempts = attempts + 1
           WHERE id = (SELECT id FROM jobs
                        WHERE done_at IS NULL AND run_at <= $1
@@ -68,7 +68,7 @@ pub async fn complete(
     id: i64,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    diesel::sql_query("UPDATE jobs SET done_at = $2, leased_until = NULL WHERE id = $1")
+    super::prepared::prepared("UPDATE jobs SET done_at = $2, leased_until = NULL WHERE id = $1")
         .bind::<BigInt, _>(id)
         .bind::<Timestamptz, _>(now)
         .execute(conn)
@@ -83,7 +83,7 @@ pub async fn fail(
     error: &str,
     retry_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    diesel::sql_query(
+    super::prepared::prepared(
         "UPDATE jobs SET last_error = $2, run_at = $3, leased_until = NULL WHERE id = $1",
     )
     .bind::<BigInt, _>(id)
@@ -100,8 +100,10 @@ pub async fn prune(
     conn: &mut AsyncPgConnection,
     before: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
-    Ok(diesel::sql_query("DELETE FROM jobs WHERE done_at < $1")
-        .bind::<Timestamptz, _>(before)
-        .execute(conn)
-        .await?)
+    Ok(
+        super::prepared::prepared("DELETE FROM jobs WHERE done_at < $1")
+            .bind::<Timestamptz, _>(before)
+            .execute(conn)
+            .await?,
+    )
 }

@@ -26,12 +26,13 @@ impl SessionLock {
             #[diesel(sql_type = Bool)]
             got: bool,
         }
-        let got: Got =
-            diesel::sql_query("SELECT pg_try_advisory_lock(hashtextextended($1, $2)) AS got")
-                .bind::<Text, _>(&key)
-                .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
-                .get_result(&mut conn)
-                .await?;
+        let got: Got = super::prepared::prepared(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, $2)) AS got",
+        )
+        .bind::<Text, _>(&key)
+        .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
+        .get_result(&mut conn)
+        .await?;
         if !got.got {
             // Nothing held: the connection goes back to the pool as usual.
             return Ok(None);
@@ -51,7 +52,7 @@ impl SessionLock {
     /// Unlocks and returns the connection to the pool.
     pub async fn release(mut self) -> Result<(), StoreError> {
         let key = std::mem::take(&mut self.key);
-        diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended($1, $2))")
+        super::prepared::prepared("SELECT pg_advisory_unlock(hashtextextended($1, $2))")
             .bind::<Text, _>(&key)
             .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
             .execute(self.conn())

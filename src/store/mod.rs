@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod payments;
 pub mod plans;
 pub mod pql;
+pub mod prepared;
 pub mod revenue;
 pub mod schema;
 pub mod settlements;
@@ -337,7 +338,7 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
 /// Round-trips a trivial query: the readiness probe.
 pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
     let mut conn = pool.get().await?;
-    diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+    prepared::prepared("SELECT 1").execute(&mut conn).await?;
     Ok(())
 }
 

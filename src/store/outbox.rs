@@ -78,7 +78,7 @@ pub async fn sequence(conn: &mut AsyncPgConnection) -> Result<i64, StoreError> {
             // unnumbered, wait for them, and would renumber them. It skips them instead, and a
             // round that numbered fewer rows than it chose rolls back (its numbers would leave
             // a gap that readers wait at forever); the next round numbers the rest.
-            let done: Numbered = diesel::sql_query(
+            let done: Numbered = super::prepared::prepared(
                 "WITH todo AS (
                     SELECT account, id, row_number() OVER (ORDER BY id) AS rn
                       FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $2),

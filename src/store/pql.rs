@@ -111,7 +111,7 @@ pub async fn lock_accounts(
     let mut sorted = accounts.to_vec();
     sorted.sort();
     sorted.dedup();
-    diesel::sql_query(
+    super::prepared::prepared(
         "SELECT pg_advisory_xact_lock(hashtextextended('pql/' || a, 0))
            FROM unnest($1::text[]) WITH ORDINALITY AS u(a, n) ORDER BY n",
     )
@@ -213,7 +213,7 @@ pub async fn active_days(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<HashMap<String, u32>, StoreError> {
-    let rows: Vec<DaysRow> = diesel::sql_query(if super::citus::active() {
+    let rows: Vec<DaysRow> = super::prepared::prepared(if super::citus::active() {
         "SELECT r.account, COUNT(DISTINCT date_trunc('day', r.bucket))::int8 AS days
            FROM usage_rollups r
           WHERE r.account = ANY($1) AND r.bucket >= $2 AND r.bucket < $3
@@ -265,7 +265,7 @@ pub async fn funnel(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<FunnelRow>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT a.account, p.activated_at, p.first_pql_at, p.best_tier, p.converted_at,
                 p.attribution,
                 (SELECT MIN(m.at) FROM revenue_movements m

@@ -174,7 +174,7 @@ pub async fn mrr_before(
     conn: &mut AsyncPgConnection,
     at: DateTime<Utc>,
 ) -> Result<Vec<(String, Decimal, String)>, StoreError> {
-    let rows: Vec<MrrAt> = diesel::sql_query(
+    let rows: Vec<MrrAt> = super::prepared::prepared(
         "SELECT DISTINCT ON (account) account, mrr_after AS mrr, currency
            FROM revenue_movements WHERE at < $1
           ORDER BY account, at DESC, id DESC",

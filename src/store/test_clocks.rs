@@ -31,7 +31,7 @@ pub async fn insert(
     frozen_time: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<TestClockRow, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "INSERT INTO test_clocks (id, name, frozen_time, status, created_at)
          VALUES ($1, $2, $3, 'ready', $4)
          RETURNING id, name, frozen_time, status, created_at",
@@ -49,7 +49,7 @@ pub async fn find_by_id(
     id: &str,
 ) -> Result<Option<TestClockRow>, StoreError> {
     use diesel::OptionalExtension;
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT id, name, frozen_time, status, created_at FROM test_clocks WHERE id = $1",
     )
     .bind::<Text, _>(id)
@@ -65,7 +65,7 @@ pub async fn set(
     frozen_time: DateTime<Utc>,
     status: &str,
 ) -> Result<(), StoreError> {
-    diesel::sql_query("UPDATE test_clocks SET frozen_time = $2, status = $3 WHERE id = $1")
+    super::prepared::prepared("UPDATE test_clocks SET frozen_time = $2, status = $3 WHERE id = $1")
         .bind::<Text, _>(id)
         .bind::<Timestamptz, _>(frozen_time)
         .bind::<Text, _>(status)
@@ -87,7 +87,7 @@ pub async fn times_of_accounts(
     conn: &mut AsyncPgConnection,
     accounts: &[String],
 ) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
-    let rows: Vec<AccountTime> = diesel::sql_query(
+    let rows: Vec<AccountTime> = super::prepared::prepared(
         "SELECT a.account, c.frozen_time
            FROM accounts a JOIN test_clocks c ON c.id = a.test_clock
           WHERE a.account = ANY($1)",
@@ -112,11 +112,12 @@ pub async fn accounts_of(
     conn: &mut AsyncPgConnection,
     id: &str,
 ) -> Result<Vec<String>, StoreError> {
-    let rows: Vec<AccountName> =
-        diesel::sql_query("SELECT account FROM accounts WHERE test_clock = $1 ORDER BY account")
-            .bind::<Text, _>(id)
-            .load(conn)
-            .await?;
+    let rows: Vec<AccountName> = super::prepared::prepared(
+        "SELECT account FROM accounts WHERE test_clock = $1 ORDER BY account",
+    )
+    .bind::<Text, _>(id)
+    .load(conn)
+    .await?;
     Ok(rows.into_iter().map(|r| r.account).collect())
 }
 
@@ -133,7 +134,7 @@ pub async fn next_due(
     id: &str,
     after: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
-    let row: Due = diesel::sql_query(
+    let row: Due = super::prepared::prepared(
         "SELECT MIN(at) AS at FROM (
              SELECT CASE WHEN s.status = 'trialing' THEN s.trial_end ELSE s.period_end END AS at
                FROM subscriptions s JOIN accounts a ON a.account = s.account
@@ -157,7 +158,7 @@ pub async fn attach(
     account: &str,
     id: &str,
 ) -> Result<(), StoreError> {
-    diesel::sql_query("UPDATE accounts SET test_clock = $2 WHERE account = $1")
+    super::prepared::prepared("UPDATE accounts SET test_clock = $2 WHERE account = $1")
         .bind::<Text, _>(account)
         .bind::<Text, _>(id)
         .execute(conn)

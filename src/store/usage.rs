@@ -101,7 +101,7 @@ pub async fn find_by_account_and_range(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<BTreeMap<String, RangeAggregate>, StoreError> {
-    let rows: Vec<RangeRow> = diesel::sql_query(
+    let rows: Vec<RangeRow> = super::prepared::prepared(
         r#"SELECT meter,
                   SUM(event_count)::int8 AS event_count,
                   SUM(value_sum) AS value_sum,
@@ -123,7 +123,7 @@ pub async fn find_by_account_and_range(
     .bind::<Timestamptz, _>(to)
     .load(conn)
     .await?;
-    let uniques: Vec<UniqueRow> = diesel::sql_query(
+    let uniques: Vec<UniqueRow> = super::prepared::prepared(
         "SELECT meter, COUNT(DISTINCT key)::int8 AS n
            FROM usage_unique_keys
           WHERE account = $1 AND bucket >= $2 AND bucket < $3
@@ -164,7 +164,7 @@ pub struct EventTypeRow {
 
 /// Every event type seen, summed over accounts (a governance report, not a hot path).
 pub async fn event_types(conn: &mut AsyncPgConnection) -> Result<Vec<EventTypeRow>, StoreError> {
-    Ok(diesel::sql_query(
+    Ok(super::prepared::prepared(
         "SELECT event_type, SUM(event_count)::int8 AS event_count, COUNT(*)::int8 AS accounts,
                 MIN(first_seen_at) AS first_seen_at, MAX(last_seen_at) AS last_seen_at
            FROM event_type_counts
@@ -230,7 +230,7 @@ pub async fn find_by_accounts_and_ranges(
         return Ok(out);
     }
     let (accounts, froms, tos) = columns(ranges);
-    let uniques: Vec<BulkUniqueRow> = diesel::sql_query(if super::citus::active() {
+    let uniques: Vec<BulkUniqueRow> = super::prepared::prepared(if super::citus::active() {
         "SELECT k.account, k.meter, COUNT(DISTINCT k.key)::int8 AS n
            FROM usage_unique_keys k
            JOIN UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS p(account, s, e)
@@ -285,7 +285,7 @@ pub async fn rollups_by_accounts_and_ranges(
     meters: &MeterSelection,
 ) -> Result<BTreeMap<String, BTreeMap<String, AggregateState>>, StoreError> {
     let (accounts, froms, tos) = columns(ranges);
-    let rows: Vec<BulkRangeRow> = diesel::sql_query(if super::citus::active() {
+    let rows: Vec<BulkRangeRow> = super::prepared::prepared(if super::citus::active() {
         r#"SELECT r.account, r.meter,
                   SUM(r.event_count)::int8 AS event_count,
                   SUM(r.value_sum) AS value_sum,
@@ -366,7 +366,7 @@ pub async fn unique_keys_written_since(
     let froms: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.1).collect();
     let tos: Vec<DateTime<Utc>> = ranges.iter().map(|r| r.2).collect();
     let sinces: Vec<Option<DateTime<Utc>>> = ranges.iter().map(|r| r.3).collect();
-    Ok(diesel::sql_query(if super::citus::active() {
+    Ok(super::prepared::prepared(if super::citus::active() {
         "SELECT DISTINCT k.account, k.meter, k.key
            FROM usage_unique_keys k
            JOIN UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
@@ -403,7 +403,7 @@ struct NowRow {
 
 /// The database's clock (the start of this statement).
 pub async fn database_now(conn: &mut AsyncPgConnection) -> Result<DateTime<Utc>, StoreError> {
-    let r: NowRow = diesel::sql_query("SELECT statement_timestamp() AS now")
+    let r: NowRow = super::prepared::prepared("SELECT statement_timestamp() AS now")
         .get_result(conn)
         .await?;
     Ok(r.now)

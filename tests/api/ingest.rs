@@ -453,3 +453,67 @@ async fn stored_events_can_be_read_back_per_account() {
     let (status, _) = app.get(&checker, "/v1/events?account=acme").await;
     assert_eq!(status, 403);
 }
+
+/// The hand-written statements of the write path are parsed once per connection and kept
+/// (`store::prepared`): three ingest writes on one connection leave each of their statements
+/// prepared once in that session, under one name, rather than prepared and closed each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_statement_is_prepared_once_per_connection_and_reused() {
+    use accrue::store::{accounts, events};
+    use diesel::sql_types::{BigInt, Text};
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Kept {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let app = spawn_app().await;
+    let mut conn = app.ctx.pool.get().await.unwrap();
+    let now = chrono::Utc::now();
+    for round in 0..3 {
+        let ids = [format!("acct-{round}"), format!("acct-{round}-b")];
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        accounts::ensure_many(&mut conn, &ids, now).await.unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        counts.insert(
+            (ids[0].to_owned(), "api.request".to_owned()),
+            events::TypeCount {
+                count: round + 1,
+                first_at: now,
+                last_at: now,
+            },
+        );
+        events::add_to_type_counts(&mut conn, &counts)
+            .await
+            .unwrap();
+    }
+    for (statement, pattern) in [
+        (
+            "the accounts insert",
+            "INSERT INTO accounts (account, created_at, updated_at)%",
+        ),
+        (
+            "the type-count upsert",
+            "INSERT INTO event_type_counts AS c%",
+        ),
+    ] {
+        let kept: Kept = diesel::sql_query(
+            "SELECT count(*)::int8 AS n FROM pg_prepared_statements WHERE statement LIKE $1",
+        )
+        .bind::<Text, _>(pattern)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            kept.n, 1,
+            "{statement}: prepared statements kept in the session"
+        );
+    }
+    // And the writes did what they say: three accounts' counts of 1, 2 and 3.
+    assert_eq!(
+        app.db
+            .count("(SELECT SUM(event_count) FROM event_type_counts)::int8")
+            .await,
+        6
+    );
+}
