@@ -1186,12 +1186,44 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(accrue::jobs::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::outbox::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::pql::run_forever(ctx.clone()));
+    // The grace is counted from the stop signal: what the HTTP server's own wait used of it
+    // is not waited again for the ingest lanes.
+    let signaled = std::sync::Arc::new(std::sync::OnceLock::new());
+    tokio::spawn(note_stop_signal(signaled.clone()));
     http::server(ctx.clone(), listener, None)?.await?;
     let grace = std::time::Duration::from_secs(http::SHUTDOWN_GRACE_SECS);
-    match ctx.ingest.drain(grace).await {
+    let spent = signaled
+        .get()
+        .map(std::time::Instant::elapsed)
+        .unwrap_or_default();
+    match ctx.ingest.drain(grace.saturating_sub(spent)).await {
         0 => {}
         left => tracing::error!(events = left, "stopping with events not yet committed"),
     }
     tracing::info!("accrue stopped");
     Ok(())
+}
+
+/// Records when the first SIGTERM or SIGINT arrived (the HTTP server stops on the same
+/// signals).
+async fn note_stop_signal(at: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    let _ = at.set(std::time::Instant::now());
 }

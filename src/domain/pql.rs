@@ -320,7 +320,8 @@ impl RevOps {
                 Rule::Meter { window_days, .. } | Rule::ActiveDays { window_days, .. } => {
                     Some(*window_days)
                 }
-                _ => None,
+                // No meter read over a window (listed, so a new rule must say what it reads).
+                Rule::QuotaFraction { .. } | Rule::Icp | Rule::BusinessEmail => None,
             })
             .collect();
         w.extend(self.zone_raises.iter().map(|z| z.window_days));
@@ -339,7 +340,11 @@ impl RevOps {
                     window_days: w,
                     ..
                 } if *w == window_days => Some(meter.as_str()),
-                _ => None,
+                Rule::Meter { .. }
+                | Rule::ActiveDays { .. }
+                | Rule::QuotaFraction { .. }
+                | Rule::Icp
+                | Rule::BusinessEmail => None,
             })
             .collect();
         m.extend(
@@ -358,7 +363,9 @@ impl RevOps {
             .iter()
             .filter_map(|s| match &s.rule {
                 Rule::QuotaFraction { meter, .. } => Some(meter.as_str()),
-                _ => None,
+                Rule::Meter { .. } | Rule::ActiveDays { .. } | Rule::Icp | Rule::BusinessEmail => {
+                    None
+                }
             })
             .collect();
         m.into_iter().map(str::to_owned).collect()
@@ -695,5 +702,43 @@ mod tests {
                 .any(|x| x.field.ends_with(".meter") && x.message.contains("nope")),
             "{e:?}"
         );
+    }
+
+    /// Scoring reads only the meters `meters_over` and `quota_meters` name (the service reads
+    /// no others): with every meter of every window at a high value, the score and the routing
+    /// are the same whether the inputs hold every meter or only those.
+    #[test]
+    fn the_meters_a_score_reads_are_exactly_those_it_selects() {
+        let c = cfg();
+        let windows: Vec<u32> = c.windows().into_iter().collect();
+        let mut every = Inputs {
+            employees: Some(40),
+            on_free_plan: true,
+            ..Inputs::default()
+        };
+        for m in meters() {
+            for w in &windows {
+                every
+                    .meters
+                    .insert((m.clone(), *w), Decimal::from(1_000_000));
+            }
+            every
+                .quota
+                .insert(m, (Decimal::from(99), Decimal::from(100)));
+        }
+        let mut selected = every.clone();
+        selected
+            .meters
+            .retain(|(m, w), _| c.meters_over(*w).contains(m));
+        let quota = c.quota_meters();
+        selected.quota.retain(|m, _| quota.contains(m));
+        assert!(
+            selected.meters.len() < every.meters.len(),
+            "the selection narrows"
+        );
+        assert_eq!(score(&c, &selected), score(&c, &every));
+        assert_eq!(route(&c, &selected), route(&c, &every));
+        // And it can tell: a rubric whose signals all read meters scores some of them.
+        assert!(score(&c, &every).breakdown.iter().any(|b| b.met));
     }
 }

@@ -535,7 +535,7 @@ pub struct CloseReport {
 }
 
 /// Accounts moved per transaction by the sweep.
-const CLOSE_BATCH: usize = 500;
+pub const CLOSE_BATCH: usize = 500;
 /// Batches closed at once by one sweep, each on its own connection.
 const CLOSE_WORKERS: usize = 2;
 /// Due accounts read per query (several transactions' worth: the query sorts what is due).

@@ -65,14 +65,16 @@ impl RangeAggregate {
 /// reading or their distinct keys. Those two cost a sort per account and meter (the sums,
 /// counts and extremes do not), so a read asks for them only where a meter's aggregation
 /// uses them; the other meters come back with no latest reading and no distinct count.
-#[derive(Debug, Clone, Default)]
+/// Built only by [`MeterSelection::new`], which derives the latest and distinct-key meters
+/// from the aggregations: a selection that left them out would value those meters at 0.
+#[derive(Debug, Clone)]
 pub struct MeterSelection {
     /// Only these meters; `None` reads every meter.
-    pub only: Option<Vec<String>>,
+    only: Option<Vec<String>>,
     /// Meters valued by their latest reading.
-    pub latest: Vec<String>,
+    latest: Vec<String>,
     /// Meters counting distinct keys.
-    pub unique: Vec<String>,
+    unique: Vec<String>,
 }
 
 impl MeterSelection {
@@ -205,7 +207,8 @@ pub struct UniqueKey {
 }
 
 /// Per account, per meter: the aggregate and distinct count over each account's own range, in
-/// two queries (billing's period close and PQL scoring read many accounts this way). `ranges`
+/// one query, and a second for the distinct keys when the selection has a unique-count meter
+/// (billing's period close and PQL scoring read many accounts this way). `ranges`
 /// are (account, from, to).
 pub async fn find_by_accounts_and_ranges(
     conn: &mut AsyncPgConnection,

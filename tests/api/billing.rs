@@ -296,7 +296,8 @@ async fn one_sweep_over_several_concurrent_batches_bills_each_account_its_own_us
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("ingest,billing", None).await;
-    let n = 1100; // three batches of at most 500
+    // More than two batches hold, so at least three (two at once).
+    let n = 2 * accrue::services::lifecycle::CLOSE_BATCH + 100;
     let mut evs = Vec::new();
     for i in 0..n {
         let account = format!("s{i:03}");

@@ -517,3 +517,83 @@ async fn a_fixed_statement_is_prepared_once_per_connection_and_reused() {
         6
     );
 }
+
+fn split_batch(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            ev(
+                &format!("{prefix}-{i}"),
+                &format!("split-{i}"),
+                "api.request",
+                json!({}),
+            )
+        })
+        .collect()
+}
+
+/// `IngestPipeline::drain` (what `serve` runs at shutdown): a request over many accounts is
+/// split across the ingest lanes; dropped while one lane waits on a row lock, it leaves that
+/// lane's part queued. A drain that runs out of time first reports the events left; one that
+/// has the time returns only once the held part is committed, and the batch is stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_waits_until_the_lanes_commit_the_parts_of_a_dropped_request() {
+    use diesel_async::SimpleAsyncConnection;
+    use std::time::{Duration, Instant};
+    const N: usize = 16;
+    let app = spawn_app().await;
+    let seeded = accrue::services::ingest::ingest(&app.ctx, split_batch("seed", N), None)
+        .await
+        .unwrap();
+    assert_eq!(seeded.accepted, N);
+    // One account's rollup row held: the lane that owns it waits on the lock.
+    let mut holder = app.db.conn().await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM usage_rollups WHERE account = 'split-0' FOR UPDATE")
+        .await
+        .unwrap();
+    let ctx = app.ctx.clone();
+    let request = tokio::spawn(async move {
+        accrue::services::ingest::ingest(&ctx, split_batch("s", N), None).await
+    });
+    let stored = || {
+        app.db
+            .count("(SELECT count(*) FROM events WHERE id LIKE 's-%')::int8")
+    };
+    let waited = Instant::now();
+    while stored().await == 0 && waited.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = stored().await;
+    assert!(
+        before > 0 && before < N as i64,
+        "the other lanes committed their parts, the held one not: {before} of {N}"
+    );
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+
+    let left = app.ctx.ingest.drain(Duration::from_millis(300)).await;
+    assert_eq!(
+        left as i64,
+        N as i64 - before,
+        "the held part is reported left"
+    );
+
+    let started = Instant::now();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        holder.batch_execute("ROLLBACK").await.unwrap();
+    });
+    assert_eq!(app.ctx.ingest.drain(Duration::from_secs(20)).await, 0);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the drain returned before the held part could commit: {:?}",
+        started.elapsed()
+    );
+    release.await.unwrap();
+    assert_eq!(
+        stored().await,
+        N as i64,
+        "the dropped batch is stored whole"
+    );
+}
