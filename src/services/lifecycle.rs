@@ -368,20 +368,25 @@ impl Effects {
         store::generic_plans(c).await?;
         let ids = subs::insert_changes(c, &self.changes).await?;
         store::custom_plans(c).await?;
-        let numbers = billing::issue(ctx, c, &self.drafts).await?;
-        let inputs: Vec<revenue::MrrInput> = self
+        // Each MRR input's reference: a change's id (known now) or a draft's invoice number
+        // (known once numbered).
+        enum Ref {
+            Known(i64),
+            Draft(usize),
+        }
+        let drafts = self.drafts.len();
+        let inputs: Vec<revenue::MrrInput<Ref>> = self
             .revenue
             .into_iter()
             .filter_map(|p| {
                 let reference = match p.reference {
-                    MrrRef::Change(id) => ("subscription_change", id),
-                    MrrRef::ChangeAt(kind, at) => (
-                        "subscription_change",
+                    MrrRef::Change(id) => Ref::Known(id),
+                    MrrRef::ChangeAt(kind, at) => Ref::Known(
                         ids.iter()
                             .find(|(a, k, t, _)| *a == p.account && k == kind && *t == at)?
                             .3,
                     ),
-                    MrrRef::Draft(i) => ("invoice", *numbers.get(i)?),
+                    MrrRef::Draft(i) => Ref::Draft((i < drafts).then_some(i)?),
                 };
                 Some(revenue::MrrInput {
                     account: p.account,
@@ -393,7 +398,15 @@ impl Effects {
                 })
             })
             .collect();
-        revenue::record(ctx, c, &inputs).await?;
+        // The MRR needs no invoice number: written before the numbering takes the gap-free
+        // counter, whose lock every other close batch waits on until this one commits.
+        let moved = revenue::apply(ctx, c, &inputs).await?;
+        let numbers = billing::issue(ctx, c, &self.drafts).await?;
+        revenue::write_movements(c, moved, |i| match inputs[i].reference {
+            Ref::Known(id) => Some(("subscription_change", id)),
+            Ref::Draft(d) => numbers.get(d).map(|n| ("invoice", *n)),
+        })
+        .await?;
         Ok(numbers)
     }
 }
@@ -810,10 +823,10 @@ async fn close_accounts(
             }
         }
         subs::save_many(c, &moved).await?;
-        let issued = fx.drafts.len();
-        fx.flush(ctx, c).await?;
         let accounts: Vec<String> = moved.iter().map(|r| r.account.clone()).collect();
         store::billing_errors::resolve(c, &accounts, now).await?;
+        let issued = fx.drafts.len();
+        fx.flush(ctx, c).await?;
         Ok((moved.len(), issued))
     })
     .await

@@ -61,7 +61,7 @@ impl Cause {
 
 /// What an account pays for after an event, and what caused it.
 #[derive(Debug, Clone)]
-pub struct MrrInput {
+pub struct MrrInput<R = (&'static str, i64)> {
     pub account: String,
     pub at: DateTime<Utc>,
     pub cause: Cause,
@@ -69,8 +69,9 @@ pub struct MrrInput {
     pub plan: Option<(PlanRef, u32)>,
     /// A period that just closed: its usage revenue (not normalized) replaces the usage part.
     pub usage: Option<Decimal>,
-    /// (`subscription_change` | `invoice` | `dunning_step`, id).
-    pub reference: (&'static str, i64),
+    /// (`subscription_change` | `invoice` | `dunning_step`, id), or what resolves to it
+    /// ([`write_movements`]).
+    pub reference: R,
 }
 
 /// Recomputes the MRR of each input's account (in order) and writes a movement, with its
@@ -80,8 +81,41 @@ pub async fn record(
     c: &mut AsyncPgConnection,
     inputs: &[MrrInput],
 ) -> Result<usize, StoreError> {
+    let moved = apply(ctx, c, inputs).await?;
+    write_movements(c, moved, |i| Some(inputs[i].reference)).await
+}
+
+/// MRR movements computed and not written yet ([`apply`], then [`write_movements`]).
+#[derive(Debug, Default)]
+pub struct Moved {
+    /// Each with the index of the input that made it.
+    movements: Vec<(usize, Movement0)>,
+}
+
+/// A movement before its reference is known.
+#[derive(Debug)]
+struct Movement0 {
+    account: String,
+    at: DateTime<Utc>,
+    kind: &'static str,
+    cause: &'static str,
+    before: Decimal,
+    after: Decimal,
+    currency: String,
+}
+
+/// The first half of [`record`]: recomputes and writes the accounts' MRR (and the PQL
+/// conversions of accounts that start paying), and returns the movements to write. Nothing
+/// here reads an input's `reference`, so a caller whose references are not known yet (the
+/// period close's invoice numbers, taken under the gap-free counter's lock) writes this part
+/// before taking them.
+pub async fn apply<R>(
+    ctx: &Ctx,
+    c: &mut AsyncPgConnection,
+    inputs: &[MrrInput<R>],
+) -> Result<Moved, StoreError> {
     if inputs.is_empty() {
-        return Ok(0);
+        return Ok(Moved::default());
     }
     let mut accounts: Vec<String> = inputs.iter().map(|i| i.account.clone()).collect();
     accounts.sort_unstable();
@@ -94,9 +128,8 @@ pub async fn record(
     let mut touched = Vec::new();
     let mut conversions = Vec::new();
     let mut movements = Vec::new();
-    let mut events = Vec::new();
     let plans = ctx.plans();
-    for inp in inputs {
+    for (index, inp) in inputs.iter().enumerate() {
         let plan = inp
             .plan
             .as_ref()
@@ -128,34 +161,17 @@ pub async fn record(
                 let self_serve = plan.is_none_or(|(p, _)| p.self_serve);
                 conversions.push((inp.account.clone(), inp.at, self_serve));
             }
-            let cause = inp.cause.name(before, after);
-            let kind = kind_name(kind);
-            movements.push(NewMovement {
-                account: inp.account.clone(),
-                at: inp.at,
-                kind: kind.to_owned(),
-                cause: cause.to_owned(),
-                mrr_before: before,
-                mrr_after: after,
-                currency: currency.clone(),
-                ref_kind: inp.reference.0.to_owned(),
-                ref_id: inp.reference.1,
-            });
-            events.push(outbox::event(
-                &inp.account,
-                "revenue.movement",
-                json!({
-                    "account": inp.account,
-                    "kind": kind,
-                    "cause": cause,
-                    "mrr_before": at_scale(before, &currency).to_string(),
-                    "mrr_after": at_scale(after, &currency).to_string(),
-                    "delta": (at_scale(after, &currency) - at_scale(before, &currency)).to_string(),
-                    "currency": currency,
-                    "at": crate::domain::ts::format(&inp.at),
-                    "ref": {"kind": inp.reference.0, "id": inp.reference.1},
-                }),
-                inp.at,
+            movements.push((
+                index,
+                Movement0 {
+                    account: inp.account.clone(),
+                    at: inp.at,
+                    kind: kind_name(kind),
+                    cause: inp.cause.name(before, after),
+                    before,
+                    after,
+                    currency: currency.clone(),
+                },
             ));
         }
         st.had_mrr |= !after.is_zero();
@@ -173,10 +189,60 @@ pub async fn record(
     // Bulk writes: their foreign-key checks may reuse generic plans (`store::generic_plans`).
     crate::store::generic_plans(c).await?;
     rev_store::upsert_many(c, &rows).await?;
-    rev_store::insert_movements(c, &movements).await?;
     crate::store::custom_plans(c).await?;
     super::pql::on_conversions(c, &conversions).await?;
+    Ok(Moved { movements })
+}
+
+/// The second half of [`record`]: writes the movements [`apply`] computed, each with its
+/// outbox event, referencing what `reference` says of the input that made it (a movement whose
+/// input has no reference is not written). Returns how many were written.
+pub async fn write_movements(
+    c: &mut AsyncPgConnection,
+    moved: Moved,
+    reference: impl Fn(usize) -> Option<(&'static str, i64)>,
+) -> Result<usize, StoreError> {
+    let mut movements = Vec::with_capacity(moved.movements.len());
+    let mut events = Vec::with_capacity(moved.movements.len());
+    for (index, m) in moved.movements {
+        let Some((ref_kind, ref_id)) = reference(index) else {
+            tracing::error!(account = %m.account, "an MRR movement without its reference is not written");
+            continue;
+        };
+        let (before, after) = (
+            at_scale(m.before, &m.currency),
+            at_scale(m.after, &m.currency),
+        );
+        events.push(outbox::event(
+            &m.account,
+            "revenue.movement",
+            json!({
+                "account": m.account,
+                "kind": m.kind,
+                "cause": m.cause,
+                "mrr_before": before.to_string(),
+                "mrr_after": after.to_string(),
+                "delta": (after - before).to_string(),
+                "currency": m.currency,
+                "at": crate::domain::ts::format(&m.at),
+                "ref": {"kind": ref_kind, "id": ref_id},
+            }),
+            m.at,
+        ));
+        movements.push(NewMovement {
+            account: m.account,
+            at: m.at,
+            kind: m.kind.to_owned(),
+            cause: m.cause.to_owned(),
+            mrr_before: m.before,
+            mrr_after: m.after,
+            currency: m.currency,
+            ref_kind: ref_kind.to_owned(),
+            ref_id,
+        });
+    }
     crate::store::generic_plans(c).await?;
+    rev_store::insert_movements(c, &movements).await?;
     crate::store::outbox::insert_events(c, &events).await?;
     crate::store::custom_plans(c).await?;
     Ok(movements.len())

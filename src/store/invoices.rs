@@ -140,22 +140,72 @@ pub async fn issue(
             });
         }
     }
-    // Chunks keep each statement under PostgreSQL's bind-parameter limit.
-    for chunk in rows.chunks(2000) {
-        diesel::insert_into(invoices::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
-    for chunk in registry.chunks(5000) {
-        diesel::insert_into(invoice_numbers::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
+    insert_invoices(conn, &rows).await?;
+    if super::citus::active() {
+        // Chunks keep each statement under PostgreSQL's bind-parameter limit.
+        for chunk in registry.chunks(5000) {
+            diesel::insert_into(invoice_numbers::table)
+                .values(chunk)
+                .execute(conn)
+                .await?;
+        }
+    } else {
+        super::prepared::prepared(
+            "INSERT INTO invoice_numbers (number, account)
+             SELECT * FROM UNNEST($1::int8[], $2::text[])",
+        )
+        .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.number).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| r.account.clone()).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
     }
     insert_lines(conn, &lines).await?;
     super::custom_plans(conn).await?;
     Ok(rows.iter().map(|r| r.number).collect())
+}
+
+/// Writes invoice rows: on one PostgreSQL in one statement over arrays, on Citus as `VALUES`
+/// in chunks (as [`insert_lines`], for the same reasons).
+async fn insert_invoices(
+    conn: &mut AsyncPgConnection,
+    rows: &[InvoiceRow],
+) -> Result<(), StoreError> {
+    if super::citus::active() {
+        for chunk in rows.chunks(2000) {
+            diesel::insert_into(invoices::table)
+                .values(chunk)
+                .execute(conn)
+                .await?;
+        }
+        return Ok(());
+    }
+    let text = |f: fn(&InvoiceRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+    let ts = |f: fn(&InvoiceRow) -> DateTime<Utc>| rows.iter().map(f).collect::<Vec<_>>();
+    let int = |f: fn(&InvoiceRow) -> i32| rows.iter().map(f).collect::<Vec<_>>();
+    super::prepared::prepared(
+        "INSERT INTO invoices (account, number, kind, period_start, period_end, plan,
+                plan_version, seats, currency, total, status, collection, issued_at, period_share)
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::timestamptz[],
+                $5::timestamptz[], $6::text[], $7::int4[], $8::int4[], $9::text[],
+                $10::numeric[], $11::text[], $12::text[], $13::timestamptz[], $14::numeric[])",
+    )
+    .bind::<Array<Text>, _>(text(|r| &r.account))
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.number).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(text(|r| &r.kind))
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.period_start))
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.period_end))
+    .bind::<Array<Text>, _>(text(|r| &r.plan))
+    .bind::<Array<Integer>, _>(int(|r| r.plan_version))
+    .bind::<Array<Integer>, _>(int(|r| r.seats))
+    .bind::<Array<Text>, _>(text(|r| &r.currency))
+    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.total).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(text(|r| &r.status))
+    .bind::<Array<Text>, _>(text(|r| &r.collection))
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.issued_at))
+    .bind::<Array<Nullable<Numeric>>, _>(rows.iter().map(|r| r.period_share).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Writes invoice lines. On one PostgreSQL in one statement over 13 arrays (`UNNEST`): a

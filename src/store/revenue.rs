@@ -5,7 +5,7 @@ use super::schema::{account_mrr, revenue_movements};
 use super::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Numeric, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Numeric, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -32,24 +32,47 @@ pub async fn find_by_accounts(
         .await?)
 }
 
-/// Writes the accounts' MRR (one row per account in `rows`).
+/// Writes the accounts' MRR (one row per account in `rows`): on one PostgreSQL in one
+/// statement over arrays, on Citus as `VALUES` in chunks (see `store::invoices`).
 pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[MrrRow]) -> Result<(), StoreError> {
     use diesel::upsert::excluded;
-    for chunk in rows.chunks(2000) {
-        diesel::insert_into(account_mrr::table)
-            .values(chunk)
-            .on_conflict(account_mrr::account)
-            .do_update()
-            .set((
-                account_mrr::mrr.eq(excluded(account_mrr::mrr)),
-                account_mrr::usage_mrr.eq(excluded(account_mrr::usage_mrr)),
-                account_mrr::currency.eq(excluded(account_mrr::currency)),
-                account_mrr::had_mrr.eq(excluded(account_mrr::had_mrr)),
-                account_mrr::updated_at.eq(excluded(account_mrr::updated_at)),
-            ))
-            .execute(conn)
-            .await?;
+    if rows.is_empty() {
+        return Ok(());
     }
+    if super::citus::active() {
+        for chunk in rows.chunks(2000) {
+            diesel::insert_into(account_mrr::table)
+                .values(chunk)
+                .on_conflict(account_mrr::account)
+                .do_update()
+                .set((
+                    account_mrr::mrr.eq(excluded(account_mrr::mrr)),
+                    account_mrr::usage_mrr.eq(excluded(account_mrr::usage_mrr)),
+                    account_mrr::currency.eq(excluded(account_mrr::currency)),
+                    account_mrr::had_mrr.eq(excluded(account_mrr::had_mrr)),
+                    account_mrr::updated_at.eq(excluded(account_mrr::updated_at)),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        return Ok(());
+    }
+    super::prepared::prepared(
+        "INSERT INTO account_mrr (account, mrr, usage_mrr, currency, had_mrr, updated_at)
+         SELECT * FROM UNNEST($1::text[], $2::numeric[], $3::numeric[], $4::text[], $5::bool[],
+                $6::timestamptz[])
+         ON CONFLICT (account) DO UPDATE SET mrr = EXCLUDED.mrr, usage_mrr = EXCLUDED.usage_mrr,
+                currency = EXCLUDED.currency, had_mrr = EXCLUDED.had_mrr,
+                updated_at = EXCLUDED.updated_at",
+    )
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.mrr).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.usage_mrr).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Bool>, _>(rows.iter().map(|r| r.had_mrr).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -72,22 +95,61 @@ pub async fn insert_movements(
     conn: &mut AsyncPgConnection,
     rows: &[NewMovement],
 ) -> Result<Vec<(String, DateTime<Utc>, String, i64)>, StoreError> {
-    let mut ids = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(2000) {
-        let got: Vec<(String, DateTime<Utc>, String, i64)> =
-            diesel::insert_into(revenue_movements::table)
-                .values(chunk)
-                .returning((
-                    revenue_movements::account,
-                    revenue_movements::at,
-                    revenue_movements::cause,
-                    revenue_movements::id,
-                ))
-                .get_results(conn)
-                .await?;
-        ids.extend(got);
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(ids)
+    if super::citus::active() {
+        let mut ids = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(2000) {
+            let got: Vec<(String, DateTime<Utc>, String, i64)> =
+                diesel::insert_into(revenue_movements::table)
+                    .values(chunk)
+                    .returning((
+                        revenue_movements::account,
+                        revenue_movements::at,
+                        revenue_movements::cause,
+                        revenue_movements::id,
+                    ))
+                    .get_results(conn)
+                    .await?;
+            ids.extend(got);
+        }
+        return Ok(ids);
+    }
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = Text)]
+        account: String,
+        #[diesel(sql_type = Timestamptz)]
+        at: DateTime<Utc>,
+        #[diesel(sql_type = Text)]
+        cause: String,
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let text = |f: fn(&NewMovement) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+    let got: Vec<Inserted> = super::prepared::prepared(
+        "INSERT INTO revenue_movements (account, at, kind, cause, mrr_before, mrr_after, currency,
+                ref_kind, ref_id)
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[],
+                $5::numeric[], $6::numeric[], $7::text[], $8::text[], $9::int8[])
+         RETURNING account, at, cause, id",
+    )
+    .bind::<Array<Text>, _>(text(|r| &r.account))
+    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(text(|r| &r.kind))
+    .bind::<Array<Text>, _>(text(|r| &r.cause))
+    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.mrr_before).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.mrr_after).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(text(|r| &r.currency))
+    .bind::<Array<Text>, _>(text(|r| &r.ref_kind))
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.ref_id).collect::<Vec<_>>())
+    .load(conn)
+    .await?;
+    Ok(got
+        .into_iter()
+        .map(|r| (r.account, r.at, r.cause, r.id))
+        .collect())
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]

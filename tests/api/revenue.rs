@@ -128,6 +128,33 @@ async fn each_cause_writes_its_movement_with_the_right_kind_and_delta() {
         .await;
     assert_eq!(body["data"][1]["ref_kind"], "invoice");
     assert_eq!(body["data"][0]["ref_kind"], "subscription_change");
+    // The two closes' movements reference those closes' period invoices, by number, in the
+    // ledger and in their outbox events.
+    let (_, invoices) = app.get(&key, "/v1/invoices?account=uses").await;
+    let periods: Vec<i64> = invoices["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "period")
+        .map(|i| i["number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(periods.len(), 2, "{invoices}");
+    for (movement, (cause, number)) in body["data"].as_array().unwrap()[1..]
+        .iter()
+        .zip([("usage_growth", periods[0]), ("usage_decline", periods[1])])
+    {
+        assert_eq!(
+            (movement["cause"].as_str(), movement["ref_id"].as_i64()),
+            (Some(cause), Some(number)),
+            "{movement}"
+        );
+        let sql = format!(
+            "(SELECT COUNT(*) FROM outbox WHERE account = 'uses' AND kind = 'revenue.movement'
+               AND payload->>'cause' = '{cause}' AND payload->'ref'->>'kind' = 'invoice'
+               AND (payload->'ref'->>'id')::int8 = {number})::int8"
+        );
+        assert_eq!(app.db.count(&sql).await, 1, "{cause}'s outbox event");
+    }
     let movements = app
         .db
         .count("(SELECT COUNT(*) FROM revenue_movements)::int8")
