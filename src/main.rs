@@ -1186,11 +1186,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(accrue::jobs::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::outbox::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::pql::run_forever(ctx.clone()));
-    // The grace is counted from the stop signal: what the HTTP server's own wait used of it
-    // is not waited again for the ingest lanes.
+    // The stop signals are handled here, not by actix (`http::server` disables its handling):
+    // they are listened for before the server serves, SIGTERM and SIGINT both stop it
+    // gracefully, a second one stops it at once, and the grace is counted from the first, so
+    // what the HTTP server's wait used of it is not waited again for the ingest lanes.
+    let server = http::server(ctx.clone(), listener, None)?;
     let signaled = std::sync::Arc::new(std::sync::OnceLock::new());
-    tokio::spawn(note_stop_signal(signaled.clone()));
-    http::server(ctx.clone(), listener, None)?.await?;
+    let stops = StopSignals::listen().context("cannot listen for SIGTERM and SIGINT")?;
+    tokio::spawn(stop_on_signals(stops, server.handle(), signaled.clone()));
+    server.await?;
     let grace = std::time::Duration::from_secs(http::SHUTDOWN_GRACE_SECS);
     let spent = signaled
         .get()
@@ -1204,26 +1208,55 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records when the first SIGTERM or SIGINT arrived (the HTTP server stops on the same
-/// signals).
-async fn note_stop_signal(at: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>) {
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is made.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The first stop signal stops the server gracefully (requests in flight finish, within the
+/// grace) and records when it came; a second stops it at once.
+async fn stop_on_signals(
+    mut stops: StopSignals,
+    server: actix_web::dev::ServerHandle,
+    at: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>,
+) {
+    stops.next().await;
+    let _ = at.set(std::time::Instant::now());
+    tracing::info!("stop signal: finishing the requests in flight");
+    let graceful = server.stop(true);
+    tokio::select! {
+        _ = graceful => {}
+        _ = stops.next() => {
+            tracing::warn!("second stop signal: stopping at once");
+            server.stop(false).await;
         }
     }
-    #[cfg(not(unix))]
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
-    let _ = at.set(std::time::Instant::now());
 }

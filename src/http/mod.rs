@@ -274,8 +274,9 @@ fn resource(path: &str, routes: Vec<(&'static str, actix_web::Route)>) -> actix_
     }))
 }
 
-/// Builds the server on an already-bound listener (tests bind port 0). SIGTERM/SIGINT stop it
-/// gracefully: accepted requests finish, new connections are refused.
+/// Builds the server on an already-bound listener (tests bind port 0). It handles no signals:
+/// `accrue serve` stops it through its handle on SIGTERM/SIGINT (gracefully: accepted requests
+/// finish within [`SHUTDOWN_GRACE_SECS`], new connections are refused).
 pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::io::Result<Server> {
     let data = web::Data::new(ctx);
     let mut server = HttpServer::new(move || {
@@ -351,7 +352,9 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
                 }
             })
     })
-    .shutdown_timeout(SHUTDOWN_GRACE_SECS);
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    // `serve` handles SIGTERM and SIGINT itself (graceful on the first, at once on a second).
+    .disable_signals();
     if let Some(w) = workers {
         server = server.workers(w);
     }

@@ -374,7 +374,6 @@ impl Effects {
             Known(i64),
             Draft(usize),
         }
-        let drafts = self.drafts.len();
         let inputs: Vec<revenue::MrrInput<Ref>> = self
             .revenue
             .into_iter()
@@ -386,7 +385,7 @@ impl Effects {
                             .find(|(a, k, t, _)| *a == p.account && k == kind && *t == at)?
                             .3,
                     ),
-                    MrrRef::Draft(i) => Ref::Draft((i < drafts).then_some(i)?),
+                    MrrRef::Draft(i) => Ref::Draft(i),
                 };
                 Some(revenue::MrrInput {
                     account: p.account,
@@ -399,7 +398,8 @@ impl Effects {
             })
             .collect();
         // The MRR needs no invoice number: written before the numbering takes the gap-free
-        // counter, whose lock every other close batch waits on until this one commits.
+        // counter, whose lock every other close batch waits on until this one commits. A
+        // draft without a number fails the transaction (`write_movements`).
         let moved = revenue::apply(ctx, c, &inputs).await?;
         let numbers = billing::issue(ctx, c, &self.drafts).await?;
         revenue::write_movements(c, moved, |i| match inputs[i].reference {

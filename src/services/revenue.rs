@@ -89,12 +89,14 @@ pub async fn record(
 #[derive(Debug, Default)]
 pub struct Moved {
     /// Each with the index of the input that made it.
-    movements: Vec<(usize, Movement0)>,
+    movements: Vec<(usize, PendingMovement)>,
+    /// Accounts that started paying: (account, when, self-serve).
+    conversions: Vec<(String, DateTime<Utc>, bool)>,
 }
 
 /// A movement before its reference is known.
 #[derive(Debug)]
-struct Movement0 {
+struct PendingMovement {
     account: String,
     at: DateTime<Utc>,
     kind: &'static str,
@@ -104,11 +106,13 @@ struct Movement0 {
     currency: String,
 }
 
-/// The first half of [`record`]: recomputes and writes the accounts' MRR (and the PQL
-/// conversions of accounts that start paying), and returns the movements to write. Nothing
-/// here reads an input's `reference`, so a caller whose references are not known yet (the
-/// period close's invoice numbers, taken under the gap-free counter's lock) writes this part
-/// before taking them.
+/// The first half of [`record`]: recomputes and writes the accounts' MRR, and returns the
+/// movements (and PQL conversions) to write. Nothing here reads an input's `reference`, so a
+/// caller whose references are not known yet (the period close's invoice numbers, taken under
+/// the gap-free counter's lock) writes this part before taking them. It takes no lock but the
+/// `account_mrr` rows of accounts whose subscription lock the caller holds: the PQL
+/// conversions, which take the scorer's per-account locks, wait for [`write_movements`], so
+/// every path still takes the invoice counter before any of those.
 pub async fn apply<R>(
     ctx: &Ctx,
     c: &mut AsyncPgConnection,
@@ -163,7 +167,7 @@ pub async fn apply<R>(
             }
             movements.push((
                 index,
-                Movement0 {
+                PendingMovement {
                     account: inp.account.clone(),
                     at: inp.at,
                     kind: kind_name(kind),
@@ -190,24 +194,33 @@ pub async fn apply<R>(
     crate::store::generic_plans(c).await?;
     rev_store::upsert_many(c, &rows).await?;
     crate::store::custom_plans(c).await?;
-    super::pql::on_conversions(c, &conversions).await?;
-    Ok(Moved { movements })
+    Ok(Moved {
+        movements,
+        conversions,
+    })
 }
 
 /// The second half of [`record`]: writes the movements [`apply`] computed, each with its
-/// outbox event, referencing what `reference` says of the input that made it (a movement whose
-/// input has no reference is not written). Returns how many were written.
+/// outbox event, referencing what `reference` says of the input that made it, and the PQL
+/// conversions. Every MRR change has its movement: an input without a reference is an error,
+/// and the caller's transaction (with the MRR [`apply`] wrote) rolls back. Returns how many
+/// movements were written.
 pub async fn write_movements(
     c: &mut AsyncPgConnection,
     moved: Moved,
     reference: impl Fn(usize) -> Option<(&'static str, i64)>,
 ) -> Result<usize, StoreError> {
+    if moved.movements.is_empty() && moved.conversions.is_empty() {
+        return Ok(0);
+    }
     let mut movements = Vec::with_capacity(moved.movements.len());
     let mut events = Vec::with_capacity(moved.movements.len());
     for (index, m) in moved.movements {
         let Some((ref_kind, ref_id)) = reference(index) else {
-            tracing::error!(account = %m.account, "an MRR movement without its reference is not written");
-            continue;
+            return Err(StoreError::Message(format!(
+                "the MRR movement of account `{}` at {} has no reference",
+                m.account, m.at
+            )));
         };
         let (before, after) = (
             at_scale(m.before, &m.currency),
@@ -241,8 +254,12 @@ pub async fn write_movements(
             ref_id,
         });
     }
+    // In the order `record` has always written them: movements, conversions, outbox events.
     crate::store::generic_plans(c).await?;
     rev_store::insert_movements(c, &movements).await?;
+    crate::store::custom_plans(c).await?;
+    super::pql::on_conversions(c, &moved.conversions).await?;
+    crate::store::generic_plans(c).await?;
     crate::store::outbox::insert_events(c, &events).await?;
     crate::store::custom_plans(c).await?;
     Ok(movements.len())

@@ -8,8 +8,9 @@
 //! connection, each execution is one `Bind`/`Execute` round trip with no parsing. The pool's
 //! `plan_cache_mode = force_custom_plan` still plans each execution for its values.
 //!
-//! Statements whose text varies with their input (the multi-row `VALUES` lists used on Citus)
-//! stay `diesel::sql_query`: caching each length would grow without bound.
+//! Statements whose text varies with their input (the multi-row `VALUES` lists used on Citus,
+//! built with `diesel::sql_query` or diesel's insert DSL) are not marked: caching each length
+//! would grow without bound.
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, BoxedSqlQuery, Query, QueryFragment, QueryId, SqlQuery};
