@@ -1191,12 +1191,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // gracefully, a second one stops it at once, and the grace is counted from the first, so
     // what the HTTP server's wait used of it is not waited again for the ingest lanes.
     let server = http::server(ctx.clone(), listener, None)?;
-    let signaled = std::sync::Arc::new(std::sync::OnceLock::new());
+    let stop = std::sync::Arc::new(Stop::default());
     let stops = StopSignals::listen().context("cannot listen for SIGTERM and SIGINT")?;
-    tokio::spawn(stop_on_signals(stops, server.handle(), signaled.clone()));
+    tokio::spawn(stop_on_signals(stops, server.handle(), stop.clone()));
     server.await?;
     let grace = std::time::Duration::from_secs(http::SHUTDOWN_GRACE_SECS);
-    let spent = signaled
+    let spent = stop
+        .first
         .get()
         .map(std::time::Instant::elapsed)
         .unwrap_or_default();
@@ -1241,22 +1242,31 @@ impl StopSignals {
     }
 }
 
+/// How the process was asked to stop.
+#[derive(Default)]
+struct Stop {
+    /// When the first stop signal came.
+    first: std::sync::OnceLock<std::time::Instant>,
+}
+
 /// The first stop signal stops the server gracefully (requests in flight finish, within the
-/// grace) and records when it came; a second stops it at once.
+/// grace) and records when it came; a second ends the process at once (exit status 130), as
+/// actix would not take a second stop before the graceful one ends: transactions in flight
+/// are rolled back by PostgreSQL when their connections close.
 async fn stop_on_signals(
     mut stops: StopSignals,
     server: actix_web::dev::ServerHandle,
-    at: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>,
+    stop: std::sync::Arc<Stop>,
 ) {
     stops.next().await;
-    let _ = at.set(std::time::Instant::now());
+    let _ = stop.first.set(std::time::Instant::now());
     tracing::info!("stop signal: finishing the requests in flight");
     let graceful = server.stop(true);
     tokio::select! {
         _ = graceful => {}
         _ = stops.next() => {
-            tracing::warn!("second stop signal: stopping at once");
-            server.stop(false).await;
+            tracing::warn!("second stop signal: exiting at once");
+            std::process::exit(130);
         }
     }
 }

@@ -282,6 +282,14 @@ impl Server {
             .status();
     }
 
+    /// SIGINT (Ctrl-C).
+    pub fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.pid().to_string())
+            .status();
+    }
+
     /// Waits for the process to exit (up to `limit`).
     pub async fn wait_exit(&mut self, limit: Duration) -> bool {
         let started = std::time::Instant::now();

@@ -468,3 +468,89 @@ async fn sigterm_while_a_lane_is_held_still_commits_every_part_of_a_split_batch(
     assert_eq!(stored().await, N as i64, "the split batch is stored whole");
     assert_counted_once(&db).await;
 }
+
+/// Scenario 9. Ctrl-C (SIGINT) stops the server as SIGTERM does: a batch waiting on a held row
+/// lock when the first SIGINT comes still gets its answer once the lock goes, and is stored.
+/// A second SIGINT stops the process at once, without waiting for a lane still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_gracefully_and_a_second_sigint_stops_at_once() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let _one = crate::SERIAL.lock().await;
+    let cluster = Cluster::start();
+    let db = cluster.url("chaos_sigint");
+    let key = prepare(&db, "ingest");
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
+    let batch = |prefix: &str| {
+        let evs: Vec<Value> = (0..4)
+            .map(|i| json!({"id": format!("{prefix}-{i}"), "account": "held", "type": "api.request", "timestamp": at}))
+            .collect();
+        json!({ "events": evs })
+    };
+    let http = reqwest::Client::new();
+    let stored = |prefix: &str| {
+        let sql = format!("(SELECT count(*) FROM events WHERE id LIKE '{prefix}-%')::int8");
+        let db = db.clone();
+        async move { count(&db, &sql).await }
+    };
+    for (round, second) in [("graceful", false), ("at-once", true)] {
+        let mut server = Server::start(&db, &[]).await;
+        let seeded = http
+            .post(format!("{}/v1/events", server.base))
+            .bearer_auth(&key)
+            .json(&batch(&format!("seed-{round}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(seeded.status(), 200);
+        let mut holder = AsyncPgConnection::establish(&db).await.unwrap();
+        holder
+            .batch_execute("BEGIN; SELECT * FROM usage_rollups WHERE account = 'held' FOR UPDATE")
+            .await
+            .unwrap();
+        let request = tokio::spawn(
+            http.post(format!("{}/v1/events", server.base))
+                .bearer_auth(&key)
+                .timeout(Duration::from_secs(40))
+                .json(&batch(round))
+                .send(),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server.interrupt();
+        if second {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server.interrupt();
+            assert!(
+                server.wait_exit(Duration::from_secs(5)).await,
+                "a second SIGINT stops the process at once, the lane still held"
+            );
+            holder.batch_execute("ROLLBACK").await.unwrap();
+            assert!(
+                request.await.unwrap().is_err(),
+                "no answer after a stop at once"
+            );
+            let n = stored(round).await;
+            assert!(
+                n == 0 || n == 4,
+                "the batch is stored whole or not at all: {n}"
+            );
+        } else {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(
+                !server.wait_exit(Duration::from_millis(10)).await,
+                "the process waits for the request in flight"
+            );
+            holder.batch_execute("ROLLBACK").await.unwrap();
+            let answer = request
+                .await
+                .unwrap()
+                .expect("the request in flight is answered");
+            assert_eq!(answer.status(), 200);
+            assert!(
+                server.wait_exit(Duration::from_secs(30)).await,
+                "the process stopped within its grace"
+            );
+            assert_eq!(stored(round).await, 4, "the answered batch is stored");
+        }
+    }
+    assert_counted_once(&db).await;
+}
