@@ -15,6 +15,7 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use std::collections::HashMap;
 
 /// Latency buckets of the request and close histograms, in seconds.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -28,10 +29,18 @@ const GROUP_BUCKETS: &[f64] = &[
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The request counter and duration histogram of each (route, method, status) of the API
+    /// seen so far: looked up once, then recorded through their handles.
+    http: std::sync::RwLock<HashMap<HttpLabels, (metrics::Counter, metrics::Histogram)>>,
+    /// `accrue_check_lookups_total` by result: hit, miss.
+    check_lookups: std::sync::OnceLock<[metrics::Counter; 2]>,
     /// The gauges read from the database and when (read at most every [`DB_GAUGES_TTL`], so
     /// scrapes, which need no key, never cost the database more than that).
     pub db_gauges: std::sync::Mutex<Option<(std::time::Instant, DbGauges)>>,
 }
+
+/// (route pattern, method, status) of an API request.
+type HttpLabels = (&'static str, &'static str, u16);
 
 /// How long gauges read from the database are shown before they are read again.
 pub const DB_GAUGES_TTL: std::time::Duration = std::time::Duration::from_secs(15);
@@ -76,6 +85,8 @@ impl Metrics {
         let m = Self {
             recorder,
             handle,
+            http: std::sync::RwLock::default(),
+            check_lookups: std::sync::OnceLock::new(),
             db_gauges: std::sync::Mutex::new(None),
         };
         m.record(describe);
@@ -85,6 +96,66 @@ impl Metrics {
     /// Runs `f` with this instance's recorder behind the `metrics` macros.
     pub fn record<T>(&self, f: impl FnOnce() -> T) -> T {
         metrics::with_local_recorder(&self.recorder, f)
+    }
+
+    /// Counts and times one answered HTTP request. `method` is one of a fixed set; `route` is
+    /// the matched pattern (never a path, so ids stay out of the labels).
+    pub fn http_request(
+        &self,
+        route: std::borrow::Cow<'static, str>,
+        method: &'static str,
+        status: u16,
+        took: std::time::Duration,
+    ) {
+        let handles = |route: &str| {
+            let labels = [
+                ("method", method.to_owned()),
+                ("route", route.to_owned()),
+                ("status", status.to_string()),
+            ];
+            self.record(|| {
+                (
+                    metrics::counter!("accrue_http_requests_total", &labels),
+                    metrics::histogram!("accrue_http_request_duration_seconds", &labels),
+                )
+            })
+        };
+        let (counter, histogram) = match route {
+            // API routes are a fixed set: their handles are kept.
+            std::borrow::Cow::Borrowed(r) => {
+                let key = (r, method, status);
+                let known = self
+                    .http
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    .cloned();
+                known.unwrap_or_else(|| {
+                    let h = handles(r);
+                    self.http
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key, h.clone());
+                    h
+                })
+            }
+            std::borrow::Cow::Owned(r) => handles(&r),
+        };
+        counter.increment(1);
+        histogram.record(took.as_secs_f64());
+    }
+
+    /// Counts a limit check's cache lookup.
+    pub fn check_lookup(&self, hit: bool) {
+        let [hits, misses] = self.check_lookups.get_or_init(|| {
+            self.record(|| {
+                [
+                    metrics::counter!("accrue_check_lookups_total", "result" => "hit"),
+                    metrics::counter!("accrue_check_lookups_total", "result" => "miss"),
+                ]
+            })
+        });
+        if hit { hits } else { misses }.increment(1);
     }
 
     /// The exposition text (Prometheus format 0.0.4).

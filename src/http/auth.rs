@@ -10,15 +10,17 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, ResponseError};
+use std::sync::Arc;
 
 /// Authenticates the request and checks that the key holds one of `needed`.
 pub async fn authorize(
     req: &HttpRequest,
     ctx: &Ctx,
     needed: &[Scope],
-) -> Result<Principal, ApiError> {
+) -> Result<Arc<Principal>, ApiError> {
     // The middleware authenticated the key before the body was read ([`authenticate_first`]).
-    let known = req.extensions().get::<Principal>().cloned();
+    // Taken, not cloned: a handler authorizes once.
+    let known = req.extensions_mut().remove::<Arc<Principal>>();
     let principal = match known {
         Some(p) => p,
         None => authenticate(req, ctx).await?,
@@ -40,7 +42,7 @@ pub async fn authorize(
 /// The key of the request's `Authorization` header, if it is one we know: `Bearer <key>`, or
 /// HTTP Basic with the key as the user name and no password (as Stripe takes its keys, and as
 /// Segment's webhook destination sends its shared secret).
-async fn authenticate(req: &HttpRequest, ctx: &Ctx) -> Result<Principal, ApiError> {
+async fn authenticate(req: &HttpRequest, ctx: &Ctx) -> Result<Arc<Principal>, ApiError> {
     let Some(raw) = req.headers().get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthenticated(
             "missing Authorization header; send `Authorization: Bearer <api key>`",
@@ -84,17 +86,22 @@ fn basic_user(credentials: &str) -> Option<String> {
     Some(user.trim().to_owned())
 }
 
-/// Middleware: every `/v1` route but Stripe's webhook (signed, not keyed) authenticates its
-/// key before anything reads the request's body, so an unauthenticated caller gets 401 at
-/// once and never has a body parsed. The principal is kept for [`authorize`].
+/// The pattern of the API route a request matched, set by its resource before anything else
+/// runs (the request metrics label by it without matching the path a second time).
+#[derive(Clone, Copy)]
+pub struct Route(pub &'static str);
+
+/// Middleware of the API route `pattern`: every `/v1` route but Stripe's webhook (signed, not
+/// keyed) authenticates its key before anything reads the request's body, so an
+/// unauthenticated caller gets 401 at once and never has a body parsed. The principal is kept
+/// for [`authorize`].
 pub async fn authenticate_first(
+    pattern: &'static str,
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    // The route's pattern, not the raw path: the router matched a percent-decoded path.
-    let pattern = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
-    let keyed = pattern.starts_with("/v1/") && pattern != "/v1/stripe/webhook";
-    if keyed {
+    req.extensions_mut().insert(Route(pattern));
+    if keyed(pattern) {
         if let Some(ctx) = req.app_data::<web::Data<Ctx>>().cloned() {
             match authenticate(req.request(), &ctx).await {
                 Ok(p) => {
@@ -108,6 +115,11 @@ pub async fn authenticate_first(
         }
     }
     Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// Whether the API route `pattern` needs a key.
+fn keyed(pattern: &str) -> bool {
+    pattern.starts_with("/v1/") && pattern != "/v1/stripe/webhook"
 }
 
 /// Refuses account-scoped keys on a route that covers every account (`what` names it).

@@ -40,6 +40,18 @@ type Resource = (&'static str, Vec<(&'static str, actix_web::Route)>);
 /// answers 405 with `Allow`, an unknown path 404.
 fn table() -> Vec<Resource> {
     vec![
+        // The hot routes first: the router tries the patterns in this order (no two overlap).
+        (
+            "/v1/accounts/{account}/check",
+            vec![("POST", web::post().to(accounts::check))],
+        ),
+        (
+            "/v1/events",
+            vec![
+                ("POST", web::post().to(events::ingest)),
+                ("GET", web::get().to(events::list)),
+            ],
+        ),
         ("/healthz", vec![("GET", web::get().to(health::healthz))]),
         ("/readyz", vec![("GET", web::get().to(health::readyz))]),
         ("/metrics", vec![("GET", web::get().to(health::metrics))]),
@@ -51,13 +63,6 @@ fn table() -> Vec<Resource> {
         (
             "/docs/redoc.standalone.js",
             vec![("GET", web::get().to(openapi::redoc_js))],
-        ),
-        (
-            "/v1/events",
-            vec![
-                ("POST", web::post().to(events::ingest)),
-                ("GET", web::get().to(events::list)),
-            ],
         ),
         (
             "/v1/integrations/segment",
@@ -105,10 +110,6 @@ fn table() -> Vec<Resource> {
         (
             "/v1/accounts/{account}/subscription/quotes/{quote}/accept",
             vec![("POST", web::post().to(accounts::accept))],
-        ),
-        (
-            "/v1/accounts/{account}/check",
-            vec![("POST", web::post().to(accounts::check))],
         ),
         (
             "/v1/accounts/{account}/payment-method",
@@ -256,7 +257,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// One path and its methods; any other method answers 405 naming the allowed ones.
-fn resource(path: &str, routes: Vec<(&'static str, actix_web::Route)>) -> actix_web::Resource {
+fn resource(
+    path: &'static str,
+    routes: Vec<(&'static str, actix_web::Route)>,
+) -> actix_web::Resource {
     let allow = routes
         .iter()
         .map(|(m, _)| *m)
@@ -266,7 +270,9 @@ fn resource(path: &str, routes: Vec<(&'static str, actix_web::Route)>) -> actix_
     for (_, route) in routes {
         // The key is checked once the route matched (an unknown path is still 404, a wrong
         // method 405) and before its handler reads the body.
-        r = r.route(route.wrap(actix_web::middleware::from_fn(auth::authenticate_first)));
+        r = r.route(route.wrap(actix_web::middleware::from_fn(move |req, next| {
+            auth::authenticate_first(path, req, next)
+        })));
     }
     r.default_service(web::to(move |req: actix_web::HttpRequest| {
         let allow = allow.clone();
@@ -300,27 +306,28 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
                         let (status, rq) = (r.status().as_u16(), r.request());
                         let (method, path) = (rq.method().as_str(), rq.path());
                         if let Some(m) = &metrics {
-                            let route = rq.match_pattern().unwrap_or_else(|| "unmatched".into());
                             // A fixed set: any other token a client sends is `other`.
                             let method = match method {
-                                "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD"
-                                | "OPTIONS" => method,
+                                "GET" => "GET",
+                                "POST" => "POST",
+                                "PUT" => "PUT",
+                                "PATCH" => "PATCH",
+                                "DELETE" => "DELETE",
+                                "HEAD" => "HEAD",
+                                "OPTIONS" => "OPTIONS",
                                 _ => "other",
                             };
-                            let labels = [
-                                ("method", method.to_owned()),
-                                ("route", route),
-                                ("status", status.to_string()),
-                            ];
-                            m.record(|| {
-                                metrics::counter!("accrue_http_requests_total", &labels)
-                                    .increment(1);
-                                metrics::histogram!(
-                                    "accrue_http_request_duration_seconds",
-                                    &labels
-                                )
-                                .record(started.elapsed().as_secs_f64());
-                            });
+                            // An API route names itself; pages and 404s are matched again.
+                            let api = actix_web::HttpMessage::extensions(rq)
+                                .get::<auth::Route>()
+                                .copied();
+                            let route = match api {
+                                Some(auth::Route(p)) => std::borrow::Cow::Borrowed(p),
+                                None => rq
+                                    .match_pattern()
+                                    .map_or("unmatched".into(), std::borrow::Cow::Owned),
+                            };
+                            m.http_request(route, method, status, started.elapsed());
                         }
                         match status {
                             429 | 503 => tracing::debug!(method, path, status, "request deferred"),

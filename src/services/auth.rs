@@ -52,9 +52,13 @@ pub struct KeyCache {
 #[derive(Default)]
 struct Snapshot {
     version: Option<api_keys::Version>,
-    keys: HashMap<String, (Principal, Option<DateTime<Utc>>)>,
+    /// By the SHA-256 digest of the key (the bytes the stored hex spells).
+    keys: HashMap<[u8; 32], LiveKey>,
     checked_at: Option<Instant>,
 }
+
+/// A live key's principal and when it expires.
+type LiveKey = (Arc<Principal>, Option<DateTime<Utc>>);
 
 /// Whether `key` has the shape accrue's keys have (`acr_` and 48 lowercase hex digits).
 fn well_formed(key: &str) -> bool {
@@ -66,7 +70,12 @@ fn well_formed(key: &str) -> bool {
 }
 
 pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(digest(key))
+}
+
+/// The SHA-256 digest of a key, as bytes.
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// Creates a key and returns its plaintext, which is never stored.
@@ -179,13 +188,13 @@ impl KeyCache {
         &self,
         pool: &Pool,
         key: &str,
-    ) -> Result<Option<Principal>, ServiceError> {
+    ) -> Result<Option<Arc<Principal>>, ServiceError> {
         if !well_formed(key) {
             return Ok(None);
         }
-        let hash = hash_key(key);
+        let hash = digest(key);
         let asked = Instant::now();
-        let snap = self.current();
+        let mut snap = self.current();
         let fresh = snap.checked_at.is_some_and(|t| t.elapsed() < REFRESH);
         if snap.keys.contains_key(&hash) {
             if !fresh {
@@ -193,6 +202,7 @@ impl KeyCache {
                 // the copy they have rather than queue behind it.
                 if let Ok(_one) = self.refresh.try_lock() {
                     self.reload(pool).await?;
+                    snap = self.current();
                 }
             }
         } else {
@@ -200,7 +210,7 @@ impl KeyCache {
             // that waited here is answered by the check made after it arrived), at most ten
             // checks a second.
             let _one = self.refresh.lock().await;
-            let snap = self.current();
+            snap = self.current();
             let seen_since = snap.checked_at.is_some_and(|t| t >= asked);
             if !snap.keys.contains_key(&hash) && !seen_since {
                 if let Some(wait) = snap
@@ -211,9 +221,9 @@ impl KeyCache {
                     tokio::time::sleep(wait).await;
                 }
                 self.reload(pool).await?;
+                snap = self.current();
             }
         }
-        let snap = self.current();
         let Some((principal, expires_at)) = snap.keys.get(&hash) else {
             return Ok(None);
         };
@@ -253,7 +263,7 @@ impl KeyCache {
             .keys
             .values()
             .find(|(p, expires_at)| p.key_id == key_id && !expires_at.is_some_and(|e| e <= now))
-            .map(|(p, _)| p.clone()))
+            .map(|(p, _)| Principal::clone(p)))
     }
 
     /// How many times authentication has asked the database so far.
@@ -293,7 +303,7 @@ impl KeyCache {
             api_keys::live(&mut conn)
                 .await?
                 .into_iter()
-                .map(|k| {
+                .filter_map(|k| {
                     let principal = Principal {
                         key_id: k.id,
                         name: k.name,
@@ -304,7 +314,11 @@ impl KeyCache {
                             .collect(),
                         account: k.account,
                     };
-                    (k.key_hash, (principal, k.expires_at))
+                    // A stored hash that is not 64 hex digits matches no key.
+                    let mut hash = [0u8; 32];
+                    hex::decode_to_slice(&k.key_hash, &mut hash)
+                        .ok()
+                        .map(|()| (hash, (Arc::new(principal), k.expires_at)))
                 })
                 .collect()
         };

@@ -508,9 +508,7 @@ pub async fn check(
 ) -> Result<CheckAnswer, ServiceError> {
     let ask = parse_ask(ctx, req)?;
     let cached = ctx.checks.lookup(account);
-    let hit = if cached.is_some() { "hit" } else { "miss" };
-    ctx.metrics
-        .record(|| metrics::counter!("accrue_check_lookups_total", "result" => hit).increment(1));
+    ctx.metrics.check_lookup(cached.is_some());
     let entry = match cached {
         Some(e) => e,
         None => load(ctx, account).await?,
