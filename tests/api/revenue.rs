@@ -155,6 +155,42 @@ async fn each_cause_writes_its_movement_with_the_right_kind_and_delta() {
         );
         assert_eq!(app.db.count(&sql).await, 1, "{cause}'s outbox event");
     }
+    // Every account's movements point at that account's own cause at the movement's time:
+    // a change of the account made then, or the account's period invoice closing then. The
+    // closes of 2026-12-25 ran in one batch whose MRR inputs mix both kinds (grows and leaves,
+    // whose usage inputs move nothing, reference their changes before uses references its
+    // invoice draft), so a draft index or invoice number resolved for the wrong input would
+    // point at another account's invoice or change.
+    let misplaced = app
+        .db
+        .count(
+            "(SELECT COUNT(*) FROM revenue_movements m
+               WHERE NOT (
+                 (m.ref_kind = 'invoice' AND EXISTS (
+                    SELECT 1 FROM invoices i WHERE i.account = m.account AND i.number = m.ref_id
+                       AND i.kind = 'period' AND i.period_end = m.at))
+                 OR (m.ref_kind = 'subscription_change' AND EXISTS (
+                    SELECT 1 FROM subscription_changes c WHERE c.account = m.account
+                       AND c.id = m.ref_id AND c.at = m.at))))::int8",
+        )
+        .await;
+    assert_eq!(
+        misplaced, 0,
+        "movements referencing another account's cause"
+    );
+    let close_refs = app
+        .db
+        .count(
+            "(SELECT COUNT(DISTINCT (account, ref_kind)) FROM revenue_movements
+               WHERE at = '2026-12-25T12:00:00Z'
+                 AND (account, ref_kind) IN (('grows', 'subscription_change'),
+                      ('leaves', 'subscription_change'), ('uses', 'invoice')))::int8",
+        )
+        .await;
+    assert_eq!(
+        close_refs, 3,
+        "the first close mixes change and invoice references"
+    );
     let movements = app
         .db
         .count("(SELECT COUNT(*) FROM revenue_movements)::int8")
