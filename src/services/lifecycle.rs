@@ -374,29 +374,34 @@ impl Effects {
             Known(i64),
             Draft(usize),
         }
-        let inputs: Vec<revenue::MrrInput<Ref>> = self
-            .revenue
-            .into_iter()
-            .filter_map(|p| {
-                let reference = match p.reference {
-                    MrrRef::Change(id) => Ref::Known(id),
-                    MrrRef::ChangeAt(kind, at) => Ref::Known(
-                        ids.iter()
-                            .find(|(a, k, t, _)| *a == p.account && k == kind && *t == at)?
-                            .3,
-                    ),
-                    MrrRef::Draft(i) => Ref::Draft(i),
-                };
-                Some(revenue::MrrInput {
-                    account: p.account,
-                    at: p.at,
-                    cause: p.cause,
-                    plan: p.plan,
-                    usage: p.usage,
-                    reference,
-                })
-            })
-            .collect();
+        let mut inputs: Vec<revenue::MrrInput<Ref>> = Vec::with_capacity(self.revenue.len());
+        for p in self.revenue {
+            let reference = match p.reference {
+                MrrRef::Change(id) => Ref::Known(id),
+                // Recorded with its change: one not written would leave a ledger gap.
+                MrrRef::ChangeAt(kind, at) => Ref::Known(
+                    ids.iter()
+                        .find(|(a, k, t, _)| *a == p.account && k == kind && *t == at)
+                        .ok_or_else(|| {
+                            store::StoreError::Message(format!(
+                                "the MRR input of account `{}` refers to a `{kind}` change at \
+                                 {at} that was not written",
+                                p.account
+                            ))
+                        })?
+                        .3,
+                ),
+                MrrRef::Draft(i) => Ref::Draft(i),
+            };
+            inputs.push(revenue::MrrInput {
+                account: p.account,
+                at: p.at,
+                cause: p.cause,
+                plan: p.plan,
+                usage: p.usage,
+                reference,
+            });
+        }
         // The MRR needs no invoice number: written before the numbering takes the gap-free
         // counter, whose lock every other close batch waits on until this one commits. A
         // draft without a number fails the transaction (`write_movements`).
