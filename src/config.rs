@@ -22,6 +22,9 @@ pub struct Config {
     /// measured best against a 2-core database; more write more accounts at once, fewer make
     /// larger groups).
     pub ingest_lanes: usize,
+    /// `ACCRUE_SHUTDOWN_GRACE_SECS`: how long a stopping `serve` waits, counted from the stop
+    /// signal, for requests in flight and then for the ingest lanes to commit (30).
+    pub shutdown_grace: std::time::Duration,
     /// `ACCRUE_CHECK_STALENESS_MS`: how often the check cache reloads every cached account; the
     /// bound on staleness about changes made through other instances.
     pub check_staleness: std::time::Duration,
@@ -69,6 +72,15 @@ impl Config {
             .ok()
             .filter(|n| (1..=64).contains(n))
             .ok_or_else(|| format!("ACCRUE_INGEST_LANES must be 1 to 64, got `{lanes}`"))?;
+        let grace = var("ACCRUE_SHUTDOWN_GRACE_SECS", "30");
+        let shutdown_grace = grace
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=3600).contains(n))
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| {
+                format!("ACCRUE_SHUTDOWN_GRACE_SECS must be 1 to 3600, got `{grace}`")
+            })?;
         let stale = var("ACCRUE_CHECK_STALENESS_MS", "1000");
         let check_staleness = stale
             .parse::<u64>()
@@ -156,6 +168,7 @@ impl Config {
             },
             check_staleness,
             ingest_lanes,
+            shutdown_grace,
             database_url: var("DATABASE_URL", DEFAULT_DATABASE_URL),
             bind: var("ACCRUE_BIND", DEFAULT_BIND),
             plans_dir: PathBuf::from(var("ACCRUE_PLANS_DIR", "pricing-plans")),

@@ -1190,12 +1190,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // they are listened for before the server serves, SIGTERM and SIGINT both stop it
     // gracefully, a second one stops it at once, and the grace is counted from the first, so
     // what the HTTP server's wait used of it is not waited again for the ingest lanes.
-    let server = http::server(ctx.clone(), listener, None)?;
+    let server = http::server(ctx.clone(), listener, None, config.shutdown_grace)?;
     let stop = std::sync::Arc::new(Stop::default());
     let stops = StopSignals::listen().context("cannot listen for SIGTERM and SIGINT")?;
     tokio::spawn(stop_on_signals(stops, server.handle(), stop.clone()));
     server.await?;
-    let grace = std::time::Duration::from_secs(http::SHUTDOWN_GRACE_SECS);
+    let grace = config.shutdown_grace;
     let spent = stop
         .first
         .get()

@@ -30,9 +30,6 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
 
-/// Seconds a stopping server waits for in-flight requests (ingest batches) to finish.
-pub const SHUTDOWN_GRACE_SECS: u64 = 30;
-
 /// A path and its methods.
 type Resource = (&'static str, Vec<(&'static str, actix_web::Route)>);
 
@@ -282,8 +279,13 @@ fn resource(
 
 /// Builds the server on an already-bound listener (tests bind port 0). It handles no signals:
 /// `accrue serve` stops it through its handle on SIGTERM/SIGINT (gracefully: accepted requests
-/// finish within [`SHUTDOWN_GRACE_SECS`], new connections are refused).
-pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::io::Result<Server> {
+/// finish within `grace`, new connections are refused).
+pub fn server(
+    ctx: Ctx,
+    listener: TcpListener,
+    workers: Option<usize>,
+    grace: std::time::Duration,
+) -> std::io::Result<Server> {
     let data = web::Data::new(ctx);
     let mut server = HttpServer::new(move || {
         App::new()
@@ -359,7 +361,7 @@ pub fn server(ctx: Ctx, listener: TcpListener, workers: Option<usize>) -> std::i
                 }
             })
     })
-    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    .shutdown_timeout(grace.as_secs())
     // `serve` handles SIGTERM and SIGINT itself (graceful on the first, at once on a second).
     .disable_signals();
     if let Some(w) = workers {

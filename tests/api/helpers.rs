@@ -380,7 +380,8 @@ pub fn start_instance_unserved_with(
 pub fn serve(ctx: Ctx) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = accrue::http::server(ctx, listener, Some(1)).unwrap();
+    let server =
+        accrue::http::server(ctx, listener, Some(1), std::time::Duration::from_secs(30)).unwrap();
     tokio::spawn(server);
     base
 }

@@ -554,3 +554,93 @@ async fn sigint_stops_gracefully_and_a_second_sigint_stops_at_once() {
     }
     assert_counted_once(&db).await;
 }
+
+/// Scenario 10. The shutdown grace is one budget counted from the stop signal: a batch whose
+/// lane stays held past it keeps the HTTP server waiting the whole grace, and the ingest drain
+/// then gets only what is left of it, so the process exits one grace after SIGTERM, not two.
+/// The held batch is not acknowledged and none of it is stored (its transaction never
+/// commits); the batch before it is. A grace that is not a number of seconds stops `serve`
+/// before it starts, naming the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_grace_is_counted_once_from_the_signal() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let _one = crate::SERIAL.lock().await;
+    let cluster = Cluster::start();
+    let db = cluster.url("chaos_grace");
+    let key = prepare(&db, "ingest");
+    let refused = std::process::Command::new(release_binary())
+        .arg("serve")
+        .env("DATABASE_URL", &db)
+        .env("ACCRUE_BIND", "127.0.0.1:0")
+        .env("ACCRUE_SHUTDOWN_GRACE_SECS", "0")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("ACCRUE_SHUTDOWN_GRACE_SECS must be 1 to 3600"),
+        "{said}"
+    );
+    const GRACE: u64 = 4;
+    let grace = GRACE.to_string();
+    let mut server = Server::start(&db, &[("ACCRUE_SHUTDOWN_GRACE_SECS", grace.as_str())]).await;
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
+    let batch = |prefix: &str| {
+        let evs: Vec<Value> = (0..4)
+            .map(|i| json!({"id": format!("{prefix}-{i}"), "account": "held", "type": "api.request", "timestamp": at}))
+            .collect();
+        json!({ "events": evs })
+    };
+    let http = reqwest::Client::new();
+    let seeded = http
+        .post(format!("{}/v1/events", server.base))
+        .bearer_auth(&key)
+        .json(&batch("seed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seeded.status(), 200);
+    let mut holder = AsyncPgConnection::establish(&db).await.unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT * FROM usage_rollups WHERE account = 'held' FOR UPDATE")
+        .await
+        .unwrap();
+    let request = tokio::spawn(
+        http.post(format!("{}/v1/events", server.base))
+            .bearer_auth(&key)
+            .timeout(Duration::from_secs(30))
+            .json(&batch("held"))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
+    server.terminate();
+    assert!(
+        server.wait_exit(Duration::from_secs(3 * GRACE)).await,
+        "the process exits once its grace is spent"
+    );
+    let took = signalled.elapsed();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    // Not before the grace (it waited for the request in flight), and well before a second
+    // grace would have ended (the drain did not start a grace of its own).
+    assert!(
+        took >= Duration::from_millis(GRACE * 1000 - 500)
+            && took < Duration::from_millis(GRACE * 1000 * 3 / 2),
+        "exited {took:?} after SIGTERM with a {GRACE} s grace"
+    );
+    let answer = request.await.unwrap();
+    assert!(
+        answer.as_ref().map_or(true, |r| r.status() != 200),
+        "the held batch is not acknowledged: {answer:?}"
+    );
+    let stored = |prefix: &str| {
+        let sql = format!("(SELECT count(*) FROM events WHERE id LIKE '{prefix}-%')::int8");
+        let db = db.clone();
+        async move { count(&db, &sql).await }
+    };
+    assert_eq!(
+        (stored("seed").await, stored("held").await),
+        (4, 0),
+        "the acknowledged batch is stored, the held one is not"
+    );
+    assert_counted_once(&db).await;
+}
