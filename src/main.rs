@@ -1261,12 +1261,12 @@ async fn stop_on_signals(
     stops.next().await;
     let _ = stop.first.set(std::time::Instant::now());
     tracing::info!("stop signal: finishing the requests in flight");
-    let graceful = server.stop(true);
-    tokio::select! {
-        _ = graceful => {}
-        _ = stops.next() => {
-            tracing::warn!("second stop signal: exiting at once");
-            std::process::exit(130);
-        }
-    }
+    // The stop is asked for now (`serve` waits for the server to end); this task lives on
+    // until the process ends, so a second signal stops it at once in either phase of the
+    // stop: while the HTTP server waits for requests in flight, and while the ingest lanes
+    // drain after it.
+    let _stopping = server.stop(true);
+    stops.next().await;
+    tracing::warn!("second stop signal: exiting at once");
+    std::process::exit(130);
 }

@@ -37,7 +37,8 @@ type Resource = (&'static str, Vec<(&'static str, actix_web::Route)>);
 /// answers 405 with `Allow`, an unknown path 404.
 fn table() -> Vec<Resource> {
     vec![
-        // The hot routes first: the router tries the patterns in this order (no two overlap).
+        // The hot routes first: the router tries the patterns in this order (neither of these
+        // two overlaps another pattern, so moving them changes no match).
         (
             "/v1/accounts/{account}/check",
             vec![("POST", web::post().to(accounts::check))],
@@ -308,7 +309,8 @@ pub fn server(
                         let (status, rq) = (r.status().as_u16(), r.request());
                         let (method, path) = (rq.method().as_str(), rq.path());
                         if let Some(m) = &metrics {
-                            // A fixed set: any other token a client sends is `other`.
+                            // A fixed set, as `&'static str` labels: any other token a
+                            // client sends is `other`.
                             let method = match method {
                                 "GET" => "GET",
                                 "POST" => "POST",

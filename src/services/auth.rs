@@ -316,9 +316,13 @@ impl KeyCache {
                     };
                     // A stored hash that is not 64 hex digits matches no key.
                     let mut hash = [0u8; 32];
-                    hex::decode_to_slice(&k.key_hash, &mut hash)
-                        .ok()
-                        .map(|()| (hash, (Arc::new(principal), k.expires_at)))
+                    match hex::decode_to_slice(&k.key_hash, &mut hash) {
+                        Ok(()) => Some((hash, (Arc::new(principal), k.expires_at))),
+                        Err(e) => {
+                            tracing::warn!(key_id = k.id, error = %e, "a stored key hash is not 64 hex digits: the key cannot authenticate");
+                            None
+                        }
+                    }
                 })
                 .collect()
         };

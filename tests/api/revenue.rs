@@ -181,10 +181,10 @@ async fn each_cause_writes_its_movement_with_the_right_kind_and_delta() {
     let close_refs = app
         .db
         .count(
-            "(SELECT COUNT(DISTINCT (account, ref_kind)) FROM revenue_movements
+            "(SELECT COUNT(*) FROM (SELECT DISTINCT account, ref_kind FROM revenue_movements
                WHERE at = '2026-12-25T12:00:00Z'
                  AND (account, ref_kind) IN (('grows', 'subscription_change'),
-                      ('leaves', 'subscription_change'), ('uses', 'invoice')))::int8",
+                      ('leaves', 'subscription_change'), ('uses', 'invoice'))) d)::int8",
         )
         .await;
     assert_eq!(
