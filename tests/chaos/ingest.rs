@@ -476,18 +476,11 @@ async fn sigterm_while_a_lane_is_held_still_commits_every_part_of_a_split_batch(
 /// A second SIGINT stops the process at once, without waiting for a lane still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_gracefully_and_a_second_sigint_stops_at_once() {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    use diesel_async::SimpleAsyncConnection;
     let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
     let db = cluster.url("chaos_sigint");
     let key = prepare(&db, "ingest");
-    let at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
-    let batch = |prefix: &str| {
-        let evs: Vec<Value> = (0..4)
-            .map(|i| json!({"id": format!("{prefix}-{i}"), "account": "held", "type": "api.request", "timestamp": at}))
-            .collect();
-        json!({ "events": evs })
-    };
     let http = reqwest::Client::new();
     let stored = |prefix: &str| {
         let sql = format!("(SELECT count(*) FROM events WHERE id LIKE '{prefix}-%')::int8");
@@ -496,27 +489,16 @@ async fn sigint_stops_gracefully_and_a_second_sigint_stops_at_once() {
     };
     for (round, second) in [("graceful", false), ("at-once", true)] {
         let mut server = Server::start(&db, &[]).await;
-        let seeded = http
-            .post(format!("{}/v1/events", server.base))
-            .bearer_auth(&key)
-            .json(&batch(&format!("seed-{round}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(seeded.status(), 200);
-        let mut holder = AsyncPgConnection::establish(&db).await.unwrap();
-        holder
-            .batch_execute("BEGIN; SELECT * FROM usage_rollups WHERE account = 'held' FOR UPDATE")
-            .await
-            .unwrap();
+        let mut holder =
+            hold_a_rollup_row(&http, &server, &key, &db, &format!("seed-{round}")).await;
         let request = tokio::spawn(
             http.post(format!("{}/v1/events", server.base))
                 .bearer_auth(&key)
                 .timeout(Duration::from_secs(40))
-                .json(&batch(round))
+                .json(&held_batch(round))
                 .send(),
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        waiting_on_a_lock(&db).await;
         server.interrupt();
         if second {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -565,7 +547,7 @@ async fn sigint_stops_gracefully_and_a_second_sigint_stops_at_once() {
 /// before it starts, naming the variable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shutdown_grace_is_counted_once_from_the_signal() {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    use diesel_async::SimpleAsyncConnection;
     let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
     let db = cluster.url("chaos_grace");
@@ -600,32 +582,13 @@ async fn the_shutdown_grace_is_counted_once_from_the_signal() {
     const GRACE: u64 = 4;
     let grace = GRACE.to_string();
     let mut server = Server::start(&db, &[("ACCRUE_SHUTDOWN_GRACE_SECS", grace.as_str())]).await;
-    let at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
-    let batch = |prefix: &str| {
-        let evs: Vec<Value> = (0..4)
-            .map(|i| json!({"id": format!("{prefix}-{i}"), "account": "held", "type": "api.request", "timestamp": at}))
-            .collect();
-        json!({ "events": evs })
-    };
     let http = reqwest::Client::new();
-    let seeded = http
-        .post(format!("{}/v1/events", server.base))
-        .bearer_auth(&key)
-        .json(&batch("seed"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(seeded.status(), 200);
-    let mut holder = AsyncPgConnection::establish(&db).await.unwrap();
-    holder
-        .batch_execute("BEGIN; SELECT * FROM usage_rollups WHERE account = 'held' FOR UPDATE")
-        .await
-        .unwrap();
+    let mut holder = hold_a_rollup_row(&http, &server, &key, &db, "seed").await;
     let request = tokio::spawn(
         http.post(format!("{}/v1/events", server.base))
             .bearer_auth(&key)
             .timeout(Duration::from_secs(30))
-            .json(&batch("held"))
+            .json(&held_batch("held"))
             .send(),
     );
     waiting_on_a_lock(&db).await;
@@ -673,4 +636,41 @@ async fn waiting_on_a_lock(db: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no session waited on the held row within 10 s");
+}
+
+/// Four `api.request` events of the account `held`, ids `{prefix}-0` to `{prefix}-3`, ten
+/// minutes old: every batch of them adds to the same rollup row.
+fn held_batch(prefix: &str) -> Value {
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
+    let evs: Vec<Value> = (0..4)
+        .map(|i| json!({"id": format!("{prefix}-{i}"), "account": "held", "type": "api.request", "timestamp": at}))
+        .collect();
+    json!({ "events": evs })
+}
+
+/// Stores a first batch of `held` (ids `{seed}-*`) through `server`, so its rollup row exists,
+/// then locks that row in an open transaction: the lane writing `held` waits until the
+/// returned connection rolls back.
+async fn hold_a_rollup_row(
+    http: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    db: &str,
+    seed: &str,
+) -> diesel_async::AsyncPgConnection {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let seeded = http
+        .post(format!("{}/v1/events", server.base))
+        .bearer_auth(key)
+        .json(&held_batch(seed))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seeded.status(), 200);
+    let mut holder = AsyncPgConnection::establish(db).await.unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT * FROM usage_rollups WHERE account = 'held' FOR UPDATE")
+        .await
+        .unwrap();
+    holder
 }
