@@ -96,7 +96,8 @@ async fn run() {
         Arc::new(Now),
         2,
         Duration::from_secs(3600),
-    );
+    )
+    .refreshing();
     plans::publish(&pool, &ctx.plans(), "bench", Utc::now())
         .await
         .unwrap();

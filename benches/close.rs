@@ -40,7 +40,8 @@ async fn run() {
         clock.clone() as Arc<dyn Clock>,
         4,
         Duration::from_secs(3600),
-    );
+    )
+    .refreshing();
     plans::publish(&pool, &ctx.plans(), "bench", clock.now())
         .await
         .unwrap();

@@ -211,6 +211,7 @@ async fn demo(
         4,
         config.check_staleness,
     )
+    .refreshing()
     .with_payments(accrue::demo::Payments::simulated(config.dunning.clone()));
     let revops = accrue::services::pql::load_config(&config.revops_file, &ctx.meters)
         .map_err(anyhow::Error::msg)?;
@@ -578,6 +579,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // The demo is one sequence of requests, each waiting on PostgreSQL: on one thread, its
     // connections' tasks answer it without a wake-up across threads at every round trip
@@ -1141,7 +1143,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::new(SystemClock),
         config.ingest_lanes,
         config.check_staleness,
-    );
+    )
+    .refreshing();
     // The published versions are the catalogue: loaded before any job or request runs.
     ctx.refresh_plans()
         .await

@@ -59,8 +59,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Builds the context and starts its background tasks (ingest lanes, check-cache refresher)
-    /// on the current tokio runtime.
+    /// Builds the context and starts its ingest lanes on the current tokio runtime. A server
+    /// also calls [`Ctx::refreshing`]; a command that only reads the database does not.
     pub fn new(
         pool: Pool,
         meters: MeterCatalog,
@@ -83,7 +83,7 @@ impl Ctx {
             });
         let pql = Arc::new(pql::PqlState::new(revops));
         let metrics = Arc::new(crate::telemetry::Metrics::new());
-        let ctx = Self {
+        Self {
             ingest: Arc::new(ingest::IngestPipeline::start(
                 pool.clone(),
                 clock.clone(),
@@ -105,13 +105,20 @@ impl Ctx {
             payments: None,
             webhooks: outbox::WebhookPolicy::default(),
             test_clocks: Arc::default(),
-        };
-        tokio::spawn(check::refresh_loop(ctx.clone()));
+        }
+    }
+
+    /// Starts the background refreshers of a serving instance on the current tokio runtime:
+    /// the check cache every staleness interval, the published plan catalogue every few
+    /// seconds. A one-shot command leaves them off: they would hold its one connection and
+    /// log the pool's closing at exit.
+    pub fn refreshing(self) -> Self {
+        tokio::spawn(check::refresh_loop(self.clone()));
         tokio::spawn(plans::refresh_loop(
-            ctx.live_plans.clone(),
-            ctx.pool.clone(),
+            self.live_plans.clone(),
+            self.pool.clone(),
         ));
-        ctx
+        self
     }
 
     /// The plan catalogue as this instance last loaded it (a snapshot: hold it for one use).

@@ -162,13 +162,13 @@ async fn the_cli_export_resumes_from_the_cursor_it_printed() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // One line, the summary: a command that only reads the database runs no background
+        // task whose log could follow it (a plan refresher once logged the pool closing).
         let stderr = String::from_utf8(out.stderr).unwrap();
-        let cursor = stderr
-            .rsplit_once("next cursor: ")
-            .unwrap()
-            .1
-            .trim()
-            .to_owned();
+        let [summary] = stderr.lines().collect::<Vec<_>>()[..] else {
+            panic!("one line on stderr, got: {stderr:?}");
+        };
+        let cursor = summary.rsplit_once("next cursor: ").unwrap().1.to_owned();
         (String::from_utf8(out.stdout).unwrap(), cursor)
     };
     let (first, cursor) = run(&["export", "events", "--format", "jsonl"]);

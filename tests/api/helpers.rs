@@ -372,7 +372,8 @@ pub fn start_instance_unserved_with(
         clock.clone() as Arc<dyn Clock>,
         2,
         check_staleness,
-    );
+    )
+    .refreshing();
     ((), ctx, clock)
 }
 
