@@ -120,6 +120,42 @@ pub async fn insert_new(
     Ok(rows.into_iter().map(|r| (r.account, r.id)).collect())
 }
 
+/// Inserts events none of which is stored yet, as one plain INSERT: PostgreSQL checks each
+/// key once, on its way into the index, where `ON CONFLICT` ([`insert_new`]) first searches
+/// the index for every key and then inserts it (measured at 1,000 accounts: the search was a
+/// third of the database's time). A stored id fails the whole statement with a unique
+/// violation, and the transaction with it: the caller then runs it again with
+/// [`insert_new`]. Single-node PostgreSQL only (on Citus, [`insert_new`]).
+pub async fn insert_all(
+    conn: &mut AsyncPgConnection,
+    events: &[&Event],
+    received_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let accounts: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let ts: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
+    let props: Vec<&serde_json::Value> = events.iter().map(|e| &e.properties).collect();
+    super::prepared::prepared(
+        "INSERT INTO events (account, id, event_type, ts, properties, received_at)
+         SELECT a, i, t, s, p, $6
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[])
+                AS u(a, i, t, s, p)",
+    )
+    .bind::<Array<Text>, _>(accounts)
+    .bind::<Array<Text>, _>(ids)
+    .bind::<Array<Text>, _>(types)
+    .bind::<Array<Timestamptz>, _>(ts)
+    .bind::<Array<Jsonb>, _>(props)
+    .bind::<Timestamptz, _>(received_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Of events already stored, the (account, id) of those whose stored copy has another type or
 /// other properties (compared as `jsonb`, so key order and number spelling do not matter).
 pub async fn differing_from_stored(

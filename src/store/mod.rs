@@ -84,6 +84,17 @@ impl StoreError {
 }
 
 impl StoreError {
+    /// A unique constraint refused a row.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        )
+    }
+
     /// A failure caused by the data itself (a value out of range, a row too large for an
     /// index, a violated constraint): the same statement fails the same way every time, so
     /// it is the caller's input, not a reason to retry.

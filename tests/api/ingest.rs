@@ -356,6 +356,75 @@ async fn concurrent_retries_of_one_batch_store_each_event_exactly_once() {
     assert_eq!(v, "150");
 }
 
+/// One account's large batch is stored by every lane at once (its events are spread over
+/// them). Half of it was stored before; four copies then arrive together: each event is
+/// stored once, every copy is told which were new, and the meter adds each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_accounts_batch_over_every_lane_is_stored_once_with_half_of_it_stored_before() {
+    let app = spawn_app().await;
+    let key = app.key("ingest,check", None).await;
+    let event = |i: usize| {
+        json!({"id": format!("busy-{i}"), "account": "busy", "type": "job.completed",
+               "timestamp": "2026-11-25T10:15:00.000Z",
+               "properties": {"minutes": format!("{}.25", i % 7)}})
+    };
+    let first: Vec<Value> = (0..500).map(event).collect();
+    let (status, b) = app.send(&key, &json!({ "events": first })).await;
+    assert_eq!((status, b["accepted"].as_u64()), (200, Some(500)), "{b}");
+    let all: Vec<Value> = (0..1000).map(event).collect();
+    let batch = json!({ "events": all });
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (http, url, key, batch) = (
+            app.http.clone(),
+            app.url("/v1/events"),
+            key.clone(),
+            batch.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let res = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&batch)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 200);
+            res.json::<Value>().await.unwrap()
+        }));
+    }
+    let (mut accepted, mut duplicates) = (0, 0);
+    for t in tasks {
+        let b = t.await.unwrap();
+        accepted += b["accepted"].as_u64().unwrap();
+        duplicates += b["duplicates"].as_u64().unwrap();
+        assert_eq!(b["rejected"], json!([]), "{b}");
+    }
+    assert_eq!(accepted, 500, "the second half, once");
+    assert_eq!(duplicates, 4 * 1000 - 500);
+    assert_eq!(app.db.count("(SELECT count(*) FROM events)").await, 1000);
+    // Minutes by hand: event i carries (i mod 7) + 0.25.
+    let mut quarters = 0u64;
+    for i in 0..1000u64 {
+        quarters += (i % 7) * 4 + 1;
+    }
+    let expected = format!("{}.{:02}", quarters / 4, (quarters % 4) * 25);
+    let expected = expected
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_owned();
+    let v = app
+        .meter_value(
+            &key,
+            "busy",
+            "compute_minutes",
+            "2026-11-25T00:00:00.000Z",
+            "2026-11-26T00:00:00.000Z",
+        )
+        .await;
+    assert_eq!(v, expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_future_limit_follows_the_server_clock() {
     let app = spawn_app().await;
