@@ -2,10 +2,9 @@
 //! rollups, in one transaction that is committed before the caller is answered.
 //!
 //! Requests do not open transactions themselves: their valid events go to the lane of their
-//! account (see [`IngestPipeline`]; a request's many events of one account are spread over
-//! the lanes, see [`lanes_of`]), which commits everything queued in one transaction (group
-//! commit). That keeps fsyncs and rollup upserts per second bounded by the lanes, not by the
-//! request rate, and keeps lock waits on hot accounts' rollup rows to a few per second.
+//! account (see [`IngestPipeline`]), which commits everything queued in one transaction
+//! (group commit). That keeps fsyncs and rollup upserts per second bounded by the lanes, not by
+//! the request rate, and removes lock contention on hot accounts' rollup rows.
 //!
 //! Exactly-once rests on the `(account, id)` primary key of `events`: a group is first
 //! inserted as all new, and when an id is stored already that insert fails and the group runs
@@ -297,9 +296,9 @@ async fn store_valid(
         )));
     };
     let lanes = &ctx.ingest.lanes;
-    let lane_of_each = lanes_of(&valid, lanes.len());
     let mut parts: Vec<Vec<Valid>> = (0..lanes.len()).map(|_| Vec::new()).collect();
-    for (v, lane) in valid.into_iter().zip(lane_of_each) {
+    for v in valid {
+        let lane = lane_of(v.event.account.as_str(), lanes.len());
         parts[lane].push(v);
     }
     // A place on every lane the request needs, before any of its events is queued: a request
@@ -346,38 +345,15 @@ async fn store_valid(
     Ok((inserted, not_new))
 }
 
-/// From how many events of one account in one request its events are spread over the lanes.
-const SPREAD_FROM: usize = 64;
-
-/// The lane of each event. An account's events go to its own lane (a stable hash of the
-/// account), so lanes rarely wait on each other's row locks. An account with at least
-/// [`SPREAD_FROM`] events in the request has them spread over every lane by (account, id):
-/// one lane's transactions run one after another, and one busy account would otherwise be
-/// stored by one database session whatever the lanes (measured with one account: 80,000
-/// events/s on one lane, 97,000 spread over two). Those lanes then share the account's rollup
-/// rows, which every transaction locks in key order (no deadlock: a wait, at most until the
-/// other lane commits); exactly-once still rests on the primary key.
-fn lanes_of(valid: &[Valid], lanes: usize) -> Vec<usize> {
-    let mut per_account: HashMap<&str, usize> = HashMap::new();
-    for v in valid {
-        *per_account.entry(v.event.account.as_str()).or_default() += 1;
-    }
-    valid
-        .iter()
-        .map(|v| {
-            let account = v.event.account.as_str();
-            let id = (per_account[account] >= SPREAD_FROM).then_some(v.event.id.as_str());
-            lane_of(account, id, lanes)
-        })
-        .collect()
-}
-
-/// A stable hash of the account (and the id, when given) to a lane.
-fn lane_of(account: &str, id: Option<&str>, lanes: usize) -> usize {
+/// Which lane owns an account: a stable hash, so one account's rows are only ever written by
+/// one lane of an instance and lanes never wait on each other's row locks. (Spreading a busy
+/// account's events over every lane stored one account 20 % faster, but then an account whose
+/// rows are held, by a lock or a slow statement, held every lane, and with them every other
+/// account's ingestion: the per-key backpressure test caught it.)
+fn lane_of(account: &str, lanes: usize) -> usize {
     // FNV-1a: stable across processes and releases (unlike the std hasher's random seed).
     let mut h: u64 = 0xcbf29ce484222325;
-    let id = id.map(|i| [0].into_iter().chain(i.bytes()));
-    for b in account.bytes().chain(id.into_iter().flatten()) {
+    for b in account.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x100000001b3);
     }
@@ -558,9 +534,11 @@ async fn process_group(
         known.clear();
     }
     let (answers, new) = commit_isolated(pool, clock.now(), &jobs, known).await;
+    let new_keys: HashSet<(&str, &str)> =
+        new.iter().map(|(a, i)| (a.as_str(), i.as_str())).collect();
     for v in jobs.iter().flat_map(|j| &j.events) {
         let e = &v.event;
-        if !v.readings.is_empty() && new.contains(&(e.account.as_str().to_owned(), e.id.clone())) {
+        if !v.readings.is_empty() && new_keys.contains(&(e.account.as_str(), e.id.as_str())) {
             checks.apply(e.account.as_str(), e.timestamp, &e.id, &v.readings);
         }
     }
@@ -578,16 +556,17 @@ async fn process_group(
             }
         }
     }
-    let keys: Vec<Vec<(String, String)>> = jobs
+    let keys: Vec<Vec<(&str, &str)>> = jobs
         .iter()
         .map(|j| {
             j.events
                 .iter()
-                .map(|v| (v.event.account.as_str().to_owned(), v.event.id.clone()))
+                .map(|v| (v.event.account.as_str(), v.event.id.as_str()))
                 .collect()
         })
         .collect();
-    let stored_by = stored_by_job(&keys, &new);
+    let stored_by = stored_by_job(&keys, &new_keys);
+    drop(new_keys);
     for ((job, answer), stored) in jobs.into_iter().zip(answers).zip(stored_by) {
         let answer = answer.map(|n| {
             let old = job
@@ -607,16 +586,13 @@ async fn process_group(
 /// `new` ones and no earlier job of the group holds the same id (the first job holding an id
 /// owns it). The others go back to their request, which compares them with the stored copy
 /// (a copy that differs reuses the id).
-fn stored_by_job(
-    jobs: &[Vec<(String, String)>],
-    new: &HashSet<(String, String)>,
-) -> Vec<Vec<bool>> {
+fn stored_by_job(jobs: &[Vec<(&str, &str)>], new: &HashSet<(&str, &str)>) -> Vec<Vec<bool>> {
     let mut owned = HashSet::new();
     jobs.iter()
         .map(|events| {
             events
                 .iter()
-                .map(|k| new.contains(k) && owned.insert(k.clone()))
+                .map(|k| new.contains(k) && owned.insert(*k))
                 .collect()
         })
         .collect()
@@ -783,30 +759,30 @@ async fn commit_group(
 }
 
 /// Rollup and event-type deltas of the events that were actually inserted.
-fn deltas(
-    valid: &[&Valid],
-    new: &HashSet<(String, String)>,
-) -> (
-    BTreeMap<RollupKey, AggregateState>,
-    BTreeMap<(String, String), TypeCount>,
-) {
-    let mut rollups: BTreeMap<RollupKey, AggregateState> = BTreeMap::new();
-    let mut types: BTreeMap<(String, String), TypeCount> = BTreeMap::new();
+/// A group's rollup deltas and type-count deltas, keyed by borrowed account, meter and type.
+type Deltas<'a> = (
+    BTreeMap<RollupKey<'a>, AggregateState>,
+    BTreeMap<(&'a str, &'a str), TypeCount>,
+);
+
+fn deltas<'a>(valid: &[&'a Valid], new: &HashSet<(String, String)>) -> Deltas<'a> {
+    let new: HashSet<(&str, &str)> = new.iter().map(|(a, i)| (a.as_str(), i.as_str())).collect();
+    let mut rollups: BTreeMap<RollupKey<'a>, AggregateState> = BTreeMap::new();
+    let mut types: BTreeMap<(&'a str, &'a str), TypeCount> = BTreeMap::new();
     for v in valid {
         let e = &v.event;
-        // Cheap check first: most batches are all new.
-        if !new.contains(&(e.account.as_str().to_owned(), e.id.clone())) {
+        if !new.contains(&(e.account.as_str(), e.id.as_str())) {
             continue;
         }
         let bucket = bucket_of(e.timestamp);
         for (meter, reading) in &v.readings {
             rollups
-                .entry((e.account.as_str().to_owned(), meter.clone(), bucket))
+                .entry((e.account.as_str(), meter.as_str(), bucket))
                 .or_default()
                 .add(e.timestamp, &e.id, reading);
         }
         types
-            .entry((e.account.as_str().to_owned(), e.event_type.clone()))
+            .entry((e.account.as_str(), e.event_type.as_str()))
             .and_modify(|c| {
                 c.count += 1;
                 c.first_at = c.first_at.min(e.timestamp);
@@ -825,54 +801,8 @@ fn deltas(
 mod tests {
     use super::*;
 
-    fn valid(account: &str, id: &str) -> Valid {
-        Valid {
-            event: Event {
-                account: crate::domain::account::AccountId::parse(account).unwrap(),
-                id: id.to_owned(),
-                event_type: "api.request".to_owned(),
-                timestamp: chrono::Utc::now(),
-                properties: serde_json::json!({}),
-            },
-            readings: Vec::new(),
-        }
-    }
-
-    /// An account with few events in a request keeps to its own lane; one with
-    /// [`SPREAD_FROM`] or more has them spread over every lane, and an (account, id) always
-    /// lands on the same lane within a request.
-    #[test]
-    fn a_busy_accounts_events_are_spread_over_the_lanes_and_a_quiet_ones_are_not() {
-        let mut batch: Vec<Valid> = (0..SPREAD_FROM - 1)
-            .map(|i| valid("quiet", &format!("q{i}")))
-            .collect();
-        batch.extend((0..SPREAD_FROM).map(|i| valid("busy", &format!("b{i}"))));
-        let lanes = lanes_of(&batch, 4);
-        let of = |account: &str| -> HashSet<usize> {
-            batch
-                .iter()
-                .zip(&lanes)
-                .filter(|(v, _)| v.event.account.as_str() == account)
-                .map(|(_, l)| *l)
-                .collect()
-        };
-        assert_eq!(of("quiet").len(), 1, "{:?}", of("quiet"));
-        assert_eq!(of("busy").len(), 4, "{:?}", of("busy"));
-        // The same events in another order go to the same lanes.
-        let reversed: Vec<Valid> = batch
-            .iter()
-            .rev()
-            .map(|v| valid(v.event.account.as_str(), &v.event.id))
-            .collect();
-        let mut again = lanes_of(&reversed, 4);
-        again.reverse();
-        assert_eq!(again, lanes);
-    }
-
-    fn keys(ids: &[&str]) -> Vec<(String, String)> {
-        ids.iter()
-            .map(|i| ("acme".to_owned(), (*i).to_owned()))
-            .collect()
+    fn keys<'a>(ids: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+        ids.iter().map(|i| ("acme", *i)).collect()
     }
 
     /// Two requests of one group commit carry the same id: the first stored it, so the second
@@ -881,7 +811,7 @@ mod tests {
     #[test]
     fn a_later_request_of_the_group_gets_back_the_id_an_earlier_one_stored() {
         let jobs = vec![keys(&["a", "b"]), keys(&["b", "c"]), keys(&["old"])];
-        let new: HashSet<(String, String)> = keys(&["a", "b", "c"]).into_iter().collect();
+        let new: HashSet<(&str, &str)> = keys(&["a", "b", "c"]).into_iter().collect();
         assert_eq!(
             stored_by_job(&jobs, &new),
             vec![vec![true, true], vec![false, true], vec![false]]

@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
 
 /// A rollup key: (account, meter, bucket start).
-pub type RollupKey = (String, String, DateTime<Utc>);
+pub type RollupKey<'a> = (&'a str, &'a str, DateTime<Utc>);
 
 #[derive(QueryableByName)]
 struct InsertedKey {
@@ -225,7 +225,7 @@ static ROLLUP_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
 /// its usage at (`invoices.usage_mark`).
 pub async fn add_to_rollups(
     conn: &mut AsyncPgConnection,
-    deltas: &BTreeMap<RollupKey, AggregateState>,
+    deltas: &BTreeMap<RollupKey<'_>, AggregateState>,
 ) -> Result<(), StoreError> {
     if deltas.is_empty() {
         return Ok(());
@@ -259,8 +259,8 @@ pub async fn add_to_rollups(
             let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
             for ((account, meter, bucket), st) in chunk {
                 q = q
-                    .bind::<Text, _>(account.as_str())
-                    .bind::<Text, _>(meter.as_str())
+                    .bind::<Text, _>(*account)
+                    .bind::<Text, _>(*meter)
                     .bind::<Timestamptz, _>(*bucket)
                     .bind::<Int8, _>(st.event_count)
                     .bind::<Numeric, _>(st.sum)
@@ -288,8 +288,8 @@ pub async fn add_to_rollups(
     let mut firsts = Vec::with_capacity(n);
     let mut lasts = Vec::with_capacity(n);
     for ((account, meter, bucket), st) in deltas {
-        accounts.push(account.as_str());
-        meters.push(meter.as_str());
+        accounts.push(*account);
+        meters.push(*meter);
         buckets.push(*bucket);
         counts.push(st.event_count);
         sums.push(st.sum);
@@ -322,14 +322,14 @@ pub async fn add_to_rollups(
 /// The distinct keys of unique_count meters in `deltas` (kept once per account, meter and hour).
 async fn add_unique_keys(
     conn: &mut AsyncPgConnection,
-    deltas: &BTreeMap<RollupKey, AggregateState>,
+    deltas: &BTreeMap<RollupKey<'_>, AggregateState>,
 ) -> Result<(), StoreError> {
     let keys: Vec<(&str, &str, DateTime<Utc>, &str)> = deltas
         .iter()
         .flat_map(|((account, meter, bucket), st)| {
             st.keys
                 .iter()
-                .map(move |k| (account.as_str(), meter.as_str(), *bucket, k.as_str()))
+                .map(move |k| (*account, *meter, *bucket, k.as_str()))
         })
         .collect();
     if keys.is_empty() {
@@ -396,7 +396,7 @@ static TYPE_COUNT_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new
 /// Adds new events to the per-type governance counters.
 pub async fn add_to_type_counts(
     conn: &mut AsyncPgConnection,
-    counts: &BTreeMap<(String, String), TypeCount>,
+    counts: &BTreeMap<(&str, &str), TypeCount>,
 ) -> Result<(), StoreError> {
     if counts.is_empty() {
         return Ok(());
@@ -417,8 +417,8 @@ pub async fn add_to_type_counts(
             let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
             for ((account, event_type), c) in chunk {
                 q = q
-                    .bind::<Text, _>(account.as_str())
-                    .bind::<Text, _>(event_type.as_str())
+                    .bind::<Text, _>(*account)
+                    .bind::<Text, _>(*event_type)
                     .bind::<Int8, _>(c.count)
                     .bind::<Timestamptz, _>(c.first_at)
                     .bind::<Timestamptz, _>(c.last_at);
@@ -427,8 +427,8 @@ pub async fn add_to_type_counts(
         }
         return Ok(());
     }
-    let accounts: Vec<&str> = counts.keys().map(|(a, _)| a.as_str()).collect();
-    let types: Vec<&str> = counts.keys().map(|(_, t)| t.as_str()).collect();
+    let accounts: Vec<&str> = counts.keys().map(|(a, _)| *a).collect();
+    let types: Vec<&str> = counts.keys().map(|(_, t)| *t).collect();
     let n: Vec<i64> = counts.values().map(|c| c.count).collect();
     let firsts: Vec<DateTime<Utc>> = counts.values().map(|c| c.first_at).collect();
     let lasts: Vec<DateTime<Utc>> = counts.values().map(|c| c.last_at).collect();

@@ -356,11 +356,12 @@ async fn concurrent_retries_of_one_batch_store_each_event_exactly_once() {
     assert_eq!(v, "150");
 }
 
-/// One account's large batch is stored by every lane at once (its events are spread over
-/// them). Half of it was stored before; four copies then arrive together: each event is
-/// stored once, every copy is told which were new, and the meter adds each event once.
+/// One account's large batch, half of it stored before, arrives four times at once: the
+/// group holding the stored half fails its plain insert and runs again skipping stored ids.
+/// Each event is stored once, every copy is told which were new, and the meter adds each
+/// event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_accounts_batch_over_every_lane_is_stored_once_with_half_of_it_stored_before() {
+async fn a_batch_half_stored_before_sent_four_times_at_once_is_stored_once() {
     let app = spawn_app().await;
     let key = app.key("ingest,check", None).await;
     let event = |i: usize| {
@@ -547,7 +548,7 @@ async fn a_fixed_statement_is_prepared_once_per_connection_and_reused() {
         accounts::ensure_many(&mut conn, &ids, now).await.unwrap();
         let mut counts = std::collections::BTreeMap::new();
         counts.insert(
-            (ids[0].to_owned(), "api.request".to_owned()),
+            (ids[0], "api.request"),
             events::TypeCount {
                 count: round + 1,
                 first_at: now,
