@@ -188,6 +188,10 @@ fn describe() {
         "accrue_ingest_group_events",
         "Events per group commit of an ingest lane"
     );
+    describe_counter!(
+        "accrue_ingest_insert_retries_total",
+        "Ingest groups whose insert met an event stored already and ran again skipping stored ids"
+    );
     describe_gauge!(
         "accrue_ingest_lane_queue_depth",
         "Sub-batches waiting for their lane's next commit, by lane"

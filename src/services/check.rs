@@ -4,8 +4,8 @@
 //! version, status, current period) and the exact aggregate of every meter over the current
 //! period. The ingest lanes add each newly committed event to it before they answer the
 //! request that sent it, so on one instance a check sees every acknowledged event at once.
-//! Subscription changes drop the entry. A background refresher reloads every cached account in
-//! bulk once per `staleness` (default 1 s), answering from the entries meanwhile: the bound on
+//! Subscription changes drop the entry. A background refresher (a serving instance's, see
+//! [`super::Ctx::refreshing`]) reloads every cached account in bulk once per `staleness` (default 1 s), answering from the entries meanwhile: the bound on
 //! how stale a check can be about events ingested or changes made through *other* instances is
 //! `staleness` plus one reload (a few milliseconds).
 //!

@@ -8,9 +8,10 @@
 //!
 //! Exactly-once rests on the `(account, id)` primary key of `events`: a group is first
 //! inserted as all new, and when an id is stored already that insert fails and the group runs
-//! again skipping the stored ids; only the rows actually inserted are added to the rollups, in
-//! the same transaction. A retry of a batch, concurrent or after a crash, therefore finds its events
-//! stored and adds nothing. Rows are written in key order so concurrent batches cannot
+//! again skipping the stored ids (on Citus, and for a lane's groups after such a failure until
+//! one holds only new events, it skips them at once); only the rows actually inserted are
+//! added to the rollups, in the same transaction. A retry of a batch, concurrent or after a
+//! crash, therefore finds its events stored and adds nothing. Rows are written in key order so concurrent batches cannot
 //! deadlock on each other; a transient conflict is retried.
 
 use super::check::CheckCache;
@@ -484,7 +485,11 @@ async fn run_lane(
     pql: Arc<super::pql::PqlState>,
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
-    let mut known = HashSet::new();
+    let mut lane = LaneState {
+        known: HashSet::new(),
+        plain: true,
+        metrics: metrics.clone(),
+    };
     while let Some(first) = rx.recv().await {
         let mut size = first.events.len();
         let mut jobs = vec![first];
@@ -501,12 +506,22 @@ async fn run_lane(
         // A panic while handling one group (none is known) must not stop the lane: that
         // group's requests are answered 503 (their reply channels close) and the lane goes on.
         let group = std::panic::AssertUnwindSafe(process_group(
-            jobs, &pool, &clock, &checks, &pql, &mut known,
+            jobs, &pool, &clock, &checks, &pql, &mut lane,
         ));
         if futures_util::FutureExt::catch_unwind(group).await.is_err() {
             tracing::error!("ingest lane: a group panicked; its requests were answered 503");
         }
     }
+}
+
+/// What a lane keeps from one group to the next.
+struct LaneState {
+    /// Accounts known to exist (it created them or saw them stored), so it does not insert
+    /// their rows again; past [`MAX_KNOWN_ACCOUNTS`] it forgets them all and relearns.
+    known: HashSet<String>,
+    /// Whether the next group is inserted as all new (see [`commit_group`]).
+    plain: bool,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// Commits one group of requests and answers them.
@@ -516,7 +531,7 @@ async fn process_group(
     clock: &Arc<dyn Clock>,
     checks: &Arc<CheckCache>,
     pql: &Arc<super::pql::PqlState>,
-    known: &mut HashSet<String>,
+    lane: &mut LaneState,
 ) {
     // Tell the check cache which accounts are being written until their events are applied.
     let accounts: HashSet<&str> = jobs
@@ -530,16 +545,30 @@ async fn process_group(
         accounts: accounts.iter().map(|a| (*a).to_owned()).collect(),
         applied: false,
     };
-    if known.len() > MAX_KNOWN_ACCOUNTS {
-        known.clear();
+    if lane.known.len() > MAX_KNOWN_ACCOUNTS {
+        lane.known.clear();
     }
-    let (answers, new) = commit_isolated(pool, clock.now(), &jobs, known).await;
+    let (answers, new) = commit_isolated(pool, clock.now(), &jobs, lane).await;
     let new_keys: HashSet<(&str, &str)> =
         new.iter().map(|(a, i)| (a.as_str(), i.as_str())).collect();
-    for v in jobs.iter().flat_map(|j| &j.events) {
-        let e = &v.event;
-        if !v.readings.is_empty() && new_keys.contains(&(e.account.as_str(), e.id.as_str())) {
-            checks.apply(e.account.as_str(), e.timestamp, &e.id, &v.readings);
+    let keys: Vec<Vec<(&str, &str)>> = jobs
+        .iter()
+        .map(|j| {
+            j.events
+                .iter()
+                .map(|v| (v.event.account.as_str(), v.event.id.as_str()))
+                .collect()
+        })
+        .collect();
+    let stored_by = stored_by_job(&keys, &new_keys);
+    // Only the copy that stored an event counts it: two requests of a group may carry the
+    // same new id.
+    for (job, stored) in jobs.iter().zip(&stored_by) {
+        for (v, stored) in job.events.iter().zip(stored) {
+            let e = &v.event;
+            if *stored && !v.readings.is_empty() {
+                checks.apply(e.account.as_str(), e.timestamp, &e.id, &v.readings);
+            }
         }
     }
     writes.applied = true;
@@ -556,17 +585,6 @@ async fn process_group(
             }
         }
     }
-    let keys: Vec<Vec<(&str, &str)>> = jobs
-        .iter()
-        .map(|j| {
-            j.events
-                .iter()
-                .map(|v| (v.event.account.as_str(), v.event.id.as_str()))
-                .collect()
-        })
-        .collect();
-    let stored_by = stored_by_job(&keys, &new_keys);
-    drop(new_keys);
     for ((job, answer), stored) in jobs.into_iter().zip(answers).zip(stored_by) {
         let answer = answer.map(|n| {
             let old = job
@@ -626,10 +644,10 @@ async fn commit_isolated(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
-    known: &mut HashSet<String>,
+    lane: &mut LaneState,
 ) -> (Vec<Result<usize, ServiceError>>, HashSet<(String, String)>) {
     let size: usize = jobs.iter().map(|j| j.events.len()).sum();
-    let error = match commit_group(pool, now, jobs, known).await {
+    let error = match commit_group(pool, now, jobs, lane).await {
         Ok((per_job, new)) => return (per_job.into_iter().map(Ok).collect(), new),
         Err(e) => e,
     };
@@ -642,7 +660,7 @@ async fn commit_isolated(
     let mut answers = Vec::with_capacity(jobs.len());
     let mut stored = HashSet::new();
     for job in jobs {
-        match commit_group(pool, now, std::slice::from_ref(job), known).await {
+        match commit_group(pool, now, std::slice::from_ref(job), lane).await {
             Ok((per_job, new)) => {
                 answers.push(Ok(per_job[0]));
                 stored.extend(new);
@@ -679,7 +697,7 @@ async fn commit_group(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
-    known: &mut HashSet<String>,
+    lane: &mut LaneState,
 ) -> Result<(Vec<usize>, HashSet<(String, String)>), StoreError> {
     // The first job holding an (account, id) owns it; later copies are duplicates.
     let mut owner: HashMap<(&str, &str), usize> = HashMap::new();
@@ -704,14 +722,15 @@ async fn commit_group(
     let mut unknown: Vec<&str> = events
         .iter()
         .map(|e| e.account.as_str())
-        .filter(|a| !known.contains(*a))
+        .filter(|a| !lane.known.contains(*a))
         .collect();
     unknown.dedup();
     let mut attempt = 0;
     // Most groups hold only new events: they are inserted without looking for stored copies
     // first. A stored one (a retried batch) fails that insert; the group then runs again
-    // skipping what is stored.
-    let mut expect_new = !crate::store::citus::active();
+    // skipping what is stored, and so do the lane's next groups until one holds only new
+    // events (a client retrying many batches costs one failed insert, not one per group).
+    let mut expect_new = lane.plain && !crate::store::citus::active();
     let new = loop {
         attempt += 1;
         let mut conn = pool.get().await?;
@@ -736,12 +755,16 @@ async fn commit_group(
             .await;
         match result {
             Ok(new) => {
-                known.extend(unknown.iter().map(|a| (*a).to_owned()));
+                lane.known.extend(unknown.iter().map(|a| (*a).to_owned()));
+                lane.plain = expect_new || new.len() == events.len();
                 break new;
             }
             Err(e) if expect_new && e.is_unique_violation() => {
                 expect_new = false;
                 attempt -= 1;
+                lane.metrics.record(|| {
+                    metrics::counter!("accrue_ingest_insert_retries_total").increment(1)
+                });
             }
             Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt, error = %e, "retrying ingest transaction");
@@ -758,13 +781,13 @@ async fn commit_group(
     Ok((per_job, new))
 }
 
-/// Rollup and event-type deltas of the events that were actually inserted.
 /// A group's rollup deltas and type-count deltas, keyed by borrowed account, meter and type.
 type Deltas<'a> = (
     BTreeMap<RollupKey<'a>, AggregateState>,
     BTreeMap<(&'a str, &'a str), TypeCount>,
 );
 
+/// Rollup and event-type deltas of the events that were actually inserted.
 fn deltas<'a>(valid: &[&'a Valid], new: &HashSet<(String, String)>) -> Deltas<'a> {
     let new: HashSet<(&str, &str)> = new.iter().map(|(a, i)| (a.as_str(), i.as_str())).collect();
     let mut rollups: BTreeMap<RollupKey<'a>, AggregateState> = BTreeMap::new();

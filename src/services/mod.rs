@@ -33,7 +33,8 @@ pub struct Ctx {
     pub pool: Pool,
     pub meters: Arc<MeterCatalog>,
     /// The running catalogue: the plan files overlaid with the versions published in the
-    /// database, reloaded within seconds of a publish ([`Ctx::plans`]).
+    /// database, reloaded within seconds of a publish on a serving instance
+    /// ([`Ctx::refreshing`], [`Ctx::plans`]).
     pub live_plans: Arc<plans::LivePlans>,
     pub clock: Arc<dyn Clock>,
     pub keys: Arc<auth::KeyCache>,

@@ -155,6 +155,7 @@ async fn the_cli_export_resumes_from_the_cursor_it_printed() {
         let out = Command::new(env!("CARGO_BIN_EXE_accrue"))
             .args(args)
             .env("DATABASE_URL", &app.db.url)
+            .env_remove("RUST_LOG")
             .output()
             .unwrap();
         assert!(

@@ -356,13 +356,15 @@ async fn concurrent_retries_of_one_batch_store_each_event_exactly_once() {
     assert_eq!(v, "150");
 }
 
-/// One account's large batch, half of it stored before, arrives four times at once: the
-/// group holding the stored half fails its plain insert and runs again skipping stored ids.
-/// Each event is stored once, every copy is told which were new, and the meter adds each
-/// event once.
+/// One account's large batch, half of it stored before, arrives four times at once, twice
+/// through each of two instances: a group holding a stored id fails its plain insert and runs
+/// again skipping stored ids, and the other instance's transactions race it on the same keys.
+/// Each event is stored once, every copy is told which were new, and the meter, its rollups
+/// and the type count add each event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_half_stored_before_sent_four_times_at_once_is_stored_once() {
     let app = spawn_app().await;
+    let (second, _ctx, _clock) = start_instance(&app.db.url, std::time::Duration::from_secs(1));
     let key = app.key("ingest,check", None).await;
     let event = |i: usize| {
         json!({"id": format!("busy-{i}"), "account": "busy", "type": "job.completed",
@@ -375,10 +377,10 @@ async fn a_batch_half_stored_before_sent_four_times_at_once_is_stored_once() {
     let all: Vec<Value> = (0..1000).map(event).collect();
     let batch = json!({ "events": all });
     let mut tasks = Vec::new();
-    for _ in 0..4 {
+    for base in [&app.base, &second, &app.base, &second] {
         let (http, url, key, batch) = (
             app.http.clone(),
-            app.url("/v1/events"),
+            format!("{base}/v1/events"),
             key.clone(),
             batch.clone(),
         );
@@ -404,6 +406,21 @@ async fn a_batch_half_stored_before_sent_four_times_at_once_is_stored_once() {
     assert_eq!(accepted, 500, "the second half, once");
     assert_eq!(duplicates, 4 * 1000 - 500);
     assert_eq!(app.db.count("(SELECT count(*) FROM events)").await, 1000);
+    assert_eq!(
+        app.db
+            .count("(SELECT sum(event_count)::int8 FROM event_type_counts WHERE account = 'busy')")
+            .await,
+        1000
+    );
+    assert_eq!(
+        app.db
+            .count(
+                "(SELECT sum(event_count)::int8 FROM usage_rollups
+                   WHERE account = 'busy' AND meter = 'compute_minutes')"
+            )
+            .await,
+        1000
+    );
     // Minutes by hand: event i carries (i mod 7) + 0.25.
     let mut quarters = 0u64;
     for i in 0..1000u64 {
@@ -424,6 +441,30 @@ async fn a_batch_half_stored_before_sent_four_times_at_once_is_stored_once() {
         )
         .await;
     assert_eq!(v, expected);
+    // The fallback ran: each copy's group met the stored half (on Citus every group skips
+    // stored ids at once, and nothing falls back).
+    let mut retried = 0.0;
+    for base in [&app.base, &second] {
+        let page = app
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        retried += page
+            .lines()
+            .filter_map(|l| l.strip_prefix("accrue_ingest_insert_retries_total "))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .sum::<f64>();
+    }
+    if on_citus() {
+        assert_eq!(retried, 0.0);
+    } else {
+        assert!(retried >= 1.0, "no group fell back: {retried}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
