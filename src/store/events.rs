@@ -52,6 +52,27 @@ fn values_list(rows: usize, types: &[&str], tail: &str) -> String {
     out
 }
 
+/// A group's events as column arrays, bound to `UNNEST` on single-node PostgreSQL.
+struct Columns<'a> {
+    accounts: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    types: Vec<&'a str>,
+    timestamps: Vec<DateTime<Utc>>,
+    properties: Vec<&'a serde_json::Value>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: &[&'a Event]) -> Self {
+        Self {
+            accounts: events.iter().map(|e| e.account.as_str()).collect(),
+            ids: events.iter().map(|e| e.id.as_str()).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            timestamps: events.iter().map(|e| e.timestamp).collect(),
+            properties: events.iter().map(|e| &e.properties).collect(),
+        }
+    }
+}
+
 /// Inserts events that are not stored yet; returns the (account, id) of those inserted.
 /// Conflicts with stored events (earlier batches, concurrent retries) are skipped, not errors.
 pub async fn insert_new(
@@ -96,11 +117,7 @@ pub async fn insert_new(
         }
         return Ok(out);
     }
-    let accounts: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let ts: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
-    let props: Vec<&serde_json::Value> = events.iter().map(|e| &e.properties).collect();
+    let c = Columns::of(events);
     let rows: Vec<InsertedKey> = super::prepared::prepared(
         "INSERT INTO events (account, id, event_type, ts, properties, received_at)
          SELECT a, i, t, s, p, $6
@@ -109,11 +126,11 @@ pub async fn insert_new(
          ON CONFLICT (account, id) DO NOTHING
          RETURNING account, id",
     )
-    .bind::<Array<Text>, _>(accounts)
-    .bind::<Array<Text>, _>(ids)
-    .bind::<Array<Text>, _>(types)
-    .bind::<Array<Timestamptz>, _>(ts)
-    .bind::<Array<Jsonb>, _>(props)
+    .bind::<Array<Text>, _>(c.accounts)
+    .bind::<Array<Text>, _>(c.ids)
+    .bind::<Array<Text>, _>(c.types)
+    .bind::<Array<Timestamptz>, _>(c.timestamps)
+    .bind::<Array<Jsonb>, _>(c.properties)
     .bind::<Timestamptz, _>(received_at)
     .load(conn)
     .await?;
@@ -134,22 +151,18 @@ pub async fn insert_all(
     if events.is_empty() {
         return Ok(());
     }
-    let accounts: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let ts: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
-    let props: Vec<&serde_json::Value> = events.iter().map(|e| &e.properties).collect();
+    let c = Columns::of(events);
     super::prepared::prepared(
         "INSERT INTO events (account, id, event_type, ts, properties, received_at)
          SELECT a, i, t, s, p, $6
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[])
                 AS u(a, i, t, s, p)",
     )
-    .bind::<Array<Text>, _>(accounts)
-    .bind::<Array<Text>, _>(ids)
-    .bind::<Array<Text>, _>(types)
-    .bind::<Array<Timestamptz>, _>(ts)
-    .bind::<Array<Jsonb>, _>(props)
+    .bind::<Array<Text>, _>(c.accounts)
+    .bind::<Array<Text>, _>(c.ids)
+    .bind::<Array<Text>, _>(c.types)
+    .bind::<Array<Timestamptz>, _>(c.timestamps)
+    .bind::<Array<Jsonb>, _>(c.properties)
     .bind::<Timestamptz, _>(received_at)
     .execute(conn)
     .await?;
@@ -165,20 +178,17 @@ pub async fn differing_from_stored(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let accounts: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let props: Vec<&serde_json::Value> = events.iter().map(|e| &e.properties).collect();
+    let c = Columns::of(events);
     let rows: Vec<InsertedKey> = super::prepared::prepared(
         "SELECT u.a AS account, u.i AS id
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS u(a, i, t, p)
            JOIN events e ON e.account = u.a AND e.id = u.i
           WHERE e.event_type <> u.t OR e.properties <> u.p",
     )
-    .bind::<Array<Text>, _>(accounts)
-    .bind::<Array<Text>, _>(ids)
-    .bind::<Array<Text>, _>(types)
-    .bind::<Array<Jsonb>, _>(props)
+    .bind::<Array<Text>, _>(c.accounts)
+    .bind::<Array<Text>, _>(c.ids)
+    .bind::<Array<Text>, _>(c.types)
+    .bind::<Array<Jsonb>, _>(c.properties)
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.account, r.id)).collect())
