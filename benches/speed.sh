@@ -6,7 +6,8 @@
 #      1,000 accounts, beside COPY of the same events into the same `events` table of another
 #      fresh database on the same server by 8 connections;
 #   2. single-event ingestion at 64 connections (events acknowledged per second);
-#   3. limit checks at 64 connections beside GET /healthz at 64 connections (req/s and p99);
+#   3. limit checks at 64 connections beside GET /healthz at 64 connections (req/s and p99),
+#      in three alternating rounds, the median round reported;
 #   4. the server's resident memory: its peak during the ingestion runs.
 #
 # Every acknowledged event is committed before its answer; the script checks that the
@@ -195,7 +196,16 @@ function init(args) req = wrk.format("GET", "/healthz") end
 function request() return req end
 LUA
 SECS=3 wrk_run 64 "$WORK/check.lua" "$BASE" >/dev/null   # loads every account into the cache
-read -r crps cp99 _ cnon2xx _ < <(wrk_run 64 "$WORK/check.lua" "$BASE")
-read -r hrps hp99 _ _ _ < <(wrk_run 64 "$WORK/health.lua" "$BASE")
-[ "$cnon2xx" = 0 ] || { echo "checks: $cnon2xx answers were not 2xx" >&2; exit 1; }
-echo "limit checks, 64 connections, $CHECK_ACCOUNTS accounts | $(python3 -c "print(round($crps))") checks/s, p99 $cp99 ms | GET /healthz: $(python3 -c "print(round($hrps))") req/s, p99 $hp99 ms | $(python3 -c "print(f'{$crps / $hrps:.2f} of the rate, p99 {$cp99 / $hp99:.2f}x')")"
+# Three rounds, checks then /healthz in each, so a drift of the machine (another process, the
+# database's background work after the ingestion runs) weighs on both sides; the round with the
+# median ratio is reported.
+rounds=()
+for round in 1 2 3; do
+  read -r crps cp99 _ cnon2xx _ < <(wrk_run 64 "$WORK/check.lua" "$BASE")
+  read -r hrps hp99 _ _ _ < <(wrk_run 64 "$WORK/health.lua" "$BASE")
+  [ "$cnon2xx" = 0 ] || { echo "checks: $cnon2xx answers were not 2xx" >&2; exit 1; }
+  rounds+=("$(python3 -c "print(f'{$crps / $hrps:.4f}')") $crps $cp99 $hrps $hp99")
+done
+read -r _ crps cp99 hrps hp99 < <(printf '%s\n' "${rounds[@]}" | sort -n | sed -n 2p)
+ratios=$(printf '%s\n' "${rounds[@]}" | python3 -c "import sys; print(', '.join(f'{float(l.split()[0]):.2f}' for l in sys.stdin))")
+echo "limit checks, 64 connections, $CHECK_ACCOUNTS accounts (median of 3 rounds: $ratios) | $(python3 -c "print(round($crps))") checks/s, p99 $cp99 ms | GET /healthz: $(python3 -c "print(round($hrps))") req/s, p99 $hp99 ms | $(python3 -c "print(f'{$crps / $hrps:.2f} of the rate, p99 {$cp99 / $hp99:.2f}x')")"

@@ -473,12 +473,14 @@ pub async fn accept(
     security(("bearer" = ["check"])))]
 pub async fn check(
     req: HttpRequest,
-    ctx: web::Data<Ctx>,
     path: web::Path<String>,
     body: super::input::Body<CheckRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = authorize(&req, &ctx, &[Scope::Check]).await?;
+    // The hot route borrows the context from the request instead of taking a counted copy
+    // (the count is shared by every worker thread).
+    let ctx = super::context(&req)?;
+    let p = authorize(&req, ctx, &[Scope::Check]).await?;
     let account = path.into_inner();
     reach(&p, &account)?;
-    Ok(HttpResponse::Ok().json(check::check(&ctx, &account, body.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(check::check(ctx, &account, body.into_inner()).await?))
 }

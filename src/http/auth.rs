@@ -102,16 +102,20 @@ pub async fn authenticate_first(
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     req.extensions_mut().insert(Route(pattern));
     if keyed(pattern) {
-        if let Some(ctx) = req.app_data::<web::Data<Ctx>>().cloned() {
-            match authenticate(req.request(), &ctx).await {
-                Ok(p) => {
-                    req.extensions_mut().insert(p);
-                }
-                Err(e) => {
-                    let res = e.error_response();
-                    return Ok(req.into_response(res).map_into_right_body());
-                }
+        // The context is borrowed, not cloned: its count is shared by every worker thread.
+        let known = match req.app_data::<web::Data<Ctx>>() {
+            Some(ctx) => Some(authenticate(req.request(), ctx).await),
+            None => None,
+        };
+        match known {
+            Some(Ok(p)) => {
+                req.extensions_mut().insert(p);
             }
+            Some(Err(e)) => {
+                let res = e.error_response();
+                return Ok(req.into_response(res).map_into_right_body());
+            }
+            None => {}
         }
     }
     Ok(next.call(req).await?.map_into_left_body())

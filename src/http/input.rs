@@ -44,6 +44,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
     fn from_request(_: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let mut payload = payload.take();
         Box::pin(async move {
+            // A small body arrives as one chunk: it is parsed where it lies, not copied.
+            let mut first: Option<web::Bytes> = None;
             let mut buf = web::BytesMut::new();
             while let Some(chunk) = payload.next().await {
                 let chunk = chunk.map_err(|e| {
@@ -53,7 +55,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
                         format!("the request body could not be read: {e}"),
                     )
                 })?;
-                if buf.len() + chunk.len() > LIMIT {
+                let held = first.as_ref().map_or(0, |f| f.len()) + buf.len();
+                if held + chunk.len() > LIMIT {
                     return Err(ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "payload_too_large",
@@ -61,9 +64,21 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
                     )
                     .into());
                 }
-                buf.extend_from_slice(&chunk);
+                match first.take() {
+                    None if buf.is_empty() => first = Some(chunk),
+                    earlier => {
+                        if let Some(f) = earlier {
+                            buf.extend_from_slice(&f);
+                        }
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
             }
-            Ok(Body(parse(&buf)?))
+            let body: &[u8] = match &first {
+                Some(f) => f,
+                None => &buf,
+            };
+            Ok(Body(parse(body)?))
         })
     }
 }

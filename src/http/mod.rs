@@ -30,6 +30,19 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
 
+/// The service context of a request, borrowed (every app has it: [`server`] sets it).
+fn context(req: &actix_web::HttpRequest) -> Result<&Ctx, ApiError> {
+    req.app_data::<web::Data<Ctx>>()
+        .map(|d| &***d)
+        .ok_or_else(|| {
+            ApiError::new(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the service context is missing",
+            )
+        })
+}
+
 /// A path and its methods.
 type Resource = (&'static str, Vec<(&'static str, actix_web::Route)>);
 
@@ -303,12 +316,12 @@ pub fn server(
                 // under load and logged at debug. Every answer is counted and timed by route
                 // (the route's pattern, never the path: ids stay out of the labels).
                 let started = std::time::Instant::now();
-                let metrics = req.app_data::<web::Data<Ctx>>().map(|c| c.metrics.clone());
                 srv.call(req).map(move |res| {
                     if let Ok(r) = &res {
                         let (status, rq) = (r.status().as_u16(), r.request());
                         let (method, path) = (rq.method().as_str(), rq.path());
-                        if let Some(m) = &metrics {
+                        // Borrowed from the request: no count shared by the workers changes.
+                        if let Some(m) = rq.app_data::<web::Data<Ctx>>().map(|c| &c.metrics) {
                             // A fixed set, as `&'static str` labels: any other token a
                             // client sends is `other`.
                             let method = match method {

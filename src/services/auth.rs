@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -43,8 +44,6 @@ const MISS_RECHECK: Duration = Duration::from_millis(100);
 pub struct KeyCache {
     snapshot: RwLock<Arc<Snapshot>>,
     refresh: tokio::sync::Mutex<()>,
-    /// Keys used since the last flush, with when: written to `last_used_at` at each refresh.
-    used: std::sync::Mutex<HashMap<i64, DateTime<Utc>>>,
     /// How many times the database was asked (version checks), for the metrics and tests.
     checks: std::sync::atomic::AtomicU64,
 }
@@ -57,8 +56,37 @@ struct Snapshot {
     checked_at: Option<Instant>,
 }
 
-/// A live key's principal and when it expires.
-type LiveKey = (Arc<Principal>, Option<DateTime<Utc>>);
+/// A live key: its principal, when it expires, and when it was last used since the last
+/// flush to `last_used_at` (microseconds since the epoch, 0: not since), kept by every copy of
+/// the snapshot (a request stamps it without a lock: the check's hot path).
+#[derive(Clone)]
+struct LiveKey {
+    principal: Arc<Principal>,
+    expires_at: Option<DateTime<Utc>>,
+    last_used: Arc<AtomicI64>,
+}
+
+impl LiveKey {
+    /// The key's principal unless it has expired; stamps the use.
+    fn admit(&self) -> Option<Arc<Principal>> {
+        let now = Utc::now();
+        if self.expires_at.is_some_and(|e| e <= now) {
+            return None;
+        }
+        self.last_used
+            .store(now.timestamp_micros(), Ordering::Relaxed);
+        Some(self.principal.clone())
+    }
+
+    /// The last use since the previous flush, if any; the next flush starts from none.
+    fn take_use(&self) -> Option<(i64, DateTime<Utc>)> {
+        let micros = self.last_used.swap(0, Ordering::Relaxed);
+        (micros != 0)
+            .then(|| DateTime::from_timestamp_micros(micros))
+            .flatten()
+            .map(|t| (self.principal.key_id, t))
+    }
+}
 
 /// Whether `key` has the shape accrue's keys have (`acr_` and 48 lowercase hex digits).
 fn well_formed(key: &str) -> bool {
@@ -193,6 +221,15 @@ impl KeyCache {
             return Ok(None);
         }
         let hash = digest(key);
+        {
+            // The common case, read in place: a known key on a fresh copy.
+            let snap = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
+            if snap.checked_at.is_some_and(|t| t.elapsed() < REFRESH) {
+                if let Some(live) = snap.keys.get(&hash) {
+                    return Ok(live.admit());
+                }
+            }
+        }
         let asked = Instant::now();
         let mut snap = self.current();
         let fresh = snap.checked_at.is_some_and(|t| t.elapsed() < REFRESH);
@@ -224,18 +261,7 @@ impl KeyCache {
                 snap = self.current();
             }
         }
-        let Some((principal, expires_at)) = snap.keys.get(&hash) else {
-            return Ok(None);
-        };
-        let now = Utc::now();
-        if expires_at.is_some_and(|e| e <= now) {
-            return Ok(None);
-        }
-        self.used
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(principal.key_id, now);
-        Ok(Some(principal.clone()))
+        Ok(snap.keys.get(&hash).and_then(LiveKey::admit))
     }
 
     /// The principal of the live key `key_id` (a console session signed in with it): None
@@ -262,8 +288,8 @@ impl KeyCache {
             .current()
             .keys
             .values()
-            .find(|(p, expires_at)| p.key_id == key_id && !expires_at.is_some_and(|e| e <= now))
-            .map(|(p, _)| Principal::clone(p)))
+            .find(|l| l.principal.key_id == key_id && l.expires_at.is_none_or(|e| e > now))
+            .map(|l| Principal::clone(&l.principal)))
     }
 
     /// How many times authentication has asked the database so far.
@@ -285,16 +311,12 @@ impl KeyCache {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut conn = pool.get().await.map_err(store::StoreError::from)?;
         let used: Vec<(i64, DateTime<Utc>)> = self
-            .used
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
+            .current()
+            .keys
+            .values()
+            .filter_map(LiveKey::take_use)
             .collect();
-        if !used.is_empty() {
-            if let Err(e) = api_keys::touch(&mut conn, &used).await {
-                tracing::warn!(error = %e, "could not record when keys were last used");
-            }
-        }
+        touch(&mut conn, &used).await;
         let version = api_keys::version(&mut conn).await?;
         let old = self.current();
         let keys = if old.version == Some(version) {
@@ -317,7 +339,22 @@ impl KeyCache {
                     // A stored hash that is not 64 hex digits matches no key.
                     let mut hash = [0u8; 32];
                     match hex::decode_to_slice(&k.key_hash, &mut hash) {
-                        Ok(()) => Some((hash, (Arc::new(principal), k.expires_at))),
+                        Ok(()) => {
+                            // A key kept from the old copy keeps its use stamp.
+                            let last_used = old
+                                .keys
+                                .get(&hash)
+                                .map(|l| l.last_used.clone())
+                                .unwrap_or_default();
+                            Some((
+                                hash,
+                                LiveKey {
+                                    principal: Arc::new(principal),
+                                    expires_at: k.expires_at,
+                                    last_used,
+                                },
+                            ))
+                        }
                         Err(e) => {
                             tracing::warn!(key_id = k.id, error = %e, "a stored key hash is not 64 hex digits: the key cannot authenticate");
                             None
@@ -326,11 +363,29 @@ impl KeyCache {
                 })
                 .collect()
         };
+        // Keys gone from the new copy (revoked, expired) keep a use made since the flush above.
+        let gone: Vec<(i64, DateTime<Utc>)> = old
+            .keys
+            .iter()
+            .filter(|(hash, _)| !keys.contains_key(*hash))
+            .filter_map(|(_, l)| l.take_use())
+            .collect();
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
             version: Some(version),
             keys,
             checked_at: Some(checked_at),
         });
+        touch(&mut conn, &gone).await;
         Ok(())
+    }
+}
+
+/// Records when keys were last used (a failure is logged: it loses a timestamp, not access).
+async fn touch(conn: &mut store::Conn, used: &[(i64, DateTime<Utc>)]) {
+    if used.is_empty() {
+        return;
+    }
+    if let Err(e) = api_keys::touch(conn, used).await {
+        tracing::warn!(error = %e, "could not record when keys were last used");
     }
 }

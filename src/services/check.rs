@@ -53,6 +53,10 @@ pub struct Entry {
     alerted: Mutex<std::collections::HashSet<(String, i16)>>,
     /// Database time from which the next reload of the same period reads distinct keys.
     keys_since: Option<DateTime<Utc>>,
+    /// Whether a check evaluated this entry's usage alerts. Its usage changes only by
+    /// [`CheckCache::apply`], after which the lane evaluates them, so a check evaluates them
+    /// once per entry (when it is loaded), not on every answer.
+    alerts_evaluated: AtomicBool,
 }
 
 /// How long before a read an ingest transaction may have written a distinct key and still
@@ -218,7 +222,11 @@ impl CheckCache {
     /// Usage thresholds (50, 80, 100 % of a limit) a cached account has reached and this entry
     /// has not reported yet, with the period they belong to.
     pub fn new_alerts(&self, account: &str) -> Option<(Period, Vec<Alert>)> {
-        let entry = self.lookup(account)?;
+        self.alerts_of(&*self.lookup(account)?)
+    }
+
+    /// [`Self::new_alerts`] of an entry in hand.
+    fn alerts_of(&self, entry: &Entry) -> Option<(Period, Vec<Alert>)> {
         let s = entry.snapshot.as_ref()?;
         if s.plan.limits.is_empty() {
             return None;
@@ -516,8 +524,10 @@ pub async fn check(
     entry.used.store(true, Ordering::Relaxed);
     let a = answer(ctx, &entry, &ask);
     let now = ctx.clock.now();
-    if let Some((period, alerts)) = ctx.checks.new_alerts(account) {
-        spawn_alerts(ctx.pool.clone(), account.to_owned(), period, alerts, now);
+    if !entry.alerts_evaluated.swap(true, Ordering::Relaxed) {
+        if let Some((period, alerts)) = ctx.checks.alerts_of(&entry) {
+            spawn_alerts(ctx.pool.clone(), account.to_owned(), period, alerts, now);
+        }
     }
     if let (Reason::LimitExceeded, Ask::Meter(m, _), Some(used), Some(limit)) =
         (a.reason, &ask, a.used, a.limit)
@@ -590,6 +600,7 @@ fn empty_entry() -> Entry {
         usage: Mutex::default(),
         alerted: Mutex::default(),
         keys_since: None,
+        alerts_evaluated: AtomicBool::new(false),
     }
 }
 
@@ -664,6 +675,7 @@ async fn read_entries(
                 usage: Mutex::new(usage.remove(&a).unwrap_or_default()),
                 alerted: Mutex::default(),
                 keys_since: Some(read_at - KEY_WRITE_GRACE),
+                alerts_evaluated: AtomicBool::new(false),
             };
             (a, entry)
         })
