@@ -28,6 +28,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -485,12 +486,21 @@ async fn run_lane(
     pql: Arc<super::pql::PqlState>,
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
-    let mut lane = LaneState {
-        known: HashSet::new(),
-        plain: true,
+    let lane = Arc::new(LaneState {
+        known: std::sync::Mutex::new(HashSet::new()),
+        plain: AtomicBool::new(true),
         metrics: metrics.clone(),
-    };
-    while let Some(first) = rx.recv().await {
+    });
+    let slots = Arc::new(tokio::sync::Semaphore::new(LANE_DEPTH));
+    loop {
+        // A free connection first, then whatever queued meanwhile: while both of the lane's
+        // groups are committing, requests gather into the next one.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(first) = rx.recv().await else {
+            break;
+        };
         let mut size = first.events.len();
         let mut jobs = vec![first];
         while size < MAX_GROUP_EVENTS {
@@ -503,24 +513,67 @@ async fn run_lane(
             }
         }
         metrics.record(|| metrics::histogram!("accrue_ingest_group_events").record(size as f64));
-        // A panic while handling one group (none is known) must not stop the lane: that
-        // group's requests are answered 503 (their reply channels close) and the lane goes on.
-        let group = std::panic::AssertUnwindSafe(process_group(
-            jobs, &pool, &clock, &checks, &pql, &mut lane,
-        ));
-        if futures_util::FutureExt::catch_unwind(group).await.is_err() {
-            tracing::error!("ingest lane: a group panicked; its requests were answered 503");
+        let accounts: HashSet<&str> = jobs
+            .iter()
+            .flat_map(|j| &j.events)
+            .map(|v| v.event.account.as_str())
+            .collect();
+        let deep = size >= DEEP_GROUP_EVENTS_PER_ACCOUNT * accounts.len();
+        drop(accounts);
+        let (pool, clock, checks, pql, lane) = (
+            pool.clone(),
+            clock.clone(),
+            checks.clone(),
+            pql.clone(),
+            lane.clone(),
+        );
+        tokio::spawn(async move {
+            // A panic while handling one group (none is known) must not stop the lane: that
+            // group's requests are answered 503 (their reply channels close) and the lane
+            // goes on.
+            let group = std::panic::AssertUnwindSafe(process_group(
+                jobs, &pool, &clock, &checks, &pql, &lane,
+            ));
+            if futures_util::FutureExt::catch_unwind(group).await.is_err() {
+                tracing::error!("ingest lane: a group panicked; its requests were answered 503");
+            }
+            drop(slot);
+        });
+        if !deep {
+            // A group of many accounts with few events each: the next one waits for it, so
+            // the requests queued meanwhile make one group with more events per account.
+            let Ok(all) = slots.acquire_many(LANE_DEPTH as u32).await else {
+                break;
+            };
+            drop(all);
         }
     }
+    // The queue is closed: the groups still committing finish (their requests are answered).
+    let _ = slots.acquire_many(LANE_DEPTH as u32).await;
 }
+
+/// Groups a lane commits at once, each in its own transaction on its own connection: the next
+/// group inserts its events while the previous one writes its rollups, commits and answers.
+/// Both write only the lane's accounts, in one lock order (accounts, events, rollups, distinct
+/// keys, type counts, each sorted by key), so the later one waits for the earlier one's rows
+/// at most, never in a cycle.
+///
+/// Only a group with at least [`DEEP_GROUP_EVENTS_PER_ACCOUNT`] events per account is
+/// followed at once: a group's rollup and type-count rows are one per account, meter and hour
+/// whatever its size, so splitting the queue of a lane with many busy accounts into two groups
+/// nearly doubles those rows (measured: 1,000 accounts at 8 events each per group stored 15 %
+/// fewer events per second two at a time), while one account's groups are nearly all events.
+const LANE_DEPTH: usize = 2;
+/// See [`LANE_DEPTH`].
+const DEEP_GROUP_EVENTS_PER_ACCOUNT: usize = 32;
 
 /// What a lane keeps from one group to the next.
 struct LaneState {
     /// Accounts known to exist (it created them or saw them stored), so it does not insert
     /// their rows again; past [`MAX_KNOWN_ACCOUNTS`] it forgets them all and relearns.
-    known: HashSet<String>,
+    known: std::sync::Mutex<HashSet<String>>,
     /// Whether the next group is inserted as all new (see [`commit_group`]).
-    plain: bool,
+    plain: AtomicBool,
     metrics: Arc<crate::telemetry::Metrics>,
 }
 
@@ -531,7 +584,7 @@ async fn process_group(
     clock: &Arc<dyn Clock>,
     checks: &Arc<CheckCache>,
     pql: &Arc<super::pql::PqlState>,
-    lane: &mut LaneState,
+    lane: &LaneState,
 ) {
     // Tell the check cache which accounts are being written until their events are applied.
     let accounts: HashSet<&str> = jobs
@@ -545,8 +598,11 @@ async fn process_group(
         accounts: accounts.iter().map(|a| (*a).to_owned()).collect(),
         applied: false,
     };
-    if lane.known.len() > MAX_KNOWN_ACCOUNTS {
-        lane.known.clear();
+    {
+        let mut known = lane.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() > MAX_KNOWN_ACCOUNTS {
+            known.clear();
+        }
     }
     let (answers, new) = commit_isolated(pool, clock.now(), &jobs, lane).await;
     let new_keys: HashSet<(&str, &str)> =
@@ -644,7 +700,7 @@ async fn commit_isolated(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
-    lane: &mut LaneState,
+    lane: &LaneState,
 ) -> (Vec<Result<usize, ServiceError>>, HashSet<(String, String)>) {
     let size: usize = jobs.iter().map(|j| j.events.len()).sum();
     let error = match commit_group(pool, now, jobs, lane).await {
@@ -697,7 +753,7 @@ async fn commit_group(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
-    lane: &mut LaneState,
+    lane: &LaneState,
 ) -> Result<(Vec<usize>, HashSet<(String, String)>), StoreError> {
     // The first job holding an (account, id) owns it; later copies are duplicates.
     let mut owner: HashMap<(&str, &str), usize> = HashMap::new();
@@ -719,18 +775,21 @@ async fn commit_group(
     });
     let events: Vec<&Event> = unique.iter().map(|v| &v.event).collect();
     // Sorted (the events are), so concurrent writers insert account rows in one order.
-    let mut unknown: Vec<&str> = events
-        .iter()
-        .map(|e| e.account.as_str())
-        .filter(|a| !lane.known.contains(*a))
-        .collect();
+    let mut unknown: Vec<&str> = {
+        let known = lane.known.lock().unwrap_or_else(|e| e.into_inner());
+        events
+            .iter()
+            .map(|e| e.account.as_str())
+            .filter(|a| !known.contains(*a))
+            .collect()
+    };
     unknown.dedup();
     let mut attempt = 0;
     // Most groups hold only new events: they are inserted without looking for stored copies
     // first. A stored one (a retried batch) fails that insert; the group then runs again
     // skipping what is stored, and so do the lane's next groups until one holds only new
     // events (a client retrying many batches costs one failed insert, not one per group).
-    let mut expect_new = lane.plain && !crate::store::citus::active();
+    let mut expect_new = lane.plain.load(Ordering::Relaxed) && !crate::store::citus::active();
     let new = loop {
         attempt += 1;
         let mut conn = pool.get().await?;
@@ -755,8 +814,12 @@ async fn commit_group(
             .await;
         match result {
             Ok(new) => {
-                lane.known.extend(unknown.iter().map(|a| (*a).to_owned()));
-                lane.plain = expect_new || new.len() == events.len();
+                lane.known
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(unknown.iter().map(|a| (*a).to_owned()));
+                lane.plain
+                    .store(expect_new || new.len() == events.len(), Ordering::Relaxed);
                 break new;
             }
             Err(e) if expect_new && e.is_unique_violation() => {

@@ -724,3 +724,103 @@ async fn the_drain_waits_until_the_lanes_commit_the_parts_of_a_dropped_request()
         "the dropped batch is stored whole"
     );
 }
+
+/// A lane commits one account's next group while its previous group still waits: the second
+/// batch is taken off the queue (and inserted) while the first waits on the account's rollup
+/// row, and once the row is free both are stored, each event once, in exact totals. Before the
+/// lanes committed two groups at once, the second batch stayed queued until the first was
+/// answered.
+#[tokio::test]
+async fn a_busy_accounts_next_group_commits_beside_the_one_before() {
+    use diesel_async::{AnsiTransactionManager, SimpleAsyncConnection, TransactionManager};
+    let app = spawn_app().await;
+    let key = app.key("ingest,check", None).await;
+    let event = |i: usize| {
+        json!({"id": format!("deep-{i}"), "account": "deep", "type": "job.completed",
+               "timestamp": "2026-11-25T10:15:00.000Z",
+               "properties": {"minutes": format!("{}.5", i % 5)}})
+    };
+    let (status, b) = app.send(&key, &json!({"events": [event(0)]})).await;
+    assert_eq!((status, b["accepted"].as_u64()), (200, Some(1)), "{b}");
+    let mut blocker = app.db.conn().await;
+    AnsiTransactionManager::begin_transaction(&mut blocker)
+        .await
+        .unwrap();
+    blocker
+        .batch_execute("SELECT * FROM usage_rollups WHERE account = 'deep' FOR UPDATE")
+        .await
+        .unwrap();
+    let send = |ids: std::ops::Range<usize>| {
+        let (http, url, key) = (app.http.clone(), app.url("/v1/events"), key.clone());
+        let body = json!({"events": ids.map(event).collect::<Vec<_>>()});
+        tokio::spawn(async move {
+            let res = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 200);
+            res.json::<Value>().await.unwrap()
+        })
+    };
+    let taken = |events: usize| {
+        let ingest = &app.ctx.ingest;
+        ingest.in_flight_events() == events && ingest.queue_depths().iter().sum::<usize>() == 0
+    };
+    let started = std::time::Instant::now();
+    let first = send(1..201);
+    while !taken(200) {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the lane never took the first batch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let second = send(201..401);
+    while !taken(400) {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the second batch stayed queued behind the first (in flight {}, queued {:?})",
+            app.ctx.ingest.in_flight_events(),
+            app.ctx.ingest.queue_depths()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    AnsiTransactionManager::rollback_transaction(&mut blocker)
+        .await
+        .unwrap();
+    for batch in [first, second] {
+        let b = batch.await.unwrap();
+        assert_eq!(b["accepted"], 200, "{b}");
+        assert_eq!(b["duplicates"], 0, "{b}");
+    }
+    assert_eq!(app.db.count("(SELECT count(*) FROM events)").await, 401);
+    assert_eq!(
+        app.db
+            .count(
+                "(SELECT sum(event_count)::int8 FROM usage_rollups
+                   WHERE account = 'deep' AND meter = 'compute_minutes')"
+            )
+            .await,
+        401
+    );
+    // Minutes by hand: event i carries (i mod 5) + 0.5.
+    let halves: usize = (0..401).map(|i| (i % 5) * 2 + 1).sum();
+    let expected = if halves % 2 == 0 {
+        format!("{}", halves / 2)
+    } else {
+        format!("{}.5", halves / 2)
+    };
+    let v = app
+        .meter_value(
+            &key,
+            "deep",
+            "compute_minutes",
+            "2026-11-25T00:00:00.000Z",
+            "2026-11-26T00:00:00.000Z",
+        )
+        .await;
+    assert_eq!(v, expected);
+}
