@@ -4,15 +4,16 @@
 //! Requests do not open transactions themselves: their valid events go to the lane of their
 //! account (see [`IngestPipeline`]), which commits everything queued in one transaction
 //! (group commit). That keeps fsyncs and rollup upserts per second bounded by the lanes, not by
-//! the request rate, and removes lock contention on hot accounts' rollup rows.
+//! the request rate, and removes lock contention on hot accounts' rollup rows. A lane commits
+//! up to two groups at once when they are deep (many events per account: see [`LANE_DEPTH`]).
 //!
 //! Exactly-once rests on the `(account, id)` primary key of `events`: a group is first
 //! inserted as all new, and when an id is stored already that insert fails and the group runs
 //! again skipping the stored ids (on Citus, and for a lane's groups after such a failure until
 //! one holds only new events, it skips them at once); only the rows actually inserted are
 //! added to the rollups, in the same transaction. A retry of a batch, concurrent or after a
-//! crash, therefore finds its events stored and adds nothing. Rows are written in key order so concurrent batches cannot
-//! deadlock on each other; a transient conflict is retried.
+//! crash, therefore finds its events stored and adds nothing. Rows are written in key order so
+//! concurrent groups cannot deadlock on each other; a transient conflict is retried.
 
 use super::check::CheckCache;
 use super::{Ctx, ServiceError};
