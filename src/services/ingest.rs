@@ -5,7 +5,7 @@
 //! account (see [`IngestPipeline`]), which commits everything queued in one transaction
 //! (group commit). That keeps fsyncs and rollup upserts per second bounded by the lanes, not by
 //! the request rate, and removes lock contention on hot accounts' rollup rows. A lane commits
-//! up to two groups at once when they are deep (many events per account: see [`LANE_DEPTH`]).
+//! up to two groups at once when they are deep (many events per account: see `LANE_DEPTH`).
 //!
 //! Exactly-once rests on the `(account, id)` primary key of `events`: a group is first
 //! inserted as all new, and when an id is stored already that insert fails and the group runs
