@@ -16,11 +16,12 @@ pub struct Config {
     /// `ACCRUE_PLANS_DIR`: the catalogue (meters.toml and the plan versions).
     pub plans_dir: PathBuf,
     /// `ACCRUE_DB_POOL`: connections per instance; ingestion throughput scales with it up to
-    /// the database's core count.
+    /// the database's core count. Each ingest lane holds up to two: keep it well above twice
+    /// `ACCRUE_INGEST_LANES`.
     pub pool_size: usize,
-    /// `ACCRUE_INGEST_LANES`: concurrent group-commit ingest transactions per instance (2:
-    /// measured best against a 2-core database; more write more accounts at once, fewer make
-    /// larger groups).
+    /// `ACCRUE_INGEST_LANES`: group-commit ingest lanes per instance, each committing up to
+    /// two groups at once (2: measured best against a 2-core database; more write more
+    /// accounts at once, fewer make larger groups).
     pub ingest_lanes: usize,
     /// `ACCRUE_SHUTDOWN_GRACE_SECS`: how long a stopping `serve` waits, counted from the stop
     /// signal, for requests in flight and then for the ingest lanes to commit (30).

@@ -74,7 +74,7 @@ impl LiveKey {
             return None;
         }
         self.last_used
-            .store(now.timestamp_micros(), Ordering::Relaxed);
+            .fetch_max(now.timestamp_micros(), Ordering::Relaxed);
         Some(self.principal.clone())
     }
 
@@ -363,18 +363,21 @@ impl KeyCache {
                 })
                 .collect()
         };
-        // Keys gone from the new copy (revoked, expired) keep a use made since the flush above.
-        let gone: Vec<(i64, DateTime<Utc>)> = old
+        let gone: Vec<LiveKey> = old
             .keys
             .iter()
             .filter(|(hash, _)| !keys.contains_key(*hash))
-            .filter_map(|(_, l)| l.take_use())
+            .map(|(_, l)| l.clone())
             .collect();
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
             version: Some(version),
             keys,
             checked_at: Some(checked_at),
         });
+        // Keys gone from the new copy (revoked, expired) keep a use made since the flush above,
+        // read once the new copy is in place (a request that still holds the old copy may
+        // stamp one later: that use is lost, as a use racing a revocation always could be).
+        let gone: Vec<(i64, DateTime<Utc>)> = gone.iter().filter_map(LiveKey::take_use).collect();
         touch(&mut conn, &gone).await;
         Ok(())
     }

@@ -4,8 +4,9 @@
 //! Requests do not open transactions themselves: their valid events go to the lane of their
 //! account (see [`IngestPipeline`]), which commits everything queued in one transaction
 //! (group commit). That keeps fsyncs and rollup upserts per second bounded by the lanes, not by
-//! the request rate, and removes lock contention on hot accounts' rollup rows. A lane commits
-//! up to two groups at once when they are deep (many events per account: see `LANE_DEPTH`).
+//! the request rate, and an account's rollup rows are written by its lane only. A lane commits
+//! up to two groups at once when they are deep (many events per account: see `LANE_DEPTH`);
+//! the later one then waits on the earlier one's rollup rows.
 //!
 //! Exactly-once rests on the `(account, id)` primary key of `events`: a group is first
 //! inserted as all new, and when an id is stored already that insert fails and the group runs
@@ -381,7 +382,8 @@ const MAX_GROUP_EVENTS: usize = 8_000;
 const MAX_KNOWN_ACCOUNTS: usize = 200_000;
 
 /// The group-commit ingest pipeline: a few lanes, each a task that takes every sub-batch queued
-/// while its previous transaction ran and commits them together. One fsync and one rollup
+/// while its previous groups were committing and commits them together (up to two groups at
+/// once, see [`LANE_DEPTH`]). One fsync and one rollup
 /// upsert per (account, meter, hour) then serve many requests, and nobody is answered before
 /// the commit that holds their events.
 pub struct IngestPipeline {
