@@ -348,7 +348,6 @@ async fn a_refresh_round_reads_only_the_distinct_keys_written_since_the_last() {
 /// queue behind it, so they commit together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_sent_by_two_requests_of_one_group_is_counted_once_by_the_check() {
-    use diesel_async::{AnsiTransactionManager, SimpleAsyncConnection, TransactionManager};
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("ingest,check,billing", None).await;
@@ -359,46 +358,20 @@ async fn an_id_sent_by_two_requests_of_one_group_is_counted_once_by_the_check() 
     assert_eq!(status, 200, "{v}");
     let ask = json!({"meter": "api_calls", "quantity": "1"});
     assert_eq!(check(&app, &key, "acme", ask.clone()).await["used"], "1");
-    let mut blocker = app.db.conn().await;
-    AnsiTransactionManager::begin_transaction(&mut blocker)
-        .await
-        .unwrap();
-    blocker
-        .batch_execute("SELECT * FROM usage_rollups WHERE account = 'acme' FOR UPDATE")
-        .await
-        .unwrap();
-    let send = |id: &'static str| {
-        let (http, url, key) = (app.http.clone(), app.url("/v1/events"), key.clone());
-        let body = call(id);
-        tokio::spawn(async move {
-            let res = http
-                .post(url)
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status().as_u16(), 200);
-            res.json::<Value>().await.unwrap()
-        })
-    };
+    let blocker = app.db.hold_rollups("acme").await;
+    let send = |id: &str| app.send_in_background(&key, call(id));
     let held = send("held");
     // The lane took it (nothing queued, one event in flight) and waits on the row.
-    let started = std::time::Instant::now();
-    while app.ctx.ingest.in_flight_events() != 1
-        || app.ctx.ingest.queue_depths().iter().sum::<usize>() != 0
-    {
-        assert!(started.elapsed().as_secs() < 10, "the lane never took it");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let ingest = &app.ctx.ingest;
+    let queued = || ingest.queue_depths().iter().sum::<usize>();
+    wait_until(
+        || ingest.in_flight_events() == 1 && queued() == 0,
+        || "the lane never took it".into(),
+    )
+    .await;
     let (a, b) = (send("dup"), send("dup"));
-    while app.ctx.ingest.queue_depths().iter().sum::<usize>() < 2 {
-        assert!(started.elapsed().as_secs() < 10, "the copies never queued");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    AnsiTransactionManager::rollback_transaction(&mut blocker)
-        .await
-        .unwrap();
+    wait_until(|| queued() >= 2, || "the copies never queued".into()).await;
+    blocker.release().await;
     assert_eq!(held.await.unwrap()["accepted"], 1);
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     let accepted = a["accepted"].as_u64().unwrap() + b["accepted"].as_u64().unwrap();

@@ -272,6 +272,18 @@ impl TestDb {
         }
     }
 
+    /// Opens a transaction that holds `account`'s rollup rows `FOR UPDATE` until released:
+    /// the ingest lane that commits the account's next events waits on them.
+    pub async fn hold_rollups(&self, account: &str) -> RowHold {
+        let mut c = self.conn().await;
+        c.batch_execute(&format!(
+            "BEGIN; SELECT * FROM usage_rollups WHERE account = '{account}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+        RowHold(c)
+    }
+
     /// Runs a scalar `bigint` query.
     pub async fn count(&self, sql: &str) -> i64 {
         let mut c = self.conn().await;
@@ -302,6 +314,47 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// Row locks held by an open transaction ([`TestDb::hold_rollups`]).
+pub struct RowHold(AsyncPgConnection);
+
+impl RowHold {
+    /// Rolls the holding transaction back: the rows are free.
+    pub async fn release(mut self) {
+        self.0.batch_execute("ROLLBACK").await.unwrap();
+    }
+}
+
+/// Waits (polling every 10 ms) until `done` holds; fails with `what()` after 10 s.
+pub async fn wait_until(mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", what());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// POSTs `body` to `base`'s /v1/events in a task of its own; the task asserts a 200 and
+/// returns the answer.
+pub fn send_in_background(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    body: serde_json::Value,
+) -> tokio::task::JoinHandle<serde_json::Value> {
+    let (http, url, key) = (http.clone(), format!("{base}/v1/events"), key.to_owned());
+    tokio::spawn(async move {
+        let res = http
+            .post(url)
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        res.json().await.unwrap()
+    })
 }
 
 pub fn t(s: &str) -> DateTime<Utc> {
@@ -509,6 +562,15 @@ impl TestApp {
             .unwrap();
         let status = res.status().as_u16();
         (status, res.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// [`send_in_background`] to this server.
+    pub fn send_in_background(
+        &self,
+        key: &str,
+        body: serde_json::Value,
+    ) -> tokio::task::JoinHandle<serde_json::Value> {
+        send_in_background(&self.http, &self.base, key, body)
     }
 
     /// POSTs a JSON body to /v1/events; returns status and JSON answer.

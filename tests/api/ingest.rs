@@ -315,21 +315,7 @@ async fn concurrent_retries_of_one_batch_store_each_event_exactly_once() {
     let batch = json!({ "events": events });
     let mut tasks = Vec::new();
     for _ in 0..12 {
-        let http = app.http.clone();
-        let url = app.url("/v1/events");
-        let key = key.clone();
-        let batch = batch.clone();
-        tasks.push(tokio::spawn(async move {
-            let res = http
-                .post(url)
-                .bearer_auth(key)
-                .json(&batch)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status().as_u16(), 200);
-            res.json::<Value>().await.unwrap()
-        }));
+        tasks.push(app.send_in_background(&key, batch.clone()));
     }
     let (mut accepted, mut duplicates) = (0, 0);
     for t in tasks {
@@ -378,23 +364,7 @@ async fn a_batch_half_stored_before_sent_four_times_at_once_is_stored_once() {
     let batch = json!({ "events": all });
     let mut tasks = Vec::new();
     for base in [&app.base, &second, &app.base, &second] {
-        let (http, url, key, batch) = (
-            app.http.clone(),
-            format!("{base}/v1/events"),
-            key.clone(),
-            batch.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let res = http
-                .post(url)
-                .bearer_auth(key)
-                .json(&batch)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status().as_u16(), 200);
-            res.json::<Value>().await.unwrap()
-        }));
+        tasks.push(send_in_background(&app.http, base, &key, batch.clone()));
     }
     let (mut accepted, mut duplicates) = (0, 0);
     for t in tasks {
@@ -664,7 +634,6 @@ fn split_batch(prefix: &str, n: usize) -> Vec<Value> {
 /// has the time returns only once the held part is committed, and the batch is stored whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_waits_until_the_lanes_commit_the_parts_of_a_dropped_request() {
-    use diesel_async::SimpleAsyncConnection;
     use std::time::{Duration, Instant};
     const N: usize = 16;
     let app = spawn_app().await;
@@ -673,11 +642,7 @@ async fn the_drain_waits_until_the_lanes_commit_the_parts_of_a_dropped_request()
         .unwrap();
     assert_eq!(seeded.accepted, N);
     // One account's rollup row held: the lane that owns it waits on the lock.
-    let mut holder = app.db.conn().await;
-    holder
-        .batch_execute("BEGIN; SELECT * FROM usage_rollups WHERE account = 'split-0' FOR UPDATE")
-        .await
-        .unwrap();
+    let holder = app.db.hold_rollups("split-0").await;
     let ctx = app.ctx.clone();
     let request = tokio::spawn(async move {
         accrue::services::ingest::ingest(&ctx, split_batch("s", N), None).await
@@ -709,7 +674,7 @@ async fn the_drain_waits_until_the_lanes_commit_the_parts_of_a_dropped_request()
     let started = Instant::now();
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        holder.batch_execute("ROLLBACK").await.unwrap();
+        holder.release().await;
     });
     assert_eq!(app.ctx.ingest.drain(Duration::from_secs(20)).await, 0);
     assert!(
@@ -780,58 +745,40 @@ fn deep_event(i: usize) -> Value {
 async fn two_groups_of_one_account(
     second: std::ops::Range<usize>,
 ) -> (TestApp, String, Value, Value) {
-    use diesel_async::{AnsiTransactionManager, SimpleAsyncConnection, TransactionManager};
     let app = spawn_app().await;
     let key = app.key("ingest,check", None).await;
     let (status, b) = app.send(&key, &json!({"events": [deep_event(0)]})).await;
     assert_eq!((status, b["accepted"].as_u64()), (200, Some(1)), "{b}");
-    let mut blocker = app.db.conn().await;
-    AnsiTransactionManager::begin_transaction(&mut blocker)
-        .await
-        .unwrap();
-    blocker
-        .batch_execute("SELECT * FROM usage_rollups WHERE account = 'deep' FOR UPDATE")
-        .await
-        .unwrap();
+    let blocker = app.db.hold_rollups("deep").await;
     let send = |ids: std::ops::Range<usize>| {
-        let (http, url, key) = (app.http.clone(), app.url("/v1/events"), key.clone());
-        let body = json!({"events": ids.map(deep_event).collect::<Vec<_>>()});
-        tokio::spawn(async move {
-            let res = http
-                .post(url)
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status().as_u16(), 200);
-            res.json::<Value>().await.unwrap()
-        })
+        app.send_in_background(
+            &key,
+            json!({"events": ids.map(deep_event).collect::<Vec<_>>()}),
+        )
     };
+    let ingest = &app.ctx.ingest;
     let taken = |events: usize| {
-        let ingest = &app.ctx.ingest;
         ingest.in_flight_events() == events && ingest.queue_depths().iter().sum::<usize>() == 0
     };
-    let started = std::time::Instant::now();
     let first = send(1..201);
-    while !taken(200) {
-        assert!(
-            started.elapsed().as_secs() < 10,
-            "the lane never took the first batch"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_until(
+        || taken(200),
+        || "the lane never took the first batch".into(),
+    )
+    .await;
     let n = second.len();
     let second = send(second);
-    while !taken(200 + n) {
-        assert!(
-            started.elapsed().as_secs() < 10,
-            "the second batch stayed queued behind the first (in flight {}, queued {:?})",
-            app.ctx.ingest.in_flight_events(),
-            app.ctx.ingest.queue_depths()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_until(
+        || taken(200 + n),
+        || {
+            format!(
+                "the second batch stayed queued behind the first (in flight {}, queued {:?})",
+                ingest.in_flight_events(),
+                ingest.queue_depths()
+            )
+        },
+    )
+    .await;
     // Both groups are in their transactions at once, each waiting: the first on the held
     // rollup row, the second on that row or on the first's uncommitted events. (On Citus the
     // waits are on the worker holding the shard, which the coordinator's pg_stat_activity
@@ -839,6 +786,7 @@ async fn two_groups_of_one_account(
     if !on_citus() {
         let waiting = "(SELECT count(*) FROM pg_stat_activity
                          WHERE datname = current_database() AND wait_event_type = 'Lock')";
+        let started = std::time::Instant::now();
         while app.db.count(waiting).await != 2 {
             assert!(
                 started.elapsed().as_secs() < 10,
@@ -847,9 +795,7 @@ async fn two_groups_of_one_account(
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
-    AnsiTransactionManager::rollback_transaction(&mut blocker)
-        .await
-        .unwrap();
+    blocker.release().await;
     let (first, second) = (first.await.unwrap(), second.await.unwrap());
     (app, key, first, second)
 }

@@ -911,7 +911,6 @@ async fn lineage_returns_the_meters_events_up_to_the_limit_and_is_bounded_in_byt
 /// acknowledged event is stored once the lane moves again, and no refused request left any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_lane_refuses_promptly_and_loses_nothing_acknowledged() {
-    use diesel_async::{AnsiTransactionManager, SimpleAsyncConnection, TransactionManager};
     let app = spawn_app().await;
     let key = app.key("ingest", None).await;
     let ev = |id: String| {
@@ -923,14 +922,7 @@ async fn an_overloaded_lane_refuses_promptly_and_loses_nothing_acknowledged() {
         .await;
     assert_eq!(status, 200, "{out}");
     // Hold the account's rollup row: the lane's next commit waits on it.
-    let mut blocker = app.db.conn().await;
-    AnsiTransactionManager::begin_transaction(&mut blocker)
-        .await
-        .unwrap();
-    blocker
-        .batch_execute("SELECT * FROM usage_rollups WHERE account = 'm4-acme' FOR UPDATE")
-        .await
-        .unwrap();
+    let blocker = app.db.hold_rollups("m4-acme").await;
     let requests = (0..400).map(|i| {
         let app = &app;
         let key = &key;
@@ -952,9 +944,7 @@ async fn an_overloaded_lane_refuses_promptly_and_loses_nothing_acknowledged() {
     });
     let release = async {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-        AnsiTransactionManager::rollback_transaction(&mut blocker)
-            .await
-            .unwrap();
+        blocker.release().await;
     };
     let (answers, ()) = tokio::join!(futures_util::future::join_all(requests), release);
     let refused: Vec<_> = answers.iter().filter(|a| a.1 == 503).collect();
@@ -1105,7 +1095,6 @@ async fn an_unauthenticated_request_is_refused_before_its_body_is_read() {
 /// are still taken; every acknowledged event is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_busy_key_gets_429_while_another_key_is_served() {
-    use diesel_async::{AnsiTransactionManager, SimpleAsyncConnection, TransactionManager};
     let app = spawn_app().await;
     let busy = app.key("ingest", None).await;
     let other = app.key("ingest", None).await;
@@ -1118,14 +1107,7 @@ async fn one_busy_key_gets_429_while_another_key_is_served() {
         .await;
     assert_eq!(status, 200, "{out}");
     // The busy key's account is held: its events stay in flight.
-    let mut blocker = app.db.conn().await;
-    AnsiTransactionManager::begin_transaction(&mut blocker)
-        .await
-        .unwrap();
-    blocker
-        .batch_execute("SELECT * FROM usage_rollups WHERE account = 'k-busy' FOR UPDATE")
-        .await
-        .unwrap();
+    let blocker = app.db.hold_rollups("k-busy").await;
     // 20 batches of 1,000: the key's share is 16,000.
     let batches = (0..20).map(|b| {
         let (app, key) = (&app, &busy);
@@ -1154,9 +1136,7 @@ async fn one_busy_key_gets_429_while_another_key_is_served() {
             .send(&other, &json!({"events": [ev("o1".into(), "k-other")]}))
             .await;
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        AnsiTransactionManager::rollback_transaction(&mut blocker)
-            .await
-            .unwrap();
+        blocker.release().await;
         (status, out)
     };
     let (answers, (other_status, other_out)) =
