@@ -141,7 +141,10 @@ impl CheckCache {
     }
 
     /// A lane is about to commit events of these accounts.
-    pub fn begin_writes(&self, accounts: &std::collections::HashSet<&str>) {
+    pub fn begin_writes<S: std::hash::BuildHasher>(
+        &self,
+        accounts: &std::collections::HashSet<&str, S>,
+    ) {
         let mut t = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         for a in accounts {
             *t.writing.entry((*a).to_owned()).or_default() += 1;
@@ -152,7 +155,10 @@ impl CheckCache {
     }
 
     /// The lane has committed and applied (or failed) its events of these accounts.
-    pub fn end_writes(&self, accounts: &std::collections::HashSet<&str>) {
+    pub fn end_writes<S: std::hash::BuildHasher>(
+        &self,
+        accounts: &std::collections::HashSet<&str, S>,
+    ) {
         let mut t = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         for a in accounts {
             if let Some(n) = t.writing.get_mut(*a) {

@@ -26,10 +26,10 @@ use crate::domain::meter::Reading;
 use crate::store::events::{self as store_events, RollupKey, TypeCount};
 use crate::store::{Pool, StoreError};
 use diesel_async::AsyncConnection;
+use foldhash::{HashMap as FastMap, HashSet as FastSet, HashSetExt};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -66,6 +66,8 @@ pub struct IngestOutcome {
 struct Valid {
     event: Event,
     readings: Vec<(String, Reading)>,
+    /// Its index in the request.
+    index: usize,
 }
 
 /// Ingests raw events sent with an API key: the key's account binding restricts the events'
@@ -130,9 +132,12 @@ async fn ingest_as(
         Default::default()
     };
     let mut outcome = IngestOutcome::default();
-    // (account, id) → the first copy's place in `valid` and its index in the request.
-    let mut seen: HashMap<(String, String), (usize, usize)> = HashMap::with_capacity(raw.len());
-    let mut valid = Vec::with_capacity(raw.len());
+    // Each (account, id)'s first copy, as its place in `valid`: found by the key's hash and
+    // compared with the copy there (no key is copied).
+    let state = foldhash::fast::RandomState::default();
+    let hash = |account: &str, id: &str| std::hash::BuildHasher::hash_one(&state, (account, id));
+    let mut seen: hashbrown::HashTable<usize> = hashbrown::HashTable::with_capacity(raw.len());
+    let mut valid: Vec<Valid> = Vec::with_capacity(raw.len());
     for (index, r) in raw.into_iter().enumerate() {
         let r = match r {
             Ok(r) => r,
@@ -155,20 +160,28 @@ async fn ingest_as(
             .and_then(|a| clocked.get(a))
             .copied()
             .unwrap_or(now);
-        match validate(ctx, r, now, only_account) {
+        match validate(ctx, r, index, now, only_account) {
             Ok(v) => {
-                let key = (v.event.account.as_str().to_owned(), v.event.id.clone());
-                match seen.entry(key) {
-                    Entry::Vacant(slot) => {
-                        slot.insert((valid.len(), index));
+                let (account, id) = (v.event.account.as_str(), v.event.id.as_str());
+                let first = seen.entry(
+                    hash(account, id),
+                    |&at| valid[at].event.account.as_str() == account && valid[at].event.id == id,
+                    |&at| hash(valid[at].event.account.as_str(), &valid[at].event.id),
+                );
+                match first {
+                    hashbrown::hash_table::Entry::Vacant(slot) => {
+                        slot.insert(valid.len());
                         valid.push(v);
                     }
                     // The same id twice in one batch: the first copy counts; a second copy
                     // that says something else is refused (a reused id, not a retry).
-                    Entry::Occupied(first) if same_content(&valid[first.get().0], &v) => {
-                        outcome.duplicates += 1;
+                    hashbrown::hash_table::Entry::Occupied(first) => {
+                        if same_content(&valid[*first.get()], &v) {
+                            outcome.duplicates += 1;
+                        } else {
+                            outcome.rejected.push(id_reused(index, v.event.id));
+                        }
                     }
-                    Entry::Occupied(_) => outcome.rejected.push(id_reused(index, v.event.id)),
                 }
             }
             Err(rej) => outcome.rejected.push(RejectedEvent {
@@ -190,11 +203,15 @@ async fn ingest_as(
         let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
         let sent: Vec<&Event> = not_new.iter().map(|v| &v.event).collect();
         let differing = store_events::differing_from_stored(&mut conn, &sent).await?;
+        let index_of: FastMap<(&str, &str), usize> = not_new
+            .iter()
+            .map(|v| ((v.event.account.as_str(), v.event.id.as_str()), v.index))
+            .collect();
         let mut reused: Vec<RejectedEvent> = differing
-            .into_iter()
+            .iter()
             .filter_map(|(account, id)| {
-                let (_, index) = *seen.get(&(account, id.clone()))?;
-                Some(id_reused(index, id))
+                let index = *index_of.get(&(account.as_str(), id.as_str()))?;
+                Some(id_reused(index, id.clone()))
             })
             .collect();
         outcome.duplicates -= reused.len();
@@ -237,6 +254,7 @@ fn id_reused(index: usize, id: String) -> RejectedEvent {
 fn validate(
     ctx: &Ctx,
     raw: Value,
+    index: usize,
     now: chrono::DateTime<chrono::Utc>,
     only_account: Option<&str>,
 ) -> Result<Valid, Rejection> {
@@ -256,7 +274,11 @@ fn validate(
             readings.push((meter.code.clone(), reading));
         }
     }
-    Ok(Valid { event, readings })
+    Ok(Valid {
+        event,
+        readings,
+        index,
+    })
 }
 
 /// Stores the valid events through the account's lanes; returns how many were new.
@@ -490,7 +512,7 @@ async fn run_lane(
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
     let lane = Arc::new(LaneState {
-        known: std::sync::Mutex::new(HashSet::new()),
+        known: std::sync::Mutex::new(FastSet::new()),
         plain: AtomicBool::new(true),
         metrics: metrics.clone(),
     });
@@ -516,7 +538,7 @@ async fn run_lane(
             }
         }
         metrics.record(|| metrics::histogram!("accrue_ingest_group_events").record(size as f64));
-        let accounts: HashSet<&str> = jobs
+        let accounts: FastSet<&str> = jobs
             .iter()
             .flat_map(|j| &j.events)
             .map(|v| v.event.account.as_str())
@@ -574,7 +596,7 @@ const DEEP_GROUP_EVENTS_PER_ACCOUNT: usize = 32;
 struct LaneState {
     /// Accounts known to exist (it created them or saw them stored), so it does not insert
     /// their rows again; past [`MAX_KNOWN_ACCOUNTS`] it forgets them all and relearns.
-    known: std::sync::Mutex<HashSet<String>>,
+    known: std::sync::Mutex<FastSet<String>>,
     /// Whether the next group is inserted as all new (see [`commit_group`]).
     plain: AtomicBool,
     metrics: Arc<crate::telemetry::Metrics>,
@@ -590,7 +612,7 @@ async fn process_group(
     lane: &LaneState,
 ) {
     // Tell the check cache which accounts are being written until their events are applied.
-    let accounts: HashSet<&str> = jobs
+    let accounts: FastSet<&str> = jobs
         .iter()
         .flat_map(|j| &j.events)
         .map(|v| v.event.account.as_str())
@@ -607,22 +629,10 @@ async fn process_group(
             known.clear();
         }
     }
-    let (answers, new) = commit_isolated(pool, clock.now(), &jobs, lane).await;
-    let new_keys: HashSet<(&str, &str)> =
-        new.iter().map(|(a, i)| (a.as_str(), i.as_str())).collect();
-    let keys: Vec<Vec<(&str, &str)>> = jobs
-        .iter()
-        .map(|j| {
-            j.events
-                .iter()
-                .map(|v| (v.event.account.as_str(), v.event.id.as_str()))
-                .collect()
-        })
-        .collect();
-    let stored_by = stored_by_job(&keys, &new_keys);
+    let (answers, stored) = commit_isolated(pool, clock.now(), &jobs, lane).await;
     // Only the copy that stored an event counts it: two requests of a group may carry the
     // same new id.
-    for (job, stored) in jobs.iter().zip(&stored_by) {
+    for (job, stored) in jobs.iter().zip(&stored.by_job) {
         for (v, stored) in job.events.iter().zip(stored) {
             let e = &v.event;
             if *stored && !v.readings.is_empty() {
@@ -635,16 +645,13 @@ async fn process_group(
     // Usage thresholds reached by these events (for accounts the check cache holds;
     // others are evaluated when they are next checked).
     let now = clock.now();
-    let mut seen = HashSet::new();
-    for (account, _) in &new {
-        if seen.insert(account.as_str()) {
-            pql.mark([account.as_str()]);
-            if let Some((period, alerts)) = checks.new_alerts(account) {
-                super::check::spawn_alerts(pool.clone(), account.clone(), period, alerts, now);
-            }
+    for account in &stored.accounts {
+        pql.mark([account.as_str()]);
+        if let Some((period, alerts)) = checks.new_alerts(account) {
+            super::check::spawn_alerts(pool.clone(), account.clone(), period, alerts, now);
         }
     }
-    for ((job, answer), stored) in jobs.into_iter().zip(answers).zip(stored_by) {
+    for ((job, answer), stored) in jobs.into_iter().zip(answers).zip(stored.by_job) {
         let answer = answer.map(|n| {
             let old = job
                 .events
@@ -659,20 +666,43 @@ async fn process_group(
     }
 }
 
-/// For each job's events (as (account, id)), whether that job stored it: it is among the
-/// `new` ones and no earlier job of the group holds the same id (the first job holding an id
-/// owns it). The others go back to their request, which compares them with the stored copy
-/// (a copy that differs reuses the id).
-fn stored_by_job(jobs: &[Vec<(&str, &str)>], new: &HashSet<(&str, &str)>) -> Vec<Vec<bool>> {
-    let mut owned = HashSet::new();
-    jobs.iter()
-        .map(|events| {
-            events
-                .iter()
-                .map(|k| new.contains(k) && owned.insert(*k))
-                .collect()
-        })
-        .collect()
+/// What a group stored: for each job, which of its events it stored (see [`stored_by_job`]),
+/// and the accounts that got a new event, sorted.
+#[derive(Default)]
+struct Stored {
+    by_job: Vec<Vec<bool>>,
+    accounts: Vec<String>,
+}
+
+/// A group's events once each, as (job, index) in key order (account, id): the first job
+/// holding an (account, id) owns it, and later copies (in that job or a later one) are left
+/// out. Key order is the order the group writes rows in, so that concurrent writers (the
+/// lane's other group, other instances) lock them in one order.
+fn owned_in_key_order(jobs: &[Vec<(&str, &str)>]) -> Vec<(usize, usize)> {
+    let n = jobs.iter().map(Vec::len).sum();
+    let mut seen: FastSet<(&str, &str)> = FastSet::with_capacity(n);
+    let mut owned = Vec::with_capacity(n);
+    for (j, keys) in jobs.iter().enumerate() {
+        for (i, key) in keys.iter().enumerate() {
+            if seen.insert(*key) {
+                owned.push((j, i));
+            }
+        }
+    }
+    owned.sort_unstable_by_key(|&(j, i)| jobs[j][i]);
+    owned
+}
+
+/// For each job's events, whether that job stored it: it is the copy that owns its key
+/// (`owned`, from [`owned_in_key_order`]) and the insert found it new (`new`, one flag per
+/// owned event). The others go back to their request, which compares them with the stored
+/// copy (a copy that differs reuses the id).
+fn stored_by_job(lens: &[usize], owned: &[(usize, usize)], new: &[bool]) -> Vec<Vec<bool>> {
+    let mut by_job: Vec<Vec<bool>> = lens.iter().map(|n| vec![false; *n]).collect();
+    for (&(j, i), new) in owned.iter().zip(new) {
+        by_job[j][i] = *new;
+    }
+    by_job
 }
 
 /// The check cache's "being written" marks of a group's accounts, ended however the group
@@ -691,7 +721,7 @@ impl Drop for GroupWrites<'_> {
                 self.checks.invalidate(a);
             }
         }
-        let accounts: HashSet<&str> = self.accounts.iter().map(String::as_str).collect();
+        let accounts: FastSet<&str> = self.accounts.iter().map(String::as_str).collect();
         self.checks.end_writes(&accounts);
     }
 }
@@ -704,33 +734,53 @@ async fn commit_isolated(
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
     lane: &LaneState,
-) -> (Vec<Result<usize, ServiceError>>, HashSet<(String, String)>) {
+) -> (Vec<Result<usize, ServiceError>>, Stored) {
+    let count = |stored: &[bool]| stored.iter().filter(|s| **s).count();
+    let none = |job: &Job| vec![false; job.events.len()];
     let size: usize = jobs.iter().map(|j| j.events.len()).sum();
     let error = match commit_group(pool, now, jobs, lane).await {
-        Ok((per_job, new)) => return (per_job.into_iter().map(Ok).collect(), new),
+        Ok(stored) => {
+            let answers = stored.by_job.iter().map(|s| Ok(count(s))).collect();
+            return (answers, stored);
+        }
         Err(e) => e,
     };
     if jobs.len() == 1 || !matches!(error, StoreError::Query(_)) {
         tracing::error!(error = %error, events = size, "ingest group failed");
         let answers = jobs.iter().map(|_| Err(job_error(&error))).collect();
-        return (answers, HashSet::new());
+        let by_job = jobs.iter().map(none).collect();
+        return (
+            answers,
+            Stored {
+                by_job,
+                accounts: Vec::new(),
+            },
+        );
     }
     tracing::warn!(error = %error, jobs = jobs.len(), "ingest group failed: committing its requests one by one");
     let mut answers = Vec::with_capacity(jobs.len());
-    let mut stored = HashSet::new();
+    let mut all = Stored::default();
     for job in jobs {
         match commit_group(pool, now, std::slice::from_ref(job), lane).await {
-            Ok((per_job, new)) => {
-                answers.push(Ok(per_job[0]));
-                stored.extend(new);
+            Ok(Stored {
+                mut by_job,
+                accounts,
+            }) => {
+                let stored = by_job.pop().unwrap_or_default();
+                answers.push(Ok(count(&stored)));
+                all.by_job.push(stored);
+                all.accounts.extend(accounts);
             }
             Err(e) => {
                 tracing::warn!(error = %e, events = job.events.len(), "ingest request failed");
                 answers.push(Err(job_error(&e)));
+                all.by_job.push(none(job));
             }
         }
     }
-    (answers, stored)
+    all.accounts.sort_unstable();
+    all.accounts.dedup();
+    (answers, all)
 }
 
 /// The answer to a request whose events could not be committed: the database refusing the data
@@ -749,7 +799,7 @@ fn job_error(e: &StoreError) -> ServiceError {
     }
 }
 
-/// Commits a group of jobs in one transaction; returns how many events of each job were new.
+/// Commits a group of jobs in one transaction; returns which events of each job it stored.
 /// An account the events name that does not exist yet is created with them (as OpenMeter
 /// creates subjects), so its usage, checks and PQL score work before anyone registers it.
 async fn commit_group(
@@ -757,57 +807,57 @@ async fn commit_group(
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
     lane: &LaneState,
-) -> Result<(Vec<usize>, HashSet<(String, String)>), StoreError> {
-    // The first job holding an (account, id) owns it; later copies are duplicates.
-    let mut owner: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut unique: Vec<&Valid> = Vec::new();
-    for (j, job) in jobs.iter().enumerate() {
-        for v in &job.events {
-            if let Entry::Vacant(slot) =
-                owner.entry((v.event.account.as_str(), v.event.id.as_str()))
-            {
-                slot.insert(j);
-                unique.push(v);
-            }
-        }
-    }
-    // Key order, so concurrent writers (other instances) lock rows in the same order.
-    unique.sort_by(|a, b| {
-        (a.event.account.as_str(), a.event.id.as_str())
-            .cmp(&(b.event.account.as_str(), b.event.id.as_str()))
-    });
+) -> Result<Stored, StoreError> {
+    let keys: Vec<Vec<(&str, &str)>> = jobs
+        .iter()
+        .map(|j| {
+            j.events
+                .iter()
+                .map(|v| (v.event.account.as_str(), v.event.id.as_str()))
+                .collect()
+        })
+        .collect();
+    let owned = owned_in_key_order(&keys);
+    let unique: Vec<&Valid> = owned.iter().map(|&(j, i)| &jobs[j].events[i]).collect();
     let events: Vec<&Event> = unique.iter().map(|v| &v.event).collect();
     // Sorted (the events are), so concurrent writers insert account rows in one order.
-    let mut unknown: Vec<&str> = {
+    let mut accounts: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    accounts.dedup();
+    let unknown: Vec<&str> = {
         let known = lane.known.lock().unwrap_or_else(|e| e.into_inner());
-        events
+        accounts
             .iter()
-            .map(|e| e.account.as_str())
+            .copied()
             .filter(|a| !known.contains(*a))
             .collect()
     };
-    unknown.dedup();
     let mut attempt = 0;
     // Most groups hold only new events: they are inserted without looking for stored copies
     // first. A stored one (a retried batch) fails that insert; the group then runs again
     // skipping what is stored, and so do the lane's next groups until one holds only new
     // events (a client retrying many batches costs one failed insert, not one per group).
     let mut expect_new = lane.plain.load(Ordering::Relaxed) && !crate::store::citus::active();
-    let new = loop {
+    // One flag per event of `events`: whether this group inserted it.
+    let new: Vec<bool> = loop {
         attempt += 1;
         let mut conn = pool.get().await?;
         let result = conn
-            .transaction::<HashSet<(String, String)>, StoreError, _>(async |c| {
+            .transaction::<Vec<bool>, StoreError, _>(async |c| {
                 store_events::one_connection_per_node(c).await?;
                 crate::store::accounts::ensure_many(c, &unknown, now).await?;
                 let new = if expect_new {
                     store_events::insert_all(c, &events, now).await?;
+                    vec![true; events.len()]
+                } else {
+                    let inserted = store_events::insert_new(c, &events, now).await?;
+                    let inserted: FastSet<(&str, &str)> = inserted
+                        .iter()
+                        .map(|(a, i)| (a.as_str(), i.as_str()))
+                        .collect();
                     events
                         .iter()
-                        .map(|e| (e.account.as_str().to_owned(), e.id.clone()))
+                        .map(|e| inserted.contains(&(e.account.as_str(), e.id.as_str())))
                         .collect()
-                } else {
-                    store_events::insert_new(c, &events, now).await?
                 };
                 let (rollups, types) = deltas(&unique, &new);
                 store_events::add_to_rollups(c, &rollups).await?;
@@ -822,7 +872,7 @@ async fn commit_group(
                     .unwrap_or_else(|e| e.into_inner())
                     .extend(unknown.iter().map(|a| (*a).to_owned()));
                 lane.plain
-                    .store(expect_new || new.len() == events.len(), Ordering::Relaxed);
+                    .store(expect_new || new.iter().all(|n| *n), Ordering::Relaxed);
                 break new;
             }
             Err(e) if expect_new && e.is_unique_violation() => {
@@ -838,13 +888,18 @@ async fn commit_group(
             Err(e) => return Err(e),
         }
     };
-    let mut per_job = vec![0; jobs.len()];
-    for (account, id) in &new {
-        if let Some(j) = owner.get(&(account.as_str(), id.as_str())) {
-            per_job[*j] += 1;
-        }
-    }
-    Ok((per_job, new))
+    let lens: Vec<usize> = keys.iter().map(Vec::len).collect();
+    let mut accounts: Vec<&str> = events
+        .iter()
+        .zip(&new)
+        .filter(|(_, new)| **new)
+        .map(|(e, _)| e.account.as_str())
+        .collect();
+    accounts.dedup();
+    Ok(Stored {
+        by_job: stored_by_job(&lens, &owned, &new),
+        accounts: accounts.into_iter().map(str::to_owned).collect(),
+    })
 }
 
 /// A group's rollup deltas and type-count deltas, keyed by borrowed account, meter and type.
@@ -853,16 +908,13 @@ type Deltas<'a> = (
     BTreeMap<(&'a str, &'a str), TypeCount>,
 );
 
-/// Rollup and event-type deltas of the events that were actually inserted.
-fn deltas<'a>(valid: &[&'a Valid], new: &HashSet<(String, String)>) -> Deltas<'a> {
-    let new: HashSet<(&str, &str)> = new.iter().map(|(a, i)| (a.as_str(), i.as_str())).collect();
+/// Rollup and event-type deltas of the events that were actually inserted (`new`, one flag
+/// per event of `valid`).
+fn deltas<'a>(valid: &[&'a Valid], new: &[bool]) -> Deltas<'a> {
     let mut rollups: BTreeMap<RollupKey<'a>, AggregateState> = BTreeMap::new();
     let mut types: BTreeMap<(&'a str, &'a str), TypeCount> = BTreeMap::new();
-    for v in valid {
+    for (v, _) in valid.iter().zip(new).filter(|(_, new)| **new) {
         let e = &v.event;
-        if !new.contains(&(e.account.as_str(), e.id.as_str())) {
-            continue;
-        }
         let bucket = bucket_of(e.timestamp);
         for (meter, reading) in &v.readings {
             rollups
@@ -896,14 +948,31 @@ mod tests {
 
     /// Two requests of one group commit carry the same id: the first stored it, so the second
     /// gets its copy back to compare (it was counted a duplicate unseen, even when it said
-    /// something else: security review L6).
+    /// something else: security review L6). An id stored before the group goes back to the
+    /// job that sent it too.
     #[test]
     fn a_later_request_of_the_group_gets_back_the_id_an_earlier_one_stored() {
-        let jobs = vec![keys(&["a", "b"]), keys(&["b", "c"]), keys(&["old"])];
-        let new: HashSet<(&str, &str)> = keys(&["a", "b", "c"]).into_iter().collect();
+        let jobs = vec![keys(&["b", "a"]), keys(&["b", "c"]), keys(&["old"])];
+        let owned = owned_in_key_order(&jobs);
+        // Key order, each key once, owned by its first holder.
+        assert_eq!(owned, vec![(0, 1), (0, 0), (1, 1), (2, 0)]);
+        // The insert found a, b and c new, "old" stored before.
+        let new = [true, true, true, false];
         assert_eq!(
-            stored_by_job(&jobs, &new),
+            stored_by_job(&[2, 2, 1], &owned, &new),
             vec![vec![true, true], vec![false, true], vec![false]]
+        );
+    }
+
+    /// One request repeating an id stores it once: its second copy goes back to it.
+    #[test]
+    fn an_id_repeated_within_one_request_is_owned_by_its_first_copy() {
+        let jobs = vec![keys(&["x", "x", "y"])];
+        let owned = owned_in_key_order(&jobs);
+        assert_eq!(owned, vec![(0, 0), (0, 2)]);
+        assert_eq!(
+            stored_by_job(&[3], &owned, &[true, true]),
+            vec![vec![true, false, true]]
         );
     }
 }
