@@ -29,7 +29,7 @@ use diesel_async::AsyncConnection;
 use foldhash::{HashMap as FastMap, HashSet as FastSet, HashSetExt};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -512,7 +512,7 @@ async fn run_lane(
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
     let lane = Arc::new(LaneState {
-        known: std::sync::Mutex::new(FastSet::new()),
+        known: std::sync::Mutex::new(HashSet::new()),
         plain: AtomicBool::new(true),
         metrics: metrics.clone(),
     });
@@ -596,7 +596,8 @@ const DEEP_GROUP_EVENTS_PER_ACCOUNT: usize = 32;
 struct LaneState {
     /// Accounts known to exist (it created them or saw them stored), so it does not insert
     /// their rows again; past [`MAX_KNOWN_ACCOUNTS`] it forgets them all and relearns.
-    known: std::sync::Mutex<FastSet<String>>,
+    /// (Hashed with SipHash: it lives long and holds names clients choose.)
+    known: std::sync::Mutex<HashSet<String>>,
     /// Whether the next group is inserted as all new (see [`commit_group`]).
     plain: AtomicBool,
     metrics: Arc<crate::telemetry::Metrics>,
@@ -728,7 +729,7 @@ impl Drop for GroupWrites<'_> {
 
 /// Commits a lane's jobs together; if that fails for a reason other than the database being
 /// unreachable, commits each job alone, so one request's bad data can never fail another's.
-/// Returns each job's answer (how many of its events were new) and every (account, id) stored.
+/// Returns each job's answer (how many of its events were new) and what it stored.
 async fn commit_isolated(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
@@ -964,9 +965,10 @@ mod tests {
         );
     }
 
-    /// One request repeating an id stores it once: its second copy goes back to it.
+    /// Keys repeated within one job (requests drop their own repeats before queueing, so this
+    /// guards the lane's side alone): the first copy owns the key, the later one is not stored.
     #[test]
-    fn an_id_repeated_within_one_request_is_owned_by_its_first_copy() {
+    fn a_key_repeated_within_one_job_is_owned_by_its_first_copy() {
         let jobs = vec![keys(&["x", "x", "y"])];
         let owned = owned_in_key_order(&jobs);
         assert_eq!(owned, vec![(0, 0), (0, 2)]);

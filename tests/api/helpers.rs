@@ -273,8 +273,21 @@ impl TestDb {
     }
 
     /// Opens a transaction that holds `account`'s rollup rows `FOR UPDATE` until released:
-    /// the ingest lane that commits the account's next events waits on them.
+    /// the ingest lane that commits the account's next events waits on them. The account
+    /// must have rollup rows (a hold on none would hold nothing).
     pub async fn hold_rollups(&self, account: &str) -> RowHold {
+        assert!(
+            account
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "a plain account name: {account}"
+        );
+        let rows = self
+            .count(&format!(
+                "(SELECT count(*) FROM usage_rollups WHERE account = '{account}')"
+            ))
+            .await;
+        assert!(rows > 0, "account `{account}` has no rollup rows to hold");
         let mut c = self.conn().await;
         c.batch_execute(&format!(
             "BEGIN; SELECT * FROM usage_rollups WHERE account = '{account}' FOR UPDATE"

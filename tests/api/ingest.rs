@@ -732,6 +732,87 @@ async fn a_retry_beside_its_first_copys_uncommitted_group_is_stored_once() {
     assert_deep_totals(&app, &key, 201).await;
 }
 
+/// Two requests committed in one group carry one new id with different content: the first
+/// request's copy is stored and counted; the second request is told the id is reused
+/// (`id_reused` at its index) while its other event is stored. The lane is held on the
+/// account's rollup rows while both queue, so they commit together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_two_requests_of_one_group_send_with_other_content_is_refused_to_the_second() {
+    let app = spawn_app().await;
+    let key = app.key("ingest,check", None).await;
+    let ev = |id: &str, minutes: &str| {
+        json!({"id": id, "account": "grp", "type": "job.completed",
+               "timestamp": "2026-11-25T10:15:00.000Z", "properties": {"minutes": minutes}})
+    };
+    let (status, b) = app.send(&key, &json!({"events": [ev("seed", "1")]})).await;
+    assert_eq!((status, b["accepted"].as_u64()), (200, Some(1)), "{b}");
+    let blocker = app.db.hold_rollups("grp").await;
+    let ingest = &app.ctx.ingest;
+    let queued = || ingest.queue_depths().iter().sum::<usize>();
+    let held = app.send_in_background(&key, json!({"events": [ev("held", "1")]}));
+    wait_until(
+        || ingest.in_flight_events() == 1 && queued() == 0,
+        || "the lane never took the held request".into(),
+    )
+    .await;
+    let first = app.send_in_background(&key, json!({"events": [ev("x", "2")]}));
+    wait_until(|| queued() == 1, || "the first copy never queued".into()).await;
+    let second = app.send_in_background(&key, json!({"events": [ev("pad", "1"), ev("x", "3")]}));
+    wait_until(|| queued() == 2, || "the second copy never queued".into()).await;
+    blocker.release().await;
+    assert_eq!(held.await.unwrap()["accepted"], 1);
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(
+        (first["accepted"].as_u64(), first["duplicates"].as_u64()),
+        (Some(1), Some(0)),
+        "{first}"
+    );
+    assert_eq!(first["rejected"], json!([]), "{first}");
+    assert_eq!(
+        (second["accepted"].as_u64(), second["duplicates"].as_u64()),
+        (Some(1), Some(0)),
+        "{second}"
+    );
+    let rejected = second["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{second}");
+    assert_eq!(
+        (
+            &rejected[0]["index"],
+            &rejected[0]["id"],
+            &rejected[0]["error"]["code"]
+        ),
+        (&json!(1), &json!("x"), &json!("id_reused")),
+        "{second}"
+    );
+    // Stored once, as the first request sent it; the rollups hold seed, held, x and pad once:
+    // 1 + 1 + 2 + 1 minutes.
+    assert_eq!(
+        app.db
+            .count("(SELECT count(*) FROM events WHERE id = 'x' AND properties->>'minutes' = '2')")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.db
+            .count(
+                "(SELECT sum(event_count)::int8 FROM usage_rollups
+                   WHERE account = 'grp' AND meter = 'compute_minutes')"
+            )
+            .await,
+        4
+    );
+    let minutes = app
+        .meter_value(
+            &key,
+            "grp",
+            "compute_minutes",
+            "2026-11-25T00:00:00.000Z",
+            "2026-11-26T00:00:00.000Z",
+        )
+        .await;
+    assert_eq!(minutes, "5");
+}
+
 /// Account `deep`'s event `i`: a job of (i mod 5) + 0.5 minutes.
 fn deep_event(i: usize) -> Value {
     json!({"id": format!("deep-{i}"), "account": "deep", "type": "job.completed",
