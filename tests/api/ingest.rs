@@ -382,15 +382,7 @@ async fn a_batch_half_stored_before_sent_four_times_at_once_is_stored_once() {
             .await,
         1000
     );
-    assert_eq!(
-        app.db
-            .count(
-                "(SELECT sum(event_count)::int8 FROM usage_rollups
-                   WHERE account = 'busy' AND meter = 'compute_minutes')"
-            )
-            .await,
-        1000
-    );
+    assert_eq!(rollup_events(&app, "busy", "compute_minutes").await, 1000);
     // Minutes by hand: event i carries (i mod 7) + 0.25.
     let mut quarters = 0u64;
     for i in 0..1000u64 {
@@ -792,15 +784,7 @@ async fn an_id_two_requests_of_one_group_send_with_other_content_is_refused_to_t
             .await,
         1
     );
-    assert_eq!(
-        app.db
-            .count(
-                "(SELECT sum(event_count)::int8 FROM usage_rollups
-                   WHERE account = 'grp' AND meter = 'compute_minutes')"
-            )
-            .await,
-        4
-    );
+    assert_eq!(rollup_events(&app, "grp", "compute_minutes").await, 4);
     let minutes = app
         .meter_value(
             &key,
@@ -811,6 +795,16 @@ async fn an_id_two_requests_of_one_group_send_with_other_content_is_refused_to_t
         )
         .await;
     assert_eq!(minutes, "5");
+}
+
+/// How many events `account`'s rollups of `meter` hold (summed over its hours).
+async fn rollup_events(app: &TestApp, account: &str, meter: &str) -> i64 {
+    app.db
+        .count(&format!(
+            "(SELECT coalesce(sum(event_count), 0)::int8 FROM usage_rollups
+               WHERE account = '{account}' AND meter = '{meter}')"
+        ))
+        .await
 }
 
 /// Account `deep`'s event `i`: a job of (i mod 5) + 0.5 minutes.
@@ -888,12 +882,7 @@ async fn assert_deep_totals(app: &TestApp, key: &str, n: usize) {
         n as i64
     );
     assert_eq!(
-        app.db
-            .count(
-                "(SELECT sum(event_count)::int8 FROM usage_rollups
-                   WHERE account = 'deep' AND meter = 'compute_minutes')"
-            )
-            .await,
+        rollup_events(app, "deep", "compute_minutes").await,
         n as i64
     );
     let halves: usize = (0..n).map(|i| (i % 5) * 2 + 1).sum();
