@@ -14,6 +14,15 @@ impl AccountId {
     /// invisible format characters, no space at either end, and in Unicode NFC form, so two
     /// ids that look the same are the same id. Ids are compared exactly (case-sensitive).
     pub fn parse(raw: &str) -> Result<Self, String> {
+        Self::check(raw).map(|()| Self(raw.to_owned()))
+    }
+
+    /// [`AccountId::parse`] of a string the caller owns: kept, not copied.
+    pub fn parse_owned(raw: String) -> Result<Self, String> {
+        Self::check(&raw).map(|()| Self(raw))
+    }
+
+    fn check(raw: &str) -> Result<(), String> {
         if raw.trim().is_empty() {
             return Err("account must be a non-empty string".into());
         }
@@ -39,7 +48,7 @@ impl AccountId {
                 raw.nfc().collect::<String>()
             ));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {

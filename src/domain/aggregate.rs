@@ -60,15 +60,23 @@ impl AggregateState {
             Reading::Number(v) => {
                 self.sum += v;
                 self.max = Some(self.max.map_or(*v, |m| m.max(*v)));
-                let candidate = Latest {
-                    at,
-                    event_id: event_id.to_owned(),
-                    value: *v,
-                };
-                self.latest = Some(later(self.latest.take(), candidate));
+                // As `later` decides, without copying the id of a reading that loses.
+                let wins = self
+                    .latest
+                    .as_ref()
+                    .is_none_or(|c| (&c.at, c.event_id.as_str()) < (&at, event_id));
+                if wins {
+                    self.latest = Some(Latest {
+                        at,
+                        event_id: event_id.to_owned(),
+                        value: *v,
+                    });
+                }
             }
             Reading::Key(k) => {
-                self.keys.insert(k.clone());
+                if !self.keys.contains(k) {
+                    self.keys.insert(k.clone());
+                }
             }
         }
     }

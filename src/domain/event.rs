@@ -63,29 +63,57 @@ const FIELDS: &[&str] = &["id", "account", "type", "timestamp", "properties"];
 /// Validates the shape of one raw event. `now` is the receipt time, used as the default
 /// timestamp and as the reference for the future-timestamp rule.
 pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
+    parse_event_keeping_id(raw, now).map_err(|(_, why)| why)
+}
+
+/// [`parse_event`], which on refusal also gives back the event's id when it had a string one
+/// (as [`raw_id`] reads it), without copying it on the way.
+pub fn parse_event_keeping_id(
+    raw: Value,
+    now: DateTime<Utc>,
+) -> Result<Event, (Option<String>, Rejection)> {
     let Value::Object(mut obj) = raw else {
-        return Err(Rejection::new(
-            "invalid_event",
-            "an event must be a JSON object",
+        return Err((
+            None,
+            Rejection::new("invalid_event", "an event must be a JSON object"),
         ));
     };
-    let id = match obj.get("id") {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_LEN => s.clone(),
+    // The fields are moved out of the object (checked in this order: the id first).
+    let id = match obj.remove("id") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_LEN => s,
         Some(Value::String(s)) if s.len() > MAX_ID_LEN => {
-            return Err(Rejection::new(
-                "invalid_id",
-                format!("id is longer than {MAX_ID_LEN} bytes"),
-            ))
+            let why = format!("id is longer than {MAX_ID_LEN} bytes");
+            return Err((Some(s), Rejection::new("invalid_id", why)));
         }
-        Some(Value::String(_)) => {
-            return Err(Rejection::new(
-                "invalid_id",
-                "id must be a non-empty string",
-            ))
+        Some(Value::String(s)) => {
+            let why = Rejection::new("invalid_id", "id must be a non-empty string");
+            return Err((Some(s), why));
         }
-        Some(_) => return Err(Rejection::new("invalid_id", "id must be a string")),
-        None => return Err(Rejection::new("missing_id", "id is required")),
+        Some(_) => return Err((None, Rejection::new("invalid_id", "id must be a string"))),
+        None => return Err((None, Rejection::new("missing_id", "id is required"))),
     };
+    match parse_fields(obj, &id, now) {
+        Ok((account, event_type, timestamp, properties)) => Ok(Event {
+            account,
+            id,
+            event_type,
+            timestamp,
+            properties,
+        }),
+        Err(why) => Err((Some(id), why)),
+    }
+}
+
+/// An event's fields past its id: account, type, timestamp and properties.
+type Fields = (AccountId, String, DateTime<Utc>, Value);
+
+/// The rest of [`parse_event_keeping_id`]: the fields of an event object whose id `id` was
+/// taken out and found well formed.
+fn parse_fields(
+    mut obj: Map<String, Value>,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Fields, Rejection> {
     // A misspelt field would otherwise be dropped unseen (`"time"` for `"timestamp"` became
     // the receipt time).
     if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
@@ -98,9 +126,9 @@ pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
             ),
         ));
     }
-    let account = match obj.get("account") {
+    let account = match obj.remove("account") {
         Some(Value::String(s)) => {
-            AccountId::parse(s).map_err(|why| Rejection::new("invalid_account", why))?
+            AccountId::parse_owned(s).map_err(|why| Rejection::new("invalid_account", why))?
         }
         Some(_) => {
             return Err(Rejection::new(
@@ -110,8 +138,8 @@ pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
         }
         None => return Err(Rejection::new("missing_account", "account is required")),
     };
-    let event_type = match obj.get("type") {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_TYPE_LEN => s.clone(),
+    let event_type = match obj.remove("type") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_TYPE_LEN => s,
         Some(_) => {
             return Err(Rejection::new(
                 "invalid_type",
@@ -177,13 +205,7 @@ pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
             ))
         }
     };
-    Ok(Event {
-        account,
-        id,
-        event_type,
-        timestamp,
-        properties,
-    })
+    Ok((account, event_type, timestamp, properties))
 }
 
 /// What a `properties` value costs: about how many bytes it takes, how many values it holds.

@@ -20,7 +20,7 @@ use super::check::CheckCache;
 use super::{Ctx, ServiceError};
 use crate::domain::aggregate::{bucket_of, AggregateState};
 use crate::domain::clock::Clock;
-use crate::domain::event::{parse_event, raw_id, Event, Rejection};
+use crate::domain::event::{parse_event_keeping_id, Event, Rejection};
 use crate::domain::event_shapes::Mapped;
 use crate::domain::meter::Reading;
 use crate::store::events::{self as store_events, RollupKey, TypeCount};
@@ -29,7 +29,7 @@ use diesel_async::AsyncConnection;
 use foldhash::{HashMap as FastMap, HashSet as FastSet, HashSetExt};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -153,13 +153,15 @@ async fn ingest_as(
                 continue;
             }
         };
-        let id = raw_id(&r);
-        let now = r
-            .get("account")
-            .and_then(Value::as_str)
-            .and_then(|a| clocked.get(a))
-            .copied()
-            .unwrap_or(now);
+        let now = match clocked.is_empty() {
+            true => now,
+            false => r
+                .get("account")
+                .and_then(Value::as_str)
+                .and_then(|a| clocked.get(a))
+                .copied()
+                .unwrap_or(now),
+        };
         match validate(ctx, r, index, now, only_account) {
             Ok(v) => {
                 let (account, id) = (v.event.account.as_str(), v.event.id.as_str());
@@ -184,7 +186,7 @@ async fn ingest_as(
                     }
                 }
             }
-            Err(rej) => outcome.rejected.push(RejectedEvent {
+            Err((id, rej)) => outcome.rejected.push(RejectedEvent {
                 index,
                 id,
                 error: ErrorBody {
@@ -257,21 +259,24 @@ fn validate(
     index: usize,
     now: chrono::DateTime<chrono::Utc>,
     only_account: Option<&str>,
-) -> Result<Valid, Rejection> {
-    let event = parse_event(raw, now)?;
+) -> Result<Valid, (Option<String>, Rejection)> {
+    let event = parse_event_keeping_id(raw, now)?;
     if only_account.is_some_and(|a| a != event.account.as_str()) {
-        return Err(Rejection::new(
+        let why = Rejection::new(
             "account_not_allowed",
             format!(
                 "this key cannot send events for account `{}`",
                 event.account
             ),
-        ));
+        );
+        return Err((Some(event.id), why));
     }
     let mut readings = Vec::new();
     for meter in ctx.meters.for_event_type(&event.event_type) {
-        if let Some(reading) = meter.reading(&event)? {
-            readings.push((meter.code.clone(), reading));
+        match meter.reading(&event) {
+            Ok(Some(reading)) => readings.push((meter.code.clone(), reading)),
+            Ok(None) => {}
+            Err(why) => return Err((Some(event.id), why)),
         }
     }
     Ok(Valid {
@@ -579,9 +584,10 @@ async fn run_lane(
 
 /// Groups a lane commits at once, each in its own transaction on its own connection: the next
 /// group inserts its events while the previous one writes its rollups, commits and answers.
-/// Both write only the lane's accounts, in one lock order (accounts, events, rollups, distinct
-/// keys, type counts, each sorted by key), so the later one waits for the earlier one's rows
-/// at most, never in a cycle.
+/// Both write only the lane's accounts, in one lock order (accounts, events, then the counters
+/// in the order their one statement text fixes, `store::events::add_counters`; each table's
+/// rows sorted by key), so the later one waits for the earlier one's rows at most, never in a
+/// cycle.
 ///
 /// Only a group with at least [`DEEP_GROUP_EVENTS_PER_ACCOUNT`] events per account is
 /// followed at once: a group's rollup and type-count rows are one per account, meter and hour
@@ -842,30 +848,50 @@ async fn commit_group(
     let new: Vec<bool> = loop {
         attempt += 1;
         let mut conn = pool.get().await?;
-        let result = conn
-            .transaction::<Vec<bool>, StoreError, _>(async |c| {
+        let result = if expect_new && unknown.is_empty() {
+            // The common case: one statement, atomic alone (one round trip, no transaction).
+            let new = vec![true; events.len()];
+            let (rollups, types) = deltas(&unique, &new);
+            let counters = store_events::Counters {
+                rollups: &rollups,
+                types: &types,
+            };
+            store_events::insert_all_with_counters(&mut conn, &events, now, &counters)
+                .await
+                .map(|()| new)
+        } else {
+            conn.transaction::<Vec<bool>, StoreError, _>(async |c| {
                 store_events::one_connection_per_node(c).await?;
                 crate::store::accounts::ensure_many(c, &unknown, now).await?;
-                let new = if expect_new {
-                    store_events::insert_all(c, &events, now).await?;
-                    vec![true; events.len()]
-                } else {
-                    let inserted = store_events::insert_new(c, &events, now).await?;
-                    let inserted: FastSet<(&str, &str)> = inserted
-                        .iter()
-                        .map(|(a, i)| (a.as_str(), i.as_str()))
-                        .collect();
-                    events
-                        .iter()
-                        .map(|e| inserted.contains(&(e.account.as_str(), e.id.as_str())))
-                        .collect()
-                };
+                if expect_new {
+                    let new = vec![true; events.len()];
+                    let (rollups, types) = deltas(&unique, &new);
+                    let counters = store_events::Counters {
+                        rollups: &rollups,
+                        types: &types,
+                    };
+                    store_events::insert_all_with_counters(c, &events, now, &counters).await?;
+                    return Ok(new);
+                }
+                let inserted = store_events::insert_new(c, &events, now).await?;
+                let inserted: FastSet<(&str, &str)> = inserted
+                    .iter()
+                    .map(|(a, i)| (a.as_str(), i.as_str()))
+                    .collect();
+                let new: Vec<bool> = events
+                    .iter()
+                    .map(|e| inserted.contains(&(e.account.as_str(), e.id.as_str())))
+                    .collect();
                 let (rollups, types) = deltas(&unique, &new);
-                store_events::add_to_rollups(c, &rollups).await?;
-                store_events::add_to_type_counts(c, &types).await?;
+                let counters = store_events::Counters {
+                    rollups: &rollups,
+                    types: &types,
+                };
+                store_events::add_counters(c, &counters).await?;
                 Ok(new)
             })
-            .await;
+            .await
+        };
         match result {
             Ok(new) => {
                 lane.known
@@ -903,45 +929,155 @@ async fn commit_group(
     })
 }
 
-/// A group's rollup deltas and type-count deltas, keyed by borrowed account, meter and type.
+/// A group's rollup deltas and type-count deltas, keyed by borrowed account, meter and type,
+/// each key once and in key order.
 type Deltas<'a> = (
-    BTreeMap<RollupKey<'a>, AggregateState>,
-    BTreeMap<(&'a str, &'a str), TypeCount>,
+    Vec<(RollupKey<'a>, AggregateState)>,
+    Vec<((&'a str, &'a str), TypeCount)>,
 );
 
 /// Rollup and event-type deltas of the events that were actually inserted (`new`, one flag
-/// per event of `valid`).
+/// per event of `valid`). The events come in key order, so an account's events follow one
+/// another: each is added to a row among its account's rows alone (a few), not looked up among
+/// the whole group's, and the rows are put in key order once at the end.
 fn deltas<'a>(valid: &[&'a Valid], new: &[bool]) -> Deltas<'a> {
-    let mut rollups: BTreeMap<RollupKey<'a>, AggregateState> = BTreeMap::new();
-    let mut types: BTreeMap<(&'a str, &'a str), TypeCount> = BTreeMap::new();
+    let mut rollups: Vec<(RollupKey<'a>, AggregateState)> = Vec::new();
+    let mut types: Vec<((&'a str, &'a str), TypeCount)> = Vec::new();
+    // Where the current account's rows start.
+    let (mut first_rollup, mut first_type, mut current) = (0, 0, None);
     for (v, _) in valid.iter().zip(new).filter(|(_, new)| **new) {
         let e = &v.event;
+        let account = e.account.as_str();
+        if current != Some(account) {
+            (first_rollup, first_type, current) = (rollups.len(), types.len(), Some(account));
+        }
         let bucket = bucket_of(e.timestamp);
         for (meter, reading) in &v.readings {
-            rollups
-                .entry((e.account.as_str(), meter.as_str(), bucket))
-                .or_default()
-                .add(e.timestamp, &e.id, reading);
+            let key = (account, meter.as_str(), bucket);
+            let at = match rollups[first_rollup..].iter().position(|(k, _)| *k == key) {
+                Some(i) => first_rollup + i,
+                None => {
+                    rollups.push((key, AggregateState::default()));
+                    rollups.len() - 1
+                }
+            };
+            rollups[at].1.add(e.timestamp, &e.id, reading);
         }
-        types
-            .entry((e.account.as_str(), e.event_type.as_str()))
-            .and_modify(|c| {
+        let key = (account, e.event_type.as_str());
+        match types[first_type..].iter_mut().find(|(k, _)| *k == key) {
+            Some((_, c)) => {
                 c.count += 1;
                 c.first_at = c.first_at.min(e.timestamp);
                 c.last_at = c.last_at.max(e.timestamp);
-            })
-            .or_insert(TypeCount {
-                count: 1,
-                first_at: e.timestamp,
-                last_at: e.timestamp,
-            });
+            }
+            None => types.push((
+                key,
+                TypeCount {
+                    count: 1,
+                    first_at: e.timestamp,
+                    last_at: e.timestamp,
+                },
+            )),
+        }
     }
+    let rollups = in_key_order(rollups, |into, from| into.merge(&from));
+    let types = in_key_order(types, |into, from| {
+        into.count += from.count;
+        into.first_at = into.first_at.min(from.first_at);
+        into.last_at = into.last_at.max(from.last_at);
+    });
     (rollups, types)
+}
+
+/// Rows sorted by key, each key once: rows of one key (an account whose events did not all
+/// follow one another) are merged into one by `merge`.
+fn in_key_order<K: Ord, V>(mut rows: Vec<(K, V)>, merge: impl Fn(&mut V, V)) -> Vec<(K, V)> {
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(K, V)> = Vec::with_capacity(rows.len());
+    for (k, v) in rows {
+        match out.last_mut() {
+            Some((last, into)) if *last == k => merge(into, v),
+            _ => out.push((k, v)),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn valid(account: &str, id: &str, minute: u32, readings: &[(&str, Reading)]) -> Valid {
+        use chrono::TimeZone;
+        Valid {
+            event: Event {
+                account: crate::domain::account::AccountId::parse(account).unwrap(),
+                id: id.into(),
+                event_type: "job.completed".into(),
+                timestamp: chrono::Utc
+                    .with_ymd_and_hms(2026, 11, 25, 12, minute, 0)
+                    .unwrap(),
+                properties: serde_json::json!({}),
+            },
+            readings: readings
+                .iter()
+                .map(|(m, r)| ((*m).to_owned(), r.clone()))
+                .collect(),
+            index: 0,
+        }
+    }
+
+    /// Rows come out once per key and in key order (the upserts lock rows in that order and
+    /// may not touch a row twice), including when an account's events do not follow one
+    /// another; only new events count.
+    #[test]
+    fn a_groups_deltas_hold_each_key_once_in_key_order() {
+        use chrono::Timelike;
+        use rust_decimal::Decimal;
+        let dec = |v: &str| v.parse::<Decimal>().unwrap();
+        let n = |v: &str| Reading::Number(dec(v));
+        let events = [
+            valid(
+                "b",
+                "1",
+                5,
+                &[("minutes", n("1.5")), ("jobs", Reading::One)],
+            ),
+            valid("b", "2", 7, &[("minutes", n("2"))]),
+            valid("a", "3", 9, &[("minutes", n("4"))]),
+            valid("b", "4", 1, &[("minutes", n("10"))]),
+            valid("a", "5", 2, &[("minutes", n("100"))]),
+        ];
+        let refs: Vec<&Valid> = events.iter().collect();
+        // "a"'s second event was stored before: it adds nothing.
+        let (rollups, types) = deltas(&refs, &[true, true, true, true, false]);
+        let hour = events[0].event.timestamp - chrono::Duration::minutes(5);
+        let keys: Vec<RollupKey> = rollups.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("a", "minutes", hour),
+                ("b", "jobs", hour),
+                ("b", "minutes", hour)
+            ]
+        );
+        let sums: Vec<(i64, Decimal)> = rollups
+            .iter()
+            .map(|(_, s)| (s.event_count, s.sum))
+            .collect();
+        assert_eq!(sums, vec![(1, dec("4")), (1, dec("0")), (3, dec("13.5"))]);
+        // b's latest minutes are event 2's (12:07), not event 4's, which came later but
+        // happened earlier (12:01).
+        let latest = rollups[2].1.latest.as_ref().unwrap();
+        assert_eq!((latest.event_id.as_str(), latest.value), ("2", dec("2")));
+        let counts: Vec<((&str, &str), i64)> = types.iter().map(|(k, c)| (*k, c.count)).collect();
+        assert_eq!(
+            counts,
+            vec![(("a", "job.completed"), 1), (("b", "job.completed"), 3)]
+        );
+        let b = &types[1].1;
+        assert_eq!((b.first_at.minute(), b.last_at.minute()), (1, 7));
+    }
 
     fn keys<'a>(ids: &[&'a str]) -> Vec<(&'a str, &'a str)> {
         ids.iter().map(|i| ("acme", *i)).collect()

@@ -549,18 +549,19 @@ async fn a_fixed_statement_is_prepared_once_per_connection_and_reused() {
         let ids = [format!("acct-{round}"), format!("acct-{round}-b")];
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         accounts::ensure_many(&mut conn, &ids, now).await.unwrap();
-        let mut counts = std::collections::BTreeMap::new();
-        counts.insert(
+        let counts = [(
             (ids[0], "api.request"),
             events::TypeCount {
                 count: round + 1,
                 first_at: now,
                 last_at: now,
             },
-        );
-        events::add_to_type_counts(&mut conn, &counts)
-            .await
-            .unwrap();
+        )];
+        let counters = events::Counters {
+            rollups: &[],
+            types: &counts,
+        };
+        events::add_counters(&mut conn, &counters).await.unwrap();
         let read = usage::find_by_account_and_range(
             &mut conn,
             ids[0],
@@ -580,8 +581,8 @@ async fn a_fixed_statement_is_prepared_once_per_connection_and_reused() {
             varying,
         ),
         (
-            "the type-count upsert",
-            "INSERT INTO event_type_counts AS c%",
+            "the counters' upserts",
+            "%INSERT INTO event_type_counts AS c%",
             varying,
         ),
         ("the usage read", "SELECT meter,%SUM(event_count)%", 1),
