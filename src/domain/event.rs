@@ -52,11 +52,6 @@ impl Rejection {
     }
 }
 
-/// The id of a raw event, when it has a string one (for per-event result reporting).
-pub fn raw_id(raw: &Value) -> Option<String> {
-    raw.get("id").and_then(Value::as_str).map(str::to_owned)
-}
-
 /// The fields of an event; any other is refused.
 const FIELDS: &[&str] = &["id", "account", "type", "timestamp", "properties"];
 
@@ -67,7 +62,7 @@ pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
 }
 
 /// [`parse_event`], which on refusal also gives back the event's id when it had a string one
-/// (as [`raw_id`] reads it), without copying it on the way.
+/// (for the per-event results), without copying it on the way.
 pub fn parse_event_keeping_id(
     raw: Value,
     now: DateTime<Utc>,

@@ -585,9 +585,9 @@ async fn run_lane(
 /// Groups a lane commits at once, each in its own transaction on its own connection: the next
 /// group inserts its events while the previous one writes its rollups, commits and answers.
 /// Both write only the lane's accounts, in one lock order (accounts, events, then the counters
-/// in the order their one statement text fixes, `store::events::add_counters`; each table's
-/// rows sorted by key), so the later one waits for the earlier one's rows at most, never in a
-/// cycle.
+/// in the one order their shared statement parts give them, `store::events::counter_parts`;
+/// each table's rows sorted by key), so the later one waits for the earlier one's rows at
+/// most, never in a cycle.
 ///
 /// Only a group with at least [`DEEP_GROUP_EVENTS_PER_ACCOUNT`] events per account is
 /// followed at once: a group's rollup and type-count rows are one per account, meter and hour
@@ -938,8 +938,9 @@ type Deltas<'a> = (
 
 /// Rollup and event-type deltas of the events that were actually inserted (`new`, one flag
 /// per event of `valid`). The events come in key order, so an account's events follow one
-/// another: each is added to a row among its account's rows alone (a few), not looked up among
-/// the whole group's, and the rows are put in key order once at the end.
+/// another: each is added to a row among its account's last few rows (at most
+/// [`RECENT_ROWS`]), not looked up among the whole group's, and the rows are put in key order
+/// once at the end, where rows of one key (an account's backfill over many hours) merge.
 fn deltas<'a>(valid: &[&'a Valid], new: &[bool]) -> Deltas<'a> {
     let mut rollups: Vec<(RollupKey<'a>, AggregateState)> = Vec::new();
     let mut types: Vec<((&'a str, &'a str), TypeCount)> = Vec::new();
@@ -954,8 +955,9 @@ fn deltas<'a>(valid: &[&'a Valid], new: &[bool]) -> Deltas<'a> {
         let bucket = bucket_of(e.timestamp);
         for (meter, reading) in &v.readings {
             let key = (account, meter.as_str(), bucket);
-            let at = match rollups[first_rollup..].iter().position(|(k, _)| *k == key) {
-                Some(i) => first_rollup + i,
+            let from = first_rollup.max(rollups.len().saturating_sub(RECENT_ROWS));
+            let at = match rollups[from..].iter().position(|(k, _)| *k == key) {
+                Some(i) => from + i,
                 None => {
                     rollups.push((key, AggregateState::default()));
                     rollups.len() - 1
@@ -964,7 +966,8 @@ fn deltas<'a>(valid: &[&'a Valid], new: &[bool]) -> Deltas<'a> {
             rollups[at].1.add(e.timestamp, &e.id, reading);
         }
         let key = (account, e.event_type.as_str());
-        match types[first_type..].iter_mut().find(|(k, _)| *k == key) {
+        let from = first_type.max(types.len().saturating_sub(RECENT_ROWS));
+        match types[from..].iter_mut().find(|(k, _)| *k == key) {
             Some((_, c)) => {
                 c.count += 1;
                 c.first_at = c.first_at.min(e.timestamp);
@@ -989,8 +992,13 @@ fn deltas<'a>(valid: &[&'a Valid], new: &[bool]) -> Deltas<'a> {
     (rollups, types)
 }
 
-/// Rows sorted by key, each key once: rows of one key (an account whose events did not all
-/// follow one another) are merged into one by `merge`.
+/// How many of the current account's latest rows an event's reading is looked for among
+/// before it starts a row of its own (merged at the end): live traffic has a few rows per
+/// account, a backfill one per meter and hour, and a search among all of them would be
+/// quadratic in the group.
+const RECENT_ROWS: usize = 8;
+
+/// Rows sorted by key, each key once: rows of one key are merged into one by `merge`.
 fn in_key_order<K: Ord, V>(mut rows: Vec<(K, V)>, merge: impl Fn(&mut V, V)) -> Vec<(K, V)> {
     rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut out: Vec<(K, V)> = Vec::with_capacity(rows.len());
@@ -1077,6 +1085,32 @@ mod tests {
         );
         let b = &types[1].1;
         assert_eq!((b.first_at.minute(), b.last_at.minute()), (1, 7));
+    }
+
+    /// A backfill: one account's events over more hours than an event's reading is looked for
+    /// among, each hour twice, far apart. Each hour still comes out once, in order, with both
+    /// events.
+    #[test]
+    fn a_backfill_over_many_hours_gives_one_row_per_hour() {
+        let hours = 3 * RECENT_ROWS as i64;
+        let events: Vec<Valid> = (0..2 * hours)
+            .map(|k| {
+                let mut v = valid("acme", &format!("e{k:03}"), 0, &[("jobs", Reading::One)]);
+                v.event.timestamp -= chrono::Duration::hours(k % hours);
+                v
+            })
+            .collect();
+        let refs: Vec<&Valid> = events.iter().collect();
+        let (rollups, types) = deltas(&refs, &vec![true; refs.len()]);
+        let last = events[0].event.timestamp;
+        let want: Vec<(RollupKey, i64)> = (0..hours)
+            .rev()
+            .map(|h| (("acme", "jobs", last - chrono::Duration::hours(h)), 2))
+            .collect();
+        let got: Vec<(RollupKey, i64)> = rollups.iter().map(|(k, s)| (*k, s.event_count)).collect();
+        assert_eq!(got, want);
+        assert_eq!(types.len(), 1);
+        assert_eq!(types[0].1.count, 2 * hours);
     }
 
     fn keys<'a>(ids: &[&'a str]) -> Vec<(&'a str, &'a str)> {

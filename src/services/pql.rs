@@ -1,6 +1,6 @@
 //! Product-qualified leads: accounts are scored from their events, meters and firmographics as
 //! they arrive (ingestion and account changes mark them; a scorer task picks them up every
-//! second, and every account is rescored every ten minutes as windows slide), routed to a zone,
+//! ten seconds, and every account is rescored every ten minutes as windows slide), routed to a zone,
 //! and every tier or zone change is an outbox event with its breakdown or reasons. The funnel
 //! report and the attribution of conversions read the milestones kept beside the score.
 

@@ -254,10 +254,13 @@ fn type_count_upsert(first: usize) -> String {
 }
 
 /// The three counter writes of a group as one statement's parts, bound from `$1`: rollups
-/// ($1–$11), distinct keys ($12–$15), type counts ($16–$20). Every group writes them through
-/// this one text (alone or after its events), so every group locks their rows in the same
-/// order: PostgreSQL runs a statement's data-modifying `WITH` parts after its main part, in
-/// an order fixed by the text.
+/// ($1–$11), distinct keys ($12–$15), type counts ($16–$20). PostgreSQL runs a statement's
+/// data-modifying `WITH` parts after its main part (the events, in
+/// [`NEW_EVENTS_AND_COUNTERS`]), in an order it fixes for the text (PostgreSQL 15: last part
+/// first, so type counts, distinct keys, rollups), which its documentation leaves unspecified.
+/// Both single-node statements start with these same parts, so every group locks the
+/// counters' rows in one order whichever it runs (and on Citus, where the tables are written
+/// one statement each, no group runs either).
 fn counter_parts() -> String {
     format!(
         "WITH rollups AS ({}), unique_keys AS ({}), type_counts AS ({})",
