@@ -848,19 +848,12 @@ async fn commit_group(
     let new: Vec<bool> = loop {
         attempt += 1;
         let mut conn = pool.get().await?;
-        let result = if expect_new && unknown.is_empty() {
-            // The common case: one statement, atomic alone (one round trip, no transaction).
-            let new = vec![true; events.len()];
-            let (rollups, types) = deltas(&unique, &new);
-            let counters = store_events::Counters {
-                rollups: &rollups,
-                types: &types,
-            };
-            store_events::insert_all_with_counters(&mut conn, &events, now, &counters)
-                .await
-                .map(|()| new)
-        } else {
-            conn.transaction::<Vec<bool>, StoreError, _>(async |c| {
+        // In a transaction even when the group is one statement: its write then commits only
+        // if this process is still there to say so once the statement is done. Alone, a
+        // statement waiting on a row lock would commit after the process had stopped, its
+        // requests unanswered (the chaos suite's shutdown-grace case).
+        let result = conn
+            .transaction::<Vec<bool>, StoreError, _>(async |c| {
                 store_events::one_connection_per_node(c).await?;
                 crate::store::accounts::ensure_many(c, &unknown, now).await?;
                 if expect_new {
@@ -890,8 +883,7 @@ async fn commit_group(
                 store_events::add_counters(c, &counters).await?;
                 Ok(new)
             })
-            .await
-        };
+            .await;
         match result {
             Ok(new) => {
                 lane.known
