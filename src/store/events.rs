@@ -71,6 +71,21 @@ impl<'a> Columns<'a> {
             properties: events.iter().map(|e| &e.properties).collect(),
         }
     }
+
+    /// Binds the five columns and then `received_at` to the next placeholders (the events
+    /// inserts' order).
+    fn bind_inserted(
+        self,
+        q: super::prepared::Prepared<'a>,
+        received_at: DateTime<Utc>,
+    ) -> super::prepared::Prepared<'a> {
+        q.bind::<Array<Text>, _>(self.accounts)
+            .bind::<Array<Text>, _>(self.ids)
+            .bind::<Array<Text>, _>(self.types)
+            .bind::<Array<Timestamptz>, _>(self.timestamps)
+            .bind::<Array<Jsonb>, _>(self.properties)
+            .bind::<Timestamptz, _>(received_at)
+    }
 }
 
 /// Inserts events that are not stored yet; returns the (account, id) of those inserted.
@@ -117,23 +132,18 @@ pub async fn insert_new(
         }
         return Ok(out);
     }
-    let c = Columns::of(events);
-    let rows: Vec<InsertedKey> = super::prepared::prepared(
+    let insert = super::prepared::prepared(
         "INSERT INTO events (account, id, event_type, ts, properties, received_at)
          SELECT a, i, t, s, p, $6
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[])
                 AS u(a, i, t, s, p)
          ON CONFLICT (account, id) DO NOTHING
          RETURNING account, id",
-    )
-    .bind::<Array<Text>, _>(c.accounts)
-    .bind::<Array<Text>, _>(c.ids)
-    .bind::<Array<Text>, _>(c.types)
-    .bind::<Array<Timestamptz>, _>(c.timestamps)
-    .bind::<Array<Jsonb>, _>(c.properties)
-    .bind::<Timestamptz, _>(received_at)
-    .load(conn)
-    .await?;
+    );
+    let rows: Vec<InsertedKey> = Columns::of(events)
+        .bind_inserted(insert, received_at)
+        .load(conn)
+        .await?;
     Ok(rows.into_iter().map(|r| (r.account, r.id)).collect())
 }
 
@@ -395,15 +405,9 @@ pub async fn insert_all_with_counters(
     if events.is_empty() {
         return Ok(());
     }
-    let c = Columns::of(events);
-    counters
-        .bind(super::prepared::prepared(NEW_EVENTS_AND_COUNTERS.as_str()))
-        .bind::<Array<Text>, _>(c.accounts)
-        .bind::<Array<Text>, _>(c.ids)
-        .bind::<Array<Text>, _>(c.types)
-        .bind::<Array<Timestamptz>, _>(c.timestamps)
-        .bind::<Array<Jsonb>, _>(c.properties)
-        .bind::<Timestamptz, _>(received_at)
+    let insert = counters.bind(super::prepared::prepared(NEW_EVENTS_AND_COUNTERS.as_str()));
+    Columns::of(events)
+        .bind_inserted(insert, received_at)
         .execute(conn)
         .await?;
     Ok(())
