@@ -18,31 +18,41 @@ pub async fn authorize(
     ctx: &Ctx,
     needed: &[Scope],
 ) -> Result<Arc<Principal>, ApiError> {
-    // The middleware authenticated the key before the body was read ([`authenticate_first`]).
-    // Taken, not cloned: a handler authorizes once.
-    let known = req.extensions_mut().remove::<Arc<Principal>>();
-    let principal = match known {
-        Some(p) => p,
-        None => authenticate(req, ctx).await?,
-    };
-    if !grants(&principal.scopes, needed) {
-        let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "this key lacks the scope this route needs ({})",
-                names.join(" or ")
-            ),
-        ));
-    }
+    let principal = principal(req, ctx).await?;
+    require(&principal, needed)?;
     Ok(principal)
+}
+
+/// The request's principal: the one the middleware authenticated before the body was read
+/// ([`authenticate_first`]), taken, not cloned (a handler asks once), or else authenticated now.
+pub async fn principal(req: &HttpRequest, ctx: &Ctx) -> Result<Arc<Principal>, ApiError> {
+    let known = req.extensions_mut().remove::<Arc<Principal>>();
+    match known {
+        Some(p) => Ok(p),
+        None => authenticate(req, ctx).await,
+    }
+}
+
+/// Refuses a key that holds none of `needed` (403 naming them).
+pub fn require(principal: &Principal, needed: &[Scope]) -> Result<(), ApiError> {
+    if grants(&principal.scopes, needed) {
+        return Ok(());
+    }
+    let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "this key lacks the scope this route needs ({})",
+            names.join(" or ")
+        ),
+    ))
 }
 
 /// The key of the request's `Authorization` header, if it is one we know: `Bearer <key>`, or
 /// HTTP Basic with the key as the user name and no password (as Stripe takes its keys, and as
 /// Segment's webhook destination sends its shared secret).
-async fn authenticate(req: &HttpRequest, ctx: &Ctx) -> Result<Arc<Principal>, ApiError> {
+pub async fn authenticate(req: &HttpRequest, ctx: &Ctx) -> Result<Arc<Principal>, ApiError> {
     let Some(raw) = req.headers().get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthenticated(
             "missing Authorization header; send `Authorization: Bearer <api key>`",
@@ -93,32 +103,32 @@ pub struct Route(pub &'static str);
 
 /// Middleware of the API route `pattern`: every `/v1` route but Stripe's webhook (signed, not
 /// keyed) authenticates its key before anything reads the request's body, so an
-/// unauthenticated caller gets 401 at once and never has a body parsed. The principal is kept
-/// for [`authorize`].
+/// unauthenticated caller gets 401 at once and never has a body parsed ([`admit`]).
 pub async fn authenticate_first(
     pattern: &'static str,
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    if let Err(e) = admit(pattern, req.request()).await {
+        let res = e.error_response();
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// What a request of the API route `pattern` goes through before its handler: the route is
+/// named for the request metrics ([`Route`]) and, on a keyed route, the key is authenticated
+/// and its principal kept for [`authorize`].
+pub async fn admit(pattern: &'static str, req: &HttpRequest) -> Result<(), ApiError> {
     req.extensions_mut().insert(Route(pattern));
     if keyed(pattern) {
         // The context is borrowed, not cloned: its count is shared by every worker thread.
-        let known = match req.app_data::<web::Data<Ctx>>() {
-            Some(ctx) => Some(authenticate(req.request(), ctx).await),
-            None => None,
-        };
-        match known {
-            Some(Ok(p)) => {
-                req.extensions_mut().insert(p);
-            }
-            Some(Err(e)) => {
-                let res = e.error_response();
-                return Ok(req.into_response(res).map_into_right_body());
-            }
-            None => {}
+        if let Some(ctx) = req.app_data::<web::Data<Ctx>>() {
+            let p = authenticate(req, ctx).await?;
+            req.extensions_mut().insert(p);
         }
     }
-    Ok(next.call(req).await?.map_into_left_body())
+    Ok(())
 }
 
 /// Whether the API route `pattern` needs a key.

@@ -42,45 +42,48 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(_: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let mut payload = payload.take();
-        Box::pin(async move {
-            // A small body arrives as one chunk: it is parsed where it lies, not copied.
-            let mut first: Option<web::Bytes> = None;
-            let mut buf = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_body",
-                        format!("the request body could not be read: {e}"),
-                    )
-                })?;
-                let held = first.as_ref().map_or(0, |f| f.len()) + buf.len();
-                if held + chunk.len() > LIMIT {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        format!("the body is larger than {} KiB", LIMIT / 1024),
-                    )
-                    .into());
-                }
-                match first.take() {
-                    None if buf.is_empty() => first = Some(chunk),
-                    earlier => {
-                        if let Some(f) = earlier {
-                            buf.extend_from_slice(&f);
-                        }
-                        buf.extend_from_slice(&chunk);
-                    }
-                }
-            }
-            let body: &[u8] = match &first {
-                Some(f) => f,
-                None => &buf,
-            };
-            Ok(Body(parse(body)?))
-        })
+        let payload = payload.take();
+        Box::pin(async move { Ok(Body(read(payload).await?)) })
     }
+}
+
+/// Reads a JSON body of type `T` from `payload` as [`Body`] does (for a route that reads its
+/// body after something else, as the limit check does after authentication).
+pub async fn read<T: DeserializeOwned>(mut payload: Payload) -> Result<T, ApiError> {
+    // A small body arrives as one chunk: it is parsed where it lies, not copied.
+    let mut first: Option<web::Bytes> = None;
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        let held = first.as_ref().map_or(0, |f| f.len()) + buf.len();
+        if held + chunk.len() > LIMIT {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {} KiB", LIMIT / 1024),
+            ));
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(f) = earlier {
+                    buf.extend_from_slice(&f);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    let body: &[u8] = match &first {
+        Some(f) => f,
+        None => &buf,
+    };
+    parse(body)
 }
 
 /// A query parameter the route needs, not given: 422 `missing_field` naming it.

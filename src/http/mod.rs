@@ -53,7 +53,7 @@ fn table() -> Vec<Resource> {
         // The hot routes first: the router tries the patterns in this order (neither of these
         // two overlaps another pattern, so moving them changes no match).
         (
-            "/v1/accounts/{account}/check",
+            accounts::CHECK,
             vec![("POST", web::post().to(accounts::check))],
         ),
         (
@@ -310,13 +310,21 @@ pub fn server(
             .default_service(web::to(error::not_found))
             .wrap_fn(|req, srv| {
                 use actix_web::dev::Service;
-                use futures_util::future::FutureExt;
+                use futures_util::future::{Either, FutureExt};
                 // Refusals and failures show in the log with what was asked (successes do
                 // not: the hot paths stay quiet). Overload answers (429, 503) are expected
                 // under load and logged at debug. Every answer is counted and timed by route
                 // (the route's pattern, never the path: ids stay out of the labels).
                 let started = std::time::Instant::now();
-                srv.call(req).map(move |res| {
+                // The limit check is answered here, without the router
+                // (`accounts::check_direct`); every other request goes on to it.
+                let direct = accounts::check_target(&req).is_some();
+                let answer = if direct {
+                    Either::Left(accounts::check_direct(req).map(|r| Ok(r.map_into_right_body())))
+                } else {
+                    Either::Right(srv.call(req).map(|r| r.map(|r| r.map_into_left_body())))
+                };
+                answer.map(move |res| {
                     if let Ok(r) = &res {
                         let (status, rq) = (r.status().as_u16(), r.request());
                         let (method, path) = (rq.method().as_str(), rq.path());
@@ -335,9 +343,12 @@ pub fn server(
                                 _ => "other",
                             };
                             // An API route names itself; pages and 404s are matched again.
-                            let api = actix_web::HttpMessage::extensions(rq)
-                                .get::<auth::Route>()
-                                .copied();
+                            let api = match direct {
+                                true => Some(auth::Route(accounts::CHECK)),
+                                false => actix_web::HttpMessage::extensions(rq)
+                                    .get::<auth::Route>()
+                                    .copied(),
+                            };
                             let route = match api {
                                 Some(auth::Route(p)) => std::borrow::Cow::Borrowed(p),
                                 None => rq

@@ -529,9 +529,10 @@ pub async fn check(
     };
     entry.used.store(true, Ordering::Relaxed);
     let a = answer(ctx, &entry, &ask);
-    let now = ctx.clock.now();
+    // The clock is read only when an alert is sent (rarely: most checks send none).
     if !entry.alerts_evaluated.swap(true, Ordering::Relaxed) {
         if let Some((period, alerts)) = ctx.checks.alerts_of(&entry) {
+            let now = ctx.clock.now();
             spawn_alerts(ctx.pool.clone(), account.to_owned(), period, alerts, now);
         }
     }
@@ -539,6 +540,7 @@ pub async fn check(
         (a.reason, &ask, a.used, a.limit)
     {
         if let Some((period, alerts)) = ctx.checks.hit_alert(&entry, m, used, limit) {
+            let now = ctx.clock.now();
             spawn_alerts(ctx.pool.clone(), account.to_owned(), period, alerts, now);
         }
     }

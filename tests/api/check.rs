@@ -380,3 +380,80 @@ async fn an_id_sent_by_two_requests_of_one_group_is_counted_once_by_the_check() 
     // seed, held and dup: three calls, counted at once (before any refresh could mend it).
     assert_eq!(check(&app, &key, "acme", ask).await["used"], "3");
 }
+
+/// A check reaches its answer through one of two doors: a POST whose account needs no
+/// decoding is served without the router (`http::accounts::check_direct`), any other request
+/// through the route table. Both answer alike, step for step: the key before the body, the
+/// body before the key's scope and reach. (Passes before and after the direct door was added:
+/// it guards that the two stay the same.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_doors_of_the_check_route_answer_alike() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    let ingest_only = app.key("ingest", None).await;
+    let other_account = app.key("check", Some("globex")).await;
+    app.subscribe(&key, "acme", json!({"plan": "free"})).await;
+    let body = json!({"meter": "api_calls", "quantity": "2"});
+    // Raw: the client must not normalise the path, and may send no key.
+    let send = |path: &'static str, key: Option<String>, body: String| {
+        let mut r = app.http.post(app.url(path)).body(body);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        async move {
+            let res = r.send().await.unwrap();
+            let status = res.status().as_u16();
+            let v: Value = res.json().await.unwrap_or(Value::Null);
+            (status, v)
+        }
+    };
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
+    let mut answers = Vec::new();
+    // `%61` is `a`: the same account, through the router.
+    for path in ["/v1/accounts/acme/check", "/v1/accounts/%61cme/check"] {
+        let (ok, answer) = send(path, Some(key.clone()), body.to_string()).await;
+        let (no_key, e1) = send(path, None, "{not json".into()).await;
+        let (bad_body, e2) = send(path, Some(ingest_only.clone()), "{not json".into()).await;
+        let (no_scope, e3) = send(path, Some(ingest_only.clone()), body.to_string()).await;
+        let (elsewhere, e4) = send(path, Some(other_account.clone()), body.to_string()).await;
+        let (unknown, e5) = send(
+            path,
+            Some(key.clone()),
+            json!({"meter": "api_cals"}).to_string(),
+        )
+        .await;
+        answers.push((
+            (ok, answer),
+            (no_key, code(&e1)),
+            (bad_body, code(&e2)),
+            (no_scope, code(&e3)),
+            (elsewhere, code(&e4)),
+            (unknown, code(&e5)),
+        ));
+    }
+    let expected = (
+        (
+            200,
+            json!({"allowed": true, "reason": "within_limit", "used": "0", "limit": "10000",
+                   "remaining": "10000", "upgrade_plan": null}),
+        ),
+        (401, "unauthenticated".to_owned()),
+        (400, "invalid_json".to_owned()),
+        (403, "forbidden".to_owned()),
+        (404, "not_found".to_owned()),
+        (422, "unknown_meter".to_owned()),
+    );
+    assert_eq!(answers[0], expected, "the direct door");
+    assert_eq!(answers[1], expected, "through the router");
+    // Other methods are the route table's: 405 naming POST.
+    let res = app
+        .http
+        .get(app.url("/v1/accounts/acme/check"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+}
