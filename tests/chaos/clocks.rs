@@ -35,7 +35,7 @@ async fn two_processes_on_one_test_clock_bill_each_period_once_and_charge_each_i
     let _one = crate::SERIAL.lock().await;
     let fake = fake_stripe();
     let cluster = Cluster::start();
-    let db = cluster.url("chaos_two_processes");
+    let db = cluster.database("chaos_two_processes");
     let key = prepare(&db, "admin,billing,finance");
     let api_base = format!("{}/", fake.url);
     let env = [

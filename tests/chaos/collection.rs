@@ -25,7 +25,7 @@ async fn sigkill_at_each_step_of_collection_resumes_without_a_second_charge() {
         "after_stripe_push",
         "after_stripe_pay",
     ] {
-        let db = cluster.url(&format!("chaos_{failpoint}"));
+        let db = cluster.database(&format!("chaos_{failpoint}"));
         let key = prepare(&db, "billing,finance");
         publish_plans(&db, &env);
         let mut crashing = env.to_vec();

@@ -34,10 +34,21 @@ pub fn free_port() -> u16 {
 
 /// A PostgreSQL cluster of the suite's own (initdb in a temporary directory, trust logins on
 /// 127.0.0.1), run as the `postgres` user when the suite runs as root (PostgreSQL refuses root).
+///
+/// With `ACCRUE_CHAOS_CITUS=1` (the README's test command sets it for its Citus pass) it is a
+/// Citus cluster instead: a coordinator and two workers, each a PostgreSQL of its own with the
+/// extension preloaded (Citus as `deploy/citus/cluster.sh` installs it into the system's
+/// PostgreSQL). [`Cluster::down`] and [`Cluster::up`] then stop and start all three.
 pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
-    pub port: u16,
+    /// The nodes' ports, the coordinator (or the only node) first.
+    ports: Vec<u16>,
+}
+
+/// Whether the scenarios run on Citus (`ACCRUE_CHAOS_CITUS=1`).
+pub fn on_citus() -> bool {
+    std::env::var("ACCRUE_CHAOS_CITUS").is_ok_and(|v| v == "1")
 }
 
 fn pg_bindir() -> PathBuf {
@@ -74,11 +85,22 @@ fn is_root() -> bool {
 impl Cluster {
     pub fn start() -> Cluster {
         let bin = pg_bindir();
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("accrue-chaos-{}-{port}", std::process::id()));
+        let nodes = if on_citus() { 3 } else { 1 };
+        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let dir =
+            std::env::temp_dir().join(format!("accrue-chaos-{}-{}", std::process::id(), ports[0]));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let cluster = Cluster { dir, bin, port };
+        if on_citus() {
+            let lib = bin.parent().unwrap().join("lib/citus.so");
+            assert!(
+                lib.exists(),
+                "ACCRUE_CHAOS_CITUS=1 needs Citus in the system's PostgreSQL ({}): \
+                 deploy/citus/cluster.sh up installs it",
+                lib.display()
+            );
+        }
+        let cluster = Cluster { dir, bin, ports };
         if is_root() {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -87,41 +109,50 @@ impl Cluster {
                 .unwrap();
             assert!(ok.success(), "chown the cluster directory to postgres");
         }
-        let data = cluster.data();
-        cluster.run(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-        );
-        std::fs::write(
-            data.join("postgresql.auto.conf"),
-            format!(
-                "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-                 max_connections = 100\nshared_buffers = '128MB'\nfsync = on\n",
-                cluster.dir.display()
-            ),
-        )
-        .unwrap();
-        if is_root() {
-            Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(data.join("postgresql.auto.conf"))
-                .status()
-                .unwrap();
+        for (node, port) in cluster.ports.iter().enumerate() {
+            let data = cluster.data(node);
+            cluster.run(
+                "initdb",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                ],
+            );
+            // Citus runs a maintenance worker per database besides the usual ones.
+            let citus = if on_citus() {
+                "shared_preload_libraries = 'citus'\nmax_worker_processes = 32\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                data.join("postgresql.auto.conf"),
+                format!(
+                    "port = {port}\nlisten_addresses = '127.0.0.1'\n\
+                     unix_socket_directories = '{}'\nmax_connections = 100\n\
+                     shared_buffers = '128MB'\nfsync = on\n{citus}",
+                    cluster.dir.display()
+                ),
+            )
+            .unwrap();
+            if is_root() {
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(data.join("postgresql.auto.conf"))
+                    .status()
+                    .unwrap();
+            }
         }
         cluster.up();
         cluster
     }
 
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
+    fn data(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("data{node}"))
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
@@ -142,51 +173,95 @@ impl Cluster {
         );
     }
 
-    /// Starts the server and waits until it accepts connections.
+    /// Starts every node (the workers before the coordinator) and waits until each accepts
+    /// connections.
     pub fn up(&self) {
-        let data = self.data();
-        let log = self.dir.join("log");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
+        for node in (0..self.ports.len()).rev() {
+            let data = self.data(node);
+            let log = self.dir.join(format!("log{node}"));
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-w",
+                    "start",
+                ],
+            );
+        }
     }
 
-    /// Stops the server (fast: open connections are cut, as in a crash of the service).
+    /// Stops every node (fast: open connections are cut, as in a crash of the service), the
+    /// coordinator first.
     pub fn down(&self) {
-        let data = self.data();
-        self.run(
-            "pg_ctl",
-            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
-        );
+        for node in 0..self.ports.len() {
+            let data = self.data(node);
+            self.run(
+                "pg_ctl",
+                &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+            );
+        }
     }
 
-    pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    /// Makes the database `db` and returns its URL. On Citus it is made on every node with the
+    /// extension, and the workers are registered with the coordinator, so that `accrue
+    /// migrate` distributes the tables; on one node `accrue migrate` makes it.
+    pub fn database(&self, db: &str) -> String {
+        let node = |port: u16, db: &str| format!("postgres://postgres@127.0.0.1:{port}/{db}");
+        if on_citus() {
+            for &port in &self.ports {
+                self.psql(&node(port, "postgres"), &format!("CREATE DATABASE {db}"));
+                self.psql(&node(port, db), "CREATE EXTENSION citus");
+            }
+            let coordinator = node(self.ports[0], db);
+            self.psql(
+                &coordinator,
+                &format!(
+                    "SELECT citus_set_coordinator_host('127.0.0.1', {})",
+                    self.ports[0]
+                ),
+            );
+            for port in &self.ports[1..] {
+                self.psql(
+                    &coordinator,
+                    &format!("SELECT citus_add_node('127.0.0.1', {port})"),
+                );
+            }
+        }
+        node(self.ports[0], db)
+    }
+
+    fn psql(&self, url: &str, sql: &str) {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {url} -c {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let data = self.data();
-        let program = self.bin.join("pg_ctl");
-        let args = ["-D", data.to_str().unwrap(), "-m", "immediate", "stop"];
-        let _ = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&program)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&program).args(args).output()
-        };
+        for node in 0..self.ports.len() {
+            let data = self.data(node);
+            let program = self.bin.join("pg_ctl");
+            let args = ["-D", data.to_str().unwrap(), "-m", "immediate", "stop"];
+            let _ = if is_root() {
+                Command::new("runuser")
+                    .args(["-u", "postgres", "--"])
+                    .arg(&program)
+                    .args(args)
+                    .output()
+            } else {
+                Command::new(&program).args(args).output()
+            };
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

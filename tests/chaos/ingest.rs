@@ -103,7 +103,7 @@ async fn assert_counted_once(db_url: &str) -> i64 {
 async fn postgres_restarted_during_ingestion_loses_nothing_and_answers_only_503_while_down() {
     let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
-    let db = cluster.url("chaos_restart");
+    let db = cluster.database("chaos_restart");
     let key = prepare(&db, "ingest");
     let server = Server::start(&db, &[]).await;
     let base = server.base.clone();
@@ -219,7 +219,7 @@ async fn postgres_restarted_during_ingestion_loses_nothing_and_answers_only_503_
 async fn sigterm_with_batches_in_flight_stores_each_whole_or_not_at_all() {
     let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
-    let db = cluster.url("chaos_sigterm");
+    let db = cluster.database("chaos_sigterm");
     let key = prepare(&db, "ingest");
     let mut server = Server::start(&db, &[]).await;
     let base = server.base.clone();
@@ -295,7 +295,7 @@ async fn sigterm_with_batches_in_flight_stores_each_whole_or_not_at_all() {
 async fn twice_the_capacity_offered_is_refused_cleanly_with_bounded_memory() {
     let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
-    let db = cluster.url("chaos_overload");
+    let db = cluster.database("chaos_overload");
     let key = prepare(&db, "ingest");
     let server = Server::start(&db, &[]).await;
     let base = server.base.clone();
@@ -416,7 +416,7 @@ async fn sigterm_while_a_lane_is_held_still_commits_every_part_of_a_split_batch(
     use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
     let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
-    let db = cluster.url("chaos_split");
+    let db = cluster.database("chaos_split");
     let key = prepare(&db, "ingest");
     let mut server = Server::start(&db, &[]).await;
     const N: usize = 16;
@@ -479,7 +479,7 @@ async fn sigint_stops_gracefully_and_a_second_sigint_stops_at_once() {
     use diesel_async::SimpleAsyncConnection;
     let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
-    let db = cluster.url("chaos_sigint");
+    let db = cluster.database("chaos_sigint");
     let key = prepare(&db, "ingest");
     let http = reqwest::Client::new();
     let stored = |prefix: &str| {
@@ -550,7 +550,7 @@ async fn the_shutdown_grace_is_counted_once_from_the_signal() {
     use diesel_async::SimpleAsyncConnection;
     let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
-    let db = cluster.url("chaos_grace");
+    let db = cluster.database("chaos_grace");
     let key = prepare(&db, "ingest");
     let mut refused = std::process::Command::new(release_binary())
         .arg("serve")
@@ -625,10 +625,20 @@ async fn the_shutdown_grace_is_counted_once_from_the_signal() {
     assert_counted_once(&db).await;
 }
 
-/// Waits until a session of the database waits on a lock (a lane behind a held row).
+/// Waits until a session of the database waits on a lock (a lane behind a held row). On Citus
+/// the waiting session is the worker's, behind the coordinator's: `citus_stat_activity` shows
+/// the sessions of every node.
 async fn waiting_on_a_lock(db: &str) {
-    let sql = "(SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock')::int8";
+    let view = if on_citus() {
+        "citus_stat_activity"
+    } else {
+        "pg_stat_activity"
+    };
+    let sql = format!(
+        "(SELECT count(*) FROM {view}
+           WHERE datname = current_database() AND wait_event_type = 'Lock')::int8"
+    );
+    let sql = sql.as_str();
     for _ in 0..200 {
         if count(db, sql).await > 0 {
             return;

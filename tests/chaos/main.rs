@@ -4,6 +4,10 @@
 //! --test chaos -- --nocapture` to see them; RELIABILITY.md records a run).
 //!
 //! The scenarios run one at a time (they measure the machine and restart databases).
+//!
+//! With `ACCRUE_CHAOS_CITUS=1` every scenario runs on a Citus cluster of its own instead (a
+//! coordinator and two workers; see `harness::Cluster`): the README's test command runs the
+//! suite once on each.
 
 // The integration tests' fake Stripe (localstripe, started once per test binary) and the
 // helpers it stands on; the chaos suite uses only part of them.

@@ -16,7 +16,7 @@ const ACCOUNTS: usize = 40;
 async fn a_dispatcher_killed_mid_delivery_still_delivers_every_event_signed() {
     let _one = crate::SERIAL.lock().await;
     let cluster = Cluster::start();
-    let db = cluster.url("chaos_outbox");
+    let db = cluster.database("chaos_outbox");
     let key = prepare(&db, "billing,finance,admin");
     let env = [("ACCRUE_WEBHOOKS_ALLOW_PRIVATE", "true")];
     publish_plans(&db, &env);

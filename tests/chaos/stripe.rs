@@ -83,7 +83,7 @@ async fn stripe_down_or_slow_defers_collection_and_nothing_else() {
     let mode = Arc::new(AtomicU8::new(DOWN));
     let stripe = bad_stripe(mode.clone()).await;
     let cluster = Cluster::start();
-    let db = cluster.url("chaos_stripe");
+    let db = cluster.database("chaos_stripe");
     let key = prepare(&db, "ingest,billing,check,finance");
     let env = [
         ("STRIPE_SECRET_KEY", "sk_test_chaos"),
