@@ -80,7 +80,7 @@ def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)", v)
     if not m: return float("nan")
     x = float(m.group(1)); return x / 1000 if m.group(2) == "us" else x * 1000 if m.group(2) == "s" else x
-p99 = ms(num(r"99%\s+(\S+)", "nan"))
+p99 = ms(num(r"(?m)^\s*99%\s+(\S+)", "nan"))
 errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
 print(num(r"Requests/sec:\s+([\d.]+)"), f"{p99:.2f}", num(r"(\d+) requests in"),
       num(r"Non-2xx or 3xx responses: (\d+)"), errors)
