@@ -1,5 +1,7 @@
 //! Bearer-key authentication (a middleware, before any body is read) and the per-route scope
-//! policy: handlers call [`authorize`] first.
+//! policy: handlers call [`authorize`] first. The limit check's direct door
+//! (`super::accounts::check_direct`) keeps the same order without the middleware: it calls
+//! [`authenticate`] before reading the body, and [`require`] after.
 
 use super::ApiError;
 use crate::domain::scope::{grants, Scope};
@@ -97,38 +99,39 @@ fn basic_user(credentials: &str) -> Option<String> {
 }
 
 /// The pattern of the API route a request matched, set by its resource before anything else
-/// runs (the request metrics label by it without matching the path a second time).
+/// runs (the request metrics label by it without matching the path a second time; a check
+/// answered by the direct door is labelled by the metrics layer itself).
 #[derive(Clone, Copy)]
 pub struct Route(pub &'static str);
 
 /// Middleware of the API route `pattern`: every `/v1` route but Stripe's webhook (signed, not
 /// keyed) authenticates its key before anything reads the request's body, so an
-/// unauthenticated caller gets 401 at once and never has a body parsed ([`admit`]).
+/// unauthenticated caller gets 401 at once and never has a body parsed. The principal is kept
+/// for [`authorize`].
 pub async fn authenticate_first(
     pattern: &'static str,
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    if let Err(e) = admit(pattern, req.request()).await {
-        let res = e.error_response();
-        return Ok(req.into_response(res).map_into_right_body());
-    }
-    Ok(next.call(req).await?.map_into_left_body())
-}
-
-/// What a request of the API route `pattern` goes through before its handler: the route is
-/// named for the request metrics ([`Route`]) and, on a keyed route, the key is authenticated
-/// and its principal kept for [`authorize`].
-pub async fn admit(pattern: &'static str, req: &HttpRequest) -> Result<(), ApiError> {
     req.extensions_mut().insert(Route(pattern));
     if keyed(pattern) {
         // The context is borrowed, not cloned: its count is shared by every worker thread.
-        if let Some(ctx) = req.app_data::<web::Data<Ctx>>() {
-            let p = authenticate(req, ctx).await?;
-            req.extensions_mut().insert(p);
+        let known = match req.app_data::<web::Data<Ctx>>() {
+            Some(ctx) => Some(authenticate(req.request(), ctx).await),
+            None => None,
+        };
+        match known {
+            Some(Ok(p)) => {
+                req.extensions_mut().insert(p);
+            }
+            Some(Err(e)) => {
+                let res = e.error_response();
+                return Ok(req.into_response(res).map_into_right_body());
+            }
+            None => {}
         }
     }
-    Ok(())
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// Whether the API route `pattern` needs a key.

@@ -6,6 +6,8 @@
 //! - 422 when it is JSON but not what the route takes, naming the field in the message and in
 //!   `field`: `unknown_field`, `missing_field` or `invalid_field` (wrong type or value).
 //!
+//! [`read`] does the same for a handler that takes the body's payload itself.
+//!
 //! [`Query<T>`] answers 422 naming the parameter: `unknown_field`, `missing_field`, or
 //! `invalid_query` for a value that does not read as its type.
 
@@ -47,8 +49,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
     }
 }
 
-/// Reads a JSON body of type `T` from `payload` as [`Body`] does (for a route that reads its
-/// body after something else, as the limit check does after authentication).
+/// Reads a JSON body of type `T` from `payload` as [`Body`] does, for a handler that reads the
+/// body itself (the limit check's direct door authenticates the key first, without the
+/// middleware that does so before [`Body`] is extracted).
 pub async fn read<T: DeserializeOwned>(mut payload: Payload) -> Result<T, ApiError> {
     // A small body arrives as one chunk: it is parsed where it lies, not copied.
     let mut first: Option<web::Bytes> = None;

@@ -51,7 +51,8 @@ type Resource = (&'static str, Vec<(&'static str, actix_web::Route)>);
 fn table() -> Vec<Resource> {
     vec![
         // The hot routes first: the router tries the patterns in this order (neither of these
-        // two overlaps another pattern, so moving them changes no match).
+        // two overlaps another pattern, so moving them changes no match). Most checks do not
+        // reach the router at all: `server` answers them by `accounts::check_direct`.
         (
             accounts::CHECK,
             vec![("POST", web::post().to(accounts::check))],
@@ -278,6 +279,7 @@ fn resource(
         .collect::<Vec<_>>()
         .join(", ");
     let mut r = web::resource(path);
+    // Middleware added here does not apply to the checks `accounts::check_direct` answers.
     for (_, route) in routes {
         // The key is checked once the route matched (an unknown path is still 404, a wrong
         // method 405) and before its handler reads the body.
@@ -316,11 +318,14 @@ pub fn server(
                 // under load and logged at debug. Every answer is counted and timed by route
                 // (the route's pattern, never the path: ids stay out of the labels).
                 let started = std::time::Instant::now();
-                // The limit check is answered here, without the router
-                // (`accounts::check_direct`); every other request goes on to it.
-                let direct = accounts::check_target(&req).is_some();
-                let answer = if direct {
-                    Either::Left(accounts::check_direct(req).map(|r| Ok(r.map_into_right_body())))
+                // A POST check whose account needs no decoding is answered here, without
+                // the router (`accounts::check_direct`); everything else goes to the router.
+                let direct = accounts::check_target(&req);
+                let labelled = direct.is_some();
+                let answer = if let Some(account) = direct {
+                    Either::Left(
+                        accounts::check_direct(req, account).map(|r| Ok(r.map_into_right_body())),
+                    )
                 } else {
                     Either::Right(srv.call(req).map(|r| r.map(|r| r.map_into_left_body())))
                 };
@@ -343,7 +348,7 @@ pub fn server(
                                 _ => "other",
                             };
                             // An API route names itself; pages and 404s are matched again.
-                            let api = match direct {
+                            let api = match labelled {
                                 true => Some(auth::Route(accounts::CHECK)),
                                 false => actix_web::HttpMessage::extensions(rq)
                                     .get::<auth::Route>()

@@ -57,8 +57,8 @@ struct Snapshot {
 }
 
 /// A live key: its principal, when it expires, and when it was last used since the last
-/// flush to `last_used_at` (microseconds since the epoch, 0: not since; to the second: a use
-/// within a second of the stamp leaves it), kept by every copy of the snapshot (a request
+/// flush to `last_used_at` (microseconds since the epoch, 0: not since; at most a second behind:
+/// a use within a second of the stamp leaves it), kept by every copy of the snapshot (a request
 /// stamps it without a lock: the check's hot path).
 #[derive(Clone)]
 struct LiveKey {
@@ -74,7 +74,7 @@ impl LiveKey {
         if self.expires_at.is_some_and(|e| e <= now) {
             return None;
         }
-        // Stamped at most about once a second (the stamp is kept to the second): every
+        // Stamped at most once a second (the stamp is at most a second behind): every
         // request writing it made its cache line travel between the cores.
         let micros = now.timestamp_micros();
         if micros - self.last_used.load(Ordering::Relaxed) >= 1_000_000 {

@@ -395,7 +395,8 @@ async fn both_doors_of_the_check_route_answer_alike() {
     let other_account = app.key("check", Some("globex")).await;
     app.subscribe(&key, "acme", json!({"plan": "free"})).await;
     let body = json!({"meter": "api_calls", "quantity": "2"});
-    // Raw: the client must not normalise the path, and may send no key.
+    // Raw: the client must not normalise the path (`url` keeps `%61`), and may send no key.
+    // Each answer is its status, its content type and its error code (or its body).
     let send = |path: &'static str, key: Option<String>, body: String| {
         let mut r = app.http.post(app.url(path)).body(body);
         if let Some(k) = key {
@@ -404,46 +405,59 @@ async fn both_doors_of_the_check_route_answer_alike() {
         async move {
             let res = r.send().await.unwrap();
             let status = res.status().as_u16();
+            let kind = res.headers()["content-type"].to_str().unwrap().to_owned();
             let v: Value = res.json().await.unwrap_or(Value::Null);
-            (status, v)
+            let what = match v["error"]["code"].as_str() {
+                Some(code) => json!(code),
+                None => v,
+            };
+            (status, kind, what)
         }
     };
-    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
+    let big = json!({"meter": "api_calls", "quantity": "1".repeat(70_000)}).to_string();
     let mut answers = Vec::new();
     // `%61` is `a`: the same account, through the router.
     for path in ["/v1/accounts/acme/check", "/v1/accounts/%61cme/check"] {
-        let (ok, answer) = send(path, Some(key.clone()), body.to_string()).await;
-        let (no_key, e1) = send(path, None, "{not json".into()).await;
-        let (bad_body, e2) = send(path, Some(ingest_only.clone()), "{not json".into()).await;
-        let (no_scope, e3) = send(path, Some(ingest_only.clone()), body.to_string()).await;
-        let (elsewhere, e4) = send(path, Some(other_account.clone()), body.to_string()).await;
-        let (unknown, e5) = send(
-            path,
-            Some(key.clone()),
-            json!({"meter": "api_cals"}).to_string(),
-        )
-        .await;
-        answers.push((
-            (ok, answer),
-            (no_key, code(&e1)),
-            (bad_body, code(&e2)),
-            (no_scope, code(&e3)),
-            (elsewhere, code(&e4)),
-            (unknown, code(&e5)),
-        ));
+        let k = |k: &String| Some(k.clone());
+        answers.push(vec![
+            send(path, k(&key), body.to_string()).await,
+            // The key before the body.
+            send(path, None, "{not json".into()).await,
+            // The body before the key's scope and reach.
+            send(path, k(&ingest_only), "{not json".into()).await,
+            send(path, k(&other_account), "{not json".into()).await,
+            send(path, k(&other_account), big.clone()).await,
+            send(
+                path,
+                k(&other_account),
+                json!({"meter": "api_calls", "extra": 1}).to_string(),
+            )
+            .await,
+            // Then the scope, the reach, the service's own refusals.
+            send(path, k(&ingest_only), body.to_string()).await,
+            send(path, k(&other_account), body.to_string()).await,
+            send(path, k(&key), json!({"meter": "api_cals"}).to_string()).await,
+        ]);
     }
-    let expected = (
+    let json_kind = "application/json".to_owned();
+    let expected: Vec<(u16, String, Value)> = [
         (
             200,
             json!({"allowed": true, "reason": "within_limit", "used": "0", "limit": "10000",
                    "remaining": "10000", "upgrade_plan": null}),
         ),
-        (401, "unauthenticated".to_owned()),
-        (400, "invalid_json".to_owned()),
-        (403, "forbidden".to_owned()),
-        (404, "not_found".to_owned()),
-        (422, "unknown_meter".to_owned()),
-    );
+        (401, json!("unauthenticated")),
+        (400, json!("invalid_json")),
+        (400, json!("invalid_json")),
+        (413, json!("payload_too_large")),
+        (422, json!("unknown_field")),
+        (403, json!("forbidden")),
+        (404, json!("not_found")),
+        (422, json!("unknown_meter")),
+    ]
+    .into_iter()
+    .map(|(status, what)| (status, json_kind.clone(), what))
+    .collect();
     assert_eq!(answers[0], expected, "the direct door");
     assert_eq!(answers[1], expected, "through the router");
     // Other methods are the route table's: 405 naming POST.
