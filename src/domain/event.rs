@@ -55,63 +55,210 @@ impl Rejection {
 /// The fields of an event; any other is refused.
 const FIELDS: &[&str] = &["id", "account", "type", "timestamp", "properties"];
 
+/// An event object's fields as sent, before any rule is applied: each of the five as any JSON
+/// value (absent: `None`), and the first other field's name (in byte order, the order a JSON
+/// object's keys are kept in). Read from a parsed object ([`EventFields::from_value`]) or
+/// straight from a request's bytes (its `Deserialize`, which builds no object of the event);
+/// both hold the same for the same object, so both are judged alike by [`EventFields::parse`].
+#[derive(Debug, Default)]
+pub struct EventFields {
+    id: Option<Value>,
+    account: Option<Value>,
+    event_type: Option<Value>,
+    timestamp: Option<Value>,
+    properties: Option<Value>,
+    unknown: Option<String>,
+}
+
+/// An event as sent, or why it is not one (with the sender's id when it had a string one).
+pub type RawEvent = Result<EventFields, (Option<String>, Rejection)>;
+
+impl EventFields {
+    /// The fields of a JSON value, which must be an object.
+    pub fn from_value(raw: Value) -> RawEvent {
+        let Value::Object(mut obj) = raw else {
+            return Err((
+                None,
+                Rejection::new("invalid_event", "an event must be a JSON object"),
+            ));
+        };
+        let mut fields = EventFields {
+            id: obj.remove("id"),
+            account: obj.remove("account"),
+            event_type: obj.remove("type"),
+            timestamp: obj.remove("timestamp"),
+            properties: obj.remove("properties"),
+            unknown: None,
+        };
+        fields.unknown = obj.into_iter().next().map(|(k, _)| k);
+        Ok(fields)
+    }
+
+    /// The account named, when it is a string.
+    pub fn account(&self) -> Option<&str> {
+        self.account.as_ref().and_then(Value::as_str)
+    }
+
+    /// Sets a field read from JSON. A field sent twice keeps its last value, as a JSON
+    /// object does; of the unknown ones the name kept is the one first in byte order (the
+    /// order a JSON object keeps its keys in, from which the one named is taken).
+    fn set(&mut self, name: Name, value: Value) {
+        let slot = match name {
+            Name::Id => &mut self.id,
+            Name::Account => &mut self.account,
+            Name::Type => &mut self.event_type,
+            Name::Timestamp => &mut self.timestamp,
+            Name::Properties => &mut self.properties,
+            Name::Other(other) => {
+                if self.unknown.as_ref().is_none_or(|u| other < *u) {
+                    self.unknown = Some(other);
+                }
+                return;
+            }
+        };
+        *slot = Some(value);
+    }
+
+    /// Validates the fields. `now` is the receipt time, used as the default timestamp and as
+    /// the reference for the future-timestamp rule. On refusal, gives back the event's id when
+    /// it had a string one (for the per-event results), without copying it on the way.
+    pub fn parse(self, now: DateTime<Utc>) -> Result<Event, (Option<String>, Rejection)> {
+        // Checked in this order: the id first.
+        let id = match self.id {
+            Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_LEN => s,
+            Some(Value::String(s)) if s.len() > MAX_ID_LEN => {
+                let why = format!("id is longer than {MAX_ID_LEN} bytes");
+                return Err((Some(s), Rejection::new("invalid_id", why)));
+            }
+            Some(Value::String(s)) => {
+                let why = Rejection::new("invalid_id", "id must be a non-empty string");
+                return Err((Some(s), why));
+            }
+            Some(_) => return Err((None, Rejection::new("invalid_id", "id must be a string"))),
+            None => return Err((None, Rejection::new("missing_id", "id is required"))),
+        };
+        let rest = Rest {
+            account: self.account,
+            event_type: self.event_type,
+            timestamp: self.timestamp,
+            properties: self.properties,
+            unknown: self.unknown,
+        };
+        match parse_fields(rest, &id, now) {
+            Ok((account, event_type, timestamp, properties)) => Ok(Event {
+                account,
+                id,
+                event_type,
+                timestamp,
+                properties,
+            }),
+            Err(why) => Err((Some(id), why)),
+        }
+    }
+}
+
+/// Reads an event object's fields from JSON without building the object: each field's value
+/// is read as a JSON value, other fields' values are skipped after being read. Anything but an
+/// object is an error (so is an object whose first key is serde_json's marker of a number:
+/// its parsed tree would read it as a number); callers then read the request the slow way.
+impl<'de> serde::Deserialize<'de> for EventFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FieldsVisitor)
+    }
+}
+
+struct FieldsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
+    type Value = EventFields;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<EventFields, A::Error> {
+        let mut fields = EventFields::default();
+        let mut first = true;
+        while let Some(name) = map.next_key::<Name>()? {
+            if first && matches!(&name, Name::Other(n) if n == NUMBER_MARKER) {
+                return Err(serde::de::Error::custom("a number, not an event object"));
+            }
+            first = false;
+            let value: Value = map.next_value()?;
+            fields.set(name, value);
+        }
+        Ok(fields)
+    }
+}
+
+/// The key serde_json (with `arbitrary_precision`) reads a number through, as a map of one.
+const NUMBER_MARKER: &str = "$serde_json::private::Number";
+
+/// A key of an event object: one of [`FIELDS`] (read without copying it), or another.
+enum Name {
+    Id,
+    Account,
+    Type,
+    Timestamp,
+    Properties,
+    Other(String),
+}
+
+impl<'de> serde::Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Name;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Name, E> {
+                Ok(match name {
+                    "id" => Name::Id,
+                    "account" => Name::Account,
+                    "type" => Name::Type,
+                    "timestamp" => Name::Timestamp,
+                    "properties" => Name::Properties,
+                    other => Name::Other(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// Validates the shape of one raw event. `now` is the receipt time, used as the default
 /// timestamp and as the reference for the future-timestamp rule.
 pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
     parse_event_keeping_id(raw, now).map_err(|(_, why)| why)
 }
 
-/// [`parse_event`], which on refusal also gives back the event's id when it had a string one
-/// (for the per-event results), without copying it on the way.
+/// [`parse_event`], which on refusal also gives back the event's id when it had a string one.
 pub fn parse_event_keeping_id(
     raw: Value,
     now: DateTime<Utc>,
 ) -> Result<Event, (Option<String>, Rejection)> {
-    let Value::Object(mut obj) = raw else {
-        return Err((
-            None,
-            Rejection::new("invalid_event", "an event must be a JSON object"),
-        ));
-    };
-    // The fields are moved out of the object (checked in this order: the id first).
-    let id = match obj.remove("id") {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_LEN => s,
-        Some(Value::String(s)) if s.len() > MAX_ID_LEN => {
-            let why = format!("id is longer than {MAX_ID_LEN} bytes");
-            return Err((Some(s), Rejection::new("invalid_id", why)));
-        }
-        Some(Value::String(s)) => {
-            let why = Rejection::new("invalid_id", "id must be a non-empty string");
-            return Err((Some(s), why));
-        }
-        Some(_) => return Err((None, Rejection::new("invalid_id", "id must be a string"))),
-        None => return Err((None, Rejection::new("missing_id", "id is required"))),
-    };
-    match parse_fields(obj, &id, now) {
-        Ok((account, event_type, timestamp, properties)) => Ok(Event {
-            account,
-            id,
-            event_type,
-            timestamp,
-            properties,
-        }),
-        Err(why) => Err((Some(id), why)),
-    }
+    EventFields::from_value(raw)?.parse(now)
 }
 
 /// An event's fields past its id: account, type, timestamp and properties.
 type Fields = (AccountId, String, DateTime<Utc>, Value);
 
-/// The rest of [`parse_event_keeping_id`]: the fields of an event object whose id `id` was
-/// taken out and found well formed.
-fn parse_fields(
-    mut obj: Map<String, Value>,
-    id: &str,
-    now: DateTime<Utc>,
-) -> Result<Fields, Rejection> {
+/// The fields of an event past its id, as sent.
+struct Rest {
+    account: Option<Value>,
+    event_type: Option<Value>,
+    timestamp: Option<Value>,
+    properties: Option<Value>,
+    unknown: Option<String>,
+}
+
+/// The rest of [`EventFields::parse`]: the fields of an event whose id `id` was found well
+/// formed.
+fn parse_fields(rest: Rest, id: &str, now: DateTime<Utc>) -> Result<Fields, Rejection> {
     // A misspelt field would otherwise be dropped unseen (`"time"` for `"timestamp"` became
     // the receipt time).
-    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+    if let Some(k) = rest.unknown {
         return Err(Rejection::new(
             "unknown_field",
             format!(
@@ -121,7 +268,7 @@ fn parse_fields(
             ),
         ));
     }
-    let account = match obj.remove("account") {
+    let account = match rest.account {
         Some(Value::String(s)) => {
             AccountId::parse_owned(s).map_err(|why| Rejection::new("invalid_account", why))?
         }
@@ -133,7 +280,7 @@ fn parse_fields(
         }
         None => return Err(Rejection::new("missing_account", "account is required")),
     };
-    let event_type = match obj.remove("type") {
+    let event_type = match rest.event_type {
         Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_TYPE_LEN => s,
         Some(_) => {
             return Err(Rejection::new(
@@ -143,7 +290,7 @@ fn parse_fields(
         }
         None => return Err(Rejection::new("missing_type", "type is required")),
     };
-    let timestamp = match obj.get("timestamp") {
+    let timestamp = match &rest.timestamp {
         None | Some(Value::Null) => now,
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
             .map_err(|e| {
@@ -176,7 +323,7 @@ fn parse_fields(
             "id and type must not contain the NUL character",
         ));
     }
-    let properties = match obj.remove("properties") {
+    let properties = match rest.properties {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => {
             let mut size = Size::default();

@@ -20,7 +20,7 @@ use super::check::CheckCache;
 use super::{Ctx, ServiceError};
 use crate::domain::aggregate::{bucket_of, AggregateState};
 use crate::domain::clock::Clock;
-use crate::domain::event::{parse_event_keeping_id, Event, Rejection};
+use crate::domain::event::{Event, EventFields, RawEvent, Rejection};
 use crate::domain::event_shapes::Mapped;
 use crate::domain::meter::Reading;
 use crate::store::events::{self as store_events, RollupKey, TypeCount};
@@ -75,11 +75,10 @@ struct Valid {
 /// events in flight (past it 429: one busy key never takes the whole instance).
 pub async fn ingest_with_key(
     ctx: &Ctx,
-    raw: Vec<Value>,
+    raw: Vec<RawEvent>,
     key: &super::auth::Principal,
 ) -> Result<IngestOutcome, ServiceError> {
-    let items = raw.into_iter().map(Ok).collect();
-    ingest_as(ctx, items, key.account.as_deref(), Some(key.key_id)).await
+    ingest_as(ctx, raw, key.account.as_deref(), Some(key.key_id)).await
 }
 
 /// As [`ingest_with_key`], for events mapped from another shape (CloudEvents, Segment): those
@@ -89,6 +88,10 @@ pub async fn ingest_mapped_with_key(
     items: Vec<Mapped>,
     key: &super::auth::Principal,
 ) -> Result<IngestOutcome, ServiceError> {
+    let items = items
+        .into_iter()
+        .map(|m| m.and_then(EventFields::from_value))
+        .collect();
     ingest_as(ctx, items, key.account.as_deref(), Some(key.key_id)).await
 }
 
@@ -98,12 +101,13 @@ pub async fn ingest(
     raw: Vec<Value>,
     only_account: Option<&str>,
 ) -> Result<IngestOutcome, ServiceError> {
-    ingest_as(ctx, raw.into_iter().map(Ok).collect(), only_account, None).await
+    let items = raw.into_iter().map(EventFields::from_value).collect();
+    ingest_as(ctx, items, only_account, None).await
 }
 
 async fn ingest_as(
     ctx: &Ctx,
-    raw: Vec<Mapped>,
+    raw: Vec<RawEvent>,
     only_account: Option<&str>,
     key: Option<i64>,
 ) -> Result<IngestOutcome, ServiceError> {
@@ -122,7 +126,7 @@ async fn ingest_as(
         let mut accounts: Vec<String> = raw
             .iter()
             .filter_map(|r| r.as_ref().ok())
-            .filter_map(|r| r.get("account").and_then(Value::as_str).map(str::to_owned))
+            .filter_map(|r| r.account().map(str::to_owned))
             .collect();
         accounts.sort();
         accounts.dedup();
@@ -156,8 +160,7 @@ async fn ingest_as(
         let now = match clocked.is_empty() {
             true => now,
             false => r
-                .get("account")
-                .and_then(Value::as_str)
+                .account()
                 .and_then(|a| clocked.get(a))
                 .copied()
                 .unwrap_or(now),
@@ -255,12 +258,12 @@ fn id_reused(index: usize, id: String) -> RejectedEvent {
 
 fn validate(
     ctx: &Ctx,
-    raw: Value,
+    raw: EventFields,
     index: usize,
     now: chrono::DateTime<chrono::Utc>,
     only_account: Option<&str>,
 ) -> Result<Valid, (Option<String>, Rejection)> {
-    let event = parse_event_keeping_id(raw, now)?;
+    let event = raw.parse(now)?;
     if only_account.is_some_and(|a| a != event.account.as_str()) {
         let why = Rejection::new(
             "account_not_allowed",
