@@ -950,8 +950,12 @@ fn deltas<'a>(valid: &[&'a Valid], new: &[bool]) -> Deltas<'a> {
         let bucket = bucket_of(e.timestamp);
         for (meter, reading) in &v.readings {
             let key = (account, meter.as_str(), bucket);
+            // Rows from `first_rollup` on are the account's: only meter and hour are compared.
             let from = first_rollup.max(rollups.len().saturating_sub(RECENT_ROWS));
-            let at = match rollups[from..].iter().position(|(k, _)| *k == key) {
+            let at = match rollups[from..]
+                .iter()
+                .position(|(k, _)| k.2 == bucket && k.1 == key.1)
+            {
                 Some(i) => from + i,
                 None => {
                     rollups.push((key, AggregateState::default()));
@@ -962,7 +966,7 @@ fn deltas<'a>(valid: &[&'a Valid], new: &[bool]) -> Deltas<'a> {
         }
         let key = (account, e.event_type.as_str());
         let from = first_type.max(types.len().saturating_sub(RECENT_ROWS));
-        match types[from..].iter_mut().find(|(k, _)| *k == key) {
+        match types[from..].iter_mut().find(|(k, _)| k.1 == key.1) {
             Some((_, c)) => {
                 c.count += 1;
                 c.first_at = c.first_at.min(e.timestamp);
