@@ -157,10 +157,11 @@ impl EventFields {
     }
 }
 
-/// Reads an event object's fields from JSON without building the object: each field's value
-/// is read as a JSON value, other fields' values are skipped after being read. Anything but an
-/// object is an error (so is an object whose first key is serde_json's marker of a number:
-/// its parsed tree would read it as a number); callers then read the request the slow way.
+/// Reads an event object's fields from JSON without building the object: each field's value,
+/// an unknown one's too, is read as a JSON value (not skipped: a value the tree refuses, such
+/// as a malformed number inside it, must be refused here too). Anything but an object is an
+/// error (so is an object whose first key is serde_json's marker of a number: its parsed tree
+/// would read it as a number); callers then read the request the slow way.
 impl<'de> serde::Deserialize<'de> for EventFields {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(FieldsVisitor)
@@ -230,15 +231,9 @@ impl<'de> serde::Deserialize<'de> for Name {
 /// Validates the shape of one raw event. `now` is the receipt time, used as the default
 /// timestamp and as the reference for the future-timestamp rule.
 pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
-    parse_event_keeping_id(raw, now).map_err(|(_, why)| why)
-}
-
-/// [`parse_event`], which on refusal also gives back the event's id when it had a string one.
-pub fn parse_event_keeping_id(
-    raw: Value,
-    now: DateTime<Utc>,
-) -> Result<Event, (Option<String>, Rejection)> {
-    EventFields::from_value(raw)?.parse(now)
+    EventFields::from_value(raw)
+        .and_then(|fields| fields.parse(now))
+        .map_err(|(_, why)| why)
 }
 
 /// An event's fields past its id: account, type, timestamp and properties.
