@@ -122,9 +122,9 @@ impl EventFields {
     /// Validates the fields. `now` is the receipt time, used as the default timestamp and as
     /// the reference for the future-timestamp rule. On refusal, gives back the event's id when
     /// it had a string one (for the per-event results), without copying it on the way.
-    pub fn parse(self, now: DateTime<Utc>) -> Result<Event, (Option<String>, Rejection)> {
+    pub fn parse(mut self, now: DateTime<Utc>) -> Result<Event, (Option<String>, Rejection)> {
         // Checked in this order: the id first.
-        let id = match self.id {
+        let id = match self.id.take() {
             Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_LEN => s,
             Some(Value::String(s)) if s.len() > MAX_ID_LEN => {
                 let why = format!("id is longer than {MAX_ID_LEN} bytes");
@@ -137,14 +137,7 @@ impl EventFields {
             Some(_) => return Err((None, Rejection::new("invalid_id", "id must be a string"))),
             None => return Err((None, Rejection::new("missing_id", "id is required"))),
         };
-        let rest = Rest {
-            account: self.account,
-            event_type: self.event_type,
-            timestamp: self.timestamp,
-            properties: self.properties,
-            unknown: self.unknown,
-        };
-        match parse_fields(rest, &id, now) {
+        match parse_fields(self, &id, now) {
             Ok((account, event_type, timestamp, properties)) => Ok(Event {
                 account,
                 id,
@@ -239,18 +232,9 @@ pub fn parse_event(raw: Value, now: DateTime<Utc>) -> Result<Event, Rejection> {
 /// An event's fields past its id: account, type, timestamp and properties.
 type Fields = (AccountId, String, DateTime<Utc>, Value);
 
-/// The fields of an event past its id, as sent.
-struct Rest {
-    account: Option<Value>,
-    event_type: Option<Value>,
-    timestamp: Option<Value>,
-    properties: Option<Value>,
-    unknown: Option<String>,
-}
-
-/// The rest of [`EventFields::parse`]: the fields of an event whose id `id` was found well
-/// formed.
-fn parse_fields(rest: Rest, id: &str, now: DateTime<Utc>) -> Result<Fields, Rejection> {
+/// The rest of [`EventFields::parse`]: the fields of an event past its id (`rest`, its id
+/// taken out), once the id (`id`) was found well formed.
+fn parse_fields(rest: EventFields, id: &str, now: DateTime<Utc>) -> Result<Fields, Rejection> {
     // A misspelt field would otherwise be dropped unseen (`"time"` for `"timestamp"` became
     // the receipt time).
     if let Some(k) = rest.unknown {
