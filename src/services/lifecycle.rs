@@ -558,8 +558,6 @@ pub const CLOSE_BATCH: usize = 500;
 const CLOSE_WORKERS: usize = 2;
 /// Due accounts read per query (several transactions' worth: the query sorts what is due).
 const DUE_PAGE: i64 = 5000;
-/// A due account: its name and its period's (or trial's) bounds, as `due_accounts` reads them.
-type Due = (String, DateTime<Utc>, DateTime<Utc>);
 
 /// Closes every due period: each account whose period (or trial) has ended is caught up under
 /// its row lock (taken with SKIP LOCKED, so several instances share the work) and its invoices
@@ -579,31 +577,30 @@ pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
 
 async fn close_due(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
     let now = ctx.clock.now();
-    let (accounts, invoices) = close_batches(ctx, now).await?;
-    let mut report = CloseReport { accounts, invoices };
+    let mut report = CloseReport::default();
+    let mut after = String::new();
+    loop {
+        // The page's connection goes back to the pool before its batches take theirs.
+        let page = {
+            let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+            let mut page = subs::due_accounts(&mut conn, now, &after, DUE_PAGE).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.0.clone();
+            // Accounts on a test clock are closed when their clock is advanced.
+            let accounts: Vec<String> = page.iter().map(|d| d.0.clone()).collect();
+            let clocked = ctx.clock_times(&mut conn, &accounts).await?;
+            page.retain(|d| !clocked.contains_key(&d.0));
+            page
+        };
+        let (moved, issued) = close_batches(ctx, now, &page).await?;
+        report.accounts += moved;
+        report.invoices += issued;
+    }
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     report.invoices += bill_late_after_cancellation(ctx, &mut conn, now).await?;
     Ok(report)
-}
-
-/// The next page of due accounts after `after` (which moves past it), those on a test clock
-/// left out (they are closed when their clock is advanced); None when no account is due past
-/// `after`. The page's connection goes back to the pool before its batches take theirs.
-async fn next_due_page(
-    ctx: &Ctx,
-    now: DateTime<Utc>,
-    after: &mut String,
-) -> Result<Option<Vec<Due>>, ServiceError> {
-    let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let mut page = subs::due_accounts(&mut conn, now, after, DUE_PAGE).await?;
-    let Some(last) = page.last() else {
-        return Ok(None);
-    };
-    *after = last.0.clone();
-    let accounts: Vec<String> = page.iter().map(|d| d.0.clone()).collect();
-    let clocked = ctx.clock_times(&mut conn, &accounts).await?;
-    page.retain(|d| !clocked.contains_key(&d.0));
-    Ok(Some(page))
 }
 
 /// How long after a cancellation late usage of its periods is still billed.
@@ -684,42 +681,36 @@ pub(crate) async fn late_invoice_after_cancellation(
     }
 }
 
-/// Closes every due account in batches of [`CLOSE_BATCH`], [`CLOSE_WORKERS`] at a time, each
-/// on its own connection (one batch's rating overlaps another's writes; the invoice counter's
-/// row lock orders their numbering). The next page of due accounts is read as soon as a worker
-/// is free and the page before has no batch left to start, so the workers never wait for a
-/// page's last batch (the page after it holds only accounts sorted after it). After a failure
-/// no further batch starts; those running finish, never dropped inside their transaction, and
-/// the first failure is returned. Gives the accounts moved and the invoices issued.
-async fn close_batches(ctx: &Ctx, now: DateTime<Utc>) -> Result<(usize, usize), ServiceError> {
+/// One transaction of the sweep: catches up `due` accounts and issues their invoices. When the
+/// batch fails, each of its accounts is retried in a transaction of its own, so one account
+/// that cannot close (a plan missing from the catalogue, a value out of range) never holds
+/// back the others: it is recorded in `billing_errors`, logged, and retried by the next sweep.
+/// Closes `page` in batches, [`CLOSE_WORKERS`] at a time, each on its own connection (one
+/// batch's rating overlaps another's writes; the invoice counter's row lock orders their
+/// numbering). After a failure no further batch starts; those running finish, never dropped
+/// inside their transaction, and the first failure is returned.
+async fn close_batches(
+    ctx: &Ctx,
+    now: DateTime<Utc>,
+    page: &[(String, DateTime<Utc>, DateTime<Utc>)],
+) -> Result<(usize, usize), ServiceError> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     // Owned arguments: a future borrowing the page trips the spawned job's `Send` bound.
     async fn one(
         ctx: Ctx,
         now: DateTime<Utc>,
-        due: Vec<Due>,
+        due: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
     ) -> Result<(usize, usize), ServiceError> {
         let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
         close_batch(&ctx, &mut conn, now, &due).await
     }
-    let mut after = String::new();
-    let mut pending = std::collections::VecDeque::<Vec<Due>>::new();
-    let mut more_pages = true;
+    let mut batches = page.chunks(CLOSE_BATCH);
     let mut running = FuturesUnordered::new();
     let (mut total, mut first_error) = ((0, 0), None);
     loop {
         while first_error.is_none() && running.len() < CLOSE_WORKERS {
-            if let Some(due) = pending.pop_front() {
-                running.push(one(ctx.clone(), now, due));
-            } else if more_pages {
-                match next_due_page(ctx, now, &mut after).await {
-                    Ok(Some(page)) => pending.extend(page.chunks(CLOSE_BATCH).map(<[_]>::to_vec)),
-                    Ok(None) => more_pages = false,
-                    Err(e) => first_error = Some(e),
-                }
-            } else {
-                break;
-            }
+            let Some(due) = batches.next() else { break };
+            running.push(one(ctx.clone(), now, due.to_vec()));
         }
         match running.next().await {
             None => break,
@@ -738,10 +729,6 @@ async fn close_batches(ctx: &Ctx, now: DateTime<Utc>) -> Result<(usize, usize), 
     }
 }
 
-/// One transaction of the sweep: catches up `due` accounts and issues their invoices. When the
-/// batch fails, each of its accounts is retried in a transaction of its own, so one account
-/// that cannot close (a plan missing from the catalogue, a value out of range) never holds
-/// back the others: it is recorded in `billing_errors`, logged, and retried by the next sweep.
 async fn close_batch(
     ctx: &Ctx,
     conn: &mut AsyncPgConnection,
