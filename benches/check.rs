@@ -208,6 +208,7 @@ async fn run() {
     );
 
     http(&db, n).await;
+    support::drop_database(&db).await;
 }
 
 async fn http(db: &str, n: usize) {

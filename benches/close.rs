@@ -112,4 +112,5 @@ async fn run() {
         report.accounts as f64 / secs
     );
     assert_eq!(report.invoices, n);
+    support::drop_database(&db).await;
 }

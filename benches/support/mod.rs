@@ -42,3 +42,16 @@ pub fn catalogue() -> (MeterCatalog, PlanCatalog) {
     let plans = PlanCatalog::load(&dir, &meters).unwrap();
     (meters, plans)
 }
+
+/// Drops a database made by [`fresh_database`], closing its connections (those of the
+/// benchmark's context too): a benchmark's database is several hundred MB, and autovacuum
+/// working through those left behind would be timed by the next run.
+pub async fn drop_database(url: &str) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let (admin, name) = accrue::store::split_database_url(url).unwrap();
+    let mut conn = AsyncPgConnection::establish(&admin).await.unwrap();
+    let quoted = name.replace('"', "\"\"");
+    conn.batch_execute(&format!("DROP DATABASE \"{quoted}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+}

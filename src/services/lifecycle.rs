@@ -554,17 +554,44 @@ pub struct CloseReport {
 
 /// Accounts moved per transaction by the sweep.
 pub const CLOSE_BATCH: usize = 500;
-/// Batches closed at once by one sweep, each on its own connection.
-const CLOSE_WORKERS: usize = 2;
-/// Due accounts read per query (several transactions' worth: the query sorts what is due).
-const DUE_PAGE: i64 = 5000;
+
+/// How a sweep cuts its work.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSizes {
+    /// Due accounts read per query (several transactions' worth: the query sorts what is due).
+    pub page: i64,
+    /// Accounts moved per transaction.
+    pub batch: usize,
+    /// Connections the sweep uses at once: as many batches, or one fewer and the next page's
+    /// read.
+    pub workers: usize,
+}
+
+impl SweepSizes {
+    /// What every sweep uses.
+    pub const DEFAULT: Self = Self {
+        page: 5000,
+        batch: CLOSE_BATCH,
+        workers: 2,
+    };
+}
 
 /// Closes every due period: each account whose period (or trial) has ended is caught up under
 /// its row lock (taken with SKIP LOCKED, so several instances share the work) and its invoices
 /// are issued in the same transaction. Idempotent: an account already caught up is not due.
 pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
+    close_due_periods_sized(ctx, SweepSizes::DEFAULT).await
+}
+
+/// [`close_due_periods`] with other sizes: tests cross many page and batch edges with few
+/// accounts.
+#[doc(hidden)]
+pub async fn close_due_periods_sized(
+    ctx: &Ctx,
+    sizes: SweepSizes,
+) -> Result<CloseReport, ServiceError> {
     let started = std::time::Instant::now();
-    let report = close_due(ctx).await?;
+    let report = close_due(ctx, sizes).await?;
     ctx.metrics.record(|| {
         metrics::histogram!("accrue_period_close_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -575,32 +602,106 @@ pub async fn close_due_periods(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
     Ok(report)
 }
 
-async fn close_due(ctx: &Ctx) -> Result<CloseReport, ServiceError> {
+async fn close_due(ctx: &Ctx, sizes: SweepSizes) -> Result<CloseReport, ServiceError> {
     let now = ctx.clock.now();
-    let mut report = CloseReport::default();
-    let mut after = String::new();
-    loop {
-        // The page's connection goes back to the pool before its batches take theirs.
-        let page = {
-            let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-            let mut page = subs::due_accounts(&mut conn, now, &after, DUE_PAGE).await?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after = last.0.clone();
-            // Accounts on a test clock are closed when their clock is advanced.
-            let accounts: Vec<String> = page.iter().map(|d| d.0.clone()).collect();
-            let clocked = ctx.clock_times(&mut conn, &accounts).await?;
-            page.retain(|d| !clocked.contains_key(&d.0));
-            page
-        };
-        let (moved, issued) = close_batches(ctx, now, &page).await?;
-        report.accounts += moved;
-        report.invoices += issued;
-    }
+    let (accounts, invoices) = close_pages(ctx, now, sizes).await?;
+    let mut report = CloseReport { accounts, invoices };
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
     report.invoices += bill_late_after_cancellation(ctx, &mut conn, now).await?;
     Ok(report)
+}
+
+/// An account due for its close: its account, period start and period end.
+type Due = (String, DateTime<Utc>, DateTime<Utc>);
+
+/// Closes every due account, page by page, in batches, several at a time, each on its own
+/// connection (one batch's rating overlaps another's writes; the invoice counter's row lock
+/// orders their numbering). The page reads run in the same stream as the batches, started
+/// when a connection is free and no batch is left to start, so the running batches go on
+/// while the next page is read; the stream never holds more than `sizes.workers` futures, each
+/// on one connection. After a failure nothing more starts; what runs finishes, never dropped
+/// inside its transaction, and the first failure is returned.
+async fn close_pages(
+    ctx: &Ctx,
+    now: DateTime<Utc>,
+    sizes: SweepSizes,
+) -> Result<(usize, usize), ServiceError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    enum Done {
+        Batch(Result<(usize, usize), ServiceError>),
+        /// The page's due accounts and the cursor past it; None past the last page.
+        Page(Result<Option<(Vec<Due>, String)>, ServiceError>),
+    }
+    type Work = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+    // Owned arguments: a future borrowing the sweep trips the spawned job's `Send` bound.
+    fn batch(ctx: Ctx, now: DateTime<Utc>, due: Vec<Due>) -> Work {
+        Box::pin(async move {
+            let closed = async {
+                let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+                close_batch(&ctx, &mut conn, now, &due).await
+            };
+            Done::Batch(closed.await)
+        })
+    }
+    // The accounts on a test clock are left out: they close when their clock is advanced.
+    fn page(ctx: Ctx, now: DateTime<Utc>, after: String, size: i64) -> Work {
+        Box::pin(async move {
+            let read = async {
+                let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
+                let mut page = subs::due_accounts(&mut conn, now, &after, size).await?;
+                let Some(last) = page.last() else {
+                    return Ok(None);
+                };
+                let after = last.0.clone();
+                let accounts: Vec<String> = page.iter().map(|d| d.0.clone()).collect();
+                let clocked = ctx.clock_times(&mut conn, &accounts).await?;
+                page.retain(|d| !clocked.contains_key(&d.0));
+                Ok(Some((page, after)))
+            };
+            Done::Page(read.await)
+        })
+    }
+    let mut running: FuturesUnordered<Work> = FuturesUnordered::new();
+    let mut waiting: std::collections::VecDeque<Vec<Due>> = Default::default();
+    // The cursor of the next page: None while its read runs and after the last page.
+    let mut after = Some(String::new());
+    let (mut total, mut first_error) = ((0, 0), None);
+    loop {
+        while first_error.is_none() && running.len() < sizes.workers.max(1) {
+            if let Some(due) = waiting.pop_front() {
+                running.push(batch(ctx.clone(), now, due));
+            } else if let Some(cursor) = after.take() {
+                running.push(page(ctx.clone(), now, cursor, sizes.page));
+            } else {
+                break;
+            }
+        }
+        let Some(done) = running.next().await else {
+            break;
+        };
+        match done {
+            Done::Batch(Ok((m, i))) => {
+                total.0 += m;
+                total.1 += i;
+            }
+            Done::Page(Ok(Some((due, cursor)))) => {
+                waiting.extend(due.chunks(sizes.batch.max(1)).map(<[Due]>::to_vec));
+                after = Some(cursor);
+            }
+            Done::Page(Ok(None)) => {}
+            Done::Batch(Err(e)) | Done::Page(Err(e)) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                } else {
+                    tracing::warn!(error = %e, "period close: a further failure in the same sweep");
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
 }
 
 /// How long after a cancellation late usage of its periods is still billed.
@@ -685,55 +786,11 @@ pub(crate) async fn late_invoice_after_cancellation(
 /// batch fails, each of its accounts is retried in a transaction of its own, so one account
 /// that cannot close (a plan missing from the catalogue, a value out of range) never holds
 /// back the others: it is recorded in `billing_errors`, logged, and retried by the next sweep.
-/// Closes `page` in batches, [`CLOSE_WORKERS`] at a time, each on its own connection (one
-/// batch's rating overlaps another's writes; the invoice counter's row lock orders their
-/// numbering). After a failure no further batch starts; those running finish, never dropped
-/// inside their transaction, and the first failure is returned.
-async fn close_batches(
-    ctx: &Ctx,
-    now: DateTime<Utc>,
-    page: &[(String, DateTime<Utc>, DateTime<Utc>)],
-) -> Result<(usize, usize), ServiceError> {
-    use futures_util::stream::{FuturesUnordered, StreamExt};
-    // Owned arguments: a future borrowing the page trips the spawned job's `Send` bound.
-    async fn one(
-        ctx: Ctx,
-        now: DateTime<Utc>,
-        due: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
-    ) -> Result<(usize, usize), ServiceError> {
-        let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-        close_batch(&ctx, &mut conn, now, &due).await
-    }
-    let mut batches = page.chunks(CLOSE_BATCH);
-    let mut running = FuturesUnordered::new();
-    let (mut total, mut first_error) = ((0, 0), None);
-    loop {
-        while first_error.is_none() && running.len() < CLOSE_WORKERS {
-            let Some(due) = batches.next() else { break };
-            running.push(one(ctx.clone(), now, due.to_vec()));
-        }
-        match running.next().await {
-            None => break,
-            Some(Ok((m, i))) => {
-                total.0 += m;
-                total.1 += i;
-            }
-            Some(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(total),
-    }
-}
-
 async fn close_batch(
     ctx: &Ctx,
     conn: &mut AsyncPgConnection,
     now: DateTime<Utc>,
-    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+    due: &[Due],
 ) -> Result<(usize, usize), ServiceError> {
     let set: std::collections::HashSet<&str> = due.iter().map(|d| d.0.as_str()).collect();
     ctx.checks.begin_writes(&set);
@@ -754,7 +811,7 @@ async fn close_one_by_one(
     ctx: &Ctx,
     conn: &mut AsyncPgConnection,
     now: DateTime<Utc>,
-    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+    due: &[Due],
     e: ServiceError,
 ) -> Result<(usize, usize), ServiceError> {
     if let [one] = due {
@@ -811,7 +868,7 @@ async fn close_accounts(
     ctx: &Ctx,
     conn: &mut AsyncPgConnection,
     now: DateTime<Utc>,
-    due: &[(String, DateTime<Utc>, DateTime<Utc>)],
+    due: &[Due],
 ) -> Result<(usize, usize), ServiceError> {
     conn.transaction::<(usize, usize), TxError, _>(async |c| {
         let pre = Prefetched::load(ctx, c, due).await?;

@@ -363,6 +363,94 @@ async fn one_sweep_over_several_concurrent_batches_bills_each_account_its_own_us
     );
 }
 
+/// A sweep of many pages (4 due accounts each) in batches of 2, two at a time: the next page
+/// is read while the page before still has a batch running, and one page is all accounts on
+/// a test clock (filtered to nothing: the sweep reads on past it). Every other account is
+/// closed exactly once, its period moves on, the numbers have no gaps, the accounts on the
+/// clock are left to it, and a second sweep finds nothing due. A guard of the sweep's paging
+/// (what it checks held before the reads overlapped the batches too; the overlap itself is a
+/// matter of speed, not seen here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_over_many_pages_closes_each_due_account_once() {
+    use accrue::services::lifecycle::{close_due_periods, close_due_periods_sized, SweepSizes};
+    use diesel_async::SimpleAsyncConnection;
+    let app = spawn_app().await;
+    app.ctx.enable_test_clocks();
+    app.publish_plans().await;
+    let n = 31;
+    // q05..q08 are the second page, whole; q20 sits alone in the fifth.
+    let clocked = |i: usize| (5..=8).contains(&i) || i == 20;
+    let version = app
+        .db
+        .count("(SELECT MAX(version) FROM plan_versions WHERE plan = 'team')::int8")
+        .await;
+    let mut c = app.db.conn().await;
+    c.batch_execute(&format!(
+        "INSERT INTO test_clocks (id, name, frozen_time, status, created_at)
+           VALUES ('clk', 'paging', '2026-11-20T00:00:00Z', 'ready', now());
+         INSERT INTO accounts (account, currency, test_clock, created_at, updated_at)
+           SELECT 'q' || lpad(g::text, 2, '0'), 'USD',
+                  CASE WHEN g BETWEEN 5 AND 8 OR g = 20 THEN 'clk' END, now(), now()
+             FROM generate_series(1, {n}) g;
+         INSERT INTO subscriptions (account, plan, plan_version, seats, status, anchor,
+                period_start, period_end, revision, created_at, updated_at)
+           SELECT 'q' || lpad(g::text, 2, '0'), 'team', {version}, 2, 'active',
+                  '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', '2026-12-01T00:00:00Z', 1,
+                  now(), now()
+             FROM generate_series(1, {n}) g;"
+    ))
+    .await
+    .unwrap();
+    app.clock.set(t("2026-12-01T00:05:00.000Z"));
+    let sizes = SweepSizes {
+        page: 4,
+        batch: 2,
+        workers: 2,
+    };
+    let report = close_due_periods_sized(&app.ctx, sizes).await.unwrap();
+    let closed = (1..=n).filter(|i| !clocked(*i)).count();
+    assert_eq!((report.accounts, report.invoices), (closed, closed));
+    for i in 1..=n {
+        let account = format!("q{i:02}");
+        let invoiced = app
+            .db
+            .count(&format!(
+                "(SELECT COUNT(*) FROM invoices WHERE account = '{account}' \
+                  AND kind = 'period' AND period_start = '2026-11-01T00:00:00Z')::int8"
+            ))
+            .await;
+        let moved = app
+            .db
+            .count(&format!(
+                "(SELECT COUNT(*) FROM subscriptions WHERE account = '{account}' \
+                  AND period_start = '2026-12-01T00:00:00Z' \
+                  AND period_end = '2027-01-01T00:00:00Z')::int8"
+            ))
+            .await;
+        let expected = if clocked(i) { 0 } else { 1 };
+        assert_eq!((invoiced, moved), (expected, expected), "account {account}");
+    }
+    assert_eq!(
+        app.db.count("(SELECT COUNT(*) FROM invoices)::int8").await,
+        closed as i64
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT COUNT(DISTINCT number) FROM invoices)::int8")
+            .await,
+        closed as i64
+    );
+    assert_eq!(
+        app.db
+            .count("(SELECT MAX(number) FROM invoices)::int8")
+            .await,
+        closed as i64,
+        "numbers have no gaps"
+    );
+    let again = close_due_periods(&app.ctx).await.unwrap();
+    assert_eq!((again.accounts, again.invoices), (0, 0));
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 5, ..proptest::prelude::ProptestConfig::default() })]
 
