@@ -1424,8 +1424,9 @@ pub struct Reconciliation {
 }
 
 /// Each invoice issued in the month `period` (YYYY-MM, UTC) beside its Stripe invoice, and
-/// every difference: `missing_in_stripe`, `amount_mismatch`, `currency_mismatch`,
-/// `status_mismatch`, `paid_amount_mismatch`.
+/// every difference: `missing_in_stripe` (Stripe has no such invoice: a 404), `amount_mismatch`,
+/// `currency_mismatch`, `status_mismatch`, `paid_amount_mismatch`. Unavailable when Stripe
+/// cannot be read for any other reason.
 pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, ServiceError> {
     let first =
         chrono::NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").map_err(|_| {
@@ -1517,8 +1518,16 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
         ) {
             (Some(p), Some(id)) => match p.retrieve(&id).await {
                 Ok(r) => Some(r),
-                Err(RailError::Unavailable(m)) => return Err(ServiceError::Unavailable(m)),
-                Err(_) => None,
+                // No such invoice in this Stripe account: missing there.
+                Err(RailError::Refused { status: 404, .. }) => None,
+                // Anything else (a rotated key's 401, a 403, Stripe down) says nothing about
+                // the invoice: no report rather than every invoice reported missing.
+                Err(e) => {
+                    return Err(ServiceError::Unavailable(format!(
+                        "cannot read invoice {} ({id}) from Stripe for the reconciliation: {e}",
+                        inv.number
+                    )))
+                }
             },
             _ => None,
         };

@@ -637,6 +637,66 @@ async fn app_without_webhook() -> TestApp {
     }
 }
 
+/// Only Stripe's "no such invoice" (404) makes an invoice `missing_in_stripe`. When Stripe
+/// refuses to read it for another reason (here the instance's key is revoked: 401), the
+/// reconciliation answers 503 naming the invoice and the cause, where it reported every
+/// collected invoice of the month missing in Stripe before. The same month read with a good
+/// key still matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciliation_stripe_refuses_to_read_fails_rather_than_report_invoices_missing() {
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    customer_on_team(&app, &key, "rotated", GOOD_CARD).await;
+    let paid = wait_for_payment_state(&app, &key, 1, "paid").await;
+    let stripe_invoice = paid["payment"]["stripe_invoice_id"].as_str().unwrap();
+    let month = &NOW[..7];
+    let path = format!("/v1/reports/reconciliation?period={month}");
+
+    // A second instance on the same database whose Stripe key was revoked.
+    let (_, plain, clock) = start_instance_unserved(&app.db.url, std::time::Duration::from_secs(1));
+    let revoked = accrue::payments::StripeConfig {
+        secret_key: "revoked".into(),
+        ..stripe_config()
+    };
+    let payments = accrue::services::payments::Payments::connect(
+        &plain.pool,
+        &revoked,
+        DunningPolicy::default(),
+        accrue::domain::clock::Clock::now(clock.as_ref()),
+    )
+    .await
+    .unwrap();
+    let other = serve(plain.with_payments(payments));
+    let res = reqwest::Client::new()
+        .get(format!("{other}{path}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(stripe_invoice) && message.contains("401"),
+        "{message}"
+    );
+
+    let (status, rec) = app.get(&key, &path).await;
+    assert_eq!(status, 200, "{rec}");
+    let ours: Vec<&Value> = rec["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["account"] == "rotated")
+        .collect();
+    assert_eq!(ours.len(), 1, "{rec}");
+    assert_eq!(ours[0]["stripe"]["id"], stripe_invoice);
+    assert_eq!(ours[0]["mismatches"], json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_seen_only_by_webhook_is_applied_once_and_a_replay_changes_nothing() {
     let app = app_without_webhook().await;
