@@ -1423,10 +1423,14 @@ pub struct Reconciliation {
     pub totals: std::collections::BTreeMap<String, PeriodTotals>,
 }
 
+/// Stripe invoices the reconciliation reads at once (each is its own request).
+const STRIPE_READS_AT_ONCE: usize = 8;
+
 /// Each invoice issued in the month `period` (YYYY-MM, UTC) beside its Stripe invoice, and
 /// every difference: `missing_in_stripe` (Stripe has no such invoice: a 404), `amount_mismatch`,
 /// `currency_mismatch`, `status_mismatch`, `paid_amount_mismatch`. Unavailable when Stripe
-/// cannot be read for any other reason.
+/// cannot be read for any other reason. Stripe is read [`STRIPE_READS_AT_ONCE`] invoices at a
+/// time.
 pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, ServiceError> {
     let first =
         chrono::NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").map_err(|_| {
@@ -1471,7 +1475,35 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
         matched: 0,
         totals: Default::default(),
     };
-    for (inv, payment) in rows {
+    // Each collected invoice's Stripe side, read a few at a time (in order); the first
+    // answer other than "no such invoice" fails the report.
+    let remotes: Vec<Option<RemoteInvoice>> = {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        stream::iter(rows.iter().map(|(inv, payment)| {
+            let id = payment.as_ref().and_then(|p| p.stripe_invoice_id.clone());
+            let number = inv.number;
+            async move {
+                let (Some(p), Some(id)) = (&ctx.payments, id) else {
+                    return Ok(None);
+                };
+                match p.retrieve(&id).await {
+                    Ok(r) => Ok(Some(r)),
+                    // No such invoice in this Stripe account: missing there.
+                    Err(RailError::Refused { status: 404, .. }) => Ok(None),
+                    // Anything else (a rotated key's 401, a 403, Stripe down) says nothing
+                    // about the invoice: no report rather than every invoice reported missing.
+                    Err(e) => Err(ServiceError::Unavailable(format!(
+                        "cannot read invoice {number} ({id}) from Stripe for the \
+                         reconciliation: {e}"
+                    ))),
+                }
+            }
+        }))
+        .buffered(STRIPE_READS_AT_ONCE)
+        .try_collect()
+        .await?
+    };
+    for ((inv, payment), remote) in rows.into_iter().zip(remotes) {
         let currency = Currency::from_code(&inv.currency);
         let exp = currency.map_or(2, |c| c.exponent());
         let mut settlement = settled.remove(&(inv.account.clone(), inv.number));
@@ -1512,25 +1544,6 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
         };
         let mut found: Vec<(&'static str, String, String)> = Vec::new();
         let expected = inv.collection == "stripe" && payment.is_some();
-        let remote = match (
-            &ctx.payments,
-            payment.as_ref().and_then(|p| p.stripe_invoice_id.clone()),
-        ) {
-            (Some(p), Some(id)) => match p.retrieve(&id).await {
-                Ok(r) => Some(r),
-                // No such invoice in this Stripe account: missing there.
-                Err(RailError::Refused { status: 404, .. }) => None,
-                // Anything else (a rotated key's 401, a 403, Stripe down) says nothing about
-                // the invoice: no report rather than every invoice reported missing.
-                Err(e) => {
-                    return Err(ServiceError::Unavailable(format!(
-                        "cannot read invoice {} ({id}) from Stripe for the reconciliation: {e}",
-                        inv.number
-                    )))
-                }
-            },
-            _ => None,
-        };
         match (remote, currency) {
             (Some(r), Some(cur)) => {
                 let side = StripeSide {

@@ -10,6 +10,17 @@ use serde_json::{json, Value};
 
 /// An account with a customer and a card, subscribed to Team with 5 seats.
 async fn customer_on_team(app: &TestApp, key: &str, account: &str, card: &str) -> String {
+    customer_on_team_with(app, key, account, card, 5).await
+}
+
+/// An account with a customer and a card, subscribed to Team with `seats` seats.
+async fn customer_on_team_with(
+    app: &TestApp,
+    key: &str,
+    account: &str,
+    card: &str,
+    seats: u32,
+) -> String {
     let (status, body) = app
         .patch(
             key,
@@ -27,7 +38,7 @@ async fn customer_on_team(app: &TestApp, key: &str, account: &str, card: &str) -
         )
         .await;
     assert_eq!(status, 200, "{set}");
-    app.subscribe(key, account, json!({"plan": "team", "seats": 5}))
+    app.subscribe(key, account, json!({"plan": "team", "seats": seats}))
         .await;
     set["customer"].as_str().unwrap().to_owned()
 }
@@ -641,15 +652,25 @@ async fn app_without_webhook() -> TestApp {
 /// refuses to read it for another reason (here the instance's key is revoked: 401), the
 /// reconciliation answers 503 naming the invoice and the cause, where it reported every
 /// collected invoice of the month missing in Stripe before. The same month read with a good
-/// key still matches.
+/// key matches each invoice with its own Stripe invoice (Stripe is read several at a time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconciliation_stripe_refuses_to_read_fails_rather_than_report_invoices_missing() {
     let app = spawn_stripe_app(DunningPolicy::default()).await;
     app.publish_plans().await;
     let key = app.key("ingest,billing,finance,check", None).await;
-    customer_on_team(&app, &key, "rotated", GOOD_CARD).await;
-    let paid = wait_for_payment_state(&app, &key, 1, "paid").await;
-    let stripe_invoice = paid["payment"]["stripe_invoice_id"].as_str().unwrap();
+    // Twelve accounts with different seats: each start invoice has its own total.
+    let mut stripe_ids = std::collections::HashMap::new();
+    for (i, seats) in (3..15).enumerate() {
+        let number = i as i64 + 1;
+        customer_on_team_with(&app, &key, &format!("rotated{i:02}"), GOOD_CARD, seats).await;
+        let paid = wait_for_payment_state(&app, &key, number, "paid").await;
+        // Team v2: 59.00 base, 12.00 a seat above the 3 included.
+        let total = Decimal::from(59 + 12 * (seats as i64 - 3));
+        assert_eq!(dec(&paid["total"]), total);
+        let id = paid["payment"]["stripe_invoice_id"].as_str().unwrap();
+        stripe_ids.insert(number, (id.to_owned(), total));
+    }
+    let stripe_invoice = stripe_ids[&1].0.as_str();
     let month = &NOW[..7];
     let path = format!("/v1/reports/reconciliation?period={month}");
 
@@ -686,15 +707,15 @@ async fn a_reconciliation_stripe_refuses_to_read_fails_rather_than_report_invoic
 
     let (status, rec) = app.get(&key, &path).await;
     assert_eq!(status, 200, "{rec}");
-    let ours: Vec<&Value> = rec["invoices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["account"] == "rotated")
-        .collect();
-    assert_eq!(ours.len(), 1, "{rec}");
-    assert_eq!(ours[0]["stripe"]["id"], stripe_invoice);
-    assert_eq!(ours[0]["mismatches"], json!([]));
+    let invoices = rec["invoices"].as_array().unwrap();
+    assert_eq!(invoices.len(), stripe_ids.len(), "{rec}");
+    for inv in invoices {
+        let (id, total) = &stripe_ids[&inv["number"].as_i64().unwrap()];
+        assert_eq!(inv["stripe"]["id"], id.as_str(), "{inv}");
+        assert_eq!(dec(&inv["stripe"]["amount"]), *total, "{inv}");
+        assert_eq!(inv["mismatches"], json!([]), "{inv}");
+    }
+    assert_eq!(rec["matched"], stripe_ids.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
