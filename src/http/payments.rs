@@ -114,7 +114,9 @@ pub struct ReconciliationQuery {
 /// `GET /v1/reports/reconciliation?period=YYYY-MM` (finance keys not bound to an account).
 /// Invoiced against collected for a month, and every mismatch.
 #[utoipa::path(get, path = "/v1/reports/reconciliation", tag = "payments", params(ReconciliationQuery),
-    responses((status = 200, description = "The month's reconciliation", body = crate::services::payments::Reconciliation)),
+    responses((status = 200, description = "The month's reconciliation", body = crate::services::payments::Reconciliation),
+        (status = 409, description = "Stripe refused to show an invoice (`stripe_refused`: a revoked key, a key of another mode); the message names it", body = super::openapi::ErrorBody),
+        (status = 503, description = "Stripe could not be read for an invoice (down or rate limited); the message names it; retry later", body = super::openapi::ErrorBody)),
     security(("bearer" = ["finance"])))]
 pub async fn reconciliation(
     req: HttpRequest,

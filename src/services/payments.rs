@@ -1423,14 +1423,30 @@ pub struct Reconciliation {
     pub totals: std::collections::BTreeMap<String, PeriodTotals>,
 }
 
-/// Stripe invoices the reconciliation reads at once (each is its own request).
-const STRIPE_READS_AT_ONCE: usize = 8;
+/// Stripe invoices the reconciliation reads at once (each is its own request; Stripe allows
+/// about 25 a second on one endpoint, and a 429 fails the report).
+const STRIPE_READS_AT_ONCE: usize = 4;
+
+/// Why the reconciliation has no report: Stripe would not show invoice `number` (`id`). Down
+/// or rate limited: 503, retry later; refused (a revoked key, a key of another account's
+/// mode): 409, retrying will not help.
+fn unreadable(number: i64, id: &str, e: RailError) -> ServiceError {
+    tracing::warn!(number, id, error = %e, "reconciliation: Stripe would not show an invoice");
+    let message = format!("cannot read invoice {number} ({id}) from Stripe: {e}");
+    match e {
+        RailError::Unavailable(_) => ServiceError::Unavailable(message),
+        RailError::Refused { .. } | RailError::Declined(_) => ServiceError::Conflict {
+            code: "stripe_refused",
+            message,
+        },
+    }
+}
 
 /// Each invoice issued in the month `period` (YYYY-MM, UTC) beside its Stripe invoice, and
-/// every difference: `missing_in_stripe` (Stripe has no such invoice: a 404), `amount_mismatch`,
-/// `currency_mismatch`, `status_mismatch`, `paid_amount_mismatch`. Unavailable when Stripe
-/// cannot be read for any other reason. Stripe is read [`STRIPE_READS_AT_ONCE`] invoices at a
-/// time.
+/// every difference: `missing_in_stripe` (not pushed to Stripe yet, or Stripe answers it has
+/// no such invoice: a 404), `amount_mismatch`, `currency_mismatch`, `status_mismatch`,
+/// `paid_amount_mismatch`. No report when Stripe will not show an invoice for any other
+/// reason ([`unreadable`]). Stripe is read [`STRIPE_READS_AT_ONCE`] invoices at a time.
 pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, ServiceError> {
     let first =
         chrono::NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").map_err(|_| {
@@ -1475,35 +1491,30 @@ pub async fn reconciliation(ctx: &Ctx, period: &str) -> Result<Reconciliation, S
         matched: 0,
         totals: Default::default(),
     };
-    // Each collected invoice's Stripe side, read a few at a time (in order); the first
-    // answer other than "no such invoice" fails the report.
-    let remotes: Vec<Option<RemoteInvoice>> = {
+    // Each collected invoice beside its Stripe side, read a few at a time (each row travels
+    // with its own read); the first answer other than "no such invoice" fails the report.
+    let read: Vec<_> = {
         use futures_util::stream::{self, StreamExt, TryStreamExt};
-        stream::iter(rows.iter().map(|(inv, payment)| {
+        stream::iter(rows.into_iter().map(|(inv, payment)| async move {
             let id = payment.as_ref().and_then(|p| p.stripe_invoice_id.clone());
-            let number = inv.number;
-            async move {
-                let (Some(p), Some(id)) = (&ctx.payments, id) else {
-                    return Ok(None);
-                };
-                match p.retrieve(&id).await {
-                    Ok(r) => Ok(Some(r)),
+            let remote = match (&ctx.payments, id) {
+                (Some(p), Some(id)) => match p.retrieve(&id).await {
+                    Ok(r) => Some(r),
                     // No such invoice in this Stripe account: missing there.
-                    Err(RailError::Refused { status: 404, .. }) => Ok(None),
-                    // Anything else (a rotated key's 401, a 403, Stripe down) says nothing
+                    Err(RailError::Refused { status: 404, .. }) => None,
+                    // Anything else (a revoked key's 401, a 403, Stripe down) says nothing
                     // about the invoice: no report rather than every invoice reported missing.
-                    Err(e) => Err(ServiceError::Unavailable(format!(
-                        "cannot read invoice {number} ({id}) from Stripe for the \
-                         reconciliation: {e}"
-                    ))),
-                }
-            }
+                    Err(e) => return Err(unreadable(inv.number, &id, e)),
+                },
+                _ => None,
+            };
+            Ok((inv, payment, remote))
         }))
         .buffered(STRIPE_READS_AT_ONCE)
         .try_collect()
         .await?
     };
-    for ((inv, payment), remote) in rows.into_iter().zip(remotes) {
+    for (inv, payment, remote) in read {
         let currency = Currency::from_code(&inv.currency);
         let exp = currency.map_or(2, |c| c.exponent());
         let mut settlement = settled.remove(&(inv.account.clone(), inv.number));

@@ -648,11 +648,12 @@ async fn app_without_webhook() -> TestApp {
     }
 }
 
-/// Only Stripe's "no such invoice" (404) makes an invoice `missing_in_stripe`. When Stripe
-/// refuses to read it for another reason (here the instance's key is revoked: 401), the
-/// reconciliation answers 503 naming the invoice and the cause, where it reported every
-/// collected invoice of the month missing in Stripe before. The same month read with a good
-/// key matches each invoice with its own Stripe invoice (Stripe is read several at a time).
+/// Only Stripe's "no such invoice" (404) makes a pushed invoice `missing_in_stripe`. When
+/// Stripe refuses to show it for another reason (here the instance's key is revoked: 401), the
+/// reconciliation answers 409 `stripe_refused` naming the invoice and the cause, where it
+/// reported every collected invoice of the month missing in Stripe before. The same month read
+/// with a good key matches each invoice with its own Stripe invoice (Stripe is read several at
+/// a time), and the one whose Stripe id Stripe does not know is the only one missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconciliation_stripe_refuses_to_read_fails_rather_than_report_invoices_missing() {
     let app = spawn_stripe_app(DunningPolicy::default()).await;
@@ -697,25 +698,39 @@ async fn a_reconciliation_stripe_refuses_to_read_fails_rather_than_report_invoic
         .unwrap();
     let status = res.status().as_u16();
     let body: Value = res.json().await.unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "stripe_refused", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains(stripe_invoice) && message.contains("401"),
         "{message}"
     );
 
+    // Invoice 5's Stripe id is one Stripe does not know (a 404).
+    let mut c = app.db.conn().await;
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut c,
+        "UPDATE invoice_payments SET stripe_invoice_id = 'in_unknown' WHERE number = 5",
+    )
+    .await
+    .unwrap();
     let (status, rec) = app.get(&key, &path).await;
     assert_eq!(status, 200, "{rec}");
     let invoices = rec["invoices"].as_array().unwrap();
     assert_eq!(invoices.len(), stripe_ids.len(), "{rec}");
     for inv in invoices {
-        let (id, total) = &stripe_ids[&inv["number"].as_i64().unwrap()];
+        let number = inv["number"].as_i64().unwrap();
+        if number == 5 {
+            assert_eq!(inv["stripe"], Value::Null, "{inv}");
+            assert_eq!(inv["mismatches"], json!(["missing_in_stripe"]), "{inv}");
+            continue;
+        }
+        let (id, total) = &stripe_ids[&number];
         assert_eq!(inv["stripe"]["id"], id.as_str(), "{inv}");
         assert_eq!(dec(&inv["stripe"]["amount"]), *total, "{inv}");
         assert_eq!(inv["mismatches"], json!([]), "{inv}");
     }
-    assert_eq!(rec["matched"], stripe_ids.len());
+    assert_eq!(rec["matched"], stripe_ids.len() - 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
