@@ -294,6 +294,31 @@ pub async fn custom_plans(conn: &mut AsyncPgConnection) -> Result<(), StoreError
     Ok(())
 }
 
+/// Opens one pooled connection with the session settings of [`pool`].
+async fn open_connection(url: &str) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    conn.batch_execute(&format!(
+        "SET jit = off; SET plan_cache_mode = force_custom_plan; \
+         SET statement_timeout = {}; SET lock_timeout = {}; \
+         SET idle_in_transaction_session_timeout = {}",
+        STATEMENT_TIMEOUT.as_millis(),
+        LOCK_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    ))
+    .await
+    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    let on_citus: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+    ))
+    .get_result(&mut conn)
+    .await
+    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    if on_citus {
+        citus::learnt_active();
+    }
+    Ok(conn)
+}
+
 /// Builds the connection pool. Each connection turns JIT compilation off: accrue's statements
 /// are short, and PostgreSQL's cost estimates for the batch reads (which run per-account index
 /// lookups) can pass the JIT threshold and spend 30 ms compiling a 1 ms query. It also plans
@@ -311,30 +336,25 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
     // checkout): one whose socket closed (the server restarted or ended its session) is known
     // closed without asking and dropped, as is one left in a transaction.
     config.recycling_method = RecyclingMethod::Fast;
-    config.custom_setup = Box::new(|url| {
-        Box::pin(async move {
-            let mut conn = AsyncPgConnection::establish(url).await?;
-            conn.batch_execute(&format!(
-                "SET jit = off; SET plan_cache_mode = force_custom_plan; \
-                 SET statement_timeout = {}; SET lock_timeout = {}; \
-                 SET idle_in_transaction_session_timeout = {}",
-                STATEMENT_TIMEOUT.as_millis(),
-                LOCK_TIMEOUT.as_millis(),
-                IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
-            ))
-            .await
-            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-            let on_citus: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
-                "EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
-            ))
-            .get_result(&mut conn)
-            .await
-            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-            if on_citus {
-                citus::learnt_active();
-            }
-            Ok(conn)
-        })
+    // A connection's driver is a task on the runtime that opened it. Opened on an actix
+    // worker's runtime (a handler's checkout), it died when a graceful stop ended that worker,
+    // failing the ingest lane or job using it at the time (their requests answered 503 when
+    // they should have been committed: chaos scenario 9 on Citus). Connections are opened on
+    // the runtime the pool was made on, the process's main one.
+    let home = tokio::runtime::Handle::try_current().ok();
+    config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        let open = async move { open_connection(&url).await };
+        match home.clone() {
+            Some(home) => Box::pin(async move {
+                home.spawn(open).await.map_err(|e| {
+                    diesel::ConnectionError::BadConnection(format!(
+                        "opening a connection stopped: {e}"
+                    ))
+                })?
+            }),
+            None => Box::pin(open),
+        }
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Ok(deadpool::Pool::builder(manager)
