@@ -73,3 +73,62 @@ async fn duplicates_are_recognised_after_a_graceful_restart_and_after_sigkill() 
     );
     assert_eq!(db.count("(SELECT COUNT(*) FROM events)::int8").await, 100);
 }
+
+/// What a pooled connection's query answers after the runtime that first asked the pool for
+/// it has ended, the connection checked out meanwhile on the test's own runtime.
+async fn query_after_the_opening_runtime_ends(pool: accrue::store::Pool) -> Result<i32, String> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::Integer;
+    use diesel_async::RunQueryDsl;
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let worker_pool = pool.clone();
+    // An HTTP worker: a current-thread runtime of its own on its own thread, as actix runs
+    // each worker, whose request is the first to need a connection.
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut conn = worker_pool.get().await.unwrap();
+            let one: i32 = diesel::select(sql::<Integer>("1"))
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(one, 1);
+        });
+        opened_tx.send(()).unwrap();
+        // The worker stays up while the connection is checked out elsewhere, then stops (a
+        // graceful stop ends each worker's runtime).
+        end_rx.recv().unwrap();
+        drop(rt);
+    });
+    opened_rx.recv().unwrap();
+    // An ingest lane or a job takes the (one) connection, and holds it across the stop.
+    let mut conn = pool.get().await.unwrap();
+    end_tx.send(()).unwrap();
+    tokio::task::spawn_blocking(move || worker.join().unwrap())
+        .await
+        .unwrap();
+    diesel::select(sql::<Integer>("7"))
+        .get_result(&mut conn)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// diesel-async runs a connection's driver as a task on the runtime that opened it. A
+/// connection first opened by an HTTP handler (an actix worker's runtime) died when a graceful
+/// stop ended that worker, failing the ingest lane that held it: its request answered 503 when
+/// it should have committed (chaos scenario 9). The pool opens connections on the runtime it
+/// was made on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_outlives_the_worker_runtime_that_first_asked_for_it() {
+    let db = TestDb::new().await;
+    let pool = accrue::store::pool(&db.url, 1).unwrap();
+    assert_eq!(
+        query_after_the_opening_runtime_ends(pool).await,
+        Ok(7),
+        "the connection died with the worker runtime that opened it"
+    );
+}
