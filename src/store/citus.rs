@@ -182,6 +182,15 @@ pub fn place_tables(conn: &mut PgConnection) -> Result<usize, StoreError> {
                 ))?;
             }
         }
+        // A table that had rows (a single-node database converting) had them copied to its
+        // shards, and Citus keeps the coordinator's own copy on disk, unseen and never read:
+        // as large as the table. Removed before the keys come back (a key from a local table
+        // would forbid it).
+        for t in distributed.iter().chain(&reference) {
+            c.batch_execute(&format!(
+                "SELECT truncate_local_data_after_distributing_table('{t}')"
+            ))?;
+        }
         for k in &keys {
             c.batch_execute(&format!(
                 "ALTER TABLE {} ADD CONSTRAINT {} {}",

@@ -246,6 +246,24 @@ async fn a_single_node_database_with_rows_converts_to_citus_on_the_next_migrate(
         app.db.count("(SELECT count(*) FROM events)").await,
         rows_before
     );
+    // Nothing is left behind on the coordinator: Citus copies a table's rows to its shards
+    // and keeps the local ones on disk, unseen, until they are truncated. (`pg_relation_size`
+    // is the coordinator's own table, not its shards.)
+    for (table, rows) in [
+        ("events", "(SELECT count(*) FROM events)"),
+        ("subscriptions", "(SELECT count(*) FROM subscriptions)"),
+        ("plan_versions", "(SELECT count(*) FROM plan_versions)"),
+    ] {
+        assert!(app.db.count(rows).await > 0, "{table} has rows");
+        let left = app
+            .db
+            .count(&format!("(SELECT pg_relation_size('{table}'))"))
+            .await;
+        assert_eq!(
+            left, 0,
+            "{table}: {left} bytes of rows left on the coordinator"
+        );
+    }
     // A fresh instance on the converted database answers as before, and keeps working.
     let (fresh, _ctx, _clock) = start_instance(&app.db.url, std::time::Duration::from_secs(1));
     assert_eq!(snapshot(&app, &fresh, &key, &accounts).await, before);
