@@ -19,7 +19,7 @@ fn dec(v: &Value) -> Decimal {
 
 /// Three subscribers on team@1 with a closed period behind them (one used compute), one on
 /// team@2; the clock in their second period.
-async fn cohort() -> (TestApp, String) {
+pub(crate) async fn cohort() -> (TestApp, String) {
     cohort_on(spawn_app().await).await
 }
 

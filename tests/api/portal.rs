@@ -682,3 +682,53 @@ async fn a_change_of_interval_in_the_portal_says_the_period_restarts_and_links_t
         (Some("change"), expected)
     );
 }
+
+/// A console session for a new finance key, signed in through the form.
+async fn console_session(app: &TestApp) -> String {
+    let finance = app.key("finance", None).await;
+    let res = browser()
+        .get(app.url("/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let nonce_cookie = pair(&set_cookie(&res, "accrue_sign_in").unwrap());
+    let nonce = hidden(&res.text().await.unwrap(), "nonce");
+    let res = post_form(
+        &app.base,
+        "/console/sign-in",
+        &nonce_cookie,
+        &[("nonce", &nonce), ("key", &finance)],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    pair(&set_cookie(&res, "accrue_console").unwrap())
+}
+
+/// The plan page's migration dry run re-rates every subscriber of a version: it runs when the
+/// operator asks for it, not on each view of the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_pages_dry_run_runs_when_asked_and_lists_that_versions_subscribers() {
+    // Three subscribers on team@1 (m1, m2, m3), one on team@2.
+    let (app, _) = crate::migration::cohort().await;
+    let session = console_session(&app).await;
+    const DRY: &str = "subscribers; their MRR goes from";
+
+    let (status, html) = page(&app.base, "/console/plans/team", &session).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Show the dry run"), "{html}");
+    assert!(!html.contains(DRY), "the dry run ran on a plain view");
+
+    let (status, html) = page(&app.base, "/console/plans/team?from=1&to=2", &session).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&format!("3 {DRY}")), "{html}");
+    for account in ["m1", "m2", "m3"] {
+        assert!(
+            html.contains(&format!(">{account}</a>")),
+            "{account}: {html}"
+        );
+    }
+    assert!(
+        !html.contains(">stays</a>"),
+        "team@2's subscriber is not moved"
+    );
+}

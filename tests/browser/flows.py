@@ -409,7 +409,8 @@ def demo(base, admin):
         axe(page, "the console's PQL queue")
         page.screenshot(path=f"{SHOTS}/console-pql.png", full_page=False)
         for path in ("/console/reconciliation", "/console/dunning", "/console/governance",
-                     "/console/plans", "/console/plans/team", "/console/webhooks"):
+                     "/console/plans", "/console/plans/team", "/console/plans/team?from=1&to=2",
+                     "/console/webhooks"):
             r = page.goto(base + path)
             check(r.status == 200, f"{path} answered {r.status}")
             axe(page, f"the console's {path}")

@@ -432,8 +432,9 @@ pub(super) struct PlanQuery {
     _table: Option<String>,
 }
 
-/// `GET /console/plans/{plan}`: each version's changes from the one before, and the dry run
-/// of migrating the subscribers of one version to another (nothing is changed).
+/// `GET /console/plans/{plan}`: each version's changes from the one before, and, when the
+/// form asks (`?from=&to=`), the dry run of migrating the subscribers of one version to
+/// another (nothing is changed).
 pub(super) async fn plan(
     req: HttpRequest,
     ctx: web::Data<Ctx>,
@@ -491,7 +492,10 @@ pub(super) async fn plan(
             .find(|v| *v < to)
             .unwrap_or(to)
     });
-    let dry = if from != to {
+    // The dry run re-rates every subscriber of `from`: run when asked (the form names both
+    // versions), not on every view of the page.
+    let asked = q.from.is_some() && q.to.is_some();
+    let dry = if asked && from != to {
         Some(
             migration::migrate(
                 &ctx,
@@ -581,6 +585,9 @@ pub(super) async fn plan(
                     }
                 }
                 button.secondary type="submit" { "Show the dry run" }
+            }
+            @if !asked {
+                p.muted { "Choose two versions and show the dry run: it prices each subscriber's last period at both. Nothing changes." }
             }
             @if let Some(e) = &dry_error {
                 div.banner.warn role="status" { (e) }
