@@ -7,7 +7,9 @@
 //! 1. drop the foreign keys that touch a table still to be placed;
 //! 2. create the reference tables, then the Citus-local ones;
 //! 3. distribute `accounts`, then the other account-owned tables co-located with it;
-//! 4. put the foreign keys back, one per statement.
+//! 4. empty the coordinator's own copy of the rows now on the shards (Citus keeps it on disk,
+//!    unseen, until told: [`drop_local_leftovers`]);
+//! 5. put the foreign keys back, one per statement.
 //!
 //! It all happens in one transaction. It places only tables not placed yet, so it converts an
 //! existing single-node database (its rows are copied to the shards) and a table a later
@@ -139,6 +141,9 @@ pub fn place_tables(conn: &mut PgConnection) -> Result<usize, StoreError> {
         );
         let count = distributed.len() + reference.len() + coordinator.len();
         if count == 0 {
+            // A database converted before accrue emptied the coordinator's copy keeps it
+            // until a migrate finds it.
+            drop_local_leftovers(c)?;
             return Ok(0);
         }
         let all: Vec<String> = distributed
@@ -182,15 +187,9 @@ pub fn place_tables(conn: &mut PgConnection) -> Result<usize, StoreError> {
                 ))?;
             }
         }
-        // A table that had rows (a single-node database converting) had them copied to its
-        // shards, and Citus keeps the coordinator's own copy on disk, unseen and never read:
-        // as large as the table. Removed before the keys come back (a key from a local table
-        // would forbid it).
-        for t in distributed.iter().chain(&reference) {
-            c.batch_execute(&format!(
-                "SELECT truncate_local_data_after_distributing_table('{t}')"
-            ))?;
-        }
+        // Before the keys come back: the removal truncates with CASCADE, which then reaches
+        // no other table.
+        drop_local_leftovers(c)?;
         for k in &keys {
             c.batch_execute(&format!(
                 "ALTER TABLE {} ADD CONSTRAINT {} {}",
@@ -202,6 +201,39 @@ pub fn place_tables(conn: &mut PgConnection) -> Result<usize, StoreError> {
         tracing::info!(tables = count, "placed tables on Citus");
         Ok(count)
     })
+}
+
+/// Empties the coordinator's own copy of the rows of every distributed and reference table
+/// that has one. A table placed with rows in it (a single-node database converting) has them
+/// copied to its shards, and Citus keeps the local ones on disk, never read again, as large as
+/// the table, until `truncate_local_data_after_distributing_table`. A placed table's local
+/// relation is otherwise empty (`pg_relation_size` is that relation alone, not its shards).
+fn drop_local_leftovers(c: &mut PgConnection) -> Result<(), StoreError> {
+    let tables: Vec<String> = DISTRIBUTED
+        .iter()
+        .chain(REFERENCE)
+        .map(|t| t.to_string())
+        .collect();
+    let left: Vec<Name> = diesel::sql_query(
+        "SELECT t AS name FROM unnest($1::text[]) AS t
+          WHERE pg_relation_size(t::regclass) > 0
+            AND EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = t::regclass)",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(&tables)
+    .load(c)?;
+    for t in &left {
+        c.batch_execute(&format!(
+            "SELECT truncate_local_data_after_distributing_table('{}')",
+            t.name
+        ))?;
+    }
+    if !left.is_empty() {
+        tracing::info!(
+            tables = left.len(),
+            "emptied the coordinator's copy of rows now on the shards"
+        );
+    }
+    Ok(())
 }
 
 /// A quoted SQL identifier.

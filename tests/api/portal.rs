@@ -435,27 +435,7 @@ async fn the_console_opens_to_finance_keys_only_and_closes_with_the_key() {
         ),
         (303, "/console/sign-in")
     );
-    let sign_in = |key: String| {
-        let base = app.base.clone();
-        async move {
-            let res = browser()
-                .get(format!("{base}/console/sign-in"))
-                .send()
-                .await
-                .unwrap();
-            let nonce_cookie = pair(&set_cookie(&res, "accrue_sign_in").unwrap());
-            let html = res.text().await.unwrap();
-            assert!(html.contains("API key") && html.contains("Sign in"));
-            let nonce = hidden(&html, "nonce");
-            post_form(
-                &base,
-                "/console/sign-in",
-                &nonce_cookie,
-                &[("nonce", &nonce), ("key", &key)],
-            )
-            .await
-        }
-    };
+    let sign_in = |key: String| console_sign_in(&app.base, key);
     assert_eq!(sign_in(billing).await.status(), 403);
     assert_eq!(sign_in(bound).await.status(), 403);
     assert_eq!(
@@ -683,23 +663,29 @@ async fn a_change_of_interval_in_the_portal_says_the_period_restarts_and_links_t
     );
 }
 
-/// A console session for a new finance key, signed in through the form.
-async fn console_session(app: &TestApp) -> String {
-    let finance = app.key("finance", None).await;
+/// The console's sign-in form, filled in with `key` and sent.
+async fn console_sign_in(base: &str, key: String) -> reqwest::Response {
     let res = browser()
-        .get(app.url("/console/sign-in"))
+        .get(format!("{base}/console/sign-in"))
         .send()
         .await
         .unwrap();
     let nonce_cookie = pair(&set_cookie(&res, "accrue_sign_in").unwrap());
-    let nonce = hidden(&res.text().await.unwrap(), "nonce");
-    let res = post_form(
-        &app.base,
+    let html = res.text().await.unwrap();
+    assert!(html.contains("API key") && html.contains("Sign in"));
+    let nonce = hidden(&html, "nonce");
+    post_form(
+        base,
         "/console/sign-in",
         &nonce_cookie,
-        &[("nonce", &nonce), ("key", &finance)],
+        &[("nonce", &nonce), ("key", &key)],
     )
-    .await;
+    .await
+}
+
+/// A console session for a new finance key, signed in through the form.
+async fn console_session(app: &TestApp) -> String {
+    let res = console_sign_in(&app.base, app.key("finance", None).await).await;
     assert_eq!(res.status(), 303);
     pair(&set_cookie(&res, "accrue_console").unwrap())
 }
@@ -716,7 +702,12 @@ async fn the_plan_pages_dry_run_runs_when_asked_and_lists_that_versions_subscrib
     let (status, html) = page(&app.base, "/console/plans/team", &session).await;
     assert_eq!(status, 200);
     assert!(html.contains("Show the dry run"), "{html}");
+    assert!(html.contains("Choose two versions"), "{html}");
     assert!(!html.contains(DRY), "the dry run ran on a plain view");
+    assert!(
+        !html.contains("banner warn"),
+        "the dry run ran (and failed) on a plain view"
+    );
 
     let (status, html) = page(&app.base, "/console/plans/team?from=1&to=2", &session).await;
     assert_eq!(status, 200);
@@ -731,4 +722,20 @@ async fn the_plan_pages_dry_run_runs_when_asked_and_lists_that_versions_subscrib
         !html.contains(">stays</a>"),
         "team@2's subscriber is not moved"
     );
+
+    // The dry run's CSV, from a link saved without the versions (the page's defaults, 1 to
+    // 2), is the dry run, not an empty table.
+    let (status, csv) = page(
+        &app.base,
+        "/console/plans/team?format=csv&table=plan-team-1-to-2-dry-run",
+        &session,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let accounts: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(accounts, ["m1", "m2", "m3"], "{csv}");
 }

@@ -1,4 +1,5 @@
-//! Dedup survives restarts of the real server process (graceful and SIGKILL).
+//! Dedup survives restarts of the real server process (graceful and SIGKILL), and a pooled
+//! connection survives the end of the HTTP worker runtime that first asked for it.
 
 use crate::helpers::*;
 use serde_json::{json, Value};
@@ -111,10 +112,14 @@ async fn query_after_the_opening_runtime_ends(pool: accrue::store::Pool) -> Resu
     tokio::task::spawn_blocking(move || worker.join().unwrap())
         .await
         .unwrap();
-    diesel::select(sql::<Integer>("7"))
-        .get_result(&mut conn)
-        .await
-        .map_err(|e| e.to_string())
+    // Bounded: a connection whose driver is gone could as well never answer.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        diesel::select(sql::<Integer>("7")).get_result(&mut conn),
+    )
+    .await
+    .map_err(|_| "no answer in 10 s".to_owned())?
+    .map_err(|e| e.to_string())
 }
 
 /// diesel-async runs a connection's driver as a task on the runtime that opened it. A

@@ -428,12 +428,12 @@ pub(super) struct PlanQuery {
     to: Option<u32>,
     #[serde(rename = "format")]
     _format: Option<String>,
-    #[serde(rename = "table")]
-    _table: Option<String>,
+    /// The table a CSV download names.
+    table: Option<String>,
 }
 
 /// `GET /console/plans/{plan}`: each version's changes from the one before, and, when the
-/// form asks (`?from=&to=`), the dry run of migrating the subscribers of one version to
+/// form asks (`?from=N&to=M`), the dry run of migrating the subscribers of one version to
 /// another (nothing is changed).
 pub(super) async fn plan(
     req: HttpRequest,
@@ -492,9 +492,17 @@ pub(super) async fn plan(
             .find(|v| *v < to)
             .unwrap_or(to)
     });
-    // The dry run re-rates every subscriber of `from`: run when asked (the form names both
-    // versions), not on every view of the page.
-    let asked = q.from.is_some() && q.to.is_some();
+    // The dry run prices every subscriber of `from` twice: it runs when asked (the form names
+    // both versions, or its table's CSV is downloaded), not on every view of the page, nor for
+    // the CSV of the changes.
+    let impact_name = format!("plan-{code}-{from}-to-{to}-dry-run");
+    let wants_impact = super::wants_csv(&req) && q.table.as_deref() == Some(impact_name.as_str());
+    if super::wants_csv(&req) && !wants_impact {
+        if let Some(csv) = csv_of(&req, &[&changes]) {
+            return csv;
+        }
+    }
+    let asked = (q.from.is_some() && q.to.is_some()) || wants_impact;
     let dry = if asked && from != to {
         Some(
             migration::migrate(
@@ -522,7 +530,7 @@ pub(super) async fn plan(
         None => (None, None),
     };
     let impact = Table {
-        name: format!("plan-{code}-{from}-to-{to}-dry-run"),
+        name: impact_name,
         caption: format!("Moving {code}@{from} subscribers to {code}@{to} (dry run)"),
         head: vec![
             "Account",
@@ -586,8 +594,12 @@ pub(super) async fn plan(
                 }
                 button.secondary type="submit" { "Show the dry run" }
             }
-            @if !asked {
-                p.muted { "Choose two versions and show the dry run: it prices each subscriber's last period at both. Nothing changes." }
+            @if versions.len() < 2 {
+                p.muted { "One version is published: there is nothing to migrate to." }
+            } @else if !asked {
+                p.muted { "Choose two versions and show the dry run: it prices each subscriber's last closed period on both versions. Nothing is changed." }
+            } @else if from == to {
+                p.muted { "The same version twice: nothing to move." }
             }
             @if let Some(e) = &dry_error {
                 div.banner.warn role="status" { (e) }
