@@ -94,7 +94,7 @@ local threads = 0
 function setup(thread) threads = threads + 1; thread:set("tid", threads) end
 function init(args) run = args[1]; accounts = tonumber(args[2]); per = tonumber(args[3]); seq = 0 end
 local function event(k)
-  local a = "acct" .. (k % accounts)
+  local a = "a" .. accounts .. "-" .. (k % accounts)
   local id = run .. "-" .. tid .. "-" .. k
   local m = k % 4
   if m <= 1 then return '{"id":"' .. id .. '","account":"' .. a .. '","type":"api.request"}' end
@@ -131,7 +131,7 @@ for k in range(rows):
              '"{""minutes"": ""1.25"", ""runner"": ""cpu""}"' if m == 2 else
              f'"{{""user_id"": ""u{k % 37}""}}"')
     typ = "api.request" if m <= 1 else "job.completed" if m == 2 else "user.active"
-    files[k % 8].write(f"acct{k % accounts},copy-{k},{typ},2026-11-25 12:00:00+00,{props},"
+    files[k % 8].write(f"a{accounts}-{k % accounts},copy-{k},{typ},2026-11-25 12:00:00+00,{props},"
                        "2026-11-25 12:00:00+00,2026-11-25 12:00:00+00\n")
 for f in files: f.close()
 PY
@@ -167,9 +167,10 @@ echo "== accrue $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $MODE P
 echo "measure | accrue | reference | ratio"
 for accounts in 1 1000; do
   # Each run starts where its COPY reference does: empty event tables (the accounts stay) and
-  # no dirty pages left by the run before. Emptied under the running server: it holds no copy
-  # of these rows but the check cache's, which has none of the accounts ingested here (the
-  # checks below use accounts of their own).
+  # no dirty pages left by the run before. Emptied under the running server: what it keeps of
+  # these rows (the check cache's usage, the lanes' stored distinct keys) is of accounts no
+  # later run uses, since each run's accounts are its own (`a1-0`, then `a1000-0` to
+  # `a1000-999`; the checks below use accounts of their own).
   psql -X -q "$PG/$db" -c "TRUNCATE events, usage_rollups, usage_unique_keys, event_type_counts"
   checkpoint
   read -r rps p99 reqs non2xx errs < <(wrk_run 8 "$WORK/batch.lua" "$BASE/v1/events" "b$accounts" "$accounts" 1000)

@@ -5,8 +5,9 @@
 //! account (see [`IngestPipeline`]), which commits everything queued in one transaction
 //! (group commit). That keeps fsyncs and rollup upserts per second bounded by the lanes, not by
 //! the request rate, and an account's rollup rows are written by its lane only. A lane commits
-//! up to two groups at once when they are deep (many events per account: see `LANE_DEPTH`);
-//! the later one then waits on the earlier one's rollup rows.
+//! up to two groups at once: the next one starts at once when they are deep (many events per
+//! account), otherwise once the one before has written its rows (see `LANE_DEPTH`); the later
+//! one then waits on the earlier one's rollup rows.
 //!
 //! Exactly-once rests on the `(account, id)` primary key of `events`: a group is first
 //! inserted as all new, and when an id is stored already that insert fails and the group runs
@@ -23,7 +24,7 @@ use crate::domain::clock::Clock;
 use crate::domain::event::{Event, EventFields, RawEvent, Rejection};
 use crate::domain::event_shapes::Mapped;
 use crate::domain::meter::Reading;
-use crate::store::events::{self as store_events, RollupKey, TypeCount};
+use crate::store::events::{self as store_events, DistinctKey, RollupKey, TypeCount};
 use crate::store::{Pool, StoreError};
 use diesel_async::AsyncConnection;
 use foldhash::{HashMap as FastMap, HashSet as FastSet, HashSetExt};
@@ -521,6 +522,7 @@ async fn run_lane(
 ) {
     let lane = Arc::new(LaneState {
         known: std::sync::Mutex::new(HashSet::new()),
+        stored_keys: std::sync::Mutex::new(HashSet::new()),
         plain: AtomicBool::new(true),
         metrics: metrics.clone(),
     });
@@ -560,12 +562,14 @@ async fn run_lane(
             pql.clone(),
             lane.clone(),
         );
+        let (written, written_rx) = oneshot::channel();
         tokio::spawn(async move {
             // A panic while handling one group (none is known) must not stop the lane: that
             // group's requests are answered 503 (their reply channels close) and the lane
             // goes on.
+            let written = Written(std::sync::Mutex::new(Some(written)));
             let group = std::panic::AssertUnwindSafe(process_group(
-                jobs, &pool, &clock, &checks, &pql, &lane,
+                jobs, &pool, &clock, &checks, &pql, &lane, &written,
             ));
             if futures_util::FutureExt::catch_unwind(group).await.is_err() {
                 tracing::error!("ingest lane: a group panicked; its requests were answered 503");
@@ -573,12 +577,11 @@ async fn run_lane(
             drop(slot);
         });
         if !deep {
-            // A group of many accounts with few events each: the next one waits for it, so
-            // the requests queued meanwhile make one group with more events per account.
-            let Ok(all) = slots.acquire_many(LANE_DEPTH as u32).await else {
-                break;
-            };
-            drop(all);
+            // A group of many accounts with few events each: the next one waits until it has
+            // written its rows (or ended), so the requests queued meanwhile make one group
+            // with more events per account; it then starts while this one commits and
+            // answers.
+            let _ = written_rx.await;
         }
     }
     // The queue is closed: the groups still committing finish (their requests are answered).
@@ -597,9 +600,27 @@ async fn run_lane(
 /// whatever its size, so splitting the queue of a lane with many busy accounts into two groups
 /// nearly doubles those rows (measured: 1,000 accounts at 8 events each per group stored 15 %
 /// fewer events per second two at a time), while one account's groups are nearly all events.
+/// A shallower group is followed once it has written its rows ([`Written`]): the requests
+/// queued while it wrote make the next group, which starts while this one commits and answers
+/// (its counter rows wait for that commit). Waiting for the answers too left the lane idle
+/// for a fifth of its time (measured at 1,000 accounts: 143,500 events/s on average in five
+/// runs against 153,100 when the next group starts at the write's end).
 const LANE_DEPTH: usize = 2;
 /// See [`LANE_DEPTH`].
 const DEEP_GROUP_EVENTS_PER_ACCOUNT: usize = 32;
+
+/// Tells the lane that a group has written its rows and is about to commit: a shallow group's
+/// successor starts then (see [`LANE_DEPTH`]). Dropped unfired (the group ended without
+/// writing), it tells the same.
+struct Written(std::sync::Mutex<Option<oneshot::Sender<()>>>);
+
+impl Written {
+    fn fire(&self) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
+}
 
 /// What a lane keeps from one group to the next.
 struct LaneState {
@@ -607,9 +628,69 @@ struct LaneState {
     /// their rows again; past [`MAX_KNOWN_ACCOUNTS`] it forgets them all and relearns.
     /// (Hashed with SipHash: it lives long and holds names clients choose.)
     known: std::sync::Mutex<HashSet<String>>,
+    /// Distinct keys of unique_count meters this lane has seen committed, as digests of
+    /// (account, meter, hour, key) ([`key_digest`]): a later group does not write them again
+    /// (their insert would find them and do nothing). Past [`MAX_STORED_KEYS`] it forgets
+    /// them all and relearns. Rows are never deleted by accrue, so a digest here stays true.
+    stored_keys: std::sync::Mutex<HashSet<u128>>,
     /// Whether the next group is inserted as all new (see [`commit_group`]).
     plain: AtomicBool,
     metrics: Arc<crate::telemetry::Metrics>,
+}
+
+/// Most distinct-key digests a lane keeps (16 bytes each, a few MB at most).
+const MAX_STORED_KEYS: usize = 100_000;
+
+/// A distinct key's row as a digest: the first 16 bytes of the SHA-256 of its four columns
+/// (the strings length-prefixed, the hour as microseconds), as the check cache keeps keys.
+fn key_digest(k: &DistinctKey<'_>) -> u128 {
+    use sha2::{Digest, Sha256};
+    let (account, meter, bucket, key) = *k;
+    let mut h = Sha256::new();
+    for part in [account, meter, key] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(bucket.timestamp_micros().to_be_bytes());
+    let full = h.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&full[..16]);
+    u128::from_be_bytes(first)
+}
+
+impl LaneState {
+    /// Of a group's distinct keys (`rollups`'), those not known to be stored, in key order;
+    /// and the digests of all of them, to remember once the group has committed.
+    fn keys_to_store<'a>(
+        &self,
+        rollups: &'a [(RollupKey<'a>, AggregateState)],
+    ) -> (Vec<DistinctKey<'a>>, Vec<u128>) {
+        let all = store_events::unique_keys(rollups);
+        if all.is_empty() {
+            return (all, Vec::new());
+        }
+        let digests: Vec<u128> = all.iter().map(key_digest).collect();
+        let stored = self.stored_keys.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = all
+            .into_iter()
+            .zip(&digests)
+            .filter(|(_, d)| !stored.contains(*d))
+            .map(|(k, _)| k)
+            .collect();
+        (keys, digests)
+    }
+
+    /// Remembers a committed group's distinct keys.
+    fn remember_keys(&self, digests: Vec<u128>) {
+        if digests.is_empty() {
+            return;
+        }
+        let mut stored = self.stored_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if stored.len() + digests.len() > MAX_STORED_KEYS {
+            stored.clear();
+        }
+        stored.extend(digests);
+    }
 }
 
 /// Commits one group of requests and answers them.
@@ -620,6 +701,7 @@ async fn process_group(
     checks: &Arc<CheckCache>,
     pql: &Arc<super::pql::PqlState>,
     lane: &LaneState,
+    written: &Written,
 ) {
     // Tell the check cache which accounts are being written until their events are applied.
     let accounts: FastSet<&str> = jobs
@@ -639,7 +721,7 @@ async fn process_group(
             known.clear();
         }
     }
-    let (answers, stored) = commit_isolated(pool, clock.now(), &jobs, lane).await;
+    let (answers, stored) = commit_isolated(pool, clock.now(), &jobs, lane, written).await;
     // Only the copy that stored an event counts it: two requests of a group may carry the
     // same new id.
     for (job, stored) in jobs.iter().zip(&stored.by_job) {
@@ -744,11 +826,12 @@ async fn commit_isolated(
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
     lane: &LaneState,
+    written: &Written,
 ) -> (Vec<Result<usize, ServiceError>>, Stored) {
     let count = |stored: &[bool]| stored.iter().filter(|s| **s).count();
     let none = |job: &Job| vec![false; job.events.len()];
     let size: usize = jobs.iter().map(|j| j.events.len()).sum();
-    let error = match commit_group(pool, now, jobs, lane).await {
+    let error = match commit_group(pool, now, jobs, lane, written).await {
         Ok(stored) => {
             let answers = stored.by_job.iter().map(|s| Ok(count(s))).collect();
             return (answers, stored);
@@ -771,7 +854,7 @@ async fn commit_isolated(
     let mut answers = Vec::with_capacity(jobs.len());
     let mut all = Stored::default();
     for job in jobs {
-        match commit_group(pool, now, std::slice::from_ref(job), lane).await {
+        match commit_group(pool, now, std::slice::from_ref(job), lane, written).await {
             Ok(Stored {
                 mut by_job,
                 accounts,
@@ -817,6 +900,7 @@ async fn commit_group(
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
     lane: &LaneState,
+    written: &Written,
 ) -> Result<Stored, StoreError> {
     let keys: Vec<Vec<(&str, &str)>> = jobs
         .iter()
@@ -856,18 +940,21 @@ async fn commit_group(
         // statement waiting on a row lock would commit after the process had stopped, its
         // requests unanswered (the chaos suite's shutdown-grace case).
         let result = conn
-            .transaction::<Vec<bool>, StoreError, _>(async |c| {
+            .transaction::<(Vec<bool>, Vec<u128>), StoreError, _>(async |c| {
                 store_events::one_connection_per_node(c).await?;
                 crate::store::accounts::ensure_many(c, &unknown, now).await?;
                 if expect_new {
                     let new = vec![true; events.len()];
                     let (rollups, types) = deltas(&unique, &new);
+                    let (keys, digests) = lane.keys_to_store(&rollups);
                     let counters = store_events::Counters {
                         rollups: &rollups,
+                        keys: &keys,
                         types: &types,
                     };
                     store_events::insert_all_with_counters(c, &events, now, &counters).await?;
-                    return Ok(new);
+                    written.fire();
+                    return Ok((new, digests));
                 }
                 let inserted = store_events::insert_new(c, &events, now).await?;
                 let inserted: FastSet<(&str, &str)> = inserted
@@ -879,16 +966,20 @@ async fn commit_group(
                     .map(|e| inserted.contains(&(e.account.as_str(), e.id.as_str())))
                     .collect();
                 let (rollups, types) = deltas(&unique, &new);
+                let (keys, digests) = lane.keys_to_store(&rollups);
                 let counters = store_events::Counters {
                     rollups: &rollups,
+                    keys: &keys,
                     types: &types,
                 };
                 store_events::add_counters(c, &counters).await?;
-                Ok(new)
+                written.fire();
+                Ok((new, digests))
             })
             .await;
         match result {
-            Ok(new) => {
+            Ok((new, digests)) => {
+                lane.remember_keys(digests);
                 lane.known
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -899,6 +990,8 @@ async fn commit_group(
             }
             Err(e) if expect_new && e.is_unique_violation() => {
                 expect_new = false;
+                // At once, not after the commit: the lane's next group may start before that.
+                lane.plain.store(false, Ordering::Relaxed);
                 attempt -= 1;
                 lane.metrics.record(|| {
                     metrics::counter!("accrue_ingest_insert_retries_total").increment(1)

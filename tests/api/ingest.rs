@@ -559,6 +559,7 @@ async fn a_fixed_statement_is_prepared_once_per_connection_and_reused() {
         )];
         let counters = events::Counters {
             rollups: &[],
+            keys: &[],
             types: &counts,
         };
         events::add_counters(&mut conn, &counters).await.unwrap();
