@@ -168,9 +168,10 @@ echo "measure | accrue | reference | ratio"
 for accounts in 1 1000; do
   # Each run starts where its COPY reference does: empty event tables (the accounts stay) and
   # no dirty pages left by the run before. Emptied under the running server: what it keeps of
-  # these rows (the check cache's usage, the lanes' stored distinct keys) is of accounts no
-  # later run uses, since each run's accounts are its own (`a1-0`, then `a1000-0` to
-  # `a1000-999`; the checks below use accounts of their own).
+  # these rows (the check cache's usage) is of accounts no later batched run uses, since each
+  # run's accounts are its own (`a1-0`, then `a1000-0` to `a1000-999`; the single events
+  # after them go to the latter, with nothing emptied between; the checks below use accounts
+  # of their own).
   psql -X -q "$PG/$db" -c "TRUNCATE events, usage_rollups, usage_unique_keys, event_type_counts"
   checkpoint
   read -r rps p99 reqs non2xx errs < <(wrk_run 8 "$WORK/batch.lua" "$BASE/v1/events" "b$accounts" "$accounts" 1000)

@@ -24,7 +24,7 @@ use crate::domain::clock::Clock;
 use crate::domain::event::{Event, EventFields, RawEvent, Rejection};
 use crate::domain::event_shapes::Mapped;
 use crate::domain::meter::Reading;
-use crate::store::events::{self as store_events, DistinctKey, RollupKey, TypeCount};
+use crate::store::events::{self as store_events, RollupKey, TypeCount};
 use crate::store::{Pool, StoreError};
 use diesel_async::AsyncConnection;
 use foldhash::{HashMap as FastMap, HashSet as FastSet, HashSetExt};
@@ -522,7 +522,6 @@ async fn run_lane(
 ) {
     let lane = Arc::new(LaneState {
         known: std::sync::Mutex::new(HashSet::new()),
-        stored_keys: std::sync::Mutex::new(HashSet::new()),
         plain: AtomicBool::new(true),
         metrics: metrics.clone(),
     });
@@ -602,9 +601,10 @@ async fn run_lane(
 /// fewer events per second two at a time), while one account's groups are nearly all events.
 /// A shallower group is followed once it has written its rows ([`Written`]): the requests
 /// queued while it wrote make the next group, which starts while this one commits and answers
-/// (its counter rows wait for that commit). Waiting for the answers too left the lane idle
-/// for a fifth of its time (measured at 1,000 accounts: 143,500 events/s on average in five
-/// runs against 153,100 when the next group starts at the write's end).
+/// (its counter rows wait for that commit). Waiting for the commit and answers too left a
+/// core idle through each commit's flush (BENCHMARKS.md, eighth session: the machine idle
+/// 16–19 % of the time at 1,000 accounts, 11–14 % with the next group started at the write's
+/// end).
 const LANE_DEPTH: usize = 2;
 /// See [`LANE_DEPTH`].
 const DEEP_GROUP_EVENTS_PER_ACCOUNT: usize = 32;
@@ -628,69 +628,9 @@ struct LaneState {
     /// their rows again; past [`MAX_KNOWN_ACCOUNTS`] it forgets them all and relearns.
     /// (Hashed with SipHash: it lives long and holds names clients choose.)
     known: std::sync::Mutex<HashSet<String>>,
-    /// Distinct keys of unique_count meters this lane has seen committed, as digests of
-    /// (account, meter, hour, key) ([`key_digest`]): a later group does not write them again
-    /// (their insert would find them and do nothing). Past [`MAX_STORED_KEYS`] it forgets
-    /// them all and relearns. Rows are never deleted by accrue, so a digest here stays true.
-    stored_keys: std::sync::Mutex<HashSet<u128>>,
     /// Whether the next group is inserted as all new (see [`commit_group`]).
     plain: AtomicBool,
     metrics: Arc<crate::telemetry::Metrics>,
-}
-
-/// Most distinct-key digests a lane keeps (16 bytes each, a few MB at most).
-const MAX_STORED_KEYS: usize = 100_000;
-
-/// A distinct key's row as a digest: the first 16 bytes of the SHA-256 of its four columns
-/// (the strings length-prefixed, the hour as microseconds), as the check cache keeps keys.
-fn key_digest(k: &DistinctKey<'_>) -> u128 {
-    use sha2::{Digest, Sha256};
-    let (account, meter, bucket, key) = *k;
-    let mut h = Sha256::new();
-    for part in [account, meter, key] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    h.update(bucket.timestamp_micros().to_be_bytes());
-    let full = h.finalize();
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&full[..16]);
-    u128::from_be_bytes(first)
-}
-
-impl LaneState {
-    /// Of a group's distinct keys (`rollups`'), those not known to be stored, in key order;
-    /// and the digests of all of them, to remember once the group has committed.
-    fn keys_to_store<'a>(
-        &self,
-        rollups: &'a [(RollupKey<'a>, AggregateState)],
-    ) -> (Vec<DistinctKey<'a>>, Vec<u128>) {
-        let all = store_events::unique_keys(rollups);
-        if all.is_empty() {
-            return (all, Vec::new());
-        }
-        let digests: Vec<u128> = all.iter().map(key_digest).collect();
-        let stored = self.stored_keys.lock().unwrap_or_else(|e| e.into_inner());
-        let keys = all
-            .into_iter()
-            .zip(&digests)
-            .filter(|(_, d)| !stored.contains(*d))
-            .map(|(k, _)| k)
-            .collect();
-        (keys, digests)
-    }
-
-    /// Remembers a committed group's distinct keys.
-    fn remember_keys(&self, digests: Vec<u128>) {
-        if digests.is_empty() {
-            return;
-        }
-        let mut stored = self.stored_keys.lock().unwrap_or_else(|e| e.into_inner());
-        if stored.len() + digests.len() > MAX_STORED_KEYS {
-            stored.clear();
-        }
-        stored.extend(digests);
-    }
 }
 
 /// Commits one group of requests and answers them.
@@ -851,6 +791,8 @@ async fn commit_isolated(
         );
     }
     tracing::warn!(error = %error, jobs = jobs.len(), "ingest group failed: committing its requests one by one");
+    // The lane's next group waits for all of them (this one's end), not only the first.
+    let written = &Written(std::sync::Mutex::new(None));
     let mut answers = Vec::with_capacity(jobs.len());
     let mut all = Stored::default();
     for job in jobs {
@@ -940,21 +882,19 @@ async fn commit_group(
         // statement waiting on a row lock would commit after the process had stopped, its
         // requests unanswered (the chaos suite's shutdown-grace case).
         let result = conn
-            .transaction::<(Vec<bool>, Vec<u128>), StoreError, _>(async |c| {
+            .transaction::<Vec<bool>, StoreError, _>(async |c| {
                 store_events::one_connection_per_node(c).await?;
                 crate::store::accounts::ensure_many(c, &unknown, now).await?;
                 if expect_new {
                     let new = vec![true; events.len()];
                     let (rollups, types) = deltas(&unique, &new);
-                    let (keys, digests) = lane.keys_to_store(&rollups);
                     let counters = store_events::Counters {
                         rollups: &rollups,
-                        keys: &keys,
                         types: &types,
                     };
                     store_events::insert_all_with_counters(c, &events, now, &counters).await?;
                     written.fire();
-                    return Ok((new, digests));
+                    return Ok(new);
                 }
                 let inserted = store_events::insert_new(c, &events, now).await?;
                 let inserted: FastSet<(&str, &str)> = inserted
@@ -966,20 +906,17 @@ async fn commit_group(
                     .map(|e| inserted.contains(&(e.account.as_str(), e.id.as_str())))
                     .collect();
                 let (rollups, types) = deltas(&unique, &new);
-                let (keys, digests) = lane.keys_to_store(&rollups);
                 let counters = store_events::Counters {
                     rollups: &rollups,
-                    keys: &keys,
                     types: &types,
                 };
                 store_events::add_counters(c, &counters).await?;
                 written.fire();
-                Ok((new, digests))
+                Ok(new)
             })
             .await;
         match result {
-            Ok((new, digests)) => {
-                lane.remember_keys(digests);
+            Ok(new) => {
                 lane.known
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

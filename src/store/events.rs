@@ -291,15 +291,10 @@ static COUNTERS: std::sync::LazyLock<String> =
 static NEW_EVENTS_AND_COUNTERS: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("{} {}", counter_parts(), events_insert(AFTER_COUNTERS)));
 
-/// A distinct key of a unique_count meter: (account, meter, hour, key).
-pub type DistinctKey<'a> = (&'a str, &'a str, DateTime<Utc>, &'a str);
-
-/// A group's counter deltas: rollups by (account, meter, hour), the distinct keys to store
-/// (those of the rollups' that may not be stored yet: [`unique_keys`] less those known to be),
-/// and event types by (account, type); each key once and in key order.
+/// A group's counter deltas: rollups by (account, meter, hour) and event types by (account,
+/// type), each key once and in key order.
 pub struct Counters<'a> {
     pub rollups: &'a [(RollupKey<'a>, AggregateState)],
-    pub keys: &'a [DistinctKey<'a>],
     pub types: &'a [((&'a str, &'a str), TypeCount)],
 }
 
@@ -331,7 +326,7 @@ impl<'a> Counters<'a> {
             firsts.push(st.first_at.unwrap_or(*bucket));
             lasts.push(st.last_at.unwrap_or(*bucket));
         }
-        let keys = self.keys;
+        let keys = unique_keys(r);
         let t = self.types;
         q.bind::<Array<Text>, _>(accounts)
             .bind::<Array<Text>, _>(meters)
@@ -356,9 +351,10 @@ impl<'a> Counters<'a> {
     }
 }
 
-/// The distinct keys of unique_count meters in `deltas` (kept once per account, meter and
-/// hour), in key order.
-pub fn unique_keys<'a>(deltas: &'a [(RollupKey<'a>, AggregateState)]) -> Vec<DistinctKey<'a>> {
+/// The distinct keys of unique_count meters in `deltas` (kept once per account, meter and hour).
+fn unique_keys<'a>(
+    deltas: &'a [(RollupKey<'a>, AggregateState)],
+) -> Vec<(&'a str, &'a str, DateTime<Utc>, &'a str)> {
     deltas
         .iter()
         .flat_map(|((account, meter, bucket), st)| {
@@ -383,7 +379,7 @@ pub async fn add_counters(
     }
     if super::citus::active() {
         add_to_rollups_citus(conn, counters.rollups).await?;
-        add_unique_keys_citus(conn, counters.keys).await?;
+        add_unique_keys_citus(conn, counters.rollups).await?;
         return add_to_type_counts_citus(conn, counters.types).await;
     }
     counters
@@ -453,8 +449,9 @@ async fn add_to_rollups_citus(
 /// Citus: the distinct keys as multi-row VALUES.
 async fn add_unique_keys_citus(
     conn: &mut AsyncPgConnection,
-    keys: &[DistinctKey<'_>],
+    deltas: &[(RollupKey<'_>, AggregateState)],
 ) -> Result<(), StoreError> {
+    let keys = unique_keys(deltas);
     for chunk in keys.chunks(rows_per_statement(KEY_TYPES.len())) {
         let sql = format!(
             "INSERT INTO usage_unique_keys (account, meter, bucket, key) VALUES {}

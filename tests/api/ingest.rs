@@ -559,7 +559,6 @@ async fn a_fixed_statement_is_prepared_once_per_connection_and_reused() {
         )];
         let counters = events::Counters {
             rollups: &[],
-            keys: &[],
             types: &counts,
         };
         events::add_counters(&mut conn, &counters).await.unwrap();
@@ -724,6 +723,86 @@ async fn a_retry_beside_its_first_copys_uncommitted_group_is_stored_once() {
     assert_eq!(first["rejected"], json!([]), "{first}");
     assert_eq!(retry["rejected"], json!([]), "{retry}");
     assert_deep_totals(&app, &key, 201).await;
+}
+
+/// A group of few events per account (shallow) is followed only once it has written its
+/// rows: while it waits on a held rollup row, a retry of its batch stays queued. Released, the
+/// retry's group starts while the first commits, meets its uncommitted events, and runs again
+/// skipping them (the lane's "plain" flag cleared at once): the events are stored once, one
+/// copy answered as stored, the other as duplicates, and the next new batch is stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shallow_groups_retry_waits_for_its_write_and_is_stored_once() {
+    let app = spawn_app().await;
+    let key = app.key("ingest,check", None).await;
+    let ev = |i: usize| {
+        json!({"id": format!("sh-{i}"), "account": "shallow", "type": "job.completed",
+               "timestamp": "2026-11-25T10:15:00.000Z",
+               "properties": {"minutes": format!("{i}.25")}})
+    };
+    let (status, b) = app.send(&key, &json!({"events": [ev(0)]})).await;
+    assert_eq!((status, b["accepted"].as_u64()), (200, Some(1)), "{b}");
+    let blocker = app.db.hold_rollups("shallow").await;
+    let ingest = &app.ctx.ingest;
+    let queued = || ingest.queue_depths().iter().sum::<usize>();
+    let batch = json!({"events": (1..6).map(ev).collect::<Vec<_>>()});
+    let first = app.send_in_background(&key, batch.clone());
+    wait_until(
+        || ingest.in_flight_events() == 5 && queued() == 0,
+        || "the lane never took the first copy".into(),
+    )
+    .await;
+    let retry = app.send_in_background(&key, batch);
+    wait_until(|| queued() == 1, || "the retry never queued".into()).await;
+    // Five events for one account: shallow. Its group has not written (it waits on the held
+    // row), so the lane has not started the retry's.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        (queued(), ingest.in_flight_events()),
+        (1, 10),
+        "the retry's group started before the first group had written"
+    );
+    blocker.release().await;
+    let (first, retry) = (first.await.unwrap(), retry.await.unwrap());
+    let mut answers: Vec<(Option<u64>, Option<u64>)> = [&first, &retry]
+        .iter()
+        .map(|b| (b["accepted"].as_u64(), b["duplicates"].as_u64()))
+        .collect();
+    answers.sort();
+    assert_eq!(
+        answers,
+        vec![(Some(0), Some(5)), (Some(5), Some(0))],
+        "{first} {retry}"
+    );
+    let (status, next) = app
+        .send(&key, &json!({"events": (6..9).map(ev).collect::<Vec<_>>()}))
+        .await;
+    assert_eq!(
+        (
+            status,
+            next["accepted"].as_u64(),
+            next["duplicates"].as_u64()
+        ),
+        (200, Some(3), Some(0)),
+        "{next}"
+    );
+    // Events 0 to 8 once each: 9 events, (0 + 1 + ... + 8) + 9 * 0.25 = 38.25 minutes.
+    assert_eq!(rollup_events(&app, "shallow", "compute_minutes").await, 9);
+    assert_eq!(
+        app.db
+            .count("(SELECT count(*) FROM events WHERE account = 'shallow')")
+            .await,
+        9
+    );
+    let minutes = app
+        .meter_value(
+            &key,
+            "shallow",
+            "compute_minutes",
+            "2026-11-25T00:00:00.000Z",
+            "2026-11-26T00:00:00.000Z",
+        )
+        .await;
+    assert_eq!(minutes, "38.25");
 }
 
 /// Two requests committed in one group carry one new id with different content: the first
