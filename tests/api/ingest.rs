@@ -710,18 +710,7 @@ async fn a_retry_beside_its_first_copys_uncommitted_group_is_stored_once() {
     // Whichever group inserted the events first stores them (the lane took the first copy
     // first, but on Citus the retry's insert can reach the shard before it): one copy is
     // answered 200 stored, the other 200 duplicates, neither refused.
-    let mut answers: Vec<(Option<u64>, Option<u64>)> = [&first, &retry]
-        .iter()
-        .map(|b| (b["accepted"].as_u64(), b["duplicates"].as_u64()))
-        .collect();
-    answers.sort();
-    assert_eq!(
-        answers,
-        vec![(Some(0), Some(200)), (Some(200), Some(0))],
-        "{first} {retry}"
-    );
-    assert_eq!(first["rejected"], json!([]), "{first}");
-    assert_eq!(retry["rejected"], json!([]), "{retry}");
+    one_stored_one_duplicates(&first, &retry, 200);
     assert_deep_totals(&app, &key, 201).await;
 }
 
@@ -763,16 +752,7 @@ async fn a_shallow_groups_retry_waits_for_its_write_and_is_stored_once() {
     );
     blocker.release().await;
     let (first, retry) = (first.await.unwrap(), retry.await.unwrap());
-    let mut answers: Vec<(Option<u64>, Option<u64>)> = [&first, &retry]
-        .iter()
-        .map(|b| (b["accepted"].as_u64(), b["duplicates"].as_u64()))
-        .collect();
-    answers.sort();
-    assert_eq!(
-        answers,
-        vec![(Some(0), Some(5)), (Some(5), Some(0))],
-        "{first} {retry}"
-    );
+    one_stored_one_duplicates(&first, &retry, 5);
     let (status, next) = app
         .send(&key, &json!({"events": (6..9).map(ev).collect::<Vec<_>>()}))
         .await;
@@ -876,6 +856,23 @@ async fn an_id_two_requests_of_one_group_send_with_other_content_is_refused_to_t
         )
         .await;
     assert_eq!(minutes, "5");
+}
+
+/// Two copies of one batch of `n` events, whichever committed first: one answered as `n`
+/// stored, the other as `n` duplicates, neither refusing any.
+fn one_stored_one_duplicates(first: &Value, retry: &Value, n: u64) {
+    let mut answers: Vec<(Option<u64>, Option<u64>)> = [first, retry]
+        .iter()
+        .map(|b| (b["accepted"].as_u64(), b["duplicates"].as_u64()))
+        .collect();
+    answers.sort();
+    assert_eq!(
+        answers,
+        vec![(Some(0), Some(n)), (Some(n), Some(0))],
+        "{first} {retry}"
+    );
+    assert_eq!(first["rejected"], json!([]), "{first}");
+    assert_eq!(retry["rejected"], json!([]), "{retry}");
 }
 
 /// How many events `account`'s rollups of `meter` hold (summed over its hours).
