@@ -88,6 +88,13 @@ print(num(r"Requests/sec:\s+([\d.]+)"), f"{p99:.2f}", num(r"(\d+) requests in"),
 PY
 }
 
+# Rounds as lines "ratio figures...": the line of the round with the median ratio (of three),
+# and every round's ratio, in the order they ran.
+median_round() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+round_ratios() {
+  printf '%s\n' "$@" | python3 -c "import sys; print(', '.join(f'{float(l.split()[0]):.2f}' for l in sys.stdin))"
+}
+
 cat > "$WORK/batch.lua" <<'LUA'
 -- 1,000 events per request, ids unique per run, thread and request; a mix of a count meter,
 -- a sum meter (with a filtered GPU meter) and a unique-count meter.
@@ -188,8 +195,8 @@ for accounts in 1 1000; do
     events=$(python3 -c "print(round($rps * 1000))")
     rounds+=("$(python3 -c "print(f'{$events / $copy:.4f}')") $events $p99 $copy")
   done
-  read -r ratio events p99 copy < <(printf '%s\n' "${rounds[@]}" | sort -n | sed -n 2p)
-  ratios=$(printf '%s\n' "${rounds[@]}" | python3 -c "import sys; print(', '.join(f'{float(l.split()[0]):.2f}' for l in sys.stdin))")
+  read -r ratio events p99 copy < <(median_round "${rounds[@]}")
+  ratios=$(round_ratios "${rounds[@]}")
   echo "batched ingestion, 1,000-event batches, 8 connections, $accounts account(s) (median of 3 rounds: $ratios) | $events events/s (p99 $p99 ms) | COPY, 8 sessions: $copy rows/s | $(python3 -c "print(f'{$ratio:.2f}')")"
 done
 
@@ -235,6 +242,6 @@ for round in 1 2 3; do
   [ "$cnon2xx" = 0 ] || { echo "checks: $cnon2xx answers were not 2xx" >&2; exit 1; }
   rounds+=("$(python3 -c "print(f'{$crps / $hrps:.4f}')") $crps $cp99 $hrps $hp99")
 done
-read -r _ crps cp99 hrps hp99 < <(printf '%s\n' "${rounds[@]}" | sort -n | sed -n 2p)
-ratios=$(printf '%s\n' "${rounds[@]}" | python3 -c "import sys; print(', '.join(f'{float(l.split()[0]):.2f}' for l in sys.stdin))")
+read -r _ crps cp99 hrps hp99 < <(median_round "${rounds[@]}")
+ratios=$(round_ratios "${rounds[@]}")
 echo "limit checks, 64 connections, $CHECK_ACCOUNTS accounts (median of 3 rounds: $ratios) | $(python3 -c "print(round($crps))") checks/s, p99 $cp99 ms | GET /healthz: $(python3 -c "print(round($hrps))") req/s, p99 $hp99 ms | $(python3 -c "import sys; c, h, cp, hp = map(float, sys.argv[1:]); print(f'{c / h:.2f} of the rate, p99 {cp / hp:.2f}x')" "$crps" "$hrps" "$cp99" "$hp99")"
