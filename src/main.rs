@@ -1189,6 +1189,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(accrue::jobs::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::outbox::run_forever(ctx.clone()));
     tokio::spawn(accrue::services::pql::run_forever(ctx.clone()));
+    tokio::spawn(accrue::services::ingest::fold_idle_type_totals(
+        pool.clone(),
+    ));
     // The stop signals are handled here, not by actix (`http::server` disables its handling):
     // they are listened for before the server serves, SIGTERM and SIGINT both stop it
     // gracefully, a second one stops it at once, and the grace is counted from the first, so

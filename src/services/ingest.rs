@@ -408,9 +408,9 @@ struct Job {
 
 /// Most events one group commit takes.
 const MAX_GROUP_EVENTS: usize = 8_000;
-/// Accounts a lane knows to exist (it created them or saw them stored), so it does not insert
-/// their rows again; past this many it forgets them all and relearns.
-const MAX_KNOWN_ACCOUNTS: usize = 200_000;
+/// Accounts, and (account, event type) pairs, a lane knows are stored ([`Known`]); past this
+/// many of either it forgets them and relearns.
+const MAX_KNOWN: usize = 200_000;
 
 /// The group-commit ingest pipeline: a few lanes, each a task that takes every sub-batch queued
 /// while its previous groups were committing and commits them together (up to two groups at
@@ -512,6 +512,24 @@ impl IngestPipeline {
     }
 }
 
+/// When `serve` starts: folds the per-type event counts of lanes idle for an hour (stopped
+/// processes' mostly) into one row per type ([`store_events::fold_idle_type_totals`]). A
+/// failure only leaves the rows for the next start.
+pub async fn fold_idle_type_totals(pool: Pool) {
+    let folded = async {
+        let mut conn = pool.get().await?;
+        if crate::store::citus::active() {
+            return Ok(0);
+        }
+        store_events::fold_idle_type_totals(&mut conn).await
+    };
+    match folded.await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, "folded idle event-type counts"),
+        Err(e) => tracing::warn!(error = %e, "could not fold idle event-type counts"),
+    }
+}
+
 async fn run_lane(
     mut rx: mpsc::Receiver<Job>,
     pool: Pool,
@@ -521,16 +539,24 @@ async fn run_lane(
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
     let lane = Arc::new(LaneState {
-        known: std::sync::Mutex::new(HashSet::new()),
+        known: std::sync::Mutex::new(Known::default()),
         plain: AtomicBool::new(true),
+        shards: LaneState::new_shards(),
         metrics: metrics.clone(),
     });
-    let slots = Arc::new(tokio::sync::Semaphore::new(LANE_DEPTH));
+    let (free_slots, mut slots) = mpsc::unbounded_channel();
+    for index in 0..LANE_DEPTH {
+        let _ = free_slots.send(index);
+    }
     loop {
-        // A free connection first, then whatever queued meanwhile: while both of the lane's
-        // groups are committing, requests gather into the next one.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        // A free slot (a connection, and a shard) first, then whatever queued meanwhile: while
+        // both of the lane's groups are committing, requests gather into the next one.
+        let Some(index) = slots.recv().await else {
             break;
+        };
+        let slot = Slot {
+            index,
+            free: free_slots.clone(),
         };
         let Some(first) = rx.recv().await else {
             break;
@@ -568,7 +594,13 @@ async fn run_lane(
             // goes on.
             let written = Written(std::sync::Mutex::new(Some(written)));
             let group = std::panic::AssertUnwindSafe(process_group(
-                jobs, &pool, &clock, &checks, &pql, &lane, &written,
+                jobs,
+                &pool,
+                &clock,
+                &checks,
+                &pql,
+                (&lane, &lane.shards[slot.index]),
+                &written,
             ));
             if futures_util::FutureExt::catch_unwind(group).await.is_err() {
                 tracing::error!("ingest lane: a group panicked; its requests were answered 503");
@@ -584,7 +616,23 @@ async fn run_lane(
         }
     }
     // The queue is closed: the groups still committing finish (their requests are answered).
-    let _ = slots.acquire_many(LANE_DEPTH as u32).await;
+    for _ in 0..LANE_DEPTH {
+        let _ = slots.recv().await;
+    }
+}
+
+/// One of a lane's [`LANE_DEPTH`] group slots, held by a group until it has ended (however it
+/// ends): its index names the group's shard of `event_type_totals`, which no other group in
+/// flight then uses.
+struct Slot {
+    index: usize,
+    free: mpsc::UnboundedSender<usize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = self.free.send(self.index);
+    }
 }
 
 /// Groups a lane commits at once, each in its own transaction on its own connection: the next
@@ -595,13 +643,14 @@ async fn run_lane(
 /// most, never in a cycle.
 ///
 /// Only a group with at least [`DEEP_GROUP_EVENTS_PER_ACCOUNT`] events per account is
-/// followed at once: a group's rollup and type-count rows are one per account, meter and hour
-/// whatever its size, so splitting the queue of a lane with many busy accounts into two groups
+/// followed at once: a group's rollup rows are one per account, meter and hour whatever its
+/// size, so splitting the queue of a lane with many busy accounts into two groups
 /// nearly doubles those rows (measured: 1,000 accounts at 8 events each per group stored 15 %
 /// fewer events per second two at a time), while one account's groups are nearly all events.
 /// A shallower group is followed once it has written its rows ([`Written`]): the requests
 /// queued while it wrote make the next group, which starts while this one commits and answers
-/// (its counter rows wait for that commit). Waiting for the commit and answers too left a
+/// (its rows of the same accounts wait for that commit; the per-type counts are on the other
+/// slot's shard). Waiting for the commit and answers too left a
 /// core idle through each commit's flush (BENCHMARKS.md, eighth session: the machine idle
 /// 16–19 % of the time at 1,000 accounts, 11–14 % with the next group started at the write's
 /// end).
@@ -624,13 +673,77 @@ impl Written {
 
 /// What a lane keeps from one group to the next.
 struct LaneState {
-    /// Accounts known to exist (it created them or saw them stored), so it does not insert
-    /// their rows again; past [`MAX_KNOWN_ACCOUNTS`] it forgets them all and relearns.
-    /// (Hashed with SipHash: it lives long and holds names clients choose.)
-    known: std::sync::Mutex<HashSet<String>>,
+    known: std::sync::Mutex<Known>,
     /// Whether the next group is inserted as all new (see [`commit_group`]).
     plain: AtomicBool,
+    /// The lane's shards of `event_type_totals` (see [`store_events::Counters::shard`]), one
+    /// per group slot ([`Slot`]): names no other lane or process uses.
+    shards: [String; LANE_DEPTH],
     metrics: Arc<crate::telemetry::Metrics>,
+}
+
+impl LaneState {
+    fn new_shards() -> [String; LANE_DEPTH] {
+        static LANES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let lane = LANES.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 8];
+        if getrandom::fill(&mut id).is_err() {
+            // Never seen; the time and the process keep names apart all the same.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            id = (nanos ^ u64::from(std::process::id()).rotate_left(40)).to_le_bytes();
+        }
+        let id = hex::encode(id);
+        std::array::from_fn(|i| format!("{id}-{lane}/{i}"))
+    }
+}
+
+/// What a lane has seen committed: accounts that exist (it created them or saw them stored)
+/// and, per account, the event types whose `event_type_counts` row is stored, so it writes
+/// neither again. Nothing deletes those rows, and forgetting one only costs writing it again
+/// (an insert that finds it stored): past [`MAX_KNOWN`] accounts, or as many pairs, it forgets
+/// those and relearns. (Hashed with SipHash: it lives long and holds names clients choose.)
+#[derive(Default)]
+struct Known {
+    accounts: std::collections::HashMap<String, HashSet<String>>,
+    pairs: usize,
+}
+
+impl Known {
+    fn has_account(&self, account: &str) -> bool {
+        self.accounts.contains_key(account)
+    }
+
+    fn has_type(&self, account: &str, event_type: &str) -> bool {
+        self.accounts
+            .get(account)
+            .is_some_and(|types| types.contains(event_type))
+    }
+
+    fn learn_account(&mut self, account: &str) {
+        if !self.accounts.contains_key(account) {
+            self.accounts.insert(account.to_owned(), HashSet::new());
+        }
+    }
+
+    fn learn_type(&mut self, account: &str, event_type: &str) {
+        self.learn_account(account);
+        if let Some(types) = self.accounts.get_mut(account) {
+            if types.insert(event_type.to_owned()) {
+                self.pairs += 1;
+            }
+        }
+    }
+
+    fn forget_if_full(&mut self) {
+        if self.accounts.len() > MAX_KNOWN {
+            *self = Self::default();
+        } else if self.pairs > MAX_KNOWN {
+            self.accounts.values_mut().for_each(HashSet::clear);
+            self.pairs = 0;
+        }
+    }
 }
 
 /// Commits one group of requests and answers them.
@@ -640,7 +753,7 @@ async fn process_group(
     clock: &Arc<dyn Clock>,
     checks: &Arc<CheckCache>,
     pql: &Arc<super::pql::PqlState>,
-    lane: &LaneState,
+    (lane, shard): (&LaneState, &str),
     written: &Written,
 ) {
     // Tell the check cache which accounts are being written until their events are applied.
@@ -655,13 +768,11 @@ async fn process_group(
         accounts: accounts.iter().map(|a| (*a).to_owned()).collect(),
         applied: false,
     };
-    {
-        let mut known = lane.known.lock().unwrap_or_else(|e| e.into_inner());
-        if known.len() > MAX_KNOWN_ACCOUNTS {
-            known.clear();
-        }
-    }
-    let (answers, stored) = commit_isolated(pool, clock.now(), &jobs, lane, written).await;
+    lane.known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .forget_if_full();
+    let (answers, stored) = commit_isolated(pool, clock.now(), &jobs, (lane, shard), written).await;
     // Only the copy that stored an event counts it: two requests of a group may carry the
     // same new id.
     for (job, stored) in jobs.iter().zip(&stored.by_job) {
@@ -765,7 +876,7 @@ async fn commit_isolated(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
-    lane: &LaneState,
+    lane: (&LaneState, &str),
     written: &Written,
 ) -> (Vec<Result<usize, ServiceError>>, Stored) {
     let count = |stored: &[bool]| stored.iter().filter(|s| **s).count();
@@ -841,7 +952,7 @@ async fn commit_group(
     pool: &Pool,
     now: chrono::DateTime<chrono::Utc>,
     jobs: &[Job],
-    lane: &LaneState,
+    (lane, shard): (&LaneState, &str),
     written: &Written,
 ) -> Result<Stored, StoreError> {
     let keys: Vec<Vec<(&str, &str)>> = jobs
@@ -864,7 +975,7 @@ async fn commit_group(
         accounts
             .iter()
             .copied()
-            .filter(|a| !known.contains(*a))
+            .filter(|a| !known.has_account(a))
             .collect()
     };
     let mut attempt = 0;
@@ -873,6 +984,28 @@ async fn commit_group(
     // skipping what is stored, and so do the lane's next groups until one holds only new
     // events (a client retrying many batches costs one failed insert, not one per group).
     let mut expect_new = lane.plain.load(Ordering::Relaxed) && !crate::store::citus::active();
+    // Whether each of a group's (account, type) pairs may lack its stored row (the lane has
+    // not seen it committed).
+    let unseen = |types: &[((&str, &str), TypeCount)]| -> Vec<bool> {
+        let known = lane.known.lock().unwrap_or_else(|e| e.into_inner());
+        types
+            .iter()
+            .map(|((a, t), _)| !known.has_type(a, t))
+            .collect()
+    };
+    // The pairs whose row the committed group stored (or found stored), to learn (on Citus,
+    // where every group writes its pairs' counts, none).
+    let stored_pairs = |types: &[((&str, &str), TypeCount)], unseen: &[bool]| {
+        if crate::store::citus::active() {
+            return Vec::new();
+        }
+        types
+            .iter()
+            .zip(unseen)
+            .filter(|(_, u)| **u)
+            .map(|(((a, t), _), _)| ((*a).to_owned(), (*t).to_owned()))
+            .collect::<Vec<_>>()
+    };
     // One flag per event of `events`: whether this group inserted it.
     let new: Vec<bool> = loop {
         attempt += 1;
@@ -882,19 +1015,22 @@ async fn commit_group(
         // statement waiting on a row lock would commit after the process had stopped, its
         // requests unanswered (the chaos suite's shutdown-grace case).
         let result = conn
-            .transaction::<Vec<bool>, StoreError, _>(async |c| {
+            .transaction::<_, StoreError, _>(async |c| {
                 store_events::one_connection_per_node(c).await?;
                 crate::store::accounts::ensure_many(c, &unknown, now).await?;
                 if expect_new {
                     let new = vec![true; events.len()];
                     let (rollups, types) = deltas(&unique, &new);
+                    let unseen = unseen(&types);
                     let counters = store_events::Counters {
                         rollups: &rollups,
                         types: &types,
+                        unseen: &unseen,
+                        shard,
                     };
                     store_events::insert_all_with_counters(c, &events, now, &counters).await?;
                     written.fire();
-                    return Ok(new);
+                    return Ok((new, stored_pairs(&types, &unseen)));
                 }
                 let inserted = store_events::insert_new(c, &events, now).await?;
                 let inserted: FastSet<(&str, &str)> = inserted
@@ -906,21 +1042,28 @@ async fn commit_group(
                     .map(|e| inserted.contains(&(e.account.as_str(), e.id.as_str())))
                     .collect();
                 let (rollups, types) = deltas(&unique, &new);
+                let unseen = unseen(&types);
                 let counters = store_events::Counters {
                     rollups: &rollups,
                     types: &types,
+                    unseen: &unseen,
+                    shard,
                 };
                 store_events::add_counters(c, &counters).await?;
                 written.fire();
-                Ok(new)
+                Ok((new, stored_pairs(&types, &unseen)))
             })
             .await;
         match result {
-            Ok(new) => {
-                lane.known
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(unknown.iter().map(|a| (*a).to_owned()));
+            Ok((new, pairs)) => {
+                let mut known = lane.known.lock().unwrap_or_else(|e| e.into_inner());
+                for a in &unknown {
+                    known.learn_account(a);
+                }
+                for (a, t) in &pairs {
+                    known.learn_type(a, t);
+                }
+                drop(known);
                 lane.plain
                     .store(expect_new || new.iter().all(|n| *n), Ordering::Relaxed);
                 break new;

@@ -101,7 +101,13 @@ pub struct EventTypeUsage {
 
 pub async fn event_types(ctx: &Ctx) -> Result<Vec<EventTypeUsage>, ServiceError> {
     let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
-    let rows = store::usage::event_types(&mut conn).await?;
+    // Its two counters are read in one snapshot: a group commits to both together.
+    let rows = conn
+        .build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run::<_, StoreError, _>(async |c| store::usage::event_types(c).await)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| {

@@ -62,7 +62,8 @@ pub const REFERENCE: &[&str] = &["plan_versions", "api_keys", "test_clocks"];
 /// Global tables kept on the coordinator (`citus_add_local_table_to_metadata`): the job queue
 /// (claimed with `FOR UPDATE SKIP LOCKED`, SCALE.md rule 7), singletons and registries keyed
 /// by a global value, the webhook endpoints and their delivery queue, console and portal
-/// sessions, and the catalogue's append-only audit (which keeps its trigger).
+/// sessions, the catalogue's append-only audit (which keeps its trigger), and the per-type
+/// event totals of single-node ingestion (kept when a database is converted).
 pub const COORDINATOR: &[&str] = &[
     "jobs",
     "invoice_counter",
@@ -74,6 +75,7 @@ pub const COORDINATOR: &[&str] = &[
     "catalogue_audit",
     "webhook_endpoints",
     "webhook_deliveries",
+    "event_type_totals",
 ];
 
 /// Whether accrue's database has the extension, learnt as pooled connections open

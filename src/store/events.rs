@@ -1,6 +1,7 @@
-//! `events`, `usage_rollups`, `usage_unique_keys`, `event_type_counts`: the write path of
-//! ingestion. All functions run on a connection inside the caller's transaction, and all take
-//! their rows sorted by key so concurrent batches lock rows in the same order.
+//! `events`, `usage_rollups`, `usage_unique_keys`, `event_type_counts`, `event_type_totals`:
+//! the write path of ingestion. Its writes run on a connection inside the caller's
+//! transaction and take their rows sorted by key, so concurrent batches lock rows in the same
+//! order. [`fold_idle_type_totals`] is the one maintenance write.
 
 use super::StoreError;
 use crate::domain::aggregate::AggregateState;
@@ -219,6 +220,8 @@ const ROLLUP_TYPES: [&str; 11] = [
 ];
 const KEY_TYPES: [&str; 4] = ["text", "text", "timestamptz", "text"];
 const TYPE_COUNT_TYPES: [&str; 5] = ["text", "text", "int8", "timestamptz", "timestamptz"];
+const TYPE_SEEN_TYPES: [&str; 4] = ["text", "text", "timestamptz", "timestamptz"];
+const TYPE_TOTAL_TYPES: [&str; 4] = ["text", "int8", "timestamptz", "timestamptz"];
 
 /// The single-node events insert over bound arrays from `$first` (the receipt time last).
 fn events_insert(first: usize) -> String {
@@ -252,35 +255,61 @@ fn keys_insert(first: usize) -> String {
     )
 }
 
-/// The single-node type-count upsert over bound arrays from `$first`.
-fn type_count_upsert(first: usize) -> String {
+/// The single-node insert of the (account, type) rows a group may be the first to see, over
+/// bound arrays from `$first`: written once, with no count (the counts go to
+/// `event_type_totals`, [`type_totals_upsert`]), and skipped where stored. They give the
+/// report its number of accounts per type.
+fn type_seen_insert(first: usize) -> String {
     format!(
         "INSERT INTO event_type_counts AS c (account, event_type, event_count, first_seen_at,
                 last_seen_at)
-         SELECT * FROM {} {TYPE_COUNT_CONFLICT}",
-        unnest(&TYPE_COUNT_TYPES, first)
+         SELECT a, t, 0, f, l FROM {} AS u(a, t, f, l) ON CONFLICT DO NOTHING",
+        unnest(&TYPE_SEEN_TYPES, first)
     )
 }
 
-/// The three counter writes of a group as one statement's parts, bound from `$1`: rollups
-/// ($1–$11), distinct keys ($12–$15), type counts ($16–$20). PostgreSQL runs a statement's
+/// The single-node per-type count upsert over bound arrays from `$first`, then the group's
+/// shard (one row per type and shard; see [`Counters::shard`]).
+fn type_totals_upsert(first: usize) -> String {
+    format!(
+        "INSERT INTO event_type_totals AS s (event_type, shard, event_count, first_seen_at,
+                last_seen_at, updated_at)
+         SELECT t, ${shard}, n, f, l, now() FROM {} AS u(t, n, f, l)
+         {TYPE_TOTAL_CONFLICT}",
+        unnest(&TYPE_TOTAL_TYPES, first),
+        shard = first + TYPE_TOTAL_TYPES.len(),
+    )
+}
+
+/// How a per-type count adds to the stored row.
+const TYPE_TOTAL_CONFLICT: &str = "ON CONFLICT (event_type, shard) DO UPDATE SET
+           event_count = s.event_count + EXCLUDED.event_count,
+           first_seen_at = LEAST(s.first_seen_at, EXCLUDED.first_seen_at),
+           last_seen_at = GREATEST(s.last_seen_at, EXCLUDED.last_seen_at),
+           updated_at = EXCLUDED.updated_at";
+
+/// The counter writes of a group as one statement's parts, bound from `$1`: rollups
+/// ($1–$11), distinct keys ($12–$15), the (account, type) rows not known to exist ($16–$19),
+/// the per-type counts ($20–$23, the shard $24). PostgreSQL runs a statement's
 /// data-modifying `WITH` parts after its main part (the events, in
 /// [`NEW_EVENTS_AND_COUNTERS`]), in an order it fixes for the text (PostgreSQL 15: last part
-/// first, so type counts, distinct keys, rollups), which its documentation leaves unspecified.
-/// Both single-node statements start with these same parts, so every group locks the
-/// counters' rows in one order whichever it runs (and on Citus, where the tables are written
-/// one statement each, no group runs either).
+/// first), which its documentation leaves unspecified. Both single-node statements start with
+/// these same parts, so every group locks the counters' rows in one order whichever it runs
+/// (and on Citus, where the tables are written one statement each, no group runs either).
 fn counter_parts() -> String {
+    let seen = 1 + ROLLUP_TYPES.len() + KEY_TYPES.len();
     format!(
-        "WITH rollups AS ({}), unique_keys AS ({}), type_counts AS ({})",
+        "WITH rollups AS ({}), unique_keys AS ({}), type_counts AS ({}), type_totals AS ({})",
         rollup_upsert(1),
         keys_insert(1 + ROLLUP_TYPES.len()),
-        type_count_upsert(1 + ROLLUP_TYPES.len() + KEY_TYPES.len()),
+        type_seen_insert(seen),
+        type_totals_upsert(seen + TYPE_SEEN_TYPES.len()),
     )
 }
 
 /// The first placeholder after the counters' (see [`counter_parts`]).
-const AFTER_COUNTERS: usize = 1 + ROLLUP_TYPES.len() + KEY_TYPES.len() + TYPE_COUNT_TYPES.len();
+const AFTER_COUNTERS: usize =
+    1 + ROLLUP_TYPES.len() + KEY_TYPES.len() + TYPE_SEEN_TYPES.len() + TYPE_TOTAL_TYPES.len() + 1;
 
 /// A group's counters, as one statement.
 static COUNTERS: std::sync::LazyLock<String> =
@@ -293,9 +322,22 @@ static NEW_EVENTS_AND_COUNTERS: std::sync::LazyLock<String> =
 
 /// A group's counter deltas: rollups by (account, meter, hour) and event types by (account,
 /// type), each key once and in key order.
+///
+/// The event types are counted two ways. On Citus, per (account, type) in
+/// `event_type_counts`, one statement per table. On single-node PostgreSQL, per type in the
+/// group's [`shard`](Self::shard) of `event_type_totals` (a row per type and group instead of
+/// one per account and type: those rows' `ON CONFLICT` probes cost more than their updates,
+/// BENCHMARKS.md, ninth session), and `event_type_counts` only gets the (account, type) rows
+/// flagged [`unseen`](Self::unseen), once each, for the report's number of accounts.
 pub struct Counters<'a> {
     pub rollups: &'a [(RollupKey<'a>, AggregateState)],
     pub types: &'a [((&'a str, &'a str), TypeCount)],
+    /// One flag per entry of `types`: whether its (account, type) row may not be stored yet
+    /// (the caller has not seen a commit that stored it). Single-node only.
+    pub unseen: &'a [bool],
+    /// The `event_type_totals` rows this group adds to: no other group in flight may use the
+    /// same shard, or the two would wait for each other's commit. Single-node only.
+    pub shard: &'a str,
 }
 
 impl<'a> Counters<'a> {
@@ -327,7 +369,15 @@ impl<'a> Counters<'a> {
             lasts.push(st.last_at.unwrap_or(*bucket));
         }
         let keys = unique_keys(r);
-        let t = self.types;
+        debug_assert_eq!(self.unseen.len(), self.types.len());
+        let unseen: Vec<&((&str, &str), TypeCount)> = self
+            .types
+            .iter()
+            .zip(self.unseen)
+            .filter(|(_, u)| **u)
+            .map(|(t, _)| t)
+            .collect();
+        let totals = totals_by_type(self.types);
         q.bind::<Array<Text>, _>(accounts)
             .bind::<Array<Text>, _>(meters)
             .bind::<Array<Timestamptz>, _>(buckets)
@@ -343,12 +393,39 @@ impl<'a> Counters<'a> {
             .bind::<Array<Text>, _>(keys.iter().map(|k| k.1).collect::<Vec<_>>())
             .bind::<Array<Timestamptz>, _>(keys.iter().map(|k| k.2).collect::<Vec<_>>())
             .bind::<Array<Text>, _>(keys.iter().map(|k| k.3).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(t.iter().map(|((a, _), _)| *a).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(t.iter().map(|((_, ty), _)| *ty).collect::<Vec<_>>())
-            .bind::<Array<Int8>, _>(t.iter().map(|(_, c)| c.count).collect::<Vec<_>>())
-            .bind::<Array<Timestamptz>, _>(t.iter().map(|(_, c)| c.first_at).collect::<Vec<_>>())
-            .bind::<Array<Timestamptz>, _>(t.iter().map(|(_, c)| c.last_at).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(unseen.iter().map(|((a, _), _)| *a).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(unseen.iter().map(|((_, t), _)| *t).collect::<Vec<_>>())
+            .bind::<Array<Timestamptz>, _>(
+                unseen.iter().map(|(_, c)| c.first_at).collect::<Vec<_>>(),
+            )
+            .bind::<Array<Timestamptz>, _>(
+                unseen.iter().map(|(_, c)| c.last_at).collect::<Vec<_>>(),
+            )
+            .bind::<Array<Text>, _>(totals.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+            .bind::<Array<Int8>, _>(totals.iter().map(|(_, c)| c.count).collect::<Vec<_>>())
+            .bind::<Array<Timestamptz>, _>(
+                totals.iter().map(|(_, c)| c.first_at).collect::<Vec<_>>(),
+            )
+            .bind::<Array<Timestamptz>, _>(
+                totals.iter().map(|(_, c)| c.last_at).collect::<Vec<_>>(),
+            )
+            .bind::<Text, _>(self.shard)
     }
+}
+
+/// The (account, type) counts summed per type, in type order (the rows' lock order).
+fn totals_by_type<'a>(types: &[((&'a str, &'a str), TypeCount)]) -> Vec<(&'a str, TypeCount)> {
+    let mut out: std::collections::BTreeMap<&str, TypeCount> = std::collections::BTreeMap::new();
+    for ((_, t), c) in types {
+        out.entry(t)
+            .and_modify(|o| {
+                o.count += c.count;
+                o.first_at = o.first_at.min(c.first_at);
+                o.last_at = o.last_at.max(c.last_at);
+            })
+            .or_insert_with(|| c.clone());
+    }
+    out.into_iter().collect()
 }
 
 /// The distinct keys of unique_count meters in `deltas` (kept once per account, meter and hour).
@@ -368,7 +445,7 @@ fn unique_keys<'a>(
 /// Adds a group's counter deltas: its hourly rollups (their `updated_at` is the database's
 /// clock at the write, `clock_timestamp()`, never an application clock: late-usage detection
 /// compares it with the database time a close read its usage at, `invoices.usage_mark`), the
-/// distinct keys of unique_count meters, and the per-type governance counters. One statement
+/// distinct keys of unique_count meters, and the governance counters ([`Counters`]). One statement
 /// on single-node PostgreSQL ([`COUNTERS`]); on Citus, one per table, each as multi-row VALUES.
 pub async fn add_counters(
     conn: &mut AsyncPgConnection,
@@ -509,6 +586,48 @@ async fn add_to_type_counts_citus(
         q.execute(conn).await?;
     }
     Ok(())
+}
+
+/// How long a shard of `event_type_totals` stays unwritten before [`fold_idle_type_totals`]
+/// folds it. A live lane's shard may be folded too (a lane idle for an hour); its next group
+/// then starts the row again.
+pub const IDLE_SHARD_SECONDS: f64 = 3600.0;
+
+/// Folds the `event_type_totals` rows of shards unwritten for [`IDLE_SHARD_SECONDS`] (those of
+/// processes that have stopped, mostly: each process's lanes start new shards) into the shard
+/// '' row of their type, so the table stays a few rows per type however often instances
+/// restart; the report's sums do not change. A row an ingest group is writing is locked, so
+/// it is skipped (and it is not idle). Returns how many rows were folded. Single-node only
+/// (on Citus nothing writes the table).
+pub async fn fold_idle_type_totals(conn: &mut AsyncPgConnection) -> Result<usize, StoreError> {
+    #[derive(QueryableByName)]
+    struct Folded {
+        #[diesel(sql_type = Int8)]
+        n: i64,
+    }
+    let folded: Folded = diesel::sql_query(format!(
+        "WITH idle AS (
+             SELECT event_type, shard FROM event_type_totals
+              WHERE shard <> '' AND updated_at < now() - make_interval(secs => $1)
+              ORDER BY event_type, shard
+                FOR UPDATE SKIP LOCKED),
+         moved AS (
+             DELETE FROM event_type_totals t USING idle
+              WHERE t.event_type = idle.event_type AND t.shard = idle.shard
+          RETURNING t.event_type, t.event_count, t.first_seen_at, t.last_seen_at),
+         folded AS (
+             INSERT INTO event_type_totals AS s (event_type, shard, event_count,
+                    first_seen_at, last_seen_at, updated_at)
+             SELECT event_type, '', SUM(event_count)::int8, MIN(first_seen_at),
+                    MAX(last_seen_at), now()
+               FROM moved GROUP BY event_type ORDER BY event_type
+             {TYPE_TOTAL_CONFLICT})
+         SELECT count(*)::int8 AS n FROM moved"
+    ))
+    .bind::<diesel::sql_types::Double, _>(IDLE_SHARD_SECONDS)
+    .get_result(conn)
+    .await?;
+    Ok(folded.n as usize)
 }
 
 /// An event as stored, as `GET /v1/events` shows it.

@@ -69,6 +69,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    event_type_totals (event_type, shard) {
+        event_type -> Text,
+        shard -> Text,
+        event_count -> Int8,
+        first_seen_at -> Timestamptz,
+        last_seen_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     plan_versions (plan, version) {
         plan -> Text,
         version -> Int4,

@@ -164,17 +164,44 @@ pub struct EventTypeRow {
     pub last_seen_at: DateTime<Utc>,
 }
 
-/// Every event type seen, summed over accounts (a governance report, not a hot path).
+/// Every event type seen, summed over accounts (a governance report, not a hot path): the
+/// counts of both counters, per account (`event_type_counts`: what Citus counts, and what
+/// single-node PostgreSQL counted before `event_type_totals`) and per type
+/// (`event_type_totals`: what single-node PostgreSQL counts), and the number of accounts from
+/// the first. Two queries, merged here, so that neither joins a distributed table with a
+/// coordinator one on Citus; the caller runs them in one snapshot.
 pub async fn event_types(conn: &mut AsyncPgConnection) -> Result<Vec<EventTypeRow>, StoreError> {
-    Ok(super::prepared::prepared(
+    let per_account: Vec<EventTypeRow> = super::prepared::prepared(
         "SELECT event_type, SUM(event_count)::int8 AS event_count, COUNT(*)::int8 AS accounts,
                 MIN(first_seen_at) AS first_seen_at, MAX(last_seen_at) AS last_seen_at
            FROM event_type_counts
-          GROUP BY event_type
-          ORDER BY event_type",
+          GROUP BY event_type",
     )
     .load(conn)
-    .await?)
+    .await?;
+    let per_type: Vec<EventTypeRow> = super::prepared::prepared(
+        "SELECT event_type, SUM(event_count)::int8 AS event_count, 0::int8 AS accounts,
+                MIN(first_seen_at) AS first_seen_at, MAX(last_seen_at) AS last_seen_at
+           FROM event_type_totals
+          GROUP BY event_type",
+    )
+    .load(conn)
+    .await?;
+    let mut out: BTreeMap<String, EventTypeRow> = BTreeMap::new();
+    for row in per_account.into_iter().chain(per_type) {
+        match out.get_mut(&row.event_type) {
+            Some(o) => {
+                o.event_count += row.event_count;
+                o.accounts += row.accounts;
+                o.first_seen_at = o.first_seen_at.min(row.first_seen_at);
+                o.last_seen_at = o.last_seen_at.max(row.last_seen_at);
+            }
+            None => {
+                out.insert(row.event_type.clone(), row);
+            }
+        }
+    }
+    Ok(out.into_values().collect())
 }
 
 #[derive(QueryableByName)]
