@@ -1140,27 +1140,12 @@ fn deltas<'a>(valid: &[&'a Valid], new: &[bool]) -> Deltas<'a> {
         let key = (account, e.event_type.as_str());
         let from = first_type.max(types.len().saturating_sub(RECENT_ROWS));
         match types[from..].iter_mut().find(|(k, _)| k.1 == key.1) {
-            Some((_, c)) => {
-                c.count += 1;
-                c.first_at = c.first_at.min(e.timestamp);
-                c.last_at = c.last_at.max(e.timestamp);
-            }
-            None => types.push((
-                key,
-                TypeCount {
-                    count: 1,
-                    first_at: e.timestamp,
-                    last_at: e.timestamp,
-                },
-            )),
+            Some((_, c)) => c.merge(&TypeCount::one(e.timestamp)),
+            None => types.push((key, TypeCount::one(e.timestamp))),
         }
     }
     let rollups = in_key_order(rollups, |into, from| into.merge(&from));
-    let types = in_key_order(types, |into, from| {
-        into.count += from.count;
-        into.first_at = into.first_at.min(from.first_at);
-        into.last_at = into.last_at.max(from.last_at);
-    });
+    let types = in_key_order(types, |into, from| into.merge(&from));
     (rollups, types)
 }
 

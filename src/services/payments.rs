@@ -446,8 +446,21 @@ async fn attempt(
             let Some(mut row) = pay_store::lock(c, account, number).await? else {
                 return Ok(Outcome::Skipped);
             };
-            if row.state == "paid" || row.attempts != attempts_seen {
+            if row.attempts != attempts_seen {
                 return Ok(Outcome::Skipped);
+            }
+            if row.state == "paid" {
+                // Stripe's webhook can record the payment this attempt made before the
+                // attempt does: the invoice was still paid by this attempt, which counts.
+                return Ok(match answer {
+                    Answer::Paid(attempt, _) if attempt > attempts_seen => {
+                        row.attempts = attempt;
+                        row.updated_at = now;
+                        pay_store::save(c, &row).await?;
+                        Outcome::Paid
+                    }
+                    _ => Outcome::Skipped,
+                });
             }
             match answer {
                 Answer::Unavailable(e) => {

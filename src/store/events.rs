@@ -418,11 +418,7 @@ fn totals_by_type<'a>(types: &[((&'a str, &'a str), TypeCount)]) -> Vec<(&'a str
     let mut out: std::collections::BTreeMap<&str, TypeCount> = std::collections::BTreeMap::new();
     for ((_, t), c) in types {
         out.entry(t)
-            .and_modify(|o| {
-                o.count += c.count;
-                o.first_at = o.first_at.min(c.first_at);
-                o.last_at = o.last_at.max(c.last_at);
-            })
+            .and_modify(|o| o.merge(c))
             .or_insert_with(|| c.clone());
     }
     out.into_iter().collect()
@@ -560,6 +556,24 @@ pub struct TypeCount {
     pub count: i64,
     pub first_at: DateTime<Utc>,
     pub last_at: DateTime<Utc>,
+}
+
+impl TypeCount {
+    /// One event at `at`.
+    pub fn one(at: DateTime<Utc>) -> TypeCount {
+        TypeCount {
+            count: 1,
+            first_at: at,
+            last_at: at,
+        }
+    }
+
+    /// Adds `other`'s events: the counts add up, the span covers both.
+    pub fn merge(&mut self, other: &TypeCount) {
+        self.count += other.count;
+        self.first_at = self.first_at.min(other.first_at);
+        self.last_at = self.last_at.max(other.last_at);
+    }
 }
 
 /// Citus: the per-type governance counters as multi-row VALUES.

@@ -223,8 +223,18 @@ pub async fn start_stripe_instance_with(
     policy: DunningPolicy,
     plans_dir: &std::path::Path,
 ) -> (String, accrue::services::Ctx, Arc<ManualClock>) {
+    start_stripe_instance_on(db_url, policy, plans_dir, &stripe_config()).await
+}
+
+/// A server instance on `db_url` collecting through the Stripe of `config`.
+pub async fn start_stripe_instance_on(
+    db_url: &str,
+    policy: DunningPolicy,
+    plans_dir: &std::path::Path,
+    config: &StripeConfig,
+) -> (String, accrue::services::Ctx, Arc<ManualClock>) {
     let (_, plain, clock) = start_instance_unserved_with(db_url, Duration::from_secs(1), plans_dir);
-    let payments = Payments::connect(&plain.pool, &stripe_config(), policy, clock.now())
+    let payments = Payments::connect(&plain.pool, config, policy, clock.now())
         .await
         .unwrap();
     let ctx = plain.with_payments(payments);
@@ -265,4 +275,100 @@ where
 /// A JSON body helper for the account's firmographics.
 pub fn account_body(email: &str) -> Value {
     json!({"name": "Test Co", "email": email})
+}
+
+/// A pass-through proxy in front of the fake Stripe that can hold its answer to one invoice
+/// payment (`POST /v1/invoices/{id}/pay`) after Stripe took the payment, until released: the
+/// window in which Stripe's webhook reaches accrue before the attempt that paid records it.
+pub struct HoldingProxy {
+    /// The proxy's base URL, for [`StripeConfig::api_base`].
+    pub url: String,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    paid: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl HoldingProxy {
+    pub fn start() -> HoldingProxy {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let armed = Arc::new(AtomicBool::new(false));
+        let paid = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let upstream = fake_stripe().url.clone();
+        let client = reqwest::Client::new();
+        let data = (
+            armed.clone(),
+            paid.clone(),
+            release.clone(),
+            upstream,
+            client,
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            let data = data.clone();
+            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                let (armed, paid, release, upstream, client) = data.clone();
+                async move {
+                    let method =
+                        reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
+                    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let mut out = client.request(method, format!("{upstream}{path}"));
+                    for (name, value) in req.headers() {
+                        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+                            out = out.header(name.as_str(), value.as_bytes());
+                        }
+                    }
+                    let res = out.body(body.to_vec()).send().await.unwrap();
+                    let status = res.status().as_u16();
+                    let answer = res.bytes().await.unwrap();
+                    let pay = req.method() == actix_web::http::Method::POST
+                        && req.path().starts_with("/v1/invoices/")
+                        && req.path().ends_with("/pay");
+                    if pay && armed.swap(false, Ordering::SeqCst) {
+                        paid.notify_one();
+                        release.notified().await;
+                    }
+                    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                        .content_type("application/json")
+                        .body(answer)
+                }
+            }))
+        })
+        .workers(2)
+        .listen(listener)
+        .unwrap()
+        .run();
+        tokio::spawn(server);
+        HoldingProxy {
+            url,
+            armed,
+            paid,
+            release,
+        }
+    }
+
+    /// The fake Stripe's configuration, through this proxy.
+    pub fn config(&self) -> StripeConfig {
+        StripeConfig {
+            api_base: Some(format!("{}/", self.url)),
+            ..stripe_config()
+        }
+    }
+
+    /// Holds the answer to the next invoice payment.
+    pub fn hold_next_payment(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until Stripe took the held payment (its answer is being held).
+    pub async fn payment_taken(&self) {
+        self.paid.notified().await;
+    }
+
+    /// Lets the held answer go.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
 }

@@ -576,6 +576,84 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
     );
 }
 
+/// Stripe's webhook can record the payment a new card made before the retry that made it
+/// does. The retry still reports that invoice paid by it, and counts its attempt: the answer
+/// said `paid: 1` of 2 when the webhook won (a CI run saw it). A proxy holds Stripe's answer
+/// to the payment until the webhook is applied, so the webhook wins every time here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_card_payment_the_webhook_records_first_still_counts_as_the_retrys() {
+    let proxy = HoldingProxy::start();
+    let db = TestDb::new().await;
+    let (base, ctx, clock) = start_stripe_instance_on(
+        &db.url,
+        DunningPolicy::default(),
+        &manifest_dir().join("pricing-plans"),
+        &proxy.config(),
+    )
+    .await;
+    // Its webhooks are the test's to deliver.
+    let app = TestApp {
+        base,
+        db,
+        ctx,
+        clock,
+        http: reqwest::Client::new(),
+    };
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    let customer = customer_on_team(&app, &key, "raced", DECLINING_CARD).await;
+    wait_for_payment_state(&app, &key, 1, "failed").await;
+    run_the_three_retries(&app, &scheduler).await;
+    let exhausted = invoice(&app, &key, 1).await;
+    assert_eq!(exhausted["payment"]["state"], "exhausted");
+    let attempts_before = exhausted["payment"]["attempts"].as_i64().unwrap();
+    let stripe_invoice = exhausted["payment"]["stripe_invoice_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.clock.set(t("2027-01-10T09:20:00.000Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+
+    let pm = fake_stripe().card(GOOD_CARD).await;
+    proxy.hold_next_payment();
+    let body = json!({ "payment_method": pm });
+    let webhook_first = async {
+        proxy.payment_taken().await;
+        let event = event_about("invoice.payment_succeeded", &stripe_invoice).await;
+        let payload = serde_json::to_string(&event).unwrap();
+        let answer = deliver(&app, &payload, &sign(&payload, unix_now(), WEBHOOK_SECRET)).await;
+        proxy.release();
+        answer
+    };
+    let ((status, set), (hook_status, hook)) = tokio::join!(
+        app.put(&key, "/v1/accounts/raced/payment-method", &body),
+        webhook_first
+    );
+    assert_eq!(hook_status, 200, "{hook}");
+    assert_eq!(
+        hook,
+        json!({"received": true, "duplicate": false, "effect": "paid"})
+    );
+    assert_eq!(status, 200, "{set}");
+    // Invoice 1, then the new period's 83.00 (the arrears invoice is 0.00, nothing to collect).
+    assert_eq!(set["retried"]["paid"], 2, "{set}");
+    assert_eq!(
+        invoice(&app, &key, 1).await["payment"]["attempts"],
+        attempts_before + 1
+    );
+    assert_eq!(subscription_status(&app, &key, "raced").await, "active");
+    let mut charged: Vec<i64> = fake_stripe()
+        .charges_of(&customer)
+        .await
+        .iter()
+        .filter(|c| c["status"] == "succeeded")
+        .map(|c| c["amount"].as_i64().unwrap())
+        .collect();
+    charged.sort();
+    assert_eq!(charged, vec![8300, 8300]);
+}
+
 /// Pays our open invoice directly in Stripe (as a customer in the hosted page would), so only
 /// a webhook can tell accrue.
 async fn pay_out_of_band(customer: &str, stripe_invoice: &str) {
