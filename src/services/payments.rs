@@ -450,8 +450,10 @@ async fn attempt(
                 return Ok(Outcome::Skipped);
             }
             if row.state == "paid" {
-                // Stripe's webhook can record the payment this attempt made before the
-                // attempt does: the invoice was still paid by this attempt, which counts.
+                // A webhook waits for the attempt in flight ([`webhook`]), but one applied by
+                // an instance that does not (an older version) can record the payment this
+                // attempt made before the attempt does: the invoice was still paid by this
+                // attempt, which counts.
                 return Ok(match answer {
                     Answer::Paid(attempt, _) if attempt > attempts_seen => {
                         row.attempts = attempt;
@@ -1319,6 +1321,13 @@ pub async fn webhook(
             let (Some(remote), Some((account, number))) = (&remote, &ours) else {
                 return Ok(answer);
             };
+            // A collection attempt in flight (its answer from Stripe not recorded yet) records
+            // first: it knows which attempt paid, and the webhook then finds nothing to do.
+            crate::store::locks::wait_in_transaction(
+                c,
+                &pay_store::collection_lock_key(account, *number),
+            )
+            .await?;
             let Some(mut row) = pay_store::lock(c, account, *number).await? else {
                 return Ok(answer);
             };

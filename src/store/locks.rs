@@ -62,6 +62,20 @@ impl SessionLock {
     }
 }
 
+/// Waits, in the caller's transaction, until no session holds the session lock on `key`, and
+/// keeps others from taking it until that transaction ends.
+pub async fn wait_in_transaction(
+    conn: &mut AsyncPgConnection,
+    key: &str,
+) -> Result<(), StoreError> {
+    super::prepared::prepared("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
+        .bind::<Text, _>(key)
+        .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 impl Drop for SessionLock {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {

@@ -576,12 +576,14 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
     );
 }
 
-/// Stripe's webhook can record the payment a new card made before the retry that made it
-/// does. The retry still reports that invoice paid by it, and counts its attempt: the answer
-/// said `paid: 1` of 2 when the webhook won (a CI run saw it). A proxy holds Stripe's answer
-/// to the payment until the webhook is applied, so the webhook wins every time here.
+/// Stripe's webhook about a payment can arrive before the attempt that made the payment has
+/// recorded Stripe's answer. The webhook waits for that attempt, which records the payment as
+/// its own: the new card's retry reports both invoices paid, invoice 1 counts the attempt,
+/// and the recovery step names it. Before, the webhook recorded the payment first, and the
+/// answer said `paid: 1` of 2 (a CI run saw it) with the step naming the attempt before. A
+/// proxy holds Stripe's answer to the payment while the test delivers the webhook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_card_payment_the_webhook_records_first_still_counts_as_the_retrys() {
+async fn a_webhook_about_a_payment_in_flight_waits_for_the_attempt_that_made_it() {
     let proxy = HoldingProxy::start();
     let db = TestDb::new().await;
     let (base, ctx, clock) = start_stripe_instance_on(
@@ -618,29 +620,46 @@ async fn a_new_card_payment_the_webhook_records_first_still_counts_as_the_retrys
     let pm = fake_stripe().card(GOOD_CARD).await;
     proxy.hold_next_payment();
     let body = json!({ "payment_method": pm });
-    let webhook_first = async {
+    let webhook_meanwhile = async {
         proxy.payment_taken().await;
         let event = event_about("invoice.payment_succeeded", &stripe_invoice).await;
         let payload = serde_json::to_string(&event).unwrap();
-        let answer = deliver(&app, &payload, &sign(&payload, unix_now(), WEBHOOK_SECRET)).await;
-        proxy.release();
-        answer
+        let signature = sign(&payload, unix_now(), WEBHOOK_SECRET);
+        let release_once_it_waits = async {
+            eventually("the webhook to wait for the attempt", || async {
+                let waiting = app
+                    .db
+                    .count(
+                        "(SELECT COUNT(*) FROM pg_stat_activity \
+                          WHERE datname = current_database() AND wait_event = 'advisory')::int8",
+                    )
+                    .await;
+                (waiting > 0).then_some(())
+            })
+            .await;
+            proxy.release();
+        };
+        tokio::join!(deliver(&app, &payload, &signature), release_once_it_waits).0
     };
     let ((status, set), (hook_status, hook)) = tokio::join!(
         app.put(&key, "/v1/accounts/raced/payment-method", &body),
-        webhook_first
-    );
-    assert_eq!(hook_status, 200, "{hook}");
-    assert_eq!(
-        hook,
-        json!({"received": true, "duplicate": false, "effect": "paid"})
+        webhook_meanwhile
     );
     assert_eq!(status, 200, "{set}");
     // Invoice 1, then the new period's 83.00 (the arrears invoice is 0.00, nothing to collect).
     assert_eq!(set["retried"]["paid"], 2, "{set}");
+    assert_eq!(hook_status, 200, "{hook}");
+    assert_eq!(
+        hook,
+        json!({"received": true, "duplicate": false, "effect": "none"})
+    );
     assert_eq!(
         invoice(&app, &key, 1).await["payment"]["attempts"],
         attempts_before + 1
+    );
+    assert_eq!(
+        steps(&app, &key, "raced").await.last().unwrap(),
+        &("recovered".to_owned(), attempts_before + 1)
     );
     assert_eq!(subscription_status(&app, &key, "raced").await, "active");
     let mut charged: Vec<i64> = fake_stripe()
