@@ -446,23 +446,9 @@ async fn attempt(
             let Some(mut row) = pay_store::lock(c, account, number).await? else {
                 return Ok(Outcome::Skipped);
             };
-            if row.attempts != attempts_seen {
+            // (A webhook about this invoice defers to this attempt: see [`webhook`].)
+            if row.state == "paid" || row.attempts != attempts_seen {
                 return Ok(Outcome::Skipped);
-            }
-            if row.state == "paid" {
-                // A webhook waits for the attempt in flight ([`webhook`]), but one applied by
-                // an instance that does not (an older version) can record the payment this
-                // attempt made before the attempt does: the invoice was still paid by this
-                // attempt, which counts.
-                return Ok(match answer {
-                    Answer::Paid(attempt, _) if attempt > attempts_seen => {
-                        row.attempts = attempt;
-                        row.updated_at = now;
-                        pay_store::save(c, &row).await?;
-                        Outcome::Paid
-                    }
-                    _ => Outcome::Skipped,
-                });
             }
             match answer {
                 Answer::Unavailable(e) => {
@@ -1321,13 +1307,23 @@ pub async fn webhook(
             let (Some(remote), Some((account, number))) = (&remote, &ours) else {
                 return Ok(answer);
             };
-            // A collection attempt in flight (its answer from Stripe not recorded yet) records
-            // first: it knows which attempt paid, and the webhook then finds nothing to do.
-            crate::store::locks::wait_in_transaction(
-                c,
-                &pay_store::collection_lock_key(account, *number),
-            )
-            .await?;
+            // An event that can change the collection waits for an attempt in flight (its
+            // answer from Stripe not recorded yet), which knows which attempt paid: it is
+            // refused for now (503), so Stripe sends it again, and holds no connection
+            // meanwhile. By then the attempt has recorded its answer, or ended.
+            let may_change = remote.status == "paid" || event_type == "invoice.payment_failed";
+            if may_change
+                && !crate::store::locks::try_for_transaction(
+                    c,
+                    &pay_store::collection_lock_key(account, *number),
+                )
+                .await?
+            {
+                return Err(TxError::Refused(ServiceError::Unavailable(format!(
+                    "invoice {number} of account `{account}` is being collected right now; \
+                     send the event again"
+                ))));
+            }
             let Some(mut row) = pay_store::lock(c, account, *number).await? else {
                 return Ok(answer);
             };

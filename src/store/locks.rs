@@ -62,18 +62,25 @@ impl SessionLock {
     }
 }
 
-/// Waits, in the caller's transaction, until no session holds the session lock on `key`, and
-/// keeps others from taking it until that transaction ends.
-pub async fn wait_in_transaction(
+/// Takes the lock on `key` for the caller's transaction (released when it ends), unless a
+/// session holds it ([`SessionLock`]): `false` then, at once, without waiting.
+pub async fn try_for_transaction(
     conn: &mut AsyncPgConnection,
     key: &str,
-) -> Result<(), StoreError> {
-    super::prepared::prepared("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
-        .bind::<Text, _>(key)
-        .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
-        .execute(conn)
-        .await?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    #[derive(QueryableByName)]
+    struct Got {
+        #[diesel(sql_type = Bool)]
+        got: bool,
+    }
+    let got: Got = super::prepared::prepared(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended($1, $2)) AS got",
+    )
+    .bind::<Text, _>(key)
+    .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
+    .get_result(conn)
+    .await?;
+    Ok(got.got)
 }
 
 impl Drop for SessionLock {

@@ -577,13 +577,15 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
 }
 
 /// Stripe's webhook about a payment can arrive before the attempt that made the payment has
-/// recorded Stripe's answer. The webhook waits for that attempt, which records the payment as
-/// its own: the new card's retry reports both invoices paid, invoice 1 counts the attempt,
-/// and the recovery step names it. Before, the webhook recorded the payment first, and the
-/// answer said `paid: 1` of 2 (a CI run saw it) with the step naming the attempt before. A
-/// proxy holds Stripe's answer to the payment while the test delivers the webhook.
+/// recorded Stripe's answer. The webhook is refused for now (503, so Stripe sends it again,
+/// and no connection waits meanwhile), and the attempt records the payment as its own: the
+/// new card's retry reports both invoices paid, invoice 1 counts the attempt, and the recovery
+/// step names it; the event sent again finds nothing to do. Before, the webhook recorded the
+/// payment first, and the answer said `paid: 1` of 2 (a CI run saw it) with the step naming
+/// the attempt before. A proxy holds Stripe's answer to the payment while the test delivers
+/// the webhook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_webhook_about_a_payment_in_flight_waits_for_the_attempt_that_made_it() {
+async fn a_webhook_about_a_payment_in_flight_is_refused_until_the_attempt_has_recorded_it() {
     let proxy = HoldingProxy::start();
     let db = TestDb::new().await;
     let (base, ctx, clock) = start_stripe_instance_on(
@@ -621,36 +623,38 @@ async fn a_webhook_about_a_payment_in_flight_waits_for_the_attempt_that_made_it(
     proxy.hold_next_payment();
     let body = json!({ "payment_method": pm });
     let webhook_meanwhile = async {
-        proxy.payment_taken().await;
+        tokio::time::timeout(std::time::Duration::from_secs(30), proxy.payment_taken())
+            .await
+            .expect("the retry never reached Stripe's pay");
         let event = event_about("invoice.payment_succeeded", &stripe_invoice).await;
         let payload = serde_json::to_string(&event).unwrap();
         let signature = sign(&payload, unix_now(), WEBHOOK_SECRET);
-        let release_once_it_waits = async {
-            eventually("the webhook to wait for the attempt", || async {
-                let waiting = app
-                    .db
-                    .count(
-                        "(SELECT COUNT(*) FROM pg_stat_activity \
-                          WHERE datname = current_database() AND wait_event = 'advisory')::int8",
-                    )
-                    .await;
-                (waiting > 0).then_some(())
-            })
-            .await;
-            proxy.release();
-        };
-        tokio::join!(deliver(&app, &payload, &signature), release_once_it_waits).0
+        let refused = deliver(&app, &payload, &signature).await;
+        proxy.release();
+        (payload, refused)
     };
-    let ((status, set), (hook_status, hook)) = tokio::join!(
+    let ((status, set), (payload, (hook_status, hook))) = tokio::join!(
         app.put(&key, "/v1/accounts/raced/payment-method", &body),
         webhook_meanwhile
+    );
+    assert_eq!(hook_status, 503, "{hook}");
+    assert_eq!(hook["error"]["code"], "unavailable", "{hook}");
+    assert!(
+        hook["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("being collected"),
+        "{hook}"
     );
     assert_eq!(status, 200, "{set}");
     // Invoice 1, then the new period's 83.00 (the arrears invoice is 0.00, nothing to collect).
     assert_eq!(set["retried"]["paid"], 2, "{set}");
-    assert_eq!(hook_status, 200, "{hook}");
+    // Stripe sends the event again: the payment is recorded by then.
+    let (again_status, again) =
+        deliver(&app, &payload, &sign(&payload, unix_now(), WEBHOOK_SECRET)).await;
+    assert_eq!(again_status, 200, "{again}");
     assert_eq!(
-        hook,
+        again,
         json!({"received": true, "duplicate": false, "effect": "none"})
     );
     assert_eq!(
