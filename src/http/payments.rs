@@ -20,6 +20,7 @@ use serde::Deserialize;
         (status = 400, description = "Bad signature or not a Stripe event", body = super::openapi::ErrorBody),
         (status = 409, description = "Stripe is not configured on this server", body = super::openapi::ErrorBody),
         (status = 413, description = "The body is larger than accepted"),
+        (status = 503, description = "Not processed now, for Stripe to send again: Stripe could not be read, or the invoice is being collected at this moment", body = super::openapi::ErrorBody),
     ))]
 pub async fn webhook(
     req: HttpRequest,
