@@ -1307,9 +1307,9 @@ pub async fn webhook(
             let (Some(remote), Some((account, number))) = (&remote, &ours) else {
                 return Ok(answer);
             };
-            // An event that can change the collection waits for an attempt in flight (its
+            // An event that can change the collection defers to an attempt in flight (its
             // answer from Stripe not recorded yet), which knows which attempt paid: it is
-            // refused for now (503), so Stripe sends it again, and holds no connection
+            // refused for now (503), so Stripe sends it again, and no connection waits
             // meanwhile. By then the attempt has recorded its answer, or ended.
             let may_change = remote.status == "paid" || event_type == "invoice.payment_failed";
             if may_change

@@ -160,6 +160,19 @@ impl FakeStripe {
         }
     }
 
+    /// The amounts (minor units) of `customer`'s succeeded charges, smallest first.
+    pub async fn succeeded_amounts(&self, customer: &str) -> Vec<i64> {
+        let mut amounts: Vec<i64> = self
+            .charges_of(customer)
+            .await
+            .iter()
+            .filter(|c| c["status"] == "succeeded")
+            .map(|c| c["amount"].as_i64().unwrap())
+            .collect();
+        amounts.sort_unstable();
+        amounts
+    }
+
     /// Registers an accrue server as a webhook receiver.
     pub async fn register_webhook(&self, name: &str, base: &str) {
         let (status, body) = self
@@ -185,13 +198,7 @@ pub async fn spawn_stripe_app(policy: DunningPolicy) -> TestApp {
     let db = TestDb::new().await;
     let (base, ctx, clock) = start_stripe_instance(&db.url, policy).await;
     fake.register_webhook(&db.name, &base).await;
-    TestApp {
-        base,
-        db,
-        ctx,
-        clock,
-        http: reqwest::Client::new(),
-    }
+    TestApp::new(base, db, ctx, clock)
 }
 
 /// A server instance on `db_url` wired to the fake Stripe.
@@ -208,13 +215,7 @@ pub async fn spawn_stripe_app_with(policy: DunningPolicy, plans_dir: &std::path:
     let db = TestDb::new().await;
     let (base, ctx, clock) = start_stripe_instance_with(&db.url, policy, plans_dir).await;
     fake.register_webhook(&db.name, &base).await;
-    TestApp {
-        base,
-        db,
-        ctx,
-        clock,
-        http: reqwest::Client::new(),
-    }
+    TestApp::new(base, db, ctx, clock)
 }
 
 /// A server instance on `db_url` wired to the fake Stripe, with the catalogue of `plans_dir`.

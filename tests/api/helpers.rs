@@ -393,13 +393,7 @@ pub async fn spawn_app() -> TestApp {
 /// An in-process server on a database the caller prepared.
 pub fn spawn_app_on(db: TestDb) -> TestApp {
     let (base, ctx, clock) = start_instance(&db.url, Duration::from_secs(1));
-    TestApp {
-        base,
-        db,
-        ctx,
-        clock,
-        http: reqwest::Client::new(),
-    }
+    TestApp::new(base, db, ctx, clock)
 }
 
 /// Another server instance on an existing database: its own pool, caches and clock.
@@ -454,6 +448,17 @@ pub fn serve(ctx: Ctx) -> String {
 }
 
 impl TestApp {
+    /// An app of a served instance (`base`) on `db`.
+    pub fn new(base: String, db: TestDb, ctx: Ctx, clock: Arc<ManualClock>) -> TestApp {
+        TestApp {
+            base,
+            db,
+            ctx,
+            clock,
+            http: reqwest::Client::new(),
+        }
+    }
+
     /// Creates a key with these scopes (comma-separated), optionally bound to one account.
     pub async fn key(&self, scopes: &str, account: Option<&str>) -> String {
         let scopes = Scope::parse_list(scopes).unwrap();

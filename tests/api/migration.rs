@@ -309,13 +309,7 @@ async fn a_dry_runs_mrr_after_prices_usage_at_the_new_version() {
     let (_, ctx, clock) =
         start_instance_unserved_with(&db.url, std::time::Duration::from_secs(1), &dir);
     let base = serve(ctx.clone());
-    let app = TestApp {
-        base,
-        db,
-        ctx,
-        clock,
-        http: reqwest::Client::new(),
-    };
+    let app = TestApp::new(base, db, ctx, clock);
     let (app, _key) = cohort_on(app).await;
     std::fs::remove_dir_all(&dir).unwrap();
     let dry = migrate(

@@ -162,16 +162,11 @@ async fn three_months_of_invoices_are_each_charged_once_and_reconcile_with_strip
         );
     }
     // Exactly one successful charge per invoice, of its amount.
-    let mut charged: Vec<i64> = fake_stripe()
-        .charges_of(&customer)
-        .await
-        .iter()
-        .filter(|c| c["status"] == "succeeded")
-        .map(|c| c["amount"].as_i64().unwrap())
-        .collect();
-    charged.sort_unstable();
     expected_charges.sort_unstable();
-    assert_eq!(charged, expected_charges);
+    assert_eq!(
+        fake_stripe().succeeded_amounts(&customer).await,
+        expected_charges
+    );
     // A second sweep finds nothing to collect.
     let again = accrue::services::payments::collect_due(&app.ctx)
         .await
@@ -499,14 +494,7 @@ async fn a_new_card_is_tried_at_once_and_a_declined_one_keeps_the_retry_schedule
     assert_eq!(subscription_status(&app, &key, "recovers").await, "active");
     let s = steps(&app, &key, "recovers").await;
     assert_eq!(s.last().unwrap(), &("recovered".to_owned(), 4));
-    let succeeded: Vec<Value> = fake_stripe()
-        .charges_of(&customer)
-        .await
-        .into_iter()
-        .filter(|c| c["status"] == "succeeded")
-        .collect();
-    assert_eq!(succeeded.len(), 1);
-    assert_eq!(succeeded[0]["amount"], 8300);
+    assert_eq!(fake_stripe().succeeded_amounts(&customer).await, vec![8300]);
     // The retry that was scheduled finds nothing left to do.
     app.clock.set(t("2026-11-30T12:31:00.000Z"));
     tick(&app.ctx, &scheduler).await.unwrap();
@@ -556,15 +544,10 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
     let (_, s) = app.get(&key, "/v1/accounts/returns/subscription").await;
     assert_eq!(s["current_period"]["start"], "2027-01-10T09:00:00.000Z");
     assert_eq!(s["current_period"]["end"], "2027-02-10T09:00:00.000Z");
-    let mut charged: Vec<i64> = fake_stripe()
-        .charges_of(&customer)
-        .await
-        .iter()
-        .filter(|c| c["status"] == "succeeded")
-        .map(|c| c["amount"].as_i64().unwrap())
-        .collect();
-    charged.sort();
-    assert_eq!(charged, vec![8300, 8300]);
+    assert_eq!(
+        fake_stripe().succeeded_amounts(&customer).await,
+        vec![8300, 8300]
+    );
     let (_, list) = app.get(&key, "/v1/invoices?account=returns").await;
     assert!(
         list["data"]
@@ -596,13 +579,7 @@ async fn a_webhook_about_a_payment_in_flight_is_refused_until_the_attempt_has_re
     )
     .await;
     // Its webhooks are the test's to deliver.
-    let app = TestApp {
-        base,
-        db,
-        ctx,
-        clock,
-        http: reqwest::Client::new(),
-    };
+    let app = TestApp::new(base, db, ctx, clock);
     app.publish_plans().await;
     let key = app.key("ingest,billing,finance,check", None).await;
     let scheduler = Scheduler::new(t(NOW)).unwrap();
@@ -666,15 +643,10 @@ async fn a_webhook_about_a_payment_in_flight_is_refused_until_the_attempt_has_re
         &("recovered".to_owned(), attempts_before + 1)
     );
     assert_eq!(subscription_status(&app, &key, "raced").await, "active");
-    let mut charged: Vec<i64> = fake_stripe()
-        .charges_of(&customer)
-        .await
-        .iter()
-        .filter(|c| c["status"] == "succeeded")
-        .map(|c| c["amount"].as_i64().unwrap())
-        .collect();
-    charged.sort();
-    assert_eq!(charged, vec![8300, 8300]);
+    assert_eq!(
+        fake_stripe().succeeded_amounts(&customer).await,
+        vec![8300, 8300]
+    );
 }
 
 /// Pays our open invoice directly in Stripe (as a customer in the hosted page would), so only
@@ -740,13 +712,7 @@ fn unix_now() -> i64 {
 async fn app_without_webhook() -> TestApp {
     let db = TestDb::new().await;
     let (base, ctx, clock) = start_stripe_instance(&db.url, DunningPolicy::default()).await;
-    TestApp {
-        base,
-        db,
-        ctx,
-        clock,
-        http: reqwest::Client::new(),
-    }
+    TestApp::new(base, db, ctx, clock)
 }
 
 /// Only Stripe's "no such invoice" (404) makes a pushed invoice `missing_in_stripe`. When
