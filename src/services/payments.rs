@@ -320,7 +320,15 @@ async fn collect_one(
     let _writing = ctx.checks.write_guard(account);
     let conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let key = pay_store::collection_lock_key(account, number);
-    let Some(mut claim) = SessionLock::try_take(conn, key).await? else {
+    // A due collection skips an invoice someone else holds: the row stays due, so the next
+    // sweep comes back to it. A new card's attempt comes once, so it waits a little for the
+    // holder, such as a webhook recording the last retry's failure (a short transaction); an
+    // attempt still in flight after that is collecting the invoice already.
+    let wait = match when {
+        When::Due => std::time::Duration::ZERO,
+        When::NewPaymentMethod => std::time::Duration::from_secs(5),
+    };
+    let Some(mut claim) = SessionLock::take_within(conn, key, wait).await? else {
         return Ok(Outcome::Skipped);
     };
     let outcome = attempt(ctx, p, claim.conn(), account, number, when).await?;

@@ -6,6 +6,7 @@ use super::{Conn, StoreError};
 use diesel::sql_types::{Bool, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use std::time::Duration;
 
 /// The advisory lock namespace of accrue's session locks.
 const NAMESPACE: i64 = 7462002;
@@ -20,27 +21,45 @@ pub struct SessionLock {
 
 impl SessionLock {
     /// Takes the lock on `key` with `conn`; `None` when another session holds it.
-    pub async fn try_take(mut conn: Conn, key: String) -> Result<Option<Self>, StoreError> {
+    pub async fn try_take(conn: Conn, key: String) -> Result<Option<Self>, StoreError> {
+        Self::take_within(conn, key, Duration::ZERO).await
+    }
+
+    /// Takes the lock on `key` with `conn`, trying again every few milliseconds for up to
+    /// `wait` while someone else holds it (such as a webhook's short transaction, which takes
+    /// the same lock: [`try_for_transaction`]); `None` if it is still held then. The waiting
+    /// is polling, not a blocked statement, so it is bounded whatever the holder does.
+    pub async fn take_within(
+        mut conn: Conn,
+        key: String,
+        wait: Duration,
+    ) -> Result<Option<Self>, StoreError> {
         #[derive(QueryableByName)]
         struct Got {
             #[diesel(sql_type = Bool)]
             got: bool,
         }
-        let got: Got = super::prepared::prepared(
-            "SELECT pg_try_advisory_lock(hashtextextended($1, $2)) AS got",
-        )
-        .bind::<Text, _>(&key)
-        .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
-        .get_result(&mut conn)
-        .await?;
-        if !got.got {
-            // Nothing held: the connection goes back to the pool as usual.
-            return Ok(None);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let got: Got = super::prepared::prepared(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, $2)) AS got",
+            )
+            .bind::<Text, _>(&key)
+            .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
+            .get_result(&mut conn)
+            .await?;
+            if got.got {
+                return Ok(Some(Self {
+                    conn: Some(conn),
+                    key,
+                }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Nothing held: the connection goes back to the pool as usual.
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Some(Self {
-            conn: Some(conn),
-            key,
-        }))
     }
 
     pub fn conn(&mut self) -> &mut AsyncPgConnection {

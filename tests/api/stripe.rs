@@ -505,6 +505,21 @@ async fn a_new_card_is_tried_at_once_and_a_declined_one_keeps_the_retry_schedule
     );
 }
 
+/// A team customer whose card declined its first invoice and the three retries: the invoice
+/// exhausted, the subscription suspended, and the clock past the period's end (2027-01-10,
+/// 09:20), ticked. Returns the Stripe customer.
+async fn suspended_past_its_period(app: &TestApp, key: &str, account: &str) -> String {
+    let scheduler = Scheduler::new(t(NOW)).unwrap();
+    let customer = customer_on_team(app, key, account, DECLINING_CARD).await;
+    wait_for_payment_state(app, key, 1, "failed").await;
+    run_the_three_retries(app, &scheduler).await;
+    assert_eq!(invoice(app, key, 1).await["payment"]["state"], "exhausted");
+    assert_eq!(subscription_status(app, key, account).await, "suspended");
+    app.clock.set(t("2027-01-10T09:20:00.000Z"));
+    tick(&app.ctx, &scheduler).await.unwrap();
+    customer
+}
+
 /// A suspended account whose period has ended restarts when it adds a working card: the
 /// exhausted invoice is paid at once, the period the suspension began in is invoiced in
 /// arrears, and a new period starts at the recovery with its fees, collected at once too.
@@ -513,21 +528,7 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
     let app = spawn_stripe_app(DunningPolicy::default()).await;
     app.publish_plans().await;
     let key = app.key("ingest,billing,finance,check", None).await;
-    let scheduler = Scheduler::new(t(NOW)).unwrap();
-    let customer = customer_on_team(&app, &key, "returns", DECLINING_CARD).await;
-    wait_for_payment_state(&app, &key, 1, "failed").await;
-    run_the_three_retries(&app, &scheduler).await;
-    assert_eq!(
-        invoice(&app, &key, 1).await["payment"]["state"],
-        "exhausted"
-    );
-    assert_eq!(
-        subscription_status(&app, &key, "returns").await,
-        "suspended"
-    );
-
-    app.clock.set(t("2027-01-10T09:20:00.000Z"));
-    tick(&app.ctx, &scheduler).await.unwrap();
+    let customer = suspended_past_its_period(&app, &key, "returns").await;
     let pm = fake_stripe().card(GOOD_CARD).await;
     let (status, set) = app
         .put(
@@ -559,6 +560,51 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
     );
 }
 
+/// A new card's attempt on an invoice waits for a webhook recording on that invoice (the
+/// webhook holds the invoice's collection lock for its short transaction): Stripe sends the
+/// last retry's `invoice.payment_failed` when it will, and a CI run saw it land just as the
+/// card was set, so the card's attempt skipped the invoice and answered `paid: 0`. Here a
+/// transaction holds the lock as the webhook's does while the card is set, and ends 500 ms
+/// later; the card's answer still reports both invoices paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_card_waits_for_a_webhook_recording_on_its_invoice() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let customer = suspended_past_its_period(&app, &key, "held").await;
+    let pm = fake_stripe().card(GOOD_CARD).await;
+    let mut webhook = app.db.conn().await;
+    webhook
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('{}', 7462002))",
+            accrue::store::payments::collection_lock_key("held", 1)
+        ))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let body = json!({ "payment_method": pm });
+    let ((status, set), ()) = tokio::join!(
+        app.put(&key, "/v1/accounts/held/payment-method", &body),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            webhook.batch_execute("COMMIT").await.unwrap();
+        }
+    );
+    assert_eq!(status, 200, "{set}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(500),
+        "the card's answer came before the webhook's transaction ended"
+    );
+    // Invoice 1, then the new period's 83.00 (the arrears invoice is 0.00).
+    assert_eq!(set["retried"]["paid"], 2, "{set}");
+    assert_eq!(subscription_status(&app, &key, "held").await, "active");
+    assert_eq!(
+        fake_stripe().succeeded_amounts(&customer).await,
+        vec![8300, 8300]
+    );
+}
+
 /// Stripe's webhook about a payment can arrive before the attempt that made the payment has
 /// recorded Stripe's answer. The webhook is refused for now (503, so Stripe sends it again,
 /// and no connection waits meanwhile), and the attempt records the payment as its own: the
@@ -582,19 +628,13 @@ async fn a_webhook_about_a_payment_in_flight_is_refused_until_the_attempt_has_re
     let app = TestApp::new(base, db, ctx, clock);
     app.publish_plans().await;
     let key = app.key("ingest,billing,finance,check", None).await;
-    let scheduler = Scheduler::new(t(NOW)).unwrap();
-    let customer = customer_on_team(&app, &key, "raced", DECLINING_CARD).await;
-    wait_for_payment_state(&app, &key, 1, "failed").await;
-    run_the_three_retries(&app, &scheduler).await;
+    let customer = suspended_past_its_period(&app, &key, "raced").await;
     let exhausted = invoice(&app, &key, 1).await;
-    assert_eq!(exhausted["payment"]["state"], "exhausted");
     let attempts_before = exhausted["payment"]["attempts"].as_i64().unwrap();
     let stripe_invoice = exhausted["payment"]["stripe_invoice_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    app.clock.set(t("2027-01-10T09:20:00.000Z"));
-    tick(&app.ctx, &scheduler).await.unwrap();
 
     let pm = fake_stripe().card(GOOD_CARD).await;
     proxy.hold_next_payment();
