@@ -26,7 +26,6 @@ use crate::domain::event_shapes::Mapped;
 use crate::domain::meter::Reading;
 use crate::store::events::{self as store_events, RollupKey, TypeCount};
 use crate::store::{Pool, StoreError};
-use diesel_async::AsyncConnection;
 use foldhash::{HashMap as FastMap, HashSet as FastSet, HashSetExt};
 use serde::Serialize;
 use serde_json::Value;
@@ -1014,9 +1013,10 @@ async fn commit_group(
         // if this process is still there to say so once the statement is done. Alone, a
         // statement waiting on a row lock would commit after the process had stopped, its
         // requests unanswered (the chaos suite's shutdown-grace case).
-        let result = conn
-            .transaction::<_, StoreError, _>(async |c| {
-                store_events::one_connection_per_node(c).await?;
+        let result = async {
+            store_events::begin_group(&mut conn).await?;
+            let c: &mut diesel_async::AsyncPgConnection = &mut conn;
+            let body = async {
                 crate::store::accounts::ensure_many(c, &unknown, now).await?;
                 if expect_new {
                     let new = vec![true; events.len()];
@@ -1052,8 +1052,11 @@ async fn commit_group(
                 store_events::add_counters(c, &counters).await?;
                 written.fire();
                 Ok((new, stored_pairs(&types, &unseen)))
-            })
+            }
             .await;
+            store_events::end_group(&mut conn, body).await
+        }
+        .await;
         match result {
             Ok((new, pairs)) => {
                 let mut known = lane.known.lock().unwrap_or_else(|e| e.into_inner());
