@@ -298,7 +298,8 @@ fn tally(report: &mut CollectReport, outcome: Outcome) {
 }
 
 /// Collections running at once in this instance: each holds a connection while it waits on
-/// Stripe, so a slow Stripe can never take more than these from the pool.
+/// Stripe (or, for a new card's attempt, up to 2 s for the invoice's lock), so a slow Stripe
+/// can never take more than these from the pool.
 static COLLECTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// Collects one invoice. No Stripe call runs inside a database transaction (a slow Stripe
@@ -317,20 +318,20 @@ async fn collect_one(
     let Ok(_turn) = COLLECTING.acquire().await else {
         return Ok(Outcome::Skipped);
     };
-    let _writing = ctx.checks.write_guard(account);
     let conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let key = pay_store::collection_lock_key(account, number);
     // A due collection skips an invoice someone else holds: the row stays due, so the next
     // sweep comes back to it. A new card's attempt comes once, so it waits a little for the
-    // holder, such as a webhook recording the last retry's failure (a short transaction); an
-    // attempt still in flight after that is collecting the invoice already.
+    // holder, such as a webhook recording the last retry's failure (a transaction of a few
+    // milliseconds); an attempt still in flight after that is collecting the invoice already.
     let wait = match when {
         When::Due => std::time::Duration::ZERO,
-        When::NewPaymentMethod => std::time::Duration::from_secs(5),
+        When::NewPaymentMethod => std::time::Duration::from_secs(2),
     };
     let Some(mut claim) = SessionLock::take_within(conn, key, wait).await? else {
         return Ok(Outcome::Skipped);
     };
+    let _writing = ctx.checks.write_guard(account);
     let outcome = attempt(ctx, p, claim.conn(), account, number, when).await?;
     claim.release().await?;
     Ok(outcome)
@@ -341,8 +342,9 @@ async fn collect_one(
 enum When {
     /// The invoice's first attempt or a scheduled retry, when it falls due.
     Due,
-    /// At once, on a failed or exhausted invoice, because the account has a new payment
-    /// method: a failure keeps the dunning schedule as it was.
+    /// At once (after whoever holds the invoice's lock, waited for up to 2 s), on a failed or
+    /// exhausted invoice, because the account has a new payment method: a failure keeps the
+    /// dunning schedule as it was.
     NewPaymentMethod,
 }
 

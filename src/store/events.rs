@@ -10,7 +10,10 @@ use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::sql_types::{Array, Int8, Jsonb, Nullable, Numeric, Text, Timestamptz};
 use diesel::QueryableByName;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
+use diesel_async::{
+    AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    TransactionManager,
+};
 use rust_decimal::Decimal;
 use std::collections::HashSet;
 
@@ -732,21 +735,26 @@ pub async fn stored_after(
 
 /// Opens an ingestion group's transaction, with its settings, in one round trip (ended by
 /// [`end_group`]):
-/// - its prepared statements reuse generic plans. Their shape is fixed (arrays bound to
-///   `UNNEST`), so a plan made once per connection fits every group, where the pool's `force_custom_plan` planned each group's statement afresh: about
-///   0.25 ms of the database's time for an 11-event group, as much as running it
-///   (BENCHMARKS.md, twelfth session);
+/// - on single-node PostgreSQL, its statements reuse generic plans. They are prepared once per
+///   connection ([`super::prepared`]) and their shape is fixed (arrays bound to `UNNEST`), so
+///   one plan fits every group, where the pool's `force_custom_plan` planned each group's
+///   statement afresh: about 0.25 ms of the database's time for an 11-event group, as much as
+///   running it (BENCHMARKS.md, twelfth session);
 /// - on Citus, the rest of the transaction reaches each worker over one connection: a group's
 ///   few statements touch many shards, and opening a connection per shard for each of them
-///   costs more than the writes.
+///   costs more than the writes. (Its statements there are `VALUES` lists, never prepared,
+///   so planned at every execution whatever the mode: left as the pool sets it.)
 pub async fn begin_group(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
     let sql = if super::citus::active() {
-        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
-         SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
+        "BEGIN; SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
     } else {
         "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
     };
-    AnsiTransactionManager::begin_transaction_sql(conn, sql).await?;
+    if let Err(e) = AnsiTransactionManager::begin_transaction_sql(conn, sql).await {
+        // The BEGIN may have run without the rest: not left open on a pooled connection.
+        let _ = conn.batch_execute("ROLLBACK").await;
+        return Err(e.into());
+    }
     Ok(())
 }
 

@@ -30,7 +30,7 @@ impl SessionLock {
     /// the same lock: [`try_for_transaction`]); `None` if it is still held then. The waiting
     /// is polling, not a blocked statement, so it is bounded whatever the holder does.
     pub async fn take_within(
-        mut conn: Conn,
+        conn: Conn,
         key: String,
         wait: Duration,
     ) -> Result<Option<Self>, StoreError> {
@@ -40,22 +40,26 @@ impl SessionLock {
             got: bool,
         }
         let deadline = tokio::time::Instant::now() + wait;
+        // Held as a lock from the first try: cancelled while a try that takes the lock is on
+        // its way, the connection is closed (see `Drop`), never pooled with the lock held.
+        let mut lock = Self {
+            conn: Some(conn),
+            key: key.clone(),
+        };
         loop {
             let got: Got = super::prepared::prepared(
                 "SELECT pg_try_advisory_lock(hashtextextended($1, $2)) AS got",
             )
             .bind::<Text, _>(&key)
             .bind::<diesel::sql_types::BigInt, _>(NAMESPACE)
-            .get_result(&mut conn)
+            .get_result(lock.conn())
             .await?;
             if got.got {
-                return Ok(Some(Self {
-                    conn: Some(conn),
-                    key,
-                }));
+                return Ok(Some(lock));
             }
             if tokio::time::Instant::now() >= deadline {
                 // Nothing held: the connection goes back to the pool as usual.
+                drop(lock.conn.take());
                 return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

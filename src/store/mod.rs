@@ -324,7 +324,8 @@ async fn open_connection(url: &str) -> diesel::ConnectionResult<AsyncPgConnectio
 /// lookups) can pass the JIT threshold and spend 30 ms compiling a 1 ms query. It also plans
 /// every execution of a prepared statement afresh: a generic plan made while a table was
 /// small (a seq scan) otherwise sticks as the table grows (measured: the period close of
-/// 100,000 accounts went from 155 s to 52 s).
+/// 100,000 accounts went from 155 s to 52 s). Ingestion groups are the exception
+/// ([`events::begin_group`]): inserts from bound arrays, which scan no table.
 ///
 /// Every wait is bounded: a connection is handed out within [`POOL_WAIT`] or the caller gets
 /// `StoreError::Pool` (answered 503 with `Retry-After`), connecting gives up after

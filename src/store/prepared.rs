@@ -6,7 +6,9 @@
 //! [`prepared`] takes only a `&'static str`, so the set of statements a connection keeps is the
 //! fixed set written in this crate, and marks it cacheable: after the first execution on a
 //! connection, each execution is one `Bind`/`Execute` round trip with no parsing. The pool's
-//! `plan_cache_mode = force_custom_plan` still plans each execution for its values.
+//! `plan_cache_mode = force_custom_plan` still plans each execution for its values, except
+//! in an ingestion group's transaction, which reuses generic plans
+//! ([`super::events::begin_group`]).
 //!
 //! Statements whose text varies with their input (the multi-row `VALUES` lists used on Citus,
 //! built with `diesel::sql_query` or diesel's insert DSL) are not marked: caching each length

@@ -602,6 +602,75 @@ async fn a_fixed_statement_is_prepared_once_per_connection_and_reused() {
     assert_eq!(app.db.count(EVENT_TYPE_TOTAL).await, 6);
 }
 
+/// An ingestion group's statements reuse generic plans (`store::events::begin_group`: planning
+/// each group's statement afresh cost the database as much as running it), for the group's
+/// transaction only. After groups that commit, and groups that fail on a stored id and run
+/// again, the group statements were planned generically, never per group, and every pooled
+/// connection still plans each execution of everything else afresh (the pool's
+/// `force_custom_plan`). On Citus the group statements are not prepared, and the mode is left
+/// as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingestion_groups_generic_plans_end_with_its_transaction() {
+    use diesel::sql_types::{BigInt, Text};
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Plans {
+        #[diesel(sql_type = BigInt)]
+        generic: i64,
+        #[diesel(sql_type = BigInt)]
+        custom: i64,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Mode {
+        #[diesel(sql_type = Text)]
+        plan_cache_mode: String,
+    }
+    let app = spawn_app().await;
+    let key = app.key("ingest", None).await;
+    for round in 0..4 {
+        // From the second round on, `g-0` again: stored already, so the group's insert fails
+        // and the group runs again without it.
+        let batch = json!({"events": [
+            ev(&format!("g-{round}"), "acme", "api.request", json!({})),
+            ev("g-0", "acme", "api.request", json!({})),
+        ]});
+        let (status, body) = app.send(&key, &batch).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["accepted"], 1, "{body}");
+    }
+    assert_eq!(app.db.count("(SELECT COUNT(*) FROM events)::int8").await, 4);
+    let size = app.ctx.pool.status().size;
+    assert!(size > 0, "the groups ran on pooled connections");
+    let mut conns = Vec::new();
+    for _ in 0..size {
+        conns.push(app.ctx.pool.get().await.unwrap());
+    }
+    let (mut generic, mut custom) = (0, 0);
+    for conn in &mut conns {
+        let mode: Mode = diesel::sql_query("SHOW plan_cache_mode")
+            .get_result(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(mode.plan_cache_mode, "force_custom_plan");
+        let plans: Plans = diesel::sql_query(
+            "SELECT COALESCE(SUM(generic_plans), 0)::int8 AS generic,
+                    COALESCE(SUM(custom_plans), 0)::int8 AS custom
+               FROM pg_prepared_statements WHERE statement LIKE '%INSERT INTO events (%'",
+        )
+        .get_result(&mut **conn)
+        .await
+        .unwrap();
+        generic += plans.generic;
+        custom += plans.custom;
+    }
+    if accrue::store::citus::active() {
+        assert_eq!((generic, custom), (0, 0), "nothing prepared on Citus");
+    } else {
+        assert!(generic >= 4, "generic plans: {generic}");
+        assert_eq!(custom, 0, "a group's statement was planned for its values");
+    }
+}
+
 fn split_batch(prefix: &str, n: usize) -> Vec<Value> {
     (0..n)
         .map(|i| {

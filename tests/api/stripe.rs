@@ -564,8 +564,9 @@ async fn a_new_card_restarts_a_suspended_subscription_at_once() {
 /// webhook holds the invoice's collection lock for its short transaction): Stripe sends the
 /// last retry's `invoice.payment_failed` when it will, and a CI run saw it land just as the
 /// card was set, so the card's attempt skipped the invoice and answered `paid: 0`. Here a
-/// transaction holds the lock as the webhook's does while the card is set, and ends 500 ms
-/// later; the card's answer still reports both invoices paid.
+/// transaction holds the lock as the webhook's does while the card is set, and ends 300 ms
+/// after the card is saved; the card's answer comes after that and reports both invoices
+/// paid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_card_waits_for_a_webhook_recording_on_its_invoice() {
     use diesel_async::SimpleAsyncConnection;
@@ -582,19 +583,33 @@ async fn a_new_card_waits_for_a_webhook_recording_on_its_invoice() {
         ))
         .await
         .unwrap();
-    let started = std::time::Instant::now();
     let body = json!({ "payment_method": pm });
-    let ((status, set), ()) = tokio::join!(
-        app.put(&key, "/v1/accounts/held/payment-method", &body),
+    let saved = format!(
+        "(SELECT COUNT(*) FROM accounts WHERE account = 'held' AND payment_method = '{pm}')"
+    );
+    let ((status, set, answered), committed) = tokio::join!(
         async {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let (status, set) = app
+                .put(&key, "/v1/accounts/held/payment-method", &body)
+                .await;
+            (status, set, std::time::Instant::now())
+        },
+        async {
+            // The card is saved just before its retries start; the webhook ends a little
+            // after that, while the retry is at the invoice.
+            eventually("the card to be saved", || async {
+                (app.db.count(&saved).await == 1).then_some(())
+            })
+            .await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             webhook.batch_execute("COMMIT").await.unwrap();
+            std::time::Instant::now()
         }
     );
     assert_eq!(status, 200, "{set}");
     assert!(
-        started.elapsed() >= std::time::Duration::from_millis(500),
-        "the card's answer came before the webhook's transaction ended"
+        answered > committed,
+        "the card's answer came before the webhook's transaction ended: {set}"
     );
     // Invoice 1, then the new period's 83.00 (the arrears invoice is 0.00).
     assert_eq!(set["retried"]["paid"], 2, "{set}");
