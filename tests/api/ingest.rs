@@ -655,7 +655,9 @@ async fn an_ingestion_groups_generic_plans_end_with_its_transaction() {
         let plans: Plans = diesel::sql_query(
             "SELECT COALESCE(SUM(generic_plans), 0)::int8 AS generic,
                     COALESCE(SUM(custom_plans), 0)::int8 AS custom
-               FROM pg_prepared_statements WHERE statement LIKE '%INSERT INTO events (%'",
+               FROM pg_prepared_statements
+              WHERE statement LIKE '%INSERT INTO events (%'
+                AND statement NOT LIKE '%pg_prepared_statements%'",
         )
         .get_result(&mut **conn)
         .await
