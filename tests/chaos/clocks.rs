@@ -50,7 +50,7 @@ async fn two_processes_on_one_test_clock_bill_each_period_once_and_charge_each_i
         Server::start(&db, &env).await,
     ];
     let base = |i: usize| servers[i % 2].base.clone();
-    let http = reqwest::Client::new();
+    let http = http_client();
     let started = Instant::now();
 
     let start: DateTime<Utc> = "2027-01-01T00:00:00.000Z".parse().unwrap();

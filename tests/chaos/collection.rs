@@ -31,7 +31,7 @@ async fn sigkill_at_each_step_of_collection_resumes_without_a_second_charge() {
         let mut crashing = env.to_vec();
         crashing.push(("ACCRUE_FAILPOINT", failpoint));
         let mut server = Server::start(&db, &crashing).await;
-        let http = reqwest::Client::new();
+        let http = http_client();
         let account = format!("kill-{failpoint}");
         let res = http
             .patch(format!("{}/v1/accounts/{account}", server.base))

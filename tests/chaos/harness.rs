@@ -331,7 +331,7 @@ impl Server {
             .spawn()
             .expect("start accrue serve");
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = http_client();
         for _ in 0..400 {
             if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
                 if r.status().is_success() {
@@ -383,6 +383,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The tests' HTTP client: every request ends within 90 s, answered or not. Without a
+/// bound, a client of the SIGTERM scenario once waited forever after the server had exited
+/// (no socket left open, no timer: a request parked inside the client's connection pool),
+/// and the suite with it. No scenario's request takes longer when it works.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()
+        .expect("an HTTP client")
 }
 
 /// Resident memory of a process in MiB (Linux).

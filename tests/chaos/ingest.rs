@@ -229,7 +229,7 @@ async fn sigterm_with_batches_in_flight_stores_each_whole_or_not_at_all() {
         .map(|_| {
             let (base, key, log, next) = (base.clone(), key.clone(), log.clone(), next.clone());
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
+                let http = http_client();
                 loop {
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let r = send(&http, &base, &key, n).await;
@@ -309,7 +309,7 @@ async fn twice_the_capacity_offered_is_refused_cleanly_with_bounded_memory() {
             let (base, key, next, measured) =
                 (base.clone(), key.clone(), next.clone(), measured.clone());
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
+                let http = http_client();
                 while Instant::now() < until {
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if send(&http, &base, &key, n).await.status == 200 {
@@ -430,7 +430,7 @@ async fn sigterm_while_a_lane_is_held_still_commits_every_part_of_a_split_batch(
             .collect();
         json!({ "events": evs })
     };
-    let http = reqwest::Client::new();
+    let http = http_client();
     let post = |body: Value, timeout: Duration| {
         http.post(format!("{}/v1/events", server.base))
             .bearer_auth(&key)
@@ -481,7 +481,7 @@ async fn sigint_stops_gracefully_and_a_second_sigint_stops_at_once() {
     let cluster = Cluster::start();
     let db = cluster.database("chaos_sigint");
     let key = prepare(&db, "ingest");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let stored = |prefix: &str| {
         let sql = format!("(SELECT count(*) FROM events WHERE id LIKE '{prefix}-%')::int8");
         let db = db.clone();
@@ -594,7 +594,7 @@ async fn the_shutdown_grace_is_counted_once_from_the_signal() {
     const GRACE: u64 = 4;
     let grace = GRACE.to_string();
     let mut server = Server::start(&db, &[("ACCRUE_SHUTDOWN_GRACE_SECS", grace.as_str())]).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut holder = hold_a_rollup_row(&http, &server, &key, &db, "seed").await;
     let request = tokio::spawn(
         http.post(format!("{}/v1/events", server.base))

@@ -21,7 +21,7 @@ async fn a_dispatcher_killed_mid_delivery_still_delivers_every_event_signed() {
     let env = [("ACCRUE_WEBHOOKS_ALLOW_PRIVATE", "true")];
     publish_plans(&db, &env);
     let mut server = Server::start(&db, &env).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     // The receiver answers after 400 ms, so a dispatch round's deliveries are in flight
     // together for that long.
     let secret = Arc::new(Mutex::new(String::new()));

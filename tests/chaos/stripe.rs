@@ -44,7 +44,7 @@ fn p99(mut lat: Vec<Duration>) -> Duration {
 
 /// Checks and ingestion batches for `secs`, one client each; the answer times.
 async fn api_latencies(base: &str, key: &str, secs: u64, tag: &str) -> (Vec<Duration>, usize) {
-    let http = reqwest::Client::new();
+    let http = http_client();
     let until = Instant::now() + Duration::from_secs(secs);
     let mut lat = Vec::new();
     let mut failures = 0;
@@ -93,7 +93,7 @@ async fn stripe_down_or_slow_defers_collection_and_nothing_else() {
     publish_plans(&db, &env);
     let server = Server::start(&db, &env).await;
     let base = server.base.clone();
-    let http = reqwest::Client::new();
+    let http = http_client();
     let subscribe = |account: String, plan: &'static str| {
         let (http, base, key) = (http.clone(), base.clone(), key.clone());
         async move {
