@@ -209,7 +209,16 @@ pub async fn collect_due(ctx: &Ctx) -> Result<CollectReport, ServiceError> {
         let mut progressed = false;
         for (account, number) in &due {
             // One invoice that cannot be collected never stops the others.
-            match collect_one(ctx, &p, account, *number, When::Due).await {
+            match collect_one(
+                ctx,
+                &p,
+                account,
+                *number,
+                When::Due,
+                &mut Default::default(),
+            )
+            .await
+            {
                 Ok(outcome) => {
                     progressed |= outcome != Outcome::Skipped;
                     tally(&mut report, outcome);
@@ -238,7 +247,8 @@ pub async fn collect_account(ctx: &Ctx, account: &str) -> Result<CollectReport, 
         pay_store::due_by_account(&mut conn, account, now).await?
     };
     for number in due {
-        let outcome = collect_one(ctx, &p, account, number, When::Due).await?;
+        let outcome =
+            collect_one(ctx, &p, account, number, When::Due, &mut Default::default()).await?;
         tally(&mut report, outcome);
     }
     Ok(report)
@@ -260,8 +270,12 @@ pub async fn retry_with_new_payment_method(
         let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
         pay_store::failed_by_account(&mut conn, account).await?
     };
+    // One wait for all of them: an account with several invoices held by attempts in flight
+    // is answered within it, not after it once per invoice.
+    let mut wait = NEW_CARD_WAIT;
     for number in unpaid {
-        let outcome = collect_one(ctx, &p, account, number, When::NewPaymentMethod).await?;
+        let outcome =
+            collect_one(ctx, &p, account, number, When::NewPaymentMethod, &mut wait).await?;
         tally(&mut report, outcome);
     }
     // Then whatever else is due, such as the invoices a recovery just issued.
@@ -298,11 +312,16 @@ fn tally(report: &mut CollectReport, outcome: Outcome) {
 }
 
 /// Collections running at once in this instance: each holds a connection while it waits on
-/// Stripe (or, for a new card's attempt, up to 2 s for the invoice's lock), so a slow Stripe
-/// can never take more than these from the pool.
+/// Stripe (or, for a new card's attempts, up to [`NEW_CARD_WAIT`] for invoices' locks), so a
+/// slow Stripe can never take more than these from the pool.
 static COLLECTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
-/// Collects one invoice. No Stripe call runs inside a database transaction (a slow Stripe
+/// How long a new card's attempts wait, all together, for invoices someone else is
+/// collecting or recording (a webhook's transaction lasts milliseconds).
+const NEW_CARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Collects one invoice. If someone else holds it, waits at most `wait` for them (less the
+/// time waited, on return). No Stripe call runs inside a database transaction (a slow Stripe
 /// must not hold row locks or a transaction open): the collection is claimed with a session
 /// advisory lock on a pooled connection, released when the attempt ends; if the attempt is
 /// cancelled or fails, the connection is closed instead of going back to the pool, which ends
@@ -314,21 +333,22 @@ async fn collect_one(
     account: &str,
     number: i64,
     when: When,
+    wait: &mut std::time::Duration,
 ) -> Result<Outcome, ServiceError> {
     let Ok(_turn) = COLLECTING.acquire().await else {
         return Ok(Outcome::Skipped);
     };
     let conn = ctx.pool.get().await.map_err(StoreError::from)?;
     let key = pay_store::collection_lock_key(account, number);
-    // A due collection skips an invoice someone else holds: the row stays due, so the next
-    // sweep comes back to it. A new card's attempt comes once, so it waits a little for the
-    // holder, such as a webhook recording the last retry's failure (a transaction of a few
-    // milliseconds); an attempt still in flight after that is collecting the invoice already.
-    let wait = match when {
-        When::Due => std::time::Duration::ZERO,
-        When::NewPaymentMethod => std::time::Duration::from_secs(2),
-    };
-    let Some(mut claim) = SessionLock::take_within(conn, key, wait).await? else {
+    // A due collection skips an invoice someone else holds (`wait` zero): the row stays due,
+    // so the next sweep comes back to it. A new card's attempt comes once, so it waits a
+    // little for the holder, such as a webhook recording the last retry's failure (a
+    // transaction of a few milliseconds); an attempt still in flight after that is
+    // collecting the invoice already.
+    let asked = std::time::Instant::now();
+    let taken = SessionLock::take_within(conn, key, *wait).await;
+    *wait = wait.saturating_sub(asked.elapsed());
+    let Some(mut claim) = taken? else {
         return Ok(Outcome::Skipped);
     };
     let _writing = ctx.checks.write_guard(account);
@@ -342,7 +362,8 @@ async fn collect_one(
 enum When {
     /// The invoice's first attempt or a scheduled retry, when it falls due.
     Due,
-    /// At once (after whoever holds the invoice's lock, waited for up to 2 s), on a failed or
+    /// At once (after whoever holds the invoice's lock, waited for within [`NEW_CARD_WAIT`]
+    /// for all the account's invoices), on a failed or
     /// exhausted invoice, because the account has a new payment method: a failure keeps the
     /// dunning schedule as it was.
     NewPaymentMethod,

@@ -620,6 +620,68 @@ async fn a_new_card_waits_for_a_webhook_recording_on_its_invoice() {
     );
 }
 
+/// A new card waits for invoices someone else holds once in all, not once per invoice: an
+/// account whose two failed invoices are both held (attempts in flight on another instance)
+/// is answered within the one wait (2 s), where each invoice waited its own before (4 s
+/// here); once they are released, the card pays both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_card_waits_once_for_all_the_invoices_held_elsewhere() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = spawn_stripe_app(DunningPolicy::default()).await;
+    app.publish_plans().await;
+    let key = app.key("ingest,billing,finance,check", None).await;
+    let customer = customer_on_team(&app, &key, "several", DECLINING_CARD).await;
+    wait_for_payment_state(&app, &key, 1, "failed").await;
+    app.quote_and_accept(&key, "several", json!({"seats": 8}))
+        .await;
+    let second = wait_for_payment_state(&app, &key, 2, "failed").await;
+    let mut other = app.db.conn().await;
+    let hold = |verb: &str| {
+        format!(
+            "SELECT {verb}(hashtextextended('{}', 7462002)), {verb}(hashtextextended('{}', 7462002))",
+            accrue::store::payments::collection_lock_key("several", 1),
+            accrue::store::payments::collection_lock_key("several", 2),
+        )
+    };
+    other
+        .batch_execute(&hold("pg_advisory_lock"))
+        .await
+        .unwrap();
+    let body = json!({ "payment_method": fake_stripe().card(GOOD_CARD).await });
+    let asked = std::time::Instant::now();
+    let (status, set) = app
+        .put(&key, "/v1/accounts/several/payment-method", &body)
+        .await;
+    let took = asked.elapsed();
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["retried"]["paid"], 0, "{set}");
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_millis(3500),
+        "the card's answer took {took:?} for two held invoices: {set}"
+    );
+    other
+        .batch_execute(&hold("pg_advisory_unlock"))
+        .await
+        .unwrap();
+    let (status, set) = app
+        .put(&key, "/v1/accounts/several/payment-method", &body)
+        .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["retried"]["paid"], 2, "{set}");
+    // Team at 5 seats, 59 + (5 − 3) × 12 = 83.00, then the change's invoice (in cents: its
+    // total has two decimals).
+    let second_cents: i64 = second["total"]
+        .as_str()
+        .unwrap()
+        .replace('.', "")
+        .parse()
+        .unwrap();
+    assert!(second_cents > 0, "{second}");
+    let mut expected = vec![8300, second_cents];
+    expected.sort_unstable();
+    assert_eq!(fake_stripe().succeeded_amounts(&customer).await, expected);
+}
+
 /// Stripe's webhook about a payment can arrive before the attempt that made the payment has
 /// recorded Stripe's answer. The webhook is refused for now (503, so Stripe sends it again,
 /// and no connection waits meanwhile), and the attempt records the payment as its own: the
