@@ -4,7 +4,8 @@
 //! version, status, current period) and the exact aggregate of every meter over the current
 //! period. The ingest lanes add each newly committed event to it before they answer the
 //! request that sent it, so on one instance a check sees every acknowledged event at once.
-//! Subscription changes drop the entry. A background refresher (a serving instance's, see
+//! Subscription changes drop the entry; checks that then find an account uncached at once
+//! read it once between them ([`load`]). A background refresher (a serving instance's, see
 //! [`super::Ctx::refreshing`]) reloads every cached account in bulk once per `staleness` (default 1 s), answering from the entries meanwhile: the bound on
 //! how stale a check can be about events ingested or changes made through *other* instances is
 //! `staleness` plus one reload (a few milliseconds).
@@ -100,6 +101,11 @@ pub struct CheckCache {
     sync: Mutex<WriteTracking>,
     /// Distinct keys read from the database by reloads, in total (their cost).
     keys_read: AtomicU64,
+    /// Accounts a check is loading, each with its gate: the checks that miss the same account
+    /// at once take turns there, and the first loads it for all of them ([`load`]).
+    loading: Mutex<HashMap<String, Gate>>,
+    /// Accounts checks have read from the database, in total.
+    loads: AtomicU64,
     /// When the last refresh round ended (the cache's creation before the first).
     refreshed: Mutex<std::time::Instant>,
 }
@@ -121,6 +127,8 @@ impl CheckCache {
             staleness,
             sync: Mutex::new(WriteTracking::default()),
             keys_read: AtomicU64::new(0),
+            loading: Mutex::default(),
+            loads: AtomicU64::new(0),
             refreshed: Mutex::new(std::time::Instant::now()),
         }
     }
@@ -138,6 +146,28 @@ impl CheckCache {
     /// How many distinct keys reloads have read from the database since the start.
     pub fn keys_read(&self) -> u64 {
         self.keys_read.load(Ordering::Relaxed)
+    }
+
+    /// How many times checks have read an account from the database since the start (a
+    /// check that finds its account uncached; refresh rounds are not counted).
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// The account's load gate, kept in the map until the returned guard drops.
+    fn load_gate(&self, account: &str) -> LoadGate<'_> {
+        let gate = self
+            .loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(account.to_owned())
+            .or_default()
+            .clone();
+        LoadGate {
+            cache: self,
+            account: account.to_owned(),
+            gate,
+        }
     }
 
     /// A lane is about to commit events of these accounts.
@@ -756,10 +786,56 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
 /// How often a reload retries when writes of the same account overlap it.
 const LOAD_ATTEMPTS: usize = 4;
 
+/// Where the checks that miss one account at once take turns: the lock is a turn at loading
+/// it, and holds why the last turn's read failed, if it did.
+type Gate = Arc<tokio::sync::Mutex<Option<String>>>;
+
+/// A check's place at its account's [`Gate`] ([`CheckCache::load_gate`]): dropped (however
+/// the check ends, cancelled too), the gate leaves the map once no other check holds it.
+struct LoadGate<'a> {
+    cache: &'a CheckCache,
+    account: String,
+    gate: Gate,
+}
+
+impl Drop for LoadGate<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.cache.loading.lock().unwrap_or_else(|e| e.into_inner());
+        // Clones are made under this lock only: the map's and this one left means no other
+        // check waits at the gate.
+        if Arc::strong_count(&self.gate) == 2 {
+            loading.remove(&self.account);
+        }
+    }
+}
+
+/// Reads an uncached account and installs it. Checks that miss the same account at once (a
+/// burst on an account that was idle, or whose subscription just changed) take turns: the
+/// first reads it, and the others find it cached then (or are told why the read failed, as
+/// its check is), so a busy account costs one read, not one per check in flight, each
+/// holding a pooled connection other accounts' requests need.
 async fn load(ctx: &Ctx, account: &str) -> Result<Arc<Entry>, ServiceError> {
+    let gate = ctx.checks.load_gate(account);
+    let mut turn = gate.gate.lock().await;
+    if let Some(entry) = ctx.checks.lookup(account) {
+        return Ok(entry);
+    }
+    if let Some(failed) = turn.as_ref() {
+        return Err(ServiceError::Unavailable(failed.clone()));
+    }
+    let read = read_and_install(ctx, account).await;
+    if let Err(e) = &read {
+        *turn = Some(format!("the check cache could not load the account: {e}"));
+    }
+    read
+}
+
+/// [`load`]'s read, retried while writes of the account overlap it.
+async fn read_and_install(ctx: &Ctx, account: &str) -> Result<Arc<Entry>, ServiceError> {
     let mut last = None;
     for _ in 0..LOAD_ATTEMPTS {
         let mark = ctx.checks.begin_reload(account);
+        ctx.checks.loads.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(read_entry(ctx, account).await?);
         if ctx.checks.end_reload(account, mark, &entry) {
             return Ok(entry);

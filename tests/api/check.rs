@@ -471,3 +471,91 @@ async fn both_doors_of_the_check_route_answer_alike() {
     assert_eq!(res.status().as_u16(), 405);
     assert_eq!(res.headers()["allow"], "POST");
 }
+
+/// A check of one API call, as the service takes it.
+fn api_call() -> accrue::services::check::CheckRequest {
+    serde_json::from_value(json!({"meter": "api_calls", "quantity": "1"})).unwrap()
+}
+
+/// Checks that find one account uncached at once (a burst on an account that was idle, or
+/// whose subscription just changed) read it from the database once between them, not once
+/// each: 32 checks started together load it once, and every one answers with its usage.
+/// Before, each loaded it (32 reads, each holding a pooled connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_that_miss_one_account_at_once_read_it_once() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    app.subscribe(&key, "busy", json!({"plan": "free"})).await;
+    let calls: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("call-{i}"), "account": "busy", "type": "api.request"}))
+        .collect();
+    let (status, body) = app.send(&key, &json!({ "events": calls })).await;
+    assert_eq!(status, 200, "{body}");
+    // Free allows 10,000 API calls; none is cached yet (the subscription dropped the entry).
+    app.ctx.checks.invalidate("busy");
+    let before = app.ctx.checks.loads();
+    let answers = futures_util::future::join_all(
+        (0..32).map(|_| accrue::services::check::check(&app.ctx, "busy", api_call())),
+    )
+    .await;
+    for a in &answers {
+        let a = a.as_ref().expect("a check failed");
+        assert!(a.allowed);
+        assert_eq!(a.used, Some(rust_decimal::Decimal::from(3)));
+        assert_eq!(a.remaining, Some(rust_decimal::Decimal::from(10_000 - 3)));
+    }
+    assert_eq!(app.ctx.checks.loads() - before, 1, "reads of the account");
+    // Once cached, checks read nothing.
+    check(&app, &key, "busy", json!({"meter": "api_calls"})).await;
+    assert_eq!(app.ctx.checks.loads() - before, 1, "reads of the account");
+}
+
+/// When the read that checks of one account wait on fails, each of them answers with its
+/// failure at once, without reading again (during a database outage, one read per account
+/// rather than one per check in turn, each waiting out its own failure); the failure is not
+/// kept once they have answered: the next check reads the account and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_waiting_on_a_failed_read_answer_with_its_failure() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    app.subscribe(&key, "busy", json!({"plan": "free"})).await;
+    app.ctx.checks.invalidate("busy");
+    let before = app.ctx.checks.loads();
+    // The read blocks on the subscriptions table, and its connection is ended under it.
+    let mut holder = app.db.conn().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE subscriptions IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let blocked = "(SELECT COUNT(*) FROM pg_locks WHERE relation = 'subscriptions'::regclass AND NOT granted)";
+    let (answers, _) = tokio::join!(
+        futures_util::future::join_all((0..8).map(|_| accrue::services::check::check(
+            &app.ctx,
+            "busy",
+            api_call()
+        )),),
+        async {
+            crate::fake_stripe::eventually("a read blocked on the lock", || async {
+                (app.db.count(blocked).await == 1).then_some(())
+            })
+            .await;
+            app.db
+                .count(
+                    "(SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks \
+                     WHERE relation = 'subscriptions'::regclass AND NOT granted)",
+                )
+                .await;
+        }
+    );
+    let failed = answers.iter().filter(|a| a.is_err()).count();
+    assert_eq!(failed, 8, "checks answered without the read they waited on");
+    assert_eq!(app.ctx.checks.loads() - before, 1, "reads of the account");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let v = check(&app, &key, "busy", json!({"meter": "api_calls"})).await;
+    assert_eq!(v["allowed"], true, "{v}");
+    assert_eq!(v["limit"], "10000", "{v}");
+    assert_eq!(app.ctx.checks.loads() - before, 2, "reads of the account");
+}
