@@ -148,8 +148,8 @@ impl CheckCache {
         self.keys_read.load(Ordering::Relaxed)
     }
 
-    /// How many times checks have read an account from the database since the start (a
-    /// check that finds its account uncached; refresh rounds are not counted).
+    /// How many reads of one account checks have made since the start (by a check that found
+    /// its account uncached, retries included; refresh rounds are not counted).
     pub fn loads(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)
     }
@@ -786,9 +786,17 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
 /// How often a reload retries when writes of the same account overlap it.
 const LOAD_ATTEMPTS: usize = 4;
 
-/// Where the checks that miss one account at once take turns: the lock is a turn at loading
-/// it, and holds why the last turn's read failed, if it did.
-type Gate = Arc<tokio::sync::Mutex<Option<String>>>;
+/// Where the checks that miss one account at once take turns: the lock is a turn at reading
+/// it, and holds what the last turn's read gave when it did not install an entry.
+type Gate = Arc<tokio::sync::Mutex<Option<LastRead>>>;
+
+/// A read at a [`Gate`] that installed nothing: when it began and ended, and the entry it
+/// read (writes kept overlapping it), or none (it failed).
+struct LastRead {
+    began: std::time::Instant,
+    ended: std::time::Instant,
+    entry: Option<Arc<Entry>>,
+}
 
 /// A check's place at its account's [`Gate`] ([`CheckCache::load_gate`]): dropped (however
 /// the check ends, cancelled too), the gate leaves the map once no other check holds it.
@@ -811,42 +819,80 @@ impl Drop for LoadGate<'_> {
 
 /// Reads an uncached account and installs it. Checks that miss the same account at once (a
 /// burst on an account that was idle, or whose subscription just changed) take turns: the
-/// first reads it, and the others find it cached then (or are told why the read failed, as
-/// its check is), so a busy account costs one read, not one per check in flight, each
-/// holding a pooled connection other accounts' requests need.
+/// first reads it, and the others find it cached then, so a busy account costs one read, not
+/// one per check in flight, each holding a pooled connection other accounts' requests need.
+/// A read that installed nothing serves the checks that were waiting: one that failed
+/// answers those that came before it ended (unavailable: during an outage, one failure per
+/// account, not one per check in turn), and an entry read while writes kept overlapping
+/// answers those that came before it began (it holds every event committed before then).
+/// Checks that came later read again.
 async fn load(ctx: &Ctx, account: &str) -> Result<Arc<Entry>, ServiceError> {
     let gate = ctx.checks.load_gate(account);
+    let came = std::time::Instant::now();
     let mut turn = gate.gate.lock().await;
     if let Some(entry) = ctx.checks.lookup(account) {
         return Ok(entry);
     }
-    if let Some(failed) = turn.as_ref() {
-        return Err(ServiceError::Unavailable(failed.clone()));
+    match turn.as_ref() {
+        Some(LastRead {
+            began,
+            entry: Some(entry),
+            ..
+        }) if came <= *began => {
+            return Ok(entry.clone());
+        }
+        Some(LastRead {
+            ended, entry: None, ..
+        }) if came <= *ended => {
+            return Err(unloaded());
+        }
+        _ => {}
     }
+    let began = std::time::Instant::now();
     let read = read_and_install(ctx, account).await;
-    if let Err(e) = &read {
-        *turn = Some(format!("the check cache could not load the account: {e}"));
-    }
-    read
+    *turn = match &read {
+        Ok((_, true)) => None,
+        Ok((entry, false)) => Some(LastRead {
+            // The first attempt's: the entry is of a later one, which holds even more.
+            began,
+            ended: std::time::Instant::now(),
+            entry: Some(entry.clone()),
+        }),
+        Err(_) => Some(LastRead {
+            began,
+            ended: std::time::Instant::now(),
+            entry: None,
+        }),
+    };
+    read.map(|(entry, _)| entry)
 }
 
-/// [`load`]'s read, retried while writes of the account overlap it.
-async fn read_and_install(ctx: &Ctx, account: &str) -> Result<Arc<Entry>, ServiceError> {
+fn unloaded() -> ServiceError {
+    ServiceError::Unavailable("the check cache could not load the account".into())
+}
+
+/// [`load`]'s read, retried while writes of the account overlap it: the entry and whether it
+/// is installed.
+async fn read_and_install(ctx: &Ctx, account: &str) -> Result<(Arc<Entry>, bool), ServiceError> {
     let mut last = None;
     for _ in 0..LOAD_ATTEMPTS {
         let mark = ctx.checks.begin_reload(account);
         ctx.checks.loads.fetch_add(1, Ordering::Relaxed);
-        let entry = Arc::new(read_entry(ctx, account).await?);
+        let entry = match read_entry(ctx, account).await {
+            Ok(entry) => Arc::new(entry),
+            Err(e) => {
+                ctx.checks.abandon_reload(account, mark);
+                return Err(e);
+            }
+        };
         if ctx.checks.end_reload(account, mark, &entry) {
-            return Ok(entry);
+            return Ok((entry, true));
         }
         last = Some(entry);
     }
     // Writes keep overlapping: answer from the last read (it holds every event committed
     // before it began) without caching it.
-    last.ok_or_else(|| {
-        ServiceError::Unavailable("the check cache could not load the account".into())
-    })
+    last.map(|entry| (entry, false)).ok_or_else(unloaded)
 }
 
 /// Reads an account's subscription snapshot and current-period usage from the database.

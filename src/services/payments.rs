@@ -270,12 +270,16 @@ pub async fn retry_with_new_payment_method(
         let mut conn = ctx.pool.get().await.map_err(StoreError::from)?;
         pay_store::failed_by_account(&mut conn, account).await?
     };
-    // One wait for all of them: an account with several invoices held by attempts in flight
-    // is answered within it, not after it once per invoice.
-    let mut wait = NEW_CARD_WAIT;
+    // One wait shared by all of them: an account with several invoices held by attempts in
+    // flight is answered within it, not after it once per invoice. Each invoice still waits
+    // a little once it is spent, for a webhook's transaction of a few milliseconds.
+    let mut budget = NEW_CARD_WAIT;
     for number in unpaid {
+        let allowed = budget.max(NEW_CARD_WAIT_EACH);
+        let mut wait = allowed;
         let outcome =
             collect_one(ctx, &p, account, number, When::NewPaymentMethod, &mut wait).await?;
+        budget = budget.saturating_sub(allowed - wait);
         tally(&mut report, outcome);
     }
     // Then whatever else is due, such as the invoices a recovery just issued.
@@ -317,8 +321,10 @@ fn tally(report: &mut CollectReport, outcome: Outcome) {
 static COLLECTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// How long a new card's attempts wait, all together, for invoices someone else is
-/// collecting or recording (a webhook's transaction lasts milliseconds).
+/// collecting or recording (a webhook's transaction lasts milliseconds)...
 const NEW_CARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// ...and how long each may wait once that is spent.
+const NEW_CARD_WAIT_EACH: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Collects one invoice. If someone else holds it, waits at most `wait` for them (less the
 /// time waited, on return). No Stripe call runs inside a database transaction (a slow Stripe
@@ -362,9 +368,9 @@ async fn collect_one(
 enum When {
     /// The invoice's first attempt or a scheduled retry, when it falls due.
     Due,
-    /// At once (after whoever holds the invoice's lock, waited for within [`NEW_CARD_WAIT`]
-    /// for all the account's invoices), on a failed or
-    /// exhausted invoice, because the account has a new payment method: a failure keeps the
+    /// At once, on a failed or exhausted invoice, because the account has a new payment
+    /// method (after whoever holds the invoice's lock, waited for within [`NEW_CARD_WAIT`]
+    /// for all the account's invoices, or [`NEW_CARD_WAIT_EACH`]): a failure keeps the
     /// dunning schedule as it was.
     NewPaymentMethod,
 }

@@ -530,7 +530,18 @@ async fn checks_waiting_on_a_failed_read_answer_with_its_failure() {
         .batch_execute("BEGIN; LOCK TABLE subscriptions IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let blocked = "(SELECT COUNT(*) FROM pg_locks WHERE relation = 'subscriptions'::regclass AND NOT granted)";
+    let holder_pid: i32 = diesel_async::RunQueryDsl::get_result(
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+            "pg_backend_pid()",
+        )),
+        &mut holder,
+    )
+    .await
+    .unwrap();
+    // The sessions the holder blocks (this test's database only: others run beside it).
+    let blocked = format!(
+        "(SELECT COUNT(*) FROM pg_stat_activity WHERE pg_blocking_pids(pid) @> ARRAY[{holder_pid}])"
+    );
     let (answers, _) = tokio::join!(
         futures_util::future::join_all((0..8).map(|_| accrue::services::check::check(
             &app.ctx,
@@ -539,14 +550,14 @@ async fn checks_waiting_on_a_failed_read_answer_with_its_failure() {
         )),),
         async {
             crate::fake_stripe::eventually("a read blocked on the lock", || async {
-                (app.db.count(blocked).await == 1).then_some(())
+                (app.db.count(&blocked).await == 1).then_some(())
             })
             .await;
             app.db
-                .count(
-                    "(SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks \
-                     WHERE relation = 'subscriptions'::regclass AND NOT granted)",
-                )
+                .count(&format!(
+                    "(SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE pg_blocking_pids(pid) @> ARRAY[{holder_pid}])"
+                ))
                 .await;
         }
     );
