@@ -511,6 +511,49 @@ async fn checks_that_miss_one_account_at_once_read_it_once() {
     assert_eq!(app.ctx.checks.loads() - before, 1, "reads of the account");
 }
 
+/// When writes of the account keep overlapping the read that checks wait on (so it installs
+/// nothing: the entry might miss a write in flight), the checks that came before it began
+/// answer with its entry, which holds every event committed before then, instead of each
+/// reading again in turn; checks that come later read again. Eight checks started together
+/// while the account is being written: the first reads it (every attempt overlapped), the
+/// second came after that read began and reads again, and the other six answer with the
+/// second's entry: 2 × 4 attempts, where each reading in turn made 8 × 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_waiting_on_a_read_that_writes_kept_overlapping_answer_with_its_entry() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    app.subscribe(&key, "busy", json!({"plan": "free"})).await;
+    let calls: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("call-{i}"), "account": "busy", "type": "api.request"}))
+        .collect();
+    let (status, body) = app.send(&key, &json!({ "events": calls })).await;
+    assert_eq!(status, 200, "{body}");
+    // A write of the account in flight, for as long as the guard lives: no read installs.
+    let writing = app.ctx.checks.write_guard("busy");
+    let before = app.ctx.checks.loads();
+    let answers = futures_util::future::join_all(
+        (0..8).map(|_| accrue::services::check::check(&app.ctx, "busy", api_call())),
+    )
+    .await;
+    for a in &answers {
+        let a = a.as_ref().expect("a check failed");
+        assert!(a.allowed);
+        assert_eq!(a.used, Some(rust_decimal::Decimal::from(3)));
+    }
+    let attempts = app.ctx.checks.loads() - before;
+    assert_eq!(attempts, 8, "reads of the account: two turns of 4 attempts");
+    // A check that comes after those reads began reads again: nothing was cached.
+    check(&app, &key, "busy", json!({"meter": "api_calls"})).await;
+    assert_eq!(app.ctx.checks.loads() - before, attempts + 4);
+    // Once the write ends, a check reads the account once and caches it.
+    drop(writing);
+    let v = check(&app, &key, "busy", json!({"meter": "api_calls"})).await;
+    assert_eq!(v["used"], "3", "{v}");
+    check(&app, &key, "busy", json!({"meter": "api_calls"})).await;
+    assert_eq!(app.ctx.checks.loads() - before, attempts + 5);
+}
+
 /// When the read that checks of one account wait on fails, each of them answers with its
 /// failure at once, without reading again (during a database outage, one read per account
 /// rather than one per check in turn, each waiting out its own failure); the failure is not
