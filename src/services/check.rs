@@ -784,7 +784,7 @@ fn snapshot_of(ctx: &Ctx, r: &subs::SubscriptionRow, now: DateTime<Utc>) -> Opti
 }
 
 /// How often a reload retries when writes of the same account overlap it.
-const LOAD_ATTEMPTS: usize = 4;
+pub const LOAD_ATTEMPTS: usize = 4;
 
 /// Where the checks that miss one account at once take turns: the lock is a turn at reading
 /// it, and holds what the last turn's read gave when it did not install an entry.

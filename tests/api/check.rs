@@ -517,9 +517,11 @@ async fn checks_that_miss_one_account_at_once_read_it_once() {
 /// reading again in turn; checks that come later read again. Eight checks started together
 /// while the account is being written: the first reads it (every attempt overlapped), the
 /// second came after that read began and reads again, and the other six answer with the
-/// second's entry: 2 × 4 attempts, where each reading in turn made 8 × 4.
+/// second's entry: two reads of `LOAD_ATTEMPTS` attempts, where each reading in turn made
+/// eight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_waiting_on_a_read_that_writes_kept_overlapping_answer_with_its_entry() {
+    use accrue::services::check::LOAD_ATTEMPTS;
     let app = spawn_app().await;
     app.publish_plans().await;
     let key = app.key("ingest,check,billing", None).await;
@@ -529,6 +531,7 @@ async fn checks_waiting_on_a_read_that_writes_kept_overlapping_answer_with_its_e
         .collect();
     let (status, body) = app.send(&key, &json!({ "events": calls })).await;
     assert_eq!(status, 200, "{body}");
+    app.ctx.checks.invalidate("busy");
     // A write of the account in flight, for as long as the guard lives: no read installs.
     let writing = app.ctx.checks.write_guard("busy");
     let before = app.ctx.checks.loads();
@@ -542,16 +545,22 @@ async fn checks_waiting_on_a_read_that_writes_kept_overlapping_answer_with_its_e
         assert_eq!(a.used, Some(rust_decimal::Decimal::from(3)));
     }
     let attempts = app.ctx.checks.loads() - before;
-    assert_eq!(attempts, 8, "reads of the account: two turns of 4 attempts");
-    // A check that comes after those reads began reads again: nothing was cached.
+    assert_eq!(attempts, 2 * LOAD_ATTEMPTS as u64, "reads of the account");
+    // Nothing was cached: a later check (at a new gate, the eight have answered) reads again.
     check(&app, &key, "busy", json!({"meter": "api_calls"})).await;
-    assert_eq!(app.ctx.checks.loads() - before, attempts + 4);
+    assert_eq!(
+        app.ctx.checks.loads() - before,
+        attempts + LOAD_ATTEMPTS as u64
+    );
     // Once the write ends, a check reads the account once and caches it.
     drop(writing);
     let v = check(&app, &key, "busy", json!({"meter": "api_calls"})).await;
     assert_eq!(v["used"], "3", "{v}");
     check(&app, &key, "busy", json!({"meter": "api_calls"})).await;
-    assert_eq!(app.ctx.checks.loads() - before, attempts + 5);
+    assert_eq!(
+        app.ctx.checks.loads() - before,
+        attempts + LOAD_ATTEMPTS as u64 + 1
+    );
 }
 
 /// When the read that checks of one account wait on fails, each of them answers with its
