@@ -477,23 +477,32 @@ fn api_call() -> accrue::services::check::CheckRequest {
     serde_json::from_value(json!({"meter": "api_calls", "quantity": "1"})).unwrap()
 }
 
+/// An app whose account `busy` is on Free with `calls` API calls stored and is not cached;
+/// the key (ingest, check, billing).
+async fn busy_account(calls: usize) -> (TestApp, String) {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    app.subscribe(&key, "busy", json!({"plan": "free"})).await;
+    if calls > 0 {
+        let calls: Vec<Value> = (0..calls)
+            .map(|i| json!({"id": format!("call-{i}"), "account": "busy", "type": "api.request"}))
+            .collect();
+        let (status, body) = app.send(&key, &json!({ "events": calls })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    app.ctx.checks.invalidate("busy");
+    (app, key)
+}
+
 /// Checks that find one account uncached at once (a burst on an account that was idle, or
 /// whose subscription just changed) read it from the database once between them, not once
 /// each: 32 checks started together load it once, and every one answers with its usage.
 /// Before, each loaded it (32 reads, each holding a pooled connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_that_miss_one_account_at_once_read_it_once() {
-    let app = spawn_app().await;
-    app.publish_plans().await;
-    let key = app.key("ingest,check,billing", None).await;
-    app.subscribe(&key, "busy", json!({"plan": "free"})).await;
-    let calls: Vec<Value> = (0..3)
-        .map(|i| json!({"id": format!("call-{i}"), "account": "busy", "type": "api.request"}))
-        .collect();
-    let (status, body) = app.send(&key, &json!({ "events": calls })).await;
-    assert_eq!(status, 200, "{body}");
-    // Free allows 10,000 API calls; none is cached yet (the subscription dropped the entry).
-    app.ctx.checks.invalidate("busy");
+    // Free allows 10,000 API calls.
+    let (app, key) = busy_account(3).await;
     let before = app.ctx.checks.loads();
     let answers = futures_util::future::join_all(
         (0..32).map(|_| accrue::services::check::check(&app.ctx, "busy", api_call())),
@@ -522,16 +531,7 @@ async fn checks_that_miss_one_account_at_once_read_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_waiting_on_a_read_that_writes_kept_overlapping_answer_with_its_entry() {
     use accrue::services::check::LOAD_ATTEMPTS;
-    let app = spawn_app().await;
-    app.publish_plans().await;
-    let key = app.key("ingest,check,billing", None).await;
-    app.subscribe(&key, "busy", json!({"plan": "free"})).await;
-    let calls: Vec<Value> = (0..3)
-        .map(|i| json!({"id": format!("call-{i}"), "account": "busy", "type": "api.request"}))
-        .collect();
-    let (status, body) = app.send(&key, &json!({ "events": calls })).await;
-    assert_eq!(status, 200, "{body}");
-    app.ctx.checks.invalidate("busy");
+    let (app, key) = busy_account(3).await;
     // A write of the account in flight, for as long as the guard lives: no read installs.
     let writing = app.ctx.checks.write_guard("busy");
     let before = app.ctx.checks.loads();
@@ -570,11 +570,7 @@ async fn checks_waiting_on_a_read_that_writes_kept_overlapping_answer_with_its_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_waiting_on_a_failed_read_answer_with_its_failure() {
     use diesel_async::SimpleAsyncConnection;
-    let app = spawn_app().await;
-    app.publish_plans().await;
-    let key = app.key("ingest,check,billing", None).await;
-    app.subscribe(&key, "busy", json!({"plan": "free"})).await;
-    app.ctx.checks.invalidate("busy");
+    let (app, key) = busy_account(0).await;
     let before = app.ctx.checks.loads();
     // The read blocks on the subscriptions table, and its connection is ended under it.
     let mut holder = app.db.conn().await;
