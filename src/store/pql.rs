@@ -10,7 +10,15 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 #[derive(
-    Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, Serialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    Insertable,
+    AsChangeset,
+    Serialize,
+    utoipa::ToSchema,
 )]
 #[diesel(table_name = pql_scores)]
 #[diesel(treat_none_as_null = true)]
@@ -67,11 +75,22 @@ pub async fn find_by_accounts(
     conn: &mut AsyncPgConnection,
     accounts: &[String],
 ) -> Result<Vec<PqlRow>, StoreError> {
-    Ok(pql_scores::table
-        .filter(pql_scores::account.eq_any(accounts))
-        .select(PqlRow::as_select())
-        .load(conn)
-        .await?)
+    if super::citus::active() {
+        return Ok(pql_scores::table
+            .filter(pql_scores::account.eq_any(accounts))
+            .select(PqlRow::as_select())
+            .load(conn)
+            .await?);
+    }
+    // One PostgreSQL: an index lookup per account whatever the table's statistics say (see
+    // `store::accounts::credit_balances`).
+    Ok(super::prepared::prepared(
+        "SELECT s.* FROM UNNEST($1::text[]) AS p(account)
+           CROSS JOIN LATERAL (SELECT * FROM pql_scores x WHERE x.account = p.account OFFSET 0) s",
+    )
+    .bind::<Array<Text>, _>(accounts)
+    .load(conn)
+    .await?)
 }
 
 /// Which of `accounts` have reached their activation milestone (it is never unset).
@@ -122,10 +141,18 @@ pub async fn lock_accounts(
 }
 
 /// Writes rows (one per account). A conversion already recorded is kept whatever the row says
-/// (a scorer's copy read before it must not erase it).
+/// (a scorer's copy read before it must not erase it). On one PostgreSQL in one statement over
+/// arrays (a `VALUES` list of 15 values a row is parsed and planned afresh at every call); on Citus
+/// as `VALUES` in chunks, which it routes row by row to the shards.
 pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Result<(), StoreError> {
     use diesel::upsert::excluded;
     use pql_scores::*;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if !super::citus::active() {
+        return upsert_unnest(conn, rows).await;
+    }
     for chunk in rows.chunks(1000) {
         diesel::insert_into(table)
             .values(chunk)
@@ -162,6 +189,52 @@ pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Resul
     Ok(())
 }
 
+/// [`upsert_many`] on one PostgreSQL: the same rows and conflict rules over arrays.
+async fn upsert_unnest(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Result<(), StoreError> {
+    use diesel::sql_types::{Integer, Jsonb};
+    let text = |f: fn(&PqlRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+    let opt_text = |f: fn(&PqlRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+    let ts = |f: fn(&PqlRow) -> DateTime<Utc>| rows.iter().map(f).collect::<Vec<_>>();
+    let opt_ts = |f: fn(&PqlRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
+    let json = |f: fn(&PqlRow) -> &serde_json::Value| rows.iter().map(f).collect::<Vec<_>>();
+    super::prepared::prepared(
+        "INSERT INTO pql_scores AS s (account, score, tier, breakdown, zone, zone_reasons, owner,
+                scored_at, tier_since, activated_at, first_pql_at, best_tier, routed_at,
+                converted_at, attribution)
+         SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::text[],
+                $6::jsonb[], $7::text[], $8::timestamptz[], $9::timestamptz[],
+                $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[],
+                $14::timestamptz[], $15::text[])
+         ON CONFLICT (account) DO UPDATE SET
+                score = excluded.score, tier = excluded.tier, breakdown = excluded.breakdown,
+                zone = excluded.zone, zone_reasons = excluded.zone_reasons,
+                owner = excluded.owner, scored_at = excluded.scored_at,
+                tier_since = excluded.tier_since, activated_at = excluded.activated_at,
+                first_pql_at = excluded.first_pql_at, best_tier = excluded.best_tier,
+                routed_at = excluded.routed_at,
+                converted_at = COALESCE(s.converted_at, excluded.converted_at),
+                attribution = CASE WHEN s.converted_at IS NULL THEN excluded.attribution
+                                   ELSE s.attribution END",
+    )
+    .bind::<Array<Text>, _>(text(|r| &r.account))
+    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.score).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(text(|r| &r.tier))
+    .bind::<Array<Jsonb>, _>(json(|r| &r.breakdown))
+    .bind::<Array<Text>, _>(text(|r| &r.zone))
+    .bind::<Array<Jsonb>, _>(json(|r| &r.zone_reasons))
+    .bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.owner.as_deref()))
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.scored_at))
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.tier_since))
+    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.activated_at))
+    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.first_pql_at))
+    .bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.best_tier.as_deref()))
+    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.routed_at))
+    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.converted_at))
+    .bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.attribution.as_deref()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
 /// The sales queue: accounts in `tier`, newest first (then by account), after the row at
 /// `after` (its `tier_since` and account).
 pub async fn queue(

@@ -5,6 +5,7 @@ use super::schema::{idempotency_keys, quotes, subscription_changes, subscription
 use super::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Numeric, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
@@ -369,13 +370,62 @@ pub async fn lock_many_skip_locked(
     Ok(rows.into_iter().map(|r| (r.account.clone(), r)).collect())
 }
 
-/// Inserts several history rows in one statement.
+#[derive(QueryableByName)]
+struct ChangeId {
+    #[diesel(sql_type = Text)]
+    account: String,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Timestamptz)]
+    at: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
 /// Inserts changes; returns (account, kind, at, id) of each, to be matched by value (not by
-/// position: a bulk insert returns its rows in no promised order).
+/// position: a bulk insert returns its rows in no promised order). On one PostgreSQL in one
+/// statement over arrays; on Citus as `VALUES` in chunks, which it routes row by row.
 pub async fn insert_changes(
     conn: &mut AsyncPgConnection,
     changes: &[NewChange],
 ) -> Result<Vec<(String, String, DateTime<Utc>, i64)>, StoreError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !super::citus::active() {
+        let text = |f: fn(&NewChange) -> &str| changes.iter().map(f).collect::<Vec<_>>();
+        let opt_text =
+            |f: fn(&NewChange) -> Option<&str>| changes.iter().map(f).collect::<Vec<_>>();
+        let opt_int = |f: fn(&NewChange) -> Option<i32>| changes.iter().map(f).collect::<Vec<_>>();
+        let rows: Vec<ChangeId> = super::prepared::prepared(
+            "INSERT INTO subscription_changes (account, kind, at, quote_id, from_plan,
+                    from_version, from_seats, to_plan, to_version, to_seats, lines, amount,
+                    currency)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[],
+                    $5::text[], $6::int4[], $7::int4[], $8::text[], $9::int4[], $10::int4[],
+                    $11::jsonb[], $12::numeric[], $13::text[])
+             RETURNING account, kind, at, id",
+        )
+        .bind::<Array<Text>, _>(text(|c| &c.account))
+        .bind::<Array<Text>, _>(text(|c| &c.kind))
+        .bind::<Array<Timestamptz>, _>(changes.iter().map(|c| c.at).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(opt_text(|c| c.quote_id.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(opt_text(|c| c.from_plan.as_deref()))
+        .bind::<Array<Nullable<Integer>>, _>(opt_int(|c| c.from_version))
+        .bind::<Array<Nullable<Integer>>, _>(opt_int(|c| c.from_seats))
+        .bind::<Array<Nullable<Text>>, _>(opt_text(|c| c.to_plan.as_deref()))
+        .bind::<Array<Nullable<Integer>>, _>(opt_int(|c| c.to_version))
+        .bind::<Array<Nullable<Integer>>, _>(opt_int(|c| c.to_seats))
+        .bind::<Array<Jsonb>, _>(changes.iter().map(|c| &c.lines).collect::<Vec<_>>())
+        .bind::<Array<Numeric>, _>(changes.iter().map(|c| c.amount).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(opt_text(|c| c.currency.as_deref()))
+        .load(conn)
+        .await?;
+        return Ok(rows
+            .into_iter()
+            .map(|r| (r.account, r.kind, r.at, r.id))
+            .collect());
+    }
     let mut ids = Vec::with_capacity(changes.len());
     for chunk in changes.chunks(2000) {
         let got: Vec<(String, String, DateTime<Utc>, i64)> =
@@ -394,13 +444,20 @@ pub async fn insert_changes(
     Ok(ids)
 }
 
-/// Writes several (locked) subscription rows back in one statement.
+/// Writes several (locked) subscription rows back in one statement: on one PostgreSQL over
+/// arrays, on Citus as `VALUES` in chunks.
 pub async fn save_many(
     conn: &mut AsyncPgConnection,
     rows: &[SubscriptionRow],
 ) -> Result<(), StoreError> {
     use diesel::upsert::excluded;
     use subscriptions::*;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if !super::citus::active() {
+        return save_many_unnest(conn, rows).await;
+    }
     for chunk in rows.chunks(1000) {
         diesel::insert_into(table)
             .values(chunk)
@@ -426,6 +483,54 @@ pub async fn save_many(
     Ok(())
 }
 
+/// [`save_many`] on one PostgreSQL: the same rows and conflict rule over arrays.
+async fn save_many_unnest(
+    conn: &mut AsyncPgConnection,
+    rows: &[SubscriptionRow],
+) -> Result<(), StoreError> {
+    let text = |f: fn(&SubscriptionRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+    let int = |f: fn(&SubscriptionRow) -> i32| rows.iter().map(f).collect::<Vec<_>>();
+    let ts = |f: fn(&SubscriptionRow) -> DateTime<Utc>| rows.iter().map(f).collect::<Vec<_>>();
+    let opt_ts =
+        |f: fn(&SubscriptionRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
+    super::prepared::prepared(
+        "INSERT INTO subscriptions (account, plan, plan_version, seats, status, anchor,
+                period_start, period_end, trial_end, scheduled, revision, created_at,
+                updated_at, past_due_since)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int4[], $5::text[],
+                $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[],
+                $10::jsonb[], $11::int8[], $12::timestamptz[], $13::timestamptz[],
+                $14::timestamptz[])
+         ON CONFLICT (account) DO UPDATE SET
+                plan = excluded.plan, plan_version = excluded.plan_version,
+                seats = excluded.seats, status = excluded.status, anchor = excluded.anchor,
+                period_start = excluded.period_start, period_end = excluded.period_end,
+                trial_end = excluded.trial_end, scheduled = excluded.scheduled,
+                revision = excluded.revision, updated_at = excluded.updated_at,
+                past_due_since = excluded.past_due_since",
+    )
+    .bind::<Array<Text>, _>(text(|r| &r.account))
+    .bind::<Array<Text>, _>(text(|r| &r.plan))
+    .bind::<Array<Integer>, _>(int(|r| r.plan_version))
+    .bind::<Array<Integer>, _>(int(|r| r.seats))
+    .bind::<Array<Text>, _>(text(|r| &r.status))
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.anchor))
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.period_start))
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.period_end))
+    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.trial_end))
+    .bind::<Array<Nullable<Jsonb>>, _>(
+        rows.iter()
+            .map(|r| r.scheduled.as_ref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.revision).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.created_at))
+    .bind::<Array<Timestamptz>, _>(ts(|r| r.updated_at))
+    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.past_due_since))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
 /// A change-history row for `row` as it is now, changed from `from` (plan, version, seats).
 pub fn change(
     row: &SubscriptionRow,

@@ -371,6 +371,38 @@ async fn the_funnel_counts_a_scripted_cohort_as_counted_by_hand() {
     }
 }
 
+/// Attribution reads the accounts' CRM owners in one statement (`with_crm_owner`): an owner
+/// makes a self-serve conversion sales-led, a blank one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_serve_conversion_is_sales_led_only_when_its_crm_owner_is_not_blank() {
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,admin", None).await;
+    for (a, owner) in [
+        ("o1", json!("dana@vendor.test")),
+        ("o2", json!("   ")),
+        ("o3", Value::Null),
+    ] {
+        let (status, body) = app
+            .patch(
+                &key,
+                &format!("/v1/accounts/{a}"),
+                &json!({"crm_owner": owner}),
+            )
+            .await;
+        assert!(status == 200 || status == 201, "{body}");
+        app.subscribe(&key, a, json!({"plan": "team", "seats": 5}))
+            .await;
+    }
+    for (a, how) in [
+        ("o1", "sales_led"),
+        ("o2", "self_serve"),
+        ("o3", "self_serve"),
+    ] {
+        assert_eq!(pql_of(&app, &key, a).await["attribution"], how, "{a}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_a_small_company_through_the_billing_cycle_and_reports_it() {
     let db = TestDb::new().await;
