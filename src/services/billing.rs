@@ -367,6 +367,11 @@ pub fn start_invoice(
 /// invoices (a negative total becomes the account's credit balance, which later invoices use:
 /// [`carry_credit`]); with a payment rail, each invoice with something to collect gets its
 /// collection row, due at once.
+///
+/// It takes the scorer's locks of the drafts' accounts before the gap-free counter: a
+/// conversion recorded later in the transaction (a signup's) then finds its lock held, and no
+/// path waits for a scorer's lock while it holds the counter, which every batch of a period
+/// close waits on (after its own scorer's locks: a cycle through the scorer otherwise).
 pub async fn issue(
     ctx: &Ctx,
     c: &mut AsyncPgConnection,
@@ -380,6 +385,10 @@ pub async fn issue(
         a.dedup();
         a
     };
+    if accounts.is_empty() {
+        return Ok(Vec::new());
+    }
+    store::pql::lock_accounts(c, &accounts).await?;
     let mut balances = store::accounts::credit_balances(c, &accounts).await?;
     let before = balances.clone();
     carry_credit(&mut drafts, &mut balances);

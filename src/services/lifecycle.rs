@@ -402,10 +402,22 @@ impl Effects {
                 reference,
             });
         }
-        // The MRR needs no invoice number: written before the numbering takes the gap-free
-        // counter, whose lock every other close batch waits on until this one commits. A
-        // draft without a number fails the transaction (`write_movements`).
-        let moved = revenue::apply(ctx, c, &inputs).await?;
+        // The MRR and the PQL conversions need no invoice number: written before the
+        // numbering takes the gap-free counter, whose lock every other close batch waits on
+        // until this one commits. A draft without a number fails the transaction
+        // (`write_movements`).
+        let mut moved = revenue::apply(ctx, c, &inputs).await?;
+        // The scorer's locks of every account converting or invoiced here, in one statement
+        // (in account order) and before the counter, as on every path: `billing::issue` then
+        // finds its accounts' locks held. Two statements could each hold a lock the scorer's
+        // one statement waits on while it holds one the other waits on.
+        let scored: Vec<String> = moved
+            .converting()
+            .chain(self.drafts.iter().map(|d| d.account.as_str()))
+            .map(str::to_owned)
+            .collect();
+        store::pql::lock_accounts(c, &scored).await?;
+        moved.write_conversions(c).await?;
         let numbers = billing::issue(ctx, c, &self.drafts).await?;
         revenue::write_movements(c, moved, |i| match inputs[i].reference {
             Ref::Known(id) => Some(("subscription_change", id)),

@@ -316,7 +316,9 @@ async fn score_chunk(ctx: &Ctx, accounts: &[String]) -> Result<usize, ServiceErr
 /// Records conversions to paid (`new` movements: account, time, whether the plan is
 /// self-serve) and how each is attributed: sales-led when the plan is sold by sales or the
 /// account has a CRM owner, PLG-assisted when the account was routed to sales before, self-serve
-/// otherwise. Runs in the movements' transaction, in three statements whatever the count.
+/// otherwise. Runs in the movements' transaction, in a few statements whatever the count; a
+/// transaction holding the invoice counter has taken these accounts' scorer locks before it
+/// (`revenue::apply` says why).
 pub async fn on_conversions(
     c: &mut AsyncPgConnection,
     conversions: &[(String, DateTime<Utc>, bool)],

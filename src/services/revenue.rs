@@ -75,7 +75,10 @@ pub struct MrrInput<R = (&'static str, i64)> {
 }
 
 /// Recomputes the MRR of each input's account (in order) and writes a movement, with its
-/// outbox event, for every change. Callers hold the accounts' subscription locks.
+/// outbox event, for every change. Callers hold the accounts' subscription locks. A caller
+/// that issued invoices before (and so holds the invoice counter) records only accounts it
+/// invoiced: a conversion takes the account's scorer lock, and only those accounts' locks
+/// were taken before the counter ([`apply`] says why).
 pub async fn record(
     ctx: &Ctx,
     c: &mut AsyncPgConnection,
@@ -94,6 +97,20 @@ pub struct Moved {
     conversions: Vec<(String, DateTime<Utc>, bool)>,
 }
 
+impl Moved {
+    /// The accounts whose conversions are still to be recorded.
+    pub fn converting(&self) -> impl Iterator<Item = &str> {
+        self.conversions.iter().map(|c| c.0.as_str())
+    }
+
+    /// Records the PQL conversions now (they need no reference): a period close writes them
+    /// before it takes the invoice counter, whose lock every other batch waits on.
+    pub async fn write_conversions(&mut self, c: &mut AsyncPgConnection) -> Result<(), StoreError> {
+        let conversions = std::mem::take(&mut self.conversions);
+        super::pql::on_conversions(c, &conversions).await
+    }
+}
+
 /// A movement before its reference is known.
 #[derive(Debug)]
 struct PendingMovement {
@@ -110,9 +127,11 @@ struct PendingMovement {
 /// movements (and PQL conversions) to write. Nothing here reads an input's `reference`, so a
 /// caller whose references are not known yet (the period close's invoice numbers, taken under
 /// the gap-free counter's lock) writes this part before taking them. It takes no lock but the
-/// `account_mrr` rows of accounts whose subscription lock the caller holds: the PQL
-/// conversions, which take the scorer's per-account locks, wait for [`write_movements`], so
-/// every path still takes the invoice counter before any of those.
+/// `account_mrr` rows of accounts whose subscription lock the caller holds. The conversions
+/// take the scorer's per-account locks, which every path takes before the invoice counter:
+/// [`billing::issue`](super::billing::issue) takes those of its invoices' accounts, and a
+/// caller that also converts accounts without an invoice takes theirs with them, in one
+/// statement ([`Moved::converting`]).
 pub async fn apply<R>(
     ctx: &Ctx,
     c: &mut AsyncPgConnection,
@@ -202,9 +221,9 @@ pub async fn apply<R>(
 
 /// The second half of [`record`]: writes the movements [`apply`] computed, each with its
 /// outbox event, referencing what `reference` says of the input that made it, and the PQL
-/// conversions. Every MRR change has its movement: an input without a reference is an error,
-/// and the caller's transaction (with the MRR [`apply`] wrote) rolls back. Returns how many
-/// movements were written.
+/// conversions not recorded yet ([`Moved::write_conversions`]). Every MRR change has its
+/// movement: an input without a reference is an error, and the caller's transaction (with the
+/// MRR [`apply`] wrote) rolls back. Returns how many movements were written.
 pub async fn write_movements(
     c: &mut AsyncPgConnection,
     moved: Moved,

@@ -79,10 +79,11 @@ pub const COORDINATOR: &[&str] = &[
 ];
 
 /// Whether accrue's database has the extension, learnt as pooled connections open
-/// ([`super::pool`]). It only picks the faster form of ingestion's batch writes
-/// ([`super::events`]): multi-row `VALUES`, which Citus routes shard by shard, where one
-/// PostgreSQL is faster with `UNNEST`, which Citus runs through the coordinator. Both forms are
-/// correct on both.
+/// ([`super::pool`]). It only picks the faster form of a statement: for bulk writes
+/// (ingestion's, a close batch's) multi-row `VALUES`, which Citus routes shard by shard, where
+/// one PostgreSQL is faster with `UNNEST`, which Citus runs through the coordinator; for reads
+/// of many accounts `= ANY`, which Citus prunes to their shards, where one PostgreSQL is
+/// surer with a LATERAL index lookup per account. Both forms are correct on both.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 /// Whether this process has seen a database with the extension.

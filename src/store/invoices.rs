@@ -154,7 +154,7 @@ pub async fn issue(
             "INSERT INTO invoice_numbers (number, account)
              SELECT * FROM UNNEST($1::int8[], $2::text[])",
         )
-        .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.number).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(super::column(&rows, |r| r.number))
         .bind::<Array<Text>, _>(rows.iter().map(|r| r.account.clone()).collect::<Vec<_>>())
         .execute(conn)
         .await?;
@@ -179,9 +179,6 @@ async fn insert_invoices(
         }
         return Ok(());
     }
-    let text = |f: fn(&InvoiceRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
-    let ts = |f: fn(&InvoiceRow) -> DateTime<Utc>| rows.iter().map(f).collect::<Vec<_>>();
-    let int = |f: fn(&InvoiceRow) -> i32| rows.iter().map(f).collect::<Vec<_>>();
     super::prepared::prepared(
         "INSERT INTO invoices (account, number, kind, period_start, period_end, plan,
                 plan_version, seats, currency, total, status, collection, issued_at, period_share)
@@ -189,20 +186,20 @@ async fn insert_invoices(
                 $5::timestamptz[], $6::text[], $7::int4[], $8::int4[], $9::text[],
                 $10::numeric[], $11::text[], $12::text[], $13::timestamptz[], $14::numeric[])",
     )
-    .bind::<Array<Text>, _>(text(|r| &r.account))
-    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.number).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(text(|r| &r.kind))
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.period_start))
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.period_end))
-    .bind::<Array<Text>, _>(text(|r| &r.plan))
-    .bind::<Array<Integer>, _>(int(|r| r.plan_version))
-    .bind::<Array<Integer>, _>(int(|r| r.seats))
-    .bind::<Array<Text>, _>(text(|r| &r.currency))
-    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.total).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(text(|r| &r.status))
-    .bind::<Array<Text>, _>(text(|r| &r.collection))
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.issued_at))
-    .bind::<Array<Nullable<Numeric>>, _>(rows.iter().map(|r| r.period_share).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.account))
+    .bind::<Array<BigInt>, _>(super::column(rows, |r| r.number))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.kind))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.period_start))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.period_end))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.plan))
+    .bind::<Array<Integer>, _>(super::column(rows, |r| r.plan_version))
+    .bind::<Array<Integer>, _>(super::column(rows, |r| r.seats))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.currency))
+    .bind::<Array<Numeric>, _>(super::column(rows, |r| r.total))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.status))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.collection))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.issued_at))
+    .bind::<Array<Nullable<Numeric>>, _>(super::column(rows, |r| r.period_share))
     .execute(conn)
     .await?;
     Ok(())
@@ -226,7 +223,6 @@ async fn insert_lines(conn: &mut AsyncPgConnection, lines: &[LineRow]) -> Result
         return Ok(());
     }
     let col = |f: fn(&LineRow) -> String| lines.iter().map(f).collect::<Vec<_>>();
-    let opt_ts = |f: fn(&LineRow) -> Option<DateTime<Utc>>| lines.iter().map(f).collect::<Vec<_>>();
     super::prepared::prepared(
         "INSERT INTO invoice_lines (account, number, line_no, kind, meter, quantity, amount,
                 description, event_count, first_event_at, last_event_at, usage_from, usage_to)
@@ -235,18 +231,18 @@ async fn insert_lines(conn: &mut AsyncPgConnection, lines: &[LineRow]) -> Result
                 $11::timestamptz[], $12::timestamptz[], $13::timestamptz[])",
     )
     .bind::<Array<Text>, _>(col(|l| l.account.clone()))
-    .bind::<Array<BigInt>, _>(lines.iter().map(|l| l.number).collect::<Vec<_>>())
-    .bind::<Array<Integer>, _>(lines.iter().map(|l| l.line_no).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(super::column(lines, |l| l.number))
+    .bind::<Array<Integer>, _>(super::column(lines, |l| l.line_no))
     .bind::<Array<Text>, _>(col(|l| l.kind.clone()))
     .bind::<Array<Nullable<Text>>, _>(lines.iter().map(|l| l.meter.clone()).collect::<Vec<_>>())
-    .bind::<Array<Numeric>, _>(lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
-    .bind::<Array<Numeric>, _>(lines.iter().map(|l| l.amount).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(super::column(lines, |l| l.quantity))
+    .bind::<Array<Numeric>, _>(super::column(lines, |l| l.amount))
     .bind::<Array<Text>, _>(col(|l| l.description.clone()))
-    .bind::<Array<Nullable<BigInt>>, _>(lines.iter().map(|l| l.event_count).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|l| l.first_event_at))
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|l| l.last_event_at))
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|l| l.usage_from))
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|l| l.usage_to))
+    .bind::<Array<Nullable<BigInt>>, _>(super::column(lines, |l| l.event_count))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(lines, |l| l.first_event_at))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(lines, |l| l.last_event_at))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(lines, |l| l.usage_from))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(lines, |l| l.usage_to))
     .execute(conn)
     .await?;
     Ok(())

@@ -288,6 +288,12 @@ pub async fn generic_plans(conn: &mut AsyncPgConnection) -> Result<(), StoreErro
     Ok(())
 }
 
+/// One column of `rows`, as an array bound to an `UNNEST` bulk statement (one statement, not a
+/// `VALUES` list to parse and plan at every call).
+pub(crate) fn column<'a, R, U>(rows: &'a [R], f: impl Fn(&'a R) -> U) -> Vec<U> {
+    rows.iter().map(f).collect()
+}
+
 /// Back to planning every execution afresh (the session's mode), after [`generic_plans`].
 pub async fn custom_plans(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
     conn.batch_execute(CUSTOM_PLANS).await?;

@@ -40,16 +40,15 @@ pub async fn insert_events(
         return Ok(());
     }
     use diesel::sql_types::{Array, Jsonb, Text, Timestamptz};
-    let text = |f: fn(&NewEvent) -> &str| rows.iter().map(f).collect::<Vec<_>>();
     super::prepared::prepared(
         "INSERT INTO outbox (account, event_id, kind, payload, created_at)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[])",
     )
-    .bind::<Array<Text>, _>(text(|r| &r.account))
-    .bind::<Array<Text>, _>(text(|r| &r.event_id))
-    .bind::<Array<Text>, _>(text(|r| &r.kind))
-    .bind::<Array<Jsonb>, _>(rows.iter().map(|r| &r.payload).collect::<Vec<_>>())
-    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.account))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.event_id))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.kind))
+    .bind::<Array<Jsonb>, _>(super::column(rows, |r| &r.payload))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.created_at))
     .execute(conn)
     .await?;
     Ok(())

@@ -120,13 +120,17 @@ pub async fn find_by_account(
         .optional()?)
 }
 
-/// Takes the PQL lock of each account until the transaction ends (in account order, so two
-/// transactions never wait on each other in a cycle): scoring and conversions serialize per
-/// account, across instances.
+/// Takes the PQL lock of each account until the transaction ends (in account order, in one
+/// statement, so two transactions never wait on each other in a cycle): scoring and
+/// conversions serialize per account, across instances. Issuing invoices takes the lock of
+/// their accounts before the invoice counter (`billing::issue` says why).
 pub async fn lock_accounts(
     conn: &mut AsyncPgConnection,
     accounts: &[String],
 ) -> Result<(), StoreError> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
     let mut sorted = accounts.to_vec();
     sorted.sort();
     sorted.dedup();
@@ -192,11 +196,6 @@ pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Resul
 /// [`upsert_many`] on one PostgreSQL: the same rows and conflict rules over arrays.
 async fn upsert_unnest(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Result<(), StoreError> {
     use diesel::sql_types::{Integer, Jsonb};
-    let text = |f: fn(&PqlRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
-    let opt_text = |f: fn(&PqlRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
-    let ts = |f: fn(&PqlRow) -> DateTime<Utc>| rows.iter().map(f).collect::<Vec<_>>();
-    let opt_ts = |f: fn(&PqlRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
-    let json = |f: fn(&PqlRow) -> &serde_json::Value| rows.iter().map(f).collect::<Vec<_>>();
     super::prepared::prepared(
         "INSERT INTO pql_scores AS s (account, score, tier, breakdown, zone, zone_reasons, owner,
                 scored_at, tier_since, activated_at, first_pql_at, best_tier, routed_at,
@@ -216,21 +215,21 @@ async fn upsert_unnest(conn: &mut AsyncPgConnection, rows: &[PqlRow]) -> Result<
                 attribution = CASE WHEN s.converted_at IS NULL THEN excluded.attribution
                                    ELSE s.attribution END",
     )
-    .bind::<Array<Text>, _>(text(|r| &r.account))
-    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.score).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(text(|r| &r.tier))
-    .bind::<Array<Jsonb>, _>(json(|r| &r.breakdown))
-    .bind::<Array<Text>, _>(text(|r| &r.zone))
-    .bind::<Array<Jsonb>, _>(json(|r| &r.zone_reasons))
-    .bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.owner.as_deref()))
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.scored_at))
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.tier_since))
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.activated_at))
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.first_pql_at))
-    .bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.best_tier.as_deref()))
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.routed_at))
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.converted_at))
-    .bind::<Array<Nullable<Text>>, _>(opt_text(|r| r.attribution.as_deref()))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.account))
+    .bind::<Array<Integer>, _>(super::column(rows, |r| r.score))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.tier))
+    .bind::<Array<Jsonb>, _>(super::column(rows, |r| &r.breakdown))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.zone))
+    .bind::<Array<Jsonb>, _>(super::column(rows, |r| &r.zone_reasons))
+    .bind::<Array<Nullable<Text>>, _>(super::column(rows, |r| r.owner.as_deref()))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.scored_at))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.tier_since))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(rows, |r| r.activated_at))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(rows, |r| r.first_pql_at))
+    .bind::<Array<Nullable<Text>>, _>(super::column(rows, |r| r.best_tier.as_deref()))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(rows, |r| r.routed_at))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(rows, |r| r.converted_at))
+    .bind::<Array<Nullable<Text>>, _>(super::column(rows, |r| r.attribution.as_deref()))
     .execute(conn)
     .await?;
     Ok(())

@@ -77,11 +77,11 @@ pub async fn upsert_many(conn: &mut AsyncPgConnection, rows: &[MrrRow]) -> Resul
                 updated_at = EXCLUDED.updated_at",
     )
     .bind::<Array<Text>, _>(rows.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.mrr).collect::<Vec<_>>())
-    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.usage_mrr).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(super::column(rows, |r| r.mrr))
+    .bind::<Array<Numeric>, _>(super::column(rows, |r| r.usage_mrr))
     .bind::<Array<Text>, _>(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Bool>, _>(rows.iter().map(|r| r.had_mrr).collect::<Vec<_>>())
-    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind::<Array<Bool>, _>(super::column(rows, |r| r.had_mrr))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.updated_at))
     .execute(conn)
     .await?;
     Ok(())
@@ -138,7 +138,6 @@ pub async fn insert_movements(
         #[diesel(sql_type = BigInt)]
         id: i64,
     }
-    let text = |f: fn(&NewMovement) -> &str| rows.iter().map(f).collect::<Vec<_>>();
     let got: Vec<Inserted> = super::prepared::prepared(
         "INSERT INTO revenue_movements (account, at, kind, cause, mrr_before, mrr_after, currency,
                 ref_kind, ref_id)
@@ -146,15 +145,15 @@ pub async fn insert_movements(
                 $5::numeric[], $6::numeric[], $7::text[], $8::text[], $9::int8[])
          RETURNING account, at, cause, id",
     )
-    .bind::<Array<Text>, _>(text(|r| &r.account))
-    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(text(|r| &r.kind))
-    .bind::<Array<Text>, _>(text(|r| &r.cause))
-    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.mrr_before).collect::<Vec<_>>())
-    .bind::<Array<Numeric>, _>(rows.iter().map(|r| r.mrr_after).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(text(|r| &r.currency))
-    .bind::<Array<Text>, _>(text(|r| &r.ref_kind))
-    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.ref_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.account))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.at))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.kind))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.cause))
+    .bind::<Array<Numeric>, _>(super::column(rows, |r| r.mrr_before))
+    .bind::<Array<Numeric>, _>(super::column(rows, |r| r.mrr_after))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.currency))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.ref_kind))
+    .bind::<Array<BigInt>, _>(super::column(rows, |r| r.ref_id))
     .load(conn)
     .await?;
     Ok(got

@@ -393,10 +393,6 @@ pub async fn insert_changes(
         return Ok(Vec::new());
     }
     if !super::citus::active() {
-        let text = |f: fn(&NewChange) -> &str| changes.iter().map(f).collect::<Vec<_>>();
-        let opt_text =
-            |f: fn(&NewChange) -> Option<&str>| changes.iter().map(f).collect::<Vec<_>>();
-        let opt_int = |f: fn(&NewChange) -> Option<i32>| changes.iter().map(f).collect::<Vec<_>>();
         let rows: Vec<ChangeId> = super::prepared::prepared(
             "INSERT INTO subscription_changes (account, kind, at, quote_id, from_plan,
                     from_version, from_seats, to_plan, to_version, to_seats, lines, amount,
@@ -406,19 +402,19 @@ pub async fn insert_changes(
                     $11::jsonb[], $12::numeric[], $13::text[])
              RETURNING account, kind, at, id",
         )
-        .bind::<Array<Text>, _>(text(|c| &c.account))
-        .bind::<Array<Text>, _>(text(|c| &c.kind))
-        .bind::<Array<Timestamptz>, _>(changes.iter().map(|c| c.at).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(opt_text(|c| c.quote_id.as_deref()))
-        .bind::<Array<Nullable<Text>>, _>(opt_text(|c| c.from_plan.as_deref()))
-        .bind::<Array<Nullable<Integer>>, _>(opt_int(|c| c.from_version))
-        .bind::<Array<Nullable<Integer>>, _>(opt_int(|c| c.from_seats))
-        .bind::<Array<Nullable<Text>>, _>(opt_text(|c| c.to_plan.as_deref()))
-        .bind::<Array<Nullable<Integer>>, _>(opt_int(|c| c.to_version))
-        .bind::<Array<Nullable<Integer>>, _>(opt_int(|c| c.to_seats))
-        .bind::<Array<Jsonb>, _>(changes.iter().map(|c| &c.lines).collect::<Vec<_>>())
-        .bind::<Array<Numeric>, _>(changes.iter().map(|c| c.amount).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(opt_text(|c| c.currency.as_deref()))
+        .bind::<Array<Text>, _>(super::column(changes, |c| &c.account))
+        .bind::<Array<Text>, _>(super::column(changes, |c| &c.kind))
+        .bind::<Array<Timestamptz>, _>(super::column(changes, |c| c.at))
+        .bind::<Array<Nullable<Text>>, _>(super::column(changes, |c| c.quote_id.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(super::column(changes, |c| c.from_plan.as_deref()))
+        .bind::<Array<Nullable<Integer>>, _>(super::column(changes, |c| c.from_version))
+        .bind::<Array<Nullable<Integer>>, _>(super::column(changes, |c| c.from_seats))
+        .bind::<Array<Nullable<Text>>, _>(super::column(changes, |c| c.to_plan.as_deref()))
+        .bind::<Array<Nullable<Integer>>, _>(super::column(changes, |c| c.to_version))
+        .bind::<Array<Nullable<Integer>>, _>(super::column(changes, |c| c.to_seats))
+        .bind::<Array<Jsonb>, _>(super::column(changes, |c| &c.lines))
+        .bind::<Array<Numeric>, _>(super::column(changes, |c| c.amount))
+        .bind::<Array<Nullable<Text>>, _>(super::column(changes, |c| c.currency.as_deref()))
         .load(conn)
         .await?;
         return Ok(rows
@@ -488,11 +484,6 @@ async fn save_many_unnest(
     conn: &mut AsyncPgConnection,
     rows: &[SubscriptionRow],
 ) -> Result<(), StoreError> {
-    let text = |f: fn(&SubscriptionRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
-    let int = |f: fn(&SubscriptionRow) -> i32| rows.iter().map(f).collect::<Vec<_>>();
-    let ts = |f: fn(&SubscriptionRow) -> DateTime<Utc>| rows.iter().map(f).collect::<Vec<_>>();
-    let opt_ts =
-        |f: fn(&SubscriptionRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
     super::prepared::prepared(
         "INSERT INTO subscriptions (account, plan, plan_version, seats, status, anchor,
                 period_start, period_end, trial_end, scheduled, revision, created_at,
@@ -509,24 +500,24 @@ async fn save_many_unnest(
                 revision = excluded.revision, updated_at = excluded.updated_at,
                 past_due_since = excluded.past_due_since",
     )
-    .bind::<Array<Text>, _>(text(|r| &r.account))
-    .bind::<Array<Text>, _>(text(|r| &r.plan))
-    .bind::<Array<Integer>, _>(int(|r| r.plan_version))
-    .bind::<Array<Integer>, _>(int(|r| r.seats))
-    .bind::<Array<Text>, _>(text(|r| &r.status))
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.anchor))
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.period_start))
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.period_end))
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.trial_end))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.account))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.plan))
+    .bind::<Array<Integer>, _>(super::column(rows, |r| r.plan_version))
+    .bind::<Array<Integer>, _>(super::column(rows, |r| r.seats))
+    .bind::<Array<Text>, _>(super::column(rows, |r| &r.status))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.anchor))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.period_start))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.period_end))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(rows, |r| r.trial_end))
     .bind::<Array<Nullable<Jsonb>>, _>(
         rows.iter()
             .map(|r| r.scheduled.as_ref())
             .collect::<Vec<_>>(),
     )
-    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.revision).collect::<Vec<_>>())
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.created_at))
-    .bind::<Array<Timestamptz>, _>(ts(|r| r.updated_at))
-    .bind::<Array<Nullable<Timestamptz>>, _>(opt_ts(|r| r.past_due_since))
+    .bind::<Array<BigInt>, _>(super::column(rows, |r| r.revision))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.created_at))
+    .bind::<Array<Timestamptz>, _>(super::column(rows, |r| r.updated_at))
+    .bind::<Array<Nullable<Timestamptz>>, _>(super::column(rows, |r| r.past_due_since))
     .execute(conn)
     .await?;
     Ok(())

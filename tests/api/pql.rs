@@ -403,6 +403,58 @@ async fn a_self_serve_conversion_is_sales_led_only_when_its_crm_owner_is_not_bla
     }
 }
 
+/// A signup waits for its account's scorer lock (its conversion needs it) before it takes the
+/// gap-free invoice counter, not while holding it: another account's signup goes on meanwhile.
+/// Before, the signup took the counter first and waited on the scorer with it; a period close
+/// could then not take its accounts' scorer locks before the counter without a cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signup_waiting_on_the_scorer_does_not_hold_the_invoice_counter() {
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    let app = spawn_app().await;
+    app.publish_plans().await;
+    let key = app.key("billing,admin", None).await;
+    // The scorer holds w1's lock, as while it scores w1.
+    let mut scorer = app.db.conn().await;
+    scorer
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('pql/w1', 0))")
+        .await
+        .unwrap();
+    let holder: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "pg_backend_pid()::int8",
+    ))
+    .get_result(&mut scorer)
+    .await
+    .unwrap();
+    let team = json!({"plan": "team", "seats": 5});
+    let (_, other) = tokio::join!(app.subscribe(&key, "w1", team.clone()), async {
+        crate::fake_stripe::eventually("w1's signup to wait on the scorer's lock", || async {
+            let waiting = app
+                .db
+                .count(&format!(
+                    "(SELECT COUNT(*) FROM pg_stat_activity
+                       WHERE pg_blocking_pids(pid) @> ARRAY[{holder}::int4])"
+                ))
+                .await;
+            (waiting == 1).then_some(())
+        })
+        .await;
+        let other = tokio::time::timeout(
+            std::time::Duration::from_secs(8),
+            app.subscribe(&key, "w2", team.clone()),
+        )
+        .await;
+        scorer.batch_execute("COMMIT").await.unwrap();
+        other
+    });
+    other.expect("w2's signup is not held up by w1's wait on the scorer");
+    let number = |a: &str| format!("(SELECT number FROM invoices WHERE account = '{a}')");
+    assert_eq!(
+        app.db.count(&number("w1")).await,
+        app.db.count(&number("w2")).await + 1,
+        "w2 was numbered while w1 waited, w1 next: no gap"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_a_small_company_through_the_billing_cycle_and_reports_it() {
     let db = TestDb::new().await;
