@@ -4,7 +4,7 @@ use super::schema::accounts;
 use super::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Text};
+use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -211,30 +211,11 @@ pub async fn credit_balances(
     conn: &mut AsyncPgConnection,
     of: &[String],
 ) -> Result<BTreeMap<String, Decimal>, StoreError> {
-    // No accounts, no question (on Citus an empty list would ask every shard).
-    if of.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    if super::citus::active() {
-        let rows: Vec<(String, Decimal)> = accounts::table
-            .filter(accounts::account.eq_any(of))
-            .filter(accounts::credit_balance.ne(Decimal::ZERO))
-            .select((accounts::account, accounts::credit_balance))
-            .load(conn)
-            .await?;
-        return Ok(rows.into_iter().collect());
-    }
-    // One PostgreSQL: LATERAL with OFFSET 0, an index lookup per account. `= ANY` of a close
-    // batch's 500 accounts scans the whole table while it has no statistics (after a bulk
-    // import, until autovacuum analyzes it): 10 ms against 1 ms at 100,000 accounts.
-    let rows: Vec<Balance> = super::prepared::prepared(
-        "SELECT a.account, a.credit_balance FROM UNNEST($1::text[]) AS p(account)
-           CROSS JOIN LATERAL (
-               SELECT account, credit_balance FROM accounts x
-                WHERE x.account = p.account AND x.credit_balance <> 0 OFFSET 0) a",
+    let rows: Vec<Balance> = super::rows_of_accounts(
+        conn,
+        super::of_accounts!("account, credit_balance", "accounts", "credit_balance <> 0"),
+        of,
     )
-    .bind::<Array<Text>, _>(of)
-    .load(conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -263,21 +244,11 @@ pub async fn with_crm_owner(
     conn: &mut AsyncPgConnection,
     of: &[String],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    if of.is_empty() {
-        return Ok(Default::default());
-    }
-    let rows: Vec<Owned> = super::prepared::prepared(if super::citus::active() {
-        "SELECT account, crm_owner FROM accounts
-          WHERE account = ANY($1) AND crm_owner IS NOT NULL"
-    } else {
-        // One PostgreSQL: an index lookup per account (see `credit_balances`).
-        "SELECT a.account, a.crm_owner FROM UNNEST($1::text[]) AS p(account)
-           CROSS JOIN LATERAL (
-               SELECT account, crm_owner FROM accounts x
-                WHERE x.account = p.account AND x.crm_owner IS NOT NULL OFFSET 0) a"
-    })
-    .bind::<Array<Text>, _>(of)
-    .load(conn)
+    let rows: Vec<Owned> = super::rows_of_accounts(
+        conn,
+        super::of_accounts!("account, crm_owner", "accounts", "crm_owner IS NOT NULL"),
+        of,
+    )
     .await?;
     Ok(rows
         .into_iter()

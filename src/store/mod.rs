@@ -288,6 +288,62 @@ pub async fn generic_plans(conn: &mut AsyncPgConnection) -> Result<(), StoreErro
     Ok(())
 }
 
+/// The statement reading `$columns` of `$table`'s rows (the table aliased `x`) of a set of
+/// accounts, bound as `$1` (a text array), optionally only those where `$cond`; run it with
+/// [`rows_of_accounts`]. Its form suits the database:
+/// - on Citus, `x.account = ANY($1)`, which goes to those accounts' shards only;
+/// - on one PostgreSQL, an index lookup per account (`UNNEST … CROSS JOIN LATERAL (… OFFSET
+///   0)`) whatever the table's statistics say. `= ANY` of a close batch's 500 accounts scans
+///   the whole table while it has none (after a bulk import, until autovacuum analyzes it):
+///   10 ms against 1 ms at 100,000 accounts.
+macro_rules! of_accounts {
+    ($columns:literal, $table:literal) => {
+        $crate::store::of_accounts!($columns, $table, "true")
+    };
+    ($columns:literal, $table:literal, $cond:literal) => {
+        if $crate::store::citus::active() {
+            concat!(
+                "SELECT ",
+                $columns,
+                " FROM ",
+                $table,
+                " x WHERE x.account = ANY($1) AND ",
+                $cond
+            )
+        } else {
+            concat!(
+                "SELECT r.* FROM UNNEST($1::text[]) AS p(account) CROSS JOIN LATERAL (SELECT ",
+                $columns,
+                " FROM ",
+                $table,
+                " x WHERE x.account = p.account AND ",
+                $cond,
+                " OFFSET 0) r"
+            )
+        }
+    };
+}
+pub(crate) use of_accounts;
+
+/// The rows an [`of_accounts!`] statement reads for `accounts`; none for none without asking
+/// (on Citus an empty list would ask every shard).
+pub(crate) async fn rows_of_accounts<T>(
+    conn: &mut AsyncPgConnection,
+    sql: &'static str,
+    accounts: &[String],
+) -> Result<Vec<T>, StoreError>
+where
+    T: diesel::QueryableByName<diesel::pg::Pg> + Send + 'static,
+{
+    if accounts.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(prepared::prepared(sql)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(accounts)
+        .load(conn)
+        .await?)
+}
+
 /// One column of `rows`, as an array bound to an `UNNEST` bulk statement (one statement, not a
 /// `VALUES` list to parse and plan at every call).
 pub(crate) fn column<'a, R, U>(rows: &'a [R], f: impl Fn(&'a R) -> U) -> Vec<U> {

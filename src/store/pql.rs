@@ -75,22 +75,7 @@ pub async fn find_by_accounts(
     conn: &mut AsyncPgConnection,
     accounts: &[String],
 ) -> Result<Vec<PqlRow>, StoreError> {
-    if super::citus::active() {
-        return Ok(pql_scores::table
-            .filter(pql_scores::account.eq_any(accounts))
-            .select(PqlRow::as_select())
-            .load(conn)
-            .await?);
-    }
-    // One PostgreSQL: an index lookup per account whatever the table's statistics say (see
-    // `store::accounts::credit_balances`).
-    Ok(super::prepared::prepared(
-        "SELECT s.* FROM UNNEST($1::text[]) AS p(account)
-           CROSS JOIN LATERAL (SELECT * FROM pql_scores x WHERE x.account = p.account OFFSET 0) s",
-    )
-    .bind::<Array<Text>, _>(accounts)
-    .load(conn)
-    .await?)
+    super::rows_of_accounts(conn, super::of_accounts!("*", "pql_scores"), accounts).await
 }
 
 /// Which of `accounts` have reached their activation milestone (it is never unset).

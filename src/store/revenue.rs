@@ -25,22 +25,7 @@ pub async fn find_by_accounts(
     conn: &mut AsyncPgConnection,
     accounts: &[String],
 ) -> Result<Vec<MrrRow>, StoreError> {
-    if super::citus::active() {
-        return Ok(account_mrr::table
-            .filter(account_mrr::account.eq_any(accounts))
-            .select(MrrRow::as_select())
-            .load(conn)
-            .await?);
-    }
-    // One PostgreSQL: an index lookup per account whatever the table's statistics say (see
-    // `store::accounts::credit_balances`).
-    Ok(super::prepared::prepared(
-        "SELECT m.* FROM UNNEST($1::text[]) AS p(account)
-           CROSS JOIN LATERAL (SELECT * FROM account_mrr x WHERE x.account = p.account OFFSET 0) m",
-    )
-    .bind::<Array<Text>, _>(accounts)
-    .load(conn)
-    .await?)
+    super::rows_of_accounts(conn, super::of_accounts!("*", "account_mrr"), accounts).await
 }
 
 /// Writes the accounts' MRR (one row per account in `rows`): on one PostgreSQL in one
