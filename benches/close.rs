@@ -5,7 +5,9 @@
 //! `CLOSE_EVENTS` (default 3) usage events per meter ingested through the real ingest path; then
 //! the clock passes the period end and one `close_due_periods` sweep issues every invoice.
 //! Run it with a small and a large `CLOSE_EVENTS` to see that the close does not depend on the
-//! number of events behind the usage (it reads the hourly rollups only).
+//! number of events behind the usage (it reads the hourly rollups only). `CLOSE_BATCH` and
+//! `CLOSE_WORKERS` set the sweep's accounts per transaction and transactions at once (the
+//! service's sizes unless set).
 
 mod support;
 use support::env_usize;
@@ -29,6 +31,13 @@ fn main() {
 async fn run() {
     let n = env_usize("CLOSE_ACCOUNTS", 10_000);
     let per_meter = env_usize("CLOSE_EVENTS", 3);
+    // The sweep's sizes, the service's unless set (to try others).
+    let d = lifecycle::SweepSizes::DEFAULT;
+    let sizes = lifecycle::SweepSizes {
+        page: d.page,
+        batch: env_usize("CLOSE_BATCH", d.batch),
+        workers: env_usize("CLOSE_WORKERS", d.workers),
+    };
     let db = support::fresh_database().await;
     let (meters, catalog) = support::catalogue();
     let pool = accrue::store::pool(&db, 8).unwrap();
@@ -101,7 +110,9 @@ async fn run() {
 
     clock.set(t("2026-12-01T00:05:00Z"));
     let started = Instant::now();
-    let report = lifecycle::close_due_periods(&ctx).await.unwrap();
+    let report = lifecycle::close_due_periods_sized(&ctx, sizes)
+        .await
+        .unwrap();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "period close: {} subscriptions, {} invoices ({} usage events behind them, {} per meter per account) in {secs:.2} s = {:.0} subscriptions/s",
