@@ -371,3 +371,91 @@ async fn register_workers(c: &mut AsyncPgConnection) {
         .await
         .unwrap();
 }
+
+/// The last migration of the release that brought Citus support: a database placed on Citus
+/// has at least these.
+const PLACED_SINCE: &str = "2026-12-03-000024_web_sessions";
+
+/// A database placed on Citus by an earlier release upgrades in place: with the migrations up
+/// to [`PLACED_SINCE`] run and the tables placed, each later migration runs on the placed
+/// tables, one at a time, each followed by the placing of what it created (the upgrade of a
+/// release that ended with it). Citus refuses some `ALTER TABLE` forms on a distributed table
+/// inside a multi-statement migration (`store::citus`'s module doc); such a migration fails
+/// here, not at a customer's upgrade. The upgraded database then serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_later_migration_runs_on_a_database_placed_on_citus() {
+    if !on_citus() {
+        return;
+    }
+    let db = plain_database_on_the_cluster().await;
+    let mut c = db.conn().await;
+    diesel_async::SimpleAsyncConnection::batch_execute(&mut c, "CREATE EXTENSION citus")
+        .await
+        .unwrap();
+    register_workers(&mut c).await;
+    drop(c);
+    let url = db.url.clone();
+    let later: Vec<String> = tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        use diesel_migrations::MigrationHarness;
+        type Blocking =
+            diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
+        let mut conn = <Blocking as Connection>::establish(&url).unwrap();
+        let mut later = Vec::new();
+        let mut placed_once = false;
+        loop {
+            let pending = conn.pending_migrations(store::MIGRATIONS).unwrap();
+            let Some(next) = pending.into_iter().next() else {
+                break;
+            };
+            let name = next.name().to_string();
+            if placed_once {
+                later.push(name.clone());
+            }
+            conn.run_migration(next.as_ref())
+                .unwrap_or_else(|e| panic!("migration {name} on a database placed on Citus: {e}"));
+            if name.as_str() >= PLACED_SINCE {
+                store::citus::place_tables(&mut conn)
+                    .unwrap_or_else(|e| panic!("placing the tables after {name}: {e}"));
+                placed_once = true;
+            }
+        }
+        assert!(placed_once, "no migration named {PLACED_SINCE}");
+        later
+    })
+    .await
+    .unwrap();
+    assert!(
+        !later.is_empty(),
+        "no migration after {PLACED_SINCE}: the test ran none on a placed database"
+    );
+    let placed = db.count("(SELECT count(*) FROM pg_dist_partition)").await;
+    assert_eq!(
+        placed as usize,
+        DISTRIBUTED.len() + REFERENCE.len() + COORDINATOR.len(),
+        "every table is placed after {later:?}"
+    );
+
+    // The upgraded database serves: a subscription, an event, its usage.
+    let app = spawn_app_on(db);
+    app.publish_plans().await;
+    let key = app.key("ingest,check,billing", None).await;
+    app.subscribe(&key, "acme", json!({"plan": "team", "seats": 2}))
+        .await;
+    let (status, v) = app
+        .send(
+            &key,
+            &json!({"events": [{"id": "e1", "account": "acme", "type": "api.request"}]}),
+        )
+        .await;
+    assert_eq!((status, v["accepted"].as_i64()), (200, Some(1)), "{v}");
+    let (status, usage) = app.get(&key, "/v1/accounts/acme/usage").await;
+    assert_eq!(status, 200, "{usage}");
+    let calls = usage["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["meter"] == "api_calls")
+        .map(|m| m["value"].clone());
+    assert_eq!(calls, Some(json!("1")), "{usage}");
+}
