@@ -115,12 +115,14 @@ async fn run() {
         .unwrap();
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "period close: {} subscriptions, {} invoices ({} usage events behind them, {} per meter per account) in {secs:.2} s = {:.0} subscriptions/s",
+        "period close: {} subscriptions, {} invoices ({} usage events behind them, {} per meter per account) in {secs:.2} s = {:.0} subscriptions/s ({} transactions of {} at once)",
         report.accounts,
         report.invoices,
         sent,
         per_meter,
-        report.accounts as f64 / secs
+        report.accounts as f64 / secs,
+        sizes.workers,
+        sizes.batch
     );
     assert_eq!(report.invoices, n);
     support::drop_database(&db).await;
